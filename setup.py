@@ -1,0 +1,26 @@
+"""Maps the repository's top-level folders onto the `comfyc.*` import names.
+
+pyproject.toml holds the metadata; this file only computes the package list, since
+setuptools' declarative config cannot prefix discovered packages.
+"""
+from setuptools import find_packages, setup
+
+_ROOTS = ("compiler", "runtime", "frontends")
+packages = ["comfyc"]
+package_dir = {"comfyc": "comfyc"}
+for root in _ROOTS:
+    packages.append(f"comfyc.{root}")
+    package_dir[f"comfyc.{root}"] = root
+    for sub in find_packages(root):
+        packages.append(f"comfyc.{root}.{sub}")
+
+setup(
+    packages=packages,
+    package_dir=package_dir,
+    package_data={
+        "comfyc.runtime": ["data/*", "models/*.safetensors"],
+        "comfyc.frontends.dsl": ["*.lark"],
+        "comfyc.compiler.catalog": ["*.json"],
+    },
+    include_package_data=True,
+)
