@@ -1,1 +1,1 @@
-"""comfyc package."""
+"""Frontends: ComfyUI JSON (API, UI), PNG metadata and the comfyc DSL, all into the IR."""

@@ -1,1 +1,11 @@
-"""comfyc package."""
+"""The IR: typed, located graphs of ComfyUI nodes (see ARCHITECTURE.md, "The IR")."""
+
+from __future__ import annotations
+
+from .core import MISSING, CycleError, Graph, Input, Node, Param, SourceLoc, Usage, Value
+from .types import is_compatible
+
+__all__ = [
+    "MISSING", "CycleError", "Graph", "Input", "Node", "Param", "SourceLoc", "Usage", "Value",
+    "is_compatible",
+]

@@ -1,0 +1,1 @@
+"""Subcommands of the comfyc CLI, one module each (imported lazily)."""

@@ -1,0 +1,90 @@
+"""Helpers shared by subcommands: catalogue options, loading, error printing, safe writes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..catalog import Catalog, ObjectInfoError, default_catalog
+from ..errors import InputFileError, WorkflowError, WorkflowErrors, render_errors
+
+__all__ = [
+    "add_catalog_arguments", "catalog_from_args", "print_error", "write_output",
+    "EXIT_OK", "EXIT_INVALID", "EXIT_UNREADABLE",
+]
+
+EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+
+
+def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--object-info FILE`` (repeatable)."""
+    parser.add_argument(
+        "--object-info", metavar="FILE", action="append", default=[],
+        help="a ComfyUI /object_info JSON dump that defines more node types (repeatable)")
+
+
+def catalog_from_args(args: argparse.Namespace) -> Catalog:
+    """The built-in catalogue extended by every ``--object-info`` file.
+
+    Raises:
+        InputFileError: An object_info file cannot be read.
+    """
+    files = getattr(args, "object_info", None) or []
+    if not files:
+        return default_catalog()
+    catalog = default_catalog().copy()
+    for path in files:
+        try:
+            catalog.load_object_info(path)
+        except ObjectInfoError as exc:
+            raise InputFileError(str(exc)) from None
+    return catalog
+
+
+def error_sources(error: WorkflowError, text: str | None, path: str | None) -> dict[str, str]:
+    """The file texts an error's snippets need."""
+    return {path: text} if text is not None and path is not None else {}
+
+
+def print_error(error: WorkflowError, sources: dict[str, str] | None = None) -> None:
+    """Print an error (or several) to standard error."""
+    if isinstance(error, WorkflowErrors):
+        print(render_errors(error.errors, sources), file=sys.stderr)
+    else:
+        print(error.render(sources), file=sys.stderr)
+
+
+def exit_code_for(error: WorkflowError) -> int:
+    """2 for unreadable input, 1 for an invalid workflow."""
+    return EXIT_UNREADABLE if isinstance(error, InputFileError) else EXIT_INVALID
+
+
+def write_output(text: str | bytes, out: str | None) -> None:
+    """Write to standard output, or atomically to a file (never half-written)."""
+    if out is None or out == "-":
+        if isinstance(text, bytes):
+            sys.stdout.buffer.write(text)
+        else:
+            sys.stdout.write(text)
+        return
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=str(target.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dump_json(data: Any) -> str:
+    """JSON as ComfyUI writes it (indent 2, UTF-8 kept), ending in a newline."""
+    import json
+
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,248 @@
+"""ComfyUI's API ("prompt") format ↔ IR.
+
+The API format is what ComfyUI's server executes::
+
+    {"3": {"class_type": "KSampler", "inputs": {"seed": 42, "model": ["4", 0], ...},
+           "_meta": {"title": "KSampler"}}, ...}
+
+A two-element array is a link ``[source_id, output_index]``; ``{"__value__": [...]}`` wraps a
+list literal. This module builds a :class:`Graph` from it, reporting every structural problem
+(unknown classes, dangling links, bad output indices, cycles) at once, and writes a graph back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from comfyc.compiler.catalog import Catalog, default_catalog
+from comfyc.compiler.errors import SchemaError, WorkflowError, WorkflowErrors
+from comfyc.compiler.ir import MISSING, CycleError, Graph, Param, SourceLoc, Value
+
+__all__ = ["graph_from_api", "graph_to_api", "unknown_node_error"]
+
+
+def unknown_node_error(class_types: dict[str, list[str]], catalog: Catalog,
+                       file: str | None, first_loc: SourceLoc | None = None) -> SchemaError:
+    """One error naming every unknown node class, with close names and the fix.
+
+    Args:
+        class_types: Unknown class type -> the node ids that use it.
+        catalog: The catalogue searched.
+        file: The workflow file.
+        first_loc: Location of the first offending node.
+    """
+    notes = []
+    for class_type, ids in class_types.items():
+        where = ", ".join(f"#{i}" for i in ids)
+        close = catalog.close_names(class_type)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        notes.append(f"{class_type!r} used by node {where}{hint}")
+    names = ", ".join(repr(c) for c in class_types)
+    plural = "types" if len(class_types) > 1 else "type"
+    return SchemaError(
+        f"unknown node {plural} {names}: comfyc's catalogue has no definition for "
+        f"{'them' if len(class_types) > 1 else 'it'}",
+        first_loc or SourceLoc(file=file),
+        kind="invalid_prompt",
+        notes=notes,
+        help=(
+            "these nodes come from custom node packs or newer ComfyUI versions; dump their "
+            "definitions from a ComfyUI server (GET /object_info) and pass the file with "
+            "--object-info FILE to check and convert the workflow"
+        ),
+        details=f"Cannot execute because node {next(iter(class_types))} does not exist.",
+    )
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list)
+
+
+def graph_from_api(data: Any, catalog: Catalog | None = None, file: str | None = None,
+                   ) -> Graph:
+    """Build a graph from an API prompt.
+
+    Args:
+        data: The parsed JSON object.
+        catalog: Node schemas; the built-in catalogue when None.
+        file: The source path, for locations.
+
+    Returns:
+        The graph in topological order. Literal values are kept as written (validation
+        checks and converts them; see :mod:`comfyc.compiler.passes.validate`).
+
+    Raises:
+        WorkflowErrors: Every structural problem found.
+    """
+    catalog = catalog or default_catalog()
+    if not isinstance(data, dict):
+        raise WorkflowErrors([SchemaError(
+            f"an API prompt is a JSON object of nodes keyed by id; found a "
+            f"{type(data).__name__}", SourceLoc(file=file), kind="invalid_prompt")])
+    errors: list[WorkflowError] = []
+    graph = Graph(meta={"source_format": "api", "file": file})
+    unknown: dict[str, list[str]] = {}
+    first_unknown: SourceLoc | None = None
+    entries: list[tuple[str, dict[str, Any]]] = []
+    for node_id, entry in data.items():
+        node_id = str(node_id)
+        loc = SourceLoc(file=file, node_id=node_id)
+        if not isinstance(entry, dict):
+            errors.append(SchemaError(
+                f"node entry must be an object with class_type and inputs; found "
+                f"{type(entry).__name__}", loc, kind="invalid_prompt"))
+            continue
+        meta = entry.get("_meta") if isinstance(entry.get("_meta"), dict) else {}
+        title = meta.get("title") if isinstance(meta.get("title"), str) else None
+        loc = SourceLoc(file=file, node_id=node_id, title=title)
+        class_type = entry.get("class_type")
+        if not isinstance(class_type, str) or not class_type:
+            errors.append(SchemaError(
+                "node is missing the class_type property", loc, kind="invalid_prompt",
+                help='add "class_type": "<NodeClass>" to the node',
+                details=f"Node ID '#{node_id}'"))
+            continue
+        schema = catalog.get(class_type)
+        if schema is None:
+            unknown.setdefault(class_type, []).append(node_id)
+            first_unknown = first_unknown or loc
+            continue
+        inputs = entry.get("inputs", {})
+        if not isinstance(inputs, dict):
+            errors.append(SchemaError(
+                f"'inputs' must be an object; found {type(inputs).__name__}", loc,
+                kind="invalid_prompt"))
+            inputs = {}
+        node = graph.add_node(class_type, schema.output_types(), id=node_id, title=title,
+                              loc=loc)
+        if isinstance(entry.get("_meta"), dict):
+            extra_meta = {k: v for k, v in entry["_meta"].items() if k != "title"}
+            if extra_meta:
+                node.meta["api_meta"] = extra_meta
+        entries.append((node_id, inputs))
+    if unknown:
+        errors.insert(0, unknown_node_error(unknown, catalog, file, first_unknown))
+
+    for node_id, inputs in entries:
+        node = graph.node(node_id)
+        schema = catalog.get(node.class_type)
+        assert schema is not None
+        extra: dict[str, Any] = {}
+        for name, value in inputs.items():
+            loc = node.loc.with_input(name)
+            if schema.input(name) is None:
+                # ComfyUI ignores undeclared inputs; keep them for a lossless round trip.
+                extra[name] = value
+                continue
+            if isinstance(value, dict) and set(value) == {"__value__"}:
+                graph.set_input(node, name, value["__value__"])
+                continue
+            if not _is_link(value):
+                graph.set_input(node, name, value)
+                continue
+            link = _resolve_link(graph, value, loc, unknown)
+            if isinstance(link, WorkflowError):
+                errors.append(link)
+            elif link is not None:
+                graph.set_input(node, name, link)
+        if extra:
+            node.meta["extra_inputs"] = extra
+
+    if errors:
+        raise WorkflowErrors(errors)
+    try:
+        graph.sort()
+    except CycleError as exc:
+        first = exc.nodes[0]
+        raise WorkflowErrors([SchemaError(
+            f"the workflow has a cycle: {' -> '.join(n.display() for n in exc.nodes)}",
+            first.loc, kind="dependency_cycle",
+            help="a node cannot depend on its own output; remove one of these links")])
+    return graph
+
+
+def _resolve_link(graph: Graph, value: list[Any], loc: SourceLoc,
+                  unknown: dict[str, list[str]]) -> Value | WorkflowError | None:
+    """Turn ``[source_id, index]`` into a value, or explain what is wrong with it."""
+    if len(value) != 2:
+        return SchemaError(
+            f"a link is [source_node_id, output_index]; found an array of {len(value)} "
+            f"items", loc, kind="bad_linked_input",
+            help='wrap a list literal as {"__value__": [...]}')
+    source_id, index = value
+    if isinstance(source_id, int) and not isinstance(source_id, bool):
+        return SchemaError(
+            f"link source id {source_id} is a number; ComfyUI node ids in links are strings",
+            loc, kind="bad_linked_input", help=f'write the link as ["{source_id}", {index}]')
+    if not isinstance(source_id, str):
+        return SchemaError(f"link source id must be a string, found {source_id!r}", loc,
+                           kind="bad_linked_input")
+    if not isinstance(index, int) or isinstance(index, bool):
+        return SchemaError(f"link output index must be an integer, found {index!r}", loc,
+                           kind="bad_linked_input")
+    source = graph.find(source_id)
+    if source is None:
+        if any(source_id in ids for ids in unknown.values()):
+            return None  # Already reported as an unknown node.
+        return SchemaError(
+            f"links to node #{source_id}, which is not in the workflow", loc,
+            kind="bad_linked_input",
+            help="remove the link or add the missing node")
+    if not 0 <= index < len(source.outputs):
+        outs = ", ".join(f"{i}: {v.type}" for i, v in enumerate(source.outputs)) or "none"
+        return SchemaError(
+            f"links to output {index} of {source.display()}, which has "
+            f"{len(source.outputs)} output{'s' if len(source.outputs) != 1 else ''} ({outs})",
+            loc, kind="bad_linked_input",
+            help="pick one of the listed output indices")
+    return source.outputs[index]
+
+
+def graph_to_api(graph: Graph, *, with_meta: bool = True,
+                 params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a graph as an API prompt.
+
+    Args:
+        graph: The graph.
+        with_meta: Write ``_meta.title`` (and other kept ``_meta`` facts) for each node.
+        params: Values for runtime params; a param without a value here takes its default.
+
+    Raises:
+        SchemaError: A param has no value and no default (the API format has no params).
+    """
+    prompt: dict[str, Any] = {}
+    for node in graph.nodes:
+        inputs: dict[str, Any] = {}
+        for name, value in node.inputs.items():
+            if isinstance(value, Value):
+                inputs[name] = [value.producer.id, value.index]
+            elif isinstance(value, Param):
+                inputs[name] = _param_value(value, params, node, name)
+            elif isinstance(value, list):
+                inputs[name] = {"__value__": value}
+            else:
+                inputs[name] = value
+        inputs.update(node.meta.get("extra_inputs", {}))
+        entry: dict[str, Any] = {"inputs": inputs, "class_type": node.class_type}
+        if with_meta:
+            meta = dict(node.meta.get("api_meta", {}))
+            meta["title"] = node.title or _display_name(node.class_type)
+            entry["_meta"] = meta
+        prompt[node.id] = entry
+    return prompt
+
+
+def _display_name(class_type: str) -> str:
+    schema = default_catalog().get(class_type)
+    return schema.display_name if schema else class_type
+
+
+def _param_value(param: Param, params: dict[str, Any] | None, node: Any, name: str) -> Any:
+    if params and param.name in params:
+        return params[param.name]
+    if param.default is not MISSING:
+        return param.default
+    raise SchemaError(
+        f"param '{param.name}' has no default, so {node.display()} input '{name}' has no value "
+        f"in the API format", param.loc or node.input_loc(name), kind="export_error",
+        help=f"give it a default (param {param.name}: {param.type} = ...) or pass a value")

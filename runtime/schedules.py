@@ -1,0 +1,553 @@
+"""Noise schedules (sigma tables and schedulers) as ComfyUI computes them, in numpy.
+
+Contract: every function here returns float32 sigma arrays in ComfyUI's "k-diffusion" convention
+(noisy latent ``x = x0 + sigma * eps``), descending, usually ending in 0. They agree with
+ComfyUI's torch code to float32 rounding (a few ulp); they are not bit-identical because torch's
+float32 ``linspace``/``exp``/``pow`` round differently from numpy in the last bit on some inputs.
+
+Sources (ComfyUI 0.8, ``comfy/model_sampling.py`` ``ModelSamplingDiscrete``, ``comfy/samplers.py``
+``SCHEDULER_HANDLERS``, ``calculate_sigmas``, ``KSampler.calculate_sigmas`` / ``set_steps`` /
+``sample``; ``comfy/k_diffusion/sampling.py`` ``get_sigmas_karras`` / ``get_sigmas_exponential``).
+
+* :class:`DiscreteSchedule` is the SD1.x/SD2.x model table: betas
+  ``linspace(sqrt(0.00085), sqrt(0.012), 1000)**2`` in float64, ``alphas_cumprod``, sigmas
+  ``sqrt((1 - a) / a)`` stored as float32; ``timestep`` is an argmin over log sigmas (integer
+  timesteps, like k-diffusion's ``quantize=True``), ``sigma`` a log-linear interpolation.
+* :func:`calculate_sigmas` runs one scheduler (names and order of ComfyUI's combo).
+* :func:`ksampler_sigmas` is the KSampler node's schedule: the ``denoise`` window and the samplers
+  that drop the penultimate sigma. :func:`advanced_sigmas` applies KSamplerAdvanced's
+  ``start_at_step`` / ``end_at_step`` / ``return_with_leftover_noise``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "DISCARD_PENULTIMATE_SIGMA_SAMPLERS",
+    "SCHEDULER_NAMES",
+    "SD1_SCHEDULE",
+    "DiscreteSchedule",
+    "ScheduleError",
+    "advanced_sigmas",
+    "beta_ppf",
+    "calculate_sigmas",
+    "ksampler_sigmas",
+    "regularized_incomplete_beta",
+    "sigma_to_t",
+    "t_to_sigma",
+]
+
+# NOTE: comfy/samplers.py SCHEDULER_HANDLERS insertion order = the KSampler combo order.
+SCHEDULER_NAMES: tuple[str, ...] = (
+    "simple",
+    "sgm_uniform",
+    "karras",
+    "exponential",
+    "ddim_uniform",
+    "beta",
+    "normal",
+    "linear_quadratic",
+    "kl_optimal",
+)
+
+# NOTE: comfy/samplers.py KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS.
+DISCARD_PENULTIMATE_SIGMA_SAMPLERS: frozenset[str] = frozenset(
+    {"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"}
+)
+
+
+class ScheduleError(ValueError):
+    """A schedule request that cannot be computed (unknown scheduler, bad step count)."""
+
+
+def _torch_linspace(start: float, end: float, steps: int, dtype: type = np.float32) -> np.ndarray:
+    """``torch.linspace`` on the CPU (scalar formula): the first half counts up from ``start``,
+    the second half down from ``end``, with ``step`` computed in ``dtype``."""
+    if steps <= 0:
+        return np.zeros(0, dtype=dtype)
+    if steps == 1:
+        return np.array([start], dtype=dtype)
+    s = dtype(start)
+    e = dtype(end)
+    step = dtype((e - s) / dtype(steps - 1))
+    idx = np.arange(steps)
+    halfway = steps // 2
+    out = np.empty(steps, dtype=dtype)
+    lo = idx[:halfway]
+    hi = idx[halfway:]
+    out[:halfway] = s + step * lo.astype(dtype)
+    out[halfway:] = e - step * (steps - hi - 1).astype(dtype)
+    return out
+
+
+class DiscreteSchedule:
+    """A discrete-time DDPM model schedule (``comfy/model_sampling.py`` ModelSamplingDiscrete).
+
+    Attributes:
+        sigmas: float32[num_timesteps], ascending (index = model timestep).
+        log_sigmas: float32 natural logs of ``sigmas`` (computed in float64, then rounded).
+        sigma_min: ``sigmas[0]`` as a Python float.
+        sigma_max: ``sigmas[-1]`` as a Python float.
+    """
+
+    __slots__ = ("log_sigmas", "sigma_max", "sigma_min", "sigmas")
+
+    def __init__(self, sigmas: np.ndarray, log_sigmas: np.ndarray | None = None) -> None:
+        sigmas64 = np.asarray(sigmas, dtype=np.float64)
+        if sigmas64.ndim != 1 or sigmas64.size < 2:
+            raise ScheduleError(
+                f"a model sigma table must be 1-D with at least 2 entries, got shape "
+                f"{sigmas64.shape}"
+            )
+        self.sigmas = sigmas64.astype(np.float32)
+        if log_sigmas is None:
+            # NOTE: ComfyUI's set_sigmas takes the log of the float64 table, then rounds.
+            log_sigmas = np.log(sigmas64)
+        self.log_sigmas = np.asarray(log_sigmas).astype(np.float32)
+        self.sigma_min = float(self.sigmas[0])
+        self.sigma_max = float(self.sigmas[-1])
+
+    @classmethod
+    def linear(
+        cls, linear_start: float = 0.00085, linear_end: float = 0.012, timesteps: int = 1000
+    ) -> DiscreteSchedule:
+        """The "linear" (scaled-linear) beta schedule used by SD1.x and SD2.x.
+
+        Args:
+            linear_start: First beta (``0.00085`` for SD1/SD2).
+            linear_end: Last beta (``0.012`` for SD1/SD2).
+            timesteps: Number of training timesteps (1000).
+
+        Returns:
+            The schedule.
+        """
+        # NOTE: ldm make_beta_schedule("linear"): linspace of square roots in float64, squared.
+        betas = _torch_linspace(linear_start**0.5, linear_end**0.5, timesteps, np.float64) ** 2
+        alphas_cumprod = np.cumprod(1.0 - betas)
+        sigmas = ((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        return cls(sigmas)
+
+    def timestep(self, sigma: float | np.ndarray) -> np.ndarray | float:
+        """Model timestep for ``sigma``: index of the nearest log sigma (as a float).
+
+        Args:
+            sigma: A sigma or an array of sigmas (> 0).
+
+        Returns:
+            Integer-valued timesteps as float(s), same shape as ``sigma``.
+        """
+        arr = np.asarray(sigma, dtype=np.float32)
+        with np.errstate(divide="ignore"):
+            log_sigma = np.log(arr)
+        dists = np.abs(log_sigma.reshape(1, -1) - self.log_sigmas.reshape(-1, 1))
+        t = np.argmin(dists, axis=0).astype(np.float32).reshape(arr.shape)
+        return float(t) if np.ndim(sigma) == 0 else t
+
+    def sigma(self, timestep: float | np.ndarray) -> np.ndarray | float:
+        """Sigma at a (fractional) timestep: log-linear interpolation of the table.
+
+        Args:
+            timestep: Timestep(s), clamped to ``[0, num_timesteps - 1]``.
+
+        Returns:
+            float32 sigma(s), same shape as ``timestep``.
+        """
+        t = np.clip(np.asarray(timestep, dtype=np.float32), 0, len(self.sigmas) - 1)
+        low = np.floor(t).astype(np.int64)
+        high = np.ceil(t).astype(np.int64)
+        w = (t - np.trunc(t)).astype(np.float32)
+        log_sigma = (np.float32(1.0) - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
+        out = np.exp(log_sigma.astype(np.float32))
+        return float(out) if np.ndim(timestep) == 0 else out
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """Sigma at which a ``start_percent``/``end_percent`` boundary lies.
+
+        Args:
+            percent: Fraction of the sampling process, 0 = start (noisiest), 1 = end.
+
+        Returns:
+            ``999999999.9`` for percent <= 0, ``0.0`` for percent >= 1, else ``sigma(999 (1-p))``.
+        """
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return float(self.sigma(np.float32((1.0 - percent) * 999.0)))
+
+
+#: The SD1.x / SD2.x schedule (betas 0.00085 .. 0.012, 1000 steps).
+SD1_SCHEDULE = DiscreteSchedule.linear()
+
+
+def sigma_to_t(sigma: float | np.ndarray, schedule: DiscreteSchedule | None = None):
+    """Model timestep for ``sigma`` (nearest log sigma), as ComfyUI's ``timestep()``.
+
+    Args:
+        sigma: Sigma value(s).
+        schedule: The model schedule; defaults to SD1/SD2.
+
+    Returns:
+        Integer-valued float timestep(s).
+    """
+    return (schedule or SD1_SCHEDULE).timestep(sigma)
+
+
+def t_to_sigma(t: float | np.ndarray, schedule: DiscreteSchedule | None = None):
+    """Sigma at a (fractional) timestep, log-linear interpolation, as ComfyUI's ``sigma()``.
+
+    Args:
+        t: Timestep value(s) in ``[0, 999]``.
+        schedule: The model schedule; defaults to SD1/SD2.
+
+    Returns:
+        float32 sigma value(s).
+    """
+    return (schedule or SD1_SCHEDULE).sigma(t)
+
+
+# ----------------------------------------------------------------------------------------------
+# Regularised incomplete beta and its inverse (the "beta" scheduler needs scipy.stats.beta.ppf,
+# and scipy is not a runtime dependency).
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of I_x(a, b) (modified Lentz), valid for x < (a + 1) / (a + b + 2)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = 1.0
+    d = 1.0 - qab * x / qap
+    d = tiny if abs(d) < tiny else d
+    d = 1.0 / d
+    h = d
+    for m in range(1, 1000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = tiny if abs(d) < tiny else d
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = tiny if abs(d) < tiny else d
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-16:
+            break
+    return h
+
+
+def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
+    """``I_x(a, b)``, the beta distribution's CDF at ``x`` (double precision).
+
+    Args:
+        x: Point in ``[0, 1]``.
+        a: First shape parameter (> 0).
+        b: Second shape parameter (> 0).
+
+    Returns:
+        The CDF value in ``[0, 1]``.
+    """
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def _beta_ppf_lower(p: float, a: float, b: float) -> float:
+    """Solve ``I_x(a, b) = p`` for x, by bisection refined with safeguarded Newton steps."""
+    lo, hi = 0.0, 1.0
+    x = 0.5
+    log_norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    for _ in range(200):
+        f = regularized_incomplete_beta(x, a, b) - p
+        if f == 0.0:
+            return x
+        if f < 0.0:
+            lo = x
+        else:
+            hi = x
+        pdf = math.exp(log_norm + (a - 1.0) * math.log(x) + (b - 1.0) * math.log1p(-x))
+        candidate = x - f / pdf if pdf > 0.0 and math.isfinite(pdf) else -1.0
+        if not lo < candidate < hi:
+            candidate = 0.5 * (lo + hi)
+        if abs(candidate - x) <= 4e-16 * max(x, 1e-300) or hi - lo <= 1e-300:
+            return candidate
+        x = candidate
+    return x
+
+
+def beta_ppf(p: float, a: float, b: float) -> float:
+    """Inverse CDF of the beta distribution (``scipy.stats.beta.ppf(p, a, b)``), without scipy.
+
+    Args:
+        p: Probability in ``[0, 1]``.
+        a: First shape parameter (> 0).
+        b: Second shape parameter (> 0).
+
+    Returns:
+        x in ``[0, 1]`` with ``I_x(a, b) = p``, to about 1e-15.
+    """
+    if not 0.0 <= p <= 1.0 or math.isnan(p):
+        raise ScheduleError(f"beta_ppf needs a probability in [0, 1], got {p}")
+    if p == 0.0:
+        return 0.0
+    if p == 1.0:
+        return 1.0
+    # NOTE: solve on the side where the answer has more relative precision: for p > 1/2 solve the
+    # mirrored problem I_{1-x}(b, a) = 1 - p and return 1 - y.
+    if p > 0.5:
+        return 1.0 - _beta_ppf_lower(1.0 - p, b, a)
+    return _beta_ppf_lower(p, a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedulers (comfy/samplers.py).
+
+
+def _simple(schedule: DiscreteSchedule, steps: int) -> np.ndarray:
+    n = len(schedule.sigmas)
+    ss = n / steps
+    sigs = [float(schedule.sigmas[-(1 + int(x * ss))]) for x in range(steps)]
+    return np.array([*sigs, 0.0], dtype=np.float32)
+
+
+def _ddim_uniform(schedule: DiscreteSchedule, steps: int) -> np.ndarray:
+    sigmas = schedule.sigmas
+    x = 1
+    # NOTE: comfy ddim_scheduler: a table whose sigma[1] is ~0 gets one more step and no 0.
+    if math.isclose(float(sigmas[x]), 0.0, abs_tol=0.00001):
+        steps += 1
+        sigs: list[float] = []
+    else:
+        sigs = [0.0]
+    ss = max(len(sigmas) // steps, 1)
+    while x < len(sigmas):
+        sigs.append(float(sigmas[x]))
+        x += ss
+    return np.array(sigs[::-1], dtype=np.float32)
+
+
+def _normal(schedule: DiscreteSchedule, steps: int, sgm: bool = False) -> np.ndarray:
+    start = schedule.timestep(schedule.sigma_max)
+    end = schedule.timestep(schedule.sigma_min)
+    append_zero = True
+    if sgm:
+        timesteps = _torch_linspace(start, end, steps + 1)[:-1]
+    else:
+        if math.isclose(float(schedule.sigma(np.float32(end))), 0.0, abs_tol=0.00001):
+            steps += 1
+            append_zero = False
+        timesteps = _torch_linspace(start, end, steps)
+    sigs = [float(schedule.sigma(ts)) for ts in timesteps]
+    if append_zero:
+        sigs.append(0.0)
+    return np.array(sigs, dtype=np.float32)
+
+
+def _karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
+    # NOTE: k-diffusion get_sigmas_karras: float32 ramp, Python-float constants.
+    ramp = _torch_linspace(0.0, 1.0, n)
+    min_inv_rho = sigma_min ** (1.0 / rho)
+    max_inv_rho = sigma_max ** (1.0 / rho)
+    sigmas = (np.float32(max_inv_rho) + ramp * np.float32(min_inv_rho - max_inv_rho)) ** np.float32(
+        rho
+    )
+    return np.concatenate([sigmas.astype(np.float32), np.zeros(1, np.float32)])
+
+
+def _exponential(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
+    sigmas = np.exp(_torch_linspace(math.log(sigma_max), math.log(sigma_min), n))
+    return np.concatenate([sigmas.astype(np.float32), np.zeros(1, np.float32)])
+
+
+def _beta(schedule: DiscreteSchedule, steps: int, alpha: float = 0.6, beta: float = 0.6):
+    total_timesteps = len(schedule.sigmas) - 1
+    ts = 1.0 - np.linspace(0.0, 1.0, steps, endpoint=False)
+    ts = np.rint(np.array([beta_ppf(float(p), alpha, beta) for p in ts]) * total_timesteps)
+    sigs: list[float] = []
+    last_t = -1.0
+    for t in ts:
+        if t != last_t:
+            sigs.append(float(schedule.sigmas[int(t)]))
+        last_t = t
+    sigs.append(0.0)
+    return np.array(sigs, dtype=np.float32)
+
+
+def _linear_quadratic(
+    schedule: DiscreteSchedule, steps: int, threshold_noise: float = 0.025, linear_steps=None
+) -> np.ndarray:
+    # NOTE: comfy linear_quadratic_schedule (from genmo's Mochi), scaled by sigma_max.
+    if steps == 1:
+        sigma_schedule = [1.0, 0.0]
+    else:
+        if linear_steps is None:
+            linear_steps = steps // 2
+        linear = [i * threshold_noise / linear_steps for i in range(linear_steps)]
+        threshold_noise_step_diff = linear_steps - threshold_noise * steps
+        quadratic_steps = steps - linear_steps
+        quadratic_coef = threshold_noise_step_diff / (linear_steps * quadratic_steps**2)
+        linear_coef = threshold_noise / linear_steps - 2 * threshold_noise_step_diff / (
+            quadratic_steps**2
+        )
+        const = quadratic_coef * (linear_steps**2)
+        quadratic = [
+            quadratic_coef * (i**2) + linear_coef * i + const for i in range(linear_steps, steps)
+        ]
+        sigma_schedule = [1.0 - x for x in [*linear, *quadratic, 1.0]]
+    return np.array(sigma_schedule, dtype=np.float32) * np.float32(schedule.sigma_max)
+
+
+def _kl_optimal(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
+    # NOTE: comfy kl_optimal_scheduler divides by n - 1, which gives NaN for n = 1 in ComfyUI;
+    # here one step is [sigma_max, 0] (the limit of the formula's first point).
+    if n == 1:
+        return np.array([sigma_max, 0.0], dtype=np.float32)
+    adj = np.arange(n, dtype=np.float32) / np.float32(n - 1)
+    sig = np.tan(
+        adj * np.float32(math.atan(sigma_min)) + (np.float32(1.0) - adj) * np.float32(
+            math.atan(sigma_max)
+        )
+    )
+    return np.concatenate([sig.astype(np.float32), np.zeros(1, np.float32)])
+
+
+def calculate_sigmas(
+    scheduler: str, steps: int, schedule: DiscreteSchedule | None = None
+) -> np.ndarray:
+    """Sigmas of one scheduler, as ComfyUI's ``comfy.samplers.calculate_sigmas``.
+
+    Args:
+        scheduler: One of :data:`SCHEDULER_NAMES`.
+        steps: Number of sampling steps (>= 1).
+        schedule: The model schedule; defaults to SD1/SD2.
+
+    Returns:
+        float32 sigmas, descending, normally ``steps + 1`` values ending in 0 (``beta`` can give
+        fewer when timesteps repeat; ``ddim_uniform`` can give more when 1000 % steps != 0).
+
+    Raises:
+        ScheduleError: for an unknown scheduler or ``steps < 1``.
+    """
+    s = schedule or SD1_SCHEDULE
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ScheduleError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = int(steps)
+    if scheduler == "simple":
+        return _simple(s, steps)
+    if scheduler == "sgm_uniform":
+        return _normal(s, steps, sgm=True)
+    if scheduler == "karras":
+        return _karras(steps, s.sigma_min, s.sigma_max)
+    if scheduler == "exponential":
+        return _exponential(steps, s.sigma_min, s.sigma_max)
+    if scheduler == "ddim_uniform":
+        return _ddim_uniform(s, steps)
+    if scheduler == "beta":
+        return _beta(s, steps)
+    if scheduler == "normal":
+        return _normal(s, steps)
+    if scheduler == "linear_quadratic":
+        return _linear_quadratic(s, steps)
+    if scheduler == "kl_optimal":
+        return _kl_optimal(steps, s.sigma_min, s.sigma_max)
+    raise ScheduleError(
+        f"unknown scheduler {scheduler!r}; expected one of {', '.join(SCHEDULER_NAMES)}"
+    )
+
+
+def ksampler_sigmas(
+    scheduler: str,
+    steps: int,
+    sampler_name: str = "euler",
+    denoise: float | None = 1.0,
+    schedule: DiscreteSchedule | None = None,
+) -> np.ndarray:
+    """The schedule the KSampler node samples with (``comfy/samplers.py`` ``KSampler.set_steps``).
+
+    * ``denoise`` > 0.9999 (or None): the full schedule for ``steps``.
+    * ``0 < denoise <= 0.9999``: the schedule for ``int(steps / denoise)`` steps, keeping the last
+      ``steps + 1`` sigmas (img2img / hires-fix second pass).
+    * ``denoise <= 0``: an empty schedule (the sampler returns the latent unchanged).
+    * Samplers in :data:`DISCARD_PENULTIMATE_SIGMA_SAMPLERS` compute one step more and drop the
+      penultimate sigma.
+
+    Args:
+        scheduler: Scheduler name.
+        steps: KSampler steps (>= 1).
+        sampler_name: Sampler name (only matters for the penultimate-sigma rule).
+        denoise: KSampler denoise in ``[0, 1]``.
+        schedule: The model schedule; defaults to SD1/SD2.
+
+    Returns:
+        float32 sigmas (possibly empty).
+    """
+
+    def compute(n: int) -> np.ndarray:
+        discard = sampler_name in DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+        sig = calculate_sigmas(scheduler, n + 1 if discard else n, schedule)
+        if discard:
+            sig = np.concatenate([sig[:-2], sig[-1:]])
+        return sig
+
+    if denoise is None or denoise > 0.9999:
+        return compute(steps)
+    if denoise <= 0.0:
+        return np.zeros(0, dtype=np.float32)
+    new_steps = int(steps / denoise)
+    return compute(new_steps)[-(steps + 1) :]
+
+
+def advanced_sigmas(
+    sigmas: np.ndarray,
+    start_at_step: int | None = None,
+    end_at_step: int | None = None,
+    return_with_leftover_noise: bool = False,
+) -> np.ndarray | None:
+    """KSamplerAdvanced's step window (``comfy/samplers.py`` ``KSampler.sample``).
+
+    ``end_at_step < len(sigmas) - 1`` keeps ``sigmas[:end + 1]`` and, unless leftover noise is
+    requested, forces the last kept sigma to 0. Then ``start_at_step < len(sigmas) - 1`` keeps
+    ``sigmas[start:]``; otherwise nothing is sampled.
+
+    Args:
+        sigmas: The full schedule (from :func:`ksampler_sigmas` with denoise 1.0).
+        start_at_step: First step to run (None = 0).
+        end_at_step: Step to stop at (None = run to the end).
+        return_with_leftover_noise: KSamplerAdvanced ``return_with_leftover_noise == "enable"``.
+
+    Returns:
+        The windowed float32 sigmas, or None when the latent must be returned unchanged.
+    """
+    out = np.array(sigmas, dtype=np.float32, copy=True)
+    if end_at_step is not None and end_at_step < len(out) - 1:
+        out = out[: end_at_step + 1].copy()
+        if not return_with_leftover_noise:
+            out[-1] = 0.0
+    if start_at_step is not None:
+        if start_at_step < len(out) - 1:
+            out = out[start_at_step:]
+        else:
+            return None
+    return out
+
+
+def _as_sequence(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """float32 copy of a sigma sequence (helper for callers passing lists)."""
+    return np.asarray(values, dtype=np.float32).copy()
