@@ -83,7 +83,7 @@ class WorkflowError(Exception):
             sources: File texts by path, for the source line and caret of DSL locations.
         """
         head = f"{self.loc}: " if self.loc is not None else ""
-        label = "error" if self.kind in (self.default_kind, "syntax_error") else f"error[{self.kind}]"
+        label = "error" if self.kind in ("invalid_workflow", "syntax_error") else f"error[{self.kind}]"
         lines = [f"{head}{label}: {self.message}"]
         snippet = _snippet(self.loc, sources)
         if snippet:

@@ -22,8 +22,6 @@ Sources (ComfyUI 0.8, ``comfy/model_sampling.py`` ``ModelSamplingDiscrete``, ``c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-
 import numpy as np
 
 __all__ = [
@@ -309,6 +307,10 @@ def beta_ppf(p: float, a: float, b: float) -> float:
         return 0.0
     if p == 1.0:
         return 1.0
+    if a == b and p == 0.5:
+        # NOTE: exact by symmetry; ComfyUI's beta scheduler rounds ppf * 999 = 499.5, a tie,
+        # so an answer 1 ulp off would pick a different timestep.
+        return 0.5
     # NOTE: solve on the side where the answer has more relative precision: for p > 1/2 solve the
     # mirrored problem I_{1-x}(b, a) = 1 - p and return 1 - y.
     if p > 0.5:
@@ -376,7 +378,9 @@ def _exponential(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
     return np.concatenate([sigmas.astype(np.float32), np.zeros(1, np.float32)])
 
 
-def _beta(schedule: DiscreteSchedule, steps: int, alpha: float = 0.6, beta: float = 0.6):
+def _beta(
+    schedule: DiscreteSchedule, steps: int, alpha: float = 0.6, beta: float = 0.6
+) -> np.ndarray:
     total_timesteps = len(schedule.sigmas) - 1
     ts = 1.0 - np.linspace(0.0, 1.0, steps, endpoint=False)
     ts = np.rint(np.array([beta_ppf(float(p), alpha, beta) for p in ts]) * total_timesteps)
@@ -391,7 +395,7 @@ def _beta(schedule: DiscreteSchedule, steps: int, alpha: float = 0.6, beta: floa
 
 
 def _linear_quadratic(
-    schedule: DiscreteSchedule, steps: int, threshold_noise: float = 0.025, linear_steps=None
+    schedule: DiscreteSchedule, steps: int, threshold_noise: float = 0.025, linear_steps: int | None = None
 ) -> np.ndarray:
     # NOTE: comfy linear_quadratic_schedule (from genmo's Mochi), scaled by sigma_max.
     if steps == 1:
@@ -546,8 +550,3 @@ def advanced_sigmas(
         else:
             return None
     return out
-
-
-def _as_sequence(values: Sequence[float] | np.ndarray) -> np.ndarray:
-    """float32 copy of a sigma sequence (helper for callers passing lists)."""
-    return np.asarray(values, dtype=np.float32).copy()

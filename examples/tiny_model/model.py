@@ -35,6 +35,7 @@ __all__ = [
     "build_tokenizer",
     "build_unet",
     "build_vae",
+    "write_slow_tokenizer_files",
     "count_parameters",
     "text_encoder_config",
     "unet_config",
@@ -185,22 +186,25 @@ def build_tokenizer(vocab_path: Path = VOCAB_PATH) -> CLIPTokenizer:
     return tokenizer
 
 
-def write_tokenizer_files(folder: Path, vocab_path: Path = VOCAB_PATH) -> None:
-    """Writes ``vocab.json`` and ``merges.txt`` (the files CLIPTokenizer.from_pretrained reads).
+def write_slow_tokenizer_files(folder: Path, vocab_path: Path = VOCAB_PATH) -> None:
+    """Writes ``vocab.json`` and ``merges.txt`` next to a saved ``tokenizer.json``.
+
+    transformers 5 saves only ``tokenizer.json``; older transformers releases and other CLIP
+    tokenizer implementations read the two classic files, so the pipeline folder carries both.
 
     Args:
-        folder: Destination folder (created).
+        folder: The pipeline's ``tokenizer/`` folder (created if missing).
         vocab_path: The bundled merges list.
     """
     tokenizer = build_tokenizer(vocab_path)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(folder))
-    # NOTE: save_pretrained of the tokenizers-backed class writes tokenizer.json; make sure the
-    # slow-format files exist too so that any CLIPTokenizer implementation can load the folder.
-    if not (folder / "vocab.json").exists():
-        (folder / "vocab.json").write_text(
-            json.dumps(tokenizer.get_vocab(), ensure_ascii=False), encoding="utf-8"
-        )
+    vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = gzip.open(vocab_path).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8"
+    )
 
 
 def count_parameters(module: torch.nn.Module) -> int:

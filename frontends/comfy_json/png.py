@@ -76,6 +76,6 @@ def read_text_chunks(data: bytes) -> dict[str, str]:
             except UnicodeDecodeError:
                 raise PngError(f"{where}: iTXt text is not UTF-8") from None
         elif kind == b"IEND":
-            break
+            return texts
         pos = end + 4
-    return texts
+    raise PngError(f"the file ends at byte {len(data)} without an IEND chunk (truncated PNG)")

@@ -1,0 +1,40 @@
+# comfyc — the two commands a fresh machine needs: `make test` and `make demo`.
+# Both create .venv if missing and install pinned versions from constraints.txt.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Re-install when the pins or the package metadata change.
+STAMP  := $(VENV)/.stamp-$(shell cat constraints.txt pyproject.toml setup.py 2>/dev/null | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: install test demo lint clean bench
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): $(PY) constraints.txt pyproject.toml setup.py
+	@echo "==> installing comfyc[compiler,cpu,dev] with pinned versions (constraints.txt)"
+	$(PIP) install --quiet -c constraints.txt -e '.[compiler,cpu,dev]'
+	@# Test oracles: k-diffusion's sampling module only installs without its dependencies
+	@# (it would pull a CUDA torch); see ../shared/reference/spikes.md §2.
+	$(PIP) install --quiet -c constraints.txt --no-deps k-diffusion
+	$(PIP) install --quiet -c constraints.txt torchsde torchdiffeq tqdm
+	@rm -f $(VENV)/.stamp-*
+	@touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/comfyc demo
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis demo-out

@@ -1,0 +1,232 @@
+"""`comfyc check` on bad inputs: each problem gets its own message and exit code, never a
+traceback (table-driven, through a real subprocess)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CORPUS, DATA
+
+BASE = json.loads((DATA / "comfy" / "txt2img.api.json").read_text())
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "comfyc.compiler.cli", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _edit(fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    data = copy.deepcopy(BASE)
+    fn(data)
+    return data
+
+
+def _png(chunks: list[tuple[bytes, bytes]] = ()) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00\x00")
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+    for kind, body in chunks:
+        out += chunk(kind, body)
+    return out + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+# (name, workflow edit, expected exit code, substrings expected in stderr)
+JSON_CASES = [
+    ("required_input_missing", lambda d: d["3"]["inputs"].pop("model"), 1,
+     ["node #3 'My sampler', input 'model'", "error[required_input_missing]",
+      "required input 'model' (MODEL)", "help: connect a MODEL output to 'model'"]),
+    ("bad_linked_input_dangling", lambda d: d["8"]["inputs"].update(vae=["99", 2]), 1,
+     ["input 'vae'", "error[bad_linked_input]", "links to node #99, which is not in the workflow"]),
+    ("bad_linked_input_index", lambda d: d["8"]["inputs"].update(vae=["4", 7]), 1,
+     ["error[bad_linked_input]", "links to output 7 of #4 (CheckpointLoaderSimple), which has "
+      "3 outputs (0: MODEL, 1: CLIP, 2: VAE)"]),
+    ("bad_linked_input_int_id", lambda d: d["8"]["inputs"].update(vae=[4, 2]), 1,
+     ["error[bad_linked_input]", "is a number", 'help: write the link as ["4", 2]']),
+    ("bad_linked_input_shape", lambda d: d["8"]["inputs"].update(vae=["4", 2, 1]), 1,
+     ["error[bad_linked_input]", "found an array of 3 items"]),
+    ("return_type_mismatch", lambda d: d["3"]["inputs"].update(model=["4", 1]), 1,
+     ["error[return_type_mismatch]", "input 'model' expects MODEL, but is linked to output 1 "
+      "(CLIP) of #4 (CheckpointLoaderSimple)", "has a matching output 0 (MODEL)"]),
+    ("value_smaller_than_min", lambda d: d["3"]["inputs"].update(steps=0), 1,
+     ["error[value_smaller_than_min]", "steps 0 is smaller than the minimum 1"]),
+    ("value_bigger_than_max", lambda d: d["3"]["inputs"].update(cfg=1000), 1,
+     ["error[value_bigger_than_max]", "cfg 1000 is bigger than the maximum 100.0"]),
+    ("value_not_in_list", lambda d: d["3"]["inputs"].update(sampler_name="eulr"), 1,
+     ["error[value_not_in_list]", "sampler_name 'eulr' is not one of the allowed values",
+      "did you mean 'euler'"]),
+    ("invalid_input_type", lambda d: d["3"]["inputs"].update(steps="twenty"), 1,
+     ["error[invalid_input_type]", "input 'steps' expects INT, found STRING 'twenty'"]),
+    ("literal_for_link", lambda d: d["8"]["inputs"].update(vae=5), 1,
+     ["error[bad_linked_input]", "input 'vae' needs a link to a VAE output; found the literal 5"]),
+    ("cycle", lambda d: d["5"]["inputs"].update(batch_size=["3", 0]) or d["5"].update(
+        class_type="RepeatLatentBatch", inputs={"samples": ["3", 0], "amount": 1}), 1,
+     ["error[dependency_cycle]", "the workflow has a cycle"]),
+    ("unknown_node", lambda d: d["8"].update(class_type="VAEDecod"), 1,
+     ["unknown node type 'VAEDecod'", "did you mean 'VAEDecode'", "--object-info"]),
+    ("no_outputs", lambda d: d.pop("9"), 1, ["error[prompt_no_outputs]", "SaveImage"]),
+    ("missing_class_type", lambda d: d["8"].pop("class_type"), 1,
+     ["node #8", "missing the class_type property"]),
+]
+
+
+@pytest.mark.parametrize("name,edit,code,expected", JSON_CASES, ids=[c[0] for c in JSON_CASES])
+def test_bad_workflow(tmp_path: Path, name: str, edit: Callable, code: int,
+                      expected: list[str]) -> None:
+    """Each kind of problem gets its specific message and exit code."""
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(_edit(edit)))
+    result = _run("check", str(path))
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    for text in expected:
+        assert text in result.stderr, f"{text!r} not in:\n{result.stderr}"
+
+
+def test_all_problems_are_reported_in_one_run(tmp_path: Path) -> None:
+    """Validation lists every problem, not just the first."""
+    data = _edit(lambda d: (d["3"]["inputs"].update(steps=0, sampler_name="nope"),
+                            d["5"]["inputs"].update(width=8)))
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps(data))
+    result = _run("check", str(path))
+    assert result.returncode == 1
+    for kind in ("value_smaller_than_min", "value_not_in_list"):
+        assert kind in result.stderr
+    assert "width 8 is smaller than the minimum 16" in result.stderr
+    assert "3 errors" in result.stderr
+
+
+FILE_CASES: list[tuple[str, bytes, list[str]]] = [
+    ("malformed.json", b'{\n  "3": {\n    "class_type": "KSampler",,\n  }\n}\n',
+     ["malformed.json:3:30: error: malformed JSON: Expecting property name"]),
+    ("empty.json", b"", ["empty.json: error[unreadable_file]: file is empty"]),
+    ("blank.cfy", b"  \n\n", ["file is empty"]),
+    ("nometa.png", _png(), ["PNG has no ComfyUI workflow"]),
+    ("truncated.png", _png([(b"tEXt", b"prompt\0{}")])[:40], ["unreadable PNG", "truncated"]),
+    ("latin1.json", '{"3": "caf\xe9"}'.encode("latin-1"),
+     ["not UTF-8 text (byte 0xe9 at offset 10)"]),
+    ("list.json", b"[1, 2]", ["JSON list is not a workflow"]),
+]
+
+
+@pytest.mark.parametrize("name,content,expected", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+def test_unreadable_file(tmp_path: Path, name: str, content: bytes, expected: list[str]) -> None:
+    """Unreadable inputs exit 2 with a specific message."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = _run("check", str(path))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for text in expected:
+        assert text in result.stderr, f"{text!r} not in:\n{result.stderr}"
+
+
+def test_fifty_megabyte_file_is_refused(tmp_path: Path) -> None:
+    """A 50 MB file is refused by size before it is read."""
+    path = tmp_path / "huge.json"
+    with open(path, "wb") as fh:
+        fh.write(b"{" + b" " * (50 * 1024 * 1024) + b"}")
+    result = _run("check", str(path))
+    assert result.returncode == 2
+    assert "50.0 MiB, larger than the 32 MiB limit" in result.stderr
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    """A missing path and a directory are unreadable (exit 2)."""
+    assert _run("check", str(tmp_path / "nope.json")).returncode == 2
+    result = _run("check", str(tmp_path))
+    assert result.returncode == 2 and "is a directory" in result.stderr
+
+
+def test_png_with_prompt_chunk_checks_and_converts(tmp_path: Path) -> None:
+    """A PNG carrying a prompt (tEXt) and a workflow (compressed iTXt) is read by content."""
+    prompt = json.dumps(BASE).encode()
+    workflow = (CORPUS / "lora__lora.ui.json").read_bytes()
+    itxt = b"workflow\0\x01\x00\0\0" + zlib.compress(workflow)
+    path = tmp_path / "image.bin"  # Extension says nothing: content decides.
+    path.write_bytes(_png([(b"tEXt", b"prompt\0" + prompt), (b"iTXt", itxt)]))
+    assert _run("check", str(path)).returncode == 0
+    result = _run("convert", str(path), "--to", "api")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == BASE
+
+
+def test_png_with_only_a_workflow_converts_it(tmp_path: Path) -> None:
+    """Without a prompt chunk, the PNG's UI workflow is converted."""
+    ui = (CORPUS / "lora__lora.ui.json").read_bytes()
+    path = tmp_path / "w.png"
+    path.write_bytes(_png([(b"zTXt", b"workflow\0\x00" + zlib.compress(ui))]))
+    result = _run("convert", str(path), "--to", "api")
+    assert result.returncode == 0, result.stderr
+    expected = json.loads((CORPUS / "lora__lora.api.json").read_text())
+    got = json.loads(result.stdout)
+    assert {k: v["inputs"] for k, v in got.items()} == {k: v["inputs"] for k, v in expected.items()}
+
+
+def test_check_json_report_has_comfyui_node_errors(tmp_path: Path) -> None:
+    """--json gives ComfyUI's node_errors shape."""
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(_edit(lambda d: d["3"]["inputs"].update(steps=0))))
+    result = _run("check", "--json", str(path))
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["valid"] is False
+    error = report["node_errors"]["3"]["errors"][0]
+    assert error["type"] == "value_smaller_than_min"
+    assert error["extra_info"]["input_name"] == "steps"
+    assert report["node_errors"]["3"]["class_type"] == "KSampler"
+
+
+def test_object_info_extends_the_catalogue(corpus: Path) -> None:
+    """--object-info makes workflows with other nodes check and convert."""
+    gligen = str(corpus / "gligen__gligen_textbox_example.ui.json")
+    assert _run("check", gligen).returncode == 1
+    extra = str(DATA / "comfy" / "object_info_extra.json")
+    assert _run("check", "--object-info", extra, gligen).returncode == 0
+    result = _run("convert", gligen, "--to", "api", "--object-info", extra)
+    assert result.returncode == 0
+    expected = json.loads((corpus / "gligen__gligen_textbox_example.api.json").read_text())
+    assert {k: v["inputs"] for k, v in json.loads(result.stdout).items()} == {
+        k: v["inputs"] for k, v in expected.items()}
+
+
+def test_convert_writes_output_file(tmp_path: Path, corpus: Path) -> None:
+    """convert -o writes the file (atomically) and prints nothing."""
+    out = tmp_path / "sub" / "out.json"
+    result = _run("convert", str(corpus / "lora__lora.ui.json"), "--to", "api", "-o", str(out))
+    assert result.returncode == 0 and result.stdout == ""
+    assert json.loads(out.read_text())["3"]["class_type"] == "KSampler"
+
+
+def test_check_does_not_import_torch(corpus: Path) -> None:
+    """`comfyc check` stays light: torch is never imported."""
+    code = (
+        "import sys; from comfyc.compiler.cli import main; "
+        f"rc = main(['check', '-q', {str(corpus / 'lora__lora.ui.json')!r}]); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_help_lists_commands() -> None:
+    """`comfyc --help` lists the subcommands; each has its own help."""
+    result = _run("--help")
+    assert result.returncode == 0
+    for name in ("check", "convert"):
+        assert name in result.stdout
+        sub = _run(name, "--help")
+        assert sub.returncode == 0 and "usage: comfyc" in sub.stdout

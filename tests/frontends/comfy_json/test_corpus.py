@@ -1,0 +1,84 @@
+"""UI → API conversion against the API prompts ComfyUI itself produced (the corpus)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from comfyc.compiler.catalog import default_catalog
+from comfyc.compiler.errors import WorkflowErrors
+from comfyc.compiler.passes.validate import validate_graph
+from comfyc.frontends.comfy_json.api import graph_from_api, graph_to_api
+from comfyc.frontends.comfy_json.ui import ui_to_api
+from tests.conftest import CORPUS, DATA
+
+UI_FILES = sorted(CORPUS.glob("*.ui.json"))
+API_FILES = sorted(CORPUS.glob("*.api.json"))
+
+
+def _strip(prompt: dict) -> dict:
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+
+
+def _extended_catalog():
+    catalog = default_catalog().copy()
+    catalog.load_object_info(DATA / "comfy" / "object_info_extra.json")
+    return catalog
+
+
+def _catalogued(path: Path) -> bool:
+    api = json.loads(path.with_name(path.name.replace(".ui.json", ".api.json")).read_text())
+    ui = json.loads(path.read_text())
+    types = {n["class_type"] for n in api.values()} | {
+        n["type"] for n in ui["nodes"] if n.get("mode", 0) == 0
+        and n["type"] not in ("Note", "PrimitiveNode", "Reroute", "MarkdownNote")
+    }
+    return all(t in default_catalog() for t in types)
+
+
+def test_corpus_is_there() -> None:
+    """The corpus holds UI/API pairs."""
+    assert len(UI_FILES) >= 10 and len(UI_FILES) == len(API_FILES)
+
+
+@pytest.mark.parametrize("ui_path", UI_FILES, ids=lambda p: p.name)
+def test_ui_converts_to_the_api_prompt_comfyui_made(ui_path: Path) -> None:
+    """Converting a catalogued UI workflow gives exactly ComfyUI's API prompt."""
+    expected = json.loads(ui_path.with_name(ui_path.name.replace(".ui", ".api")).read_text())
+    ui = json.loads(ui_path.read_text())
+    if _catalogued(ui_path):
+        assert _strip(ui_to_api(ui, file=str(ui_path))) == _strip(expected)
+    else:
+        with pytest.raises(WorkflowErrors) as info:
+            ui_to_api(ui, file=str(ui_path))
+        first = info.value.errors[0]
+        assert first.kind == "invalid_prompt" and "unknown node" in first.message
+        assert "--object-info" in (first.help or "")
+        # With an object_info fragment for those nodes it converts exactly.
+        got = ui_to_api(ui, _extended_catalog(), file=str(ui_path))
+        assert _strip(got) == _strip(expected)
+
+
+@pytest.mark.parametrize("api_path", API_FILES, ids=lambda p: p.name)
+def test_api_prompts_load_validate_and_write_back(api_path: Path) -> None:
+    """Every corpus API prompt loads, validates and writes back unchanged."""
+    data = json.loads(api_path.read_text())
+    catalog = _extended_catalog()
+    graph = graph_from_api(data, catalog, str(api_path))
+    validate_graph(graph, catalog)
+    assert _strip(graph_to_api(graph)) == _strip(data)
+    # Every node gets a title for ComfyUI's UI.
+    assert all("title" in v["_meta"] for v in graph_to_api(graph).values())
+
+
+def test_unknown_nodes_are_listed_together_with_close_names(corpus: Path) -> None:
+    """All unknown classes are named at once, with a close catalogued name when there is one."""
+    data = json.loads((corpus / "flux__flux_dev_example.api.json").read_text())
+    with pytest.raises(WorkflowErrors) as info:
+        graph_from_api(data, file="flux.json")
+    error = info.value.errors[0]
+    for name in ("DualCLIPLoader", "UNETLoader", "SamplerCustomAdvanced", "EmptySD3LatentImage"):
+        assert name in error.message
+    assert any("did you mean 'EmptyLatentImage'" in n for n in error.notes)
