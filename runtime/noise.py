@@ -36,11 +36,12 @@ machines; against ComfyUI on ARM the noise agrees to about 2.4e-7 absolute. Tens
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["TorchGenerator", "prepare_noise"]
+__all__ = ["BrownianTreeNoise", "TorchGenerator", "prepare_noise"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -204,13 +205,9 @@ class TorchGenerator:
             )
         self.seed = seed
         # NOTE: at::mt19937 init_with_uint32 is MT19937's init_genrand on the low 32 bits; the
-        # first draw regenerates the state (numpy's pos=624 does the same).
-        key = np.empty(624, dtype=np.uint32)
-        value = seed & _MASK32
-        key[0] = value
-        for i in range(1, 624):
-            value = (1812433253 * (value ^ (value >> 30)) + i) & _MASK32
-            key[i] = value
+        # first draw regenerates the state (pos=624 does the same). numpy's legacy RandomState
+        # seeds a scalar int with exactly init_genrand, so it computes the key for us.
+        key = np.random.RandomState(seed & _MASK32).get_state()[1]
         self._bitgen.state = {
             "bit_generator": "MT19937",
             "state": {"key": key, "pos": 624},
@@ -311,3 +308,158 @@ def prepare_noise(
         if i in wanted:
             drawn[i] = sample
     return np.concatenate([drawn[i] for i in indices], axis=0)
+
+
+class BrownianTreeNoise:
+    """ComfyUI's Brownian-tree noise for SDE samplers, without torch.
+
+    Reproduces ``comfy/k_diffusion/sampling.py`` ``BrownianTreeNoiseSampler(x, sigma_min,
+    sigma_max, seed=seed, cpu=True)``, which wraps ``torchsde.BrownianTree(t0=sigma_min,
+    w0=zeros_like(x), t1=sigma_max, entropy=seed)`` (tol 1e-6, pool_size 24, a dyadic
+    "halfway" tree). The facts it rests on (torchsde 0.2 ``brownian_interval.py``):
+
+    * Times are rounded to 6 decimals (``round(t, 6)``); every node splits at the rounded midpoint
+      of its interval, so a query ``[ta, tb]`` is the sum, left to right, of the increments of the
+      maximal dyadic nodes that tile it.
+    * The root increment is ``randn(seed_W) * sqrt(t1 - t0)``, with seeds from
+      ``numpy.random.SeedSequence(entropy=seed, pool_size=24).generate_state(3)``; a node with
+      spawn key ``k`` at depth ``d`` draws ``generate_state(4)`` of
+      ``SeedSequence(entropy, spawn_key=(k, d), pool_size=24)``; its children have keys ``2k``
+      (left) and ``2k + 1`` (right) at depth ``d + 1``.
+    * A split is a Brownian bridge: ``left = l * W / h + sqrt(l * r / h) * randn(seed_W of the
+      node)``, ``right = W - left`` (float32 tensor arithmetic with Python-float coefficients).
+    * Each ``randn`` is ``torch.Generator().manual_seed(seed)`` then ``randn(shape)`` on the CPU,
+      which :class:`TorchGenerator` reproduces bit for bit.
+
+    Calling it with ``(sigma, sigma_next)`` returns ``W(sigma_next, sigma) * sign /
+    sqrt(|sigma_next - sigma|)``, a standard normal sample, as ComfyUI's noise sampler does.
+
+    Args:
+        shape: Latent shape (the noise shape).
+        sigma_min: Smallest positive sigma of the schedule.
+        sigma_max: Largest sigma of the schedule.
+        seed: The sampler seed (the tree's entropy).
+    """
+
+    __slots__ = ("_cache", "_end", "_entropy", "_root_w", "_seeds", "_shape", "_start")
+
+    _POOL_SIZE = 24
+    _NDIGITS = 6
+    _CACHE_SIZE = 128
+
+    def __init__(self, shape: Sequence[int], sigma_min: float, sigma_max: float, seed: int):
+        self._shape = tuple(int(v) for v in shape)
+        t0 = float(np.float32(sigma_min))
+        t1 = float(np.float32(sigma_max))
+        if not t0 < t1:
+            raise ValueError(
+                f"Brownian tree needs sigma_min < sigma_max, got {sigma_min} and {sigma_max}"
+            )
+        if int(seed) < 0:
+            raise ValueError(f"Brownian tree entropy (the seed) must be >= 0, got {seed}")
+        self._entropy = int(seed)
+        self._start = round(t0, self._NDIGITS)
+        self._end = round(t1, self._NDIGITS)
+        root_seed = np.random.SeedSequence(
+            entropy=self._entropy, pool_size=self._POOL_SIZE
+        ).generate_state(3)[0]
+        self._root_w = TorchGenerator(int(root_seed)).randn(self._shape) * np.float32(
+            math.sqrt(t1 - t0)
+        )
+        self._seeds: dict[tuple[int, int], int] = {}
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    def _node_seed(self, key: int, depth: int) -> int:
+        """The W seed a node uses to split itself (its first generate_state(4) word)."""
+        found = self._seeds.get((key, depth))
+        if found is None:
+            sequence = np.random.SeedSequence(
+                entropy=self._entropy, spawn_key=(key, depth), pool_size=self._POOL_SIZE
+            )
+            found = int(sequence.generate_state(4)[0])
+            self._seeds[(key, depth)] = found
+        return found
+
+    def _midpoint(self, start: float, end: float) -> float:
+        return round(0.5 * (end + start), self._NDIGITS)
+
+    def _increment(self, path: tuple[tuple[float, float, int, int], ...]) -> np.ndarray:
+        """W of the last node of ``path`` (root first; entries (start, end, key, depth))."""
+        start, end, key, depth = path[-1]
+        if depth == 0:
+            return self._root_w
+        cached = self._cache.get((key, depth))
+        if cached is not None:
+            self._cache.move_to_end((key, depth))
+            return cached
+        p_start, p_end, p_key, p_depth = path[-2]
+        parent_w = self._increment(path[:-1])
+        mid = self._midpoint(p_start, p_end)
+        h_reciprocal = 1 / (p_end - p_start)
+        left_diff = mid - p_start
+        right_diff = p_end - mid
+        noise = TorchGenerator(self._node_seed(p_key, p_depth)).randn(self._shape)
+        mean = np.float32(left_diff) * parent_w * np.float32(h_reciprocal)
+        left_w = mean + np.float32(math.sqrt(left_diff * right_diff * h_reciprocal)) * noise
+        out = left_w if key % 2 == 0 else parent_w - left_w
+        self._cache[(key, depth)] = out
+        if len(self._cache) > self._CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return out
+
+    def _tile(
+        self,
+        path: tuple[tuple[float, float, int, int], ...],
+        ta: float,
+        tb: float,
+        out: list[tuple[tuple[float, float, int, int], ...]],
+    ) -> None:
+        start, end, key, depth = path[-1]
+        if ta == start and tb == end:
+            out.append(path)
+            return
+        mid = self._midpoint(start, end)
+        left = (start, mid, 2 * key, depth + 1)
+        right = (mid, end, 2 * key + 1, depth + 1)
+        if tb <= mid:
+            self._tile((*path, left), ta, tb, out)
+        elif ta >= mid:
+            self._tile((*path, right), ta, tb, out)
+        else:
+            self._tile((*path, left), ta, mid, out)
+            self._tile((*path, right), mid, tb, out)
+
+    def increment(self, ta: float, tb: float) -> np.ndarray:
+        """The Brownian increment ``W(tb) - W(ta)`` for ``ta <= tb`` (``BrownianTree(ta, tb)``)."""
+        ta, tb = float(ta), float(tb)
+        # NOTE: torchsde clamps (unrounded) query times to the (rounded) interval, then rounds.
+        ta = min(max(ta, self._start), self._end)
+        tb = min(max(tb, self._start), self._end)
+        if ta == tb:
+            return np.zeros(self._shape, dtype=np.float32)
+        ta, tb = round(ta, self._NDIGITS), round(tb, self._NDIGITS)
+        tiles: list[tuple[tuple[float, float, int, int], ...]] = []
+        self._tile(((self._start, self._end, 0, 0),), ta, tb, tiles)
+        w = self._increment(tiles[0])
+        for tile in tiles[1:]:
+            w = w + self._increment(tile)
+        return w
+
+    def __call__(self, sigma: float, sigma_next: float) -> np.ndarray:
+        """Standard normal noise for the step ``sigma -> sigma_next``.
+
+        Args:
+            sigma: Current sigma.
+            sigma_next: Next sigma.
+
+        Returns:
+            float32 noise of the latent shape.
+        """
+        a = float(np.float32(sigma))
+        b = float(np.float32(sigma_next))
+        lo, hi, sign = (a, b, 1.0) if a < b else (b, a, -1.0)
+        w = self.increment(lo, hi)
+        if sign < 0:
+            w = -w
+        denom = np.float32(math.sqrt(float(np.float32(abs(float(np.float32(b - a)))))))
+        return w / denom

@@ -72,7 +72,7 @@ def text_encoder_config() -> dict[str, Any]:
         "layer_norm_eps": 1e-5,
         "bos_token_id": BOS_TOKEN_ID,
         "eos_token_id": EOS_TOKEN_ID,
-        "pad_token_id": 1,
+        "pad_token_id": EOS_TOKEN_ID,
     }
 
 

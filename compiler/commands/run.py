@@ -1,0 +1,177 @@
+"""Run a workflow (or a compiled artifact) and write its images.
+
+A workflow file (UI/API JSON, PNG, .cfy) is compiled in memory for the PyTorch backend and
+run; sampler seeds and DSL params can be set with --param NAME=VALUE. Images go to --out
+(ComfyUI's file names, with the workflow embedded in each PNG). A progress bar follows the
+sampling steps, and a per-stage timing summary is printed at the end (--json: a
+machine-readable summary on standard output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from ..errors import WorkflowError
+from .common import (
+    EXIT_INVALID, EXIT_OK, add_catalog_arguments, catalog_from_args, exit_code_for, print_error,
+)
+
+__all__ = ["add_arguments", "run", "parse_params", "Progress"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``comfyc run``."""
+    parser.add_argument("file", metavar="WORKFLOW|ARTIFACT",
+                        help="a workflow file, or a compiled NAME.comfyc artifact")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a runtime param (repeatable), e.g. --param seed=7")
+    parser.add_argument("--out", default="output", metavar="DIR",
+                        help="where images are written (default: ./output)")
+    parser.add_argument("--input-dir", default="input", metavar="DIR",
+                        help="where LoadImage finds its files (default: ./input)")
+    parser.add_argument("--models-dir", metavar="DIR",
+                        help="models folder in ComfyUI's layout (default: $COMFYC_MODELS)")
+    parser.add_argument("--backend", default=None,
+                        help="stage backend: torch (workflows) or an artifact's backends")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON summary (outputs, timings) on standard output")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_catalog_arguments(parser)
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``["seed=7", "prompt=a cat"]`` → ``{"seed": "7", "prompt": "a cat"}``.
+
+    Values stay strings; the program converts them by each param's type.
+
+    Raises:
+        ValueError: An item has no ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise ValueError(f"--param expects NAME=VALUE, got {item!r}")
+        out[name.strip()] = value
+    return out
+
+
+class Progress:
+    """A one-line progress bar on standard error (silent when not a terminal and quiet)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last = ""
+
+    def __call__(self, label: str, step: int, total: int) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * step / max(total, 1))
+        line = f"{label}: [{'#' * filled}{'.' * (width - filled)}] {step}/{total}"
+        if self.tty:
+            sys.stderr.write("\r" + line + ("\n" if step >= total else ""))
+        elif step >= total or step == 1:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def message(self, text: str) -> None:
+        """Print a status line."""
+        if self.enabled:
+            print(text, file=sys.stderr)
+
+
+def print_timings(timings: dict[str, Any], out: Any = sys.stderr) -> None:
+    """The per-stage timing table."""
+    print(f"{'stage':<32} {'calls':>6} {'total s':>9} {'median ms':>10}", file=out)
+    for name, row in sorted(timings["stages"].items()):
+        print(f"{name:<32} {row['calls']:>6} {row['total_s']:>9.3f} "
+              f"{row['median_s'] * 1000:>10.2f}", file=out)
+    print(f"{'(runtime outside stages)':<32} {'':>6} {timings['overhead_s']:>9.3f}", file=out)
+    print(f"{'total':<32} {'':>6} {timings['total_s']:>9.3f}", file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``comfyc run``."""
+    from pathlib import Path
+
+    from comfyc.runtime.program import ParamError, ProgramError
+
+    progress = Progress(not args.no_progress)
+    try:
+        params = parse_params(args.param)
+    except ValueError as exc:
+        print(f"comfyc run: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        if Path(args.file).is_dir():
+            from comfyc.runtime.artifact import load as load_artifact
+
+            program = load_artifact(args.file, backend=args.backend)
+        else:
+            program = _compile_in_memory(args, progress)
+        build_s = time.perf_counter() - started
+        result = program.run(params, output_dir=args.out, input_dir=args.input_dir,
+                             progress=progress)
+    except WorkflowError as exc:
+        print_error(exc, _sources(args.file))
+        return exit_code_for(exc)
+    except (ParamError, ProgramError) as exc:
+        print(f"comfyc run: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except Exception as exc:  # noqa: BLE001 - backends raise their own error types
+        from comfyc.runtime.backends.base import BackendError
+
+        if isinstance(exc, BackendError):
+            print(f"comfyc run: error: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        raise
+    files = [f for entries in result.files.values() for f in entries]
+    summary = {
+        "outputs": {k: [str(Path(args.out) / f["subfolder"] / f["filename"]) for f in v]
+                    for k, v in result.files.items()},
+        "timings": {**result.timings, "load_s": build_s},
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for path in (p for v in summary["outputs"].values() for p in v):
+            print(path)
+        print_timings(result.timings)
+        print(f"{'(load / compile)':<32} {'':>6} {build_s:>9.3f}", file=sys.stderr)
+    return EXIT_OK if files or result.images else EXIT_INVALID
+
+
+def _sources(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return {path: fh.read()}
+    except (OSError, UnicodeDecodeError):
+        return {}
+
+
+def _compile_in_memory(args: argparse.Namespace, progress: Progress) -> Any:
+    """Load, validate and lower a workflow for the torch backend."""
+    from comfyc.frontends.load import load_workflow
+
+    from ..lowering.program import lower_to_program
+    from ..passes.base import PassContext, PassManager
+    from ..passes.runtime_params import RuntimeParamsPass
+    from ..passes.validate import ValidatePass
+
+    if args.backend not in (None, "torch", "torch-compile"):
+        raise WorkflowError(f"a workflow runs on the torch backend; --backend {args.backend} "
+                            f"needs a compiled artifact (comfyc compile)")
+    catalog = catalog_from_args(args)
+    graph = load_workflow(args.file, catalog)
+    context = PassContext(catalog)
+    PassManager([ValidatePass(context), RuntimeParamsPass(context)])(graph)
+    progress.message(f"loading models for {args.file} (torch backend)")
+    return lower_to_program(graph, catalog, models_dir=args.models_dir,
+                            compile_stages=args.backend == "torch-compile")

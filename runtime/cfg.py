@@ -1,0 +1,551 @@
+"""The model wrapper and classifier-free guidance, in numpy (ComfyUI's ``sampling_function``).
+
+:func:`make_denoiser` turns a UNet stage into the ``denoiser(x, sigma) -> x0`` that
+:mod:`comfyc.runtime.samplers` drives. What it reproduces (ComfyUI 0.8):
+
+* Model call (``comfy/model_base.py`` ``BaseModel._apply_model``, ``comfy/model_sampling.py``):
+  input ``x / sqrt(sigma**2 + 1)`` (plus ``c_concat`` channels for inpainting UNets), timestep
+  ``argmin |log sigma - log sigma_t|`` as float, then x0 = ``x - sigma * eps`` (``epsilon``) or
+  ``x / (sigma**2 + 1) - v * sigma / sqrt(sigma**2 + 1)`` (``v_prediction``).
+* CFG on x0 (``cfg_function``): ``x0_uncond + (x0_cond - x0_uncond) * cfg``; when
+  ``math.isclose(cfg, 1.0)`` the negative is not evaluated at all (its prediction counts as 0).
+* Conditioning entries (``calc_cond_batch``, ``get_area_and_mult``): each entry runs on its area
+  (``(h, w, y, x)`` in latent units, or ``("percentage", h, w, y, x)``) and is accumulated with
+  weight ``strength x mask x mask_strength``; areas without a mask get feathered edges (a linear
+  ramp over ``min(8, size // 4)`` pixels on sides that do not touch the latent border); the sum is
+  divided by the summed weights (floor 1e-37). ``start_percent``/``end_percent`` switch an entry
+  on only while ``sigma`` is inside ``[percent_to_sigma(end), percent_to_sigma(start)]``.
+  Masks are resized bilinearly to the latent; ``set_area_to_bounds`` replaces the area by the
+  mask's bounding box (at least 8x8). For every area entry of one side an entry with the same area
+  is synthesised on the other side from its smallest enclosing entry
+  (``create_cond_with_same_area_if_none``), so CFG pairs up per region.
+* Batching: entries whose inputs have the same shape are run in one UNet call (uncond and cond
+  together); contexts of different token lengths are repeated to their least common multiple
+  when that is at most 4x the shorter one (``comfy/conds.py`` ``CONDCrossAttn``), otherwise they
+  run in separate calls. ``max_batch_size`` caps the rows of one call (ComfyUI picks the largest
+  of n, n/2, n/3, ... entries that fits; rows beyond the cap are split further).
+
+Not supported (a clear error names them): ControlNet (``control``), GLIGEN (``gligen``), hooks,
+``default`` conds and model-option CFG hooks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .samplers import _repeat_to_batch, _resize_bilinear
+from .schedules import SD1_SCHEDULE, DiscreteSchedule
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "CFGDenoiser",
+    "ConditioningError",
+    "UNetFn",
+    "apply_model",
+    "make_denoiser",
+]
+
+#: ``unet(x_in [B,C,h,w], timestep [B], context [B,T,D]) -> [B,4,h,w]`` (all float32).
+UNetFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
+
+_UNSUPPORTED_KEYS = {
+    "control": "ControlNet",
+    "gligen": "GLIGEN",
+    "hooks": "hook keyframes",
+    "default": "default conds",
+}
+
+
+class ConditioningError(ValueError):
+    """A conditioning entry or CFG setting that cannot be evaluated."""
+
+
+def _f32(value: float) -> float:
+    return float(np.float32(value))
+
+
+def apply_model(
+    unet: UNetFn,
+    x: np.ndarray,
+    sigma: float,
+    context: np.ndarray,
+    prediction_type: str = "epsilon",
+    schedule: DiscreteSchedule | None = None,
+    concat: np.ndarray | None = None,
+) -> np.ndarray:
+    """One model evaluation: x0 prediction for noisy ``x`` at ``sigma`` (no CFG).
+
+    Args:
+        unet: The UNet stage.
+        x: Noisy latent ``[B, C, h, w]`` (k-diffusion convention).
+        sigma: Noise level.
+        context: ``[B, T, D]`` cross-attention context.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
+        schedule: Model schedule for the timestep; defaults to SD1/SD2.
+        concat: Optional ``c_concat`` channels ``[B, Cc, h, w]`` (inpainting UNets), appended after
+            the input scaling.
+
+    Returns:
+        float32 x0 ``[B, C, h, w]``.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ConditioningError(
+            f"prediction_type {prediction_type!r} is not supported; expected one of "
+            f"{', '.join(PREDICTION_TYPES)}"
+        )
+    s = schedule or SD1_SCHEDULE
+    sig = np.float32(sigma)
+    denom = np.sqrt(sig * sig + np.float32(1.0))
+    x = np.asarray(x, dtype=np.float32)
+    x_in = x / denom
+    if concat is not None:
+        x_in = np.concatenate([x_in, np.asarray(concat, dtype=np.float32)], axis=1)
+    # NOTE: ModelSamplingDiscrete.timestep on a float32 sigma; the log is correctly rounded as
+    # torch's scalar logf is, so argmin ties resolve the same way.
+    log_sigma = np.float32(math.log(float(sig)))
+    t = float(np.argmin(np.abs(log_sigma - s.log_sigmas)))
+    timestep = np.full((x.shape[0],), t, dtype=np.float32)
+    out = np.asarray(unet(np.ascontiguousarray(x_in), timestep, context), dtype=np.float32)
+    if out.shape != x.shape:
+        raise ConditioningError(
+            f"the UNet returned shape {out.shape} for a latent of shape {x.shape}; the UNet stage "
+            "must return one prediction per input latent with the latent's channels"
+        )
+    if prediction_type == "epsilon":
+        return x - out * sig
+    # NOTE: V_PREDICTION.calculate_denoised with sigma_data = 1, in torch's operation order.
+    return x * np.float32(1.0) / (sig * sig + np.float32(1.0)) - out * sig * np.float32(1.0) / denom
+
+
+def _lcm(a: int, b: int) -> int:
+    return abs(a * b) // math.gcd(a, b)
+
+
+class _Entry:
+    """One resolved conditioning entry (ComfyUI's cond dict after ``process_conds``)."""
+
+    __slots__ = (
+        "area",
+        "cond",
+        "mask",
+        "mask_strength",
+        "strength",
+        "timestep_end",
+        "timestep_start",
+    )
+
+    def __init__(self) -> None:
+        self.cond: np.ndarray = np.zeros((1, 0, 0), np.float32)
+        self.area: tuple[int, int, int, int] | None = None
+        self.strength = 1.0
+        self.mask: np.ndarray | None = None
+        self.mask_strength = 1.0
+        self.timestep_start: float | None = None
+        self.timestep_end: float | None = None
+
+    def copy(self) -> _Entry:
+        out = _Entry()
+        for name in self.__slots__:
+            setattr(out, name, getattr(self, name))
+        return out
+
+
+def _as_dict(entry: Any, side: str, index: int) -> Mapping[str, Any]:
+    """Accept ``{"cond": ..., ...}`` or ComfyUI's ``[cond, {options}]``."""
+    if isinstance(entry, Mapping):
+        return entry
+    if isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], Mapping):
+        return {**entry[1], "cond": entry[0]}
+    raise ConditioningError(
+        f"{side} conditioning entry {index} is a {type(entry).__name__}; expected a dict with a "
+        "'cond' array (and optional area/strength/mask/...) or a ComfyUI [cond, options] pair"
+    )
+
+
+def _bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``set_area_to_bounds``: the mask's bounding box as an area (at least 8x8)."""
+    bounds = np.max(np.abs(mask), axis=0)
+    ys, xs = np.nonzero(bounds)
+    if ys.size == 0:
+        return (8, 8, 0, 0)
+    height = max(8, int(ys.max() - ys.min() + 1))
+    width = max(8, int(xs.max() - xs.min() + 1))
+    return (height, width, int(ys.min()), int(xs.min()))
+
+
+def _resolve(
+    entries: Sequence[Any], side: str, h: int, w: int, schedule: DiscreteSchedule
+) -> list[_Entry]:
+    """``resolve_areas_and_cond_masks_multidim`` + ``calculate_start_end_timesteps``."""
+    out: list[_Entry] = []
+    for index, raw in enumerate(entries):
+        d = _as_dict(raw, side, index)
+        for key, what in _UNSUPPORTED_KEYS.items():
+            if d.get(key) is not None:
+                raise ConditioningError(
+                    f"{side} conditioning entry {index} uses {what} ({key!r}), which comfyc's "
+                    "runtime does not support yet; remove that node from the workflow"
+                )
+        if "cond" not in d:
+            raise ConditioningError(f"{side} conditioning entry {index} has no 'cond' array")
+        e = _Entry()
+        cond = np.asarray(d["cond"], dtype=np.float32)
+        if cond.ndim == 2:
+            cond = cond[None]
+        if cond.ndim != 3:
+            raise ConditioningError(
+                f"{side} conditioning entry {index}: 'cond' has shape {cond.shape}; expected "
+                "[1, tokens, dim]"
+            )
+        e.cond = cond
+        e.strength = float(d.get("strength", 1.0))
+        e.mask_strength = float(d.get("mask_strength", 1.0))
+        area = d.get("area")
+        if area is not None:
+            if len(area) == 5 and area[0] == "percentage":
+                area = (
+                    max(1, round(area[1] * h)),
+                    max(1, round(area[2] * w)),
+                    round(area[3] * h),
+                    round(area[4] * w),
+                )
+            if len(area) != 4:
+                raise ConditioningError(
+                    f"{side} conditioning entry {index}: area {area!r} must be (height, width, "
+                    "y, x) in latent units"
+                )
+            e.area = tuple(int(v) for v in area)  # type: ignore[assignment]
+        if d.get("mask") is not None:
+            mask = np.asarray(d["mask"], dtype=np.float32)
+            if mask.ndim == 2:
+                mask = mask[None]
+            if mask.shape[1:] != (h, w):
+                mask = _resize_bilinear(mask[:, None], h, w)[:, 0]
+            if d.get("set_area_to_bounds", False):
+                e.area = _bounds(mask)
+            e.mask = mask
+        if d.get("start_percent") is not None:
+            e.timestep_start = schedule.percent_to_sigma(float(d["start_percent"]))
+        if d.get("end_percent") is not None:
+            e.timestep_end = schedule.percent_to_sigma(float(d["end_percent"]))
+        out.append(e)
+    return out
+
+
+def _area_inside(inner: tuple[int, ...], outer: tuple[int, ...]) -> bool:
+    for i in range(2):
+        if inner[2 + i] < outer[2 + i]:
+            return False
+        if inner[i] + inner[2 + i] > outer[i] + outer[2 + i]:
+            return False
+    return True
+
+
+def _add_same_area(others: list[_Entry], c: _Entry) -> None:
+    """``create_cond_with_same_area_if_none``: give ``others`` an entry with ``c``'s area."""
+    if c.area is None:
+        return
+    smallest: _Entry | None = None
+    for x in others:
+        if x.area is not None:
+            if _area_inside(c.area, x.area):
+                if smallest is None or smallest.area is None:
+                    smallest = x
+                elif smallest.area[0] * smallest.area[1] > x.area[0] * x.area[1]:
+                    smallest = x
+        elif smallest is None:
+            smallest = x
+    if smallest is None:
+        return
+    if smallest.area is not None and smallest.area == c.area:
+        return
+    # NOTE: ComfyUI copies the whole entry (area, strength, mask, percent range) and only takes
+    # the model conds (the context) from the enclosing entry of the other side.
+    out = c.copy()
+    out.cond = smallest.cond
+    others.append(out)
+
+
+class _Prepared:
+    """One entry evaluated for one step (``get_area_and_mult``'s cond_obj)."""
+
+    __slots__ = ("area", "cond", "input_x", "mult", "side")
+
+    def __init__(
+        self,
+        input_x: np.ndarray,
+        mult: np.ndarray,
+        cond: np.ndarray,
+        area: tuple[int, int, int, int] | None,
+        side: int,
+    ) -> None:
+        self.input_x: np.ndarray = input_x
+        self.mult: np.ndarray = mult
+        self.cond: np.ndarray = cond
+        self.area: tuple[int, int, int, int] | None = area
+        self.side: int = side
+
+
+def _area_and_mult(e: _Entry, x: np.ndarray, sigma: float, side: int) -> _Prepared | None:
+    if e.timestep_start is not None and sigma > e.timestep_start:
+        return None
+    if e.timestep_end is not None and sigma < e.timestep_end:
+        return None
+    dims = x.shape[2:]
+    area = None
+    input_x = x
+    if e.area is not None:
+        ah, aw, ay, ax = e.area
+        ah = min(dims[0] - ay, ah)
+        aw = min(dims[1] - ax, aw)
+        area = (ah, aw, ay, ax)
+        input_x = x[:, :, ay : ay + ah, ax : ax + aw]
+    batch, channels = input_x.shape[:2]
+    if e.mask is not None:
+        mask = e.mask[:batch]
+        if area is not None:
+            mask = mask[:, area[2] : area[2] + area[0], area[3] : area[3] + area[1]]
+        mask = mask * np.float32(e.mask_strength)
+        mask = np.tile(mask[:, None], (batch // mask.shape[0], channels, 1, 1))
+    else:
+        mask = np.ones_like(input_x)
+    mult = (mask * np.float32(e.strength)).astype(np.float32)
+    if e.mask is None and area is not None:
+        # NOTE: the feathering of get_area_and_mult (fuzz 8, ramp on sides off the border).
+        for i in range(2):
+            rr = min(8, mult.shape[2 + i] // 4)
+            size, offset = area[i], area[2 + i]
+            for t in range(rr):
+                factor = np.float32((1.0 / rr) * (t + 1))
+                if offset != 0:
+                    _axis_slice(mult, i, t)[...] *= factor
+            if size + offset < dims[i]:
+                for t in range(rr):
+                    factor = np.float32((1.0 / rr) * (t + 1))
+                    _axis_slice(mult, i, size - 1 - t)[...] *= factor
+    # NOTE: CONDCrossAttn.process_cond: repeat_to_batch_size(cond, batch).
+    return _Prepared(input_x, mult, _repeat_to_batch(e.cond, batch), area, side)
+
+
+def _axis_slice(array: np.ndarray, spatial_axis: int, index: int) -> np.ndarray:
+    if spatial_axis == 0:
+        return array[:, :, index : index + 1, :]
+    return array[:, :, :, index : index + 1]
+
+
+def _can_concat(a: _Prepared, b: _Prepared) -> bool:
+    if a.input_x.shape != b.input_x.shape:
+        return False
+    s1, s2 = a.cond.shape, b.cond.shape
+    if s1 != s2:
+        if s1[0] != s2[0] or s1[2] != s2[2]:
+            return False
+        if _lcm(s1[1], s2[1]) // min(s1[1], s2[1]) > 4:
+            return False
+    return True
+
+
+class CFGDenoiser:
+    """``denoiser(x, sigma) -> x0`` with conditioning and CFG (see the module docstring).
+
+    Build it with :func:`make_denoiser`. Attributes ``unet_calls`` and ``unet_rows`` count the
+    UNet invocations and the rows they processed (handy for tests and progress estimates).
+    """
+
+    __slots__ = (
+        "cfg",
+        "concat",
+        "max_batch_size",
+        "negative",
+        "positive",
+        "prediction_type",
+        "schedule",
+        "unet",
+        "unet_calls",
+        "unet_rows",
+    )
+
+    def __init__(
+        self,
+        unet: UNetFn,
+        positive: list[_Entry],
+        negative: list[_Entry],
+        cfg: float,
+        prediction_type: str,
+        schedule: DiscreteSchedule,
+        max_batch_size: int | None,
+        concat: np.ndarray | None,
+    ) -> None:
+        self.unet = unet
+        self.positive = positive
+        self.negative = negative
+        self.cfg = float(cfg)
+        self.prediction_type = prediction_type
+        self.schedule = schedule
+        self.max_batch_size = max_batch_size
+        self.concat = concat
+        self.unet_calls = 0
+        self.unet_rows = 0
+
+    def _run_unet(
+        self, x_rows: np.ndarray, sigma: float, context: np.ndarray, concat: np.ndarray | None
+    ) -> np.ndarray:
+        """apply_model over rows, split to at most ``max_batch_size`` rows per call."""
+        limit = self.max_batch_size or x_rows.shape[0]
+        outs = []
+        for start in range(0, x_rows.shape[0], limit):
+            stop = start + limit
+            self.unet_calls += 1
+            self.unet_rows += min(stop, x_rows.shape[0]) - start
+            outs.append(
+                apply_model(
+                    self.unet,
+                    x_rows[start:stop],
+                    sigma,
+                    context[start:stop],
+                    self.prediction_type,
+                    self.schedule,
+                    None if concat is None else concat[start:stop],
+                )
+            )
+        return np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
+
+    def _calc_cond_batch(
+        self, sides: list[list[_Entry] | None], x: np.ndarray, sigma: float
+    ) -> list[np.ndarray]:
+        out_conds = [np.zeros_like(x) for _ in sides]
+        out_counts = [np.full_like(x, np.float32(1e-37)) for _ in sides]
+        to_run: list[_Prepared] = []
+        for side, entries in enumerate(sides):
+            if entries is None:
+                continue
+            for e in entries:
+                p = _area_and_mult(e, x, sigma, side)
+                if p is not None:
+                    to_run.append(p)
+        while to_run:
+            first = to_run[0]
+            candidates = [i for i in range(len(to_run)) if _can_concat(to_run[i], first)]
+            candidates.reverse()
+            chosen = candidates[:1]
+            rows = first.input_x.shape[0]
+            for i in range(1, len(candidates) + 1):
+                amount = candidates[: len(candidates) // i]
+                if self.max_batch_size is None or len(amount) * rows <= self.max_batch_size:
+                    chosen = amount
+                    break
+            batch = [to_run.pop(i) for i in chosen]
+            input_x = np.concatenate([p.input_x for p in batch], axis=0)
+            tokens = batch[0].cond.shape[1]
+            for p in batch[1:]:
+                tokens = _lcm(tokens, p.cond.shape[1])
+            # NOTE: CONDCrossAttn.concat repeats shorter contexts to the common multiple.
+            context = np.concatenate(
+                [np.tile(p.cond, (1, tokens // p.cond.shape[1], 1)) for p in batch], axis=0
+            )
+            concat = None
+            if self.concat is not None:
+                parts = []
+                for p in batch:
+                    c = self.concat
+                    if p.area is not None:
+                        ah, aw, ay, ax = p.area
+                        c = c[:, :, ay : ay + ah, ax : ax + aw]
+                    parts.append(c)
+                concat = np.concatenate(parts, axis=0)
+            output = self._run_unet(input_x, sigma, context, concat)
+            for k, p in enumerate(batch):
+                o = output[k * rows : (k + 1) * rows]
+                if p.area is None:
+                    out_conds[p.side] += o * p.mult
+                    out_counts[p.side] += p.mult
+                else:
+                    ah, aw, ay, ax = p.area
+                    region = (slice(None), slice(None), slice(ay, ay + ah), slice(ax, ax + aw))
+                    out_conds[p.side][region] += o * p.mult
+                    out_counts[p.side][region] += p.mult
+        return [c / n for c, n in zip(out_conds, out_counts, strict=True)]
+
+    def __call__(self, x: np.ndarray, sigma: float) -> np.ndarray:
+        """The CFG x0 prediction for ``x`` at ``sigma``.
+
+        Args:
+            x: Noisy model-space latent ``[B, C, h, w]``.
+            sigma: Noise level.
+
+        Returns:
+            float32 x0.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        uncond = None if math.isclose(self.cfg, 1.0) else self.negative
+        cond_pred, uncond_pred = self._calc_cond_batch([self.positive, uncond], x, float(sigma))
+        return uncond_pred + (cond_pred - uncond_pred) * np.float32(self.cfg)
+
+
+def make_denoiser(
+    unet: UNetFn,
+    positive: Sequence[Any],
+    negative: Sequence[Any] | None,
+    cfg: float,
+    latent_shape: Sequence[int],
+    *,
+    prediction_type: str = "epsilon",
+    schedule: DiscreteSchedule | None = None,
+    max_batch_size: int | None = None,
+    concat: np.ndarray | None = None,
+) -> CFGDenoiser:
+    """Build the CFG denoiser for one sampler run (``CFGGuider`` + ``process_conds``).
+
+    Args:
+        unet: ``unet(x_in, timestep, context) -> eps or v``, float32 arrays.
+        positive: Positive CONDITIONING: entries ``{"cond": [1, T, D], "area", "strength",
+            "mask", "mask_strength", "set_area_to_bounds", "start_percent", "end_percent"}`` or
+            ComfyUI ``[cond, options]`` pairs.
+        negative: Negative CONDITIONING (same form); may be empty or None only when cfg is 1.
+        cfg: Guidance scale.
+        latent_shape: ``[B, C, h, w]`` of the latent that will be sampled.
+        prediction_type: ``"epsilon"`` (SD1, SD2-512, inpainting) or ``"v_prediction"``
+            (SD2 768-v).
+        schedule: Model schedule; defaults to SD1/SD2.
+        max_batch_size: At most this many rows per UNet call (None = no limit).
+        concat: ``c_concat`` for inpainting UNets ``[B, Cc, h, w]`` (mask + masked latent).
+
+    Returns:
+        The denoiser, a callable ``(x, sigma) -> x0``.
+
+    Raises:
+        ConditioningError: for malformed or unsupported entries.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ConditioningError(
+            f"prediction_type {prediction_type!r} is not supported; expected one of "
+            f"{', '.join(PREDICTION_TYPES)}"
+        )
+    if max_batch_size is not None and max_batch_size < 1:
+        raise ConditioningError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
+    if not positive:
+        raise ConditioningError("the positive conditioning is empty; connect a text encoding")
+    s = schedule or SD1_SCHEDULE
+    h, w = int(latent_shape[2]), int(latent_shape[3])
+    pos = _resolve(positive, "positive", h, w, s)
+    neg = _resolve(negative or [], "negative", h, w, s)
+    if not neg and not math.isclose(cfg, 1.0):
+        raise ConditioningError(
+            f"cfg is {cfg} but the negative conditioning is empty; connect a negative prompt or "
+            "set cfg to 1.0"
+        )
+    # NOTE: process_conds: every area entry of one side gets a same-area twin on the other side;
+    # the loop sees entries appended while it runs, as ComfyUI's does.
+    sides = [pos, neg]
+    for k in range(2):
+        for c in sides[k]:
+            _add_same_area(sides[1 - k], c)
+    if concat is not None:
+        concat = np.asarray(concat, dtype=np.float32)
+    return CFGDenoiser(unet, pos, neg, cfg, prediction_type, s, max_batch_size, concat)

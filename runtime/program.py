@@ -1,0 +1,322 @@
+"""The program: a list of ops over stages, constants and params, and its interpreter.
+
+A program is what the compiler lowers a workflow to; it is plain JSON (so an artifact's
+manifest can hold it) plus a table of stages and a table of constant tensors::
+
+    {"id": "3", "op": "KSampler", "title": "KSampler",
+     "args": {"seed": {"$param": "seed"}, "steps": 20, "model": {"$ref": ["4", 0]}, ...}}
+
+Argument forms: a JSON literal; ``{"$ref": [op_id, output_index]}`` an earlier op's output;
+``{"$param": name}`` a runtime param; ``{"$const": key}`` a stored tensor (a folded prompt
+encoding …); ``{"$stage": name}`` a model stage; ``{"$lit": value}`` a literal dict or list
+that would otherwise be read as one of these forms. The interpreter runs ops in order (they
+are topologically sorted) and frees each value after its last use.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Stage, StageTimer
+
+__all__ = ["Op", "ParamSpec", "Program", "RunResult", "RunContext", "ProgramError",
+           "ParamError", "decode_arg"]
+
+
+class ProgramError(RuntimeError):
+    """An op failed while running; the message names the node."""
+
+
+class ParamError(ValueError):
+    """A runtime param is unknown, missing, or has the wrong type or range."""
+
+
+@dataclass
+class Op:
+    """One instruction: run ``op`` (a node class) on ``args``.
+
+    Attributes:
+        id: The workflow node id the op came from.
+        op: The op name (the node's class_type, or a lowering op such as LoadCheckpoint).
+        args: Encoded arguments (see the module docstring).
+        title: The node title, for progress and messages.
+    """
+
+    id: str
+    op: str
+    args: dict[str, Any]
+    title: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The op as manifest JSON."""
+        out: dict[str, Any] = {"id": self.id, "op": self.op, "args": self.args}
+        if self.title:
+            out["title"] = self.title
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Op:
+        """Read an op from manifest JSON."""
+        return cls(str(data["id"]), str(data["op"]), dict(data.get("args") or {}),
+                   data.get("title"))
+
+
+@dataclass
+class ParamSpec:
+    """A runtime param: name, type, default and range, as the manifest records them."""
+
+    name: str
+    type: str
+    default: Any = None
+    has_default: bool = False
+    min: float | None = None
+    max: float | None = None
+    choices: list[Any] | None = None
+    doc: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The param as manifest JSON."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type}
+        if self.has_default:
+            out["default"] = self.default
+        for key in ("min", "max", "choices", "doc"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ParamSpec:
+        """Read a param from manifest JSON."""
+        return cls(data["name"], data["type"], data.get("default"), "default" in data,
+                   data.get("min"), data.get("max"), data.get("choices"), data.get("doc"))
+
+    def check(self, value: Any) -> Any:
+        """Convert and range-check a value given for this param.
+
+        Raises:
+            ParamError: Wrong type or out of range.
+        """
+        kind = self.type
+        try:
+            if kind == "INT":
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError
+                value = int(value)
+            elif kind == "FLOAT":
+                if isinstance(value, bool):
+                    raise ValueError
+                value = float(value)
+            elif kind == "BOOLEAN":
+                if isinstance(value, str):
+                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError
+                    value = value.lower() in ("true", "1", "yes")
+                value = bool(value)
+            elif kind in ("STRING", "COMBO"):
+                if not isinstance(value, str):
+                    raise ValueError
+        except (TypeError, ValueError):
+            raise ParamError(
+                f"param '{self.name}' is {kind}; {value!r} is not a valid {kind} value") from None
+        if self.min is not None and value < self.min:
+            raise ParamError(f"param '{self.name}' = {value} is below its minimum {self.min}")
+        if self.max is not None and value > self.max:
+            raise ParamError(f"param '{self.name}' = {value} is above its maximum {self.max}")
+        if self.choices is not None and value not in self.choices:
+            raise ParamError(f"param '{self.name}' = {value!r} is not one of {self.choices}")
+        return value
+
+
+@dataclass
+class RunContext:
+    """What ops see while running: folders, progress, metadata to embed, timings."""
+
+    output_dir: Path
+    input_dir: Path
+    timer: StageTimer
+    progress: Callable[[str, int, int], None] | None = None
+    prompt: dict[str, Any] | None = None
+    extra_pnginfo: dict[str, Any] | None = None
+    save: bool = True
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    files: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    current: Op | None = None
+
+
+@dataclass
+class RunResult:
+    """What a run produced.
+
+    Attributes:
+        images: Output images by node id (IMAGE arrays, [B,H,W,3] in [0,1]).
+        files: Files written by output nodes, by node id (ComfyUI's ui.images entries).
+        timings: Per-stage timing summary and totals in seconds.
+    """
+
+    images: dict[str, np.ndarray]
+    files: dict[str, list[dict[str, Any]]]
+    timings: dict[str, Any]
+
+
+def decode_arg(value: Any, values: Mapping[tuple[str, int], Any], params: Mapping[str, Any],
+               constants: Mapping[str, Any], stages: Mapping[str, Stage]) -> Any:
+    """Resolve one encoded argument to its runtime value."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, inner),) = value.items()
+        if key == "$ref":
+            return values[(str(inner[0]), int(inner[1]))]
+        if key == "$param":
+            return params[inner]
+        if key == "$const":
+            return constants[inner]
+        if key == "$stage":
+            return stages[inner]
+        if key == "$lit":
+            return inner
+    if isinstance(value, dict):
+        return {k: decode_arg(v, values, params, constants, stages) for k, v in value.items()}
+    return value
+
+
+def _refs(value: Any) -> list[tuple[str, int]]:
+    if isinstance(value, dict):
+        if set(value) == {"$ref"}:
+            return [(str(value["$ref"][0]), int(value["$ref"][1]))]
+        if set(value) == {"$lit"}:
+            return []
+        return [r for v in value.values() for r in _refs(v)]
+    return []
+
+
+class Program:
+    """A runnable program.
+
+    Args:
+        ops: The ops in execution order.
+        stages: Model stages by name.
+        constants: Stored tensors by key.
+        params: Runtime params by name.
+        meta: Facts about the program (source workflow, prompt for PNG metadata …).
+    """
+
+    def __init__(self, ops: list[Op], stages: Mapping[str, Stage],
+                 constants: Mapping[str, Any] | None = None,
+                 params: Mapping[str, ParamSpec] | None = None,
+                 meta: Mapping[str, Any] | None = None) -> None:
+        self.ops = list(ops)
+        self.stages = dict(stages)
+        self.constants = dict(constants or {})
+        self.params = dict(params or {})
+        self.meta = dict(meta or {})
+        self.timer = StageTimer()
+        for stage in self.stages.values():
+            stage.timer = self.timer
+        self._last_use = self._compute_last_use()
+
+    def _compute_last_use(self) -> dict[tuple[str, int], int]:
+        last: dict[tuple[str, int], int] = {}
+        for index, op in enumerate(self.ops):
+            for ref in _refs(op.args):
+                last[ref] = index
+        return last
+
+    def resolve_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Check given params against the specs and fill defaults.
+
+        Raises:
+            ParamError: An unknown name, a missing value, or a bad type or range.
+        """
+        unknown = [k for k in given if k not in self.params]
+        if unknown:
+            known = ", ".join(self.params) or "none"
+            raise ParamError(f"unknown param{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(map(repr, unknown))}; this program's params: {known}")
+        resolved = {}
+        for name, spec in self.params.items():
+            if name in given:
+                resolved[name] = spec.check(given[name])
+            elif spec.has_default:
+                resolved[name] = spec.default
+            else:
+                raise ParamError(f"param '{name}' ({spec.type}) has no default; pass a value "
+                                 f"with --param {name}=VALUE")
+        return resolved
+
+    def executed_prompt(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The API prompt with these param values, as SaveImage embeds it in PNGs."""
+        import copy
+
+        prompt = self.meta.get("prompt")
+        if prompt is None:
+            return None
+        prompt = copy.deepcopy(prompt)
+        for name, uses in (self.meta.get("param_uses") or {}).items():
+            for node_id, input_name in uses:
+                if node_id in prompt and name in params:
+                    prompt[node_id]["inputs"][input_name] = params[name]
+        return prompt
+
+    def run(self, params: Mapping[str, Any] | None = None, *, output_dir: str | Path = "output",
+            input_dir: str | Path = "input", save: bool = True,
+            progress: Callable[[str, int, int], None] | None = None) -> RunResult:
+        """Run the program.
+
+        Args:
+            params: Values for runtime params (defaults fill the rest).
+            output_dir: Where SaveImage writes.
+            input_dir: Where LoadImage reads.
+            save: Write output files (False: only return images).
+            progress: ``progress(label, step, total)`` for sampling steps.
+
+        Raises:
+            ParamError: Bad params (before any work starts).
+            ProgramError: An op failed.
+        """
+        from .nodes import OPS  # The op table imports every op module; load it once, here.
+
+        resolved = self.resolve_params(params or {})
+        missing = sorted({op.op for op in self.ops if op.op not in OPS})
+        if missing:
+            raise ProgramError(f"this runtime cannot run the op(s) {', '.join(missing)}; "
+                               f"the artifact needs a newer comfyc")
+        self.timer.reset()
+        ctx = RunContext(Path(output_dir), Path(input_dir), self.timer, progress,
+                         self.executed_prompt(resolved), self.meta.get("extra_pnginfo"), save)
+        values: dict[tuple[str, int], Any] = {}
+        started = time.perf_counter()
+        op_times: dict[str, float] = {}
+        for index, op in enumerate(self.ops):
+            args = {k: decode_arg(v, values, resolved, self.constants, self.stages)
+                    for k, v in op.args.items()}
+            ctx.current = op
+            t0 = time.perf_counter()
+            try:
+                outputs = OPS[op.op](ctx, **args)
+            except (ParamError, ProgramError):
+                raise
+            except Exception as exc:
+                name = f"#{op.id}" + (f" '{op.title}'" if op.title else "") + f" ({op.op})"
+                raise ProgramError(f"node {name} failed: {type(exc).__name__}: {exc}") from exc
+            op_times[op.op] = op_times.get(op.op, 0.0) + time.perf_counter() - t0
+            for out_index, value in enumerate(outputs or ()):
+                if self._last_use.get((op.id, out_index), -1) > index:
+                    values[(op.id, out_index)] = value
+            for ref in _refs(op.args):
+                if self._last_use.get(ref) == index:
+                    values.pop(ref, None)
+        total = time.perf_counter() - started
+        stage_time = self.timer.total()
+        timings = {
+            "total_s": total,
+            "stages": self.timer.summary(),
+            "stage_total_s": stage_time,
+            "overhead_s": total - stage_time,
+            "ops": op_times,
+        }
+        return RunResult(ctx.images, ctx.files, timings)
