@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
               "validate workflows (UI/API JSON, PNG, DSL) and report every problem"),
     "convert": ("comfyc.compiler.commands.convert",
                 "convert a workflow to ComfyUI's API prompt or to comfyc DSL"),
+    "compile": ("comfyc.compiler.commands.compile",
+                "compile a workflow into a deployable artifact (ONNX stages + program)"),
     "run": ("comfyc.compiler.commands.run",
             "run a workflow (torch backend) or a compiled artifact and write its images"),
     "fmt": ("comfyc.compiler.commands.fmt", "format DSL files canonically, keeping comments"),

@@ -253,13 +253,18 @@ def _add_same_area(others: list[_Entry], c: _Entry) -> None:
         return
     smallest: _Entry | None = None
     for x in others:
-        if x.area is not None:
-            if _area_inside(c.area, x.area):
-                if smallest is None or smallest.area is None:
-                    smallest = x
-                elif smallest.area[0] * smallest.area[1] > x.area[0] * x.area[1]:
-                    smallest = x
-        elif smallest is None:
+        if x.area is None:
+            # NOTE: an entry without area encloses everything but loses to any enclosing area.
+            if smallest is None:
+                smallest = x
+            continue
+        if not _area_inside(c.area, x.area):
+            continue
+        if (
+            smallest is None
+            or smallest.area is None
+            or smallest.area[0] * smallest.area[1] > x.area[0] * x.area[1]
+        ):
             smallest = x
     if smallest is None:
         return

@@ -15,7 +15,7 @@ import numpy as np
 from .program import ProgramError, RunContext
 from .values import ClipRef, ModelRef, VaeRef
 
-__all__ = ["OPS", "encode_text", "vae_decode", "vae_encode"]
+__all__ = ["OPS", "encode_text", "vae_decode", "vae_encode", "advanced_schedule"]
 
 
 # --------------------------------------------------------------------------- models
@@ -174,7 +174,7 @@ def _sample(ctx: RunContext, model: ModelRef, seed: int, steps: int, cfg: float,
     from .samplers import ksampler
 
     samples = np.asarray(latent["samples"], dtype=np.float32)
-    denoiser = make_denoiser(model.unet, positive, negative, float(cfg),
+    denoiser = make_denoiser(model.unet, positive, negative, float(cfg), samples.shape,
                              prediction_type=model.prediction_type)
     op = ctx.current
     label = f"#{op.id} {op.title or op.op}" if op else "sampling"
@@ -198,7 +198,7 @@ def _ksampler(ctx: RunContext, *, model: ModelRef, seed: int, steps: int, cfg: f
     from .schedules import ksampler_sigmas
 
     if sigmas is None:
-        sigmas = ksampler_sigmas(scheduler, int(steps), float(denoise), sampler_name)
+        sigmas = ksampler_sigmas(scheduler, int(steps), sampler_name, float(denoise))
     return _sample(ctx, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                    latent_image, np.asarray(sigmas, dtype=np.float32))
 
@@ -209,15 +209,22 @@ def _ksampler_advanced(ctx: RunContext, *, model: ModelRef, add_noise: str, nois
                        start_at_step: int = 0, end_at_step: int = 10000,
                        return_with_leftover_noise: str = "disable",
                        sigmas: Any = None) -> tuple[Any, ...]:
-    from .schedules import advanced_sigmas
-
     if sigmas is None:
-        sigmas = advanced_sigmas(scheduler, int(steps), sampler_name, int(start_at_step),
-                                 int(end_at_step), return_with_leftover_noise == "enable")
+        sigmas = advanced_schedule(scheduler, int(steps), sampler_name, int(start_at_step),
+                                   int(end_at_step), return_with_leftover_noise == "enable")
     return _sample(ctx, model, noise_seed, steps, cfg, sampler_name, scheduler, positive,
                    negative, latent_image,
                    None if sigmas is None else np.asarray(sigmas, dtype=np.float32),
                    add_noise=add_noise == "enable")
+
+
+def advanced_schedule(scheduler: str, steps: int, sampler_name: str, start_at_step: int,
+                      end_at_step: int, leftover: bool) -> np.ndarray | None:
+    """KSamplerAdvanced's sigmas: the full schedule cut to the step window."""
+    from .schedules import advanced_sigmas, ksampler_sigmas
+
+    full = ksampler_sigmas(scheduler, steps, sampler_name, 1.0)
+    return advanced_sigmas(full, start_at_step, end_at_step, leftover)
 
 
 # ---------------------------------------------------------------------------- files

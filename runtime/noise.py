@@ -10,8 +10,8 @@ What torch 2.x does on the CPU for ``randn`` of float32 (ATen ``DistributionTemp
 
 * The engine is MT19937 seeded with the **low 32 bits** of the 64-bit seed (``init_genrand``), so
   ``manual_seed(2**32 + 5)`` equals ``manual_seed(5)``.
-* ``numel >= 16`` (contiguous float32): one 32-bit draw per element, ``u = (r & 0xFFFFFF) * 2**-24``.
-  Box-Muller per block of 16: ``u[0:8]`` give the radius ``sqrt(-2 log(1 - u))``, ``u[8:16]`` the
+* ``numel >= 16`` (contiguous float32): one 32-bit draw per element,
+  ``u = (r & 0xFFFFFF) * 2**-24``. Box-Muller per block of 16: ``u[0:8]`` give the radius ``sqrt(-2 log(1 - u))``, ``u[8:16]`` the
   angle ``2 pi u``; the cosines fill the first 8 outputs, the sines the last 8. When
   ``numel % 16 != 0``, 16 fresh uniforms are drawn and the **last 16 outputs are recomputed**
   (overwriting part of the previous block).
@@ -31,6 +31,12 @@ Those results differ from this module (and from x86 AVX2 torch) by at most 1 ulp
 the elements. So "same seed, same noise" holds bit for bit against ComfyUI on x86 AVX2/AVX512
 machines; against ComfyUI on ARM the noise agrees to about 2.4e-7 absolute. Tensors of fewer than
 16 elements use double precision math and practically always agree everywhere.
+
+:class:`BrownianTreeNoise` rebuilds torchsde's Brownian tree (the noise of ComfyUI's SDE
+samplers) from the same pieces: its increments are bit-identical to torchsde's. The per-step
+normalisation divides by ``sqrt(|sigma_next - sigma|)``; torch's float32 ``sqrt`` on the CPU is
+not correctly rounded (about 18 % of values are 1 ulp off IEEE), so that quotient can differ from
+ComfyUI's by 1 ulp.
 """
 
 from __future__ import annotations
@@ -205,13 +211,17 @@ class TorchGenerator:
             )
         self.seed = seed
         # NOTE: at::mt19937 init_with_uint32 is MT19937's init_genrand on the low 32 bits; the
-        # first draw regenerates the state (pos=624 does the same). numpy's legacy RandomState
-        # seeds a scalar int with exactly init_genrand, so it computes the key for us.
-        key = np.random.RandomState(seed & _MASK32).get_state()[1]
-        self._bitgen.state = {
-            "bit_generator": "MT19937",
-            "state": {"key": key, "pos": 624},
-        }
+        # first draw regenerates the state. numpy's legacy seeding of a scalar int is exactly
+        # init_genrand (that is how RandomState(int) seeds); the bit-exactness tests guard it.
+        legacy_seeding = getattr(self._bitgen, "_legacy_seeding", None)
+        if legacy_seeding is not None:
+            legacy_seeding(seed & _MASK32)
+        else:  # pragma: no cover - numpy without the (private) fast path
+            key = np.random.RandomState(seed & _MASK32).get_state()[1]
+            self._bitgen.state = {
+                "bit_generator": "MT19937",
+                "state": {"key": key, "pos": 624},
+            }
         self._cached_normal = None
         return self
 
@@ -251,7 +261,9 @@ class TorchGenerator:
         Returns:
             A C-contiguous float32 array of that shape.
         """
-        dims = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        dims = (
+            (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        )
         if any(d < 0 for d in dims):
             raise ValueError(f"randn got a negative dimension in shape {dims}")
         numel = math.prod(dims)
@@ -341,7 +353,16 @@ class BrownianTreeNoise:
         seed: The sampler seed (the tree's entropy).
     """
 
-    __slots__ = ("_cache", "_end", "_entropy", "_root_w", "_seeds", "_shape", "_start")
+    __slots__ = (
+        "_cache",
+        "_end",
+        "_entropy",
+        "_generator",
+        "_root_w",
+        "_seeds",
+        "_shape",
+        "_start",
+    )
 
     _POOL_SIZE = 24
     _NDIGITS = 6
@@ -363,9 +384,9 @@ class BrownianTreeNoise:
         root_seed = np.random.SeedSequence(
             entropy=self._entropy, pool_size=self._POOL_SIZE
         ).generate_state(3)[0]
-        self._root_w = TorchGenerator(int(root_seed)).randn(self._shape) * np.float32(
-            math.sqrt(t1 - t0)
-        )
+        # NOTE: torchsde draws each randn from a fresh torch.Generator; reseeding one is the same.
+        self._generator = TorchGenerator(int(root_seed))
+        self._root_w = self._generator.randn(self._shape) * np.float32(math.sqrt(t1 - t0))
         self._seeds: dict[tuple[int, int], int] = {}
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
@@ -385,7 +406,7 @@ class BrownianTreeNoise:
 
     def _increment(self, path: tuple[tuple[float, float, int, int], ...]) -> np.ndarray:
         """W of the last node of ``path`` (root first; entries (start, end, key, depth))."""
-        start, end, key, depth = path[-1]
+        _, _, key, depth = path[-1]
         if depth == 0:
             return self._root_w
         cached = self._cache.get((key, depth))
@@ -398,7 +419,7 @@ class BrownianTreeNoise:
         h_reciprocal = 1 / (p_end - p_start)
         left_diff = mid - p_start
         right_diff = p_end - mid
-        noise = TorchGenerator(self._node_seed(p_key, p_depth)).randn(self._shape)
+        noise = self._generator.manual_seed(self._node_seed(p_key, p_depth)).randn(self._shape)
         mean = np.float32(left_diff) * parent_w * np.float32(h_reciprocal)
         left_w = mean + np.float32(math.sqrt(left_diff * right_diff * h_reciprocal)) * noise
         out = left_w if key % 2 == 0 else parent_w - left_w

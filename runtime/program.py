@@ -216,7 +216,18 @@ class Program:
         self.meta = dict(meta or {})
         self.timer = StageTimer()
         for stage in self.stages.values():
-            stage.timer = self.timer
+            # A stage entry may be one stage, a mapping of CLIP layers to stages (the torch
+            # path makes those on demand: it has a `timer` of its own), or None (a stage the
+            # workflow never calls).
+            if stage is None:
+                continue
+            if hasattr(stage, "timer") and not isinstance(stage, Stage):
+                stage.timer = self.timer
+                continue
+            members = stage.values() if isinstance(stage, Mapping) else [stage]
+            for member in members:
+                if member is not None:
+                    member.timer = self.timer
         self._last_use = self._compute_last_use()
 
     def _compute_last_use(self) -> dict[tuple[str, int], int]:

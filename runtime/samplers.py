@@ -34,7 +34,12 @@ Stochastic samplers draw noise as ComfyUI does on a **CPU** sampling device:
   noise from ``manual_seed(seed + 1)`` (``sampler_object("ddim")``, ``inpaint_options random``).
 
 Arithmetic is float32 like ComfyUI's; scalar coefficients are computed with correctly rounded
-float32 steps, so results agree with ComfyUI (on the same sigmas and denoiser) to float32 rounding.
+float32 steps, so results agree with ComfyUI (on the same sigmas and denoiser) to float32 rounding
+(about 1e-5 on latents of magnitude 1-3; tests/runtime/test_samplers.py states the tolerance per
+sampler and schedule). One caveat: ``dpmpp_sde`` queries the Brownian tree at
+``exp(-lambda_mid)``, and torchsde rounds query times to 6 decimals; torch's float32 ``exp`` is not
+correctly rounded, so a last-bit difference occasionally selects a neighbouring tree point and
+that step's noise differs by ~1e-3 of its size (ComfyUI on GPU and on CPU differ the same way).
 """
 
 from __future__ import annotations
@@ -321,13 +326,15 @@ def _dpmpp_2s_ancestral(run: _Run, x: np.ndarray, s: list[float]) -> np.ndarray:
             mid = _f32(t + _f32(0.5 * h))
             sigma_s = _exp_neg(mid)
             sigma_t = _exp_neg(t)
-            x_2 = np.float32(_f32(sigma_s / sigma_t)) * x - np.float32(
-                _expm1(_f32(-h * 0.5))
-            ) * denoised
+            x_2 = (
+                np.float32(_f32(sigma_s / sigma_t)) * x
+                - np.float32(_expm1(_f32(-h * 0.5))) * denoised
+            )
             denoised_2 = run.model(x_2, sigma_s)
-            x = np.float32(_f32(_exp_neg(t_next) / sigma_t)) * x - np.float32(
-                _expm1(-h)
-            ) * denoised_2
+            x = (
+                np.float32(_f32(_exp_neg(t_next) / sigma_t)) * x
+                - np.float32(_expm1(-h)) * denoised_2
+            )
         if s[i + 1] > 0:
             x = x + noise(s[i], s[i + 1]) * np.float32(sigma_up)
     return x
@@ -390,18 +397,20 @@ def _dpmpp_sde(run: _Run, x: np.ndarray, s: list[float], r: float = 0.5) -> np.n
         # Step 1
         sd, su = _ancestral_step(_exp_neg(lambda_s), _exp_neg(lambda_s_1))
         h_ = _f32(_neg_log(sd) - lambda_s)
-        x_2 = np.float32(_f32(_f32(alpha_s_1 / alpha_s) * _f32(math.exp(-h_)))) * x - np.float32(
-            _f32(alpha_s_1 * _expm1(-h_))
-        ) * denoised
+        x_2 = (
+            np.float32(_f32(_f32(alpha_s_1 / alpha_s) * _f32(math.exp(-h_)))) * x
+            - np.float32(_f32(alpha_s_1 * _expm1(-h_))) * denoised
+        )
         x_2 = x_2 + np.float32(alpha_s_1) * noise(s[i], sigma_s_1) * np.float32(su)
         denoised_2 = run.model(x_2, sigma_s_1)
         # Step 2
         sd, su = _ancestral_step(_exp_neg(lambda_s), _exp_neg(lambda_t))
         h_ = _f32(_neg_log(sd) - lambda_s)
         denoised_d = np.float32(1.0 - fac) * denoised + np.float32(fac) * denoised_2
-        x = np.float32(_f32(_f32(alpha_t / alpha_s) * _f32(math.exp(-h_)))) * x - np.float32(
-            _f32(alpha_t * _expm1(-h_))
-        ) * denoised_d
+        x = (
+            np.float32(_f32(_f32(alpha_t / alpha_s) * _f32(math.exp(-h_)))) * x
+            - np.float32(_f32(alpha_t * _expm1(-h_))) * denoised_d
+        )
         x = x + np.float32(alpha_t) * noise(s[i], s[i + 1]) * np.float32(su)
     return x
 
@@ -478,9 +487,11 @@ def _dpmpp_3m_sde(run: _Run, x: np.ndarray, s: list[float], eta: float = 1.0) ->
                 d1 = d1_0 + (d1_0 - d1_1) * np.float32(r0) / r_sum
                 d2 = (d1_0 - d1_1) / r_sum
                 phi_3 = _f32(_f32(phi_2 / h_eta) - 0.5)
-                x = x + np.float32(_f32(alpha_t * phi_2)) * d1 - np.float32(
-                    _f32(alpha_t * phi_3)
-                ) * d2
+                x = (
+                    x
+                    + np.float32(_f32(alpha_t * phi_2)) * d1
+                    - np.float32(_f32(alpha_t * phi_3)) * d2
+                )
             elif h_1 is not None:
                 assert denoised_1 is not None
                 r = _f32(h_1 / h)
@@ -585,9 +596,10 @@ def _uni_pc(run: _Run, x: np.ndarray, s: list[float], variant: str = "bh1") -> n
             if step_order == 1
             else np.linalg.solve(big_r, b).astype(np.float32)
         )
-        x_t_ = np.float32(_f32(sigma_t / sigma_prev_0)) * x - np.float32(
-            _f32(alpha_t * h_phi_1)
-        ) * model_prev_0
+        x_t_ = (
+            np.float32(_f32(sigma_t / sigma_prev_0)) * x
+            - np.float32(_f32(alpha_t * h_phi_1)) * model_prev_0
+        )
         scale = np.float32(_f32(alpha_t * b_h))
         if rhos_p is not None:
             pred_res = sum(np.float32(rhos_p[k]) * d1s[k] for k in range(len(d1s)))

@@ -22,6 +22,7 @@ Sources (ComfyUI 0.8, ``comfy/model_sampling.py`` ``ModelSamplingDiscrete``, ``c
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 __all__ = [
@@ -395,7 +396,10 @@ def _beta(
 
 
 def _linear_quadratic(
-    schedule: DiscreteSchedule, steps: int, threshold_noise: float = 0.025, linear_steps: int | None = None
+    schedule: DiscreteSchedule,
+    steps: int,
+    threshold_noise: float = 0.025,
+    linear_steps: int | None = None,
 ) -> np.ndarray:
     # NOTE: comfy linear_quadratic_schedule (from genmo's Mochi), scaled by sigma_max.
     if steps == 1:
@@ -425,9 +429,8 @@ def _kl_optimal(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
         return np.array([sigma_max, 0.0], dtype=np.float32)
     adj = np.arange(n, dtype=np.float32) / np.float32(n - 1)
     sig = np.tan(
-        adj * np.float32(math.atan(sigma_min)) + (np.float32(1.0) - adj) * np.float32(
-            math.atan(sigma_max)
-        )
+        adj * np.float32(math.atan(sigma_min))
+        + (np.float32(1.0) - adj) * np.float32(math.atan(sigma_max))
     )
     return np.concatenate([sig.astype(np.float32), np.zeros(1, np.float32)])
 

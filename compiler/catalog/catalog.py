@@ -118,7 +118,10 @@ class Catalog:
             list_files: Returns the file names of a models folder (``checkpoints`` …) for
                 file combos; empty lists when None.
         """
-        return {name: schema_to_object_info(s, list_files) for name, s in self._schemas.items()}
+        from .core_nodes import INTERNAL_CATEGORY
+
+        return {name: schema_to_object_info(s, list_files) for name, s in self._schemas.items()
+                if s.category != INTERNAL_CATEGORY}
 
 
 def _input_from_object_info(name: str, spec: Any, required: bool, where: str) -> InputSpec:

@@ -12,9 +12,10 @@ from typing import Any
 from ..ir.types import COMBO
 from .schema import InputSpec, NodeSchema, OutputSpec
 
-__all__ = ["SAMPLERS", "SCHEDULERS", "MAX_RESOLUTION", "builtin_schemas"]
+__all__ = ["SAMPLERS", "SCHEDULERS", "MAX_RESOLUTION", "INTERNAL_CATEGORY", "builtin_schemas"]
 
 MAX_RESOLUTION = 16384
+INTERNAL_CATEGORY = "comfyc/internal"
 _MAX_SEED = 0xFFFFFFFFFFFFFFFF
 _MAXSIZE = 2**63 - 1
 
@@ -301,4 +302,9 @@ def builtin_schemas() -> list[NodeSchema]:
               python_module="comfy_extras.nodes_primitive"),
         _node("PrimitiveBoolean", [_req("value", "BOOLEAN", False)], _out("BOOLEAN"),
               "Boolean", "utils/primitive", python_module="comfy_extras.nodes_primitive"),
+        # ------------------------------------------------------ comfyc internal nodes
+        # NOTE: made by constant folding; never in ComfyUI workflows nor in /object_info.
+        _node("FoldedConditioning", [_req("key", "STRING", "")], _out("CONDITIONING"),
+              "Folded conditioning", INTERNAL_CATEGORY, python_module="comfyc",
+              description="A conditioning computed at compile time (a folded prompt)."),
     ]

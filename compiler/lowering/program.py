@@ -21,8 +21,8 @@ from ..errors import SchemaError, WorkflowError, WorkflowErrors
 from ..ir.core import MISSING, Graph, Node, Param, Value
 from ..passes.validate import reachable_nodes
 
-__all__ = ["lower_to_program", "encode_node_args", "check_runnable", "TorchModelCache",
-           "MODEL_NODES"]
+__all__ = ["lower_to_program", "encode_node_args", "lower_node", "check_runnable",
+           "TorchModelCache", "MODEL_NODES"]
 
 #: Nodes whose outputs are model handles; they are resolved while lowering.
 MODEL_NODES = {"CheckpointLoaderSimple", "VAELoader", "LoraLoader", "LoraLoaderModelOnly"}
@@ -67,6 +67,19 @@ def _coerce(schema: Any, name: str, value: Any) -> Any:
         return coerce_literal(spec, value)
     except (TypeError, ValueError):
         return value
+
+
+def lower_node(node: Node, catalog: Catalog) -> Any:
+    """The op for a non-model node (folded constants and schedules become $const args)."""
+    from comfyc.runtime.program import Op
+
+    if node.class_type == "FoldedConditioning":
+        return Op(node.id, "ConditioningConstant", {"entries": {"$const": node.inputs["key"]}},
+                  node.title)
+    args = encode_node_args(node, catalog)
+    if node.meta.get("sigmas"):
+        args["sigmas"] = {"$const": node.meta["sigmas"]}
+    return Op(node.id, node.class_type, args, node.title)
 
 
 def check_runnable(graph: Graph, nodes: list[Node], supported: Callable[[str], bool]) -> None:
@@ -130,6 +143,32 @@ class TorchModelCache:
         if key not in self.loaded:
             self.loaded[key] = load_vae(path)
         return self.loaded[key]
+
+    def merged(self, checkpoint: str, loras: tuple[tuple[str, float, float], ...] | list[Any]
+               ) -> tuple[Any, Any]:
+        """UNet and text encoder of a checkpoint with LoRAs merged in order (cached)."""
+        import copy
+
+        from ..models.lora import merge_lora
+
+        loras = tuple(tuple(x) for x in loras)
+        key = f"merged:{checkpoint}:{loras!r}"
+        if key not in self.loaded:
+            loaded = self.checkpoint(checkpoint)
+            if not loras:
+                self.loaded[key] = (loaded.unet, loaded.text_encoder)
+            else:
+                unet, text = self.merged(checkpoint, loras[:-1])
+                unet, text = copy.deepcopy(unet), copy.deepcopy(text)
+                name, strength_model, strength_clip = loras[-1]
+                merge_lora((unet, text), self.lora(str(name)), float(strength_model),
+                           float(strength_clip))
+                self.loaded[key] = (unet, text)
+        return self.loaded[key]
+
+    def text_encoder_with_loras(self, checkpoint: str, loras: list[Any]) -> Any:
+        """The text encoder of a checkpoint with LoRAs merged."""
+        return self.merged(checkpoint, loras)[1]
 
     def lora(self, name: str) -> Any:
         """A LoRA state dict by ComfyUI name."""
@@ -195,7 +234,7 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
     catalog = catalog or default_catalog()
     cache = cache or TorchModelCache(models_dir)
     nodes = reachable_nodes(graph, catalog)
-    check_runnable(graph, nodes, lambda c: c in OPS)
+    check_runnable(graph, nodes, lambda c: c in OPS or c == "FoldedConditioning")
 
     stages: dict[str, Any] = {}
     ops: list[Op] = []
@@ -256,7 +295,7 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
         if node.class_type in ("LoraLoader", "LoraLoaderModelOnly"):
             ops.append(_lower_lora(node, const_input, cache, stages, unet_stage))
             continue
-        ops.append(Op(node.id, node.class_type, encode_node_args(node, catalog), node.title))
+        ops.append(lower_node(node, catalog))
 
     params = {
         p.name: ParamSpec(p.name, p.type, None if p.default is MISSING else p.default,
@@ -267,7 +306,7 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
                             "param_uses": _param_uses(graph)}
     if graph.meta.get("workflow") is not None:
         meta["extra_pnginfo"] = {"workflow": graph.meta["workflow"]}
-    return Program(ops, stages, {}, params, meta)
+    return Program(ops, stages, graph.meta.get("constants", {}), params, meta)
 
 
 def _defaults(graph: Graph) -> dict[str, Any]:
@@ -282,11 +321,7 @@ def _param_uses(graph: Graph) -> dict[str, list[list[str]]]:
 def _lower_lora(node: Node, const_input: Callable[[Node, str], Any], cache: TorchModelCache,
                 stages: dict[str, Any], unet_stage: Callable[..., str]) -> Any:
     """Merge a LoRA at constant strength into copies of the UNet / text encoder."""
-    import copy
-
     from comfyc.runtime.program import Op
-
-    from ..models.lora import merge_lora
 
     lora_name = const_input(node, "lora_name")
     strength_model = float(const_input(node, "strength_model"))
@@ -301,24 +336,17 @@ def _lower_lora(node: Node, const_input: Callable[[Node, str], Any], cache: Torc
             f"LoRA loaders)", node.loc, kind="unsupported_node")])
     src_node, desc = source
     loaded = src_node.meta["loaded"]
-    lora = cache.lora(lora_name)
     new_desc = _ModelDesc(desc.checkpoint, desc.loras + ((lora_name, strength_model,
                                                            strength_clip),))
     node.meta["model_desc"] = new_desc
     node.meta["loaded"] = loaded
-    base_unet = node_unet_module(model_value, loaded)
-    base_text = node_text_module(clip_value, loaded)
-    unet = copy.deepcopy(base_unet)
-    text = copy.deepcopy(base_text) if clip_value is not None else None
-    merge_lora(unet, text, lora, strength_model, strength_clip)
-    node.meta["unet_module"] = unet
-    node.meta["text_module"] = text
+    unet, text = cache.merged(new_desc.checkpoint, new_desc.loras)
     args: dict[str, Any] = {}
     if model_value is not None:
         args["model"] = {"$ref": [model_value.producer.id, model_value.index]}
         args["unet"] = {"$stage": unet_stage(new_desc, unet,
                                              {"prediction_type": loaded.prediction_type})}
-    if clip_value is not None and text is not None:
+    if clip_value is not None:
         args["clip"] = {"$ref": [clip_value.producer.id, clip_value.index]}
         te = f"text_encoder_{new_desc.key()}"
         stages.setdefault(te, _LayerEncoders(te, text))
@@ -333,18 +361,3 @@ def _source_checkpoint(value: Any) -> tuple[Node, _ModelDesc] | None:
     if "model_desc" in node.meta:
         return node, node.meta["model_desc"]
     return None
-
-
-def node_unet_module(value: Any, loaded: Any) -> Any:
-    """The UNet module a MODEL value carries (after earlier LoRA merges)."""
-    if isinstance(value, Value) and value.producer.meta.get("unet_module") is not None:
-        return value.producer.meta["unet_module"]
-    return loaded.unet
-
-
-def node_text_module(value: Any, loaded: Any) -> Any:
-    """The text-encoder module a CLIP value carries (after earlier LoRA merges)."""
-    if isinstance(value, Value) and value.producer.meta.get("text_module") is not None:
-        return value.producer.meta["text_module"]
-    return loaded.text_encoder
-

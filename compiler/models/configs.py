@@ -14,7 +14,9 @@ functions return the constructor arguments of the diffusers/transformers modules
 * VAE: base channels, multipliers, res blocks per level, latent channels, mid attention.
 * CLIP text encoder: vocabulary, width, layers, MLP width, positions; heads = width / 64.
 
-The inputs only need ``.shape`` and ``.ndim``, so meta tensors work.
+The inputs only need ``.shape`` and ``.ndim``, so meta tensors work. A value that the
+conventions cannot give (e.g. SD2-style heads for channels that are not multiples of 64) is
+returned as None; `require_complete` turns a None left after metadata overrides into an error.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ __all__ = [
     "infer_clip_config",
     "infer_unet_config",
     "infer_vae_config",
+    "require_complete",
 ]
 
 #: Latent scale of SD1.x and SD2.x (`LatentFormat SD15.scale_factor`).
@@ -119,13 +122,11 @@ def infer_unet_config(state: Mapping[str, _Shaped]) -> dict[str, Any]:
         raise ModelFormatError("the UNet has no middle_block.1 attention; expected an "
                                "SD1.x/SD2.x UNet (UNetMidBlock2DCrossAttn)")
     mid_depth = len(_indices(state, r"middle_block\.1\.transformer_blocks\.(\d+)\."))
+    heads: int | list[int] | None
     if linear:
-        if any(c % _SD2_HEAD_CHANNELS for c in block_out):
-            raise ModelFormatError(
-                f"UNet channels {block_out} are not multiples of {_SD2_HEAD_CHANNELS}, the SD2 "
-                "head size; store the head count in the file's comfyc.config metadata"
-            )
-        heads: int | list[int] = [c // _SD2_HEAD_CHANNELS for c in block_out]
+        # NOTE: None = not derivable; the loader fails unless metadata supplies the value.
+        divisible = not any(c % _SD2_HEAD_CHANNELS for c in block_out)
+        heads = [c // _SD2_HEAD_CHANNELS for c in block_out] if divisible else None
     else:
         heads = _SD1_HEADS
     # NOTE: diffusers takes one int when every transformer has the same depth, else a list per
@@ -218,17 +219,13 @@ def infer_clip_config(
         raise ModelFormatError("the text encoder has no encoder layers; expected a CLIP text "
                                "transformer")
     mlp = _shape(state, "text_model.encoder.layers.0.mlp.fc1.weight", "text encoder")[0]
-    if hidden % _CLIP_HEAD_CHANNELS:
-        raise ModelFormatError(
-            f"text encoder width {hidden} is not a multiple of {_CLIP_HEAD_CHANNELS}, the CLIP "
-            "head size; store the head count in the file's comfyc.config metadata"
-        )
+    heads = None if hidden % _CLIP_HEAD_CHANNELS else hidden // _CLIP_HEAD_CHANNELS
     return {
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": mlp,
         "num_hidden_layers": len(layers),
-        "num_attention_heads": hidden // _CLIP_HEAD_CHANNELS,
+        "num_attention_heads": heads,
         "max_position_embeddings": positions,
         "hidden_act": "gelu" if openclip else "quick_gelu",
         "layer_norm_eps": 1e-5,
@@ -237,3 +234,25 @@ def infer_clip_config(
         "eos_token_id": 49407,
         "pad_token_id": 0 if openclip else 49407,
     }
+
+
+def require_complete(inferred: Mapping[str, Any], overrides: Mapping[str, Any], what: str) -> None:
+    """Raises when shapes could not give a value (None) and metadata does not supply it.
+
+    Args:
+        inferred: The config returned by an ``infer_*`` function.
+        overrides: Metadata values that replace inferred ones.
+        what: ``"UNet"``, ``"VAE"`` or ``"text encoder"`` for the message.
+
+    Raises:
+        ModelFormatError: Naming the unresolved fields and how to provide them.
+    """
+    unresolved = [k for k, v in inferred.items() if v is None and k not in overrides]
+    if unresolved:
+        raise ModelFormatError(
+            f"the {what}'s {', '.join(unresolved)} cannot be inferred from tensor shapes (its "
+            f"widths do not follow the SD1/SD2 convention of {_SD2_HEAD_CHANNELS} channels per "
+            "head); save the model with comfyc's save_single_file, which records the exact "
+            "config in the file's comfyc.config metadata"
+        )
+

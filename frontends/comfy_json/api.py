@@ -8,6 +8,18 @@ The API format is what ComfyUI's server executes::
 A two-element array is a link ``[source_id, output_index]``; ``{"__value__": [...]}`` wraps a
 list literal. This module builds a :class:`Graph` from it, reporting every structural problem
 (unknown classes, dangling links, bad output indices, cycles) at once, and writes a graph back.
+
+DSL-only facts ride in one namespaced ``_meta.dsl`` object per node (ComfyUI reads only
+``_meta.title`` and ignores other ``_meta`` keys; top-level keys would be taken for nodes)::
+
+    "_meta": {"title": "KSampler", "dsl": {
+        "bind": "sampler",                 # the binding name(s): a str, or a list when unpacked
+        "auto_id": true,                   # the id was not written in the DSL
+        "params": {"seed": {"param": "seed", "type": "INT", "order": 0, "min": 0}},
+        "outputs": {"latent": {"index": 0, "order": 0}},
+        "synthetic": true}}                # a SaveImage added for an `output` (dropped on import)
+
+so DSL → JSON → DSL keeps params (the input holds the default), declared outputs and names.
 """
 
 from __future__ import annotations
@@ -15,8 +27,9 @@ from __future__ import annotations
 from typing import Any
 
 from comfyc.compiler.catalog import Catalog, default_catalog
-from comfyc.compiler.errors import SchemaError, WorkflowError, WorkflowErrors
-from comfyc.compiler.ir import MISSING, CycleError, Graph, Param, SourceLoc, Value
+from comfyc.compiler.errors import ExportError, SchemaError, WorkflowError, WorkflowErrors
+from comfyc.compiler.ir import MISSING, CycleError, Graph, Node, Param, SourceLoc, Value
+from comfyc.compiler.ir.printer import default_title
 
 __all__ = ["graph_from_api", "graph_to_api", "unknown_node_error"]
 
@@ -84,6 +97,7 @@ def graph_from_api(data: Any, catalog: Catalog | None = None, file: str | None =
     unknown: dict[str, list[str]] = {}
     first_unknown: SourceLoc | None = None
     entries: list[tuple[str, dict[str, Any]]] = []
+    dsl_entries: list[tuple[Node, dict[str, Any]]] = []
     for node_id, entry in data.items():
         node_id = str(node_id)
         loc = SourceLoc(file=file, node_id=node_id)
@@ -116,9 +130,11 @@ def graph_from_api(data: Any, catalog: Catalog | None = None, file: str | None =
         node = graph.add_node(class_type, schema.output_types(), id=node_id, title=title,
                               loc=loc)
         if isinstance(entry.get("_meta"), dict):
-            extra_meta = {k: v for k, v in entry["_meta"].items() if k != "title"}
+            extra_meta = {k: v for k, v in entry["_meta"].items() if k not in ("title", "dsl")}
             if extra_meta:
                 node.meta["api_meta"] = extra_meta
+            if isinstance(entry["_meta"].get("dsl"), dict):
+                dsl_entries.append((node, entry["_meta"]["dsl"]))
         entries.append((node_id, inputs))
     if unknown:
         errors.insert(0, unknown_node_error(unknown, catalog, file, first_unknown))
@@ -150,6 +166,8 @@ def graph_from_api(data: Any, catalog: Catalog | None = None, file: str | None =
 
     if errors:
         raise WorkflowErrors(errors)
+    if dsl_entries:
+        _restore_dsl_facts(graph, dsl_entries)
     try:
         graph.sort()
     except CycleError as exc:
@@ -199,25 +217,34 @@ def _resolve_link(graph: Graph, value: list[Any], loc: SourceLoc,
 
 
 def graph_to_api(graph: Graph, *, with_meta: bool = True,
-                 params: dict[str, Any] | None = None) -> dict[str, Any]:
+                 params: dict[str, Any] | None = None, dsl_meta: bool = True) -> dict[str, Any]:
     """Write a graph as an API prompt.
 
     Args:
         graph: The graph.
         with_meta: Write ``_meta.title`` (and other kept ``_meta`` facts) for each node.
         params: Values for runtime params; a param without a value here takes its default.
+        dsl_meta: Also write DSL-only facts (params, declared outputs, binding names) in
+            ``_meta.dsl`` so the DSL comes back unchanged (see the module docstring).
 
     Raises:
-        SchemaError: A param has no value and no default (the API format has no params).
+        ExportError: A param has no value and no default (the API format has no params).
     """
     prompt: dict[str, Any] = {}
+    param_order = {name: i for i, name in enumerate(graph.params)}
+    declared: dict[int, dict[str, Any]] = {}
+    for order, (out_name, value) in enumerate(graph.outputs.items()):
+        outs = declared.setdefault(id(value.producer), {})
+        outs[out_name] = {"index": value.index, "order": order}
     for node in graph.nodes:
         inputs: dict[str, Any] = {}
+        used_params: dict[str, Any] = {}
         for name, value in node.inputs.items():
             if isinstance(value, Value):
                 inputs[name] = [value.producer.id, value.index]
             elif isinstance(value, Param):
                 inputs[name] = _param_value(value, params, node, name)
+                used_params[name] = _param_decl(value, param_order, inputs[name])
             elif isinstance(value, list):
                 inputs[name] = {"__value__": value}
             else:
@@ -227,14 +254,138 @@ def graph_to_api(graph: Graph, *, with_meta: bool = True,
         if with_meta:
             meta = dict(node.meta.get("api_meta", {}))
             meta["title"] = node.title or _display_name(node.class_type)
+            dsl = _dsl_facts(node, used_params, declared.get(id(node))) if dsl_meta else {}
+            if dsl:
+                meta["dsl"] = dsl
             entry["_meta"] = meta
         prompt[node.id] = entry
+    _add_output_savers(graph, prompt, with_meta and dsl_meta)
     return prompt
 
 
+def _dsl_facts(node: Node, used_params: dict[str, Any], outputs: dict[str, Any] | None
+               ) -> dict[str, Any]:
+    """The ``_meta.dsl`` object of one node (empty when there is nothing DSL-only)."""
+    dsl: dict[str, Any] = {}
+    kept = node.meta.get("dsl")
+    if isinstance(kept, dict):
+        if kept.get("bind") is not None:
+            bind = kept["bind"]
+            dsl["bind"] = list(bind) if isinstance(bind, (list, tuple)) else bind
+        if kept.get("auto_id"):
+            dsl["auto_id"] = True
+    if used_params:
+        dsl["params"] = used_params
+    if outputs:
+        dsl["outputs"] = outputs
+    return dsl
+
+
+def _param_decl(param: Param, order: dict[str, int], written: Any) -> dict[str, Any]:
+    """How a param use is recorded: the declaration minus the default (the input holds it)."""
+    decl: dict[str, Any] = {"param": param.name, "type": param.type,
+                            "order": order.get(param.name, 0)}
+    for key in ("min", "max", "choices", "doc"):
+        if getattr(param, key) is not None:
+            decl[key] = getattr(param, key)
+    if param.default is not MISSING and (param.default != written
+                                         or type(param.default) is not type(written)):
+        decl["default"] = param.default
+    return decl
+
+
+def _add_output_savers(graph: Graph, prompt: dict[str, Any], mark: bool) -> None:
+    """Give each declared IMAGE output that no output node saves a SaveImage of its own.
+
+    ComfyUI runs only what reaches an output node ("Prompt has no outputs" otherwise), so the
+    exported prompt saves such images with the output's name as the file prefix. Marked
+    ``_meta.dsl.synthetic``, the node is dropped again when the JSON is read back.
+    """
+    catalog = default_catalog()
+    saved: set[int] = set()
+    for node in graph.nodes:
+        schema = catalog.get(node.class_type)
+        if schema is None or not schema.output_node:
+            continue
+        for value in node.inputs.values():
+            if isinstance(value, Value):
+                saved.add(id(value))
+    next_id = 0
+    for node_id in prompt:
+        head = node_id.split(":")[0]
+        if head.isdigit():
+            next_id = max(next_id, int(head))
+    for name, value in graph.outputs.items():
+        if value.type != "IMAGE" or id(value) in saved:
+            continue
+        saved.add(id(value))
+        next_id += 1
+        entry: dict[str, Any] = {
+            "inputs": {"filename_prefix": name, "images": [value.producer.id, value.index]},
+            "class_type": "SaveImage",
+        }
+        if mark:
+            entry["_meta"] = {"title": _display_name("SaveImage"), "dsl": {"synthetic": True}}
+        prompt[str(next_id)] = entry
+
+
+def _restore_dsl_facts(graph: Graph, entries: list[tuple[Node, dict[str, Any]]]) -> None:
+    """Apply ``_meta.dsl`` facts written by :func:`graph_to_api` (malformed ones are ignored:
+    the file is still a valid ComfyUI prompt without them)."""
+    params: list[tuple[int, int, Param]] = []
+    by_name: dict[str, Param] = {}
+    uses: list[tuple[Node, str, str]] = []
+    outputs: list[tuple[int, int, str, Value]] = []
+    synthetic: list[Node] = []
+    for position, (node, dsl) in enumerate(entries):
+        facts: dict[str, Any] = {}
+        bind = dsl.get("bind")
+        if isinstance(bind, str) or (isinstance(bind, list)
+                                     and all(isinstance(b, str) for b in bind)):
+            facts["bind"] = bind
+        if dsl.get("auto_id") is True:
+            facts["auto_id"] = True
+        if facts:
+            node.meta["dsl"] = facts
+        if dsl.get("synthetic") is True:
+            synthetic.append(node)
+        for input_name, decl in (dsl.get("params") or {}).items():
+            if not isinstance(decl, dict) or input_name not in node.inputs:
+                continue
+            name, type_ = decl.get("param"), decl.get("type")
+            written = node.inputs[input_name]
+            if not isinstance(name, str) or not isinstance(type_, str) or isinstance(
+                    written, (Value, Param)):
+                continue
+            if name not in by_name:
+                param = Param(name, type_, decl.get("default", written),
+                              min=decl.get("min"), max=decl.get("max"),
+                              choices=decl.get("choices"), doc=decl.get("doc"),
+                              loc=node.loc.with_input(input_name))
+                by_name[name] = param
+                order = decl.get("order")
+                params.append((order if isinstance(order, int) else 1 << 30, position, param))
+            uses.append((node, input_name, name))
+        for out_name, spec in (dsl.get("outputs") or {}).items():
+            index = spec.get("index") if isinstance(spec, dict) else None
+            if isinstance(index, int) and 0 <= index < len(node.outputs):
+                order = spec.get("order")
+                outputs.append((order if isinstance(order, int) else 1 << 30, position,
+                                out_name, node.outputs[index]))
+    for _, _, param in sorted(params, key=lambda t: (t[0], t[1])):
+        graph.add_param(param)
+    for node, input_name, name in uses:
+        graph.set_input(node, input_name, by_name[name])
+    for _, _, name, value in sorted(outputs, key=lambda t: (t[0], t[1])):
+        graph.outputs.setdefault(name, value)
+    for node in synthetic:
+        if not any(v.uses() for v in node.outputs):
+            graph.remove(node)
+
+
 def _display_name(class_type: str) -> str:
-    schema = default_catalog().get(class_type)
-    return schema.display_name if schema else class_type
+    # One rule with the DSL printer, which omits @title exactly when it equals this.
+    return default_title(class_type)
 
 
 def _param_value(param: Param, params: dict[str, Any] | None, node: Any, name: str) -> Any:
@@ -242,7 +393,9 @@ def _param_value(param: Param, params: dict[str, Any] | None, node: Any, name: s
         return params[param.name]
     if param.default is not MISSING:
         return param.default
-    raise SchemaError(
-        f"param '{param.name}' has no default, so {node.display()} input '{name}' has no value "
-        f"in the API format", param.loc or node.input_loc(name), kind="export_error",
-        help=f"give it a default (param {param.name}: {param.type} = ...) or pass a value")
+    raise ExportError(
+        f"param '{param.name}' has no default, so it has no value in ComfyUI's API format",
+        param.loc or node.input_loc(name),
+        notes=[f"it feeds input '{name}' of {node.display()}"],
+        help=f"give it a default (`param {param.name}: {param.type} = ...`) or pass a value "
+             f"for it")

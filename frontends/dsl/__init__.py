@@ -1,1 +1,55 @@
-"""comfyc package."""
+"""comfyc's text DSL (``.cfy``): a readable, diffable form of a ComfyUI workflow.
+
+One statement is one ComfyUI node; inputs are passed by name; ids and titles ride on ``@``
+decorators, so JSON → DSL → JSON is lossless::
+
+    param seed: INT = 42 [min=0]
+    param prompt: STRING = "a handwritten digit seven"
+
+    ckpt = CheckpointLoaderSimple(ckpt_name="tiny-digits.safetensors")
+    positive = CLIPTextEncode(text=prompt, clip=ckpt.CLIP)
+    negative = CLIPTextEncode(text="", clip=ckpt.CLIP)
+    latent = EmptyLatentImage(width=64, height=64, batch_size=1)
+    sampler = KSampler(model=ckpt.MODEL, seed=seed, steps=20, cfg=5.0, sampler_name="euler",
+                       scheduler="normal", positive=positive, negative=negative,
+                       latent_image=latent, denoise=1.0)
+    image = VAEDecode(samples=sampler, vae=ckpt.VAE)
+    SaveImage(images=image, filename_prefix="digit")
+    output image
+
+Pipeline: :func:`~.parse.parse_module` (grammar.lark → :mod:`.ast`), then
+:func:`~.lower.lower_module` (names, ids, catalogue checks → IR graph). The canonical printer
+is :func:`comfyc.compiler.ir.printer.print_graph` (``str(graph)``); :mod:`.format` adds comments
+back for ``comfyc fmt``.
+"""
+
+from __future__ import annotations
+
+from comfyc.compiler.catalog import Catalog, default_catalog
+from comfyc.compiler.ir import Graph
+
+from .lower import lower_module
+from .parse import parse_module
+
+__all__ = ["parse_dsl", "parse_module", "lower_module"]
+
+
+def parse_dsl(text: str, file: str | None = None, catalog: Catalog | None = None) -> Graph:
+    """Parse DSL text into an IR graph (not yet validated; ``validate_graph`` does that).
+
+    Args:
+        text: The source text.
+        file: The path, for error locations (``FILE:LINE:COL``).
+        catalog: Node schemas; the built-in catalogue when None.
+
+    Returns:
+        The graph: nodes in statement order, every node, input and param located in the
+        source.
+
+    Raises:
+        WorkflowErrors: Syntax errors, or every name/catalogue/type problem found.
+    """
+    module = parse_module(text, file)
+    graph = lower_module(module, catalog or default_catalog(), file)
+    graph.meta["file"] = file
+    return graph

@@ -79,6 +79,9 @@ class TorchTextEncoder(_TorchStage):
                  info: dict[str, Any] | None = None) -> None:
         super().__init__(name, "text_encoder", module, {**(info or {}), "layer": layer})
         self.layer = layer
+        # transformers 4 nests the layers under .text_model; transformers 5 does not.
+        inner = getattr(module, "text_model", module)
+        self.final_norm = inner.final_layer_norm
 
     def forward(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
@@ -87,7 +90,7 @@ class TorchTextEncoder(_TorchStage):
             out = self.module(input_ids=ids, output_hidden_states=True, return_dict=True)
             layers = len(out.hidden_states) - 1
             index = self.layer if -layers <= self.layer < 0 else -1
-            hidden = self.module.text_model.final_layer_norm(out.hidden_states[index])
+            hidden = self.final_norm(out.hidden_states[index])
             pooled = out.pooler_output
         return self._numpy(hidden), self._numpy(pooled)
 

@@ -1,0 +1,149 @@
+"""Textual-inversion embeddings: reading the common file formats and resolving ``embedding:NAME``.
+
+Formats (ComfyUI's `load_embed` reads the same ones, in this order of preference):
+
+* A1111 ``.pt``: ``{"string_to_param": {"*": tensor[n, dim]}, "name": ..., "step": ...}``
+  (read with ``torch.load(weights_only=True)``).
+* A1111 ``.safetensors``: ``{"emb_params": tensor[n, dim]}``.
+* Per-encoder files: ``{"clip_l": ..., "clip_g": ...}`` (SD1 takes ``clip_l``; SD2 ``clip_h``).
+* A list of dicts of tensors (old diffusers dumps): every tensor of the right width, in order.
+* Anything else: the first tensor in the file.
+
+`EmbeddingLibrary` resolves names in the models folder (`comfyc.runtime.model_paths`) and is a
+ready-made ``embedding_lookup`` for `comfyc.runtime.tokenizer.ClipTokenizer`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from comfyc.compiler.models.errors import ModelFormatError
+from comfyc.compiler.models.single_file import load_pickle_weights
+from comfyc.runtime.model_paths import find_embedding
+
+__all__ = ["EmbeddingLibrary", "load_embedding"]
+
+_log = logging.getLogger(__name__)
+
+
+def _select(loaded: Any, embedding_size: int | None, key: str | None, path: Path) -> torch.Tensor:
+    if isinstance(loaded, torch.Tensor):
+        return loaded
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("string_to_param"), Mapping):
+        return next(iter(loaded["string_to_param"].values()))
+    if isinstance(loaded, list):
+        parts = [
+            t.reshape(-1, t.shape[-1])
+            for item in loaded if isinstance(item, Mapping)
+            for t in item.values()
+            if isinstance(t, torch.Tensor) and (embedding_size is None or t.shape[-1] == embedding_size)
+        ]
+        if parts:
+            return torch.cat(parts, dim=0)
+    if isinstance(loaded, Mapping):
+        if key is not None and isinstance(loaded.get(key), torch.Tensor):
+            return loaded[key]
+        if isinstance(loaded.get("emb_params"), torch.Tensor):
+            return loaded["emb_params"]
+        tensors = [v for v in loaded.values() if isinstance(v, torch.Tensor)]
+        if tensors:
+            return tensors[0]
+    raise ModelFormatError(
+        f"{str(path)!r} holds no embedding tensor; expected string_to_param, emb_params, "
+        f"{key or 'clip_l'} or a tensor"
+    )
+
+
+def load_embedding(
+    path: str | os.PathLike[str],
+    *,
+    embedding_size: int | None = None,
+    key: str | None = "clip_l",
+) -> torch.Tensor:
+    """Reads a textual-inversion embedding as a float32 ``[vectors, width]`` tensor.
+
+    Args:
+        path: ``.safetensors``, ``.pt``/``.bin`` (weights only).
+        embedding_size: Expected width (768 SD1, 1024 SD2); checked when given.
+        key: Which entry of a per-encoder file to take (``clip_l`` SD1, ``clip_h`` SD2).
+
+    Returns:
+        The vectors.
+
+    Raises:
+        ModelFormatError: Unreadable file, no tensor, or the wrong width.
+    """
+    file = Path(path)
+    if file.suffix.lower() in (".safetensors", ".sft"):
+        from safetensors.torch import load_file
+
+        try:
+            loaded: Any = load_file(str(file))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+            raise ModelFormatError(f"cannot read embedding {str(file)!r}: {exc}") from exc
+    else:
+        loaded = load_pickle_weights(file)
+    vectors = _select(loaded, embedding_size, key, file).detach().float()
+    vectors = vectors.reshape(-1, vectors.shape[-1]) if vectors.ndim != 1 else vectors[None]
+    if embedding_size is not None and vectors.shape[-1] != embedding_size:
+        raise ModelFormatError(
+            f"embedding {str(file)!r} has width {vectors.shape[-1]}, the text encoder expects "
+            f"{embedding_size} (768 = SD1.x, 1024 = SD2.x); use an embedding trained for this "
+            "model family"
+        )
+    return vectors.contiguous()
+
+
+class EmbeddingLibrary:
+    """Embeddings of one models folder, loaded on demand and cached.
+
+    Calling the library with a name returns its vector count (or None), so it can be passed as
+    ``embedding_lookup`` to `ClipTokenizer`. An embedding of the wrong width counts as missing
+    (with a warning): it cannot be used with this text encoder.
+
+    Args:
+        models_dir: The models folder (``--models-dir``); None uses ``$COMFYC_MODELS``.
+        embedding_size: Text-encoder width (768 SD1, 1024 SD2).
+        key: Entry of per-encoder files (``clip_l`` SD1, ``clip_h`` SD2).
+    """
+
+    def __init__(
+        self,
+        models_dir: str | os.PathLike[str] | None = None,
+        *,
+        embedding_size: int = 768,
+        key: str = "clip_l",
+    ) -> None:
+        self.models_dir = models_dir
+        self.embedding_size = embedding_size
+        self.key = key
+        self._cache: dict[str, torch.Tensor | None] = {}
+
+    def path(self, name: str) -> Path | None:
+        """The file for ``embedding:NAME``, or None."""
+        return find_embedding(name, self.models_dir)
+
+    def vectors(self, name: str) -> torch.Tensor | None:
+        """The ``[n, width]`` vectors of an embedding, or None when it is missing or unusable."""
+        if name not in self._cache:
+            file = self.path(name)
+            vectors = None
+            if file is not None:
+                try:
+                    vectors = load_embedding(file, embedding_size=self.embedding_size, key=self.key)
+                except ModelFormatError as exc:
+                    _log.warning("ignoring embedding:%s: %s", name, exc)
+            self._cache[name] = vectors
+        return self._cache[name]
+
+    def count(self, name: str) -> int | None:
+        """Number of vectors of an embedding, or None."""
+        vectors = self.vectors(name)
+        return None if vectors is None else int(vectors.shape[0])
+
+    __call__ = count

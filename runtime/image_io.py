@@ -1,0 +1,559 @@
+"""Loading and saving pictures as ComfyUI's LoadImage, LoadImageMask, SaveImage, PreviewImage.
+
+Loading (``nodes.LoadImage``): every frame of the file (multi-page TIFF, animated GIF/WebP/PNG)
+is EXIF-transposed, 32-bit integer pictures are divided by 255, and the frame is converted to
+RGB; frames whose size differs from the first frame are skipped. The MASK is ``1 - alpha`` when
+the frame has an alpha channel (or a palette with a transparent colour), else a 64x64 zero mask.
+
+Names come from workflows and are confined to their folder: a name may use subfolders
+(``sub/picture.png``, backslashes accepted) and ComfyUI's annotation suffix (``"name [input]"``,
+``[output]``, ``[temp]``), but ``..``, absolute paths and symlinks that resolve outside the
+folder are refused with an `ImageIOError` saying what was asked and how to fix it.
+
+Saving (``nodes.SaveImage``, ``folder_paths.get_save_image_path``): one PNG per picture,
+pixels ``uint8(clip(255 * x))`` (truncation), named ``f"{name}_{counter:05}_.png"`` where
+``counter`` is one more than the largest counter of the files already named ``{name}_...`` in
+that folder. The prefix may hold subfolders (confined to the output folder) and the server-side
+substitutions ``%width%``, ``%height%``, ``%year%``, ``%month%``, ``%day%``, ``%hour%``,
+``%minute%``, ``%second%`` and ``%batch_num%``. The workflow is stored in tEXt chunks: ``prompt``
+= ``json.dumps(prompt)`` and one chunk per key of ``extra_pnginfo`` (normally ``workflow``).
+Each file is written to a temporary name in its folder and renamed into place, so a crash never
+leaves a half-written PNG under the final name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from comfyc.runtime.ops._common import as_image
+
+__all__ = [
+    "MASK_CHANNELS",
+    "ImageIOError",
+    "SaveResult",
+    "load_image",
+    "load_image_mask",
+    "resolve_image_path",
+    "save_image_path",
+    "save_images",
+    "save_preview",
+]
+
+#: ``channel`` choices of LoadImageMask, in ComfyUI's order.
+MASK_CHANNELS = ("alpha", "red", "green", "blue")
+#: One saved file as ComfyUI reports it: ``{"filename", "subfolder", "type"}``.
+SaveResult = dict[str, str]
+
+# NOTE: 16-bit PNGs open as "I;16*" in current Pillow, as "I" in older ones (whose behaviour
+# ComfyUI's `i.mode == 'I'` check was written for); all of them get the 1/255 scaling.
+_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+_ANNOTATIONS = ("input", "output", "temp")
+# NOTE: PreviewImage's alphabet, as ComfyUI writes it ("p" twice, no "w").
+_PREVIEW_ALPHABET = "abcdefghijklmnopqrstupvxyz"
+_T = TypeVar("_T")
+
+
+class ImageIOError(ValueError):
+    """A picture that cannot be loaded or saved; the message says what, where and the fix.
+
+    Attributes:
+        name: The name or prefix as written in the workflow.
+        folder: The folder it was resolved against (None when none applies).
+    """
+
+    def __init__(self, message: str, name: str, folder: Path | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.folder = folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+
+def _split_annotation(name: str) -> tuple[str, str]:
+    """Splits ``"pic.png [output]"`` into (``"pic.png"``, ``"output"``); default ``"input"``.
+
+    NOTE: folder_paths.annotated_filepath strips the tag and the character before it; only a
+    space is stripped here, so ``"pic.png[input]"`` keeps its last letter.
+    """
+    for tag in _ANNOTATIONS:
+        suffix = f"[{tag}]"
+        if name.endswith(suffix):
+            base = name[: -len(suffix)]
+            return (base[:-1] if base.endswith(" ") else base), tag
+    return name, "input"
+
+
+def _relative_name(name: str, original: str, folder: Path) -> PurePosixPath:
+    """Turns a workflow name into a relative POSIX path, refusing anything that could escape."""
+    if name.strip() == "":
+        raise ImageIOError(
+            f"empty image name {original!r}; expected a file name such as 'example.png' in "
+            f"{str(folder)!r}", original, folder,
+        )
+    if "\0" in name:
+        raise ImageIOError(f"image name {original!r} contains a NUL character", original, folder)
+    posix = name.replace("\\", "/")
+    is_drive = len(posix) >= 2 and posix[1] == ":" and posix[0].isalpha()
+    if posix.startswith("/") or is_drive:
+        raise ImageIOError(
+            f"image name {original!r} is an absolute path; images are loaded from "
+            f"{str(folder)!r} only. Copy the file there and use its name relative to it",
+            original, folder,
+        )
+    parts = PurePosixPath(posix).parts
+    if ".." in parts:
+        raise ImageIOError(
+            f"image name {original!r} contains '..'; names may use subfolders of "
+            f"{str(folder)!r} but may not leave it. Move the file inside that folder",
+            original, folder,
+        )
+    return PurePosixPath(*[p for p in parts if p not in ("", ".")])
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def _available(folder: Path) -> str:
+    """A short list of the files in `folder`, for error messages."""
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return "none (the folder cannot be read)"
+    shown = ", ".join(repr(n) for n in names[:8]) or "none"
+    return shown + (f" (and {len(names) - 8} more)" if len(names) > 8 else "")
+
+
+def resolve_image_path(
+    name: str,
+    input_dir: str | os.PathLike[str],
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    temp_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Resolves an image name from a workflow (LoadImage's ``image`` input) to a file.
+
+    Args:
+        name: The name as written (``"pic.png"``, ``"sub/pic.png"``, ``"pic.png [output]"``).
+        input_dir: The input folder (names without annotation and ``[input]`` names).
+        output_dir: The output folder, needed for ``[output]`` names.
+        temp_dir: The temp folder, needed for ``[temp]`` names.
+
+    Returns:
+        The absolute path of the file (symlinks resolved).
+
+    Raises:
+        ImageIOError: An unsafe name, a link leaving the folder, or no such file.
+    """
+    if not isinstance(name, str):
+        raise ImageIOError(
+            f"image name {name!r} is a {type(name).__name__}; expected a file name string",
+            str(name),
+        )
+    plain, tag = _split_annotation(name)
+    folders = {"input": input_dir, "output": output_dir, "temp": temp_dir}
+    chosen = folders[tag]
+    if chosen is None:
+        raise ImageIOError(
+            f"image name {name!r} asks for the {tag} folder, but none was given; pass "
+            f"{tag}_dir=..., or copy the file into the input folder and drop ' [{tag}]'",
+            name,
+        )
+    folder = Path(chosen).expanduser()
+    rel = _relative_name(plain, name, folder)
+    base = folder.resolve()
+    candidate = base.joinpath(*rel.parts)
+    if not (candidate.exists() or candidate.is_symlink()):
+        raise ImageIOError(
+            f"image {name!r} not found in the {tag} folder {str(base)!r}; put the file at "
+            f"{str(candidate)!r} or use one of: {_available(candidate.parent)}",
+            name, base,
+        )
+    target = candidate.resolve()
+    if not _inside(target, base):
+        raise ImageIOError(
+            f"image name {name!r} resolves through a symlink to {str(target)!r}, outside the "
+            f"{tag} folder {str(base)!r}; comfyc refuses links that leave the folder. Copy the "
+            "file into the folder instead",
+            name, base,
+        )
+    if not target.is_file():
+        raise ImageIOError(
+            f"image name {name!r} is {str(target)!r}, which is not a file; expected a picture "
+            "such as 'example.png'",
+            name, base,
+        )
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _pillow(fn: Callable[[Any], _T], arg: Any, name: str, path: Path) -> _T:
+    """Calls a Pillow function, retrying once with truncated files allowed.
+
+    NOTE: node_helpers.pillow does the same retry (Pillow issues #4472 and #2445).
+    """
+    try:
+        return fn(arg)
+    except (OSError, ValueError):
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            return fn(arg)
+        except (OSError, ValueError, UnidentifiedImageError) as exc:
+            raise ImageIOError(
+                f"cannot read image {name!r} ({str(path)!r}): {exc}; expected a picture file "
+                "Pillow can open (PNG, JPEG, WebP, GIF, TIFF, ...). Re-export the file",
+                name, path.parent,
+            ) from exc
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _scale_int_mode(frame: Image.Image) -> Image.Image:
+    """Maps 16/32-bit integer pictures to 8-bit range the way LoadImage does (``v * 1/255``)."""
+    if frame.mode in _INT_MODES:
+        if frame.mode != "I":
+            frame = frame.convert("I")
+        # NOTE: nodes.LoadImage: i.point(lambda i: i * (1 / 255)) (Pillow truncates to int).
+        frame = frame.point(lambda v: v * (1 / 255))
+    return frame
+
+
+def _alpha_mask(frame: Image.Image) -> np.ndarray | None:
+    """``1 - alpha`` of a frame, or None when it has no transparency."""
+    if "A" in frame.getbands():
+        alpha = np.array(frame.getchannel("A")).astype(np.float32) / np.float32(255.0)
+    elif frame.mode == "P" and "transparency" in frame.info:
+        # NOTE: nodes.LoadImage (2025+): palette pictures with a transparent colour.
+        alpha = np.array(frame.convert("RGBA").getchannel("A")).astype(np.float32)
+        alpha /= np.float32(255.0)
+    else:
+        return None
+    return (np.float32(1.0) - alpha).astype(np.float32)
+
+
+def load_image(
+    name: str,
+    input_dir: str | os.PathLike[str],
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    temp_dir: str | os.PathLike[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """LoadImage: a picture file as (IMAGE, MASK).
+
+    Args:
+        name: The ``image`` input as written in the workflow.
+        input_dir: The input folder names are resolved in.
+        output_dir: The output folder, for ``"name [output]"``.
+        temp_dir: The temp folder, for ``"name [temp]"``.
+
+    Returns:
+        (IMAGE float32 ``[N,H,W,3]``, MASK float32 ``[N,H,W]`` or ``[N,64,64]`` of zeros when
+        no frame has transparency), N = number of frames of the first frame's size.
+
+    Raises:
+        ImageIOError: The name is unsafe or missing, or the file is not a readable picture.
+    """
+    path = resolve_image_path(name, input_dir, output_dir=output_dir, temp_dir=temp_dir)
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray | None] = []
+    size: tuple[int, int] | None = None
+    with _pillow(Image.open, path, name, path) as img:
+        for frame in ImageSequence.Iterator(img):
+            frame = _scale_int_mode(_pillow(ImageOps.exif_transpose, frame, name, path))
+            rgb = frame.convert("RGB")
+            if size is None:
+                size = rgb.size
+            if rgb.size != size:
+                # NOTE: nodes.LoadImage skips frames whose size differs from the first one.
+                continue
+            images.append(np.array(rgb).astype(np.float32) / np.float32(255.0))
+            masks.append(_alpha_mask(frame))
+            if img.format == "MPO":
+                # NOTE: an MPO (stereo JPEG) yields its first picture only.
+                break
+    if not images:
+        raise ImageIOError(f"image {name!r} ({str(path)!r}) holds no frames", name, path.parent)
+    height, width = images[0].shape[:2]
+    # NOTE: ComfyUI gives a 64x64 zero mask for a frame without alpha. Frames with and without
+    # alpha in one file (where torch.cat would fail in ComfyUI) get full-size zero masks here.
+    if all(m is None for m in masks):
+        mask_list = [np.zeros((64, 64), dtype=np.float32) for _ in masks]
+    else:
+        mask_list = [m if m is not None else np.zeros((height, width), np.float32) for m in masks]
+    return np.stack(images), np.stack(mask_list)
+
+
+def load_image_mask(
+    name: str,
+    input_dir: str | os.PathLike[str],
+    channel: str = "alpha",
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    temp_dir: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
+    """LoadImageMask: one channel of a picture's first frame as a MASK.
+
+    ``alpha`` gives ``1 - alpha`` (1 where transparent); a colour channel is taken as it is.
+    Pictures are converted to RGBA first (no alpha means alpha 1, so a mask of zeros).
+
+    Args:
+        name: The ``image`` input as written in the workflow.
+        input_dir: The input folder names are resolved in.
+        channel: One of `MASK_CHANNELS`.
+        output_dir: The output folder, for ``"name [output]"``.
+        temp_dir: The temp folder, for ``"name [temp]"``.
+
+    Returns:
+        MASK float32 ``[1,H,W]``.
+    """
+    if channel not in MASK_CHANNELS:
+        raise ImageIOError(
+            f"channel {channel!r} is not supported; expected one of "
+            f"{', '.join(repr(c) for c in MASK_CHANNELS)}",
+            name,
+        )
+    path = resolve_image_path(name, input_dir, output_dir=output_dir, temp_dir=temp_dir)
+    with _pillow(Image.open, path, name, path) as img:
+        # NOTE: nodes.LoadImageMask.load_image (classic): first frame, EXIF transpose, RGBA.
+        frame = _pillow(ImageOps.exif_transpose, img, name, path)
+        if frame.getbands() != ("R", "G", "B", "A"):
+            frame = _scale_int_mode(frame).convert("RGBA")
+        band = channel[0].upper()
+        values = np.array(frame.getchannel(band)).astype(np.float32) / np.float32(255.0)
+    if band == "A":
+        values = (np.float32(1.0) - values).astype(np.float32)
+    return values[None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+
+
+def _substitute(prefix: str, width: int, height: int, now: time.struct_time) -> str:
+    """The server-side ``%...%`` substitutions of folder_paths.get_save_image_path."""
+    for key, value in (
+        ("%width%", str(width)),
+        ("%height%", str(height)),
+        ("%year%", str(now.tm_year)),
+        ("%month%", str(now.tm_mon).zfill(2)),
+        ("%day%", str(now.tm_mday).zfill(2)),
+        ("%hour%", str(now.tm_hour).zfill(2)),
+        ("%minute%", str(now.tm_min).zfill(2)),
+        ("%second%", str(now.tm_sec).zfill(2)),
+    ):
+        prefix = prefix.replace(key, value)
+    return prefix
+
+
+def _next_counter(folder: Path, filename: str, prefix: str) -> int:
+    """1 + the largest counter of ``{filename}_<digits>...`` files in `folder` (1 if none).
+
+    NOTE: folder_paths.get_save_image_path.map_filename: the first ``len(basename(prefix)) + 1``
+    characters must be ``filename + "_"``; the counter is the int before the next ``_`` (0 when
+    not a number).
+    """
+    try:
+        entries = os.listdir(folder)
+    except FileNotFoundError:
+        return 1
+    n = len(os.path.basename(prefix))
+    best = 0
+    for entry in entries:
+        head = entry[: n + 1]
+        if head[-1:] != "_" or os.path.normcase(head[:-1]) != os.path.normcase(filename):
+            continue
+        try:
+            digits = int(entry[n + 1:].split("_")[0])
+        except ValueError:
+            digits = 0
+        best = max(best, digits)
+    return best + 1
+
+
+def save_image_path(
+    filename_prefix: str,
+    output_dir: str | os.PathLike[str],
+    image_width: int = 0,
+    image_height: int = 0,
+) -> tuple[Path, str, int, str, str]:
+    """Where SaveImage writes: ComfyUI's ``folder_paths.get_save_image_path``.
+
+    Args:
+        filename_prefix: The node's prefix (``"ComfyUI"``, ``"sub/%year%/name"``).
+        output_dir: The output folder; the prefix's subfolders must stay inside it.
+        image_width: Value of ``%width%``.
+        image_height: Value of ``%height%``.
+
+    Returns:
+        (folder, filename, counter, subfolder, prefix after substitution). The folder exists.
+
+    Raises:
+        ImageIOError: The prefix is absolute or leaves the output folder (also through links).
+    """
+    original = filename_prefix
+    base = Path(output_dir).expanduser()
+    if "\0" in filename_prefix:
+        raise ImageIOError(f"filename_prefix {original!r} contains a NUL character", original, base)
+    if "%" in filename_prefix:
+        filename_prefix = _substitute(filename_prefix, image_width, image_height, time.localtime())
+    normalized = os.path.normpath(filename_prefix)
+    subfolder = os.path.dirname(normalized)
+    filename = os.path.basename(normalized)
+    root = base.resolve()
+    folder = root / subfolder
+    if os.path.isabs(filename_prefix) or not _inside(folder.resolve(), root):
+        raise ImageIOError(
+            f"filename_prefix {original!r} would save to {str(folder.resolve())!r}, outside "
+            f"the output folder {str(root)!r}; saving outside it is not allowed. Use a prefix "
+            "relative to the output folder, such as 'ComfyUI' or 'sub/ComfyUI'",
+            original, root,
+        )
+    counter = _next_counter(folder, filename, filename_prefix)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, filename, counter, subfolder, filename_prefix
+
+
+def _to_pil(picture: np.ndarray) -> Image.Image:
+    """``uint8(clip(255 * x))`` of one ``[H,W,C]`` picture as a Pillow image."""
+    # NOTE: nodes.SaveImage: np.clip(255. * image, 0, 255).astype(np.uint8) truncates. NaN (which
+    # numpy casts to an unspecified value) is written as 0.
+    scaled = np.nan_to_num(np.float32(255.0) * picture, nan=0.0)
+    pixels = np.clip(scaled, 0, 255).astype(np.uint8)
+    if pixels.shape[-1] == 1:
+        pixels = pixels[:, :, 0]
+    elif pixels.shape[-1] not in (2, 3, 4):
+        raise ImageIOError(
+            f"cannot save a picture with {pixels.shape[-1]} channels; expected 1, 3 (RGB) or 4 "
+            "(RGBA)",
+            "",
+        )
+    return Image.fromarray(pixels)
+
+
+def _metadata(prompt: Any, extra_pnginfo: Mapping[str, Any] | None) -> PngInfo:
+    """The tEXt chunks ComfyUI writes: ``prompt`` and one per ``extra_pnginfo`` key."""
+    info = PngInfo()
+    if prompt is not None:
+        info.add_text("prompt", json.dumps(prompt))
+    if extra_pnginfo is not None:
+        for key in extra_pnginfo:
+            info.add_text(key, json.dumps(extra_pnginfo[key]))
+    return info
+
+
+def _write_atomic(picture: Image.Image, path: Path, info: PngInfo, compress_level: int) -> None:
+    """Writes a PNG to a temporary file in the same folder, then renames it to `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=".comfyc-", suffix=".png.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            picture.save(handle, format="PNG", pnginfo=info, compress_level=compress_level)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # NOTE: mkstemp creates 0600 files; saved pictures should be readable like any other.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _save(
+    images: Any,
+    base_dir: str | os.PathLike[str],
+    filename_prefix: str,
+    prompt: Any,
+    extra_pnginfo: Mapping[str, Any] | None,
+    compress_level: int,
+    kind: str,
+) -> list[SaveResult]:
+    batch = as_image(images, "images")
+    if batch.shape[0] == 0:
+        return []
+    # NOTE: SaveImage passes images[0].shape[1] (width) and shape[0] (height).
+    folder, filename, counter, subfolder, _ = save_image_path(
+        filename_prefix, base_dir, batch.shape[2], batch.shape[1])
+    info = _metadata(prompt, extra_pnginfo)
+    results: list[SaveResult] = []
+    for batch_number, picture in enumerate(batch):
+        file = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
+        _write_atomic(_to_pil(picture), folder / file, info, compress_level)
+        results.append({"filename": file, "subfolder": subfolder, "type": kind})
+        counter += 1
+    return results
+
+
+def save_images(
+    images: Any,
+    output_dir: str | os.PathLike[str],
+    filename_prefix: str = "ComfyUI",
+    prompt: Any = None,
+    extra_pnginfo: Mapping[str, Any] | None = None,
+    compress_level: int = 4,
+) -> list[SaveResult]:
+    """SaveImage: one PNG per picture in the output folder.
+
+    Args:
+        images: IMAGE ``[B,H,W,C]`` in [0,1].
+        output_dir: The output folder.
+        filename_prefix: The node's prefix (subfolders and ``%...%`` substitutions allowed).
+        prompt: The API prompt, stored as the ``prompt`` chunk (None: no chunk).
+        extra_pnginfo: Further chunks, normally ``{"workflow": ui_workflow}`` (None: none).
+        compress_level: zlib level (ComfyUI uses 4).
+
+    Returns:
+        ``[{"filename", "subfolder", "type": "output"}]`` per picture, as ComfyUI's UI result.
+
+    Raises:
+        ImageIOError: The prefix leaves the output folder or a picture cannot be encoded.
+    """
+    return _save(images, output_dir, filename_prefix, prompt, extra_pnginfo, compress_level,
+                 "output")
+
+
+def save_preview(
+    images: Any,
+    temp_dir: str | os.PathLike[str],
+    prompt: Any = None,
+    extra_pnginfo: Mapping[str, Any] | None = None,
+    *,
+    rng: random.Random | None = None,
+) -> list[SaveResult]:
+    """PreviewImage: SaveImage into the temp folder with a random prefix, compress level 1.
+
+    Args:
+        images: IMAGE ``[B,H,W,C]`` in [0,1].
+        temp_dir: The temp folder.
+        prompt: The API prompt chunk (None: none).
+        extra_pnginfo: Further chunks (None: none).
+        rng: Source of the 5 random letters (default: the `random` module).
+
+    Returns:
+        ``[{"filename", "subfolder", "type": "temp"}]`` per picture.
+    """
+    choose = (rng or random).choice
+    # NOTE: nodes.PreviewImage: prefix "ComfyUI" + "_temp_" + 5 random letters.
+    prefix = "ComfyUI_temp_" + "".join(choose(_PREVIEW_ALPHABET) for _ in range(5))
+    return _save(images, temp_dir, prefix, prompt, extra_pnginfo, 1, "temp")

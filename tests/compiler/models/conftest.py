@@ -1,0 +1,99 @@
+"""Small, seeded SD1-style and SD2-style models shared by the model tests (CPU, float32)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+
+@dataclass
+class SmallModel:
+    """Three modules of a small Stable Diffusion model and its text width."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    width: int
+
+
+def make_small_sd1(seed: int = 0) -> SmallModel:
+    """An SD1-layout model that follows SD1's shape conventions (8 heads, 64-wide CLIP heads,
+    32 norm groups), so it also loads without comfyc's config metadata."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=128, attention_head_dim=8, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=32,
+        latent_channels=4, sample_size=32,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+        bos_token_id=49406, eos_token_id=49407,
+    ))
+    for module in (unet, vae, text_encoder):
+        module.eval().requires_grad_(False)
+    return SmallModel(unet, vae, text_encoder, 128)
+
+
+def make_small_sd2(seed: int = 1) -> SmallModel:
+    """An SD2-layout model: linear proj_in, 64 channels per head, exact-GELU OpenCLIP encoder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, layers_per_block=1, block_out_channels=(64, 128),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=128, attention_head_dim=(1, 2), use_linear_projection=True,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=32,
+        latent_channels=4, sample_size=32,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+        num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu",
+        bos_token_id=49406, eos_token_id=49407, projection_dim=128,
+    ))
+    for module in (unet, vae, text_encoder):
+        module.eval().requires_grad_(False)
+    return SmallModel(unet, vae, text_encoder, 128)
+
+
+@pytest.fixture(scope="session")
+def small_sd1() -> SmallModel:
+    """Shared SD1-style model; do not modify it (copy first)."""
+    return make_small_sd1()
+
+
+@pytest.fixture(scope="session")
+def small_sd2() -> SmallModel:
+    """Shared SD2-style model; do not modify it (copy first)."""
+    return make_small_sd2()
+
+
+@pytest.fixture(scope="session")
+def sd1_file(small_sd1: SmallModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small SD1 model written as a single .safetensors file (with comfyc metadata)."""
+    from comfyc.compiler.models.single_file import save_single_file
+
+    path = tmp_path_factory.mktemp("sd1") / "small-sd1.safetensors"
+    return save_single_file(path, small_sd1.unet, small_sd1.vae, small_sd1.text_encoder)

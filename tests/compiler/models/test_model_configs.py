@@ -1,0 +1,174 @@
+"""Shape inference recovers the real SD1.5 and SD2.1-768 configs (meta device, no weights)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from comfyc.compiler.models.configs import infer_unet_config  # noqa: E402
+from comfyc.compiler.models.errors import ModelFormatError  # noqa: E402
+from comfyc.compiler.models.keymap import (  # noqa: E402
+    clip_hf_to_openclip,
+    clip_openclip_to_hf,
+    unet_diffusers_to_ldm_map,
+    vae_diffusers_to_ldm_map,
+)
+from comfyc.compiler.models.single_file import (  # noqa: E402
+    checkpoint_from_state_dict,
+    detect_prediction_type,
+    diffusers_to_single_file,
+)
+
+# The published diffusers configs of runwayml/stable-diffusion-v1-5 and
+# stabilityai/stable-diffusion-2-1 (768-v), reduced to the fields that define the architecture.
+SD15_UNET = {
+    "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "cross_attention_dim": 768, "attention_head_dim": 8, "use_linear_projection": False,
+    "norm_num_groups": 32, "sample_size": 64,
+}
+SD21_UNET = {
+    **SD15_UNET, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20],
+    "use_linear_projection": True, "sample_size": 96, "upcast_attention": True,
+}
+SD_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+    "block_out_channels": [128, 256, 512, 512], "norm_num_groups": 32,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+SD15_CLIP = {
+    "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+}
+# OpenCLIP ViT-H/14 text tower as stored in SD2 single files: all 24 layers.
+SD21_CLIP = {
+    "vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+    "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu",
+}
+
+
+def _meta_modules(unet_cfg: dict, clip_cfg: dict) -> tuple[Any, Any, Any]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**unet_cfg)
+        vae = AutoencoderKL(**SD_VAE)
+        text = CLIPTextModel(CLIPTextConfig(**clip_cfg))
+    return unet, vae, text
+
+
+def _assert_config(module: Any, expected: dict) -> None:
+    for key, value in expected.items():
+        got = module.config[key] if hasattr(module.config, "__getitem__") else getattr(
+            module.config, key)
+        got = list(got) if isinstance(got, tuple) else got
+        assert got == value, f"{key}: {got} != {value}"
+
+
+def _assert_clip(module: Any, expected: dict) -> None:
+    for key, value in expected.items():
+        assert getattr(module.config, key) == value, key
+
+
+def test_sd15_architecture_from_shapes() -> None:
+    """SD1.5: diffusers modules -> single-file keys -> inferred modules with the same config."""
+    unet, vae, text = _meta_modules(SD15_UNET, SD15_CLIP)
+    state = diffusers_to_single_file(unet, vae, text)
+    assert "model.diffusion_model.output_blocks.2.1.conv.weight" in state
+    assert "model.diffusion_model.output_blocks.5.2.conv.weight" in state
+    assert "first_stage_model.decoder.up.3.block.0.conv1.weight" in state
+    assert state["first_stage_model.encoder.mid.attn_1.q.weight"].shape == (512, 512, 1, 1)
+    assert "cond_stage_model.transformer.text_model.encoder.layers.11.mlp.fc2.weight" in state
+    loaded = checkpoint_from_state_dict(state)
+    _assert_config(loaded.unet, SD15_UNET)
+    _assert_config(loaded.vae, SD_VAE)
+    _assert_clip(loaded.text_encoder, SD15_CLIP)
+    assert (loaded.family, loaded.prediction_type) == ("sd1", "epsilon")
+    assert (loaded.clip_pad_token, loaded.default_clip_layer) == (49407, -1)
+    assert loaded.in_channels == 4 and not loaded.is_inpainting
+    assert loaded.latent_scale == 0.18215
+    assert loaded.vae.config.scaling_factor == 0.18215
+
+
+def test_sd21_architecture_from_shapes() -> None:
+    """SD2.1-768: linear projections, 64-channel heads, OpenCLIP text encoder with q/k/v fused."""
+    unet, vae, text = _meta_modules(SD21_UNET, SD21_CLIP)
+    state = diffusers_to_single_file(unet, vae, text)
+    assert "cond_stage_model.model.transformer.resblocks.23.attn.in_proj_weight" in state
+    assert state["cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"].shape == (
+        3072, 1024)
+    assert not any(k.startswith("cond_stage_model.transformer.") for k in state)
+    loaded = checkpoint_from_state_dict(state, prediction_type="v_prediction")
+    _assert_config(loaded.unet, SD21_UNET)
+    _assert_config(loaded.vae, SD_VAE)
+    _assert_clip(loaded.text_encoder, SD21_CLIP)
+    assert (loaded.family, loaded.prediction_type) == ("sd2", "v_prediction")
+    assert (loaded.clip_pad_token, loaded.default_clip_layer) == (0, -2)
+
+
+def test_inpainting_in_channels() -> None:
+    """A 9-channel UNet (SD1.5 inpainting) is recognised."""
+    unet, vae, text = _meta_modules({**SD15_UNET, "in_channels": 9}, SD15_CLIP)
+    loaded = checkpoint_from_state_dict(diffusers_to_single_file(unet, vae, text))
+    assert loaded.in_channels == 9 and loaded.is_inpainting
+    assert loaded.unet.config.out_channels == 4
+
+
+def test_v_prediction_heuristic() -> None:
+    """ComfyUI's rule: SD2, 4 input channels, std(norm1.bias of output block 11) > 0.09."""
+    key = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+    wide = {key: torch.linspace(-0.5, 0.5, 320)}
+    narrow = {key: torch.linspace(-0.05, 0.05, 320)}
+    assert detect_prediction_type(wide, "sd2", 4) == "v_prediction"
+    assert detect_prediction_type(narrow, "sd2", 4) == "epsilon"
+    assert detect_prediction_type(wide, "sd2", 9) == "epsilon"
+    assert detect_prediction_type(wide, "sd1", 4) == "epsilon"
+    assert detect_prediction_type({}, "sd2", 4) == "epsilon"
+
+
+def test_openclip_round_trip() -> None:
+    """OpenCLIP <-> transformers conversion splits and re-fuses q/k/v exactly."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=1, hidden_act="gelu"))
+    from comfyc.compiler.models.single_file import canonical_text_encoder_state
+
+    hf = canonical_text_encoder_state(text)
+    projection = torch.randn(64, 32)
+    openclip = clip_hf_to_openclip(hf, projection)
+    assert openclip["transformer.resblocks.1.attn.in_proj_bias"].shape == (192,)
+    back, back_projection = clip_openclip_to_hf(openclip)
+    assert back_projection is projection
+    assert set(back) == {k for k in hf if not k.endswith("position_ids")}
+    assert all(torch.equal(back[k], hf[k]) for k in back)
+
+
+def test_key_maps_are_bijective() -> None:
+    """Every diffusers weight maps to a distinct original name."""
+    unet, vae, _ = _meta_modules(SD15_UNET, SD15_CLIP)
+    for mapping in (unet_diffusers_to_ldm_map(unet.state_dict()),
+                    vae_diffusers_to_ldm_map(vae.state_dict())):
+        assert len(set(mapping.values())) == len(mapping)
+
+
+def test_unsupported_unet_keys_are_named() -> None:
+    """A weight outside the SD1/SD2 layout (e.g. SDXL's add_embedding) is a clear error."""
+    with pytest.raises(ModelFormatError, match="add_embedding.linear_1.weight"):
+        unet_diffusers_to_ldm_map(["down_blocks.0.resnets.0.conv1.weight",
+                                   "add_embedding.linear_1.weight"])
+
+
+def test_not_a_unet_is_a_clear_error() -> None:
+    """Inference on something that is not an SD UNet says what was expected."""
+    with pytest.raises(ModelFormatError, match="SD1.x/SD2.x"):
+        infer_unet_config({"foo.weight": torch.empty(1)})
+    with pytest.raises(ModelFormatError, match="no UNet weights.*found top-level names"):
+        checkpoint_from_state_dict({"encoder.conv_in.weight": torch.empty(1)})
