@@ -24,6 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                 "convert a workflow to ComfyUI's API prompt or to comfyc DSL"),
     "compile": ("comfyc.compiler.commands.compile",
                 "compile a workflow into a deployable artifact (ONNX stages + program)"),
+    "inspect": ("comfyc.compiler.commands.inspect",
+                "show the IR after each pass and the stages a workflow compiles to"),
     "run": ("comfyc.compiler.commands.run",
             "run a workflow (torch backend) or a compiled artifact and write its images"),
     "fmt": ("comfyc.compiler.commands.fmt", "format DSL files canonically, keeping comments"),

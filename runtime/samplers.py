@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .noise import BrownianTreeNoise, TorchGenerator
+from .noise import BrownianTreeNoise, TorchGenerator, prepare_noise
 from .schedules import SD1_SCHEDULE, DiscreteSchedule
 
 __all__ = [
@@ -364,7 +364,9 @@ def _dpmpp_2m(run: _Run, x: np.ndarray, s: list[float]) -> np.ndarray:
 
 def _lcm(run: _Run, x: np.ndarray, s: list[float]) -> np.ndarray:
     noise = run.ancestral_noise(x.shape)
-    for i in range(max(1, len(s) - 1)):
+    # NOTE: ComfyUI loops max(1, len - 1) times and so fails on a 1-sigma schedule; here that
+    # schedule returns x unchanged like every other sampler.
+    for i in range(len(s) - 1):
         denoised = run.model(x, s[i])
         run.report(i, denoised, x)
         x = denoised
@@ -883,8 +885,6 @@ def ksampler(
     Returns:
         Raw LATENT samples (float32), same shape.
     """
-    from .noise import prepare_noise
-
     latent = np.asarray(latent, dtype=np.float32)
     if sigmas is None or len(sigmas) == 0:
         return latent.copy()

@@ -140,8 +140,10 @@ class DiscreteSchedule:
             Integer-valued timesteps as float(s), same shape as ``sigma``.
         """
         arr = np.asarray(sigma, dtype=np.float32)
+        # NOTE: a correctly rounded float32 log (via float64), so that argmin ties between two
+        # table entries resolve like torch's scalar path; numpy's float32 log can be 1 ulp off.
         with np.errstate(divide="ignore"):
-            log_sigma = np.log(arr)
+            log_sigma = np.log(arr.astype(np.float64)).astype(np.float32)
         dists = np.abs(log_sigma.reshape(1, -1) - self.log_sigmas.reshape(-1, 1))
         t = np.argmin(dists, axis=0).astype(np.float32).reshape(arr.shape)
         return float(t) if np.ndim(sigma) == 0 else t
@@ -183,7 +185,9 @@ class DiscreteSchedule:
 SD1_SCHEDULE = DiscreteSchedule.linear()
 
 
-def sigma_to_t(sigma: float | np.ndarray, schedule: DiscreteSchedule | None = None):
+def sigma_to_t(
+    sigma: float | np.ndarray, schedule: DiscreteSchedule | None = None
+) -> np.ndarray | float:
     """Model timestep for ``sigma`` (nearest log sigma), as ComfyUI's ``timestep()``.
 
     Args:
@@ -196,7 +200,9 @@ def sigma_to_t(sigma: float | np.ndarray, schedule: DiscreteSchedule | None = No
     return (schedule or SD1_SCHEDULE).timestep(sigma)
 
 
-def t_to_sigma(t: float | np.ndarray, schedule: DiscreteSchedule | None = None):
+def t_to_sigma(
+    t: float | np.ndarray, schedule: DiscreteSchedule | None = None
+) -> np.ndarray | float:
     """Sigma at a (fractional) timestep, log-linear interpolation, as ComfyUI's ``sigma()``.
 
     Args:

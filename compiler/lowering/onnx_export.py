@@ -506,6 +506,10 @@ def _export(
         export_s = time.perf_counter() - export_start
         say(f"traced and exported in {export_s:.2f} s")
         model = onnx.load(str(raw))  # also reads per-tensor external files of >2 GB exports
+    with torch.no_grad():
+        result = wrapper(*example)
+    results = result if isinstance(result, tuple) else (result,)
+    _fix_output_shapes(model.graph, [tuple(r.shape) for r in results], axes or {})
     renamed = _tidy_graph(model.graph, _PREFIX)
     used = set(renamed.values())
     missing = [name for name, _ in module.named_parameters() if name not in used]
@@ -582,6 +586,25 @@ def _tidy_graph(graph: Any, prefix: str) -> dict[str, str]:
         value.name = renamed.get(value.name, value.name)
     _rename_uses(graph, renamed)
     return renamed
+
+
+def _fix_output_shapes(graph: Any, shapes: Sequence[tuple[int, ...]],
+                       axes: Mapping[str, Mapping[int, str]]) -> None:
+    """Declare each output's shape: the free dimension names, else the traced sizes.
+
+    The exporter's shape inference leaves some output dims as made-up names
+    (``Castlast_hidden_state_dim_1``) where the size is in fact fixed (77 tokens).
+    """
+    for value, shape in zip(graph.output, shapes):
+        free = axes.get(value.name, {})
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for index, size in enumerate(shape):
+            dim = dims.add()
+            if index in free:
+                dim.dim_param = free[index]
+            else:
+                dim.dim_value = int(size)
 
 
 def _rename_uses(graph: Any, renamed: Mapping[str, str]) -> None:

@@ -543,7 +543,17 @@ def _unexpected_token(exc: UnexpectedToken, text: str, file: str | None,
         span = (tok.line, tok.column, tok.end_line, tok.end_column)
     loc = SourceLoc(file, *span)  # type: ignore[arg-type]
     help_text = None
-    message = f"expected {_describe_expected(expected)}, found {found}"
+    notes: list[str] = []
+    shown = expected
+    separators = expected & {"COMMA", "RPAR", "RSQB", "RBRACE"}
+    if "COMMA" in separators and len(separators) > 1:
+        # After a name, '(' '[' '.' would also continue it; they are noise in the message.
+        shown = separators
+    message = f"expected {_describe_expected(shown)}, found {found}"
+    if opened and _CLOSER_TERMINALS[_CLOSERS[opened[-1].text]] in expected:
+        oline, ocol = pos.line_col(opened[-1].start)
+        notes.append(f"the {_BRACKET_NAMES[opened[-1].text]} opened at {oline}:{ocol} is not "
+                     f"closed yet")
 
     if prev is not None and prev.text in ("param", "output") and tok.type in (
         "EQUAL", "COMMA"
@@ -563,7 +573,7 @@ def _unexpected_token(exc: UnexpectedToken, text: str, file: str | None,
         help_text = "separate arguments and items with ','"
     elif expected & _VALUE_STARTS and tok.type == "NAME" and "NAME" not in expected:
         help_text = "a param default is a literal (string, number, true/false/null, list)"
-    return DslSyntaxError(message, loc, help=help_text)
+    return DslSyntaxError(message, loc, help=help_text, notes=notes)
 
 
 def _unexpected_char(exc: UnexpectedCharacters, text: str, file: str | None,

@@ -87,7 +87,7 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[list[np.ndarray], list[np
 
 def _fma(a: np.ndarray, b: np.ndarray | np.float32, c: np.ndarray | np.float32) -> np.ndarray:
     """``a * b + c`` rounded once to float32, as a fused multiply-add (exact float64 product)."""
-    return (np.float64(1) * a * b + c).astype(np.float32)
+    return (np.asarray(a, dtype=np.float64) * b + c).astype(np.float32)
 
 
 # NOTE: ATen cubic_convolution1/2 with A = -0.75. The multiply-adds that torch's x86 build
@@ -127,15 +127,20 @@ def _apply_taps(
     return out
 
 
-def _area_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """``[out, in]`` averaging matrix of ``adaptive_avg_pool`` along one axis (float64)."""
-    m = np.zeros((out_size, in_size), dtype=np.float64)
-    for o in range(out_size):
-        # NOTE: ATen adaptive pooling start_index/end_index: floor(o*in/out), ceil((o+1)*in/out).
-        start = (o * in_size) // out_size
-        end = -((-(o + 1) * in_size) // out_size)
-        m[o, start:end] = 1.0 / (end - start)
-    return m
+def _area_axis(x: np.ndarray, axis: int, in_size: int, out_size: int) -> np.ndarray:
+    """``adaptive_avg_pool`` along one axis (-1 or -2), through float64 prefix sums."""
+    o = np.arange(out_size, dtype=np.int64)
+    # NOTE: ATen adaptive pooling start_index/end_index: floor(o*in/out), ceil((o+1)*in/out).
+    start = (o * in_size) // out_size
+    end = -((-(o + 1) * in_size) // out_size)
+    sums = np.cumsum(x, axis=axis, dtype=np.float64)
+    pad = [(0, 0)] * sums.ndim
+    pad[axis] = (1, 0)
+    sums = np.pad(sums, pad)
+    count = (end - start).astype(np.float64)
+    shape = (-1,) if axis == -1 else (-1, 1)
+    window = np.take(sums, end, axis=axis) - np.take(sums, start, axis=axis)
+    return window / count.reshape(shape)
 
 
 def interpolate(samples: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
@@ -151,16 +156,15 @@ def interpolate(samples: np.ndarray, height: int, width: int, mode: str) -> np.n
         float32 ``[N,C,height,width]``.
     """
     check_choice(mode, INTERPOLATE_MODES, "interpolation mode")
-    x = np.asarray(samples, dtype=np.float32)
+    x = np.ascontiguousarray(samples, dtype=np.float32)
     _, _, in_h, in_w = x.shape
     if mode == "nearest-exact":
         out = np.take(x, _nearest_exact_index(in_w, width), axis=-1)
         return np.ascontiguousarray(np.take(out, _nearest_exact_index(in_h, height), axis=-2))
     if mode == "area":
         # NOTE: interpolate(mode="area") is adaptive_avg_pool2d; the box mean is separable.
-        out = np.einsum("nchw,ow->ncho", x.astype(np.float64), _area_matrix(in_w, width))
-        out = np.einsum("nchw,oh->ncow", out, _area_matrix(in_h, height))
-        return out.astype(np.float32)
+        out = _area_axis(_area_axis(x, -1, in_w, width), -2, in_h, height)
+        return np.ascontiguousarray(out, dtype=np.float32)
     taps = _linear_taps if mode == "bilinear" else _cubic_taps
     out = _apply_taps(x, -1, *taps(in_w, width))
     return _apply_taps(out, -2, *taps(in_h, height)).astype(np.float32)

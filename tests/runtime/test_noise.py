@@ -160,5 +160,7 @@ def test_runtime_modules_do_not_import_torch() -> None:
         "assert out.shape == (1, 4, 8, 8)\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'scipy')]\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr

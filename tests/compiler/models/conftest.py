@@ -78,6 +78,19 @@ def make_small_sd2(seed: int = 1) -> SmallModel:
     return SmallModel(unet, vae, text_encoder, 128)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Runs each model test with one intra-op thread (restored afterwards).
+
+    NOTE: the tiny models here are latency-bound; on a shared 2-core machine, OpenMP threads
+    spinning against other processes made them 10x slower.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def small_sd1() -> SmallModel:
     """Shared SD1-style model; do not modify it (copy first)."""

@@ -140,6 +140,7 @@ def test_lightning_callback_state_is_allowed(tmp_path: Path, monkeypatch: pytest
             self.best_model_score = 0.5
 
     ModelCheckpoint.__module__ = module.__name__
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
     module.ModelCheckpoint = ModelCheckpoint  # type: ignore[attr-defined]
     for name in ("pytorch_lightning", "pytorch_lightning.callbacks", module.__name__):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name) if name != module.__name__
@@ -164,7 +165,8 @@ def test_unsafe_pickle_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
     with open(path, "wb") as handle:
-        pickle.dump({"state_dict": {"w": torch.ones(1)}, "x": _Exploit(str(marker))}, handle)
+        pickle.dump({"state_dict": {"w": torch.ones(1)}, "x": _Exploit(str(marker))}, handle,
+                    protocol=2)
     torch.save({"state_dict": {"w": torch.ones(1)}, "x": _Exploit(str(marker))}, tmp_path / "e.pt")
     for bad in (path, tmp_path / "e.pt"):
         with pytest.raises(ModelFormatError, match="refusing to load.*arbitrary Python.*safetensors"):

@@ -1,0 +1,143 @@
+"""Show what the compiler does to a workflow, or what an artifact contains.
+
+For a workflow: the IR after each pass (as DSL; --after PASS shows one), then a summary —
+nodes removed and folded, runtime params, the stages the program calls (with the shapes
+seen while probing) and where each will run. For an artifact: its manifest in brief.
+--json prints the summary as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import WorkflowError
+from .common import EXIT_OK, add_catalog_arguments, catalog_from_args, exit_code_for, print_error
+
+__all__ = ["add_arguments", "run", "inspect_workflow", "inspect_artifact"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``comfyc inspect``."""
+    from ..pipeline import PASS_NAMES
+
+    parser.add_argument("file", metavar="WORKFLOW|ARTIFACT")
+    parser.add_argument("--after", metavar="PASS", choices=PASS_NAMES,
+                        help=f"print the IR only after this pass ({', '.join(PASS_NAMES)})")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--backend", default="ort-cpu", help="backend plan to report")
+    parser.add_argument("--models-dir", metavar="DIR", help="models folder (ComfyUI layout)")
+    parser.add_argument("--input-dir", default="input", metavar="DIR",
+                        help="LoadImage's folder for probing shapes")
+    parser.add_argument("--param", action="append", default=[], metavar="NODE.INPUT=NAME",
+                        help="make an input a runtime param, as comfyc compile does")
+    add_catalog_arguments(parser)
+
+
+def inspect_artifact(path: Path) -> dict[str, Any]:
+    """A summary of an artifact's manifest."""
+    from comfyc.runtime.artifact import read_manifest
+
+    manifest = read_manifest(path, verify=False)
+    stages = {}
+    for name, entry in manifest.get("stages", {}).items():
+        if entry.get("kind") == "text_encoder_layers":
+            for layer, sub in entry.get("layers", {}).items():
+                stages[sub.get("name", name)] = {"kind": "text_encoder", "layer": int(layer),
+                                                 "backend": sub.get("backend")}
+        elif not entry.get("unused"):
+            stages[name] = {"kind": entry["kind"], "backend": entry.get("backend"),
+                            "shapes": entry.get("shapes"), "file": entry.get("file")}
+    return {
+        "artifact": str(path), "comfyc_version": manifest.get("comfyc_version"),
+        "source": manifest.get("source", {}).get("file"), "params": manifest.get("params"),
+        "stages": stages, "plan": manifest.get("plan"), "stats": manifest.get("stats"),
+        "ops": [op["op"] for op in manifest["program"]["ops"]],
+        "tuning": manifest.get("tuning"),
+    }
+
+
+def inspect_workflow(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
+    """Run the pipeline, printing the IR after each pass; returns the summary."""
+    from comfyc.frontends.load import load_workflow
+
+    from ..lowering.artifact import _probe, _RecordingLayers, parse_backend_map
+    from ..lowering.program import TorchModelCache, lower_to_program
+    from ..passes.base import PassContext
+    from ..pipeline import run_pipeline
+
+    catalog = catalog_from_args(args)
+    graph = load_workflow(args.file, catalog)
+    cache = TorchModelCache(args.models_dir)
+    context = PassContext(catalog, options={"model_cache": cache, "param_bindings": args.param,
+                                            "models_dir": args.models_dir})
+    before = len(graph.nodes)
+
+    def show(step: Any, result: Any) -> None:
+        if args.json or (args.after and step.name != args.after):
+            return
+        print(f"# ---- after {step.name}{' (changed)' if result.modified else ''}", file=out)
+        print(str(graph), file=out)
+
+    run_pipeline(graph, context, after_each=show)
+    program = lower_to_program(graph, catalog, cache=cache)
+    recorders = _probe(program, args.input_dir)
+    plan = parse_backend_map(args.backend)
+    stages: dict[str, Any] = {}
+    for name, rec in recorders.items():
+        if isinstance(rec, _RecordingLayers):
+            for layer, sub in rec.used.items():
+                stages[f"{name}_L{-layer}"] = {"kind": "text_encoder", "layer": layer,
+                                              "calls": len(sub.shapes)}
+        elif rec.shapes:
+            stages[name] = {"kind": rec.kind, "calls": len(rec.shapes),
+                            "shapes": sorted({str(s) for s in rec.shapes})}
+    for name, entry in stages.items():
+        entry["backend"] = plan if isinstance(plan, str) else plan.get(
+            name, plan.get(entry["kind"], "ort-cpu"))
+    return {
+        "file": args.file, "nodes_before": before, "nodes_after": len(graph.nodes),
+        "nodes_removed": context.stats.get("nodes_removed", 0),
+        "nodes_merged": context.stats.get("nodes_merged", 0),
+        "nodes_folded": context.stats.get("nodes_folded", 0),
+        "params": {p.name: p.type for p in graph.params.values()},
+        "stages": stages,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``comfyc inspect``."""
+    path = Path(args.file)
+    try:
+        summary = (inspect_artifact(path) if path.is_dir() else inspect_workflow(args))
+    except WorkflowError as exc:
+        try:
+            sources = {args.file: path.read_text(encoding="utf-8")}
+        except (OSError, UnicodeDecodeError):
+            sources = {}
+        print_error(exc, sources)
+        return exit_code_for(exc)
+    except ValueError as exc:
+        print(f"comfyc inspect: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return EXIT_OK
+    print("# ---- summary")
+    for key in ("nodes_before", "nodes_after", "nodes_removed", "nodes_merged", "nodes_folded"):
+        if key in summary:
+            print(f"{key.replace('_', ' ')}: {summary[key]}")
+    params = summary.get("params") or {}
+    if isinstance(params, dict):
+        text = ", ".join(f"{k}: {v}" for k, v in params.items())
+    else:
+        text = ", ".join(f"{p['name']}: {p['type']}" for p in params)
+    print(f"params: {text or 'none'}")
+    print("stages:")
+    for name, entry in summary["stages"].items():
+        shapes = f" shapes {entry.get('shapes')}" if entry.get("shapes") else ""
+        print(f"  {name}: {entry['kind']} on {entry.get('backend')}{shapes}")
+    return EXIT_OK

@@ -1,0 +1,472 @@
+"""The onnxruntime backend: stages that run exported ONNX files on any execution provider.
+
+Part of the lean runtime: it needs numpy and onnxruntime only, and imports onnxruntime inside
+functions, so importing this module is cheap and works without it.
+
+Two facts shape this module:
+
+* onnxruntime falls back to the CPU *silently* (a warning at most) when a requested provider
+  is not in the build or cannot start (missing CUDA/cuDNN libraries). :class:`OrtSession`
+  checks ``session.get_providers()`` after creating a session and raises
+  :class:`~comfyc.runtime.backends.base.BackendError` when any requested provider is missing.
+* Weights can be replaced when a session is created (merged LoRA weights, without
+  re-exporting): ``SessionOptions.add_external_initializers`` swaps initializers *before*
+  onnxruntime optimizes the graph, so constant folding sees the new values. It only replaces
+  initializers stored as external data (``NAME.onnx.data``; export with
+  ``external_data=True``); ``add_initializer`` would be applied after folding and is silently
+  lost for every folded weight (measured: a replaced ``to_q.weight`` changed nothing at
+  ``ORT_ENABLE_BASIC``), so it is not used.
+
+Stages take and return the arrays of :mod:`comfyc.runtime.backends.base`: inputs are cast to
+the dtypes the model declares (float16 models), floating outputs come back as float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import BackendError, Stage
+
+__all__ = [
+    "PROVIDER_ALIASES",
+    "ProviderSpec",
+    "require_onnxruntime",
+    "available_providers",
+    "resolve_providers",
+    "backend_name",
+    "OrtSession",
+    "OrtUNet",
+    "OrtTextEncoder",
+    "OrtVaeDecoder",
+    "OrtVaeEncoder",
+]
+
+#: Short names accepted wherever a provider is named.
+PROVIDER_ALIASES: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "dml": "DmlExecutionProvider",
+}
+
+#: A provider: its name (or alias), or ``(name, provider options)`` as onnxruntime takes it.
+ProviderSpec = str | tuple[str, Mapping[str, Any]]
+
+#: What to install for a provider that is not in the onnxruntime build.
+_INSTALL_HINTS: dict[str, str] = {
+    "CUDAExecutionProvider": (
+        "pip install 'comfyc[gpu]' (onnxruntime-gpu; uninstall onnxruntime first: both provide "
+        "the onnxruntime module) and CUDA 12 + cuDNN 9 libraries matching it"),
+    "TensorrtExecutionProvider": (
+        "pip install 'comfyc[gpu]' (onnxruntime-gpu, not together with onnxruntime) and the "
+        "TensorRT libraries (pip install tensorrt, or the comfyc[tensorrt] extra)"),
+}
+
+_LEVELS = ("disable", "basic", "extended", "all")
+
+#: onnxruntime type strings → numpy dtypes (bfloat16 has no numpy dtype: unsupported).
+_DTYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+    "tensor(uint8)": np.uint8,
+}
+
+#: Input and output names per stage kind (the exporter's ``STAGE_IO``; kept here too because
+#: the runtime never imports the compiler).
+_STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "unet": (("sample", "timestep", "encoder_hidden_states"), ("out_sample",)),
+    "text_encoder": (("input_ids",), ("last_hidden_state", "pooled_output")),
+    "vae_decoder": (("latent",), ("image",)),
+    "vae_encoder": (("image",), ("latent",)),
+}
+
+
+# --------------------------------------------------------------------------- providers
+def require_onnxruntime() -> Any:
+    """Import onnxruntime or explain how to get it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendError(
+            "this stage runs on the onnxruntime backend, but onnxruntime is not installed; "
+            "install pip install 'comfyc[cpu]' (or 'comfyc[gpu]' for CUDA, never both)"
+        ) from None
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build has (``get_available_providers``)."""
+    return list(require_onnxruntime().get_available_providers())
+
+
+def resolve_providers(providers: str | Sequence[ProviderSpec]) -> list[ProviderSpec]:
+    """Expand aliases (``"cuda"`` → ``"CUDAExecutionProvider"``) in a provider list.
+
+    Args:
+        providers: One provider or a list; each a name, an alias, or ``(name, options)``.
+
+    Returns:
+        The list with full names, in the given order.
+
+    Raises:
+        BackendError: The list is empty.
+    """
+    items: Sequence[ProviderSpec] = [providers] if isinstance(providers, str) else providers
+    if not items:
+        raise BackendError("no execution provider was given; expected e.g. "
+                           "['CPUExecutionProvider'] or ['CUDAExecutionProvider']")
+    resolved: list[ProviderSpec] = []
+    for item in items:
+        if isinstance(item, tuple):
+            resolved.append((PROVIDER_ALIASES.get(item[0].lower(), item[0]), dict(item[1])))
+        else:
+            resolved.append(PROVIDER_ALIASES.get(item.lower(), item))
+    return resolved
+
+
+def backend_name(providers: str | Sequence[ProviderSpec]) -> str:
+    """The backend name for a provider list: ``ort-`` + the first provider's short name."""
+    first = _provider_name(resolve_providers(providers)[0])
+    for alias, name in PROVIDER_ALIASES.items():
+        if name == first:
+            return f"ort-{alias}"
+    return "ort-" + first.removesuffix("ExecutionProvider").lower()
+
+
+# --------------------------------------------------------------------------- the session
+class OrtSession:
+    """An ``onnxruntime.InferenceSession`` whose requested providers are checked to be active.
+
+    Args:
+        path: The ``.onnx`` file (its ``.onnx.data`` beside it, if any).
+        providers: Execution providers in priority order (names, aliases or
+            ``(name, options)``); every one of them must end up active.
+        intra_op_threads: Threads inside one operator; 0 lets onnxruntime choose.
+        inter_op_threads: Threads across operators; 0 lets onnxruntime choose.
+        optimization_level: ``disable``, ``basic``, ``extended`` or ``all``. Use ``disable``
+            for files already optimized offline.
+        initializer_overrides: Weights to use instead of the file's, by initializer name
+            (torch parameter names for comfyc exports). Each must have the stored shape; the
+            stored weights must be external data.
+        weights_dtype: The dtype the stored weights have (``float16`` …); floating overrides
+            are cast to it. None: used as given, and retried once as float16/float32 if
+            onnxruntime reports a dtype mismatch.
+
+    Attributes:
+        session: The onnxruntime session.
+        path: The model file.
+        providers: The requested provider names.
+        active_providers: ``session.get_providers()``.
+        backend: The backend name (``ort-cpu``, ``ort-cuda`` …).
+        inputs: Per input name: ``(numpy dtype, shape)``; free dimensions are strings.
+        output_names: The outputs, in order.
+        metadata: The model's custom metadata (``comfyc.*`` keys from the exporter).
+
+    Raises:
+        BackendError: onnxruntime is missing; the file is missing or invalid; a provider is
+            not in this build or did not start; an override does not fit.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        providers: str | Sequence[ProviderSpec] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        optimization_level: str = "all",
+        initializer_overrides: Mapping[str, np.ndarray] | None = None,
+        weights_dtype: str | None = None,
+    ) -> None:
+        ort = require_onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BackendError(f"stage file {self.path} does not exist",)
+        if optimization_level not in _LEVELS:
+            raise BackendError(f"unknown graph optimization level {optimization_level!r}; "
+                               f"expected one of {', '.join(_LEVELS)}")
+        specs = resolve_providers(providers)
+        self.providers = [_provider_name(spec) for spec in specs]
+        self.backend = backend_name(specs)
+        available = list(ort.get_available_providers())
+        for name in self.providers:
+            if name not in available:
+                raise BackendError(
+                    f"execution provider {name} was asked for, but this onnxruntime "
+                    f"{ort.__version__} build only has {', '.join(available)}; "
+                    f"install: {_INSTALL_HINTS.get(name, f'an onnxruntime build with {name}')}")
+        overrides = dict(initializer_overrides or {})
+        if weights_dtype is not None:
+            overrides = _cast_floats(overrides, np.dtype(weights_dtype))
+        try:
+            self.session = self._create(ort, specs, intra_op_threads, inter_op_threads,
+                                        optimization_level, overrides)
+        except Exception as error:
+            message = str(error)
+            swapped = _swap_float_dtype(overrides) if weights_dtype is None else None
+            if "data type does not match" not in message or swapped is None:
+                raise self._session_error(error, overrides) from error
+            try:
+                self.session = self._create(ort, specs, intra_op_threads, inter_op_threads,
+                                            optimization_level, swapped)
+            except Exception as second:
+                raise self._session_error(second, swapped) from second
+        self.active_providers = list(self.session.get_providers())
+        for name in self.providers:
+            if name not in self.active_providers:
+                raise BackendError(
+                    f"execution provider {name} was asked for and is in this onnxruntime "
+                    f"build, but the session for {self.path.name} runs on "
+                    f"{', '.join(self.active_providers)}: onnxruntime could not start {name} "
+                    "(its log above names the library it could not load, usually CUDA, cuDNN "
+                    f"or TensorRT); install: "
+                    f"{_INSTALL_HINTS.get(name, f'the libraries {name} needs')}")
+        self.inputs: dict[str, tuple[Any, list[int | str]]] = {}
+        for value in self.session.get_inputs():
+            if value.type not in _DTYPES:
+                raise BackendError(f"{self.path.name}: input {value.name} has type "
+                                   f"{value.type}, which the runtime cannot feed from numpy")
+            self.inputs[value.name] = (_DTYPES[value.type], list(value.shape))
+        self.output_names = [value.name for value in self.session.get_outputs()]
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def _create(self, ort: Any, specs: Sequence[ProviderSpec], intra_op_threads: int,
+                inter_op_threads: int, level: str, overrides: Mapping[str, np.ndarray]) -> Any:
+        """Create the InferenceSession."""
+        enum = ort.GraphOptimizationLevel
+        options = ort.SessionOptions()
+        options.graph_optimization_level = {
+            "disable": enum.ORT_DISABLE_ALL, "basic": enum.ORT_ENABLE_BASIC,
+            "extended": enum.ORT_ENABLE_EXTENDED, "all": enum.ORT_ENABLE_ALL}[level]
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        # NOTE: the OrtValues only borrow the numpy buffers and SessionOptions only borrows
+        # the OrtValues (a temporary here crashes onnxruntime); keep both alive until the
+        # session exists. onnxruntime copies the data into the graph, so both can go after.
+        arrays = [np.ascontiguousarray(array) for array in overrides.values()]
+        values = [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays]
+        if overrides:
+            options.add_external_initializers(list(overrides), values)
+        names = [spec if isinstance(spec, str) else spec[0] for spec in specs]
+        provider_options = [{} if isinstance(spec, str) else dict(spec[1]) for spec in specs]
+        session = ort.InferenceSession(str(self.path), options, providers=names,
+                                       provider_options=provider_options)
+        del values, arrays
+        return session
+
+    def _session_error(self, error: Exception, overrides: Mapping[str, np.ndarray]
+                       ) -> BackendError:
+        """Explain why onnxruntime could not create the session."""
+        message = str(error)
+        if "non-external initializer" in message:
+            return BackendError(
+                f"{self.path.name} stores its weights inside the .onnx file, but initializer "
+                "overrides can only replace weights stored as external data; re-export the "
+                "stage with external_data=True (it writes NAME.onnx.data)")
+        if "Failed to find existing initializer" in message:
+            name = message.rsplit("name", 1)[-1].strip(" .")
+            return BackendError(
+                f"initializer override {name!r} names no weight of {self.path.name}; expected "
+                "a torch parameter name such as 'conv_in.weight' (onnx_export."
+                "initializer_names lists them)")
+        if "does not match" in message and overrides:
+            shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}"
+                               for k, v in list(overrides.items())[:5])
+            return BackendError(
+                f"an initializer override does not fit {self.path.name} ({message.strip()}); "
+                f"the overrides were: {shapes}{' …' if len(overrides) > 5 else ''}; give "
+                "each the stored shape and dtype (weights_dtype=...)")
+        return BackendError(f"onnxruntime could not load {self.path}: {message.strip()}")
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model: inputs cast to the declared dtypes, floating outputs as float32.
+
+        Raises:
+            BackendError: An input is missing or has a shape the model was not exported for,
+                or onnxruntime failed.
+        """
+        missing = [name for name in self.inputs if name not in feeds]
+        if missing:
+            raise BackendError(f"{self.path.name} needs inputs {missing}; got {list(feeds)}")
+        prepared: dict[str, np.ndarray] = {}
+        for name, (dtype, shape) in self.inputs.items():
+            array = np.ascontiguousarray(feeds[name], dtype=dtype)
+            if len(shape) != array.ndim or any(
+                    isinstance(dim, int) and dim != size for dim, size in zip(shape, array.shape)):
+                raise BackendError(
+                    f"{self.path.name}: input {name} has shape {list(array.shape)}, but the "
+                    f"model was exported for {shape}; export the stage at this shape or with "
+                    "dynamic=True")
+            prepared[name] = array
+        try:
+            outputs = self.session.run(self.output_names, prepared)
+        except Exception as error:
+            shapes = {name: list(array.shape) for name, array in prepared.items()}
+            raise BackendError(f"onnxruntime failed running {self.path.name} on {shapes}: "
+                               f"{str(error).strip()}") from error
+        return [out.astype(np.float32, copy=False) if np.issubdtype(out.dtype, np.floating)
+                else out for out in outputs]
+
+    def __repr__(self) -> str:
+        return f"OrtSession({self.path.name!r}, {self.active_providers})"
+
+
+# --------------------------------------------------------------------------- stages
+class _OrtStage(Stage):
+    """A stage over one ONNX file; ``model`` is a path or a ready :class:`OrtSession`."""
+
+    backend = "ort"
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        model: str | Path | OrtSession,
+        *,
+        providers: str | Sequence[ProviderSpec] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 0,
+        optimization_level: str = "all",
+        initializer_overrides: Mapping[str, np.ndarray] | None = None,
+        weights_dtype: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(model, OrtSession):
+            session = model
+        else:
+            session = OrtSession(model, providers=providers, intra_op_threads=intra_op_threads,
+                                 optimization_level=optimization_level,
+                                 initializer_overrides=initializer_overrides,
+                                 weights_dtype=weights_dtype)
+        facts = {key.removeprefix("comfyc."): value for key, value in session.metadata.items()
+                 if key.startswith("comfyc.")}
+        super().__init__(name, kind, {**facts, **(info or {})})
+        self.session = session
+        self.backend = session.backend
+        stored = facts.get("stage")
+        if stored is not None and stored != kind:
+            raise BackendError(f"{session.path.name} was exported as a {stored} stage, but it "
+                               f"is loaded as the {kind} stage {name!r}")
+        inputs, outputs = _STAGE_IO[kind]
+        if set(inputs) != set(session.inputs) or set(outputs) - set(session.output_names):
+            raise BackendError(
+                f"{session.path.name} has inputs {list(session.inputs)} and outputs "
+                f"{session.output_names}; a {kind} stage needs inputs {list(inputs)} and "
+                f"outputs {list(outputs)} (export it with comfyc's onnx_export)")
+        self._outputs = [session.output_names.index(out) for out in outputs]
+
+    def _run(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        """Feed ``arrays`` by the kind's input names; outputs in the kind's order."""
+        names = _STAGE_IO[self.kind][0]
+        outputs = self.session.run(dict(zip(names, arrays)))
+        return [outputs[i] for i in self._outputs]
+
+
+class OrtUNet(_OrtStage):
+    """``unet(sample, timestep, context) -> eps|v`` from an exported ``unet`` ONNX file.
+
+    Args:
+        name: The stage name in the program.
+        model: The ``.onnx`` path or an :class:`OrtSession`.
+        **options: ``providers``, ``intra_op_threads``, ``optimization_level``,
+            ``initializer_overrides``, ``weights_dtype``, ``info`` (see :class:`OrtSession`).
+    """
+
+    def __init__(self, name: str, model: str | Path | OrtSession, **options: Any) -> None:
+        super().__init__(name, "unet", model, **options)
+
+    def forward(self, sample: np.ndarray, timestep: np.ndarray, context: np.ndarray
+                ) -> np.ndarray:
+        batch = sample.shape[0]
+        steps = np.asarray(timestep, dtype=np.float32).reshape(-1)
+        if steps.size == 1:
+            steps = np.full((batch,), steps[0], dtype=np.float32)  # diffusers expands it too
+        elif steps.size != batch:
+            raise BackendError(f"unet stage {self.name!r} got {steps.size} timesteps for a batch "
+                               f"of {batch}; expected one per sample or one for all")
+        return self._run(sample, steps, context)[0]
+
+
+class OrtTextEncoder(_OrtStage):
+    """``text_encoder(input_ids) -> (hidden, pooled)`` at the CLIP layer fixed at export.
+
+    ``info["clip_layer"]`` is that layer (from the file's metadata).
+
+    Args:
+        name: The stage name in the program.
+        model: The ``.onnx`` path or an :class:`OrtSession`.
+        **options: As for :class:`OrtUNet`.
+    """
+
+    def __init__(self, name: str, model: str | Path | OrtSession, **options: Any) -> None:
+        super().__init__(name, "text_encoder", model, **options)
+
+    def forward(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hidden, pooled = self._run(np.asarray(input_ids, dtype=np.int64))
+        return hidden, pooled
+
+
+class OrtVaeDecoder(_OrtStage):
+    """``vae_decoder(latent) -> image in [-1, 1]`` (raw latents, ``post_quant_conv`` inside).
+
+    Args:
+        name: The stage name in the program.
+        model: The ``.onnx`` path or an :class:`OrtSession`.
+        **options: As for :class:`OrtUNet`.
+    """
+
+    def __init__(self, name: str, model: str | Path | OrtSession, **options: Any) -> None:
+        super().__init__(name, "vae_decoder", model, **options)
+
+    def forward(self, latent: np.ndarray) -> np.ndarray:
+        return self._run(latent)[0]
+
+
+class OrtVaeEncoder(_OrtStage):
+    """``vae_encoder(image in [-1, 1]) -> latent mean`` (raw; ``quant_conv`` inside).
+
+    Args:
+        name: The stage name in the program.
+        model: The ``.onnx`` path or an :class:`OrtSession`.
+        **options: As for :class:`OrtUNet`.
+    """
+
+    def __init__(self, name: str, model: str | Path | OrtSession, **options: Any) -> None:
+        super().__init__(name, "vae_encoder", model, **options)
+
+    def forward(self, image: np.ndarray) -> np.ndarray:
+        return self._run(image)[0]
+
+
+# --------------------------------------------------------------------------- helpers
+def _provider_name(spec: ProviderSpec) -> str:
+    """The provider name of a spec."""
+    return spec if isinstance(spec, str) else spec[0]
+
+
+def _cast_floats(arrays: Mapping[str, np.ndarray], dtype: np.dtype[Any]
+                 ) -> dict[str, np.ndarray]:
+    """Floating arrays cast to ``dtype``; others unchanged."""
+    return {name: np.asarray(array).astype(dtype, copy=False)
+            if np.issubdtype(np.asarray(array).dtype, np.floating) else np.asarray(array)
+            for name, array in arrays.items()}
+
+
+def _swap_float_dtype(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """float32 overrides as float16 or the reverse; None when that is not one simple swap."""
+    dtypes = {np.asarray(array).dtype for array in arrays.values()}
+    if dtypes == {np.dtype(np.float32)}:
+        return _cast_floats(arrays, np.dtype(np.float16))
+    if dtypes == {np.dtype(np.float16)}:
+        return _cast_floats(arrays, np.dtype(np.float32))
+    return None
