@@ -267,10 +267,11 @@ class _Namer:
             else None
         # Written unpacking: keep it, fixing names that became invalid.
         if isinstance(bind, list) and len(bind) == len(outputs) and len(outputs) > 1:
-            names = []
+            names: list[str] = []
             for value, name in zip(outputs, bind):
                 last = self.last_use(value)
-                if isinstance(name, str) and name != "_" and self.can_claim(name, here, True):
+                if (isinstance(name, str) and name != "_" and name not in names
+                        and self.can_claim(name, here, True)):
                     names.append(self.claim(name, last))
                 elif self.used(value):
                     names.append(self.claim(self.fresh(self.base_name(value), node, here), last))

@@ -253,13 +253,15 @@ def graph_to_api(graph: Graph, *, with_meta: bool = True,
         entry: dict[str, Any] = {"inputs": inputs, "class_type": node.class_type}
         if with_meta:
             meta = dict(node.meta.get("api_meta", {}))
-            meta["title"] = node.title or _display_name(node.class_type)
+            # NOTE: `is not None`, so an empty title survives the round trip too.
+            meta["title"] = node.title if node.title is not None else _display_name(
+                node.class_type)
             dsl = _dsl_facts(node, used_params, declared.get(id(node))) if dsl_meta else {}
             if dsl:
                 meta["dsl"] = dsl
             entry["_meta"] = meta
         prompt[node.id] = entry
-    _add_output_savers(graph, prompt, with_meta and dsl_meta)
+    _add_output_savers(graph, prompt, with_meta, with_meta and dsl_meta)
     return prompt
 
 
@@ -294,7 +296,8 @@ def _param_decl(param: Param, order: dict[str, int], written: Any) -> dict[str, 
     return decl
 
 
-def _add_output_savers(graph: Graph, prompt: dict[str, Any], mark: bool) -> None:
+def _add_output_savers(graph: Graph, prompt: dict[str, Any], with_meta: bool, mark: bool
+                       ) -> None:
     """Give each declared IMAGE output that no output node saves a SaveImage of its own.
 
     ComfyUI runs only what reaches an output node ("Prompt has no outputs" otherwise), so the
@@ -324,8 +327,10 @@ def _add_output_savers(graph: Graph, prompt: dict[str, Any], mark: bool) -> None
             "inputs": {"filename_prefix": name, "images": [value.producer.id, value.index]},
             "class_type": "SaveImage",
         }
+        if with_meta:
+            entry["_meta"] = {"title": _display_name("SaveImage")}
         if mark:
-            entry["_meta"] = {"title": _display_name("SaveImage"), "dsl": {"synthetic": True}}
+            entry["_meta"]["dsl"] = {"synthetic": True}
         prompt[str(next_id)] = entry
 
 

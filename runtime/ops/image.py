@@ -180,8 +180,8 @@ def image_pad_for_outpaint(
 
     The mask is 1 on the padding and 0 on the original picture, except for a feathered band of
     ``feathering`` pixels along padded sides, where it is ``((feathering - d) / feathering)**2``
-    for the distance ``d`` to the nearest padded side. No feathering when ``2 * feathering`` is
-    not smaller than the picture's height and width.
+    for the distance ``d`` to the nearest padded side. There is no feathering unless
+    ``2 * feathering`` is smaller than both the picture's height and its width.
 
     Args:
         image: IMAGE ``[B,H,W,C]``.

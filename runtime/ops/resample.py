@@ -12,9 +12,10 @@ for ``bislerp``, and with Pillow for ``lanczos``. This module reimplements those
 * ``area``: ``adaptive_avg_pool2d``: output ``o`` averages input ``floor(o*in/out)`` up to
   ``ceil((o+1)*in/out)``.
 
-Index and weight arithmetic is done in float32 as ATen does (``UpSample.h``), and the two axes are
-applied width first, then height, as ATen's separable CPU kernels do, so results match torch to
-float32 rounding (the oracle tests check this).
+Index and weight arithmetic reproduces ATen's float32 computation (``UpSample.h``), including the
+multiply-adds that torch's x86 build fuses, so the interpolation weights are bit-identical to
+torch's; the taps are summed width first, then height, and the results agree with torch to
+float32 rounding (about one ulp, from the order of the sums; the oracle tests check this).
 """
 from __future__ import annotations
 

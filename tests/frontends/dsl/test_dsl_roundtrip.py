@@ -139,11 +139,11 @@ def test_params_outputs_and_names_ride_in_meta() -> None:
     )
     graph = parse_dsl(text, "x.cfy")
     prompt = graph_to_api(graph)
-    assert prompt["6"]["inputs"]["seed"] == 7
-    assert prompt["6"]["_meta"]["dsl"]["params"]["seed"] == {
+    assert prompt["4"]["inputs"]["seed"] == 7
+    assert prompt["4"]["_meta"]["dsl"]["params"]["seed"] == {
         "param": "seed", "type": "INT", "order": 0, "min": 0, "max": 100, "doc": "the seed"}
-    saver = prompt["8"]
-    assert saver["class_type"] == "SaveImage" and saver["inputs"]["images"] == ["7", 0]
+    saver = prompt["6"]
+    assert saver["class_type"] == "SaveImage" and saver["inputs"]["images"] == ["5", 0]
     assert saver["_meta"]["dsl"] == {"synthetic": True}
     back = graph_from_api(prompt)
     assert list(back.params) == ["seed", "width"] and list(back.outputs) == ["image", "samples"]
@@ -152,7 +152,7 @@ def test_params_outputs_and_names_ride_in_meta() -> None:
     # Without DSL facts the prompt is plain ComfyUI, still with a SaveImage for the output.
     plain = graph_to_api(graph, dsl_meta=False)
     assert all("dsl" not in e["_meta"] for e in plain.values())
-    assert plain["8"]["class_type"] == "SaveImage"
+    assert plain["6"]["class_type"] == "SaveImage"
 
 
 def test_params_override_defaults_on_export() -> None:
