@@ -40,3 +40,48 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.fail(f"the shared corpus is missing at {CORPUS}")
     return CORPUS
+
+
+def build_random_sd1(seed: int = 0):  # type: ignore[no-untyped-def]
+    """A tiny random SD1.x model (the spikes' "tiny" sizes): unet, vae, text_encoder."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+        hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407))
+    unet = UNet2DConditionModel(
+        sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=8,
+        latent_channels=4)
+    return unet.eval(), vae.eval(), text.eval()
+
+
+@pytest.fixture(scope="session")
+def random_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder (ComfyUI layout) with a random tiny SD1 checkpoint and a LoRA.
+
+    Files: checkpoints/random-sd1.safetensors, loras/random-lora.safetensors.
+    """
+    from safetensors.torch import save_file
+
+    from comfyc.compiler.models.lora import make_random_lora
+    from comfyc.compiler.models.single_file import save_single_file
+
+    root = tmp_path_factory.mktemp("models")
+    (root / "checkpoints").mkdir()
+    (root / "loras").mkdir()
+    unet, vae, text = build_random_sd1()
+    save_single_file(root / "checkpoints" / "random-sd1.safetensors", unet, vae, text)
+    lora = make_random_lora(unet, text, rank=4, seed=1, scale=0.2)
+    save_file({k: v.contiguous() for k, v in lora.items()},
+              str(root / "loras" / "random-lora.safetensors"))
+    return root

@@ -23,8 +23,14 @@ from pathlib import Path
 from ..errors import InputFileError, WorkflowError
 from ..ir import SourceLoc
 from .common import (
-    EXIT_INVALID, EXIT_OK, EXIT_UNREADABLE, add_catalog_arguments, catalog_from_args,
-    exit_code_for, print_error, write_output,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNREADABLE,
+    add_catalog_arguments,
+    catalog_from_args,
+    exit_code_for,
+    print_error,
+    write_output,
 )
 
 __all__ = ["add_arguments", "run", "format_file", "write_in_place"]

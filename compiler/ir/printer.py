@@ -268,7 +268,7 @@ class _Namer:
         # Written unpacking: keep it, fixing names that became invalid.
         if isinstance(bind, list) and len(bind) == len(outputs) and len(outputs) > 1:
             names: list[str] = []
-            for value, name in zip(outputs, bind):
+            for value, name in zip(outputs, bind, strict=True):
                 last = self.last_use(value)
                 if (isinstance(name, str) and name != "_" and name not in names
                         and self.can_claim(name, here, True)):
@@ -277,7 +277,7 @@ class _Namer:
                     names.append(self.claim(self.fresh(self.base_name(value), node, here), last))
                 else:
                     names.append("_")
-            for value, name in zip(outputs, names):
+            for value, name in zip(outputs, names, strict=True):
                 if name != "_":
                     self.ref[id(value)] = name
             self.binding[id(node)] = ", ".join(names) + " = "
@@ -378,6 +378,15 @@ def _auto_id(node: Node) -> bool:
     return isinstance(dsl, dict) and bool(dsl.get("auto_id"))
 
 
+def _key(kind: str, obj: Any) -> StmtKey:
+    """The statement key of a param, node or output name."""
+    if kind == "param":
+        return ("param", obj.name)
+    if kind == "node":
+        return ("node", obj.id)
+    return ("output", obj)
+
+
 def _comment_lines(lines: Sequence[str], indent: str) -> list[str]:
     return [f"{indent}{line}" if line else "" for line in lines]
 
@@ -402,9 +411,7 @@ class _Printer:
         for here, (kind, obj) in enumerate(self.items):
             if kind == "node":
                 self.namer.name_node(obj, here)
-            key: StmtKey = (kind, obj.name if kind == "param" else obj.id if kind == "node"
-                            else obj)
-            trivia = self.comments.get(key)
+            trivia = self.comments.get(_key(kind, obj))
             if sections and previous is not None and previous != kind:
                 out.append("")
             previous = kind

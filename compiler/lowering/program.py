@@ -251,6 +251,22 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
             value = spec.effective_default() if spec else MISSING
         return value
 
+    def load(node: Node, input_name: str, loader: Callable[[Any], Any]) -> Any:
+        """Run a model loader; a missing or unreadable file becomes an error at the node."""
+        from comfyc.runtime.model_paths import ModelPathError
+
+        from ..models.errors import ModelFormatError
+
+        name = const_input(node, input_name)
+        try:
+            return loader(name)
+        except (ModelPathError, ModelFormatError, OSError) as exc:
+            raise WorkflowErrors([SchemaError(
+                f"{node.display()} cannot load {name!r}: {exc}", node.input_loc(input_name),
+                kind="model_not_found",
+                help="put the file in the models folder (--models-dir or $COMFYC_MODELS, "
+                     "ComfyUI layout) or fix the name")]) from None
+
     def unet_stage(desc: _ModelDesc, module: Any, info: dict[str, Any]) -> str:
         name = f"unet_{desc.key()}"
         if name not in stages:
@@ -260,7 +276,7 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
     for node in nodes:
         if node.class_type == "CheckpointLoaderSimple":
             ckpt_name = const_input(node, "ckpt_name")
-            loaded = cache.checkpoint(ckpt_name)
+            loaded = load(node, "ckpt_name", cache.checkpoint)
             desc = _ModelDesc(ckpt_name)
             unet = unet_stage(desc, loaded.unet, {"prediction_type": loaded.prediction_type})
             te = f"text_encoder_{desc.key()}"
@@ -283,7 +299,7 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
             continue
         if node.class_type == "VAELoader":
             vae_name = const_input(node, "vae_name")
-            vae = cache.vae(vae_name)
+            vae = load(node, "vae_name", cache.vae)
             key = hashlib.sha1(vae_name.encode()).hexdigest()[:10]
             dec, enc = f"vae_decoder_{key}", f"vae_encoder_{key}"
             stages.setdefault(dec, TorchVaeDecoder(dec, vae))
@@ -293,6 +309,7 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
                                                "name": vae_name}, node.title))
             continue
         if node.class_type in ("LoraLoader", "LoraLoaderModelOnly"):
+            load(node, "lora_name", cache.lora)
             ops.append(_lower_lora(node, const_input, cache, stages, unet_stage))
             continue
         ops.append(lower_node(node, catalog))

@@ -10,6 +10,7 @@ its last hidden state equal ComfyUI's default (penultimate layer, final norm app
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from comfyc.compiler.models.errors import ModelFormatError
 from comfyc.compiler.models.single_file import LoadedCheckpoint, load_checkpoint
 
@@ -34,6 +34,13 @@ _BETA_START = 0.00085
 _BETA_END = 0.012
 
 
+@functools.lru_cache(maxsize=1)
+def _packaged_tokenizer() -> Any:
+    from comfyc.runtime.tokenizer import ClipTokenizer
+
+    return ClipTokenizer()
+
+
 def write_tokenizer_files(directory: str | os.PathLike[str], *, pad_token: int = 49407) -> Path:
     """Writes ``vocab.json``, ``merges.txt`` and tokenizer configs from the packaged vocabulary.
 
@@ -44,11 +51,9 @@ def write_tokenizer_files(directory: str | os.PathLike[str], *, pad_token: int =
     Returns:
         The folder.
     """
-    from comfyc.runtime.tokenizer import ClipTokenizer
-
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = ClipTokenizer()
+    tokenizer = _packaged_tokenizer()
     (folder / "vocab.json").write_text(json.dumps(tokenizer.vocab, ensure_ascii=False), "utf-8")
     merges = "".join(f"{a} {b}\n" for a, b in tokenizer.merges)
     (folder / "merges.txt").write_text("#version: 0.2\n" + merges, "utf-8")
@@ -112,9 +117,10 @@ def write_diffusers_folder(
     nothing half-written.
 
     Args:
-        ckpt_path: A single-file checkpoint (or an already loaded one).
+        ckpt_path: A single-file checkpoint, or an already loaded one (written as it is; its
+            modules are left unchanged).
         out_dir: The folder to create.
-        dtype: Store weights in this dtype (None: float32).
+        dtype: Load a checkpoint file in this dtype (None: float32); ignored for a loaded one.
         overwrite: Replace an existing non-empty `out_dir`.
 
     Returns:
@@ -123,8 +129,6 @@ def write_diffusers_folder(
     Raises:
         ModelFormatError: The checkpoint lacks a VAE or text encoder, or `out_dir` exists.
     """
-    from diffusers import StableDiffusionPipeline
-
     target = Path(out_dir)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise ModelFormatError(
@@ -140,11 +144,26 @@ def write_diffusers_folder(
             "both. Merge a VAE first or convert a complete checkpoint"
         )
     text_encoder = checkpoint.text_encoder
+    layers = _encoder_layers(text_encoder)
+    removed = None
     if checkpoint.default_clip_layer == -2:
-        layers = _encoder_layers(text_encoder)
-        layers_kept = len(layers) - 1
-        del layers[layers_kept:]
-        text_encoder.config.num_hidden_layers = layers_kept
+        # NOTE: cut for saving only; the layer is put back below so a caller's model is intact.
+        removed = layers[-1]
+        del layers[-1]
+        text_encoder.config.num_hidden_layers = len(layers)
+    try:
+        _save_pipeline(checkpoint, text_encoder, target)
+    finally:
+        if removed is not None:
+            layers.append(removed)
+            text_encoder.config.num_hidden_layers = len(layers)
+    return target
+
+
+def _save_pipeline(checkpoint: LoadedCheckpoint, text_encoder: Any, target: Path) -> None:
+    """Assembles the pipeline in a temporary sibling folder and renames it to `target`."""
+    from diffusers import StableDiffusionPipeline
+
     pipeline = StableDiffusionPipeline(
         vae=checkpoint.vae,
         text_encoder=text_encoder,
@@ -165,7 +184,6 @@ def write_diffusers_folder(
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    return target
 
 
 def load_diffusers_folder(

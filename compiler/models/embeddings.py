@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from comfyc.compiler.models.errors import ModelFormatError
 from comfyc.compiler.models.single_file import load_pickle_weights
 from comfyc.runtime.model_paths import find_embedding
@@ -41,7 +40,8 @@ def _select(loaded: Any, embedding_size: int | None, key: str | None, path: Path
             t.reshape(-1, t.shape[-1])
             for item in loaded if isinstance(item, Mapping)
             for t in item.values()
-            if isinstance(t, torch.Tensor) and (embedding_size is None or t.shape[-1] == embedding_size)
+            if isinstance(t, torch.Tensor)
+            and (embedding_size is None or t.shape[-1] == embedding_size)
         ]
         if parts:
             return torch.cat(parts, dim=0)

@@ -214,7 +214,8 @@ def _vae_coder_key(parts: list[str], levels: int) -> str | None:
     level = block if head == "down_blocks" else levels - 1 - block
     group = "down" if head == "down_blocks" else "up"
     if kind == "resnets":
-        return f"{side}.{group}.{level}.block.{index}." + leaf.replace("conv_shortcut", "nin_shortcut")
+        leaf = leaf.replace("conv_shortcut", "nin_shortcut")
+        return f"{side}.{group}.{level}.block.{index}.{leaf}"
     if kind in ("downsamplers", "upsamplers") and index == 0 and leaf.startswith("conv."):
         sampler = "downsample" if kind == "downsamplers" else "upsample"
         return f"{side}.{group}.{level}.{sampler}.{leaf}"
@@ -222,7 +223,7 @@ def _vae_coder_key(parts: list[str], levels: int) -> str | None:
 
 
 def vae_tensor_to_ldm(diffusers_key: str, tensor: torch.Tensor) -> torch.Tensor:
-    """Reshapes a VAE attention projection from diffusers' linear [C, C] to LDM's conv [C, C, 1, 1]."""
+    """Reshapes a VAE attention projection from diffusers' linear [C, C] to conv [C, C, 1, 1]."""
     if ".mid_block.attentions." in diffusers_key and diffusers_key.endswith(".weight"):
         if tensor.ndim == 2:
             return tensor[:, :, None, None]

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
 from comfyc.compiler.models.errors import ModelFormatError
 from comfyc.compiler.models.keymap import unet_diffusers_to_ldm_map
 from comfyc.compiler.models.single_file import canonical_text_encoder_state, read_state_dict
@@ -279,7 +278,9 @@ def extract_lora_factors(targets: Any, lora_sd: Mapping[str, torch.Tensor]) -> L
     )
 
 
-def _merge_into(target: Any, component: str, factors: dict[str, LoraFactor], strength: float) -> None:
+def _merge_into(
+    target: Any, component: str, factors: dict[str, LoraFactor], strength: float
+) -> None:
     if hasattr(target, "state_dict"):
         local = {k: k for k in target.state_dict()}
         if component == "text_encoder":

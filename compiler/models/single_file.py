@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from comfyc.compiler.models.configs import (
     LATENT_SCALE,
     infer_clip_config,
@@ -132,6 +132,14 @@ class LoadedCheckpoint:
 # -- reading files -------------------------------------------------------------------------------
 
 
+# numpy dtype classes of plain numeric scalars (e.g. a pickled `global_step`); all inert.
+_NUMPY_SCALAR_DTYPES = (
+    "BoolDType", "Int8DType", "UInt8DType", "Int16DType", "UInt16DType", "Int32DType",
+    "UInt32DType", "Int64DType", "UInt64DType", "LongDType", "ULongDType", "LongLongDType",
+    "ULongLongDType", "Float16DType", "Float32DType", "Float64DType", "LongDoubleDType",
+)
+
+
 def _safe_pickle_globals() -> list[Any]:
     """Globals that Lightning checkpoints (the original SD .ckpt files) need; all inert.
 
@@ -152,7 +160,10 @@ def _safe_pickle_globals() -> list[Any]:
     allowed: list[Any] = [ModelCheckpoint, np.dtype, _codecs.encode]
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         def scalar(*args: Any, **kwargs: Any) -> Any:
-            from numpy._core.multiarray import scalar as numpy_scalar  # type: ignore[attr-defined]
+            try:
+                from numpy._core.multiarray import scalar as numpy_scalar  # type: ignore
+            except ImportError:  # pragma: no cover - numpy 1.x
+                from numpy.core.multiarray import scalar as numpy_scalar  # type: ignore
 
             return numpy_scalar(*args, **kwargs)
 
@@ -161,11 +172,23 @@ def _safe_pickle_globals() -> list[Any]:
         allowed.append((scalar, f"{module}.scalar"))
     try:
         from numpy import dtypes
-
-        allowed.append(dtypes.Float64DType)
     except ImportError:  # pragma: no cover - numpy < 1.25
-        pass
+        return allowed
+    for kind in _NUMPY_SCALAR_DTYPES:
+        if hasattr(dtypes, kind):
+            allowed.append(getattr(dtypes, kind))
     return allowed
+
+
+def _refusal_reason(lines: list[str]) -> str | None:
+    """The line of torch's long weights_only message that names what was refused."""
+    for i, line in enumerate(lines):
+        if "GLOBAL" in line:
+            return line.split("WeightsUnpickler error:")[-1].strip()
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:")[-1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else None)
+    return None
 
 
 def load_pickle_weights(path: Path) -> Any:
@@ -179,13 +202,14 @@ def load_pickle_weights(path: Path) -> Any:
         with torch.serialization.safe_globals(_safe_pickle_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or isinstance(
-            exc, __import__("pickle").UnpicklingError
-        ):
+        text = str(exc)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        first_line = lines[0] if lines else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+            reason = _refusal_reason(lines) or first_line
             raise ModelFormatError(
                 f"refusing to load {str(path)!r}: it is a pickle that needs arbitrary Python "
-                f"objects ({first_line}). comfyc only reads tensors from pickles "
+                f"objects ({reason}). comfyc only reads tensors from pickles "
                 "(torch.load(weights_only=True)), because unpickling can run code. Get a "
                 ".safetensors version of the model, or convert it with a tool you trust"
             ) from exc
@@ -362,7 +386,10 @@ def _unet_from_ldm(
     return _populate(unet, weights, "UNet")
 
 
-_OLD_VAE_ATTENTION = {"query.": "to_q.", "key.": "to_k.", "value.": "to_v.", "proj_attn.": "to_out.0."}
+# Attention names of diffusers-format VAE files saved before diffusers 0.14.
+_OLD_VAE_ATTENTION = {
+    "query.": "to_q.", "key.": "to_k.", "value.": "to_v.", "proj_attn.": "to_out.0.",
+}
 
 
 def vae_from_state_dict(
@@ -430,7 +457,9 @@ def _text_encoder_from_hf(
     return _populate(model, weights, "text encoder")
 
 
-def detect_prediction_type(unet_state: Mapping[str, torch.Tensor], family: str, in_channels: int) -> str:
+def detect_prediction_type(
+    unet_state: Mapping[str, torch.Tensor], family: str, in_channels: int
+) -> str:
     """ComfyUI's heuristic: SD2 with 4 input channels and a wide norm1 bias is v-prediction.
 
     Args:
@@ -502,7 +531,9 @@ def checkpoint_from_state_dict(
     try:
         overrides = json.loads(metadata.get(CONFIG_METADATA_KEY, "{}"))
     except json.JSONDecodeError as exc:
-        raise ModelFormatError(f"the {CONFIG_METADATA_KEY} metadata{where} is not JSON: {exc}") from exc
+        raise ModelFormatError(
+            f"the {CONFIG_METADATA_KEY} metadata{where} is not JSON: {exc}"
+        ) from exc
     unet_state, vae_state, clip_state, openclip = _split_components(state)
     if not unet_state:
         prefixes = sorted({k.split(".", 1)[0] for k in state})[:8]

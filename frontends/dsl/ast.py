@@ -11,7 +11,7 @@ character, as Lark counts them). Nothing here knows about the node catalogue.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 __all__ = [
     "Span", "Name", "Literal", "ListExpr", "ObjectExpr", "NameRef", "OutputRef", "CallExpr",
@@ -118,7 +118,7 @@ class CallExpr:
     span: Span
 
 
-Expr = Union[Literal, ListExpr, ObjectExpr, NameRef, OutputRef, CallExpr]
+Expr = Literal | ListExpr | ObjectExpr | NameRef | OutputRef | CallExpr
 
 
 @dataclass(slots=True)
@@ -183,7 +183,7 @@ class NodeStmt:
     span: Span
 
 
-Stmt = Union[ParamDecl, OutputDecl, NodeStmt]
+Stmt = ParamDecl | OutputDecl | NodeStmt
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,16 +112,16 @@ def _attach_inside_call(stmt: ast.NodeStmt, comment: ast.Comment, target: StmtTr
         arg = target.args.setdefault(ending[-1].key.text, ArgTrivia())  # type: ignore[union-attr]
         arg.trailing = _join(arg.trailing, comment.text)
         return
-    following = [a for a in stmt.args if a.key is not None and a.span.line > comment.line]
-    if following:
-        name = following[0].key.text  # type: ignore[union-attr]
-        target.args.setdefault(name, ArgTrivia()).leading.append(comment.text)
-        return
     inside = [a for a in stmt.args if a.key is not None
               and a.span.line <= comment.line <= a.span.end_line]
     if inside:
         # Inside a multi-line value (a list spread over lines): keep it above the argument.
         name = inside[0].key.text  # type: ignore[union-attr]
+        target.args.setdefault(name, ArgTrivia()).leading.append(comment.text)
+        return
+    following = [a for a in stmt.args if a.key is not None and a.span.line > comment.line]
+    if following:
+        name = following[0].key.text  # type: ignore[union-attr]
         target.args.setdefault(name, ArgTrivia()).leading.append(comment.text)
         return
     target.closing.append(comment.text)

@@ -36,13 +36,14 @@ After (IR): a ``CheckpointLoaderSimple`` node ``"1"`` whose three output values 
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from comfyc.compiler.catalog import Catalog, NodeSchema
 from comfyc.compiler.errors import SchemaError, TypeMismatchError, WorkflowError, WorkflowErrors
 from comfyc.compiler.ir import MISSING, Graph, Node, Param, SourceLoc, Value, is_compatible
-from comfyc.compiler.ir.types import LINK_TYPES, WIDGET_TYPES
+from comfyc.compiler.ir.types import LINK_TYPES, WIDGET_TYPES, python_type_name
 
 from . import ast
 
@@ -645,8 +646,9 @@ class Lowering:
             return _POISON
         if container is not None:
             kind = "list" if container == "list" else "object"
-            self.error(WorkflowError, f"a link cannot appear inside a{'n' if kind == 'object' else ''}"
-                       f" {kind} literal", expr.span,
+            article = "an" if kind == "object" else "a"
+            self.error(WorkflowError, f"a link cannot appear inside {article} {kind} literal",
+                       expr.span,
                        help=f"{kind} values hold literals only (a ComfyUI link is a whole "
                             f"input); pass '{ref_text(expr)}' to an input of its own")
             return _POISON
@@ -719,7 +721,7 @@ class Lowering:
             else:
                 self.env[target.text] = _Binding("node", node, target.span)
             return target.text
-        for target, value in zip(targets, outputs):
+        for target, value in zip(targets, outputs, strict=True):
             if target.text != "_":
                 self.env[target.text] = _Binding("value", value, target.span, "unpacked")
         return names
@@ -755,8 +757,6 @@ def _fits(type_name: str, value: Any) -> bool:
 
 
 def _kind(value: Any) -> str:
-    from comfyc.compiler.ir.types import python_type_name
-
     name = python_type_name(value)
     return "null" if name == "null" else f"a{'n' if name[0] in 'AEIOU' else ''} {name}"
 
@@ -766,8 +766,6 @@ def _kind_name(type_name: str) -> str:
 
 
 def _show(value: Any) -> str:
-    import json
-
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 40 else text[:37] + "..."
 

@@ -27,12 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lark import Lark, Token, Transformer
-from lark.lexer import Lexer
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
-
 from comfyc.compiler.errors import DslSyntaxError, WorkflowError, WorkflowErrors
 from comfyc.compiler.ir import SourceLoc
+from lark import Lark, Token, Transformer
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.lexer import Lexer
 
 from . import ast
 
@@ -83,7 +82,8 @@ def decode_string(tok: Token) -> str:
             message = (f"invalid escape '{escape}' in \"...\" string "
                        f"(JSON escapes only: {_JSON_ESCAPES})")
         col = tok.column + pos  # type: ignore[operator]
-        _token_error(message, ast.Span(tok.line, col, tok.line, col + len(escape)),  # type: ignore[arg-type]
+        span = ast.Span(tok.line, col, tok.line, col + len(escape))  # type: ignore[arg-type]
+        _token_error(message, span,
                      help=f"write '\\{escape}' for a literal backslash, or use a "
                           f"\"\"\"raw string\"\"\" (no escapes)")
         return text[1:-1]
@@ -92,10 +92,8 @@ def decode_string(tok: Token) -> str:
 def decode_long_string(tok: Token) -> str:
     """Decode a raw ``\"\"\"...\"\"\"`` token: strip one newline after/before the delimiters."""
     body = str(tok)[3:-3]
-    if body.startswith("\n"):
-        body = body[1:]
-    if body.endswith("\n"):
-        body = body[:-1]
+    body = body.removeprefix("\n")
+    body = body.removesuffix("\n")
     return body
 
 
@@ -201,7 +199,7 @@ class _BuildAst(Transformer):  # type: ignore[type-arg]
             i += 1
         callee: ast.Name = c[i]
         lpar, rpar = c[i + 1], c[-1]
-        args: list[ast.Arg] = c[i + 2:-1]
+        args: list[ast.Arg] = c[i + 2] if len(c) > i + 3 else []
         first = decorators[0].span if decorators else (targets[0].span if targets
                                                         else callee.span)
         return ast.NodeStmt(decorators, targets, callee, args, _span(lpar), _span(rpar),
@@ -221,6 +219,12 @@ class _BuildAst(Transformer):  # type: ignore[type-arg]
 
     def callee(self, c: list[Token]) -> ast.Name:
         return _name(c[0])
+
+    def args(self, c: list[Any]) -> list[ast.Arg]:
+        if len(c) == 1:
+            return [c[0]]
+        c[0].append(c[1])
+        return c[0]  # type: ignore[no-any-return]
 
     def kwarg(self, c: list[Any]) -> ast.Arg:
         key = _name(c[0])
@@ -550,7 +554,8 @@ def _unexpected_token(exc: UnexpectedToken, text: str, file: str | None,
         # After a name, '(' '[' '.' would also continue it; they are noise in the message.
         shown = separators
     message = f"expected {_describe_expected(shown)}, found {found}"
-    if opened and _CLOSER_TERMINALS[_CLOSERS[opened[-1].text]] in expected:
+    if (opened and _CLOSER_TERMINALS[_CLOSERS[opened[-1].text]] in expected
+            and tok.type not in ("NAME", "STRING", "NUMBER")):  # Those want a ',' instead.
         oline, ocol = pos.line_col(opened[-1].start)
         notes.append(f"the {_BRACKET_NAMES[opened[-1].text]} opened at {oline}:{ocol} is not "
                      f"closed yet")
@@ -562,7 +567,8 @@ def _unexpected_token(exc: UnexpectedToken, text: str, file: str | None,
         return DslSyntaxError(
             f"'{prev.text}' is a keyword at the start of a statement and cannot be a binding "
             f"name", SourceLoc(file, line, col, line, col + len(prev.text)),
-            help=f"pick another name, e.g. {prev.text}_{'image' if prev.text == 'output' else 'value'}")
+            help=f"pick another name, e.g. {prev.text}_"
+                 f"{'image' if prev.text == 'output' else 'value'}")
     if expected <= {"NAME", "STRING"} and prev is not None and prev.text == "=" and not opened:
         message = f"expected a node call after '=', found {found}"
         help_text = ("a statement binds the outputs of one node: `name = NodeClass(input=...)`; "

@@ -280,7 +280,7 @@ class OrtSession:
                 f"initializer override {name!r} names no weight of {self.path.name}; expected "
                 "a torch parameter name such as 'conv_in.weight' (onnx_export."
                 "initializer_names lists them)")
-        if "does not match" in message and overrides:
+        if "Replacement tensor" in message and overrides:  # its dtype or its dimensions
             shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}"
                                for k, v in list(overrides.items())[:5])
             return BackendError(

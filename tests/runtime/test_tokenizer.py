@@ -7,9 +7,6 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from comfyc.runtime.tokenizer import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -19,6 +16,8 @@ from comfyc.runtime.tokenizer import (
     _pretokenize,
     parse_prompt_weights,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 CAT = 2368  # "cat</w>"
 DOG = 1929  # "dog</w>"
@@ -379,3 +378,25 @@ def test_to_arrays(tok: ClipTokenizer) -> None:
     assert ids.dtype.name == "int64" and weights.dtype.name == "float32"
     assert list(ids[0, :5]) == [BOS_TOKEN, -1, -1, -1, CAT]
     assert weights[0, 1] == pytest.approx(1.5)
+
+
+def test_runtime_modules_import_without_heavy_packages() -> None:
+    """tokenizer and model_paths import and work with torch/transformers/regex blocked."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'diffusers', 'regex',\n"
+        "                                  'tokenizers', 'ftfy'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from comfyc.runtime.tokenizer import ClipTokenizer\n"
+        "from comfyc.runtime import model_paths\n"
+        "print(ClipTokenizer().encode('a photo of a cat'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == "[320, 1125, 539, 320, 2368]", result.stderr

@@ -7,6 +7,7 @@ Tolerances (max abs difference against the PyTorch stage on the same inputs): fp
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,15 @@ def make_vae() -> Any:
         block_out_channels=(8, 16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=8,
         latent_channels=4).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models trace fastest on one thread; two spin against other work on a 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +247,14 @@ def test_vae_decoder_dynamic(vae: Any, out: Path) -> None:
 
 
 def test_vae_encoder_static_and_dynamic(vae: Any, out: Path) -> None:
-    """Static and dynamic VAE encoder exports give TorchVaeEncoder's posterior mean."""
-    static = export_vae_encoder(vae, out / "vae_encoder.onnx", height=64, width=64)
+    """Static and dynamic VAE encoder exports give TorchVaeEncoder's posterior mean; progress."""
+    lines: list[str] = []
+    start = time.perf_counter()
+    static = export_vae_encoder(vae, out / "vae_encoder.onnx", height=64, width=64,
+                                progress=lines.append)
+    assert lines[0].startswith("exporting vae_encoder (static, fp32, example 1x3x64x64)")
+    assert any("checking" in line for line in lines) and lines[-1].startswith("vae_encoder done")
+    assert 0 < static["export_s"] <= static["seconds"] <= time.perf_counter() - start
     dynamic = export_vae_encoder(vae, out / "vae_encoder_dyn.onnx", height=64, width=64,
                                  dynamic=True)
     assert static["inputs"][0]["shape"] == [1, 3, 64, 64]
@@ -254,25 +270,27 @@ def test_vae_encoder_static_and_dynamic(vae: Any, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- files
-def test_external_data_by_request_and_by_size(vae: Any, out: Path,
+def test_external_data_by_size_and_by_request(vae: Any, out: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """external_data=True writes NAME.onnx.data; None switches on above the threshold."""
+    """Weights over the threshold go to NAME.onnx.data; external_data=False makes one file.
+
+    (external_data=True is exercised by the UNet of tests/runtime/backends/test_ort.py.)
+    """
     path = out / "ext" / "vae_decoder.onnx"
-    facts = export_vae_decoder(vae, path, height=8, width=8, external_data=True)
-    data = Path(facts["data_path"])
-    assert data == path.with_name("vae_decoder.onnx.data") and data.is_file()
-    assert path.stat().st_size < 200_000 < data.stat().st_size
-    assert facts["file_bytes"] == path.stat().st_size + data.stat().st_size
-    onnx.checker.check_model(str(path))
-    # Re-exporting as one file removes the stale data file.
-    facts = export_vae_decoder(vae, path, height=8, width=8)
-    assert facts["data_path"] is None and not data.exists()
+    data = path.with_name("vae_decoder.onnx.data")
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 1000)
     facts = export_vae_decoder(vae, path, height=8, width=8)
     assert facts["data_path"] == str(data) and data.is_file()
+    assert path.stat().st_size < 200_000 < data.stat().st_size
+    assert facts["file_bytes"] == path.stat().st_size + data.stat().st_size
+    onnx.checker.check_model(str(path))
     latent = np.random.default_rng(4).standard_normal((1, 4, 8, 8), dtype=np.float32)
     got = OrtVaeDecoder("vd", path, **ORT)(latent)
     assert max_diff(got, TorchVaeDecoder("vd", vae)(latent)) < FP32_TOL
+    # Re-exporting as one file removes the stale data file.
+    facts = export_vae_decoder(vae, path, height=8, width=8, external_data=False)
+    assert facts["data_path"] is None and not data.exists()
+    assert facts["file_bytes"] == path.stat().st_size
 
 
 def test_optimize_offline(unet: Any, dynamic_unet: dict[str, Any], out: Path) -> None:
@@ -287,16 +305,6 @@ def test_optimize_offline(unet: Any, dynamic_unet: dict[str, Any], out: Path) ->
     assert max_diff(stage(*args), TorchUNet("unet", unet)(*args)) < FP32_TOL
     with pytest.raises(ExportError, match="expected one of basic, extended, all"):
         optimize_offline(dynamic_unet["path"], dst, "max")
-
-
-def test_progress_and_timing(vae: Any, out: Path) -> None:
-    """Progress lines arrive in order and the facts carry the timings."""
-    lines: list[str] = []
-    start = time.perf_counter()
-    facts = export_vae_encoder(vae, out / "enc_p.onnx", height=64, width=64, progress=lines.append)
-    assert lines[0].startswith("exporting vae_encoder (static, fp32")
-    assert any("checking" in line for line in lines) and lines[-1].startswith("vae_encoder done")
-    assert 0 < facts["export_s"] <= facts["seconds"] <= time.perf_counter() - start
 
 
 def test_bad_inputs_raise_export_error(unet: Any, clip: Any, vae: Any, out: Path) -> None:

@@ -25,15 +25,31 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
-def test_pipeline_from_pretrained_offline(small_sd1, sd1_file: Path, tmp_path: Path,
-                                          offline: None) -> None:
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="comfyc")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def sd1_folder(sd1_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small SD1 checkpoint converted by `comfyc model convert --to diffusers`."""
+    folder = tmp_path_factory.mktemp("cli") / "sd1-diffusers"
+    args = _parse(["model", "convert", str(sd1_file), "--to", "diffusers", "-o", str(folder)])
+    assert args.func is cli.run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        assert cli.run(args) == 0
+    return folder
+
+
+def test_pipeline_from_pretrained_offline(small_sd1, sd1_folder: Path, offline: None) -> None:
     """StableDiffusionPipeline.from_pretrained loads the folder and runs with our tokenizer."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    out = write_diffusers_folder(sd1_file, tmp_path / "sd1-diffusers")
-    index = json.loads((out / "model_index.json").read_text())
+    index = json.loads((sd1_folder / "model_index.json").read_text())
     assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
-    pipe = StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(str(sd1_folder), local_files_only=True)
     assert isinstance(pipe.scheduler, PNDMScheduler)
     config = pipe.scheduler.config
     assert (config.beta_start, config.beta_end, config.beta_schedule) == (
@@ -47,31 +63,34 @@ def test_pipeline_from_pretrained_offline(small_sd1, sd1_file: Path, tmp_path: P
     image = pipe("a handwritten digit seven", num_inference_steps=1, height=32, width=32,
                  generator=torch.Generator().manual_seed(0), output_type="np").images
     assert image.shape == (1, 32, 32, 3)
-    back = load_diffusers_folder(out)
+    back = load_diffusers_folder(sd1_folder)
     assert (back.family, back.prediction_type, back.default_clip_layer) == ("sd1", "epsilon", -1)
 
 
 def test_sd2_folder_cuts_text_encoder(small_sd2, tmp_path: Path, offline: None) -> None:
-    """SD2: DDIM with v-prediction, pad token 0, text encoder cut to the penultimate layer."""
+    """SD2: DDIM with v-prediction, pad token 0, text encoder cut to the penultimate layer;
+    the loaded checkpoint it was written from is left intact."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     path = save_single_file(tmp_path / "sd2.safetensors", small_sd2.unet, small_sd2.vae,
                             small_sd2.text_encoder, prediction_type="v_prediction")
-    out = write_diffusers_folder(path, tmp_path / "sd2-diffusers")
+    loaded = load_checkpoint(path)
+    layers = loaded.text_encoder.config.num_hidden_layers
+    out = write_diffusers_folder(loaded, tmp_path / "sd2-diffusers")
+    assert loaded.text_encoder.config.num_hidden_layers == layers
     pipe = StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True)
     assert isinstance(pipe.scheduler, DDIMScheduler)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert pipe.tokenizer.pad_token_id == 0
-    layers = small_sd2.text_encoder.config.num_hidden_layers
     assert pipe.text_encoder.config.num_hidden_layers == layers - 1
     ids = torch.tensor([pipe.tokenizer("a cat", padding="max_length").input_ids])
+    text = small_sd2.text_encoder
+    final_norm = getattr(text, "text_model", text).final_layer_norm
     with torch.no_grad():
-        full = small_sd2.text_encoder(ids, output_hidden_states=True)
-        penultimate = small_sd2.text_encoder.final_layer_norm(full.hidden_states[-2]) if hasattr(
-            small_sd2.text_encoder, "final_layer_norm") else (
-            small_sd2.text_encoder.text_model.final_layer_norm(full.hidden_states[-2]))
-        cut = pipe.text_encoder(ids).last_hidden_state
-    assert torch.allclose(cut, penultimate, atol=1e-6)
+        full = text(ids, output_hidden_states=True)
+        penultimate = final_norm(full.hidden_states[-2])
+        assert torch.allclose(pipe.text_encoder(ids).last_hidden_state, penultimate, atol=1e-6)
+        assert torch.equal(loaded.text_encoder(ids).last_hidden_state, full.last_hidden_state)
 
 
 def test_existing_output_is_not_overwritten(sd1_file: Path, tmp_path: Path) -> None:
@@ -84,22 +103,12 @@ def test_existing_output_is_not_overwritten(sd1_file: Path, tmp_path: Path) -> N
     assert (target / "keep.txt").exists()
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="comfyc")
-    cli.add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
-
-
-def test_cli_convert_both_ways(small_sd1, sd1_file: Path, tmp_path: Path, offline: None,
+def test_cli_convert_both_ways(small_sd1, sd1_folder: Path, tmp_path: Path, offline: None,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    """`comfyc model convert` writes a diffusers folder and a single file back from it."""
-    folder = tmp_path / "cli-diffusers"
-    args = _parse(["model", "convert", str(sd1_file), "--to", "diffusers", "-o", str(folder)])
-    assert args.func is cli.run
-    assert cli.run(args) == 0
-    assert (folder / "unet" / "config.json").is_file()
+    """`comfyc model convert` wrote a diffusers folder; it converts back to a single file."""
+    assert (sd1_folder / "unet" / "config.json").is_file()
     single = tmp_path / "back.safetensors"
-    args = _parse(["model", "convert", str(folder), "--to", "single-file", "-o", str(single),
+    args = _parse(["model", "convert", str(sd1_folder), "--to", "single-file", "-o", str(single),
                    "--dtype", "fp16"])
     assert cli.run(args) == 0
     loaded = load_checkpoint(single)

@@ -67,5 +67,6 @@ def test_library_resolves_and_feeds_the_tokenizer(tmp_path: Path, vectors: torch
     assert torch.equal(library.vectors("EasyNegative"), vectors)
     assert library.count("missing") is None
     assert library.count("sd2only") is None and "width 1024" in caplog.text
-    chunks = ClipTokenizer(embedding_lookup=library).tokenize_weighted("embedding:EasyNegative, cat")
+    tokenizer = ClipTokenizer(embedding_lookup=library)
+    chunks = tokenizer.tokenize_weighted("embedding:EasyNegative, cat")
     assert [t for t, _ in chunks[0][1:4]] == [EmbeddingRef("EasyNegative", i) for i in range(3)]

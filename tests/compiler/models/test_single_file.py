@@ -131,7 +131,9 @@ def test_safe_ckpt_with_lightning_wrapper(small_sd1, tmp_path: Path) -> None:
     _same_weights(small_sd1.unet, loaded.unet)
 
 
-def test_lightning_callback_state_is_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lightning_callback_state_is_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Original SD .ckpt files pickle a Lightning ModelCheckpoint; its state is read as data."""
     module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
 
@@ -169,9 +171,23 @@ def test_unsafe_pickle_is_refused(tmp_path: Path) -> None:
                     protocol=2)
     torch.save({"state_dict": {"w": torch.ones(1)}, "x": _Exploit(str(marker))}, tmp_path / "e.pt")
     for bad in (path, tmp_path / "e.pt"):
-        with pytest.raises(ModelFormatError, match="refusing to load.*arbitrary Python.*safetensors"):
+        with pytest.raises(ModelFormatError, match="refusing to load.*GLOBAL.*safetensors"):
             load_checkpoint(bad)
     assert not marker.exists()
+
+
+def test_numpy_scalars_in_ckpt_are_data(tmp_path: Path) -> None:
+    """Lightning stores numpy scalars (global_step, metrics); they are inert and allowed."""
+    import numpy as np
+
+    path = tmp_path / "np.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": np.int64(5),
+                "score": np.float64(0.5)}, path)
+    state, _ = read_state_dict(path)
+    assert list(state) == ["w"]
+    torch.save({"state_dict": {"w": torch.ones(2)}, "array": np.zeros(3)}, path)
+    with pytest.raises(ModelFormatError, match="refusing.*_reconstruct"):
+        read_state_dict(path)
 
 
 @pytest.mark.parametrize("name", ["model.pkl", "model.gguf", "model"])

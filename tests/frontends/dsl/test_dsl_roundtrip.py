@@ -7,14 +7,12 @@ foundation); the examples are comfyc's; hypothesis adds random graphs from the c
 from __future__ import annotations
 
 import json
+import os
 import string
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from comfyc.compiler.catalog import Catalog, default_catalog
 from comfyc.compiler.ir import Graph, Param, Value
 from comfyc.compiler.ir.types import COMBO, LINK_TYPES, is_compatible
@@ -22,6 +20,8 @@ from comfyc.compiler.passes.validate import validate_graph
 from comfyc.frontends.comfy_json.api import graph_from_api, graph_to_api
 from comfyc.frontends.comfy_json.ui import ui_to_api
 from comfyc.frontends.dsl import parse_dsl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[3]
 CORPUS = (REPO / ".." / "shared" / "corpus" / "comfyui-examples").resolve()
@@ -286,7 +286,8 @@ def _fits(type_name: str, value: Any) -> bool:
     return isinstance(value, bool)
 
 
-_SETTINGS = settings(max_examples=60, deadline=None,
+# NOTE: COMFYC_DSL_EXAMPLES raises the count for a deeper (slower) search.
+_SETTINGS = settings(max_examples=int(os.environ.get("COMFYC_DSL_EXAMPLES", "40")), deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
