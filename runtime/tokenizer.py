@@ -156,22 +156,30 @@ def load_bpe_merges(vocab_path: str | Path | None = None) -> list[tuple[str, str
         TokenizerError: The file is missing or does not look like the CLIP vocabulary.
     """
     path = Path(vocab_path) if vocab_path is not None else DEFAULT_VOCAB_PATH
+    return list(_read_merges(str(path.resolve())))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_merges(location: str) -> tuple[tuple[str, str], ...]:
+    """Reads and checks the merges once per file (several tokenizers share the result)."""
+    path = Path(location)
     try:
         raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:
+        text = raw.decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise TokenizerError(
             f"cannot read the CLIP vocabulary {str(path)!r}: {exc}; expected OpenAI's "
             "bpe_simple_vocab_16e6.txt.gz (it ships in comfyc/runtime/data/; reinstall comfyc "
             "if it is missing)"
         ) from exc
-    lines = raw.decode("utf-8").split("\n")
+    lines = text.split("\n")
     merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
     if len(merges) != _NUM_MERGES or any(len(m) != 2 for m in merges):
         raise TokenizerError(
             f"{str(path)!r} holds {len(merges)} well-formed merges, expected {_NUM_MERGES} lines "
             "of two symbols after the header: this is not the CLIP BPE vocabulary"
         )
-    return [(m[0], m[1]) for m in merges]
+    return tuple((m[0], m[1]) for m in merges)
 
 
 @functools.lru_cache(maxsize=4096)

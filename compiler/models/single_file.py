@@ -372,11 +372,8 @@ def canonical_text_encoder_state(module_or_state: Any) -> dict[str, torch.Tensor
 
 
 def _unet_from_ldm(
-    state: dict[str, torch.Tensor], overrides: dict[str, Any], dtype: torch.dtype | None
+    state: dict[str, torch.Tensor], config: dict[str, Any], dtype: torch.dtype | None
 ) -> Any:
-    config = infer_unet_config(state)
-    require_complete(config, overrides, "UNet")
-    config.update(overrides)
     unet = _build_unet(config)
     mapping = unet_diffusers_to_ldm_map(unet.state_dict().keys())
     reverse = {ldm: diffusers for diffusers, ldm in mapping.items()}
@@ -542,12 +539,14 @@ def checkpoint_from_state_dict(
             f"{prefixes}. Expected an SD1.x/SD2.x single-file checkpoint; a separate VAE "
             "loads with load_vae(), a LoRA with load_lora()"
         )
-    unet = _unet_from_ldm(unet_state, overrides.get("unet", {}), dtype)
-    linear = bool(unet.config.use_linear_projection)
+    unet_config = infer_unet_config(unet_state)
+    require_complete(unet_config, overrides.get("unet", {}), "UNet")
+    unet_config.update(overrides.get("unet", {}))
+    linear = bool(unet_config["use_linear_projection"])
     family = metadata.get(_FAMILY_KEY) or ("sd2" if openclip or linear else "sd1")
     if family not in ("sd1", "sd2"):
         raise ModelFormatError(f"{_FAMILY_KEY} metadata{where} is {family!r}; expected sd1/sd2")
-    in_channels = int(unet.config.in_channels)
+    in_channels = int(unet_config["in_channels"])
     prediction = prediction_type or metadata.get(_PREDICTION_KEY) or detect_prediction_type(
         unet_state, family, in_channels
     )
@@ -555,8 +554,12 @@ def checkpoint_from_state_dict(
         raise ModelFormatError(
             f"prediction type {prediction!r}{where}; expected one of {_PREDICTION_TYPES}"
         )
-    if prediction == "v_prediction" and "unet" not in overrides:
-        unet.register_to_config(sample_size=96, upcast_attention=True)
+    if "unet" not in overrides and family == "sd2":
+        # NOTE: ComfyUI runs SD2 attention in float32 (attn_precision); 768-v models default
+        # to 768 px (diffusers' sample_size is in latent pixels).
+        unet_config["upcast_attention"] = True
+        unet_config["sample_size"] = 96 if prediction == "v_prediction" else 64
+    unet = _unet_from_ldm(unet_state, unet_config, dtype)
     vae = None
     if vae_state:
         vae = vae_from_state_dict(vae_state, dtype=dtype, overrides=overrides.get("vae", {}))

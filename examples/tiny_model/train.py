@@ -372,6 +372,13 @@ def train_unet(
                 f" eps-mse {epoch_loss:.4f} lr {opt.param_groups[0]['lr']:.2e}"
             )
             running, count = 0.0, 0
+        if args.save_every and (step + 1) % args.save_every == 0:
+            snapshot = args.out / f"snapshot_{step + 1:05d}.pt"
+            torch.save(
+                {"unet": ema_unet.shadow.state_dict(), "text_encoder": ema_text.shadow.state_dict()},
+                snapshot,
+            )
+            log(f"saved {snapshot}")
     return ema_unet.shadow, ema_text.shadow, {"unet_epoch_losses": losses}
 
 
@@ -417,6 +424,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--min-snr-gamma", type=float, default=5.0)
     p.add_argument("--uncond-prob", type=float, default=0.12)
+    p.add_argument("--save-every", type=int, default=0, help="save EMA snapshots (trials)")
     return p.parse_args(argv)
 
 
@@ -446,10 +454,17 @@ def main(argv: list[str] | None = None) -> None:
     metrics["vae_seconds"] = time.perf_counter() - started
 
     t0 = time.perf_counter()
-    raw = encode_latents(vae, ink, labels, args.latent_copies, args.seed)
-    latents, metrics["latents"] = normalise_vae(vae, raw, log)
-    torch.save(vae.state_dict(), vae_path)
-    log(f"encoded and normalised {latents[0].shape[0]} latents in {time.perf_counter() - t0:.1f}s")
+    latents_path = out / "latents_stage.pt"
+    if args.skip_vae and latents_path.is_file():
+        cached = torch.load(latents_path, weights_only=True)
+        latents, metrics["latents"] = cached["latents"], cached["stats"]
+        log(f"reused {latents_path}")
+    else:
+        raw = encode_latents(vae, ink, labels, args.latent_copies, args.seed)
+        latents, metrics["latents"] = normalise_vae(vae, raw, log)
+        torch.save(vae.state_dict(), vae_path)
+        torch.save({"latents": latents, "stats": metrics["latents"]}, latents_path)
+    log(f"{latents[0].shape[0]} latents ready after {time.perf_counter() - t0:.1f}s")
 
     t0 = time.perf_counter()
     unet, text_encoder, stats = train_unet(args, latents, tokenizer, log)
