@@ -37,6 +37,17 @@ __all__ = [
 ]
 
 
+#: Error types of ComfyUI's validation (``execution.validate_inputs``) and ours that name a
+#: problem class users look up; shown as ``error[kind]``.
+COMFY_KINDS = frozenset({
+    "required_input_missing", "bad_linked_input", "return_type_mismatch",
+    "invalid_input_type", "value_smaller_than_min", "value_bigger_than_max",
+    "value_not_in_list", "prompt_no_outputs", "dependency_cycle", "custom_validation_failed",
+    "exception_during_validation", "unreadable_file", "default_filled", "unsupported_node",
+    "model_not_found",
+})
+
+
 class WorkflowError(Exception):
     """A problem in a workflow, with its location and a fix.
 
@@ -83,7 +94,9 @@ class WorkflowError(Exception):
             sources: File texts by path, for the source line and caret of DSL locations.
         """
         head = f"{self.loc}: " if self.loc is not None else ""
-        label = "error" if self.kind in ("invalid_workflow", "syntax_error") else f"error[{self.kind}]"
+        # ComfyUI's validation vocabulary is shown (people search for it); comfyc's own
+        # kinds would only be noise.
+        label = f"error[{self.kind}]" if self.kind in COMFY_KINDS else "error"
         lines = [f"{head}{label}: {self.message}"]
         snippet = _snippet(self.loc, sources)
         if snippet:

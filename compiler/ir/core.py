@@ -306,8 +306,13 @@ class Graph:
     params: dict[str, Param] = field(default_factory=dict)
     outputs: dict[str, Value] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    _index: dict[str, Node] = field(default_factory=dict, repr=False, compare=False)
 
     # ---------------------------------------------------------------- lookup
+    def __post_init__(self) -> None:
+        # An id index keeps lookups (and add's duplicate check) linear over a whole build.
+        self._index = {n.id: n for n in self.nodes}
+
     def node(self, node_id: str) -> Node:
         """Return the node with that ComfyUI id.
 
@@ -321,6 +326,11 @@ class Graph:
 
     def find(self, node_id: str) -> Node | None:
         """Return the node with that id, or None."""
+        node = self._index.get(node_id)
+        if node is not None and node.graph is self and node.id == node_id:
+            return node
+        if len(self._index) == len(self.nodes):
+            return None  # The index is complete: no such node.
         for node in self.nodes:
             if node.id == node_id:
                 return node
@@ -347,6 +357,7 @@ class Graph:
             self.nodes.append(node)
         else:
             self.nodes.insert(index, node)
+        self._index[node.id] = node
         return node
 
     def add_node(
@@ -417,6 +428,7 @@ class Graph:
         for name in list(node._inputs):
             self.remove_input(node, name)
         self.nodes.remove(node)
+        self._index.pop(node.id, None)
         node.graph = None
 
     def add_param(self, param: Param) -> Param:

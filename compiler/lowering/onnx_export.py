@@ -31,7 +31,12 @@ Choices, with the measurements behind them in ``reference/spikes.md`` §4:
   :func:`comfyc.runtime.backends.ort.OrtSession`.
 * fp16: the module is copied and converted to half before export (torch runs half on the CPU),
   and the graph casts its float32 inputs to half and its outputs back to float32, so an fp16
-  stage has the same float32 interface as an fp32 one.
+  stage has the same float32 interface as an fp32 one. Tracing in half keeps the parts torch
+  computes in float32 on purpose (the UNet's sinusoidal timestep embedding: ``sin(999 * f)``
+  is wrong in float16) in float32; converting a float32 ONNX graph afterwards (onnxruntime's
+  ``float16`` tool) would not. The transformers CLIP model is exported with its eager
+  attention in fp16: the exporter's SDPA symbolic mixes float32 into a float16 graph there
+  (onnxruntime then rejects a LayerNormalization with mixed input types).
 
 torch and onnx are imported inside the functions: importing this module is cheap.
 """
@@ -49,17 +54,17 @@ from typing import Any
 from ..errors import ExportError
 
 __all__ = [
-    "OPSET",
     "EXTERNAL_DATA_THRESHOLD",
+    "OPSET",
     "STAGE_IO",
     "Progress",
-    "export_unet",
+    "data_path",
     "export_text_encoder",
+    "export_unet",
     "export_vae_decoder",
     "export_vae_encoder",
-    "optimize_offline",
     "initializer_names",
-    "data_path",
+    "optimize_offline",
 ]
 
 #: The ONNX opset every stage is exported at.
@@ -232,7 +237,8 @@ def export_text_encoder(
             "pooled_output": {0: "batch"}}
     facts = _export(module, call, (ids,), path, kind="text_encoder", fp16=fp16,
                     axes=axes if dynamic else None, external_data=external_data,
-                    progress=progress, metadata={"clip_layer": str(index)})
+                    progress=progress, metadata={"clip_layer": str(index)},
+                    prepare_fp16=_eager_attention)
     facts["layer"] = index
     return facts
 
@@ -459,15 +465,19 @@ def _export(
     external_data: bool | None,
     progress: Progress | None,
     metadata: Mapping[str, str],
+    prepare_fp16: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Trace ``call(module, *example)``, export it, tidy the names, save, check.
+
+    With ``fp16`` the module is deep-copied (the caller's stays float32; this needs memory for
+    a second copy) and ``prepare_fp16`` may adjust the copy before it is converted.
 
     Returns:
         The facts: ``kind``, ``path``, ``data_path`` (None for one file), ``inputs`` and
         ``outputs`` (lists of ``{name, shape, dtype}``; free dimensions are strings),
         ``input_names``, ``output_names``, ``weights_dtype``, ``dynamic``, ``opset``,
         ``weights_bytes``, ``file_bytes`` (model + data), ``parameters`` (initializers named
-        after torch parameters), ``missing_parameters`` (torch parameters the graph does not
+        after the module's parameters and buffers), ``missing_parameters`` (torch parameters the graph does not
         use), ``export_s`` (the torch export call) and ``seconds`` (everything).
     """
     torch = _require_torch()
@@ -481,8 +491,22 @@ def _export(
     say(f"exporting {kind} ({'dynamic' if axes else 'static'}, {'fp16' if fp16 else 'fp32'}, "
         f"example {shapes}) to {path}")
 
-    source = copy.deepcopy(module).half() if fp16 else module
+    source = module
+    if fp16:
+        source = copy.deepcopy(module)
+        if prepare_fp16 is not None:
+            prepare_fp16(source)
+        source = source.half()
     wrapper = _wrap(torch, source, call)
+    try:
+        with torch.no_grad():
+            result = wrapper(*example)
+    except Exception as error:
+        raise ExportError(
+            f"the {kind} module ({type(module).__name__}) fails in torch on the export example "
+            f"{shapes}: {type(error).__name__}: {error}",
+            help="check the sizes passed to the export function") from error
+    results = result if isinstance(result, tuple) else (result,)
     with tempfile.TemporaryDirectory(prefix="comfyc-onnx-", dir=path.parent) as tmp:
         raw = Path(tmp) / "model.onnx"
         export_start = time.perf_counter()
@@ -506,9 +530,6 @@ def _export(
         export_s = time.perf_counter() - export_start
         say(f"traced and exported in {export_s:.2f} s")
         model = onnx.load(str(raw))  # also reads per-tensor external files of >2 GB exports
-    with torch.no_grad():
-        result = wrapper(*example)
-    results = result if isinstance(result, tuple) else (result,)
     _fix_output_shapes(model.graph, [tuple(r.shape) for r in results], axes or {})
     renamed = _tidy_graph(model.graph, _PREFIX)
     used = set(renamed.values())
@@ -595,7 +616,7 @@ def _fix_output_shapes(graph: Any, shapes: Sequence[tuple[int, ...]],
     The exporter's shape inference leaves some output dims as made-up names
     (``Castlast_hidden_state_dim_1``) where the size is in fact fixed (77 tokens).
     """
-    for value, shape in zip(graph.output, shapes):
+    for value, shape in zip(graph.output, shapes, strict=True):
         free = axes.get(value.name, {})
         dims = value.type.tensor_type.shape.dim
         del dims[:]
@@ -676,6 +697,7 @@ def _session_options(ort: Any, level: str) -> Any:
     """SessionOptions at an optimization level name (see :data:`_LEVELS`)."""
     enum = ort.GraphOptimizationLevel
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: fp16 graphs warn about unfoldable CPU ops
     options.graph_optimization_level = {
         "disable": enum.ORT_DISABLE_ALL, "basic": enum.ORT_ENABLE_BASIC,
         "extended": enum.ORT_ENABLE_EXTENDED, "all": enum.ORT_ENABLE_ALL}[level]
@@ -687,6 +709,14 @@ def _time_session(ort: Any, path: Path, options: Any, providers: Iterable[str]) 
     start = time.perf_counter()
     ort.InferenceSession(str(path), options, providers=list(providers))
     return time.perf_counter() - start
+
+
+def _eager_attention(module: Any) -> None:
+    """Switch a transformers model to its plain (eager) attention implementation."""
+    if hasattr(module, "set_attn_implementation"):
+        module.set_attn_implementation("eager")
+    else:  # NOTE: transformers < 4.48 has no setter
+        module.config._attn_implementation = "eager"
 
 
 def _vae_config(module: Any, caller: str) -> Any:

@@ -282,8 +282,8 @@ def clip_openclip_to_hf(
             out["text_model.final_layer_norm." + key[len("ln_final.") :]] = tensor
         elif key == "text_projection":
             projection = tensor
-        elif key in _OPENCLIP_IGNORED:
-            continue
+        elif key in _OPENCLIP_IGNORED or key.startswith("visual."):
+            continue  # NOTE: the image tower is unused by SD2; some exports keep it
         elif m := re.match(r"transformer\.resblocks\.(\d+)\.(.+)$", key):
             prefix = f"text_model.encoder.layers.{m.group(1)}."
             leaf = m.group(2)

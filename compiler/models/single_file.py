@@ -539,6 +539,11 @@ def checkpoint_from_state_dict(
             f"{prefixes}. Expected an SD1.x/SD2.x single-file checkpoint; a separate VAE "
             "loads with load_vae(), a LoRA with load_lora()"
         )
+    if "label_emb.0.0.weight" in unet_state or any(k.startswith("conditioner.") for k in state):
+        raise ModelFormatError(
+            f"this looks like an SDXL (or other class-conditioned) checkpoint{where}: it has "
+            "label_emb/conditioner weights. comfyc supports SD1.x and SD2.x checkpoints"
+        )
     unet_config = infer_unet_config(unet_state)
     require_complete(unet_config, overrides.get("unet", {}), "UNet")
     unet_config.update(overrides.get("unet", {}))

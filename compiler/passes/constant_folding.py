@@ -79,10 +79,14 @@ class ConstantFoldingPass(InPlacePass):
         new_id = node.id
         # The folded node takes over the id and title, so messages and viz still match.
         users = node.outputs[0].uses()
-        for name in list(node.inputs):
-            graph.remove_input(node, name)
-        graph.nodes.remove(node)
-        node.graph = None
+        outputs = [k for k, v in graph.outputs.items() if v is node.outputs[0]]
+        # Detach the consumers (a placeholder literal), remove the node, then wire them to
+        # the folded node that takes over its id.
+        for use in users:
+            graph.set_input(use.node, use.input_name, None)
+        for name in outputs:
+            del graph.outputs[name]
+        graph.remove(node)
         folded = graph.add_node("FoldedConditioning", [("CONDITIONING", "CONDITIONING")],
                                 id=new_id, inputs={"key": key}, title=node.title,
                                 loc=node.loc, index=index)
@@ -90,9 +94,8 @@ class ConstantFoldingPass(InPlacePass):
         folded.meta["binding"] = node.meta.get("binding")
         for use in users:
             graph.set_input(use.node, use.input_name, folded.outputs[0])
-        for name, value_ in list(graph.outputs.items()):
-            if value_ is node.outputs[0]:
-                graph.outputs[name] = folded.outputs[0]
+        for name in outputs:
+            graph.outputs[name] = folded.outputs[0]
         return 1
 
     def _constant_args(self, graph: Graph, node: Node) -> dict[str, Any] | None:

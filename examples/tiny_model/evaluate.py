@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from classifier import train_classifier  # noqa: E402
+from classifier import train_classifier
 
-__all__ = ["DIGIT_WORDS", "generate_grid", "load_pipeline", "make_scheduler", "main"]
+__all__ = ["DIGIT_WORDS", "generate_grid", "load_pipeline", "main", "make_scheduler"]
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

@@ -35,11 +35,11 @@ __all__ = [
     "build_tokenizer",
     "build_unet",
     "build_vae",
-    "write_slow_tokenizer_files",
     "count_parameters",
     "text_encoder_config",
     "unet_config",
     "vae_config",
+    "write_slow_tokenizer_files",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -163,6 +163,12 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+def _read_merges(vocab_path: Path) -> list[str]:
+    """Returns the lines of the gzipped BPE merges list."""
+    with gzip.open(vocab_path) as handle:
+        return handle.read().decode("utf-8").split("\n")
+
+
 def build_tokenizer(vocab_path: Path = VOCAB_PATH) -> CLIPTokenizer:
     """Builds the real CLIP BPE tokenizer from the bundled merges file, offline.
 
@@ -173,7 +179,7 @@ def build_tokenizer(vocab_path: Path = VOCAB_PATH) -> CLIPTokenizer:
         A CLIPTokenizer giving the real CLIP ids (``"a photo of a cat"`` ->
         ``[49406, 320, 1125, 539, 320, 2368, 49407]``), padding with ``<|endoftext|>`` to 77.
     """
-    lines = gzip.open(vocab_path).read().decode("utf-8").split("\n")
+    lines = _read_merges(vocab_path)
     # NOTE: line 0 is a version header; CLIP uses the first 49152 - 256 - 2 merges.
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     byte_chars = list(_bytes_to_unicode().values())
@@ -200,7 +206,7 @@ def write_slow_tokenizer_files(folder: Path, vocab_path: Path = VOCAB_PATH) -> N
     folder.mkdir(parents=True, exist_ok=True)
     vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    lines = gzip.open(vocab_path).read().decode("utf-8").split("\n")
+    lines = _read_merges(vocab_path)
     merges = lines[1 : 49152 - 256 - 2 + 1]
     (folder / "merges.txt").write_text(
         "#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8"

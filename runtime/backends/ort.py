@@ -33,16 +33,16 @@ from .base import BackendError, Stage
 
 __all__ = [
     "PROVIDER_ALIASES",
-    "ProviderSpec",
-    "require_onnxruntime",
-    "available_providers",
-    "resolve_providers",
-    "backend_name",
     "OrtSession",
-    "OrtUNet",
     "OrtTextEncoder",
+    "OrtUNet",
     "OrtVaeDecoder",
     "OrtVaeEncoder",
+    "ProviderSpec",
+    "available_providers",
+    "backend_name",
+    "require_onnxruntime",
+    "resolve_providers",
 ]
 
 #: Short names accepted wherever a provider is named.
@@ -162,6 +162,9 @@ class OrtSession:
         weights_dtype: The dtype the stored weights have (``float16`` …); floating overrides
             are cast to it. None: used as given, and retried once as float16/float32 if
             onnxruntime reports a dtype mismatch.
+        log_severity_level: onnxruntime's session log level (0 verbose … 3 errors, 4 fatal).
+            Errors only by default: fp16 graphs on the CPU warn about every constant they
+            cannot fold.
 
     Attributes:
         session: The onnxruntime session.
@@ -188,16 +191,19 @@ class OrtSession:
         optimization_level: str = "all",
         initializer_overrides: Mapping[str, np.ndarray] | None = None,
         weights_dtype: str | None = None,
+        log_severity_level: int = 3,
     ) -> None:
         ort = require_onnxruntime()
         self.path = Path(path)
         if not self.path.is_file():
-            raise BackendError(f"stage file {self.path} does not exist",)
+            raise BackendError(f"stage file {self.path} does not exist; expected the .onnx "
+                               "file the compiler wrote (re-run comfyc compile)")
         if optimization_level not in _LEVELS:
             raise BackendError(f"unknown graph optimization level {optimization_level!r}; "
                                f"expected one of {', '.join(_LEVELS)}")
         specs = resolve_providers(providers)
         self.providers = [_provider_name(spec) for spec in specs]
+        self.log_severity_level = log_severity_level
         self.backend = backend_name(specs)
         available = list(ort.get_available_providers())
         for name in self.providers:
@@ -246,6 +252,7 @@ class OrtSession:
         """Create the InferenceSession."""
         enum = ort.GraphOptimizationLevel
         options = ort.SessionOptions()
+        options.log_severity_level = self.log_severity_level
         options.graph_optimization_level = {
             "disable": enum.ORT_DISABLE_ALL, "basic": enum.ORT_ENABLE_BASIC,
             "extended": enum.ORT_ENABLE_EXTENDED, "all": enum.ORT_ENABLE_ALL}[level]
@@ -302,8 +309,8 @@ class OrtSession:
         prepared: dict[str, np.ndarray] = {}
         for name, (dtype, shape) in self.inputs.items():
             array = np.ascontiguousarray(feeds[name], dtype=dtype)
-            if len(shape) != array.ndim or any(
-                    isinstance(dim, int) and dim != size for dim, size in zip(shape, array.shape)):
+            if len(shape) != array.ndim or any(isinstance(dim, int) and dim != size
+                                               for dim, size in zip(shape, array.shape)):
                 raise BackendError(
                     f"{self.path.name}: input {name} has shape {list(array.shape)}, but the "
                     f"model was exported for {shape}; export the stage at this shape or with "
@@ -339,6 +346,7 @@ class _OrtStage(Stage):
         optimization_level: str = "all",
         initializer_overrides: Mapping[str, np.ndarray] | None = None,
         weights_dtype: str | None = None,
+        log_severity_level: int = 3,
         info: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(model, OrtSession):
@@ -347,7 +355,8 @@ class _OrtStage(Stage):
             session = OrtSession(model, providers=providers, intra_op_threads=intra_op_threads,
                                  optimization_level=optimization_level,
                                  initializer_overrides=initializer_overrides,
-                                 weights_dtype=weights_dtype)
+                                 weights_dtype=weights_dtype,
+                                 log_severity_level=log_severity_level)
         facts = {key.removeprefix("comfyc."): value for key, value in session.metadata.items()
                  if key.startswith("comfyc.")}
         super().__init__(name, kind, {**facts, **(info or {})})
@@ -368,7 +377,7 @@ class _OrtStage(Stage):
     def _run(self, *arrays: np.ndarray) -> list[np.ndarray]:
         """Feed ``arrays`` by the kind's input names; outputs in the kind's order."""
         names = _STAGE_IO[self.kind][0]
-        outputs = self.session.run(dict(zip(names, arrays)))
+        outputs = self.session.run(dict(zip(names, arrays, strict=True)))
         return [outputs[i] for i in self._outputs]
 
 
@@ -379,7 +388,8 @@ class OrtUNet(_OrtStage):
         name: The stage name in the program.
         model: The ``.onnx`` path or an :class:`OrtSession`.
         **options: ``providers``, ``intra_op_threads``, ``optimization_level``,
-            ``initializer_overrides``, ``weights_dtype``, ``info`` (see :class:`OrtSession`).
+            ``initializer_overrides``, ``weights_dtype``, ``log_severity_level`` (see
+            :class:`OrtSession`) and ``info`` (merged over the file's ``comfyc.*`` metadata).
     """
 
     def __init__(self, name: str, model: str | Path | OrtSession, **options: Any) -> None:

@@ -7,8 +7,9 @@ classifier, trained on the digits dataset in the test, in at least 90% of 10 dig
 
 Where the pipeline comes from, in order of preference:
 
-1. the shipped single file ``runtime/models/tiny-digits.safetensors``, turned back into a diffusers
-   folder by comfyc's own model conversion (``comfyc.compiler.models``), when both exist;
+1. the shipped single file ``runtime/models/tiny-digits.safetensors``, turned into a diffusers
+   folder by comfyc's own conversion (``comfyc.compiler.models.write_diffusers_folder``, what
+   ``comfyc model convert`` runs);
 2. the diffusers folder written by ``examples/tiny_model/train.py``
    (``examples/tiny_model/out/pipeline``, not in git);
 3. otherwise the test is skipped.
@@ -16,13 +17,11 @@ Where the pipeline comes from, in order of preference:
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 import pytest
@@ -32,7 +31,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 pytest.importorskip("sklearn")
 
-import torch  # noqa: E402
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = REPO / "examples" / "tiny_model"
@@ -44,14 +43,6 @@ STEPS = 20
 CFG_SCALE = 5.0
 SEEDS = range(10)
 REQUIRED_ACCURACY = 0.90
-
-#: Candidate names of comfyc's "single file -> diffusers folder" writer.
-# TODO(lead): pin the one name once comfyc.compiler.models.single_file is final.
-_CONVERTER_NAMES = (
-    "single_file_to_diffusers",
-    "write_diffusers_folder",
-    "convert_single_file_to_diffusers",
-)
 
 
 def _load_classifier_module() -> ModuleType:
@@ -65,32 +56,21 @@ def _load_classifier_module() -> ModuleType:
     return module
 
 
-def _find_converter() -> Callable[..., Any] | None:
-    """Returns comfyc's single-file -> diffusers folder function, if it exists yet."""
-    try:
-        module = importlib.import_module("comfyc.compiler.models.single_file")
-    except ImportError:
-        return None
-    for name in _CONVERTER_NAMES:
-        function = getattr(module, name, None)
-        if callable(function):
-            return function
-    return None
-
-
 @pytest.fixture(scope="module")
 def pipeline_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A diffusers folder of the tiny model: converted from the single file when possible."""
-    converter = _find_converter()
-    if SINGLE_FILE.is_file() and converter is not None:
+    if SINGLE_FILE.is_file():
+        # NOTE: the same conversion as `comfyc model convert tiny-digits.safetensors --to diffusers`.
+        from comfyc.compiler.models import write_diffusers_folder
+
         folder = tmp_path_factory.mktemp("tiny-digits") / "pipeline"
-        converter(SINGLE_FILE, folder)
+        write_diffusers_folder(SINGLE_FILE, folder)
         return folder
     if (TRAINED_FOLDER / "model_index.json").is_file():
         return TRAINED_FOLDER
     pytest.skip(
-        "no tiny model: neither runtime/models/tiny-digits.safetensors with comfyc's converter "
-        "nor examples/tiny_model/out/pipeline (run examples/tiny_model/train.py)"
+        "no tiny model: neither runtime/models/tiny-digits.safetensors nor "
+        "examples/tiny_model/out/pipeline (run examples/tiny_model/train.py, then export.py)"
     )
 
 
@@ -107,7 +87,12 @@ def test_generated_digits_are_recognised(
         str(pipeline_folder), torch_dtype=torch.float32, safety_checker=None,
         requires_safety_checker=False,
     )
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    # NOTE: pinned rather than taken from the folder (a converted folder ships SD1's PNDM config):
+    # SD1 betas, linspace spacing, so the first step starts at the largest sigma as in ComfyUI.
+    pipe.scheduler = EulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, timestep_spacing="linspace", steps_offset=1,
+        prediction_type="epsilon",
+    )
     pipe.set_progress_bar_config(disable=True)
 
     digits = [d for d in range(10) for _ in SEEDS]

@@ -20,9 +20,9 @@ pytest.importorskip("transformers")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from comfyc.compiler.errors import ExportError  # noqa: E402
-from comfyc.compiler.lowering import onnx_export  # noqa: E402
-from comfyc.compiler.lowering.onnx_export import (  # noqa: E402
+from comfyc.compiler.errors import ExportError
+from comfyc.compiler.lowering import onnx_export
+from comfyc.compiler.lowering.onnx_export import (
     export_text_encoder,
     export_unet,
     export_vae_decoder,
@@ -30,13 +30,13 @@ from comfyc.compiler.lowering.onnx_export import (  # noqa: E402
     initializer_names,
     optimize_offline,
 )
-from comfyc.runtime.backends.ort import (  # noqa: E402
+from comfyc.runtime.backends.ort import (
     OrtTextEncoder,
     OrtUNet,
     OrtVaeDecoder,
     OrtVaeEncoder,
 )
-from comfyc.runtime.backends.torch import (  # noqa: E402
+from comfyc.runtime.backends.torch import (
     TorchTextEncoder,
     TorchUNet,
     TorchVaeDecoder,
@@ -230,6 +230,17 @@ def test_text_encoder_layers(clip: Any, out: Path) -> None:
         assert max_diff(got, want) < FP32_TOL and max_diff(pooled, want_pooled) < FP32_TOL
         hidden[layer] = got
     assert np.abs(hidden[-1] - hidden[-2]).max() > 0.1
+
+
+def test_text_encoder_fp16(clip: Any, out: Path) -> None:
+    """The fp16 text encoder (eager attention in the half copy) loads and matches within 2e-2."""
+    facts = export_text_encoder(clip, out / "clip16.onnx", layer=-2, fp16=True)
+    assert facts["weights_dtype"] == "float16"
+    assert clip.config._attn_implementation == "sdpa"  # the caller's module is untouched
+    ids = prompt_ids(2)
+    got, pooled = OrtTextEncoder("clip", facts["path"], **ORT)(ids)
+    want, want_pooled = clip_reference(clip, -2, ids)
+    assert max_diff(got, want) < FP16_TOL and max_diff(pooled, want_pooled) < FP16_TOL
 
 
 # --------------------------------------------------------------------------- vae

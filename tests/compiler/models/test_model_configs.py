@@ -175,3 +175,11 @@ def test_not_a_unet_is_a_clear_error() -> None:
         infer_unet_config({"foo.weight": torch.empty(1)})
     with pytest.raises(ModelFormatError, match="no UNet weights.*found top-level names"):
         checkpoint_from_state_dict({"encoder.conv_in.weight": torch.empty(1)})
+
+
+def test_sdxl_is_named() -> None:
+    """An SDXL checkpoint is refused with the family it looks like."""
+    state = {"model.diffusion_model.label_emb.0.0.weight": torch.empty(1),
+             "model.diffusion_model.input_blocks.0.0.weight": torch.empty(320, 4, 3, 3)}
+    with pytest.raises(ModelFormatError, match="SDXL"):
+        checkpoint_from_state_dict(state)

@@ -188,7 +188,7 @@ def test_param_without_default_cannot_be_exported() -> None:
     assert error.message == ("param 'prompt' has no default, so it has no value in ComfyUI's "
                              "API format")
     assert error.render({"x.cfy": text}).splitlines()[:3] == [
-        "x.cfy:1:7: error[export_error]: param 'prompt' has no default, so it has no value in "
+        "x.cfy:1:7: error: param 'prompt' has no default, so it has no value in "
         "ComfyUI's API format",
         " 1 | param prompt: STRING",
         "   |       ^^^^^^",
