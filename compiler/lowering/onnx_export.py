@@ -477,8 +477,8 @@ def _export(
         ``outputs`` (lists of ``{name, shape, dtype}``; free dimensions are strings),
         ``input_names``, ``output_names``, ``weights_dtype``, ``dynamic``, ``opset``,
         ``weights_bytes``, ``file_bytes`` (model + data), ``parameters`` (initializers named
-        after the module's parameters and buffers), ``missing_parameters`` (torch parameters the graph does not
-        use), ``export_s`` (the torch export call) and ``seconds`` (everything).
+        after the module's parameters and buffers), ``missing_parameters`` (torch parameters
+        the graph does not use), ``export_s`` (the torch export call) and ``seconds`` (everything).
     """
     torch = _require_torch()
     onnx = _require_onnx()

@@ -41,6 +41,7 @@ __all__ = [
     "ProviderSpec",
     "available_providers",
     "backend_name",
+    "providers_for_backend",
     "require_onnxruntime",
     "resolve_providers",
 ]
@@ -142,6 +143,33 @@ def backend_name(providers: str | Sequence[ProviderSpec]) -> str:
         if name == first:
             return f"ort-{alias}"
     return "ort-" + first.removesuffix("ExecutionProvider").lower()
+
+
+def providers_for_backend(backend: str) -> list[str]:
+    """The providers a backend name asks for: ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt`` ….
+
+    ``ort`` alone means the CPU. TensorRT gets CUDA as its fallback for the nodes TensorRT
+    does not take, as onnxruntime recommends. Other names are ``ort-`` + a provider's short
+    name (``ort-openvino``, or any provider this build lists, e.g. ``ort-azure``).
+
+    Raises:
+        BackendError: The name is not ``ort`` or ``ort-<provider>``.
+    """
+    short = backend.lower().removeprefix("ort").removeprefix("-") or "cpu"
+    if not backend.lower().startswith("ort"):
+        raise BackendError(f"{backend!r} is not an onnxruntime backend; expected ort-cpu, "
+                           "ort-cuda, ort-tensorrt or ort-<provider>")
+    if short in ("tensorrt", "trt"):
+        return ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    if short in PROVIDER_ALIASES:
+        return [PROVIDER_ALIASES[short]]
+    for name in available_providers():
+        if name.removesuffix("ExecutionProvider").lower() == short:
+            return [name]
+    known = ", ".join(f"ort-{alias}" for alias in PROVIDER_ALIASES)
+    raise BackendError(
+        f"unknown onnxruntime backend {backend!r}; expected one of {known}, or ort-<provider> "
+        f"for a provider of this build ({', '.join(available_providers())})")
 
 
 # --------------------------------------------------------------------------- the session
@@ -331,7 +359,11 @@ class OrtSession:
 
 # --------------------------------------------------------------------------- stages
 class _OrtStage(Stage):
-    """A stage over one ONNX file; ``model`` is a path or a ready :class:`OrtSession`."""
+    """A stage over one ONNX file; ``model`` is a path or a ready :class:`OrtSession`.
+
+    The providers are ``providers`` when given, else those of the ``backend`` name
+    (:func:`providers_for_backend`; ``ort-cpu`` when neither is given).
+    """
 
     backend = "ort"
 
@@ -341,7 +373,8 @@ class _OrtStage(Stage):
         kind: str,
         model: str | Path | OrtSession,
         *,
-        providers: str | Sequence[ProviderSpec] = ("CPUExecutionProvider",),
+        providers: str | Sequence[ProviderSpec] | None = None,
+        backend: str | None = None,
         intra_op_threads: int = 0,
         optimization_level: str = "all",
         initializer_overrides: Mapping[str, np.ndarray] | None = None,
@@ -352,6 +385,8 @@ class _OrtStage(Stage):
         if isinstance(model, OrtSession):
             session = model
         else:
+            if providers is None:
+                providers = providers_for_backend(backend or "ort-cpu")
             session = OrtSession(model, providers=providers, intra_op_threads=intra_op_threads,
                                  optimization_level=optimization_level,
                                  initializer_overrides=initializer_overrides,
@@ -387,7 +422,7 @@ class OrtUNet(_OrtStage):
     Args:
         name: The stage name in the program.
         model: The ``.onnx`` path or an :class:`OrtSession`.
-        **options: ``providers``, ``intra_op_threads``, ``optimization_level``,
+        **options: ``providers`` or ``backend``, ``intra_op_threads``, ``optimization_level``,
             ``initializer_overrides``, ``weights_dtype``, ``log_severity_level`` (see
             :class:`OrtSession`) and ``info`` (merged over the file's ``comfyc.*`` metadata).
     """

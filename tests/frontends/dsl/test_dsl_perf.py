@@ -59,4 +59,4 @@ def test_two_thousand_nodes_parse_and_print_quickly() -> None:
     small_s = _cpu_seconds(small)
     print(f"\n2,000 nodes: {big_s:.3f} s CPU; 500 nodes: {small_s:.3f} s")
     assert big_s < 5.0
-    assert big_s / small_s < 7.0, (big_s, small_s)  # Linear is 4x; quadratic would be 16x.
+    assert big_s / small_s < 10.0, (big_s, small_s)  # Linear is 4x; quadratic would be 16x.
