@@ -261,6 +261,14 @@ def _preview_image(ctx: RunContext, *, images: np.ndarray) -> tuple[Any, ...]:
     return ()
 
 
+def _output(ctx: RunContext, *, name: str, value: Any) -> tuple[Any, ...]:
+    # A declared output (DSL `output NAME`): its value is returned by Program.run.
+    if isinstance(value, dict) and "samples" in value:
+        value = value["samples"]
+    ctx.images[name] = value
+    return ()
+
+
 def _primitive(ctx: RunContext, *, value: Any) -> tuple[Any, ...]:
     return (value,)
 
@@ -293,6 +301,7 @@ OPS: dict[str, Any] = {
     "LoadVAE": _load_vae,
     "ApplyLoRA": _lora_loader,
     "Constant": _constant,
+    "Output": _output,
     "ConditioningConstant": _conditioning_constant,
     # Node classes.
     "CLIPSetLastLayer": _clip_set_last_layer,

@@ -57,6 +57,7 @@ __all__ = [
     "EXTERNAL_DATA_THRESHOLD",
     "OPSET",
     "STAGE_IO",
+    "OptimizeFacts",
     "Progress",
     "data_path",
     "export_text_encoder",
@@ -91,6 +92,17 @@ _PREFIX = "m."
 Progress = Callable[[str], None]
 
 _LEVELS = ("disable", "basic", "extended", "all")
+
+
+class OptimizeFacts(dict[str, Any]):
+    """The facts :func:`optimize_offline` returns; truthy exactly when the file helped.
+
+    ``if optimize_offline(src, dst):`` reads as "keep the optimized file", while the facts
+    (times, sizes) still go to the manifest as a plain dict.
+    """
+
+    def __bool__(self) -> bool:
+        return bool(self.get("helped"))
 
 
 # --------------------------------------------------------------------------- public exports
@@ -379,7 +391,7 @@ def optimize_offline(
     *,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> OptimizeFacts:
     """Let onnxruntime optimize ``src`` once and save the result as ``dst``.
 
     ``extended`` is the highest portable level: ``all`` adds layout transformations tied to
@@ -398,8 +410,10 @@ def optimize_offline(
         progress: Called with one line per step.
 
     Returns:
-        Facts: ``helped`` (the optimized file's session is created faster than ``src``'s at
-        ``level``), both creation times in seconds, ``speedup``, ``level``, file sizes.
+        Facts, truthy when ``helped`` (the optimized file's session is created faster than
+        ``src``'s at ``level``): both creation times in seconds, ``speedup``, ``level``, file
+        sizes. The optimized file names its data file ``dst.data``: move both together, or
+        keep ``dst`` where it was written.
 
     Raises:
         ExportError: Unknown level, or onnxruntime failed to load or save the model.
@@ -434,7 +448,7 @@ def optimize_offline(
     # NOTE: measured after the saving run, so both files are equally warm in the page cache.
     online = _time_session(ort, src, _session_options(ort, level), providers)
     offline = _time_session(ort, dst, _session_options(ort, "disable"), providers)
-    facts = {
+    facts = OptimizeFacts({
         "src": str(src),
         "dst": str(dst),
         "level": level,
@@ -446,7 +460,7 @@ def optimize_offline(
         "src_bytes": _model_bytes(src),
         "dst_bytes": _model_bytes(dst),
         "seconds": time.perf_counter() - start,
-    }
+    })
     say(f"session creation {online * 1e3:.1f} ms online at {level} -> "
         f"{offline * 1e3:.1f} ms from the optimized file ({facts['speedup']:.2f}x)")
     return facts

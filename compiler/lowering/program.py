@@ -314,6 +314,9 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
             continue
         ops.append(lower_node(node, catalog))
 
+    for name, value in graph.outputs.items():
+        ops.append(Op(f"output:{name}", "Output", {
+            "name": name, "value": {"$ref": [value.producer.id, value.index]}}))
     params = {
         p.name: ParamSpec(p.name, p.type, None if p.default is MISSING else p.default,
                           p.default is not MISSING, p.min, p.max, p.choices, p.doc)

@@ -91,7 +91,8 @@ class ConstantFoldingPass(InPlacePass):
                                 id=new_id, inputs={"key": key}, title=node.title,
                                 loc=node.loc, index=index)
         folded.meta["folded_from"] = node.class_type
-        folded.meta["binding"] = node.meta.get("binding")
+        if "dsl" in node.meta:  # Keep the DSL binding name (and id spelling) for printing.
+            folded.meta["dsl"] = node.meta["dsl"]
         for use in users:
             graph.set_input(use.node, use.input_name, folded.outputs[0])
         for name in outputs:

@@ -101,7 +101,7 @@ def require_onnxruntime() -> Any:
     except ImportError:
         raise BackendError(
             "this stage runs on the onnxruntime backend, but onnxruntime is not installed; "
-            "install pip install 'comfyc[cpu]' (or 'comfyc[gpu]' for CUDA, never both)"
+            "install it: pip install 'comfyc[cpu]' (or 'comfyc[gpu]' for CUDA, never both)"
         ) from None
     return onnxruntime
 
@@ -155,10 +155,11 @@ def providers_for_backend(backend: str) -> list[str]:
     Raises:
         BackendError: The name is not ``ort`` or ``ort-<provider>``.
     """
-    short = backend.lower().removeprefix("ort").removeprefix("-") or "cpu"
-    if not backend.lower().startswith("ort"):
+    lowered = backend.lower()
+    if lowered != "ort" and not lowered.startswith("ort-"):
         raise BackendError(f"{backend!r} is not an onnxruntime backend; expected ort-cpu, "
                            "ort-cuda, ort-tensorrt or ort-<provider>")
+    short = lowered.removeprefix("ort").removeprefix("-") or "cpu"
     if short in ("tensorrt", "trt"):
         return ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     if short in PROVIDER_ALIASES:

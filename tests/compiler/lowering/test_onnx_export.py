@@ -283,7 +283,8 @@ def test_vae_encoder_static_and_dynamic(vae: Any, out: Path) -> None:
 # --------------------------------------------------------------------------- files
 def test_external_data_by_size_and_by_request(vae: Any, out: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Weights over the threshold go to NAME.onnx.data; external_data=False makes one file.
+    """Weights over the threshold go to NAME.onnx.data (also when optimized offline);
+    external_data=False makes one file.
 
     (external_data=True is exercised by the UNet of tests/runtime/backends/test_ort.py.)
     """
@@ -298,6 +299,11 @@ def test_external_data_by_size_and_by_request(vae: Any, out: Path,
     latent = np.random.default_rng(4).standard_normal((1, 4, 8, 8), dtype=np.float32)
     got = OrtVaeDecoder("vd", path, **ORT)(latent)
     assert max_diff(got, TorchVaeDecoder("vd", vae)(latent)) < FP32_TOL
+    optimized = path.with_name("vae_decoder.opt.onnx")
+    assert optimize_offline(path, optimized).get("dst") == str(optimized)
+    assert path.with_name("vae_decoder.opt.onnx.data").is_file()
+    got = OrtVaeDecoder("vd", optimized, optimization_level="disable", **ORT)(latent)
+    assert max_diff(got, TorchVaeDecoder("vd", vae)(latent)) < FP32_TOL
     # Re-exporting as one file removes the stale data file.
     facts = export_vae_decoder(vae, path, height=8, width=8, external_data=False)
     assert facts["data_path"] is None and not data.exists()
@@ -309,7 +315,7 @@ def test_optimize_offline(unet: Any, dynamic_unet: dict[str, Any], out: Path) ->
     dst = out / "unet_dyn.opt.onnx"
     facts = optimize_offline(dynamic_unet["path"], dst, "extended")
     assert dst.is_file() and facts["level"] == "extended"
-    assert isinstance(facts["helped"], bool)
+    assert isinstance(facts["helped"], bool) and bool(facts) is facts["helped"]
     assert facts["online_create_s"] > 0 and facts["offline_create_s"] > 0
     stage = OrtUNet("unet", dst, optimization_level="disable", **ORT)
     args = unet_inputs(2, 9, 11)

@@ -24,6 +24,7 @@ from comfyc.runtime.backends.ort import (
     OrtUNet,
     OrtVaeDecoder,
     backend_name,
+    providers_for_backend,
     resolve_providers,
 )
 
@@ -119,6 +120,21 @@ def test_backend_names_and_aliases() -> None:
     assert backend_name(["FooExecutionProvider"]) == "ort-foo"
     with pytest.raises(BackendError, match="no execution provider"):
         resolve_providers([])
+
+
+def test_providers_for_backend_names() -> None:
+    """Backend names map to providers, and back; unknown names list the known ones."""
+    assert providers_for_backend("ort") == ["CPUExecutionProvider"]
+    assert providers_for_backend("ort-cpu") == ["CPUExecutionProvider"]
+    assert providers_for_backend("ort-cuda") == ["CUDAExecutionProvider"]
+    assert providers_for_backend("ort-tensorrt") == ["TensorrtExecutionProvider",
+                                                     "CUDAExecutionProvider"]
+    for name in ("ort-cpu", "ort-cuda", "ort-tensorrt", "ort-openvino"):
+        assert backend_name(providers_for_backend(name)) == name
+    with pytest.raises(BackendError, match="unknown onnxruntime backend 'ort-foo'.*ort-cuda"):
+        providers_for_backend("ort-foo")
+    with pytest.raises(BackendError, match="'torch' is not an onnxruntime backend"):
+        providers_for_backend("torch")
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime build has CUDA")
@@ -256,6 +272,15 @@ def test_unet_stage_timesteps_and_shapes(unet_file: Path) -> None:
         stage(sample, np.array([1.0, 2.0], np.float32), context)
     with pytest.raises(BackendError, match=r"input sample has shape \[1, 4, 9, 9\]"):
         stage(np.zeros((1, 4, 9, 9), np.float32), steps, context)
+
+
+def test_stage_backend_names(unet_file: Path) -> None:
+    """Stages take a backend name (as the artifact reader passes it) or explicit providers."""
+    assert OrtUNet("unet", unet_file, backend="ort-cpu").backend == "ort-cpu"
+    assert OrtUNet("unet", unet_file).session.providers == ["CPUExecutionProvider"]
+    if not HAS_CUDA:
+        with pytest.raises(BackendError, match="CUDAExecutionProvider was asked for"):
+            OrtUNet("unet", unet_file, backend="ort-cuda")
 
 
 def test_stage_kind_is_checked(unet_file: Path, tmp_path: Path) -> None:
