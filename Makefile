@@ -28,7 +28,7 @@ $(STAMP): $(PY) constraints.txt pyproject.toml setup.py
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/comfyc demo

@@ -166,8 +166,12 @@ def _make_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
                                f"{entry.get('backend')}); run it with --backend {name}=torch")
         classes = {"unet": ort.OrtUNet, "text_encoder": ort.OrtTextEncoder,
                    "vae_decoder": ort.OrtVaeDecoder, "vae_encoder": ort.OrtVaeEncoder}
+        options = dict(options)
+        if entry.get("optimized"):
+            # Already optimised offline (EXTENDED level, portable): don't redo that work.
+            options.setdefault("optimization_level", "extended")
         return classes[kind](name, root / entry["file"], backend=backend, info=info,
-                             **dict(options))
+                             **options)
     if backend == "trt":
         from .backends.trt import load_trt_stage  # type: ignore[import-not-found]
 
@@ -216,5 +220,8 @@ def load(path: str | Path, backend: str | Mapping[str, str] | None = None, *,
     ops = [Op.from_json(op) for op in manifest["program"]["ops"]]
     meta = dict(manifest.get("run_meta") or {})
     meta["artifact"] = str(root)
+    vocab = root / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+    if vocab.is_file():
+        meta["vocab_path"] = str(vocab)
     constants = decode_constants(root, manifest)
     return Program(ops, stages, constants, params, meta)

@@ -68,10 +68,12 @@ def _model_sampling_discrete(ctx: RunContext, *, model: ModelRef, sampling: str,
 
 
 # ----------------------------------------------------------------------------- text
-_TOKENIZERS: dict[int, Any] = {}  # By pad token; the vocabulary is read once per process.
+# By (pad token, vocabulary file): the vocabulary is read once per process.
+_TOKENIZERS: dict[tuple[int, str | None], Any] = {}
 
 
-def encode_text(clip: ClipRef, text: str) -> list[dict[str, Any]]:
+def encode_text(clip: ClipRef, text: str, vocab_path: str | None = None
+                ) -> list[dict[str, Any]]:
     """ComfyUI's CLIPTextEncode: weighted, chunked, batched encoding.
 
     Follows ``comfy/sd1_clip.py`` ``encode_token_weights``: all 77-token chunks are encoded in
@@ -81,9 +83,10 @@ def encode_text(clip: ClipRef, text: str) -> list[dict[str, Any]]:
     """
     from .tokenizer import ClipTokenizer, EmbeddingRef
 
-    tokenizer = _TOKENIZERS.get(clip.pad_token)
+    key = (clip.pad_token, vocab_path)
+    tokenizer = _TOKENIZERS.get(key)
     if tokenizer is None:
-        tokenizer = _TOKENIZERS[clip.pad_token] = ClipTokenizer(pad_token=clip.pad_token)
+        tokenizer = _TOKENIZERS[key] = ClipTokenizer(vocab_path, pad_token=clip.pad_token)
     chunks = tokenizer.tokenize_weighted(text)
     layer = clip.effective_layer
     encoder = clip.encoders.get(layer)
@@ -112,7 +115,7 @@ def encode_text(clip: ClipRef, text: str) -> list[dict[str, Any]]:
 
 
 def _clip_text_encode(ctx: RunContext, *, text: str, clip: ClipRef) -> tuple[Any, ...]:
-    return (encode_text(clip, text),)
+    return (encode_text(clip, text, ctx.vocab_path),)
 
 
 def _constant(ctx: RunContext, *, value: Any) -> tuple[Any, ...]:

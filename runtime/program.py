@@ -144,6 +144,7 @@ class RunContext:
     prompt: dict[str, Any] | None = None
     extra_pnginfo: dict[str, Any] | None = None
     save: bool = True
+    vocab_path: str | None = None
     images: dict[str, np.ndarray] = field(default_factory=dict)
     files: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     current: Op | None = None
@@ -298,7 +299,8 @@ class Program:
                                f"the artifact needs a newer comfyc")
         self.timer.reset()
         ctx = RunContext(Path(output_dir), Path(input_dir), self.timer, progress,
-                         self.executed_prompt(resolved), self.meta.get("extra_pnginfo"), save)
+                         self.executed_prompt(resolved), self.meta.get("extra_pnginfo"), save,
+                         self.meta.get("vocab_path"))
         values: dict[tuple[str, int], Any] = {}
         started = time.perf_counter()
         op_times: dict[str, float] = {}

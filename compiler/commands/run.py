@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``comfyc run``."""
     from pathlib import Path
 
+    from comfyc.runtime.artifact import ArtifactError
     from comfyc.runtime.program import ParamError, ProgramError
 
     progress = Progress(not args.no_progress)
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     except WorkflowError as exc:
         print_error(exc, _sources(args.file))
         return exit_code_for(exc)
-    except (ParamError, ProgramError) as exc:
+    except (ParamError, ProgramError, ArtifactError) as exc:
         print(f"comfyc run: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except Exception as exc:  # noqa: BLE001 - backends raise their own error types

@@ -252,10 +252,10 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
         needs_tokenizer = any(e.get("kind") == "text_encoder_layers" and e.get("layers")
                               for e in stages_manifest.values())
         if needs_tokenizer:
-            from comfyc.runtime.tokenizer import DEFAULT_VOCAB  # type: ignore[attr-defined]
+            from comfyc.runtime.tokenizer import DEFAULT_VOCAB_PATH
 
             (tmp / "tokenizer").mkdir()
-            shutil.copyfile(DEFAULT_VOCAB, tmp / "tokenizer" / Path(DEFAULT_VOCAB).name)
+            shutil.copyfile(DEFAULT_VOCAB_PATH, tmp / "tokenizer" / DEFAULT_VOCAB_PATH.name)
         stats = dict(context.stats)
         stats["nodes_before"] = nodes_before
         stats["nodes_after"] = len(graph.nodes)
@@ -335,7 +335,7 @@ def _export_stages(program: Any, recorders: dict[str, Any], root: Path,
                                     layer=layer)
                 entry["name"] = sub_name
                 layers[str(layer)] = entry
-                plan[sub_name] = backend
+                plan[sub_name] = entry["backend"]
             manifest[name] = {"kind": "text_encoder_layers", "layers": layers}
             continue
         if not rec.shapes:
@@ -344,7 +344,7 @@ def _export_stages(program: Any, recorders: dict[str, Any], root: Path,
         backend = _stage_backend(plan_option, name, rec.kind)
         manifest[name] = _export_one(onnx_export, rec, name, rec.kind, rec.stage.module, root,
                                      backend, options, say)
-        plan[name] = backend
+        plan[name] = manifest[name]["backend"]
     return manifest, plan
 
 
@@ -386,11 +386,17 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
             (b, _, h, w), = shapes[0]
             facts = onnx_export.export_vae_encoder(module, path, batch=b, height=h, width=w,
                                                    fp16=options.fp16, dynamic=dynamic)
-    except Exception as exc:
-        raise ExportError(f"exporting stage {name} ({kind}) to ONNX failed: "
-                          f"{type(exc).__name__}: {exc}",
-                          help=f"run this stage on PyTorch instead: --backend {name}=torch"
-                          ) from exc
+    except Exception as exc:  # noqa: BLE001 - any exporter failure falls back to PyTorch
+        # NOTE: a stage without a working ONNX lowering runs on PyTorch; the manifest records
+        # why, and running it without torch says what to install.
+        reason = f"{type(exc).__name__}: {exc}"
+        say(f"warning: {name} could not be exported to ONNX ({reason}); storing it for the "
+            f"torch backend instead")
+        path.unlink(missing_ok=True)
+        entry = _export_one(onnx_export, rec, name, kind, module, root, "torch", options, say,
+                            layer=layer)
+        entry["fallback"] = reason
+        return entry
     entry["file"] = f"stages/{name}.onnx"
     entry["export_s"] = round(time.perf_counter() - t0, 3)
     entry["facts"] = _jsonable(facts)
