@@ -280,11 +280,15 @@ def _primitive(ctx: RunContext, *, value: Any) -> tuple[Any, ...]:
 def _wrap(module: str, function: str, outputs: int = 1) -> Any:
     """An op that calls ``comfyc.runtime.ops.<module>.<function>(**args)``."""
 
-    def op(ctx: RunContext, **args: Any) -> tuple[Any, ...]:
-        import importlib
+    cached: list[Any] = []
 
-        fn = getattr(importlib.import_module(f"comfyc.runtime.ops.{module}"), function)
-        result = fn(**args)
+    def op(ctx: RunContext, **args: Any) -> tuple[Any, ...]:
+        if not cached:  # Import the op module on first use only.
+            import importlib
+
+            cached.append(getattr(importlib.import_module(f"comfyc.runtime.ops.{module}"),
+                                  function))
+        result = cached[0](**args)
         return tuple(result) if outputs > 1 else (result,)
 
     op.__name__ = f"_{function}"
