@@ -467,8 +467,9 @@ def _write_atomic(picture: Image.Image, path: Path, info: PngInfo, compress_leve
     try:
         with os.fdopen(fd, "wb") as handle:
             picture.save(handle, format="PNG", pnginfo=info, compress_level=compress_level)
-            handle.flush()
-            os.fsync(handle.fileno())
+        # NOTE: no fsync: the rename already guarantees that no half-written file ever appears
+        # under the final name, and an fsync per image costs more than a tiny model's whole
+        # sampling step on some disks (ComfyUI does not fsync either).
         # NOTE: mkstemp creates 0600 files; saved pictures should be readable like any other.
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
