@@ -31,7 +31,7 @@ test: $(STAMP)
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(VENV)/bin/comfyc demo
+	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/comfyc demo
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

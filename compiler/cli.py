@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                 "show the IR after each pass and the stages a workflow compiles to"),
     "run": ("comfyc.compiler.commands.run",
             "run a workflow (torch backend) or a compiled artifact and write its images"),
+    "demo": ("comfyc.compiler.commands.demo",
+             "compile and run the txt2img example on the embedded tiny model"),
     "fmt": ("comfyc.compiler.commands.fmt", "format DSL files canonically, keeping comments"),
     "model": ("comfyc.compiler.models.cli", "model tools: convert checkpoints to diffusers"),
 }

@@ -45,6 +45,8 @@ _PACKAGED_MODELS = Path(__file__).resolve().parent / "models"
 #: Models that ship with comfyc: kind -> name -> packaged file.
 EMBEDDED_MODELS: dict[str, dict[str, Path]] = {
     "checkpoints": {"tiny-digits.safetensors": _PACKAGED_MODELS / "tiny-digits.safetensors"},
+    # A rank-4 LoRA for the tiny model, for the hires-fix + LoRA example and the LoRA tests.
+    "loras": {"tiny-digits-lora.safetensors": _PACKAGED_MODELS / "tiny-digits-lora.safetensors"},
 }
 
 

@@ -7,6 +7,7 @@ sampling in :mod:`comfyc.runtime.samplers`; this module wires them to stages and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -40,10 +41,26 @@ def _load_vae(ctx: RunContext, *, vae_decoder: Any = None, vae_encoder: Any = No
     return (VaeRef(vae_decoder, vae_encoder, name),)
 
 
+def _strength_tuple(values: Mapping[str, Any]) -> tuple[float, ...]:
+    """``{"0": s0, "1": s1, …}`` (the encoded form of a list of strengths) → ``(s0, s1, …)``."""
+    return tuple(float(values[key]) for key in sorted(values, key=int))
+
+
 def _lora_loader(ctx: RunContext, *, model: ModelRef | None = None, clip: ClipRef | None = None,
                  unet: Any = None, text_encoders: Any = None,
+                 unet_strengths: Mapping[str, Any] | None = None,
+                 text_strengths: Mapping[str, Any] | None = None,
                  **_: Any) -> tuple[Any, ...]:
-    # The LoRA was merged at compile time into new stages; swap them in.
+    # Merged LoRAs were folded into new stages at compile time: swap them in. Runtime-mode
+    # LoRAs come as stages with LoRA slots; ``*_strengths`` hold one strength per slot (every
+    # runtime-mode LoRA on the way from the checkpoint to here), and the stage for those
+    # strengths (a session with merged weights, cached) is swapped in.
+    from .lora import with_strengths
+
+    if unet is not None and unet_strengths is not None:
+        unet = with_strengths(unet, _strength_tuple(unet_strengths))
+    if text_encoders and text_strengths is not None:
+        text_encoders = with_strengths(text_encoders, _strength_tuple(text_strengths))
     new_model = replace(model, unet=unet) if model is not None and unet is not None else model
     new_clip = clip
     if clip is not None and text_encoders:
