@@ -222,11 +222,23 @@ def test_check_does_not_import_torch(corpus: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_help_lists_commands() -> None:
-    """`comfyc --help` lists the subcommands; each has its own help."""
+def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """`comfyc --help` lists every subcommand; each has its own complete help."""
+    from comfyc.compiler.cli import SUBCOMMANDS, main
+
     result = _run("--help")
     assert result.returncode == 0
-    for name in ("check", "convert"):
+    for name in SUBCOMMANDS:
         assert name in result.stdout
-        sub = _run(name, "--help")
-        assert sub.returncode == 0 and "usage: comfyc" in sub.stdout
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: comfyc {name}" in out and len(out.splitlines()) > 4
+
+
+def test_demo_workflow_copy_matches_the_example() -> None:
+    """`comfyc demo` in an installed package runs the same workflow as examples/txt2img.cfy."""
+    from comfyc.compiler.commands.demo_workflow import TXT2IMG
+
+    assert TXT2IMG == (DATA.parents[1] / "examples" / "txt2img.cfy").read_text()
