@@ -7,6 +7,9 @@ An artifact is a directory::
     torch/<stage>/           weights + config of stages that fall back to PyTorch
     constants.safetensors    folded prompt encodings, sigma schedules …
     tokenizer/               the CLIP vocabulary, when a prompt is a runtime param
+    lora/<stage>.safetensors low-rank factors of runtime-mode LoRAs (strength is a param, or
+                             --lora-runtime): merged into the stage's weights when its session
+                             is made (see runtime/lora.py)
 
 Loading checks the format version and every file's SHA-256 before anything runs, so a
 truncated model or an edited manifest is a clear error, not a crash halfway through a run.
@@ -147,29 +150,68 @@ def _parse_backend(backend: str | Mapping[str, str] | None, stage: str, kind: st
 
 
 def _make_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
-                options: Mapping[str, Any]) -> Stage:
+                options: Mapping[str, Any]) -> Any:
+    """The stage for a manifest entry; a :class:`~comfyc.runtime.lora.RuntimeLoraStage`
+    when the entry has runtime-mode LoRAs (its sessions are made when strengths are known)."""
+    lora = entry.get("lora")
+    if not lora:
+        return _make_base_stage(root, name, entry, backend, options)
+    from .lora import RuntimeLoraStage
+
+    torch_backend = backend in ("torch", "torch-compile")
+    if not (torch_backend or backend.startswith("ort")):
+        raise BackendError(
+            f"stage {name} has runtime-mode LoRAs, which are merged when an onnxruntime or "
+            f"PyTorch session is made; the {backend} backend cannot replace its weights. Run "
+            f"it with --backend {name}=ort-cuda (or ort-cpu), or fold the LoRA: compile with "
+            f"constant strengths and without --lora-runtime")
+    _check_stage_source(name, entry, backend)
+
+    def create(overrides: dict[str, Any]) -> Stage:
+        return _make_base_stage(root, name, entry, backend, options, overrides)
+
+    return RuntimeLoraStage.from_index(root, name, entry["kind"], lora, create,
+                                       source="torch" if torch_backend else "onnx",
+                                       info=dict(entry.get("info") or {}))
+
+
+def _check_stage_source(name: str, entry: dict[str, Any], backend: str) -> None:
+    """Fail unless the artifact stored this stage for ``backend``."""
+    if backend in ("torch", "torch-compile") and not entry.get("torch"):
+        raise BackendError(f"stage {name} was not stored for the torch backend; compile "
+                           f"with --backend {name}=torch to run it on PyTorch")
+    if backend.startswith("ort") and not entry.get("file"):
+        raise BackendError(f"stage {name} has no ONNX file (it was compiled for "
+                           f"{entry.get('backend')}); run it with --backend {name}=torch")
+
+
+def _make_base_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
+                     options: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+                     ) -> Stage:
+    """The stage of a manifest entry, with ``overrides`` (merged LoRA weights) replacing
+    stored weights by name."""
     kind = entry["kind"]
     info = dict(entry.get("info") or {})
+    _check_stage_source(name, entry, backend)
     if backend in ("torch", "torch-compile"):
         from .backends.torch_artifact import load_torch_stage
 
-        if not entry.get("torch"):
-            raise BackendError(f"stage {name} was not stored for the torch backend; compile "
-                               f"with --backend {name}=torch to run it on PyTorch")
-        return load_torch_stage(root / entry["torch"], name, kind, info,
-                                compile=backend == "torch-compile")
+        stage = load_torch_stage(root / entry["torch"], name, kind, info,
+                                 compile=backend == "torch-compile")
+        if overrides:
+            _load_torch_overrides(stage, overrides)
+        return stage
     if backend.startswith("ort"):
         from .backends import ort
 
-        if not entry.get("file"):
-            raise BackendError(f"stage {name} has no ONNX file (it was compiled for "
-                               f"{entry.get('backend')}); run it with --backend {name}=torch")
         classes = {"unet": ort.OrtUNet, "text_encoder": ort.OrtTextEncoder,
                    "vae_decoder": ort.OrtVaeDecoder, "vae_encoder": ort.OrtVaeEncoder}
         options = dict(options)
         if entry.get("optimized"):
             # Already optimised offline (EXTENDED level, portable): don't redo that work.
             options.setdefault("optimization_level", "extended")
+        if overrides:
+            options["initializer_overrides"] = dict(overrides)
         return classes[kind](name, root / entry["file"], backend=backend, info=info,
                              **options)
     if backend == "trt":
@@ -178,6 +220,21 @@ def _make_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
         return load_trt_stage(root, name, entry, info)  # pragma: no cover - GPU only
     raise BackendError(f"unknown backend {backend!r} for stage {name}; use ort-cpu, ort-cuda, "
                        f"ort-<provider>, torch, torch-compile or trt")
+
+
+def _load_torch_overrides(stage: Any, overrides: Mapping[str, Any]) -> None:
+    """Copy merged weights (numpy, by state-dict name) into a PyTorch stage's module."""
+    import numpy as np
+    import torch
+
+    state = stage.module.state_dict()
+    unknown = [key for key in overrides if key not in state]
+    if unknown:
+        raise BackendError(f"stage {stage.name}: LoRA targets {unknown[:3]} are not weights of "
+                           f"its module; the artifact is inconsistent — compile again")
+    with torch.no_grad():
+        for key, value in overrides.items():
+            state[key].copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
 
 def load(path: str | Path, backend: str | Mapping[str, str] | None = None, *,

@@ -39,8 +39,16 @@ import numpy as np
 
 from .backends.base import BackendError, Stage
 
-__all__ = ["SESSION_CACHE_SIZE", "LoraTarget", "LoraSlot", "LoraVariants", "RuntimeLoraStage",
-           "merge_weights", "read_lora_index", "with_strengths"]
+__all__ = [
+    "SESSION_CACHE_SIZE",
+    "LoraSlot",
+    "LoraTarget",
+    "LoraVariants",
+    "RuntimeLoraStage",
+    "merge_weights",
+    "read_lora_index",
+    "with_strengths",
+]
 
 #: Sessions kept per runtime-LoRA stage (each holds a full copy of the stage's weights).
 SESSION_CACHE_SIZE = 2

@@ -27,11 +27,14 @@ def _load_checkpoint(ctx: RunContext, *, unet: Any, text_encoders: Any,
                      name: str = "") -> tuple[Any, ...]:
     # A mapping from CLIP layer to stage: JSON keys are strings in artifacts; the torch path
     # passes a mapping that makes stages for any layer on demand.
+    # A stage the workflow never calls directly is None (an artifact ships no file for it),
+    # e.g. the checkpoint's own UNet when only a LoRA'd copy samples: the handles still carry
+    # the model's facts for ApplyLoRA, which swaps in its stages.
     encoders = (text_encoders if not isinstance(text_encoders, dict)
                 else {int(k): v for k, v in text_encoders.items()})
     return (
-        ModelRef(unet, prediction_type, latent_scale, in_channels, name) if unet else None,
-        ClipRef(encoders, None, default_layer, pad_token, {}, name) if encoders else None,
+        ModelRef(unet, prediction_type, latent_scale, in_channels, name),
+        ClipRef(encoders or {}, None, default_layer, pad_token, {}, name),
         VaeRef(vae_decoder, vae_encoder, name),
     )
 
@@ -42,7 +45,7 @@ def _load_vae(ctx: RunContext, *, vae_decoder: Any = None, vae_encoder: Any = No
 
 
 def _strength_tuple(values: Mapping[str, Any]) -> tuple[float, ...]:
-    """``{"0": s0, "1": s1, …}`` (the encoded form of a list of strengths) → ``(s0, s1, …)``."""
+    """``{"0": s0, "1": s1, …}`` (how a program encodes a list) → ``(s0, s1, …)``."""
     return tuple(float(values[key]) for key in sorted(values, key=int))
 
 
@@ -193,6 +196,9 @@ def _sample(ctx: RunContext, model: ModelRef, seed: int, steps: int, cfg: float,
     from .cfg import make_denoiser
     from .samplers import ksampler
 
+    if model.unet is None:
+        raise ProgramError(f"the MODEL from {model.name or 'the checkpoint'} has no UNet stage in "
+                           f"this program (it was not compiled in); compile the workflow again")
     samples = np.asarray(latent["samples"], dtype=np.float32)
     denoiser = make_denoiser(model.unet, positive, negative, float(cfg), samples.shape,
                              prediction_type=model.prediction_type)

@@ -8,6 +8,12 @@ stages planned on ``torch``); write constants, the tokenizer when a prompt is a 
 the manifest with content hashes. Everything is written into a temporary directory beside
 the target and renamed into place at the end, so an interrupted compile leaves nothing at the
 target path.
+
+Runtime-mode LoRAs (a strength that is a param, or ``--lora-runtime``): the stage with LoRA
+slots is exported with its *base* weights (checkpoint plus folded LoRAs) as external data and
+without offline optimisation (which renames weights), and the slots' factors go to
+``lora/<stage>.safetensors``, indexed in the stage entry's ``lora`` object together with the
+offset of each targeted weight in the external-data file (see :mod:`comfyc.runtime.lora`).
 """
 
 from __future__ import annotations
@@ -131,12 +137,38 @@ class _RecordingLayers(Mapping[int, Any]):
         return len(self.layers)
 
 
+class _RecordingLora(_Recorder):
+    """Wraps a UNet with runtime-mode LoRAs: every strength gives this (fake) recorder."""
+
+    def __init__(self, stage: Any) -> None:
+        super().__init__(stage, fake=True)
+
+    def with_strengths(self, strengths: Any) -> _RecordingLora:
+        return self
+
+
+class _RecordingLoraLayers(_RecordingLayers):
+    """Wraps text encoders with runtime-mode LoRAs: records the CLIP layers used (the base
+    weights run; only shapes matter)."""
+
+    def __init__(self, stage: Any) -> None:
+        super().__init__(stage.with_strengths((0.0,) * len(stage.slots)))
+        self.lora_stage = stage
+
+    def with_strengths(self, strengths: Any) -> _RecordingLoraLayers:
+        return self
+
+
 def _probe(program: Any, input_dir: str) -> dict[str, Any]:
     """Run the program once with recording stages; returns the recorders by stage name."""
     recorders: dict[str, Any] = {}
-    for name, stage in list(program.stages.items()):
-        if hasattr(stage, "made"):
-            rec: Any = _RecordingLayers(stage)
+    originals = dict(program.stages)
+    for name, stage in originals.items():
+        if hasattr(stage, "with_strengths"):
+            rec: Any = (_RecordingLora(stage) if stage.kind == "unet"
+                        else _RecordingLoraLayers(stage))
+        elif hasattr(stage, "made"):
+            rec = _RecordingLayers(stage)
         else:
             rec = _Recorder(stage, fake=stage.kind == "unet")
         recorders[name] = rec
@@ -144,8 +176,7 @@ def _probe(program: Any, input_dir: str) -> dict[str, Any]:
     try:
         program.run({}, input_dir=input_dir, save=False)
     finally:
-        for name, rec in recorders.items():
-            program.stages[name] = rec.layers if isinstance(rec, _RecordingLayers) else rec.stage
+        program.stages.update(originals)
     return recorders
 
 
@@ -326,13 +357,16 @@ def _export_stages(program: Any, recorders: dict[str, Any], root: Path,
     plan: dict[str, str] = {}
     for name, rec in recorders.items():
         if isinstance(rec, _RecordingLayers):
+            lora_stage = getattr(rec, "lora_stage", None)
             layers = {}
             for layer, layer_rec in rec.used.items():
                 sub_name = f"{name}_L{-layer}"
                 backend = _stage_backend(plan_option, sub_name, "text_encoder")
                 entry = _export_one(onnx_export, layer_rec, sub_name, "text_encoder",
                                     layer_rec.stage.module, root, backend, options, say,
-                                    layer=layer)
+                                    layer=layer, lora=lora_stage is not None)
+                if lora_stage is not None:
+                    entry["lora"] = _write_lora(root, sub_name, entry, lora_stage.slots)
                 entry["name"] = sub_name
                 layers[str(layer)] = entry
                 plan[sub_name] = entry["backend"]
@@ -342,15 +376,127 @@ def _export_stages(program: Any, recorders: dict[str, Any], root: Path,
             manifest[name] = {"kind": rec.kind, "unused": True}
             continue
         backend = _stage_backend(plan_option, name, rec.kind)
+        lora = isinstance(rec, _RecordingLora)
         manifest[name] = _export_one(onnx_export, rec, name, rec.kind, rec.stage.module, root,
-                                     backend, options, say)
+                                     backend, options, say, lora=lora)
+        if lora:
+            manifest[name]["lora"] = _write_lora(root, name, manifest[name], rec.stage.slots)
         plan[name] = manifest[name]["backend"]
     return manifest, plan
 
 
+def _write_lora(root: Path, name: str, entry: dict[str, Any],
+                slots: list[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Store the factors of a stage's runtime-mode LoRAs; returns the manifest's index.
+
+    Targets are keyed by the stage's weight names (ONNX initializer = torch state-dict name;
+    ``text_model.*`` LoRA targets match CLIP weights with or without that prefix); targets
+    the exported graph does not use are left out. For ONNX stages the index records where
+    each targeted weight's base value lies in the external-data file, so the runtime reads it
+    with numpy alone.
+
+    Raises:
+        ExportError: A LoRA's weight names match none of the stage's weights, or a targeted
+            weight is not stored as external data.
+    """
+    from safetensors.numpy import save_file
+
+    if entry.get("file"):
+        weights = _external_weights(root / entry["file"])
+        locations = {spec["location"] for spec in weights.values() if "location" in spec}
+        if len(locations) != 1:
+            raise ExportError(f"{entry['file']} keeps its weights in {sorted(locations)}; "
+                              f"runtime-mode LoRA needs them in one external-data file")
+        source = {"onnx_data": (Path(entry["file"]).parent / locations.pop()).as_posix()}
+    else:
+        from safetensors import safe_open
+
+        torch_file = Path(entry["torch"]) / "model.safetensors"
+        with safe_open(str(root / torch_file), framework="numpy") as handle:
+            weights = {key: {"shape": list(handle.get_slice(key).get_shape())}
+                       for key in handle.keys()}  # noqa: SIM118 (safe_open)
+        source = {"torch": torch_file.as_posix()}
+    tensors: dict[str, np.ndarray] = {}
+    index_slots = []
+    used: dict[str, Any] = {}
+    for number, (lora_name, factors) in enumerate(slots):
+        targets: dict[str, float] = {}
+        for target, factor in factors.items():
+            weight = next((n for n in (target, target.removeprefix("text_model."))
+                           if n in weights), None)
+            if weight is None:
+                continue  # Not a weight this stage's graph uses: it cannot matter.
+            spec = weights[weight]
+            if "internal" in spec:
+                raise ExportError(f"weight {weight} of stage {name} is stored inside the .onnx "
+                                  f"file; runtime-mode LoRA needs every weight as external data")
+            up = factor.up.detach().flatten(1)
+            down = factor.down.detach().flatten(1)
+            if up.shape[0] * down.shape[1] != int(np.prod(spec["shape"])):
+                raise ExportError(
+                    f"LoRA {lora_name!r} module {factor.source!r} gives a "
+                    f"{up.shape[0]}x{down.shape[1]} update for {weight} of shape "
+                    f"{spec['shape']}; the LoRA was made for another model")
+            tensors[f"{number}:{weight}:up"] = _numpy_factor(up)
+            tensors[f"{number}:{weight}:down"] = _numpy_factor(down)
+            targets[weight] = float(factor.scale)
+            used[weight] = {k: v for k, v in spec.items() if k != "location"}
+        if factors and not targets:
+            raise ExportError(
+                f"none of the {len(factors)} weights LoRA {lora_name!r} targets is a weight of "
+                f"stage {name} (e.g. {next(iter(factors))!r}); the stage's weight names are "
+                f"not the torch state-dict names it was exported with")
+        index_slots.append({"name": lora_name, "targets": targets})
+    folder = root / "lora"
+    folder.mkdir(exist_ok=True)
+    save_file(tensors, str(folder / f"{name}.safetensors"))
+    return {"file": f"lora/{name}.safetensors", "slots": index_slots, "weights": used,
+            "source": source}
+
+
+def _numpy_factor(tensor: Any) -> np.ndarray:
+    """A LoRA factor as a contiguous numpy array (bfloat16 becomes float32: numpy has none)."""
+    import torch
+
+    if tensor.dtype not in (torch.float32, torch.float16, torch.float64):
+        tensor = tensor.float()
+    return np.ascontiguousarray(tensor.cpu().numpy())
+
+
+def _external_weights(path: Path) -> dict[str, dict[str, Any]]:
+    """Per initializer of an ONNX file: shape, dtype and where its data lies.
+
+    Returns:
+        ``{name: {"shape", "dtype", "offset", "length", "location"}}`` for external data,
+        ``{name: {"shape", "dtype", "internal": True}}`` for weights inside the file.
+    """
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    model = onnx.load(str(path), load_external_data=False)
+    out: dict[str, dict[str, Any]] = {}
+    for tensor in model.graph.initializer:
+        spec: dict[str, Any] = {"shape": [int(d) for d in tensor.dims],
+                                "dtype": str(np.dtype(tensor_dtype_to_np_dtype(
+                                    tensor.data_type)))}
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            fields = {item.key: item.value for item in tensor.external_data}
+            dtype = np.dtype(spec["dtype"])
+            spec.update(offset=int(fields.get("offset", 0)),
+                        length=int(fields.get("length", int(np.prod(spec["shape"]))
+                                              * dtype.itemsize)),
+                        location=fields["location"])
+        else:
+            spec["internal"] = True
+        out[tensor.name] = spec
+    return out
+
+
 def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, root: Path,
                 backend: str, options: CompileOptions, say: Callable[[str], None],
-                layer: int | None = None) -> dict[str, Any]:
+                layer: int | None = None, lora: bool = False) -> dict[str, Any]:
+    """Export one stage (ONNX, or PyTorch weights); ``lora``: its weights will be replaced
+    when sessions are made (external data for every weight, no offline optimisation)."""
     shapes = sorted(set(rec.shapes))
     entry: dict[str, Any] = {"kind": kind, "backend": backend, "info": dict(rec.info),
                              "shapes": [list(map(list, s)) for s in shapes]}
@@ -370,14 +516,16 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
     say(f"exporting {name} ({kind}{', dynamic shapes' if dynamic else ''}"
         f"{', fp16' if options.fp16 else ''}) ...")
     t0 = time.perf_counter()
+    external = True if lora else None
     try:
         if kind == "unet":
             (b, c, h, w), _, (_, t, _) = shapes[0]
             facts = onnx_export.export_unet(module, path, batch=b, height=h, width=w,
-                                            context_len=t, fp16=options.fp16, dynamic=dynamic)
+                                            context_len=t, fp16=options.fp16, dynamic=dynamic,
+                                            external_data=external)
         elif kind == "text_encoder":
             facts = onnx_export.export_text_encoder(module, path, layer=layer if layer else -1,
-                                                    fp16=options.fp16)
+                                                    fp16=options.fp16, external_data=external)
         elif kind == "vae_decoder":
             (b, _, h, w), = shapes[0]
             facts = onnx_export.export_vae_decoder(module, path, batch=b, height=h, width=w,
@@ -393,15 +541,19 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         say(f"warning: {name} could not be exported to ONNX ({reason}); storing it for the "
             f"torch backend instead")
         path.unlink(missing_ok=True)
+        Path(str(path) + ".data").unlink(missing_ok=True)
         entry = _export_one(onnx_export, rec, name, kind, module, root, "torch", options, say,
-                            layer=layer)
+                            layer=layer, lora=lora)
         entry["fallback"] = reason
         return entry
     entry["file"] = f"stages/{name}.onnx"
     entry["export_s"] = round(time.perf_counter() - t0, 3)
     entry["facts"] = _jsonable(facts)
     entry["dynamic"] = dynamic
-    if options.optimize and hasattr(onnx_export, "optimize_offline"):
+    if lora:
+        # Offline optimisation folds and renames weights: overrides would no longer apply.
+        entry["optimized"] = False
+    elif options.optimize and hasattr(onnx_export, "optimize_offline"):
         optimized = path.with_suffix(".opt.onnx")
         try:
             helped = onnx_export.optimize_offline(path, optimized, level="extended")

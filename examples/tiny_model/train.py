@@ -40,11 +40,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data import augment, digit_prompts, load_ink_64
 from model import (
+    EOS_TOKEN_ID,
     LATENT_SCALING_FACTOR,
     MAX_LENGTH,
     build_scheduler,
@@ -284,6 +286,86 @@ class Ema:
                 avg.copy_(cur)
 
 
+def prompt_targets(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the probe targets of the prompt table.
+
+    Args:
+        ids: [P, 77] token ids from :func:`build_prompt_table` (row 0 is the empty prompt, then
+            ``len(PROMPT_TEMPLATES)`` rows per digit in digit order).
+
+    Returns:
+        ``(classes, mask)``: classes [P] (the digit, or 10 for the empty prompt) and mask
+        [P, 77], true at the end-of-text and padding positions, the ones that (through CLIP's
+        causal attention) have seen the whole prompt.
+    """
+    per_digit = (ids.shape[0] - 1) // 10
+    classes = torch.cat([torch.tensor([10]), torch.arange(10).repeat_interleave(per_digit)])
+    is_eos = ids == EOS_TOKEN_ID
+    first_eos = is_eos.int().argmax(dim=1)
+    mask = torch.arange(ids.shape[1])[None, :] >= first_eos[:, None]
+    return classes, mask
+
+
+def probe_loss(
+    head: torch.nn.Module, states: torch.Tensor, classes: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of the prompt probe at the masked positions, and its accuracy."""
+    logits = head(states)[mask]
+    targets = classes[:, None].expand_as(mask)[mask]
+    accuracy = (logits.argmax(-1) == targets).float().mean().item()
+    return F.cross_entropy(logits, targets), accuracy
+
+
+def pretrain_text_encoder(
+    text_encoder: torch.nn.Module, ids: torch.Tensor, args: argparse.Namespace, log: Logger
+) -> torch.nn.Module:
+    """Teaches the random text encoder to tell the digit prompts apart, before the UNet sees it.
+
+    A linear probe (11 classes: ten digits and the empty prompt) reads every end-of-text and
+    padding position; both are trained on all prompts at once. Without this, joint training
+    from scratch collapsed the text features (the prompts' hidden states converged to one
+    another while the UNet had not yet learnt to use them) and the model ignored its prompt.
+
+    Returns:
+        The probe, kept as an auxiliary loss during joint training.
+    """
+    classes, mask = prompt_targets(ids)
+    head = torch.nn.Linear(text_encoder.config.hidden_size, 11)
+    params = list(text_encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=args.text_pretrain_lr, weight_decay=0.0)
+    for step in range(args.text_pretrain_steps):
+        loss, accuracy = probe_loss(head, text_encoder(ids).last_hidden_state, classes, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0 or step + 1 == args.text_pretrain_steps:
+            log(f"text pretrain step {step + 1}: probe loss {loss.item():.4f} acc {accuracy:.3f}")
+    return head
+
+
+@torch.no_grad()
+def conditioning_gap(
+    unet: torch.nn.Module, text_encoder: torch.nn.Module, ids: torch.Tensor,
+    by_digit: torch.Tensor,
+) -> float:
+    """How much the prompt moves the prediction: mean |eps(digit) - eps("")| / |eps("")|.
+
+    Measured at t = 700 on fixed noise with the first template of each digit.
+    """
+    was_training = unet.training, text_encoder.training
+    unet.eval()
+    text_encoder.eval()
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.randn(1, 4, 8, 8, generator=gen).expand(11, -1, -1, -1)
+    rows = torch.cat([torch.tensor([0]), by_digit[:, 0]])
+    states = text_encoder(ids[rows]).last_hidden_state
+    eps = unet(x, torch.full((11,), 700), encoder_hidden_states=states).sample
+    gap = ((eps[1:] - eps[:1]).flatten(1).norm(dim=1) / eps[0].norm()).mean().item()
+    unet.train(was_training[0])
+    text_encoder.train(was_training[1])
+    return gap
+
+
 def train_unet(
     args: argparse.Namespace,
     latents: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -318,7 +400,11 @@ def train_unet(
     sqrt_acp = alphas_cumprod.sqrt().float()
     sqrt_1macp = (1.0 - alphas_cumprod).sqrt().float()
 
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    head = pretrain_text_encoder(text_encoder, ids, args, log)
+    classes, probe_mask = prompt_targets(ids)
+    params = (
+        list(unet.parameters()) + list(text_encoder.parameters()) + list(head.parameters())
+    )
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.0, betas=(0.9, 0.99))
     ema_unet = Ema(unet, args.ema)
     ema_text = Ema(text_encoder, args.ema)
@@ -350,11 +436,14 @@ def train_unet(
             group["lr"] = args.unet_lr * cosine_lr(step, args.unet_steps, warmup=args.warmup)
         # NOTE: encode each distinct prompt once per batch, then gather (same maths, cheaper).
         unique, inverse = torch.unique(prompt_row, return_inverse=True)
-        states = text_encoder(ids[unique]).last_hidden_state[inverse]
+        unique_states = text_encoder(ids[unique]).last_hidden_state
+        states = unique_states[inverse]
         pred = unet(xt, t, encoder_hidden_states=states).sample
         per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
         weight = torch.clamp(snr[t], max=args.min_snr_gamma) / snr[t]
-        loss = (weight * per_sample).mean()
+        # NOTE: the probe keeps the text features apart while the UNet learns to read them.
+        aux, _ = probe_loss(head, unique_states, classes[unique], probe_mask[unique])
+        loss = (weight * per_sample).mean() + args.text_aux_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -367,9 +456,11 @@ def train_unet(
         if (step + 1) % steps_per_epoch == 0 or step + 1 == args.unet_steps:
             epoch_loss = running / count
             losses.append(epoch_loss)
+            gap = conditioning_gap(unet, text_encoder, ids, by_digit_t)
             log(
                 f"unet epoch {(step + 1) / steps_per_epoch:6.2f} step {step + 1}/{args.unet_steps}"
-                f" eps-mse {epoch_loss:.4f} lr {opt.param_groups[0]['lr']:.2e}"
+                f" eps-mse {epoch_loss:.4f} probe {aux.item():.3f} cond-gap {gap:.3f}"
+                f" lr {opt.param_groups[0]['lr']:.2e}"
             )
             running, count = 0.0, 0
         if args.save_every and (step + 1) % args.save_every == 0:
@@ -411,19 +502,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--vae-steps", type=int, default=700)
-    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-steps", type=int, default=350)
+    p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1e-6)
     p.add_argument("--skip-vae", action="store_true", help="reuse out/vae_stage.pt")
-    p.add_argument("--latent-copies", type=int, default=8)
-    p.add_argument("--unet-steps", type=int, default=1500)
-    p.add_argument("--unet-batch", type=int, default=128)
+    p.add_argument("--latent-copies", type=int, default=3)
+    p.add_argument("--unet-steps", type=int, default=800)
+    p.add_argument("--unet-batch", type=int, default=64)
     p.add_argument("--unet-lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--min-snr-gamma", type=float, default=5.0)
     p.add_argument("--uncond-prob", type=float, default=0.12)
+    p.add_argument("--text-pretrain-steps", type=int, default=100)
+    p.add_argument("--text-pretrain-lr", type=float, default=2e-3)
+    p.add_argument("--text-aux-weight", type=float, default=0.1)
     p.add_argument("--save-every", type=int, default=0, help="save EMA snapshots (trials)")
     return p.parse_args(argv)
 
