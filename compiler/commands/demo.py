@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         result = program.run({"seed": args.seed, "prompt": prompt}, output_dir=out, save=False)
         times.append(time.perf_counter() - t0)
-        (image,) = result.images.values()
+        image = next(iter(result.images.values()))
         pixels = (np.clip(image[0], 0, 1) * 255).astype(np.uint8)
         Image.fromarray(pixels).save(out / f"digit_{index}.png")
         images.append(pixels)

@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check", action="store_true", help="load back with comfyc and compare")
     args = p.parse_args(argv)
     path = export(args.pipeline, args.output)
+    # NOTE: the writer goes through a private temporary file (mode 0600); the shipped model is
+    # package data, readable by everyone.
+    path.chmod(0o644)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     if args.check:
         print(f"round trip: max |weight difference| = {check_round_trip(args.pipeline, path):.3g}")
