@@ -33,7 +33,7 @@ def to_digit_features(images: np.ndarray) -> np.ndarray:
     ink = 1.0 - images.mean(axis=-1)
     b, h, w = ink.shape
     if h % 8 or w % 8:
-        # NOTE: repeat every pixel 8 times so that each of the 8x8 cells gets a whole number of them.
+        # NOTE: repeat every pixel 8 times so that each 8x8 cell gets a whole number of them.
         ink = ink.repeat(8, axis=1).repeat(8, axis=2)
         h, w = h * 8, w * 8
     cells = ink.reshape(b, 8, h // 8, 8, w // 8).mean(axis=(2, 4))

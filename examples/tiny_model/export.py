@@ -1,4 +1,4 @@
-"""Exports the trained tiny model to the shipped single file ``runtime/models/tiny-digits.safetensors``.
+"""Exports the trained tiny model to the shipped ``runtime/models/tiny-digits.safetensors``.
 
 The key mapping is comfyc's own (``comfyc.compiler.models.save_single_file``): the file uses the
 original SD1.x layout (``model.diffusion_model.*``, ``first_stage_model.*``,

@@ -5,7 +5,7 @@ build exactly the same modules. Where a choice cannot be read back from the tens
 single-file checkpoint, it follows the SD1.x convention so that a shape-based loader guesses it
 right:
 
-- every GroupNorm (UNet and VAE) has 32 groups, as in SD1.x (all channel counts are multiples of 32);
+- every GroupNorm (UNet and VAE) has 32 groups, as in SD1.x (channel counts are multiples of 32);
 - the UNet's attention uses 8 heads (diffusers' misnamed ``attention_head_dim=8``, as in SD1.x);
 - the text encoder's attention uses ``hidden_size // 64`` heads (head width 64, as CLIP ViT-L/14),
   here 1 head; ``intermediate_size`` is ``4 * hidden_size``, ``quick_gelu``, as in CLIP;

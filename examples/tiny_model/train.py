@@ -1,24 +1,25 @@
-"""Trains the tiny SD1.x-architecture digits model on the CPU and writes a diffusers pipeline folder.
+"""Trains the tiny SD1.x-architecture digits model on the CPU; writes a diffusers pipeline folder.
 
 Three stages, all seeded:
 
 1. **VAE** — a KL-regularised autoencoder (L1 + L2 reconstruction, KL weight 1e-6 on per-sample
    sums, as in the LDM recipe without the GAN/LPIPS terms) on augmented 64x64 digits.
-2. **Latent normalisation** — the posterior means of the whole dataset are measured and the VAE's
-   ``quant_conv`` / ``post_quant_conv`` are rewritten (an exact reparameterisation) so that every
-   latent channel has mean 0 and ``latent * 0.18215`` has std 1, as the SD1.x format expects.
-   Then ``--latent-copies`` augmented copies of the dataset are encoded once (mean and std of each
-   posterior) so that the diffusion stage never runs the VAE.
-3. **UNet + text encoder** — trained jointly, SD1.x discrete DDPM schedule (scaled_linear betas
-   0.00085..0.012, 1000 steps), epsilon prediction, min-SNR-5 loss weighting, 12% empty prompts
-   for classifier-free guidance, EMA weights are the ones saved.
+2. **Latents** — ``--latent-copies`` augmented copies of the dataset are encoded once (mean and
+   std of each posterior), so that the diffusion stage never runs the VAE. From their means the
+   VAE's ``quant_conv`` / ``post_quant_conv`` are rewritten (an exact reparameterisation) so that
+   every latent channel has mean 0 and ``latent * 0.18215`` has std 1, as SD1.x expects.
+3. **Text encoder + UNet** — the text encoder is first taught to tell the digit prompts apart
+   (a linear probe, kept as an auxiliary loss), then both are trained jointly: SD1.x discrete DDPM
+   schedule (scaled_linear betas 0.00085..0.012, 1000 steps), epsilon prediction, min-SNR-5 loss
+   weighting, 12% empty prompts for classifier-free guidance; the EMA weights are saved.
 
 Usage (from the repository root)::
 
     .venv/bin/python examples/tiny_model/train.py --out examples/tiny_model/out
 
 writes ``out/pipeline/`` (StableDiffusionPipeline.save_pretrained, fp32), ``out/vae_stage.pt``
-(the normalised VAE, so ``--skip-vae`` can reuse it), ``out/train.log`` and ``out/metrics.json``.
+and ``out/latents_stage.pt`` (reused by ``--skip-vae``), ``out/train.log`` and
+``out/metrics.json``.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def train_vae(args: argparse.Namespace, ink: torch.Tensor, log: Logger) -> torch
     """Trains the KL autoencoder on augmented digits.
 
     Args:
-        args: Command-line options (``vae_steps``, ``vae_batch``, ``vae_lr``, ``kl_weight``, ``seed``).
+        args: Command-line options (``vae_steps``, ``vae_batch``, ``vae_lr``, ``kl_weight``,
+            ``seed``).
         ink: [N, 1, 64, 64] ink maps.
         log: The logger.
 
@@ -465,10 +467,11 @@ def train_unet(
             running, count = 0.0, 0
         if args.save_every and (step + 1) % args.save_every == 0:
             snapshot = args.out / f"snapshot_{step + 1:05d}.pt"
-            torch.save(
-                {"unet": ema_unet.shadow.state_dict(), "text_encoder": ema_text.shadow.state_dict()},
-                snapshot,
-            )
+            state = {
+                "unet": ema_unet.shadow.state_dict(),
+                "text_encoder": ema_text.shadow.state_dict(),
+            }
+            torch.save(state, snapshot)
             log(f"saved {snapshot}")
     return ema_unet.shadow, ema_text.shadow, {"unet_epoch_losses": losses}
 

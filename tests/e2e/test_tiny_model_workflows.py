@@ -52,26 +52,38 @@ def _program(path: Path, cache: TorchModelCache, edit=None):  # type: ignore[no-
     return lower_to_program(graph, default_catalog(), cache=cache)
 
 
+@pytest.fixture(scope="module")
+def txt2img_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/txt2img.cfy compiled with the sampler and scheduler as runtime params.
+
+    The artifact is what `comfyc run examples/txt2img.comfyc` runs; its images equal the
+    PyTorch path's within 2/255 (tests/e2e/test_examples_parity.py), and it is six times
+    faster, which keeps this 150-image test short.
+    """
+    from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
+
+    graph = load_workflow(EXAMPLES / "txt2img.cfy")
+    node = next(n for n in graph.nodes if n.class_type == "KSampler")
+    out = tmp_path_factory.mktemp("quality") / "txt2img.comfyc"
+    compile_graph(graph, out, CompileOptions(param_bindings=[
+        f"{node.id}.sampler_name=sampler", f"{node.id}.scheduler=scheduler"]))
+    return out
+
+
 @pytest.mark.parametrize("sampler,scheduler", [
     ("euler", "normal"), ("dpmpp_2m", "karras"), ("euler_ancestral", "normal")])
-def test_txt2img_draws_the_requested_digit(classifier, cache, sampler: str,  # type: ignore[no-untyped-def]
-                                           scheduler: str) -> None:
+def test_txt2img_draws_the_requested_digit(classifier, txt2img_artifact: Path,  # type: ignore[no-untyped-def]
+                                           sampler: str, scheduler: str) -> None:
     """>= 90% of 10 digits x 5 seeds are recognised as the requested digit."""
-    from comfyc.compiler.ir import Value
+    from comfyc.runtime import load
 
-    def edit(graph):  # type: ignore[no-untyped-def]
-        node = next(n for n in graph.nodes if n.class_type == "KSampler")
-        graph.set_input(node, "sampler_name", sampler)
-        graph.set_input(node, "scheduler", scheduler)
-        assert isinstance(node.inputs["model"], Value)
-
-    program = _program(EXAMPLES / "txt2img.cfy", cache, edit)
+    program = load(txt2img_artifact)
     expected, got = [], []
     for digit, word in enumerate(DIGITS):
         for seed in range(5):
-            result = program.run({"seed": seed, "prompt": f"a handwritten digit {word}"},
-                                 save=False)
-            (image,) = result.images.values()
+            result = program.run({"seed": seed, "prompt": f"a handwritten digit {word}",
+                                  "sampler": sampler, "scheduler": scheduler}, save=False)
+            image = next(iter(result.images.values()))
             got.append(int(classifier.classify(image)[0]))
             expected.append(digit)
     accuracy = float(np.mean(np.array(got) == np.array(expected)))

@@ -56,11 +56,38 @@ def _load_classifier_module() -> ModuleType:
     return module
 
 
+def _generate(folder: Path) -> np.ndarray:
+    """Draws 10 digits x 10 seeds with diffusers' own pipeline: float [100, 64, 64, 3] in [0, 1]."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(folder), torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+    )
+    # NOTE: pinned rather than taken from the folder (a converted folder ships SD1's PNDM config):
+    # SD1 betas, linspace spacing, so the first step starts at the largest sigma as in ComfyUI.
+    pipe.scheduler = EulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, timestep_spacing="linspace", steps_offset=1,
+        prediction_type="epsilon",
+    )
+    pipe.set_progress_bar_config(disable=True)
+    digits = [d for d in range(10) for _ in SEEDS]
+    prompts = [f"a handwritten digit {DIGIT_WORDS[d]}" for d in digits]
+    # NOTE: one generator per image, so image (d, s) is exactly what a single-prompt call with
+    # seed s gives; all 100 images still run as one batch.
+    generators = [torch.Generator().manual_seed(s) for _ in range(10) for s in SEEDS]
+    with torch.inference_mode():
+        images = pipe(
+            prompts, height=64, width=64, num_inference_steps=STEPS, guidance_scale=CFG_SCALE,
+            generator=generators, output_type="np",
+        ).images
+    return np.asarray(images)
+
+
 @pytest.fixture(scope="module")
 def pipeline_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A diffusers folder of the tiny model: converted from the single file when possible."""
     if SINGLE_FILE.is_file():
-        # NOTE: the same conversion as `comfyc model convert tiny-digits.safetensors --to diffusers`.
+        # NOTE: the conversion `comfyc model convert tiny-digits.safetensors --to diffusers` runs.
         from comfyc.compiler.models import write_diffusers_folder
 
         folder = tmp_path_factory.mktemp("tiny-digits") / "pipeline"
@@ -78,35 +105,16 @@ def test_generated_digits_are_recognised(
     pipeline_folder: Path, record_property: Callable[[str, object], None]
 ) -> None:
     """20 Euler steps at CFG 5 draw the requested digit in >= 90% of 10 digits x 10 seeds."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
-
     start = time.perf_counter()
     classifier = _load_classifier_module().train_classifier()
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(pipeline_folder), torch_dtype=torch.float32, safety_checker=None,
-        requires_safety_checker=False,
-    )
-    # NOTE: pinned rather than taken from the folder (a converted folder ships SD1's PNDM config):
-    # SD1 betas, linspace spacing, so the first step starts at the largest sigma as in ComfyUI.
-    pipe.scheduler = EulerDiscreteScheduler.from_config(
-        pipe.scheduler.config, timestep_spacing="linspace", steps_offset=1,
-        prediction_type="epsilon",
-    )
-    pipe.set_progress_bar_config(disable=True)
-
-    digits = [d for d in range(10) for _ in SEEDS]
-    prompts = [f"a handwritten digit {DIGIT_WORDS[d]}" for d in digits]
-    # NOTE: one generator per image, so image (d, s) is exactly what a single-prompt call with
-    # seed s gives; all 100 images still run as one batch.
-    generators = [torch.Generator().manual_seed(s) for _ in range(10) for s in SEEDS]
-    with torch.inference_mode():
-        images = pipe(
-            prompts, height=64, width=64, num_inference_steps=STEPS, guidance_scale=CFG_SCALE,
-            generator=generators, output_type="np",
-        ).images
-    predicted = classifier.classify(np.asarray(images))
-    hits = predicted == np.asarray(digits)
+    try:
+        images = _generate(pipeline_folder)
+    finally:
+        torch.set_num_threads(threads)
+    predicted = classifier.classify(images)
+    hits = predicted == np.repeat(np.arange(10), len(SEEDS))
     accuracy = float(hits.mean())
     per_digit = {DIGIT_WORDS[d]: float(hits[d * len(SEEDS) : (d + 1) * len(SEEDS)].mean())
                  for d in range(10)}
