@@ -70,8 +70,8 @@ def test_txt2img_every_sampler_matches_torch(cache: TorchModelCache, tmp_path: P
     worst = {}
     for sampler in SUPPORTED_SAMPLERS:
         params = {"sampler": sampler, "seed": 3}
-        (ours,) = program.run(params, save=False).images.values()
-        (reference,) = _torch_images(path, cache, params, bindings).values()
+        ours = program.run(params, save=False).images["image"]  # `output image`
+        reference = _torch_images(path, cache, params, bindings)["image"]
         worst[sampler] = float(np.abs(ours - reference).max()) * 255
     bad = {k: v for k, v in worst.items() if v > 2}
     assert not bad, f"samplers over 2/255: {bad} (all: {worst})"
