@@ -15,7 +15,7 @@ import sys
 from ..errors import WorkflowError, WorkflowErrors
 from .common import (
     EXIT_INVALID, EXIT_OK, EXIT_UNREADABLE, add_catalog_arguments, catalog_from_args,
-    exit_code_for, print_error,
+    exit_code_for, print_error, source_texts,
 )
 
 __all__ = ["add_arguments", "run", "check_file"]
@@ -46,7 +46,7 @@ def check_file(path: str, catalog: object) -> tuple[int, dict[str, object]]:
         errors = exc.errors if isinstance(exc, WorkflowErrors) else [exc]
         code = exit_code_for(exc)
         text = graph.meta.get("source_text") if graph is not None else None
-        sources = {path: text} if text else _source_text(path)
+        sources = {path: text} if text else source_texts(path)
         return code, {
             "file": path, "valid": False, "exit_code": code, "exception": exc,
             "sources": sources,
@@ -59,15 +59,6 @@ def check_file(path: str, catalog: object) -> tuple[int, dict[str, object]]:
         "params": list(graph.params),
         "warnings": [w.render() for w in warnings],
     }
-
-
-def _source_text(path: str) -> dict[str, str]:
-    # DSL errors show a caret under the source line; read the text back for them.
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return {path: fh.read()}
-    except (OSError, UnicodeDecodeError):
-        return {}
 
 
 def run(args: argparse.Namespace) -> int:

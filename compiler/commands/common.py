@@ -13,7 +13,7 @@ from ..catalog import Catalog, ObjectInfoError, default_catalog
 from ..errors import InputFileError, WorkflowError, WorkflowErrors, render_errors
 
 __all__ = [
-    "add_catalog_arguments", "catalog_from_args", "print_error", "write_output",
+    "add_catalog_arguments", "catalog_from_args", "print_error", "write_output", "source_texts",
     "EXIT_OK", "EXIT_INVALID", "EXIT_UNREADABLE",
 ]
 
@@ -45,9 +45,15 @@ def catalog_from_args(args: argparse.Namespace) -> Catalog:
     return catalog
 
 
-def error_sources(error: WorkflowError, text: str | None, path: str | None) -> dict[str, str]:
-    """The file texts an error's snippets need."""
-    return {path: text} if text is not None and path is not None else {}
+def source_texts(path: str) -> dict[str, str]:
+    """``{path: text}`` for DSL error snippets (the caret line); empty when unreadable."""
+    if path == "-":
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return {path: fh.read()}
+    except (OSError, UnicodeDecodeError):
+        return {}
 
 
 def print_error(error: WorkflowError, sources: dict[str, str] | None = None) -> None:

@@ -14,7 +14,7 @@ import sys
 
 from ..errors import WorkflowError
 from .common import (
-    EXIT_INVALID, EXIT_OK, add_catalog_arguments, catalog_from_args, exit_code_for, print_error,
+    EXIT_INVALID, EXIT_OK, add_catalog_arguments, catalog_from_args, exit_code_for, print_error, source_texts,
 )
 
 __all__ = ["add_arguments", "run"]
@@ -72,12 +72,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"loaded {args.file} ({graph.meta.get('input_kind')}, {len(graph.nodes)} nodes)")
         report = compile_graph(graph, output, options, catalog=catalog, progress=say)
     except WorkflowError as exc:
-        sources = {}
-        try:
-            sources = {args.file: Path(args.file).read_text(encoding="utf-8")}
-        except (OSError, UnicodeDecodeError):
-            pass
-        print_error(exc, sources)
+        print_error(exc, source_texts(args.file))
         return exit_code_for(exc)
     except Exception as exc:  # noqa: BLE001
         from comfyc.runtime.backends.base import BackendError

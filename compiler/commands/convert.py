@@ -13,7 +13,7 @@ import argparse
 from ..errors import WorkflowError
 from .common import (
     EXIT_OK, add_catalog_arguments, catalog_from_args, dump_json, exit_code_for, print_error,
-    write_output,
+    source_texts, write_output,
 )
 
 __all__ = ["add_arguments", "run"]
@@ -41,13 +41,7 @@ def run(args: argparse.Namespace) -> int:
             sources = {args.file: graph.meta.get("source_text", "")}
             text = str(graph)
     except WorkflowError as exc:
-        if not sources:
-            try:
-                with open(args.file, encoding="utf-8") as fh:
-                    sources = {args.file: fh.read()}
-            except (OSError, UnicodeDecodeError):
-                pass
-        print_error(exc, sources)
+        print_error(exc, sources or source_texts(args.file))
         return exit_code_for(exc)
     write_output(text, args.output)
     return EXIT_OK

@@ -30,6 +30,7 @@ from .common import (
     catalog_from_args,
     exit_code_for,
     print_error,
+    source_texts,
     write_output,
 )
 
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             original, formatted = format_file(path, catalog)
         except WorkflowError as exc:
-            print_error(exc, _sources(path))
+            print_error(exc, source_texts(path))
             worst = max(worst, exit_code_for(exc))
             continue
         changed = formatted != original.replace("\r\n", "\n")
@@ -123,13 +124,3 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"{path}: reformatted", file=sys.stderr)
     return worst
-
-
-def _sources(path: str) -> dict[str, str]:
-    if path == "-":
-        return {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return {path: fh.read()}
-    except (OSError, UnicodeDecodeError):
-        return {}

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WorkflowError
-from .common import EXIT_OK, add_catalog_arguments, catalog_from_args, exit_code_for, print_error
+from .common import (
+    EXIT_OK, add_catalog_arguments, catalog_from_args, exit_code_for, print_error, source_texts,
+)
 
 __all__ = ["add_arguments", "run", "inspect_workflow", "inspect_artifact"]
 
@@ -114,11 +116,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = (inspect_artifact(path) if path.is_dir() else inspect_workflow(args))
     except WorkflowError as exc:
-        try:
-            sources = {args.file: path.read_text(encoding="utf-8")}
-        except (OSError, UnicodeDecodeError):
-            sources = {}
-        print_error(exc, sources)
+        print_error(exc, source_texts(args.file))
         return exit_code_for(exc)
     except ValueError as exc:
         print(f"comfyc inspect: error: {exc}", file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import WorkflowError
 from .common import (
-    EXIT_INVALID, EXIT_OK, add_catalog_arguments, catalog_from_args, exit_code_for, print_error,
+    EXIT_INVALID, EXIT_OK, add_catalog_arguments, catalog_from_args, exit_code_for, print_error, source_texts,
 )
 
 __all__ = ["add_arguments", "run", "parse_params", "Progress"]
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         result = program.run(params, output_dir=args.out, input_dir=args.input_dir,
                              progress=progress)
     except WorkflowError as exc:
-        print_error(exc, _sources(args.file))
+        print_error(exc, source_texts(args.file))
         return exit_code_for(exc)
     except (ParamError, ProgramError, ArtifactError) as exc:
         print(f"comfyc run: error: {exc}", file=sys.stderr)
@@ -147,14 +147,6 @@ def run(args: argparse.Namespace) -> int:
         print_timings(result.timings)
         print(f"{'(load / compile)':<32} {'':>6} {build_s:>9.3f}", file=sys.stderr)
     return EXIT_OK if files or result.images else EXIT_INVALID
-
-
-def _sources(path: str) -> dict[str, str]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return {path: fh.read()}
-    except (OSError, UnicodeDecodeError):
-        return {}
 
 
 def _compile_in_memory(args: argparse.Namespace, progress: Progress) -> Any:
