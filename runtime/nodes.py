@@ -281,9 +281,16 @@ def _save_image(ctx: RunContext, *, images: np.ndarray, filename_prefix: str = "
 
 
 def _preview_image(ctx: RunContext, *, images: np.ndarray) -> tuple[Any, ...]:
+    from .image_io import save_preview
+
     op = ctx.current
     assert op is not None
     ctx.images[op.id] = images
+    if ctx.save:
+        # NOTE: ComfyUI writes previews to its temp folder; ours is `temp/` inside the output
+        # folder, so nothing is written outside the folder the user chose.
+        ctx.files[op.id] = save_preview(images, ctx.output_dir / "temp", ctx.prompt,
+                                        ctx.extra_pnginfo)
     return ()
 
 

@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     files = [f for entries in result.files.values() for f in entries]
     summary = {
-        "outputs": {k: [str(Path(args.out) / f["subfolder"] / f["filename"]) for f in v]
+        "outputs": {k: [str(Path(args.out) / ("temp" if f.get("type") == "temp" else "")
+                            / f["subfolder"] / f["filename"]) for f in v]
                     for k, v in result.files.items()},
         "timings": {**result.timings, "load_s": build_s},
     }
