@@ -16,8 +16,8 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): $(PY) constraints.txt pyproject.toml setup.py
-	@echo "==> installing comfyc[compiler,cpu,dev] with pinned versions (constraints.txt)"
-	$(PIP) install --quiet -c constraints.txt -e '.[compiler,cpu,dev]'
+	@echo "==> installing comfyc[compiler,cpu,serve,bench,dev] with pinned versions (constraints.txt)"
+	$(PIP) install --quiet -c constraints.txt -e '.[compiler,cpu,serve,bench,dev]'
 	@# Test oracles: k-diffusion's sampling module only installs without its dependencies
 	@# (it would pull a CUDA torch); see ../shared/reference/spikes.md §2.
 	$(PIP) install --quiet -c constraints.txt --no-deps k-diffusion

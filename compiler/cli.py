@@ -31,6 +31,18 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("comfyc.compiler.commands.demo",
              "compile and run the txt2img example on the embedded tiny model"),
     "fmt": ("comfyc.compiler.commands.fmt", "format DSL files canonically, keeping comments"),
+    "bench": ("comfyc.compiler.commands.bench",
+              "benchmark backends on a workflow or artifact: table, JSON, chart, HTML report"),
+    "tune": ("comfyc.compiler.commands.tune",
+             "measure every available backend per stage and record the fastest in the artifact"),
+    "build-engines": ("comfyc.compiler.commands.build_engines",
+                      "build TensorRT engines for an artifact's ONNX stages (NVIDIA GPUs)"),
+    "serve": ("comfyc.runtime.server.cli",
+              "serve ComfyUI's HTTP/websocket API, compiling what it is sent"),
+    "viz": ("comfyc.compiler.commands.viz",
+            "draw a workflow or artifact as a graph page (HTML, SVG or DOT)"),
+    "init": ("comfyc.compiler.commands.init",
+             "write a commented starter workflow (txt2img, img2img, inpaint, ...)"),
     "model": ("comfyc.compiler.models.cli", "model tools: convert checkpoints to diffusers"),
 }
 
