@@ -33,7 +33,7 @@ from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.lexer import Lexer
 
-from . import ast
+from . import ast, fast
 
 __all__ = ["parse_module", "scan_tokens", "ScanToken", "KEYWORDS"]
 
@@ -66,7 +66,11 @@ _JSON_ESCAPES = '\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX'
 
 def decode_string(tok: Token) -> str:
     """Decode a ``"..."`` token with JSON's escape rules; record an error for a bad escape."""
-    text = str(tok)
+    return decode_string_at(str(tok), _span(tok))
+
+
+def decode_string_at(text: str, span: ast.Span) -> str:
+    """:func:`decode_string` of the token ``text`` found at ``span``."""
     if "\\" not in text:
         return text[1:-1]
     try:
@@ -81,17 +85,16 @@ def decode_string(tok: Token) -> str:
         else:
             message = (f"invalid escape '{escape}' in \"...\" string "
                        f"(JSON escapes only: {_JSON_ESCAPES})")
-        col = tok.column + pos  # type: ignore[operator]
-        span = ast.Span(tok.line, col, tok.line, col + len(escape))  # type: ignore[arg-type]
-        _token_error(message, span,
+        col = span.col + pos
+        _token_error(message, ast.Span(span.line, col, span.line, col + len(escape)),
                      help=f"write '\\{escape}' for a literal backslash, or use a "
                           f"\"\"\"raw string\"\"\" (no escapes)")
         return text[1:-1]
 
 
-def decode_long_string(tok: Token) -> str:
+def decode_long_string(text: str) -> str:
     """Decode a raw ``\"\"\"...\"\"\"`` token: strip one newline after/before the delimiters."""
-    body = str(tok)[3:-3]
+    body = text[3:-3]
     body = body.removeprefix("\n")
     body = body.removesuffix("\n")
     return body
@@ -99,11 +102,15 @@ def decode_long_string(tok: Token) -> str:
 
 def decode_number(tok: Token) -> int | float:
     """An ``int`` when written without ``.``/exponent (seeds stay exact), else a ``float``."""
-    text = str(tok)
+    return decode_number_at(str(tok), _span(tok))
+
+
+def decode_number_at(text: str, span: ast.Span) -> int | float:
+    """:func:`decode_number` of the token ``text`` found at ``span``."""
     if "." in text or "e" in text or "E" in text:
         value = float(text)
         if not math.isfinite(value):
-            _token_error(f"number {text} is out of range for a 64-bit float", _span(tok),
+            _token_error(f"number {text} is out of range for a 64-bit float", span,
                          help="JSON numbers must be finite")
             return 0.0
         return value
@@ -131,7 +138,7 @@ def _expr(item: Any) -> ast.Expr:
     if kind == "NUMBER":
         return ast.Literal(decode_number(item), _span(item))
     if kind == "LONG_STRING":
-        return ast.Literal(decode_long_string(item), _span(item), raw=True)
+        return ast.Literal(decode_long_string(str(item)), _span(item), raw=True)
     return ast.Literal(_CONSTANTS[kind], _span(item))
 
 
@@ -634,6 +641,28 @@ def parse_module(text: str, file: str | None = None, *, with_comments: bool = Fa
     text = text.replace("\r\n", "\n")
     _state.errors = []
     _state.file = file
+    try:
+        statements = fast.parse_statements(text, _DECODERS)
+    except fast.Fallback:
+        # Not well formed (or a construct the fast path leaves to Lark): the reference
+        # parser reads it again and reports every error where it is.
+        _state.errors = []
+        statements = _lark_statements(text, file)
+    errors: list[WorkflowError] = list(_state.errors)
+    _state.errors = []
+    if errors:
+        raise WorkflowErrors(errors)
+    module = ast.Module(statements, source=text)
+    if with_comments:
+        module.comments = _comments(text)
+    return module
+
+
+_DECODERS = (decode_string_at, decode_number_at, decode_long_string)
+
+
+def _lark_statements(text: str, file: str | None) -> list[ast.Stmt]:
+    """Parse with Lark (the reference); syntax errors go to the thread's error list."""
     syntax: WorkflowError | None = None
     statements: list[ast.Stmt] = []
     try:
@@ -646,16 +675,9 @@ def parse_module(text: str, file: str | None = None, *, with_comments: bool = Fa
             syntax = _unexpected_char(exc, text, file, pos)
         else:  # pragma: no cover - UnexpectedEOF is not raised by the LALR parser.
             syntax = DslSyntaxError(f"unexpected end of input: {exc}", SourceLoc(file))
-    errors: list[WorkflowError] = list(_state.errors)
-    _state.errors = []
     if syntax is not None:
-        errors.append(syntax)
-    if errors:
-        raise WorkflowErrors(errors)
-    module = ast.Module(statements, source=text)
-    if with_comments:
-        module.comments = _comments(text)
-    return module
+        _state.errors.append(syntax)
+    return statements
 
 
 def _comments(text: str) -> list[ast.Comment]:
