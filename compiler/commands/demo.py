@@ -1,8 +1,11 @@
 """Compile the txt2img example for the embedded tiny model and draw the ten digits.
 
-Writes ten PNGs (digit_0 … digit_9), a contact sheet, and prints a timing table comparing
-the compiled artifact (onnxruntime) with the in-memory PyTorch path. Needs no models folder
-and no network: the tiny model ships with comfyc.
+Writes ten PNGs (digit_0 … digit_9), a contact sheet, the graph page (graph.html: the
+workflow, what the compiler did to it, its stages with their backends and the times measured
+here), and prints a timing table comparing the compiled artifact (onnxruntime) with the
+in-memory PyTorch path. When scikit-learn and the repository's examples/ folder are present,
+an independent digit classifier also reads the contact sheet. Needs no models folder and no
+network: the tiny model ships with comfyc.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["add_arguments", "run", "DIGITS"]
+__all__ = ["DIGITS", "add_arguments", "run"]
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "txt2img.cfy"
+_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+_EXAMPLE = _EXAMPLES / "txt2img.cfy"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,10 +40,9 @@ def _workflow_text() -> str:
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc demo``."""
     import numpy as np
-    from PIL import Image
-
     from comfyc.frontends.dsl import parse_dsl
     from comfyc.runtime import load
+    from PIL import Image
 
     from ..catalog import default_catalog
     from ..lowering.artifact import CompileOptions, compile_graph
@@ -60,12 +63,14 @@ def run(args: argparse.Namespace) -> int:
                   CompileOptions(), progress=say)
     compile_s = time.perf_counter() - start
     program = load(artifact)
-    images, times = [], []
+    images, times, stage_ms = [], [], {}
     for index, word in enumerate(DIGITS):
         prompt = f"a handwritten digit {word}"
         t0 = time.perf_counter()
         result = program.run({"seed": args.seed, "prompt": prompt}, output_dir=out, save=False)
         times.append(time.perf_counter() - t0)
+        for name, row in result.timings.get("stages", {}).items():
+            stage_ms.setdefault(name, []).append(1000 * float(row["median_s"]))
         image = next(iter(result.images.values()))
         pixels = (np.clip(image[0], 0, 1) * 255).astype(np.uint8)
         Image.fromarray(pixels).save(out / f"digit_{index}.png")
@@ -74,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     sheet = np.concatenate(images, axis=1)
     Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2),
                                   Image.NEAREST).save(out / "contact_sheet.png")
+    graph_page = _write_graph_page(text, artifact, out / "graph.html", stage_ms)
+    say(f"graph page -> {graph_page}")
 
     say("running the same workflow on the PyTorch path for comparison")
     graph = parse_dsl(text, "txt2img.cfy", default_catalog())
@@ -95,4 +102,55 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'speed-up':<34} {torch_ms / artifact_ms:>9.1f}x")
     print(f"{'compile time':<34} {compile_s:>8.1f} s")
     print(f"images: {out}/digit_0..9.png, contact sheet: {out / 'contact_sheet.png'}")
+    print(f"graph page: {graph_page} (open it in a browser)")
+    verdict = _classify(np.stack(images))
+    if verdict:
+        print(verdict)
     return 0
+
+
+def _write_graph_page(text: str, artifact: Path, target: Path,
+                      stage_ms: dict[str, list[float]]) -> Path:
+    """graph.html for the artifact, with the stage times measured by this demo."""
+    import statistics
+
+    from comfyc.frontends.dsl import parse_dsl
+
+    from ..catalog import default_catalog
+    from ..viz import render, view_of_artifact
+    from .common import write_output
+
+    source = parse_dsl(text, "txt2img.cfy", default_catalog())
+    source.meta["file"] = "examples/txt2img.cfy"
+    view = view_of_artifact(artifact, source=source)
+    view.title = "txt2img.cfy (comfyc demo)"
+    for name, stage in view.stages.items():
+        samples = stage_ms.get(name) or next(
+            (v for k, v in stage_ms.items() if name.startswith(k) or k.startswith(name)), None)
+        if samples and stage.median_ms is None:
+            stage.median_ms = statistics.median(samples)
+            stage.detail = (f"median over the demo's {len(samples)} images on "
+                            f"{stage.backend}")
+    write_output(render(view, "html"), str(target))
+    return target
+
+
+def _classify(images: object) -> str | None:
+    """The independent digit classifier's verdict, when scikit-learn and examples/ exist."""
+    import importlib.util
+
+    import numpy as np
+
+    path = _EXAMPLES / "tiny_model" / "classifier.py"
+    if not path.is_file() or importlib.util.find_spec("sklearn") is None:
+        return None
+    spec = importlib.util.spec_from_file_location("comfyc_demo_classifier", path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    predicted = [int(d) for d in module.train_classifier().classify(
+        np.asarray(images, dtype=np.float32) / 255.0)]
+    right = sum(p == d for d, p in enumerate(predicted))
+    return (f"digit classifier (examples/tiny_model/classifier.py): {right}/10 recognised "
+            f"(read as {predicted})")
