@@ -276,7 +276,8 @@ class Program:
 
     def run(self, params: Mapping[str, Any] | None = None, *, output_dir: str | Path = "output",
             input_dir: str | Path = "input", save: bool = True,
-            progress: Callable[[str, int, int], None] | None = None) -> RunResult:
+            progress: Callable[[str, int, int], None] | None = None,
+            on_op: Callable[[Op, RunContext], None] | None = None) -> RunResult:
         """Run the program.
 
         Args:
@@ -285,6 +286,8 @@ class Program:
             input_dir: Where LoadImage reads.
             save: Write output files (False: only return images).
             progress: ``progress(label, step, total)`` for sampling steps.
+            on_op: ``on_op(op, ctx)`` before each op (the server's ``executing`` messages;
+                an exception it raises stops the run, unwrapped).
 
         Raises:
             ParamError: Bad params (before any work starts).
@@ -308,6 +311,8 @@ class Program:
             args = {k: decode_arg(v, values, resolved, self.constants, self.stages)
                     for k, v in op.args.items()}
             ctx.current = op
+            if on_op is not None:
+                on_op(op, ctx)
             t0 = time.perf_counter()
             try:
                 outputs = OPS[op.op](ctx, **args)

@@ -1,0 +1,535 @@
+"""The ASGI app: ComfyUI's HTTP and websocket routes on a hub and an engine.
+
+Routes (each also under ``/api``): ``POST/GET /prompt``, ``GET/POST /queue``, ``GET/POST
+/history``, ``GET /history/{prompt_id}``, ``GET /view``, ``POST /upload/image``, ``GET
+/object_info[/{class}]``, ``GET /system_stats``, ``GET /embeddings``, ``GET /models[/{kind}]``,
+``POST /interrupt``, ``POST /free``, ``GET /ws?clientId=…``. Shapes follow ComfyUI's
+``server.py``; see the package docstring for what differs.
+
+Safety: an optional bearer token (``Authorization: Bearer T``, or ``?token=T`` for websocket
+clients that cannot set headers); a request body limit (413); ``/view`` and
+``/upload/image`` confined to their folders (:mod:`.paths`); malformed JSON, unknown nodes and
+bad values answer 400 in ComfyUI's ``{"error", "node_errors"}`` shape. An unexpected failure in
+a handler answers a JSON 500 naming it; the server and its workers keep running.
+
+The same app runs under uvicorn (``comfyc serve``: the hub is in-process) and inside Ray Serve
+replicas (``--ray``: the hub is one shared actor); :class:`HubAccess` hides the difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import json
+import logging
+import os
+import platform
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from .engine import Engine, PromptRejected
+from .paths import UnsafePathError, safe_join
+
+__all__ = ["DEFAULT_MAX_BODY", "HubAccess", "ServerConfig", "create_app"]
+
+_log = logging.getLogger(__name__)
+
+#: Request bodies larger than this are refused with 413 (uploads included).
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+
+
+@dataclass
+class ServerConfig:
+    """What the app needs besides the hub.
+
+    Attributes:
+        engine: Validates and compiles prompts.
+        output_dir: Where outputs are written (``/view?type=output``; ``temp/`` inside it).
+        input_dir: Where uploads go and LoadImage reads (``/view?type=input``).
+        token: Required bearer token (None: no authentication).
+        max_body: Request size limit in bytes.
+        on_queued: Called with a prompt's model key after it is queued (starts its worker).
+        info: Extra facts for ``/system_stats`` (``comfyc.replica`` …).
+    """
+
+    engine: Engine
+    output_dir: Path
+    input_dir: Path
+    token: str | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    on_queued: Callable[[str], None] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class HubAccess:
+    """Async access to a hub: a :class:`~.hub.Hub` in this process, or a Ray actor handle."""
+
+    def __init__(self, hub: Any, *, remote: bool = False) -> None:
+        self.hub = hub
+        self.remote = remote
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a hub method."""
+        if self.remote:
+            return await getattr(self.hub, name).remote(*args, **kwargs)
+        return getattr(self.hub, name)(*args, **kwargs)
+
+    async def read(self, client_id: str, cursor: int, previews: bool,
+                   wake: asyncio.Event) -> tuple[list[Any], int]:
+        """The next messages for a connection (waits for some)."""
+        if self.remote:
+            return await self.hub.read.remote(client_id, cursor, previews, 10.0)
+        while True:
+            wake.clear()
+            messages, cursor = self.hub.read(client_id, cursor, previews)
+            if messages:
+                return messages, cursor
+            try:
+                await asyncio.wait_for(wake.wait(), 10.0)
+            except asyncio.TimeoutError:
+                return [], cursor
+
+
+def _bad(kind: str, message: str, details: str = "", status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message, "details": details,
+                                   "extra_info": {}}, "node_errors": {}}, status_code=status)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json(request: Request, limit: int, *, empty_ok: bool = True) -> Any:
+    """The JSON body (``{}`` when empty and allowed); raises ValueError with a message."""
+    raw = await _body(request, limit)
+    if not raw.strip():
+        if empty_ok:
+            return {}
+        raise ValueError("the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"the request body is not valid JSON: {exc}") from None
+
+
+def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
+    """The starlette app serving ComfyUI's API.
+
+    Args:
+        hub: The queue, history and events.
+        config: Folders, engine, limits and the token.
+    """
+    engine = config.engine
+
+    def guard(handler: Callable[[Request], Awaitable[Response]]
+              ) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapped(request: Request) -> Response:
+            if config.token is not None and not _authorised(request, config.token):
+                return JSONResponse({"error": {
+                    "type": "unauthorized", "message": "missing or wrong bearer token",
+                    "details": "send the header 'Authorization: Bearer TOKEN' (the token "
+                               "given to comfyc serve --token)", "extra_info": {}}},
+                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            try:
+                return await handler(request)
+            except _TooLarge:
+                return _bad("request_too_large",
+                            f"the request body is larger than the server's limit of "
+                            f"{config.max_body} bytes", "send a smaller request, or start "
+                            "the server with a larger --max-request-size", 413)
+            except Exception as exc:  # noqa: BLE001 - report it; never take the server down
+                return _bad("server_error", f"{type(exc).__name__}: {exc}",
+                            "this is a comfyc bug; please report it", 500)
+        return wrapped
+
+    # ----------------------------------------------------------------- prompt
+    async def post_prompt(request: Request) -> Response:
+        try:
+            body = await _json(request, config.max_body, empty_ok=False)
+        except ValueError as exc:
+            return _bad("invalid_json", str(exc), "send {\"prompt\": {...}, \"client_id\": ...}")
+        if not isinstance(body, dict):
+            return _bad("invalid_json", f"the request body is a JSON {type(body).__name__}; "
+                        "expected an object", "send {\"prompt\": {...}, \"client_id\": ...}")
+        if "prompt" not in body:
+            # NOTE: ComfyUI's exact answer for a body without a prompt.
+            return JSONResponse({"error": "no prompt", "node_errors": []}, status_code=400)
+        prompt = body["prompt"]
+        extra = body.get("extra_data") or {}
+        if not isinstance(extra, dict):
+            return _bad("invalid_prompt", "extra_data must be a JSON object")
+        client_id = body.get("client_id")
+        if client_id is not None and not isinstance(client_id, str):
+            return _bad("invalid_prompt", "client_id must be a string")
+        if client_id:
+            extra = {**extra, "client_id": client_id}
+        number = body.get("number")
+        if number is not None and (isinstance(number, bool)
+                                   or not isinstance(number, (int, float))):
+            return _bad("invalid_prompt", "number must be a number")
+        prompt_id = body.get("prompt_id")
+        if prompt_id is not None and (not isinstance(prompt_id, str) or not prompt_id
+                                      or len(prompt_id) > 200):
+            return _bad("invalid_prompt", "prompt_id must be a non-empty string")
+        try:
+            outputs, key = await asyncio.to_thread(engine.validate, prompt)
+        except PromptRejected as exc:
+            return JSONResponse(exc.body, status_code=400)
+        number, prompt_id = await hub.call(
+            "submit", prompt, extra, outputs, client_id, key, front=bool(body.get("front")),
+            number=number, prompt_id=prompt_id)
+        if config.on_queued is not None:
+            config.on_queued(key)
+        return JSONResponse({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+    async def get_prompt(request: Request) -> Response:
+        return JSONResponse(await hub.call("status"))
+
+    # ------------------------------------------------------------------ queue
+    async def get_queue(request: Request) -> Response:
+        return JSONResponse(await hub.call("queue"))
+
+    async def post_queue(request: Request) -> Response:
+        try:
+            body = await _json(request, config.max_body)
+        except ValueError as exc:
+            return _bad("invalid_json", str(exc))
+        if not isinstance(body, dict):
+            return _bad("invalid_json", "expected {\"clear\": true} or {\"delete\": [ids]}")
+        if body.get("clear"):
+            await hub.call("clear_pending")
+        delete = body.get("delete")
+        if delete is not None:
+            if not isinstance(delete, list) or not all(isinstance(d, str) for d in delete):
+                return _bad("invalid_json", "delete must be a list of prompt ids")
+            await hub.call("delete_pending", delete)
+        return Response(status_code=200)
+
+    # ---------------------------------------------------------------- history
+    async def get_history(request: Request) -> Response:
+        try:
+            max_items = request.query_params.get("max_items")
+            max_items = int(max_items) if max_items is not None else None
+            offset = int(request.query_params.get("offset", -1))
+        except ValueError:
+            return _bad("invalid_query", "max_items and offset must be integers")
+        return JSONResponse(await hub.call("history", max_items, offset))
+
+    async def get_history_one(request: Request) -> Response:
+        return JSONResponse(await hub.call("history_of", request.path_params["prompt_id"]))
+
+    async def post_history(request: Request) -> Response:
+        try:
+            body = await _json(request, config.max_body)
+        except ValueError as exc:
+            return _bad("invalid_json", str(exc))
+        if not isinstance(body, dict):
+            return _bad("invalid_json", "expected {\"clear\": true} or {\"delete\": [ids]}")
+        if body.get("clear"):
+            await hub.call("delete_history", None)
+        delete = body.get("delete")
+        if delete is not None:
+            if not isinstance(delete, list) or not all(isinstance(d, str) for d in delete):
+                return _bad("invalid_json", "delete must be a list of prompt ids")
+            await hub.call("delete_history", delete)
+        return Response(status_code=200)
+
+    # ------------------------------------------------------------ files
+    def folder(kind: str) -> Path | None:
+        return {"output": config.output_dir, "input": config.input_dir,
+                "temp": config.output_dir / "temp"}.get(kind)
+
+    async def view(request: Request) -> Response:
+        q = request.query_params
+        filename = q.get("filename")
+        if not filename:
+            return _bad("invalid_query", "/view needs ?filename=NAME (and optionally "
+                        "subfolder=, type=output|input|temp)")
+        root = folder(q.get("type", "output") or "output")
+        if root is None:
+            return _bad("invalid_query", f"type {q.get('type')!r} is not one of output, input, "
+                        "temp")
+        try:
+            path = safe_join(root, q.get("subfolder", "") or "", filename)
+        except UnsafePathError as exc:
+            return _bad("invalid_path", str(exc), "give a file name and subfolder inside the "
+                        "folder, as the history lists them", 403)
+        if not path.is_file():
+            return _bad("not_found", f"no file {filename!r} in the {q.get('type', 'output')} "
+                        "folder", "", 404)
+        return FileResponse(path)
+
+    async def upload_image(request: Request) -> Response:
+        raw = await _body(request, config.max_body)
+        try:
+            fields, files = _parse_multipart(request.headers.get("content-type", ""), raw)
+        except ValueError as exc:
+            return _bad("invalid_form", f"the upload is not a valid multipart form: {exc}",
+                        "send multipart/form-data with an 'image' file field")
+        if "image" not in files:
+            return _bad("invalid_form", "the upload has no 'image' file field",
+                        "send multipart/form-data with an 'image' file field")
+        name, data = files["image"]
+        kind = fields.get("type") or "input"
+        root = folder(kind)
+        if root is None:
+            return _bad("invalid_form", f"type {kind!r} is not one of input, temp, output")
+        subfolder = fields.get("subfolder") or ""
+        overwrite = (fields.get("overwrite") or "").lower() in ("true", "1")
+        try:
+            target = safe_join(root, subfolder, name)
+        except UnsafePathError as exc:
+            return _bad("invalid_path", str(exc), "upload with a plain file name and a "
+                        "subfolder inside the folder", 403)
+        if target == root.resolve() or not name or name.startswith("."):
+            return _bad("invalid_path", f"{name!r} is not a file name", "", 400)
+        problem = _check_image(data)
+        if problem:
+            return _bad("invalid_image", f"the upload is not an image: {problem}",
+                        "upload a PNG, JPEG or WebP picture")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not overwrite:
+            stem, suffix, i = target.stem, target.suffix, 1
+            while target.exists():
+                target = target.with_name(f"{stem} ({i}){suffix}")
+                i += 1
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        rel_sub = target.parent.relative_to(root.resolve()).as_posix()
+        return JSONResponse({"name": target.name, "subfolder": "" if rel_sub == "." else rel_sub,
+                             "type": kind})
+
+    # ---------------------------------------------------------------- info
+    async def object_info(request: Request) -> Response:
+        from comfyc.compiler.catalog import default_catalog
+
+        data = await asyncio.to_thread(default_catalog().to_object_info, engine.list_files)
+        name = request.path_params.get("node_class")
+        if name is not None:
+            data = {name: data[name]} if name in data else {}
+        return JSONResponse(data)
+
+    async def system_stats(request: Request) -> Response:
+        from comfyc import __version__
+
+        total, free = _memory()
+        return JSONResponse({
+            "system": {"os": os.name, "ram_total": total, "ram_free": free,
+                       "comfyui_version": f"comfyc {__version__}",
+                       "python_version": sys.version, "pytorch_version": "",
+                       "embedded_python": False, "argv": sys.argv,
+                       "comfyc": {"backend": engine.backend, "pid": os.getpid(),
+                                  **config.info}},
+            "devices": [{"name": platform.processor() or "cpu", "type": "cpu", "index": None,
+                         "vram_total": total, "vram_free": free, "torch_vram_total": 0,
+                         "torch_vram_free": 0}],
+        })
+
+    async def embeddings(request: Request) -> Response:
+        names = [Path(n).stem for n in engine.list_files("embeddings")]
+        return JSONResponse(names)
+
+    async def models(request: Request) -> Response:
+        from comfyc.runtime.model_paths import MODEL_KINDS
+
+        kind = request.path_params.get("kind")
+        if kind is None:
+            return JSONResponse(list(MODEL_KINDS))
+        if kind not in MODEL_KINDS:
+            return _bad("not_found", f"no model folder {kind!r}", f"one of {MODEL_KINDS}", 404)
+        return JSONResponse(engine.list_files(kind))
+
+    async def interrupt(request: Request) -> Response:
+        try:
+            body = await _json(request, config.max_body)
+        except ValueError as exc:
+            return _bad("invalid_json", str(exc))
+        pid = body.get("prompt_id") if isinstance(body, dict) else None
+        await hub.call("interrupt", pid if isinstance(pid, str) else None)
+        return Response(status_code=200)
+
+    async def free(request: Request) -> Response:
+        try:
+            body = await _json(request, config.max_body)
+        except ValueError as exc:
+            return _bad("invalid_json", str(exc))
+        if isinstance(body, dict) and (body.get("unload_models") or body.get("free_memory")):
+            await hub.call("set_flags", unload_models=True)
+            engine.free()
+        return Response(status_code=200)
+
+    async def root(request: Request) -> Response:
+        return JSONResponse({"server": "comfyc", "api": "ComfyUI-compatible",
+                             "see": ["/prompt", "/queue", "/history", "/object_info", "/ws"]})
+
+    # -------------------------------------------------------------- websocket
+    async def ws(websocket: WebSocket) -> None:
+        if config.token is not None and not _authorised(websocket, config.token):
+            await websocket.close(code=4401)
+            return
+        await websocket.accept()
+        q = websocket.query_params
+        client_id = q.get("clientId") or uuid.uuid4().hex
+        previews = q.get("preview", q.get("previews", "")).lower() in ("1", "true", "png")
+        if previews:
+            await hub.call("want_previews", client_id, True)
+        # NOTE: the cursor is taken before the status, so that a prompt finishing in
+        # between is still reported (its `executing null` comes after the status).
+        cursor = await hub.call("cursor")
+        status = await hub.call("status")
+        wake = asyncio.Event()
+        waker = None
+        if not hub.remote:
+            loop = asyncio.get_running_loop()
+
+            def waker() -> None:
+                loop.call_soon_threadsafe(wake.set)
+
+            hub.hub.add_waker(waker)
+
+        async def drain() -> None:
+            # Client messages (ComfyUI's feature_flags …) are read and ignored; this also
+            # notices the disconnect.
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+
+        reader = asyncio.create_task(drain())
+        try:
+            await websocket.send_json({"type": "status",
+                                       "data": {"status": status, "sid": client_id}})
+            while not reader.done():
+                reading = asyncio.create_task(hub.read(client_id, cursor, previews, wake))
+                done, _ = await asyncio.wait({reading, reader},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if reading not in done:
+                    reading.cancel()
+                    break
+                messages, cursor = reading.result()
+                for message in messages:
+                    if isinstance(message, (bytes, bytearray)):
+                        await websocket.send_bytes(bytes(message))
+                    else:
+                        await websocket.send_text(json.dumps(message))
+        except (WebSocketDisconnect, RuntimeError, ConnectionError):
+            pass
+        finally:
+            reader.cancel()
+            if waker is not None:
+                hub.hub.remove_waker(waker)
+            if previews:
+                try:
+                    await hub.call("want_previews", client_id, False)
+                except Exception:  # noqa: BLE001 - the hub is going away with us
+                    _log.debug("want_previews(off) failed", exc_info=True)
+
+    handlers: list[tuple[str, Callable[..., Any], list[str]]] = [
+        ("/prompt", post_prompt, ["POST"]), ("/prompt", get_prompt, ["GET"]),
+        ("/queue", get_queue, ["GET"]), ("/queue", post_queue, ["POST"]),
+        ("/history", get_history, ["GET"]), ("/history", post_history, ["POST"]),
+        ("/history/{prompt_id}", get_history_one, ["GET"]),
+        ("/view", view, ["GET"]), ("/upload/image", upload_image, ["POST"]),
+        ("/object_info", object_info, ["GET"]),
+        ("/object_info/{node_class}", object_info, ["GET"]),
+        ("/system_stats", system_stats, ["GET"]), ("/embeddings", embeddings, ["GET"]),
+        ("/models", models, ["GET"]), ("/models/{kind}", models, ["GET"]),
+        ("/interrupt", interrupt, ["POST"]), ("/free", free, ["POST"]),
+    ]
+    routes: list[Any] = [Route("/", guard(root), methods=["GET"])]
+    for prefix in ("", "/api"):
+        for path, handler, methods in handlers:
+            routes.append(Route(prefix + path, guard(handler), methods=methods))
+        routes.append(WebSocketRoute(prefix + "/ws", ws))
+    return Starlette(routes=routes)
+
+
+def _authorised(conn: Any, token: str) -> bool:
+    header = conn.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else conn.query_params.get("token")
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+def _parse_multipart(content_type: str, raw: bytes
+                     ) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
+    """Fields and files (name -> (filename, bytes)) of a multipart/form-data body.
+
+    Raises:
+        ValueError: Not multipart/form-data, or a malformed body.
+    """
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    if not content_type.lower().startswith("multipart/form-data") or "boundary=" not in \
+            content_type:
+        raise ValueError(f"Content-Type is {content_type or 'missing'!r}, expected "
+                         f"multipart/form-data with a boundary")
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = BytesParser(policy=HTTP).parsebytes(head + raw)
+    if not message.is_multipart() or message.defects:
+        raise ValueError("the body does not parse as multipart parts")
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            files[str(name)] = (str(filename), payload)
+        else:
+            fields[str(name)] = payload.decode("utf-8", "replace")
+    return fields, files
+
+
+def _check_image(data: bytes) -> str | None:
+    """None when ``data`` decodes as a picture; else why not."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            picture.verify()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return str(exc) or type(exc).__name__
+    except Image.DecompressionBombError as exc:
+        return str(exc)
+    return None
+
+
+def _memory() -> tuple[int, int]:
+    """Total and available RAM in bytes (from /proc/meminfo; zeros elsewhere)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text()
+                      .splitlines() if ":" in line)
+        total = int(fields["MemTotal"].split()[0]) * 1024
+        free = int(fields.get("MemAvailable", fields["MemFree"]).split()[0]) * 1024
+        return total, free
+    except (OSError, KeyError, ValueError):
+        return 0, 0

@@ -1,0 +1,296 @@
+"""Workers: run claimed prompts on the runtime and report them the way ComfyUI does.
+
+Messages of one prompt, to the client that queued it, in ComfyUI's order (``main.py``'s
+``prompt_worker`` and ``execution.py``'s ``PromptExecutor.execute``):
+
+1. ``execution_start`` ``{prompt_id, timestamp}``
+2. ``comfyc.compile`` ``{prompt_id, message}`` while a new graph shape compiles (comfyc's
+   own type; ComfyUI clients ignore types they do not know)
+3. ``execution_cached`` ``{nodes, prompt_id, timestamp}`` — prompt nodes that have no op in
+   the program (folded or merged at compile time: they never execute)
+4. per op: ``executing`` ``{node, display_node, prompt_id}``; sampler steps send
+   ``progress`` ``{value, max, prompt_id, node}``; after an output node ``executed``
+   ``{node, display_node, output: {"images": [...]}, prompt_id}`` (preceded by binary
+   PREVIEW_IMAGE frames of its PNGs when the connection asked for previews)
+5. ``execution_success`` ``{prompt_id, timestamp}``, or ``execution_error`` /
+   ``execution_interrupted``
+6. the history entry is written and a ``status`` broadcast goes out (ComfyUI's task_done)
+7. ``executing`` ``{node: null, prompt_id}`` — the "done" signal clients wait for.
+
+A failing prompt never kills its worker: every error becomes ``execution_error`` and an
+``error`` history entry. One worker runs the prompts of one model key (``comfyc serve``) or
+everything its Ray replica claims.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .hub import Job, now_ms
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["PNG", "PREVIEW_IMAGE", "Interrupted", "Worker", "WorkerPool", "run_job"]
+
+#: Binary frame header fields (ComfyUI's ``BinaryEventTypes.PREVIEW_IMAGE``, format 2 = PNG).
+PREVIEW_IMAGE = 1
+PNG = 2
+
+
+class Interrupted(Exception):
+    """The running prompt was interrupted (POST /interrupt)."""
+
+
+class _SaveLock:
+    """An exclusive file lock on the output folder while a SaveImage op picks its counter, so
+    two workers (or two Ray replicas sharing the folder) never write the same file name."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.handle: Any = None
+
+    def acquire(self) -> None:
+        if self.handle is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.folder / ".comfyc-save.lock", "a+b")  # noqa: SIM115
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+
+def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bool:
+    """Run one claimed prompt and report it; returns whether its result was recorded."""
+    from comfyc.runtime.program import ProgramError
+
+    pid, client = job.prompt_id, job.client_id
+    messages: list[list[Any]] = []
+
+    def record(event: str, data: dict[str, Any]) -> None:
+        data = {**data, "timestamp": now_ms()}
+        messages.append([event, data])
+        hub.send(event, data, client)
+
+    record("execution_start", {"prompt_id": pid})
+    outputs: dict[str, Any] = {}
+    executed: list[str] = []
+    current: dict[str, Any] = {"node": None, "type": None, "files_seen": set()}
+    save_lock = _SaveLock(output_dir)
+    previews = client is not None and hub.wants_previews(client)
+
+    def check_interrupt() -> None:
+        if hub.is_interrupted(pid):
+            raise Interrupted
+
+    def flush_outputs(written: dict[str, list[dict[str, Any]]]) -> None:
+        """Send `executed` for output nodes whose files appeared since the last op."""
+        for node_id, files in written.items():
+            if node_id in current["files_seen"]:
+                continue
+            current["files_seen"].add(node_id)
+            outputs[node_id] = {"images": list(files)}
+            if previews:
+                for entry in files:
+                    folder = output_dir / ("temp" if entry.get("type") == "temp" else "")
+                    path = folder / entry.get("subfolder", "") / entry["filename"]
+                    try:
+                        body = path.read_bytes()
+                    except OSError:
+                        continue
+                    hub.send(None, struct.pack(">II", PREVIEW_IMAGE, PNG) + body, client,
+                             preview=True)
+            hub.send("executed", {"node": node_id, "display_node": node_id,
+                                  "output": outputs[node_id], "prompt_id": pid}, client)
+
+    def on_op(op: Any, ctx: Any) -> None:
+        save_lock.release()
+        flush_outputs(ctx.files)
+        check_interrupt()
+        if op.op in ("SaveImage", "PreviewImage"):
+            save_lock.acquire()
+        if op.id != current["node"]:
+            if current["node"] is not None:
+                executed.append(current["node"])
+            current["node"], current["type"] = op.id, op.op
+            hub.send("executing", {"node": op.id, "display_node": op.id, "prompt_id": pid},
+                     client)
+
+    def progress(label: str, step: int, total: int) -> None:
+        hub.send("progress", {"value": step, "max": total, "prompt_id": pid,
+                              "node": current["node"]}, client)
+        check_interrupt()
+
+    def say(message: str) -> None:
+        hub.send("comfyc.compile", {"prompt_id": pid, "message": message}, client)
+
+    status, ok = "success", True
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        prepared = engine.prepare(job.prompt, say)
+        times["prepare_s"] = time.perf_counter() - started
+        record("execution_cached", {"nodes": prepared.cached_nodes, "prompt_id": pid})
+        program = prepared.program
+        with engine.run_lock(prepared.artifact):
+            # NOTE: SaveImage embeds the prompt as the client sent it (ComfyUI's hidden
+            # PROMPT input) and the client's extra_pnginfo (the UI workflow).
+            program.meta["prompt"] = job.prompt
+            program.meta["extra_pnginfo"] = (job.extra_data or {}).get("extra_pnginfo")
+            try:
+                result = program.run(prepared.params, output_dir=output_dir,
+                                     input_dir=engine.input_dir, progress=progress, on_op=on_op)
+            finally:
+                save_lock.release()
+        times["run_s"] = result.timings["total_s"]
+        if current["node"] is not None:
+            executed.append(current["node"])
+        flush_outputs(result.files)  # the last op's outputs: no later op flushed them
+        record("execution_success", {"prompt_id": pid})
+    except BaseException as exc:  # every failure is reported; none kills the worker
+        ok = False
+        status = "error"
+        cause = exc.__cause__ if isinstance(exc, ProgramError) else None
+        base = {"prompt_id": pid, "node_id": current["node"], "node_type": current["type"],
+                "executed": executed}
+        if isinstance(exc, Interrupted) or isinstance(cause, Interrupted):
+            record("execution_interrupted", base)
+        else:
+            record("execution_error", {
+                **base, "exception_message": _message(exc),
+                "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "traceback": traceback.format_exception(exc)[-6:],
+                "current_inputs": {}, "current_outputs": {}})
+        if not isinstance(exc, Exception):
+            raise
+    entry = {
+        "prompt": job.queue_item(),
+        "outputs": outputs,
+        "status": {"status_str": status, "completed": ok, "messages": messages},
+        "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n}
+                 for n in outputs},
+        # NOTE: comfyc's own facts, beside ComfyUI's keys (clients ignore unknown keys).
+        "comfyc": {"worker": owner, "attempt": job.attempts,
+                   "total_s": time.perf_counter() - started, **times},
+    }
+    recorded = hub.finish(owner, pid, entry)
+    if recorded:
+        # NOTE: a worker whose lease expired (it stalled and another took the prompt over)
+        # stays quiet: the "done" signal comes from the worker whose result was recorded.
+        hub.send("executing", {"node": None, "prompt_id": pid}, client)
+    return recorded
+
+
+def _message(exc: BaseException) -> str:
+    """A person-readable message: comfyc errors render with their location and fix."""
+    render = getattr(exc, "render", None)
+    if callable(render):
+        try:
+            return str(render())
+        except Exception:  # noqa: BLE001 - fall back to str() below
+            _log.debug("render() failed", exc_info=True)
+    return str(exc) or type(exc).__name__
+
+
+class Worker(threading.Thread):
+    """A thread that claims prompts (of one model key, or any) and runs them.
+
+    Args:
+        hub: The hub (in-process, or a proxy to the Ray actor).
+        engine: Compiles and loads programs.
+        output_dir: Where outputs are written.
+        owner: The lease owner name (unique per worker).
+        key: Claim only prompts of this model key (None: any).
+        idle_exit_s: Exit after this long without work (None: never).
+    """
+
+    def __init__(self, hub: Any, engine: Any, output_dir: Path, owner: str,
+                 key: str | None = None, idle_exit_s: float | None = None) -> None:
+        super().__init__(name=f"comfyc-worker-{owner}", daemon=True)
+        self.hub, self.engine, self.output_dir = hub, engine, output_dir
+        self.owner, self.key, self.idle_exit_s = owner, key, idle_exit_s
+        self.stop = threading.Event()
+        self.busy = False
+
+    def run(self) -> None:
+        idle_since = time.monotonic()
+        beat = _Heartbeat(self.hub, self.owner, self.hub_lease_s())
+        beat.start()
+        try:
+            while not self.stop.is_set():
+                job = self.hub.claim(self.owner, self.key, 1.0)
+                if job is None:
+                    if self.idle_exit_s and time.monotonic() - idle_since > self.idle_exit_s:
+                        return
+                    continue
+                if isinstance(job, dict):
+                    job = Job.from_json(job)
+                self.busy = True
+                try:
+                    run_job(job, self.hub, self.engine, self.output_dir, self.owner)
+                except Exception:  # noqa: BLE001 - the hub itself failed; try again later
+                    _log.exception("worker %s: reporting a prompt failed", self.owner)
+                    time.sleep(0.5)
+                finally:
+                    self.busy = False
+                    idle_since = time.monotonic()
+                if self.hub.take_flags():
+                    self.engine.free()
+        finally:
+            beat.stop.set()
+
+    def hub_lease_s(self) -> float:
+        lease = getattr(self.hub, "lease_s", None)
+        return float(lease) if isinstance(lease, (int, float)) else 30.0
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps a worker's leases alive, also while it compiles for a long time."""
+
+    def __init__(self, hub: Any, owner: str, lease_s: float) -> None:
+        super().__init__(name=f"comfyc-heartbeat-{owner}", daemon=True)
+        self.hub, self.owner, self.period = hub, owner, max(0.2, lease_s / 4)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.period):
+            try:
+                self.hub.heartbeat(self.owner)
+            except Exception:  # noqa: BLE001 - a hub hiccup; the next beat tries again
+                _log.debug("heartbeat of %s failed", self.owner, exc_info=True)
+
+
+class WorkerPool:
+    """One worker per model key, started when a prompt of that key is queued."""
+
+    def __init__(self, hub: Any, engine: Any, output_dir: Path) -> None:
+        self.hub, self.engine, self.output_dir = hub, engine, output_dir
+        self.workers: dict[str, Worker] = {}
+        self.lock = threading.Lock()
+
+    def ensure(self, key: str) -> None:
+        """Start the worker of ``key`` unless it runs."""
+        with self.lock:
+            worker = self.workers.get(key)
+            if worker is None or not worker.is_alive():
+                worker = Worker(self.hub, self.engine, self.output_dir,
+                                f"{os.getpid()}:{len(self.workers)}:{key}", key)
+                self.workers[key] = worker
+                worker.start()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop every worker (each finishes its current prompt's bookkeeping)."""
+        for worker in self.workers.values():
+            worker.stop.set()
+        for worker in self.workers.values():
+            worker.join(timeout)
