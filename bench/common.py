@@ -33,7 +33,9 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     return {"python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "load_avg_1m": os.getloadavg()[0]}
+            "load_avg_1m": os.getloadavg()[0],
+            **{k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")
+               if k in os.environ}}
 
 
 def timed(fn: Callable[[], Any], runs: int, warmup: int = 1) -> dict[str, float]:

@@ -29,7 +29,8 @@ from .backends.base import BackendError, Stage
 from .program import Op, ParamSpec, Program
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "load", "read_manifest", "file_sha256",
-           "decode_constants", "STAGE_KINDS"]
+           "decode_constants", "STAGE_KINDS", "BACKENDS", "parse_backend_spec", "make_stage",
+           "manifest_hash", "write_manifest", "stage_entries", "backend_unavailable_reason"]
 
 FORMAT = "comfyc-artifact"
 FORMAT_VERSION = 1
@@ -87,9 +88,7 @@ def _verify_files(root: Path, manifest: dict[str, Any]) -> None:
         raise ArtifactError(f"{root}: manifest lists no files")
     expected_hash = manifest.get("manifest_hash")
     if expected_hash is not None:
-        body = {k: v for k, v in manifest.items() if k != "manifest_hash"}
-        actual = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        if actual != expected_hash:
+        if manifest_hash(manifest) != expected_hash:
             raise ArtifactError(
                 f"{root}/manifest.json was edited after compilation (hash mismatch); "
                 f"recompile the workflow instead of editing the manifest")
@@ -105,6 +104,45 @@ def _verify_files(root: Path, manifest: dict[str, Any]) -> None:
             raise ArtifactError(
                 f"{root}: file {rel} does not match its recorded hash (it is truncated or "
                 f"changed); compile the artifact again")
+
+
+def manifest_hash(manifest: Mapping[str, Any]) -> str:
+    """The SHA-256 recorded as ``manifest_hash``: of the manifest without that key."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
+    """Rewrite an artifact's manifest atomically (temporary file + rename), rehashed.
+
+    Used by ``comfyc tune``: a reader sees the old manifest or the new one, never half.
+    """
+    import os
+    import tempfile
+
+    manifest = dict(manifest)
+    manifest["manifest_hash"] = manifest_hash(manifest)
+    root = Path(root)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=str(root))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(manifest, indent=1))
+        os.replace(tmp, root / "manifest.json")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def stage_entries(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every runnable stage entry by its plan name (CLIP layers flattened, unused left out)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in (manifest.get("stages") or {}).items():
+        if entry.get("kind") == "text_encoder_layers":
+            for layer, sub in (entry.get("layers") or {}).items():
+                out[sub.get("name", f"{name}_L{layer}")] = sub
+        elif not entry.get("unused"):
+            out[name] = entry
+    return out
 
 
 def decode_constants(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -138,15 +176,114 @@ def decode_constants(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Backend names a stage can run on (``ort-<provider>`` passes any other provider through).
+BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "torch", "torch-compile", "torch-cuda",
+            "torch-compile-cuda", "trt")
+
+#: Options that only onnxruntime stages take (torch and trt stages ignore them).
+_ORT_OPTIONS = ("intra_op_threads", "inter_op_threads", "optimization_level", "io_binding",
+                "log_severity_level", "precision")
+
+
+def parse_backend_spec(backend: str | Mapping[str, str] | None) -> str | dict[str, str] | None:
+    """``"ort-cpu"`` stays a name; ``"unet=ort-cuda,vae_decoder=ort-cpu"`` becomes a map.
+
+    Map keys are stage names (``unet_18f8c13854``), stage kinds (``unet``, ``text_encoder``,
+    ``vae_decoder``, ``vae_encoder``) or ``*`` for every stage not named otherwise.
+
+    Raises:
+        BackendError: A malformed map entry.
+    """
+    if backend is None or isinstance(backend, Mapping):
+        return None if backend is None else dict(backend)
+    if "=" not in backend:
+        return backend.strip()
+    out: dict[str, str] = {}
+    for part in backend.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise BackendError(f"--backend map entries are STAGE=BACKEND (e.g. "
+                               f"unet=ort-cuda,vae_decoder=ort-cpu), got {part!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _parse_backend(backend: str | Mapping[str, str] | None, stage: str, kind: str,
                    planned: str) -> str:
-    if backend is None:
+    spec = parse_backend_spec(backend)
+    if spec is None:
         return planned
-    if isinstance(backend, str):
-        if "=" not in backend:
-            return backend
-        backend = dict(part.split("=", 1) for part in backend.split(",") if part)
-    return backend.get(stage) or backend.get(kind) or planned
+    if isinstance(spec, str):
+        return spec
+    return spec.get(stage) or spec.get(kind) or spec.get("*") or planned
+
+
+def _check_backend_keys(backend: str | Mapping[str, str] | None,
+                        manifest: Mapping[str, Any]) -> None:
+    """Fail when a per-stage map names a stage or kind this artifact does not have."""
+    spec = parse_backend_spec(backend)
+    if not isinstance(spec, dict):
+        return
+    names = list(stage_entries(manifest))
+    # NOTE: any stage kind is accepted (one map can serve many artifacts, e.g. a server's);
+    # only keys that are neither a kind nor a stage of this artifact are typos.
+    unknown = [key for key in spec
+               if key != "*" and key not in names and key not in STAGE_KINDS]
+    if unknown:
+        raise BackendError(
+            f"--backend names {', '.join(map(repr, unknown))}, which is neither a stage kind "
+            f"({', '.join(STAGE_KINDS)}) nor a stage of this artifact ({', '.join(names)}); "
+            f"use one of those, or * for the rest")
+
+
+def backend_unavailable_reason(backend: str) -> str | None:
+    """Why ``backend`` cannot run on this machine (what is missing and how to get it), or None.
+
+    A cheap check made before any work (``comfyc bench`` runs it for every backend first);
+    stages still check for real when they start (``session.get_providers()``).
+    """
+    import importlib.util
+
+    if backend.startswith("ort"):
+        from .backends import ort
+
+        try:
+            wanted = ort.providers_for_backend(backend)
+            available = ort.available_providers()
+        except BackendError as exc:
+            return str(exc)
+        missing = [name for name in wanted if name not in available]
+        if missing:
+            return (f"{backend} needs {', '.join(missing)}, but this onnxruntime build only has "
+                    f"{', '.join(available)}; install: "
+                    f"{ort._INSTALL_HINTS.get(missing[0], 'an onnxruntime build with it')}")
+        return None
+    if _is_torch(backend):
+        if importlib.util.find_spec("torch") is None:
+            return (f"{backend} needs PyTorch, which is not installed; pip install "
+                    f"'comfyc[compiler,cpu]'")
+        if backend.endswith("-cuda"):
+            from .backends.torch import require_cuda
+
+            try:
+                require_cuda(backend)
+            except BackendError as exc:
+                return str(exc)
+        return None
+    if backend == "trt":
+        if importlib.util.find_spec("tensorrt") is None:
+            return ("trt (native TensorRT engines) needs the tensorrt package and an NVIDIA GPU; "
+                    "neither TensorRT nor its Python bindings are installed here: pip install "
+                    "'comfyc[tensorrt]' on a machine with an NVIDIA GPU and driver")
+        if importlib.util.find_spec("comfyc.runtime.backends.trt") is None:
+            return "this comfyc has no TensorRT runtime (comfyc.runtime.backends.trt)"
+        return None
+    return (f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)} or "
+            f"ort-<provider>")
+
+
+def _is_torch(backend: str) -> bool:
+    return backend in ("torch", "torch-compile", "torch-cuda", "torch-compile-cuda")
 
 
 def _make_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
@@ -158,7 +295,7 @@ def _make_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
         return _make_base_stage(root, name, entry, backend, options)
     from .lora import RuntimeLoraStage
 
-    torch_backend = backend in ("torch", "torch-compile")
+    torch_backend = _is_torch(backend)
     if not (torch_backend or backend.startswith("ort")):
         raise BackendError(
             f"stage {name} has runtime-mode LoRAs, which are merged when an onnxruntime or "
@@ -177,7 +314,7 @@ def _make_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
 
 def _check_stage_source(name: str, entry: dict[str, Any], backend: str) -> None:
     """Fail unless the artifact stored this stage for ``backend``."""
-    if backend in ("torch", "torch-compile") and not entry.get("torch"):
+    if _is_torch(backend) and not entry.get("torch"):
         raise BackendError(f"stage {name} was not stored for the torch backend; compile "
                            f"with --backend {name}=torch to run it on PyTorch")
     if backend.startswith("ort") and not entry.get("file"):
@@ -193,11 +330,12 @@ def _make_base_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
     kind = entry["kind"]
     info = dict(entry.get("info") or {})
     _check_stage_source(name, entry, backend)
-    if backend in ("torch", "torch-compile"):
+    if _is_torch(backend):
         from .backends.torch_artifact import load_torch_stage
 
         stage = load_torch_stage(root / entry["torch"], name, kind, info,
-                                 compile=backend == "torch-compile")
+                                 compile="compile" in backend,
+                                 device="cuda" if backend.endswith("-cuda") else "cpu")
         if overrides:
             _load_torch_overrides(stage, overrides)
         return stage
@@ -206,20 +344,71 @@ def _make_base_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
 
         classes = {"unet": ort.OrtUNet, "text_encoder": ort.OrtTextEncoder,
                    "vae_decoder": ort.OrtVaeDecoder, "vae_encoder": ort.OrtVaeEncoder}
-        options = dict(options)
+        ort_options = {key: value for key, value in options.items() if key in _ORT_OPTIONS}
+        precision = ort_options.pop("precision", None)
         if entry.get("optimized"):
             # Already optimised offline (EXTENDED level, portable): don't redo that work.
-            options.setdefault("optimization_level", "extended")
+            ort_options.setdefault("optimization_level", "extended")
         if overrides:
-            options["initializer_overrides"] = dict(overrides)
-        return classes[kind](name, root / entry["file"], backend=backend, info=info,
-                             **options)
+            ort_options["initializer_overrides"] = dict(overrides)
+        providers = ort.providers_for_backend(backend)
+        if providers[0] == "TensorrtExecutionProvider":
+            providers = _tensorrt_ep(root, providers, entry)
+        return classes[kind](name, root / _stage_file(entry, backend, precision),
+                             providers=providers, info=info, **ort_options)
     if backend == "trt":
-        from .backends.trt import load_trt_stage  # type: ignore[import-not-found]
-
+        try:
+            from .backends.trt import load_trt_stage  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise BackendError(
+                f"stage {name} asks for the native TensorRT backend (trt), but this comfyc has "
+                f"no TensorRT runtime ({exc}); install it with pip install 'comfyc[tensorrt]' "
+                f"on a machine with an NVIDIA GPU, or run the stage with --backend "
+                f"{name}=ort-cpu") from None
         return load_trt_stage(root, name, entry, info)  # pragma: no cover - GPU only
-    raise BackendError(f"unknown backend {backend!r} for stage {name}; use ort-cpu, ort-cuda, "
-                       f"ort-<provider>, torch, torch-compile or trt")
+    raise BackendError(f"unknown backend {backend!r} for stage {name}; use one of "
+                       f"{', '.join(BACKENDS)} or ort-<provider>")
+
+
+def _stage_file(entry: Mapping[str, Any], backend: str, precision: str | None) -> str:
+    """The ONNX file a backend runs: an fp16 variant on GPU providers when the artifact has
+    one (``comfyc compile --gpu-fp16``) unless ``precision="fp32"``; ``precision="fp16"``
+    insists on it."""
+    variant = (entry.get("variants") or {}).get("fp16")
+    on_gpu = backend not in ("ort", "ort-cpu")
+    if precision == "fp16" and not variant:
+        raise BackendError(f"precision fp16 was asked for, but stage file {entry['file']} has "
+                           f"no fp16 variant; compile with --gpu-fp16 (or --fp16)")
+    if variant and (precision == "fp16" or (precision is None and on_gpu)):
+        return str(variant)
+    return str(entry["file"])
+
+
+def _tensorrt_ep(root: Path, providers: list[str], entry: Mapping[str, Any]) -> list[Any]:
+    """onnxruntime's TensorRT EP with its engine and timing caches in ``root/cache/ort-trt``
+    (engines are keyed by onnxruntime itself: model hash, GPU, TensorRT version)."""
+    from .backends import ort
+
+    if "TensorrtExecutionProvider" not in ort.available_providers():
+        return providers  # OrtSession names what is missing.
+    cache = root / "cache" / "ort-trt"
+    cache.mkdir(parents=True, exist_ok=True)
+    fp16 = "float16" in str((entry.get("facts") or {}).get("weights_dtype", ""))
+    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
+               "trt_fp16_enable": "True" if fp16 else "False"}
+    return [("TensorrtExecutionProvider", options), *providers[1:]]
+
+
+def make_stage(root: str | Path, name: str, entry: dict[str, Any], backend: str,
+               **options: Any) -> Any:
+    """One stage of an artifact on ``backend`` (what :func:`load` makes for each entry);
+    the autotuner measures stages made this way.
+
+    Raises:
+        BackendError: The backend cannot run here, or the artifact has no file for it.
+    """
+    return _make_stage(Path(root), name, entry, backend, options)
 
 
 def _load_torch_overrides(stage: Any, overrides: Mapping[str, Any]) -> None:
@@ -247,7 +436,10 @@ def load(path: str | Path, backend: str | Mapping[str, str] | None = None, *,
             (``{"unet": "ort-cpu", "vae_decoder": "torch"}`` or ``"unet=ort-cpu,..."``), or None
             for the plan recorded in the manifest (autotuned or chosen at compile time).
         verify: Check file hashes (on by default; turn off only for trusted, timed loops).
-        **stage_options: Passed to every ONNX stage (threads, providers …).
+        **stage_options: onnxruntime tuning passed to every ONNX stage:
+            ``intra_op_threads``, ``inter_op_threads``, ``optimization_level``
+            (disable/basic/extended/all), ``io_binding`` (None: on for CUDA),
+            ``precision`` (fp16/fp32 variant), ``log_severity_level``.
 
     Raises:
         ArtifactError: The artifact is damaged or incompatible.
@@ -255,6 +447,7 @@ def load(path: str | Path, backend: str | Mapping[str, str] | None = None, *,
     """
     root = Path(path)
     manifest = read_manifest(root, verify=verify)
+    _check_backend_keys(backend, manifest)
     plan = manifest.get("plan") or {}
     stages: dict[str, Any] = {}
     for name, entry in (manifest.get("stages") or {}).items():

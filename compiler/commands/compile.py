@@ -26,9 +26,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="NAME.comfyc",
                         help="artifact directory (default: the workflow's name + .comfyc)")
     parser.add_argument("--backend", default="ort-cpu",
-                        help="stage backend: one of ort-cpu, ort-cuda, ort-trt, torch, trt, or "
-                             "a per-stage map such as unet=ort-cpu,vae_decoder=torch")
+                        help="stage backend: ort-cpu, ort-cuda, ort-trt, ort-<provider>, torch, "
+                             "torch-compile, torch-cuda, trt; a per-stage map such as "
+                             "unet=ort-cuda,vae_decoder=ort-cpu; or auto (store ONNX and "
+                             "PyTorch weights, measure every backend here, plan the fastest)")
     parser.add_argument("--fp16", action="store_true", help="export float16 stages")
+    parser.add_argument("--gpu-fp16", action="store_true",
+                        help="also write float16 variants of the ONNX stages, which GPU "
+                             "providers run by default")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="dynamic int8 quantisation of ONNX stages (smaller, see bench)")
+    parser.add_argument("--quantize-stages", default="unet,text_encoder", metavar="LIST",
+                        help="stage kinds or names to quantise (default: unet,text_encoder)")
+    parser.add_argument("--store-torch", action="store_true",
+                        help="also store PyTorch weights of ONNX stages (to run or tune on "
+                             "torch later)")
+    parser.add_argument("--tune-backends", default=None, metavar="LIST",
+                        help="with --backend auto: the candidates (default: all available)")
     parser.add_argument("--dynamic", action="store_true",
                         help="dynamic batch/height/width instead of the workflow's shapes")
     parser.add_argument("--lora-runtime", action="store_true",
@@ -62,10 +76,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"comfyc compile: {exc}", file=sys.stderr)
         return 2
     output = args.output or (Path(args.file).stem.split(".")[0] + ".comfyc")
+    tune: dict[str, object] = {}
+    if args.tune_backends:
+        tune["backends"] = [b.strip() for b in args.tune_backends.split(",") if b.strip()]
     options = CompileOptions(backend=backend, fp16=args.fp16, dynamic=args.dynamic,
                              lora_runtime=args.lora_runtime, param_bindings=args.param,
                              models_dir=args.models_dir, input_dir=args.input_dir,
-                             fold=not args.no_fold)
+                             fold=not args.no_fold, quantize=args.quantize,
+                             quantize_stages=tuple(s.strip() for s in
+                                                   args.quantize_stages.split(",")),
+                             gpu_fp16=args.gpu_fp16, store_torch=args.store_torch,
+                             autotune=tune)
     try:
         catalog = catalog_from_args(args)
         graph = load_workflow(args.file, catalog)
@@ -86,4 +107,11 @@ def run(args: argparse.Namespace) -> int:
           f"{stats.get('nodes_removed', 0)} nodes removed, "
           f"{stats.get('nodes_folded', 0)} folded, {report.size_bytes / 1e6:.2f} MB, "
           f"{report.seconds:.1f} s")
+    if backend == "auto":
+        import json
+
+        from .tune import print_autotune
+
+        manifest = json.loads((Path(report.path) / "manifest.json").read_text())
+        print_autotune(manifest["autotune"])
     return EXIT_OK

@@ -36,11 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", metavar="DIR",
                         help="models folder in ComfyUI's layout (default: $COMFYC_MODELS)")
     parser.add_argument("--backend", default=None,
-                        help="stage backend: torch (workflows) or an artifact's backends")
+                        help="stage backend: torch or torch-compile for workflows; for an "
+                             "artifact one backend (ort-cpu, ort-cuda, ort-trt, torch, trt …) "
+                             "or a per-stage map (unet=ort-cuda,vae_decoder=ort-cpu); default: "
+                             "the artifact's plan (autotuned or chosen at compile time)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON summary (outputs, timings) on standard output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_catalog_arguments(parser)
+    from .tune import add_ort_arguments
+
+    add_ort_arguments(parser)
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -114,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
         if Path(args.file).is_dir():
             from comfyc.runtime.artifact import load as load_artifact
 
-            program = load_artifact(args.file, backend=args.backend)
+            from .tune import ort_options_from_args
+
+            program = load_artifact(args.file, backend=args.backend,
+                                    **ort_options_from_args(args))
         else:
             program = _compile_in_memory(args, progress)
         build_s = time.perf_counter() - started

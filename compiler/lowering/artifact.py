@@ -37,7 +37,12 @@ from ..ir.core import Graph
 __all__ = ["CompileOptions", "CompileReport", "compile_graph", "parse_backend_map",
            "STAGE_BACKENDS"]
 
-STAGE_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "torch", "torch-compile", "trt")
+STAGE_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "torch", "torch-compile", "torch-cuda",
+                  "torch-compile-cuda", "trt")
+
+#: Stages ``--quantize int8`` quantises unless told otherwise: where it pays on the CPU
+#: (MatMul-heavy); the VAE is convolutions, which int8 makes slower (precision.py).
+INT8_DEFAULT_STAGES = ("unet", "text_encoder")
 
 
 @dataclass
@@ -54,6 +59,14 @@ class CompileOptions:
         input_dir: Where LoadImage finds files while probing.
         optimize: Save onnxruntime's offline-optimised model when it helps.
         fold: Run constant folding.
+        quantize: ``int8``: dynamic int8 quantisation of ``quantize_stages`` (ONNX stages).
+        quantize_stages: Stage kinds (or names) to quantise.
+        gpu_fp16: Also write a float16 variant of every ONNX stage (``NAME.fp16.onnx``),
+            which GPU providers run by default (runtime ``precision`` option).
+        store_torch: Also store every ONNX stage's PyTorch weights, so that the artifact can
+            run (and be autotuned or benchmarked) on torch as well. On for ``auto``.
+        autotune: Options for :func:`comfyc.compiler.lowering.autotune.autotune` when the
+            backend is ``auto`` (``backends``, ``calls``, ``warmup``).
     """
 
     backend: str | dict[str, str] = "ort-cpu"
@@ -65,6 +78,11 @@ class CompileOptions:
     input_dir: str = "input"
     optimize: bool = True
     fold: bool = True
+    quantize: str | None = None
+    quantize_stages: tuple[str, ...] = INT8_DEFAULT_STAGES
+    gpu_fp16: bool = False
+    store_torch: bool = False
+    autotune: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -218,7 +236,7 @@ def _encode_constants(constants: Mapping[str, Any]) -> tuple[dict[str, np.ndarra
 def _stage_backend(plan: str | dict[str, str], name: str, kind: str) -> str:
     if isinstance(plan, str):
         return "ort-cpu" if plan == "auto" else plan
-    return plan.get(name) or plan.get(kind) or "ort-cpu"
+    return plan.get(name) or plan.get(kind) or plan.get("*") or "ort-cpu"
 
 
 def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | None = None, *,
@@ -245,6 +263,11 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
     from .program import TorchModelCache, lower_to_program
 
     options = options or CompileOptions()
+    if options.quantize not in (None, "int8"):
+        raise ExportError(f"--quantize {options.quantize!r} is not supported; expected int8")
+    if options.quantize and options.fp16:
+        raise ExportError("--quantize int8 starts from float32 stages; drop --fp16 (use "
+                          "--gpu-fp16 for float16 variants beside them)")
     catalog = catalog or default_catalog()
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -312,13 +335,21 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
                          if k in ("prompt", "param_uses", "extra_pnginfo")},
             "stats": stats,
             "options": {"fp16": options.fp16, "dynamic": options.dynamic,
-                        "lora_runtime": options.lora_runtime},
+                        "lora_runtime": options.lora_runtime, "quantize": options.quantize,
+                        "gpu_fp16": options.gpu_fp16,
+                        "store_torch": options.store_torch or options.backend == "auto"},
         }
         manifest["files"] = {
             str(p.relative_to(tmp)): _sha(p) for p in sorted(tmp.rglob("*")) if p.is_file()
         }
-        body = json.dumps(manifest, sort_keys=True).encode()
-        manifest["manifest_hash"] = hashlib.sha256(body).hexdigest()
+        if options.backend == "auto":
+            from .autotune import autotune
+
+            say("autotuning: measuring every available backend per stage")
+            manifest = autotune(tmp, manifest, progress=say, **options.autotune)
+        from comfyc.runtime.artifact import manifest_hash
+
+        manifest["manifest_hash"] = manifest_hash(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         _replace_dir(tmp, output)
     except BaseException:
@@ -510,6 +541,9 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         entry["torch"] = str(folder)
         say(f"stored {name} for the torch backend")
         return entry
+    if backend not in STAGE_BACKENDS and not backend.startswith("ort-"):
+        raise ExportError(f"unknown backend {backend!r} for stage {name}; expected one of "
+                          f"{', '.join(STAGE_BACKENDS)}, ort-<provider> or auto")
     # An ONNX file for ort-* and trt (engines are built from it).
     dynamic = options.dynamic or len(shapes) > 1
     path = root / "stages" / f"{name}.onnx"
@@ -550,6 +584,18 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
     entry["export_s"] = round(time.perf_counter() - t0, 3)
     entry["facts"] = _jsonable(facts)
     entry["dynamic"] = dynamic
+    if options.quantize and not lora and (kind in options.quantize_stages
+                                          or name in options.quantize_stages):
+        from .precision import quantize_int8
+
+        quantize_int8(path, path)
+        entry["precision"] = "int8"
+        say(f"quantized {name} to int8")
+    if options.store_torch or options.backend == "auto":
+        from .torch_weights import save_torch_stage
+
+        save_torch_stage(module, kind, root / "torch" / name)
+        entry["torch"] = str(Path("torch") / name)
     if lora:
         # Offline optimisation folds and renames weights: overrides would no longer apply.
         entry["optimized"] = False
@@ -565,6 +611,12 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         else:
             optimized.unlink(missing_ok=True)
             entry["optimized"] = False
+    if options.gpu_fp16 and not options.fp16 and entry.get("precision") != "int8":
+        from .precision import to_fp16
+
+        variant = path.with_suffix(".fp16.onnx")
+        to_fp16(path, variant)
+        entry["variants"] = {"fp16": f"stages/{variant.name}"}
     return entry
 
 

@@ -7,13 +7,14 @@ a stage without torch installed raises a :class:`BackendError` that says what to
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 from .base import BackendError, Stage
 
-__all__ = ["require_torch", "TorchUNet", "TorchTextEncoder", "TorchVaeDecoder",
+__all__ = ["require_torch", "require_cuda", "TorchUNet", "TorchTextEncoder", "TorchVaeDecoder",
            "TorchVaeEncoder"]
 
 
@@ -29,23 +30,46 @@ def require_torch() -> Any:
     return torch
 
 
+def require_cuda(backend: str = "torch-cuda") -> Any:
+    """torch with a usable CUDA device, or a :class:`BackendError` naming what is missing."""
+    torch = require_torch()
+    if not torch.cuda.is_available():
+        build = (f"a CUDA {torch.version.cuda} build" if torch.version.cuda
+                 else "a CPU-only build")
+        raise BackendError(
+            f"backend {backend} needs an NVIDIA GPU, but torch {torch.__version__} ({build}) "
+            f"sees no CUDA device (torch.cuda.is_available() is False); run on a machine with "
+            f"an NVIDIA GPU and driver and a CUDA build of torch, or use --backend torch "
+            f"(the CPU)")
+    return torch
+
+
+def _compile(torch: Any, fn: Any) -> Any:
+    """``torch.compile`` with the backend named by ``COMFYC_TORCH_COMPILE_BACKEND`` (default
+    inductor; tests use ``eager`` to check the plumbing without minutes of codegen)."""
+    return torch.compile(fn, backend=os.environ.get("COMFYC_TORCH_COMPILE_BACKEND", "inductor"))
+
+
 class _TorchStage(Stage):
     backend = "torch"
 
     def __init__(self, name: str, kind: str, module: Any, info: dict[str, Any] | None = None,
-                 compile: bool = False) -> None:
+                 compile: bool = False, device: str = "cpu") -> None:
         super().__init__(name, kind, info)
-        torch = require_torch()
+        torch = require_cuda() if device.startswith("cuda") else require_torch()
         self.torch = torch
-        self.module = module.eval()
+        self.device = torch.device(device)
+        self.module = module.eval().to(self.device)
         self.dtype = next(module.parameters()).dtype
-        self.call = module
+        self.call = self.module
         if compile:
             self.backend = "torch-compile"
-            self.call = torch.compile(module)
+            self.call = _compile(torch, self.module)
+        if self.device.type == "cuda":
+            self.backend += "-cuda"
 
     def _tensor(self, array: np.ndarray) -> Any:
-        return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.dtype)
+        return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device, self.dtype)
 
     def _numpy(self, tensor: Any) -> np.ndarray:
         return tensor.detach().float().cpu().numpy()
@@ -55,14 +79,15 @@ class TorchUNet(_TorchStage):
     """``unet(sample, timestep, context) -> eps|v`` on a diffusers UNet2DConditionModel."""
 
     def __init__(self, name: str, module: Any, info: dict[str, Any] | None = None,
-                 compile: bool = False) -> None:
-        super().__init__(name, "unet", module, info, compile)
+                 compile: bool = False, device: str = "cpu") -> None:
+        super().__init__(name, "unet", module, info, compile, device)
 
     def forward(self, sample: np.ndarray, timestep: np.ndarray, context: np.ndarray
                 ) -> np.ndarray:
         with self.torch.inference_mode():
             out = self.call(self._tensor(sample),
-                            self.torch.from_numpy(np.asarray(timestep, dtype=np.float32)),
+                            self.torch.from_numpy(np.asarray(timestep, dtype=np.float32)
+                                                  ).to(self.device),
                             encoder_hidden_states=self._tensor(context), return_dict=False)[0]
         return self._numpy(out)
 
@@ -76,8 +101,10 @@ class TorchTextEncoder(_TorchStage):
     """
 
     def __init__(self, name: str, module: Any, layer: int = -1,
-                 info: dict[str, Any] | None = None) -> None:
-        super().__init__(name, "text_encoder", module, {**(info or {}), "layer": layer})
+                 info: dict[str, Any] | None = None, compile: bool = False,
+                 device: str = "cpu") -> None:
+        super().__init__(name, "text_encoder", module, {**(info or {}), "layer": layer},
+                         compile, device)
         self.layer = layer
         # transformers 4 nests the layers under .text_model; transformers 5 does not.
         inner = getattr(module, "text_model", module)
@@ -85,9 +112,9 @@ class TorchTextEncoder(_TorchStage):
 
     def forward(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
-        ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64))
+        ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(self.device)
         with torch.inference_mode():
-            out = self.module(input_ids=ids, output_hidden_states=True, return_dict=True)
+            out = self.call(input_ids=ids, output_hidden_states=True, return_dict=True)
             layers = len(out.hidden_states) - 1
             index = self.layer if -layers <= self.layer < 0 else -1
             hidden = self.final_norm(out.hidden_states[index])
@@ -98,22 +125,30 @@ class TorchTextEncoder(_TorchStage):
 class TorchVaeDecoder(_TorchStage):
     """``vae_decoder(latent) -> image in [-1, 1]`` on a diffusers AutoencoderKL."""
 
-    def __init__(self, name: str, module: Any, info: dict[str, Any] | None = None) -> None:
-        super().__init__(name, "vae_decoder", module, info)
+    def __init__(self, name: str, module: Any, info: dict[str, Any] | None = None,
+                 compile: bool = False, device: str = "cpu") -> None:
+        super().__init__(name, "vae_decoder", module, info, compile, device)
+        # NOTE: decode/encode are methods, not forward: compile those bound methods.
+        self.method = (_compile(self.torch, self.module.decode) if compile
+                       else self.module.decode)
 
     def forward(self, latent: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
-            out = self.module.decode(self._tensor(latent), return_dict=False)[0]
+            out = self.method(self._tensor(latent), return_dict=False)[0]
         return self._numpy(out)
 
 
 class TorchVaeEncoder(_TorchStage):
     """``vae_encoder(image in [-1, 1]) -> latent mean`` (the posterior mode, as ComfyUI)."""
 
-    def __init__(self, name: str, module: Any, info: dict[str, Any] | None = None) -> None:
-        super().__init__(name, "vae_encoder", module, info)
+    def __init__(self, name: str, module: Any, info: dict[str, Any] | None = None,
+                 compile: bool = False, device: str = "cpu") -> None:
+        super().__init__(name, "vae_encoder", module, info, compile, device)
+        # NOTE: decode/encode are methods, not forward: compile those bound methods.
+        self.method = (_compile(self.torch, self.module.encode) if compile
+                       else self.module.encode)
 
     def forward(self, image: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
-            dist = self.module.encode(self._tensor(image), return_dict=False)[0]
+            dist = self.method(self._tensor(image), return_dict=False)[0]
         return self._numpy(dist.mean)

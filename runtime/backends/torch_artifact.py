@@ -11,18 +11,32 @@ from pathlib import Path
 from typing import Any
 
 from .base import BackendError, Stage
-from .torch import TorchTextEncoder, TorchUNet, TorchVaeDecoder, TorchVaeEncoder, require_torch
+from .torch import (
+    TorchTextEncoder,
+    TorchUNet,
+    TorchVaeDecoder,
+    TorchVaeEncoder,
+    require_cuda,
+    require_torch,
+)
 
 __all__ = ["load_torch_stage"]
 
 
 def load_torch_stage(folder: Path, name: str, kind: str, info: dict[str, Any],
-                     compile: bool = False) -> Stage:
+                     compile: bool = False, device: str = "cpu") -> Stage:
     """Build the module from its stored config and weights and wrap it as a stage.
 
+    Args:
+        compile: Wrap the module in ``torch.compile`` (compiled at the first call).
+        device: ``cpu`` or ``cuda`` (``cuda`` needs a CUDA build of torch and a GPU).
+
     Raises:
-        BackendError: torch / diffusers / transformers are not installed.
+        BackendError: torch / diffusers / transformers are not installed, or ``cuda`` was
+            asked for without a GPU.
     """
+    if device.startswith("cuda"):
+        require_cuda("torch-compile-cuda" if compile else "torch-cuda")
     require_torch()
     try:
         from safetensors.torch import load_file
@@ -46,9 +60,10 @@ def load_torch_stage(folder: Path, name: str, kind: str, info: dict[str, Any],
     module.load_state_dict(load_file(str(folder / "model.safetensors")))
     module.eval()
     if kind == "unet":
-        return TorchUNet(name, module, info, compile=compile)
+        return TorchUNet(name, module, info, compile=compile, device=device)
     if kind == "text_encoder":
-        return TorchTextEncoder(name, module, int(info.get("layer", -1)), info)
+        return TorchTextEncoder(name, module, int(info.get("layer", -1)), info,
+                                compile=compile, device=device)
     if kind == "vae_decoder":
-        return TorchVaeDecoder(name, module, info)
-    return TorchVaeEncoder(name, module, info)
+        return TorchVaeDecoder(name, module, info, compile=compile, device=device)
+    return TorchVaeEncoder(name, module, info, compile=compile, device=device)

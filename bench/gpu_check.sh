@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# GPU check for issue 7 (backends): benches torch on CUDA and every onnxruntime / TensorRT
+# provider present, on the tiny model, and writes the reports under bench/results/gpu/.
+#
+# Standalone on a machine with an NVIDIA GPU and a CUDA build of PyTorch; needs no network
+# and no installed comfyc (the repository is put on the path through a symlink shim).
+# Uses what is installed: onnxruntime-gpu (ort-cuda, ort-trt) and tensorrt (trt) are
+# benched only when importable; the rest is reported as missing.
+#
+#   bash bench/gpu_check.sh            # PYTHON=/path/to/python to choose the interpreter
+#   STEPS=20 RUNS=10 bash bench/gpu_check.sh
+set -u
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+PY=${PYTHON:-python3}
+STEPS=${STEPS:-20}
+RUNS=${RUNS:-10}
+OUT=${OUT:-$REPO/bench/results/gpu}
+mkdir -p "$OUT"
+
+echo "== machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "no nvidia-smi"
+"$PY" - <<'PY'
+import importlib, importlib.util
+for name in ("torch", "onnxruntime", "tensorrt", "onnx", "onnxscript", "diffusers",
+             "transformers", "safetensors", "lark", "PIL", "matplotlib", "numpy"):
+    if importlib.util.find_spec(name) is None:
+        print(f"  {name:<13} MISSING")
+        continue
+    module = importlib.import_module(name)
+    print(f"  {name:<13} {getattr(module, '__version__', '?')}")
+try:
+    import torch
+    print("  torch.cuda:", torch.cuda.is_available(),
+          torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+except ImportError:
+    pass
+try:
+    import onnxruntime
+    print("  ort providers:", onnxruntime.get_available_providers())
+except ImportError:
+    pass
+PY
+
+# comfyc without installing it: comfyc.{compiler,runtime,frontends} map to the top folders.
+SHIM=$(mktemp -d)
+mkdir -p "$SHIM/comfyc"
+ln -s "$REPO/comfyc/__init__.py" "$SHIM/comfyc/__init__.py"
+for part in compiler runtime frontends; do ln -s "$REPO/$part" "$SHIM/comfyc/$part"; done
+export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+comfyc() { "$PY" -c 'import sys; from comfyc.compiler.cli import main; sys.exit(main())' "$@"; }
+
+BACKENDS=torch,torch-cuda,torch-compile-cuda,ort-cpu,ort-cuda,ort-trt,trt
+for size in 64 256; do
+  WF="$OUT/txt2img-$size.cfy"
+  sed -e "s/steps=20/steps=$STEPS/" -e "s/width=64, height=64/width=$size, height=$size/" \
+      examples/txt2img.cfy > "$WF"
+  ART="$OUT/txt2img-$size.comfyc"
+  echo "== compile ${size}x${size} ($STEPS steps), ONNX + PyTorch weights + fp16 variants"
+  comfyc compile "$WF" -o "$ART" --store-torch --gpu-fp16 || { echo "compile failed"; continue; }
+  if "$PY" -c "import tensorrt" 2>/dev/null; then
+    echo "== TensorRT engines (for the trt row)"
+    comfyc build-engines "$ART" || echo "build-engines failed: $?"
+  fi
+  echo "== bench ${size}x${size}: $BACKENDS (unavailable ones skipped), $RUNS runs"
+  comfyc bench "$ART" --backends "$BACKENDS" --runs "$RUNS" --warmup 2 \
+      --precisions fp32,int8 --skip-unavailable -o "$OUT/bench-$size" || echo "bench failed: $?"
+  echo "== autotune ${size}x${size} (dry run: the plan is printed, not written)"
+  comfyc tune "$ART" --calls 20 --dry-run || echo "tune failed: $?"
+done
+rm -rf "$SHIM"
+echo "== reports: $OUT/bench-*/report.html, bench.json; autotune: $OUT/autotune-*.json"

@@ -1,0 +1,122 @@
+"""Autotune a compiled artifact: time every available backend per stage, plan the fastest.
+
+`comfyc tune NAME.comfyc` measures each stage on every backend that can run here (see
+comfyc.compiler.lowering.autotune) and rewrites the artifact's manifest atomically with the
+choices and measurements (`manifest["autotune"]`, `manifest["plan"]`); `comfyc run` then uses
+the plan. Override it per run with `comfyc run NAME.comfyc --backend unet=ort-cpu`, or retune
+with `--backends` to restrict the candidates. The artifact must hold the files of the
+backends to try: ONNX for ort-*/trt, PyTorch weights for torch* (compile with
+`--backend auto` or `--store-torch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .common import EXIT_INVALID, EXIT_OK
+
+__all__ = ["add_arguments", "add_ort_arguments", "ort_options_from_args", "run"]
+
+
+def add_ort_arguments(parser: argparse.ArgumentParser) -> None:
+    """onnxruntime tuning options shared by run, tune and bench."""
+    group = parser.add_argument_group("onnxruntime tuning")
+    group.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="intra-op threads per onnxruntime session (default: onnxruntime's)")
+    group.add_argument("--ort-opt-level", choices=("disable", "basic", "extended", "all"),
+                       default=None, help="graph optimization level (default: all, or "
+                       "extended for stages optimised at compile time)")
+    group.add_argument("--io-binding", choices=("auto", "on", "off"), default="auto",
+                       help="onnxruntime IO binding (auto: on for CUDA/TensorRT)")
+    group.add_argument("--precision", choices=("auto", "fp16", "fp32"), default="auto",
+                       help="ONNX stage variant: auto runs fp16 variants (compile --gpu-fp16) "
+                       "on GPU providers, fp32 on the CPU")
+
+
+def ort_options_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """Stage options for :func:`comfyc.runtime.artifact.load` from the tuning flags."""
+    options: dict[str, object] = {}
+    if getattr(args, "threads", None) is not None:
+        options["intra_op_threads"] = args.threads
+    if getattr(args, "ort_opt_level", None):
+        options["optimization_level"] = args.ort_opt_level
+    binding = getattr(args, "io_binding", "auto")
+    if binding != "auto":
+        options["io_binding"] = binding == "on"
+    precision = getattr(args, "precision", "auto")
+    if precision != "auto":
+        options["precision"] = precision
+    return options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``comfyc tune``."""
+    parser.add_argument("artifact", metavar="ARTIFACT", help="a compiled NAME.comfyc folder")
+    parser.add_argument("--backends", default=None, metavar="LIST",
+                        help="comma-separated candidates (default: every backend available "
+                             "here for each stage)")
+    parser.add_argument("--calls", type=int, default=10, help="timed calls per stage/backend")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before them")
+    parser.add_argument("--amortize", type=int, default=1000, metavar="CALLS",
+                        help="spread each backend's start-up time (load, torch.compile) over "
+                             "this many calls when choosing (default 1000)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="measure and print, but leave the manifest unchanged")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_ort_arguments(parser)
+
+
+def print_autotune(result: dict[str, object], out: object = None) -> None:
+    """The per-stage table of an autotune result (on standard output by default)."""
+    out = out or sys.stdout
+    stages = result.get("stages") or {}
+    print(f"{'stage':<32} {'backend':<20} {'median ms':>10} {'p90 ms':>9} {'load s':>7} "
+          f"{'1st call s':>10} {'score ms':>9}", file=out)  # type: ignore[arg-type]
+    for name, row in stages.items():  # type: ignore[union-attr]
+        for backend, m in row["measurements"].items():
+            mark = " <- chosen" if backend == row["choice"] else ""
+            print(f"{name:<32} {backend:<20} {m['median_ms']:>10.3f} {m['p90_ms']:>9.3f} "
+                  f"{m['load_s']:>7.2f} {m['first_call_ms'] / 1000:>10.2f} "
+                  f"{m['score_ms']:>9.3f}{mark}", file=out)  # type: ignore[arg-type]
+        for backend, why in (row.get("skipped") or {}).items():
+            print(f"{name:<32} {backend:<20} skipped: {why.split(';')[0]}",
+                  file=out)  # type: ignore[arg-type]
+        if row.get("margin"):
+            print(f"{'':<32} margin {row['margin']:.2f}x over the runner-up (by score)",
+                  file=out)  # type: ignore[arg-type]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``comfyc tune``."""
+    from comfyc.runtime.artifact import ArtifactError, read_manifest, write_manifest
+    from comfyc.runtime.backends.base import BackendError
+
+    from ..lowering.autotune import autotune
+
+    def say(message: str) -> None:
+        if not args.quiet:
+            print(f"[tune] {message}", file=sys.stderr, flush=True)
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends \
+        else None
+    try:
+        manifest = read_manifest(args.artifact)
+        tuned = autotune(args.artifact, manifest, backends=backends, calls=args.calls,
+                         warmup=args.warmup, stage_options=ort_options_from_args(args),
+                         amortize=args.amortize, progress=say)
+        if not args.dry_run:
+            write_manifest(args.artifact, tuned)
+    except (ArtifactError, BackendError) as exc:
+        print(f"comfyc tune: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.json:
+        print(json.dumps(tuned["autotune"], indent=2))
+    else:
+        print_autotune(tuned["autotune"])
+        if not args.dry_run:
+            print(f"plan written to {args.artifact}/manifest.json: "
+                  + ", ".join(f"{k}={v}" for k, v in tuned["plan"].items()))
+    return EXIT_OK
