@@ -296,12 +296,12 @@ def _make_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
     from .lora import RuntimeLoraStage
 
     torch_backend = _is_torch(backend)
-    if not (torch_backend or backend.startswith("ort")):
+    if not (torch_backend or backend.startswith("ort") or backend == "trt"):
         raise BackendError(
-            f"stage {name} has runtime-mode LoRAs, which are merged when an onnxruntime or "
-            f"PyTorch session is made; the {backend} backend cannot replace its weights. Run "
-            f"it with --backend {name}=ort-cuda (or ort-cpu), or fold the LoRA: compile with "
-            f"constant strengths and without --lora-runtime")
+            f"stage {name} has runtime-mode LoRAs, which are merged when an onnxruntime, "
+            f"PyTorch or TensorRT (refit) stage is made; the {backend} backend cannot replace "
+            f"its weights. Run it with --backend {name}=ort-cuda (or ort-cpu), or fold the "
+            f"LoRA: compile with constant strengths and without --lora-runtime")
     _check_stage_source(name, entry, backend)
 
     def create(overrides: dict[str, Any]) -> Stage:
@@ -365,7 +365,10 @@ def _make_base_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
                 f"no TensorRT runtime ({exc}); install it with pip install 'comfyc[tensorrt]' "
                 f"on a machine with an NVIDIA GPU, or run the stage with --backend "
                 f"{name}=ort-cpu") from None
-        return load_trt_stage(root, name, entry, info)  # pragma: no cover - GPU only
+        stage = load_trt_stage(root, name, entry, info)  # pragma: no cover - GPU only
+        if overrides:  # pragma: no cover - GPU only
+            stage.refit(overrides)  # LoRA without a rebuild (engines built --refittable).
+        return stage
     raise BackendError(f"unknown backend {backend!r} for stage {name}; use one of "
                        f"{', '.join(BACKENDS)} or ort-<provider>")
 

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "torch later)")
     parser.add_argument("--tune-backends", default=None, metavar="LIST",
                         help="with --backend auto: the candidates (default: all available)")
+    parser.add_argument("--no-engines", action="store_true",
+                        help="with a trt backend: compile here without building TensorRT "
+                             "engines (build them on the GPU machine: comfyc build-engines)")
     parser.add_argument("--dynamic", action="store_true",
                         help="dynamic batch/height/width instead of the workflow's shapes")
     parser.add_argument("--lora-runtime", action="store_true",
@@ -76,6 +79,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"comfyc compile: {exc}", file=sys.stderr)
         return 2
     output = args.output or (Path(args.file).stem.split(".")[0] + ".comfyc")
+    trt_stages = _trt_stages(backend)
+    if trt_stages is not None and not args.no_engines:
+        # Fail before any work when engines cannot be built here.
+        from comfyc.runtime.backends.base import BackendError
+        from comfyc.runtime.backends.trt import gpu_identity, require_tensorrt
+
+        try:
+            require_tensorrt()
+            gpu_identity()
+        except BackendError as exc:
+            print(f"comfyc compile: error: {exc}", file=sys.stderr)
+            print("help: to compile here and build the engines on the GPU machine, add "
+                  "--no-engines, then run `comfyc build-engines ARTIFACT` there",
+                  file=sys.stderr)
+            return 2
     tune: dict[str, object] = {}
     if args.tune_backends:
         tune["backends"] = [b.strip() for b in args.tune_backends.split(",") if b.strip()]
@@ -102,6 +120,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"comfyc compile: error: {exc}", file=sys.stderr)
             return EXIT_INVALID
         raise
+    if trt_stages is not None and not args.no_engines:
+        from ..lowering.tensorrt import BuildOptions, TensorRTError, build_engines
+
+        try:
+            build_engines(report.path, BuildOptions(stages=trt_stages), progress=say)
+        except TensorRTError as exc:
+            print(f"comfyc compile: error: {exc} (the artifact is complete; rerun "
+                  f"`comfyc build-engines {report.path}` after fixing this)", file=sys.stderr)
+            return EXIT_INVALID
     stats = report.stats
     print(f"{report.path}: {len(report.stages)} stage entries, "
           f"{stats.get('nodes_removed', 0)} nodes removed, "
@@ -115,3 +142,14 @@ def run(args: argparse.Namespace) -> int:
         manifest = json.loads((Path(report.path) / "manifest.json").read_text())
         print_autotune(manifest["autotune"])
     return EXIT_OK
+
+
+def _trt_stages(backend: object) -> list[str] | None:
+    """Stages planned on the native TensorRT backend: None when none; [] means all."""
+    if backend == "trt":
+        return []
+    if isinstance(backend, dict):
+        keys = [key for key, value in backend.items() if value == "trt"]
+        if keys:
+            return [] if "*" in keys else keys
+    return None

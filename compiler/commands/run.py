@@ -92,8 +92,9 @@ class Progress:
             print(text, file=sys.stderr)
 
 
-def print_timings(timings: dict[str, Any], out: Any = sys.stderr) -> None:
+def print_timings(timings: dict[str, Any], out: Any = None) -> None:
     """The per-stage timing table."""
+    out = out or sys.stderr  # Looked up per call: callers may swap sys.stderr.
     print(f"{'stage':<32} {'calls':>6} {'total s':>9} {'median ms':>10}", file=out)
     for name, row in sorted(timings["stages"].items()):
         print(f"{name:<32} {row['calls']:>6} {row['total_s']:>9.3f} "

@@ -324,6 +324,8 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
                 "sha256": hashlib.sha256(
                     str(graph.meta.get("source_text", "")).encode()).hexdigest(),
                 "prompt": source_prompt,
+                # The workflow as written (for `comfyc viz`'s before view); not for huge files.
+                "text": _source_text(graph),
             },
             "params": [p.to_json() for p in program.params.values()],
             "outputs": [op.id for op in program.ops if op.op in ("SaveImage", "PreviewImage")],
@@ -523,6 +525,12 @@ def _external_weights(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _source_text(graph: Any) -> str | None:
+    """The source text of a workflow, when it is text and under 1 MB."""
+    text = graph.meta.get("source_text")
+    return text if isinstance(text, str) and len(text) < (1 << 20) else None
+
+
 def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, root: Path,
                 backend: str, options: CompileOptions, say: Callable[[str], None],
                 layer: int | None = None, lora: bool = False) -> dict[str, Any]:
@@ -598,6 +606,9 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         entry["torch"] = str(Path("torch") / name)
     if lora:
         # Offline optimisation folds and renames weights: overrides would no longer apply.
+        entry["optimized"] = False
+    elif backend in ("trt", "ort-trt"):
+        # onnxruntime's offline fusions (com.microsoft ops) would stop TensorRT's parser.
         entry["optimized"] = False
     elif options.optimize and hasattr(onnx_export, "optimize_offline"):
         optimized = path.with_suffix(".opt.onnx")

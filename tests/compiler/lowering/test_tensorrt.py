@@ -62,11 +62,12 @@ SaveImage(images=image, filename_prefix="trt")
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model's txt2img, compiled once (static UNet/VAE, dynamic-batch CLIP), with
-    standard ONNX stages (no onnxruntime offline fusions), as ``--backend trt`` compiles."""
+    """The tiny model's txt2img compiled once for the trt backend (what ``comfyc compile
+    --backend trt --no-engines`` writes): static UNet/VAE, dynamic-batch CLIP, standard ONNX
+    stages (no onnxruntime offline fusions)."""
     out = tmp_path_factory.mktemp("trt") / "t2i.comfyc"
     compile_graph(parse_dsl(textwrap.dedent(WORKFLOW), "t.cfy", default_catalog()), out,
-                  CompileOptions(optimize=False))
+                  CompileOptions(backend="trt"))
     return out
 
 
@@ -350,6 +351,25 @@ def test_cli_without_tensorrt_fails_clearly(artifact: Path) -> None:
     assert result.returncode != 0
     assert "pip install 'comfyc[tensorrt]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_compile_for_trt_without_tensorrt_fails_before_any_work(tmp_path: Path) -> None:
+    source = tmp_path / "t.cfy"
+    source.write_text(textwrap.dedent(WORKFLOW))
+    out = tmp_path / "t.comfyc"
+    result = _comfyc("compile", str(source), "--backend", "unet=trt", "-o", str(out))
+    assert result.returncode == 2
+    assert "pip install 'comfyc[tensorrt]'" in result.stderr
+    assert "add --no-engines" in result.stderr and "comfyc build-engines" in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == [source]
+
+
+def test_trt_plan_keeps_standard_onnx(artifact: Path) -> None:
+    manifest = read_manifest(artifact)
+    assert set(manifest["plan"].values()) == {"trt"}
+    for name, entry in onnx_stages(manifest).items():
+        assert entry.get("optimized") is False, name
 
 
 def test_cli_check_prints_profiles_without_a_gpu(artifact: Path) -> None:
