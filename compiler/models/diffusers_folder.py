@@ -178,12 +178,40 @@ def _save_pipeline(checkpoint: LoadedCheckpoint, text_encoder: Any, target: Path
     scratch = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         pipeline.save_pretrained(str(scratch), safe_serialization=True)
+        _make_portable(scratch)
         if target.exists():
             shutil.rmtree(target)
         os.replace(scratch, target)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+
+
+def _make_portable(folder: Path) -> None:
+    """Write the folder as the hub's SD folders are, so every transformers version loads it.
+
+    transformers 5 saves CLIPTextModel weights without the ``text_model.`` prefix and the
+    tokenizer only as ``tokenizer.json``; transformers 4 then finds none of the text
+    encoder's keys and *silently* initialises it at random, and its slow ``CLIPTokenizer``
+    needs ``vocab.json`` and ``merges.txt`` (found running optimum-onnx, which pins
+    transformers < 4.58, on a folder written here). Prefixed keys load under 5 as well.
+    """
+    from safetensors.numpy import load_file, save_file
+
+    weights = folder / "text_encoder" / "model.safetensors"
+    if weights.is_file():
+        tensors = load_file(str(weights))
+        if not all(key.startswith("text_model.") for key in tensors):
+            save_file({key if key.startswith("text_model.") else f"text_model.{key}": value
+                       for key, value in tensors.items()}, str(weights),
+                      metadata={"format": "pt"})
+    tokenizer_dir = folder / "tokenizer"
+    if tokenizer_dir.is_dir() and not (tokenizer_dir / "vocab.json").is_file():
+        tokenizer = _packaged_tokenizer()
+        (tokenizer_dir / "vocab.json").write_text(
+            json.dumps(tokenizer.vocab, ensure_ascii=False), "utf-8")
+        merges = "".join(f"{a} {b}\n" for a, b in tokenizer.merges)
+        (tokenizer_dir / "merges.txt").write_text("#version: 0.2\n" + merges, "utf-8")
 
 
 def load_diffusers_folder(

@@ -60,6 +60,17 @@ def test_pipeline_from_pretrained_offline(small_sd1, sd1_folder: Path, offline: 
     assert pipe.tokenizer.model_max_length == 77
     assert pipe.tokenizer.pad_token_id == 49407
     assert torch.equal(pipe.unet.conv_in.weight, small_sd1.unet.conv_in.weight)
+    # Written as the hub's folders are (transformers 4 would otherwise load a random text
+    # encoder): prefixed text-encoder keys, and the slow tokenizer's files.
+    from safetensors import safe_open
+
+    with safe_open(str(sd1_folder / "text_encoder" / "model.safetensors"), "np") as fh:
+        assert all(key.startswith("text_model.") for key in fh.keys())
+    assert (sd1_folder / "tokenizer" / "vocab.json").is_file()
+    assert (sd1_folder / "tokenizer" / "merges.txt").is_file()
+    want = dict(small_sd1.text_encoder.named_parameters())
+    for name, value in pipe.text_encoder.named_parameters():
+        assert torch.equal(value, want[name]), name
     image = pipe("a handwritten digit seven", num_inference_steps=1, height=32, width=32,
                  generator=torch.Generator().manual_seed(0), output_type="np").images
     assert image.shape == (1, 32, 32, 3)
