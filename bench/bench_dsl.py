@@ -35,6 +35,7 @@ def _best(fn: Callable[[], Any], runs: int = 5) -> tuple[float, float, Any]:
 def main() -> None:
     from comfyc.compiler.catalog import default_catalog
     from comfyc.frontends.dsl import fast, parse, parse_dsl
+
     from tests.frontends.dsl.test_dsl_perf import workflow
 
     catalog = default_catalog()

@@ -38,7 +38,6 @@ def main() -> None:
 
     import numpy as np
     import torch
-
     from comfyc.compiler.catalog import default_catalog
     from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
     from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program

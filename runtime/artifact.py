@@ -117,20 +117,12 @@ def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
 
     Used by ``comfyc tune``: a reader sees the old manifest or the new one, never half.
     """
-    import os
-    import tempfile
+    from .files import atomic_write
 
     manifest = dict(manifest)
     manifest["manifest_hash"] = manifest_hash(manifest)
     root = Path(root)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=str(root))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(manifest, indent=1))
-        os.replace(tmp, root / "manifest.json")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(root / "manifest.json", json.dumps(manifest, indent=1))
 
 
 def stage_entries(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

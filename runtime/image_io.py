@@ -32,10 +32,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import numpy as np
+from comfyc.runtime.ops._common import as_image
 from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
-
-from comfyc.runtime.ops._common import as_image
 
 __all__ = [
     "MASK_CHANNELS",

@@ -14,8 +14,14 @@ import sys
 
 from ..errors import WorkflowError, WorkflowErrors
 from .common import (
-    EXIT_INVALID, EXIT_OK, EXIT_UNREADABLE, add_catalog_arguments, catalog_from_args,
-    exit_code_for, print_error, source_texts,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNREADABLE,
+    add_catalog_arguments,
+    catalog_from_args,
+    exit_code_for,
+    print_error,
+    source_texts,
 )
 
 __all__ = ["add_arguments", "run", "check_file"]

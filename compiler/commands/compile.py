@@ -14,7 +14,13 @@ import sys
 
 from ..errors import WorkflowError
 from .common import (
-    EXIT_INVALID, EXIT_OK, add_catalog_arguments, catalog_from_args, exit_code_for, print_error, source_texts,
+    EXIT_INVALID,
+    EXIT_OK,
+    add_catalog_arguments,
+    catalog_from_args,
+    exit_code_for,
+    print_error,
+    source_texts,
 )
 
 __all__ = ["add_arguments", "run"]
@@ -43,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "torch later)")
     parser.add_argument("--tune-backends", default=None, metavar="LIST",
                         help="with --backend auto: the candidates (default: all available)")
+    parser.add_argument("--no-ort-optimize", dest="ort_optimize", action="store_false",
+                        help="store the plain ONNX export instead of onnxruntime's offline-"
+                             "optimised model (whose fused com.microsoft operators only "
+                             "onnxruntime runs); trt stages always get plain ONNX")
     parser.add_argument("--no-engines", action="store_true",
                         help="with a trt backend: compile here without building TensorRT "
                              "engines (build them on the GPU machine: comfyc build-engines)")
@@ -104,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
                              quantize_stages=tuple(s.strip() for s in
                                                    args.quantize_stages.split(",")),
                              gpu_fp16=args.gpu_fp16, store_torch=args.store_torch,
+                             optimize=args.ort_optimize,
                              autotune=tune)
     try:
         catalog = catalog_from_args(args)

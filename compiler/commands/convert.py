@@ -12,8 +12,14 @@ import argparse
 
 from ..errors import WorkflowError
 from .common import (
-    EXIT_OK, add_catalog_arguments, catalog_from_args, dump_json, exit_code_for, print_error,
-    source_texts, write_output,
+    EXIT_OK,
+    add_catalog_arguments,
+    catalog_from_args,
+    dump_json,
+    exit_code_for,
+    print_error,
+    source_texts,
+    write_output,
 )
 
 __all__ = ["add_arguments", "run"]

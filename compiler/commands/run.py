@@ -17,7 +17,13 @@ from typing import Any
 
 from ..errors import WorkflowError
 from .common import (
-    EXIT_INVALID, EXIT_OK, add_catalog_arguments, catalog_from_args, exit_code_for, print_error, source_texts,
+    EXIT_INVALID,
+    EXIT_OK,
+    add_catalog_arguments,
+    catalog_from_args,
+    exit_code_for,
+    print_error,
+    source_texts,
 )
 
 __all__ = ["add_arguments", "run", "parse_params", "Progress"]

@@ -255,8 +255,9 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
         WorkflowErrors: The workflow is invalid or cannot run.
         ExportError: A stage failed to export.
     """
-    from comfyc import __version__
     from comfyc.frontends.comfy_json.api import graph_to_api
+
+    from comfyc import __version__
 
     from ..passes.base import PassContext
     from ..pipeline import run_pipeline

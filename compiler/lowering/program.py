@@ -311,7 +311,9 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
     """
     from comfyc.frontends.comfy_json.api import graph_to_api
     from comfyc.runtime.backends.torch import (
-        TorchUNet, TorchVaeDecoder, TorchVaeEncoder,
+        TorchUNet,
+        TorchVaeDecoder,
+        TorchVaeEncoder,
     )
     from comfyc.runtime.nodes import OPS
     from comfyc.runtime.program import Op, ParamSpec, Program

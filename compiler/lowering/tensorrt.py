@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from comfyc.runtime.artifact import ArtifactError, read_manifest
-from comfyc.runtime.backends.base import BackendError
 from comfyc.runtime.backends.trt import (
     ENGINE_DIR,
     INDEX_FORMAT,
@@ -211,8 +210,8 @@ def stage_profile(entry: Mapping[str, Any], spec: ProfileSpec | None = None
     facts = entry.get("facts") or {}
     inputs = facts.get("inputs")
     if not inputs:
-        raise TensorRTError(f"stage entry has no input shapes (facts.inputs); recompile the "
-                            f"artifact with this comfyc")
+        raise TensorRTError("stage entry has no input shapes (facts.inputs); recompile the "
+                            "artifact with this comfyc")
     kind = entry.get("kind", "")
     observed_sets = entry.get("shapes") or [[inp["shape"] for inp in inputs]]
     observed = observed_sets[0]
@@ -447,11 +446,9 @@ def _build_one(trt: Any, onnx_path: Path, plan_path: Path, profile: Mapping[str,
 
 
 def _write_index(root: Path, index: Mapping[str, Any]) -> None:
-    folder = root / ENGINE_DIR
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".index-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(index, fh, indent=2)
-    os.replace(tmp, folder / "index.json")
+    from comfyc.runtime.files import atomic_write
+
+    atomic_write(root / ENGINE_DIR / "index.json", json.dumps(index, indent=2))
 
 
 def build_engines(artifact: str | Path, options: BuildOptions | None = None,

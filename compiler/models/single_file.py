@@ -48,6 +48,7 @@ from comfyc.compiler.models.keymap import (
     vae_tensor_to_diffusers,
     vae_tensor_to_ldm,
 )
+from comfyc.runtime.files import make_readable
 
 __all__ = [
     "CONFIG_METADATA_KEY",
@@ -810,6 +811,7 @@ def save_single_file(
     os.close(handle)
     try:
         save_file(state, temporary, metadata=header)
+        make_readable(temporary)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
+from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
 from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
 from comfyc.compiler.passes.base import PassContext
 from comfyc.compiler.pipeline import run_pipeline
 from comfyc.frontends.dsl import parse_dsl
-from comfyc.compiler.catalog import default_catalog
 from comfyc.runtime.artifact import ArtifactError, load
 from comfyc.runtime.backends.base import BackendError
 from comfyc.runtime.program import ParamError

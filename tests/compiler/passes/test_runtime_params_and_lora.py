@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from comfyc.compiler.errors import WorkflowErrors
 from comfyc.compiler.passes.base import PassContext
 from comfyc.compiler.passes.lora_merge import LoraMergePass

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.errors import WorkflowErrors
 from comfyc.compiler.passes.validate import validate_graph
 from comfyc.frontends.comfy_json.api import graph_from_api, graph_to_api
 from comfyc.frontends.comfy_json.ui import ui_to_api
+
 from tests.conftest import CORPUS, DATA
 
 UI_FILES = sorted(CORPUS.glob("*.ui.json"))

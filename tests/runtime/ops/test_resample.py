@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from comfyc.runtime.ops import OpError
 from comfyc.runtime.ops.resample import bislerp, center_crop, common_upscale, interpolate, lanczos
+from PIL import Image
 
 torch = pytest.importorskip("torch")
 

@@ -1,0 +1,35 @@
+"""Atomic writes leave files with ordinary permissions (mkstemp alone gives 0600)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from comfyc.compiler.commands.common import write_output
+from comfyc.runtime.files import atomic_write, default_mode
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_atomic_write_uses_the_umask_mode(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        assert default_mode() == 0o640
+        atomic_write(tmp_path / "a.json", "{}")
+        write_output("x", str(tmp_path / "b.html"))
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "a.json") == 0o640
+    assert _mode(tmp_path / "b.html") == 0o640
+    assert (tmp_path / "b.html").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.html"]  # No leftovers.
+
+
+def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
+    target = tmp_path / "m.json"
+    atomic_write(target, b"first version, longer")
+    atomic_write(target, b"second")
+    assert target.read_bytes() == b"second"
