@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comfyc.runtime.artifact import ArtifactError, read_manifest
+from comfyc.runtime.artifact import ArtifactError, file_sha256, read_manifest
 from comfyc.runtime.backends.trt import (
     ENGINE_DIR,
     INDEX_FORMAT,
@@ -42,7 +42,6 @@ from comfyc.runtime.backends.trt import (
     gpu_identity,
     read_engine_index,
     require_tensorrt,
-    sha256_file,
     stage_onnx_sha256,
 )
 
@@ -523,7 +522,7 @@ def build_engines(artifact: str | Path, options: BuildOptions | None = None,
         entries = [e for e in index["engines"].get(name, [])
                    if EngineKey.from_json(e["key"]) != key]
         entries.append({"file": plan_name, "key": asdict(key),
-                        "sha256": sha256_file(folder / plan_name), "build_s": round(seconds, 2),
+                        "sha256": file_sha256(folder / plan_name), "build_s": round(seconds, 2),
                         "bytes": (folder / plan_name).stat().st_size,
                         "built": time.strftime("%Y-%m-%dT%H:%M:%S")})
         index["engines"][name] = entries

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..artifact import file_sha256
 from .base import BackendError, Stage
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
     "load_trt_stage",
     "read_engine_index",
     "require_tensorrt",
-    "sha256_file",
     "tensorrt_version",
 ]
 
@@ -226,7 +226,7 @@ def find_engine(root: str | Path, stage: str, key: EngineKey
         if Path(entry["file"]).name != entry["file"] or not path.is_file():
             reasons.append(f"its file {entry['file']} is missing")
             continue
-        if sha256_file(path) != entry.get("sha256"):
+        if file_sha256(path) != entry.get("sha256"):
             reasons.append(f"its file {entry['file']} does not match its recorded hash")
             continue
         return path, []
@@ -235,18 +235,9 @@ def find_engine(root: str | Path, stage: str, key: EngineKey
     return None, reasons
 
 
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def stage_onnx_sha256(manifest_files: Mapping[str, str], root: Path, file: str) -> str:
     """The recorded hash of a stage's ONNX file (hashing the file when it is not recorded)."""
-    return manifest_files.get(file) or sha256_file(root / file)
+    return manifest_files.get(file) or file_sha256(root / file)
 
 
 # ----------------------------------------------------------------------------- stages

@@ -214,7 +214,10 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
     async def get_queue(request: Request) -> Response:
         return JSONResponse(await hub.call("queue"))
 
-    async def post_queue(request: Request) -> Response:
+    async def clear_or_delete(request: Request, clear: tuple[Any, ...],
+                              delete_method: str) -> Response:
+        """``{"clear": true}`` and/or ``{"delete": [ids]}``, as ComfyUI's queue and history
+        take them; ``clear`` is the hub call that empties everything."""
         try:
             body = await _json(request, config.max_body)
         except ValueError as exc:
@@ -222,13 +225,16 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         if not isinstance(body, dict):
             return _bad("invalid_json", "expected {\"clear\": true} or {\"delete\": [ids]}")
         if body.get("clear"):
-            await hub.call("clear_pending")
+            await hub.call(*clear)
         delete = body.get("delete")
         if delete is not None:
             if not isinstance(delete, list) or not all(isinstance(d, str) for d in delete):
                 return _bad("invalid_json", "delete must be a list of prompt ids")
-            await hub.call("delete_pending", delete)
+            await hub.call(delete_method, delete)
         return Response(status_code=200)
+
+    async def post_queue(request: Request) -> Response:
+        return await clear_or_delete(request, ("clear_pending",), "delete_pending")
 
     # ---------------------------------------------------------------- history
     async def get_history(request: Request) -> Response:
@@ -244,20 +250,7 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         return JSONResponse(await hub.call("history_of", request.path_params["prompt_id"]))
 
     async def post_history(request: Request) -> Response:
-        try:
-            body = await _json(request, config.max_body)
-        except ValueError as exc:
-            return _bad("invalid_json", str(exc))
-        if not isinstance(body, dict):
-            return _bad("invalid_json", "expected {\"clear\": true} or {\"delete\": [ids]}")
-        if body.get("clear"):
-            await hub.call("delete_history", None)
-        delete = body.get("delete")
-        if delete is not None:
-            if not isinstance(delete, list) or not all(isinstance(d, str) for d in delete):
-                return _bad("invalid_json", "delete must be a list of prompt ids")
-            await hub.call("delete_history", delete)
-        return Response(status_code=200)
+        return await clear_or_delete(request, ("delete_history", None), "delete_history")
 
     # ------------------------------------------------------------ files
     def folder(kind: str) -> Path | None:

@@ -32,7 +32,7 @@ from comfyc.compiler.lowering.tensorrt import (
     stage_profile,
 )
 from comfyc.frontends.dsl import parse_dsl
-from comfyc.runtime.artifact import read_manifest
+from comfyc.runtime.artifact import file_sha256, read_manifest
 from comfyc.runtime.backends.base import BackendError
 from comfyc.runtime.backends.trt import (
     ENGINE_DIR,
@@ -40,7 +40,6 @@ from comfyc.runtime.backends.trt import (
     GpuIdentity,
     find_engine,
     require_tensorrt,
-    sha256_file,
     tensorrt_version,
 )
 
@@ -210,7 +209,7 @@ def _index(root: Path, stage: str, key: EngineKey, content: bytes = b"plan",
     folder.mkdir(parents=True, exist_ok=True)
     plan = folder / f"{stage}.{key.digest()}.plan"
     plan.write_bytes(content)
-    entry = {"file": plan.name, "key": key.__dict__, "sha256": sha or sha256_file(plan)}
+    entry = {"file": plan.name, "key": key.__dict__, "sha256": sha or file_sha256(plan)}
     (folder / "index.json").write_text(json.dumps({"format": 1, "engines": {stage: [entry]}}))
     return plan
 
