@@ -206,6 +206,8 @@ def _sample(ctx: RunContext, model: ModelRef, seed: int, steps: int, cfg: float,
     label = f"#{op.id} {op.title or op.op}" if op else "sampling"
 
     def callback(step: int, x0: np.ndarray, x: np.ndarray, total: int) -> None:
+        if ctx.preview is not None:
+            ctx.preview(x0)
         if ctx.progress is not None:
             ctx.progress(label, step + 1, total)
 

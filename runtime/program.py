@@ -148,6 +148,8 @@ class RunContext:
     images: dict[str, np.ndarray] = field(default_factory=dict)
     files: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     current: Op | None = None
+    #: ``preview(x0)`` once per sampling step with the step's x0 prediction (raw latents).
+    preview: Callable[[np.ndarray], None] | None = None
 
 
 @dataclass
@@ -277,7 +279,8 @@ class Program:
     def run(self, params: Mapping[str, Any] | None = None, *, output_dir: str | Path = "output",
             input_dir: str | Path = "input", save: bool = True,
             progress: Callable[[str, int, int], None] | None = None,
-            on_op: Callable[[Op, RunContext], None] | None = None) -> RunResult:
+            on_op: Callable[[Op, RunContext], None] | None = None,
+            preview: Callable[[np.ndarray], None] | None = None) -> RunResult:
         """Run the program.
 
         Args:
@@ -288,6 +291,8 @@ class Program:
             progress: ``progress(label, step, total)`` for sampling steps.
             on_op: ``on_op(op, ctx)`` before each op (the server's ``executing`` messages;
                 an exception it raises stops the run, unwrapped).
+            preview: ``preview(x0)`` after each sampling step with its x0 prediction
+                ``[B, 4, h, w]`` (raw latents; :mod:`comfyc.runtime.preview` draws them).
 
         Raises:
             ParamError: Bad params (before any work starts).
@@ -303,7 +308,7 @@ class Program:
         self.timer.reset()
         ctx = RunContext(Path(output_dir), Path(input_dir), self.timer, progress,
                          self.executed_prompt(resolved), self.meta.get("extra_pnginfo"), save,
-                         self.meta.get("vocab_path"))
+                         self.meta.get("vocab_path"), preview=preview)
         values: dict[tuple[str, int], Any] = {}
         started = time.perf_counter()
         op_times: dict[str, float] = {}

@@ -9,7 +9,8 @@ Messages of one prompt, to the client that queued it, in ComfyUI's order (``main
 3. ``execution_cached`` ``{nodes, prompt_id, timestamp}`` — prompt nodes that have no op in
    the program (folded or merged at compile time: they never execute)
 4. per op: ``executing`` ``{node, display_node, prompt_id}``; sampler steps send
-   ``progress`` ``{value, max, prompt_id, node}``; after an output node ``executed``
+   ``progress`` ``{value, max, prompt_id, node}``, each preceded by a binary PREVIEW_IMAGE
+   frame of the step's latent (latent2rgb PNG) when the connection asked for previews; after an output node ``executed``
    ``{node, display_node, output: {"images": [...]}, prompt_id}`` (preceded by binary
    PREVIEW_IMAGE frames of its PNGs when the connection asked for previews)
 5. ``execution_success`` ``{prompt_id, timestamp}``, or ``execution_error`` /
@@ -131,6 +132,13 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
                               "node": current["node"]}, client)
         check_interrupt()
 
+    def preview(x0: Any) -> None:
+        # ComfyUI sends a latent preview per step; latent2rgb costs microseconds.
+        from comfyc.runtime.preview import preview_png
+
+        hub.send(None, struct.pack(">II", PREVIEW_IMAGE, PNG) + preview_png(x0), client,
+                 preview=True)
+
     def say(message: str) -> None:
         hub.send("comfyc.compile", {"prompt_id": pid, "message": message}, client)
 
@@ -149,7 +157,8 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
             program.meta["extra_pnginfo"] = (job.extra_data or {}).get("extra_pnginfo")
             try:
                 result = program.run(prepared.params, output_dir=output_dir,
-                                     input_dir=engine.input_dir, progress=progress, on_op=on_op)
+                                     input_dir=engine.input_dir, progress=progress, on_op=on_op,
+                                     preview=preview if previews else None)
             finally:
                 save_lock.release()
         times["run_s"] = result.timings["total_s"]

@@ -151,9 +151,16 @@ def test_previews_only_when_asked(server: Server) -> None:
     finally:
         ws.close()
     frames = [m for m in messages if isinstance(m, bytes)]
-    assert len(frames) == 1
-    assert frames[0][:8] == (1).to_bytes(4, "big") + (2).to_bytes(4, "big")
-    assert frames[0][8:12] == b"\x89PNG"
+    steps = workflow(seed=12)["5"]["inputs"]["steps"]
+    assert len(frames) == steps + 1  # A latent preview per step, then the saved image.
+    for frame in frames:
+        assert frame[:8] == (1).to_bytes(4, "big") + (2).to_bytes(4, "big")
+        assert frame[8:12] == b"\x89PNG"
+    # Each step's preview comes before that step's progress message.
+    kinds = ["frame" if isinstance(m, bytes) else m.get("type") for m in messages
+             if isinstance(m, bytes) or m.get("type") in ("progress", "executed")]
+    assert kinds[:4] == ["frame", "progress", "frame", "progress"]
+    assert kinds[-2:] == ["frame", "executed"]
 
 
 def test_four_clients_five_prompts_each(server: Server) -> None:
