@@ -1,4 +1,4 @@
-"""Atomic file writes with ordinary permissions.
+"""File helpers: atomic writes with ordinary permissions, and names confined to a folder.
 
 ``tempfile.mkstemp`` creates files readable by their owner only (0600); a file renamed into
 place from it would keep that mode, so an output, a manifest rewritten by ``comfyc tune`` or a
@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-__all__ = ["atomic_write", "default_mode", "make_readable"]
+__all__ = ["UnsafeName", "atomic_write", "default_mode", "is_inside", "make_readable",
+           "relative_name"]
 
 _LOCK = threading.Lock()
 
@@ -44,3 +45,40 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class UnsafeName(ValueError):
+    """A name that cannot be used inside a folder; ``reason`` is ``empty``, ``nul``,
+    ``absolute`` or ``parent`` (each caller words its own message)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def relative_name(name: str, *, allow_empty: bool = False) -> PurePosixPath:
+    """A name from a workflow or a request as a relative POSIX path that cannot leave its
+    folder: subfolders and Windows backslashes are fine; an absolute path, a drive letter,
+    a ``..`` part or a NUL byte raise :class:`UnsafeName`. Links are the caller's to check
+    (with :func:`is_inside` after resolving)."""
+    if not allow_empty and name.strip() == "":
+        raise UnsafeName("empty")
+    if "\0" in name:
+        raise UnsafeName("nul")
+    posix = name.replace("\\", "/")
+    is_drive = len(posix) >= 2 and posix[1] == ":" and posix[0].isalpha()
+    if posix.startswith("/") or is_drive:
+        raise UnsafeName("absolute")
+    parts = PurePosixPath(posix).parts
+    if ".." in parts:
+        raise UnsafeName("parent")
+    return PurePosixPath(*[p for p in parts if p not in ("", ".")])
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or below it (compare resolved paths)."""
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True

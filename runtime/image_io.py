@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import numpy as np
+from comfyc.runtime.files import UnsafeName, is_inside, relative_name
 from comfyc.runtime.ops._common import as_image
 from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
@@ -96,37 +97,20 @@ def _split_annotation(name: str) -> tuple[str, str]:
 
 def _relative_name(name: str, original: str, folder: Path) -> PurePosixPath:
     """Turns a workflow name into a relative POSIX path, refusing anything that could escape."""
-    if name.strip() == "":
-        raise ImageIOError(
-            f"empty image name {original!r}; expected a file name such as 'example.png' in "
-            f"{str(folder)!r}", original, folder,
-        )
-    if "\0" in name:
-        raise ImageIOError(f"image name {original!r} contains a NUL character", original, folder)
-    posix = name.replace("\\", "/")
-    is_drive = len(posix) >= 2 and posix[1] == ":" and posix[0].isalpha()
-    if posix.startswith("/") or is_drive:
-        raise ImageIOError(
-            f"image name {original!r} is an absolute path; images are loaded from "
-            f"{str(folder)!r} only. Copy the file there and use its name relative to it",
-            original, folder,
-        )
-    parts = PurePosixPath(posix).parts
-    if ".." in parts:
-        raise ImageIOError(
-            f"image name {original!r} contains '..'; names may use subfolders of "
-            f"{str(folder)!r} but may not leave it. Move the file inside that folder",
-            original, folder,
-        )
-    return PurePosixPath(*[p for p in parts if p not in ("", ".")])
-
-
-def _inside(path: Path, folder: Path) -> bool:
     try:
-        path.relative_to(folder)
-    except ValueError:
-        return False
-    return True
+        return relative_name(name)
+    except UnsafeName as exc:
+        messages = {
+            "empty": f"empty image name {original!r}; expected a file name such as "
+                     f"'example.png' in {str(folder)!r}",
+            "nul": f"image name {original!r} contains a NUL character",
+            "absolute": f"image name {original!r} is an absolute path; images are loaded from "
+                        f"{str(folder)!r} only. Copy the file there and use its name relative "
+                        f"to it",
+            "parent": f"image name {original!r} contains '..'; names may use subfolders of "
+                      f"{str(folder)!r} but may not leave it. Move the file inside that folder",
+        }
+        raise ImageIOError(messages[exc.reason], original, folder) from None
 
 
 def _available(folder: Path) -> str:
@@ -185,7 +169,7 @@ def resolve_image_path(
             name, base,
         )
     target = candidate.resolve()
-    if not _inside(target, base):
+    if not is_inside(target, base):
         raise ImageIOError(
             f"image name {name!r} resolves through a symlink to {str(target)!r}, outside the "
             f"{tag} folder {str(base)!r}; comfyc refuses links that leave the folder. Copy the "
@@ -420,7 +404,7 @@ def save_image_path(
     filename = os.path.basename(normalized)
     root = base.resolve()
     folder = root / subfolder
-    if os.path.isabs(filename_prefix) or not _inside(folder.resolve(), root):
+    if os.path.isabs(filename_prefix) or not is_inside(folder.resolve(), root):
         raise ImageIOError(
             f"filename_prefix {original!r} would save to {str(folder.resolve())!r}, outside "
             f"the output folder {str(root)!r}; saving outside it is not allowed. Use a prefix "

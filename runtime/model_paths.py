@@ -20,6 +20,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from .files import UnsafeName, is_inside, relative_name
+
 __all__ = [
     "EMBEDDED_MODELS",
     "ENV_VAR",
@@ -88,38 +90,25 @@ def _check_kind(kind: str, name: str) -> None:
 
 def _normalize_name(kind: str, name: str) -> PurePosixPath:
     """Turns a workflow name into a relative POSIX path, refusing anything that could escape."""
-    if not isinstance(name, str) or name.strip() == "":
+    if not isinstance(name, str):
         raise ModelPathError(
             f"empty {kind} name {name!r}; expected a file name such as 'model.safetensors'",
             kind, str(name), [],
         )
-    if "\0" in name:
-        raise ModelPathError(f"{kind} name {name!r} contains a NUL character", kind, name, [])
-    posix = name.replace("\\", "/")
-    is_drive = len(posix) >= 2 and posix[1] == ":" and posix[0].isalpha()
-    if posix.startswith("/") or is_drive:
-        raise ModelPathError(
-            f"{kind} name {name!r} is an absolute path; workflow model names are resolved inside "
-            f"the models folder only. Put the file in MODELS/{kind}/ and use its name relative "
-            "to that folder",
-            kind, name, [],
-        )
-    parts = PurePosixPath(posix).parts
-    if ".." in parts:
-        raise ModelPathError(
-            f"{kind} name {name!r} contains '..'; names may use subfolders of MODELS/{kind}/ "
-            "but may not leave it. Move the file inside that folder",
-            kind, name, [],
-        )
-    return PurePosixPath(*[p for p in parts if p not in ("", ".")])
-
-
-def _inside(path: Path, folder: Path) -> bool:
     try:
-        path.relative_to(folder)
-    except ValueError:
-        return False
-    return True
+        return relative_name(name)
+    except UnsafeName as exc:
+        messages = {
+            "empty": f"empty {kind} name {name!r}; expected a file name such as "
+                     f"'model.safetensors'",
+            "nul": f"{kind} name {name!r} contains a NUL character",
+            "absolute": f"{kind} name {name!r} is an absolute path; workflow model names are "
+                        f"resolved inside the models folder only. Put the file in "
+                        f"MODELS/{kind}/ and use its name relative to that folder",
+            "parent": f"{kind} name {name!r} contains '..'; names may use subfolders of "
+                      f"MODELS/{kind}/ but may not leave it. Move the file inside that folder",
+        }
+        raise ModelPathError(messages[exc.reason], kind, name, []) from None
 
 
 def _resolve_in(
@@ -134,7 +123,7 @@ def _resolve_in(
     if not (candidate.exists() or candidate.is_symlink()):
         return None
     target = candidate.resolve()
-    if not _inside(target, base):
+    if not is_inside(target, base):
         raise ModelPathError(
             f"{kind} name {name!r} resolves through a symlink to {str(target)!r}, outside the "
             f"{kind} folder {str(base)!r}; comfyc refuses links that leave the folder. Copy or "
@@ -206,13 +195,13 @@ def _walk_files(folder: Path) -> Iterator[Path]:
     base = folder.resolve()
     for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
         here = Path(dirpath)
-        if not _inside(here.resolve(), base):
+        if not is_inside(here.resolve(), base):
             dirnames[:] = []
             continue
         dirnames.sort()
         for filename in sorted(filenames):
             path = here / filename
-            if _inside(path.resolve(), base) and path.is_file():
+            if is_inside(path.resolve(), base) and path.is_file():
                 yield path
 
 
@@ -264,7 +253,7 @@ def find_embedding(name: str, models_dir: str | os.PathLike[str] | None = None) 
     for dirpath, dirnames, _ in os.walk(base, followlinks=True):
         dirnames.sort()
         here = Path(dirpath).resolve()
-        if here != base and _inside(here, base):
+        if here != base and is_inside(here, base):
             folders.append(here)
     for folder in folders:
         for candidate in [rel.as_posix()] + [rel.as_posix() + ext for ext in _EMBEDDING_EXTENSIONS]:

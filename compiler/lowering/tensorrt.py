@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -377,35 +376,34 @@ def _selected(name: str, entry: Mapping[str, Any], wanted: Sequence[str]) -> boo
     return not wanted or name in wanted or entry.get("kind") in wanted
 
 
-class _Progress:
-    """A TensorRT ``IProgressMonitor`` that reports builder phases through ``say``."""
+def _progress_monitor(trt: Any, say: Callable[[str], None]) -> Any:
+    """A TensorRT ``IProgressMonitor`` reporting builder phases through ``say`` (None before
+    TensorRT 10, which has no progress callbacks)."""
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
 
-    def __new__(cls, trt: Any, say: Callable[[str], None]) -> Any:
-        base = getattr(trt, "IProgressMonitor", None)
-        if base is None:  # TensorRT < 10: no progress callbacks.
+    class Monitor(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self.last = 0.0
+
+        def phase_start(self, phase_name: str, parent_phase: str | None,
+                        num_steps: int) -> None:
+            if parent_phase is None:
+                say(f"  {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            now = time.monotonic()
+            if now - self.last > 5.0:  # At most one line per 5 s.
+                self.last = now
+                say(f"  {phase_name}: step {step + 1}")
+            return True
+
+        def phase_finish(self, phase_name: str) -> None:
             return None
 
-        class Monitor(base):  # type: ignore[misc, valid-type]
-            def __init__(self) -> None:
-                base.__init__(self)
-                self.last = 0.0
-
-            def phase_start(self, phase_name: str, parent_phase: str | None,
-                            num_steps: int) -> None:
-                if parent_phase is None:
-                    say(f"  {phase_name} ({num_steps} steps)")
-
-            def step_complete(self, phase_name: str, step: int) -> bool:
-                now = time.monotonic()
-                if now - self.last > 5.0:
-                    self.last = now
-                    say(f"  {phase_name}: step {step + 1}")
-                return True
-
-            def phase_finish(self, phase_name: str) -> None:
-                return None
-
-        return Monitor()
+    return Monitor()
 
 
 def _build_one(trt: Any, onnx_path: Path, plan_path: Path, profile: Mapping[str, ShapeRange],
@@ -429,7 +427,7 @@ def _build_one(trt: Any, onnx_path: Path, plan_path: Path, profile: Mapping[str,
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file()
                                        else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    monitor = _Progress(trt, say)
+    monitor = _progress_monitor(trt, say)
     if monitor is not None:
         config.progress_monitor = monitor
     opt_profile = builder.create_optimization_profile()
@@ -532,11 +530,4 @@ def build_engines(artifact: str | Path, options: BuildOptions | None = None,
         results[name] = {"status": "built", "file": plan_name, "seconds": seconds,
                          "reason": reason}
     return results
-
-
-def remove_engines(artifact: str | Path) -> None:
-    """Delete an artifact's engines folder (``comfyc build-engines --clean``)."""
-    folder = Path(artifact) / ENGINE_DIR
-    if folder.is_dir():
-        shutil.rmtree(folder)
 

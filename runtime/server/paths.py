@@ -7,7 +7,9 @@ target lies outside the folder are refused with :class:`UnsafePathError`.
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+from ..files import UnsafeName, is_inside, relative_name
 
 __all__ = ["UnsafePathError", "safe_join"]
 
@@ -27,18 +29,15 @@ def safe_join(root: str | Path, *parts: str) -> Path:
     for part in parts:
         if not isinstance(part, str):
             raise UnsafePathError(f"expected a file name, found {type(part).__name__}")
-        if "\x00" in part:
-            raise UnsafePathError("a file name may not contain NUL bytes")
-        text = part.replace("\\", "/")
-        if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
-            raise UnsafePathError(f"{part!r} is an absolute path; give a name inside the folder")
-        for piece in PurePosixPath(text).parts:
-            if piece == "..":
-                raise UnsafePathError(f"{part!r} goes up with '..'; give a name inside the folder")
-            if piece not in (".", ""):
-                pieces.append(piece)
-    target = base.joinpath(*pieces)
-    resolved = target.resolve()
-    if resolved != base and base not in resolved.parents:
+        try:
+            pieces.extend(relative_name(part, allow_empty=True).parts)
+        except UnsafeName as exc:
+            raise UnsafePathError({
+                "nul": "a file name may not contain NUL bytes",
+                "absolute": f"{part!r} is an absolute path; give a name inside the folder",
+                "parent": f"{part!r} goes up with '..'; give a name inside the folder",
+            }[exc.reason]) from None
+    resolved = base.joinpath(*pieces).resolve()
+    if not is_inside(resolved, base):
         raise UnsafePathError(f"{'/'.join(pieces)!r} leads outside its folder (a symlink)")
     return resolved
