@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -376,22 +375,12 @@ class TrtStage(Stage):
         self._static.clear()
 
 
-def current_key(root: Path, name: str, entry: Mapping[str, Any], files: Mapping[str, str],
-                *, fp16: bool, refittable: bool,
-                profile: Mapping[str, Sequence[Sequence[int]]]) -> EngineKey:
-    """The key an engine for this stage must have on this machine."""
-    trt = require_tensorrt()
-    return EngineKey.make(gpu_identity(), str(trt.__version__),
-                          stage_onnx_sha256(files, root, entry["file"]), fp16=fp16,
-                          refittable=refittable, profile=profile)
-
-
 def load_trt_stage(root: str | Path, name: str, entry: Mapping[str, Any],
                    info: Mapping[str, Any], **options: Any) -> TrtStage:
     """The ``trt`` stage for an artifact's stage entry.
 
-    Picks the engine in ``engines/index.json`` built for this GPU and TensorRT version (the
-    newest such entry); none means the engines must be (re)built first.
+    Picks the newest engine in ``engines/index.json`` built for this GPU and TensorRT version
+    from the stage's current ONNX file; none means the engines must be (re)built first.
 
     Raises:
         BackendError: TensorRT or a GPU is missing, or no engine fits this machine.
@@ -400,6 +389,10 @@ def load_trt_stage(root: str | Path, name: str, entry: Mapping[str, Any],
     root = Path(root)
     gpu = gpu_identity()
     version = tensorrt_version() or ""
+    from ..artifact import read_manifest
+
+    onnx_sha256 = stage_onnx_sha256(read_manifest(root, verify=False).get("files", {}), root,
+                                    entry["file"])
     entries = engine_entries(read_engine_index(root), name)
     reasons: list[str] = []
     for item in reversed(entries):
@@ -408,6 +401,9 @@ def load_trt_stage(root: str | Path, name: str, entry: Mapping[str, Any],
                 gpu.name, gpu.compute_capability, version):
             reasons.append(f"{item['file']}: built for {built.gpu} (compute "
                            f"{built.compute_capability}), TensorRT {built.tensorrt}")
+            continue
+        if built.onnx_sha256 != onnx_sha256:
+            reasons.append(f"{item['file']}: built from an earlier version of {entry['file']}")
             continue
         path = root / ENGINE_DIR / item["file"]
         if Path(item["file"]).name != item["file"] or not path.is_file():
@@ -420,7 +416,3 @@ def load_trt_stage(root: str | Path, name: str, entry: Mapping[str, Any],
     raise BackendError(f"stage {name}: no TensorRT engine for {where} ({detail}). Build them "
                        f"with `comfyc build-engines {root}`")
 
-
-def default_workspace_bytes() -> int:
-    """The builder's workspace limit: ``COMFYC_TRT_WORKSPACE_GB`` or 4 GiB."""
-    return int(float(os.environ.get("COMFYC_TRT_WORKSPACE_GB", "4")) * (1 << 30))
