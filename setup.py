@@ -1,13 +1,14 @@
 """Maps the repository's top-level folders onto the `comfyc.*` import names.
 
 pyproject.toml holds the metadata; this file only computes the package list, since
-setuptools' declarative config cannot prefix discovered packages.
+setuptools' declarative config cannot prefix discovered packages. ``pkg/`` holds the
+package's own ``__init__`` (a root folder called ``comfyc/`` would shadow the install).
 """
 from setuptools import find_packages, setup
 
-_ROOTS = ("compiler", "runtime", "frontends")
+_ROOTS = ("frontends", "compiler", "runtime", "serve", "cli")
 packages = ["comfyc"]
-package_dir = {"comfyc": "comfyc"}
+package_dir = {"comfyc": "pkg"}
 for root in _ROOTS:
     packages.append(f"comfyc.{root}")
     package_dir[f"comfyc.{root}"] = root

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from common import REPO, RESULTS, machine
 
-COMFYC = [sys.executable, "-c", ("import sys; from comfyc.compiler.cli import main; "
+COMFYC = [sys.executable, "-c", ("import sys; from comfyc.cli.main import main; "
           "sys.exit(main())")]
 
 
@@ -170,7 +170,7 @@ def render_section(commands: dict[str, str]) -> str:
         "Notes:",
         "",
         ("* Tolerance: fp32 rows must agree with the torch row within "
-        "2 levels of 255 (max |Δ|, tested in tests/compiler/commands/test_bench.py); fp16 and "
+        "2 levels of 255 (max |Δ|, tested in tests/cli/commands/test_bench.py); fp16 and "
         "int8 rows are reported, not bounded: their cost is the Δ/PSNR and digit columns."),
         ("* `torch-compile`'s first run includes inductor's code generation (FX graph cache "
         "warm or cold changes it from ~10 s to ~100 s per stage on this box); the autotuner "

@@ -24,7 +24,7 @@ def main() -> None:
     walls = []
     for _ in range(args.runs):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "comfyc.compiler.cli", "check", "-q", *files],
+        subprocess.run([sys.executable, "-m", "comfyc.cli.main", "check", "-q", *files],
                        capture_output=True)
         walls.append(time.perf_counter() - start)
     imports = []

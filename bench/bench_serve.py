@@ -151,7 +151,7 @@ def main() -> None:
     port = _free_port()
     host = f"127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    cmd = [sys.executable, "-m", "comfyc.compiler.cli", "serve", "--port", str(port),
+    cmd = [sys.executable, "-m", "comfyc.cli.main", "serve", "--port", str(port),
            "--output-dir", str(tmp / "out"), "--input-dir", str(tmp / "in"),
            "--cache-dir", str(tmp / "cache")] + (["--ray", "--replicas", "2"] if args.ray else [])
     log = open(tmp / "server.log", "wb")  # noqa: SIM115
@@ -180,7 +180,7 @@ def main() -> None:
         results["cached_request_s"] = statistics.median(cached)
 
         # Direct: the artifact the server compiled, loaded in this process, same params.
-        from comfyc.runtime.server.engine import Engine
+        from comfyc.serve.engine import Engine
 
         engine = Engine(tmp / "cache", input_dir=tmp / "in")
         out = tmp / "direct"

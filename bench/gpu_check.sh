@@ -49,7 +49,7 @@ ln -s "$REPO/comfyc/__init__.py" "$SHIM/comfyc/__init__.py"
 for part in compiler runtime frontends; do ln -s "$REPO/$part" "$SHIM/comfyc/$part"; done
 export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-comfyc() { "$PY" -c 'import sys; from comfyc.compiler.cli import main; sys.exit(main())' "$@"; }
+comfyc() { "$PY" -c 'import sys; from comfyc.cli.main import main; sys.exit(main())' "$@"; }
 
 BACKENDS=torch,torch-cuda,torch-compile-cuda,ort-cpu,ort-cuda,ort-trt,trt
 for size in 64 256; do

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..files import UnsafeName, is_inside, relative_name
+from comfyc.runtime.files import UnsafeName, is_inside, relative_name
 
 __all__ = ["UnsafePathError", "safe_join"]
 

@@ -228,7 +228,7 @@ def _compile(args: argparse.Namespace, source: str, out: Path, precision: str,
              store_torch: bool, say: Any) -> dict[str, Any]:
     from comfyc.frontends.load import load_workflow
 
-    from ..lowering.artifact import CompileOptions, compile_graph
+    from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
     from .common import catalog_from_args
 
     options = CompileOptions(models_dir=args.models_dir, store_torch=store_torch,
@@ -284,8 +284,8 @@ def run(args: argparse.Namespace) -> int:
         read_manifest,
     )
 
-    from ..errors import WorkflowError
-    from ..lowering.autotune import machine_info
+    from comfyc.compiler.errors import WorkflowError
+    from comfyc.compiler.lowering.autotune import machine_info
     from .common import print_error, source_texts
     from .run import parse_params
     from .tune import ort_options_from_args
@@ -384,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
             (folder / "spec.json").write_text(json.dumps(spec))
             say(f"[{number}/{len(rows)}] {row['label']}"
                 f"{' (reference images only)' if only_ref else ''}")
-            subprocess.run([sys.executable, "-m", "comfyc.compiler.commands.bench",
+            subprocess.run([sys.executable, "-m", "comfyc.cli.commands.bench",
                             str(folder / "spec.json")], check=False)
             result_path = folder / "result.json"
             result = (json.loads(result_path.read_text()) if result_path.is_file()
@@ -593,5 +593,5 @@ Agreement is measured against the <b>{html.escape(str(report['reference']))}</b>
     (out / "report.html").write_text(page, encoding="utf-8")
 
 
-if __name__ == "__main__":  # a bench worker: python -m comfyc.compiler.commands.bench SPEC
+if __name__ == "__main__":  # a bench worker: python -m comfyc.cli.commands.bench SPEC
     sys.exit(_worker(sys.argv[1]))

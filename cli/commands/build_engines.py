@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(root: Path, profile_text: str | None, as_json: bool, wanted: list[str]) -> int:
     from comfyc.runtime.artifact import read_manifest
 
-    from ..lowering.tensorrt import ProfileSpec, check_onnx, onnx_stages, stage_profile
+    from comfyc.compiler.lowering.tensorrt import ProfileSpec, check_onnx, onnx_stages, stage_profile
 
     manifest = read_manifest(root)
     spec = ProfileSpec.parse(profile_text)
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from comfyc.runtime.artifact import ArtifactError
     from comfyc.runtime.backends.base import BackendError
 
-    from ..lowering.tensorrt import BuildOptions, ProfileSpec, TensorRTError, build_engines
+    from comfyc.compiler.lowering.tensorrt import BuildOptions, ProfileSpec, TensorRTError, build_engines
 
     root = Path(args.artifact)
     try:

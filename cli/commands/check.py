@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from ..errors import WorkflowError, WorkflowErrors
+from comfyc.compiler.errors import WorkflowError, WorkflowErrors
 from .common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -40,8 +40,8 @@ def check_file(path: str, catalog: object) -> tuple[int, dict[str, object]]:
     """Check one file; returns the exit code and a JSON-able report."""
     from comfyc.frontends.load import load_workflow
 
-    from ..errors import node_errors
-    from ..passes.validate import validate_graph
+    from comfyc.compiler.errors import node_errors
+    from comfyc.compiler.passes.validate import validate_graph
 
     graph = None
     try:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..catalog import Catalog, ObjectInfoError, default_catalog
-from ..errors import InputFileError, WorkflowError, WorkflowErrors, render_errors
+from comfyc.compiler.catalog import Catalog, ObjectInfoError, default_catalog
+from comfyc.compiler.errors import InputFileError, WorkflowError, WorkflowErrors, render_errors
 
 __all__ = [
     "add_catalog_arguments", "catalog_from_args", "print_error", "write_output", "source_texts",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import WorkflowError
+from comfyc.compiler.errors import WorkflowError
 from .common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     from comfyc.frontends.load import load_workflow
 
-    from ..lowering.artifact import CompileOptions, compile_graph, parse_backend_map
+    from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph, parse_backend_map
 
     def say(message: str) -> None:
         if not args.quiet:
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_INVALID
         raise
     if trt_stages is not None and not args.no_engines:
-        from ..lowering.tensorrt import BuildOptions, TensorRTError, build_engines
+        from comfyc.compiler.lowering.tensorrt import BuildOptions, TensorRTError, build_engines
 
         try:
             build_engines(report.path, BuildOptions(stages=trt_stages), progress=say)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import WorkflowError
+from comfyc.compiler.errors import WorkflowError
 from .common import (
     EXIT_OK,
     add_catalog_arguments,

@@ -44,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from comfyc.runtime import load
     from PIL import Image
 
-    from ..catalog import default_catalog
-    from ..lowering.artifact import CompileOptions, compile_graph
-    from ..lowering.program import TorchModelCache, lower_to_program
-    from ..passes.base import PassContext
-    from ..pipeline import run_pipeline
+    from comfyc.compiler.catalog import default_catalog
+    from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
+    from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
+    from comfyc.compiler.passes.base import PassContext
+    from comfyc.compiler.pipeline import run_pipeline
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,8 +116,8 @@ def _write_graph_page(text: str, artifact: Path, target: Path,
 
     from comfyc.frontends.dsl import parse_dsl
 
-    from ..catalog import default_catalog
-    from ..viz import render, view_of_artifact
+    from comfyc.compiler.catalog import default_catalog
+    from comfyc.compiler.viz import render, view_of_artifact
     from .common import write_output
 
     source = parse_dsl(text, "txt2img.cfy", default_catalog())

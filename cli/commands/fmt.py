@@ -20,8 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import InputFileError, WorkflowError
-from ..ir import SourceLoc
+from comfyc.compiler.errors import InputFileError, WorkflowError
+from comfyc.compiler.ir import SourceLoc
 from .common import (
     EXIT_INVALID,
     EXIT_OK,

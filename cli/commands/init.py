@@ -24,7 +24,7 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``comfyc init``."""
-    from ..templates import DESCRIPTIONS
+    from comfyc.cli.templates import DESCRIPTIONS
 
     names = ", ".join(f"{name} ({text[0].lower()}{text[1:].rstrip('.')})" for name, text in
                       DESCRIPTIONS.items())
@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc init``."""
-    from ..templates import TINY, checkpoint_profile, render, uses_input_image
-    from ..templates.sample_image import DIGIT_PNG_NAME, digit_png
+    from comfyc.cli.templates import TINY, checkpoint_profile, render, uses_input_image
+    from comfyc.cli.templates.sample_image import DIGIT_PNG_NAME, digit_png
 
     if args.ckpt is not None and not args.ckpt.strip():
         print("comfyc init: error: --ckpt needs a checkpoint name, e.g. "

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import WorkflowError
+from comfyc.compiler.errors import WorkflowError
 from .common import (
     EXIT_OK,
     add_catalog_arguments,
@@ -29,7 +29,7 @@ __all__ = ["add_arguments", "run", "inspect_workflow", "inspect_artifact"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``comfyc inspect``."""
-    from ..pipeline import PASS_NAMES
+    from comfyc.compiler.pipeline import PASS_NAMES
 
     parser.add_argument("file", metavar="WORKFLOW|ARTIFACT")
     parser.add_argument("--after", metavar="PASS", choices=PASS_NAMES,
@@ -71,10 +71,10 @@ def inspect_workflow(args: argparse.Namespace, out: Any = sys.stdout) -> dict[st
     """Run the pipeline, printing the IR after each pass; returns the summary."""
     from comfyc.frontends.load import load_workflow
 
-    from ..lowering.artifact import _probe, _RecordingLayers, parse_backend_map
-    from ..lowering.program import TorchModelCache, lower_to_program
-    from ..passes.base import PassContext
-    from ..pipeline import run_pipeline
+    from comfyc.compiler.lowering.artifact import _probe, _RecordingLayers, parse_backend_map
+    from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
+    from comfyc.compiler.passes.base import PassContext
+    from comfyc.compiler.pipeline import run_pipeline
 
     catalog = catalog_from_args(args)
     graph = load_workflow(args.file, catalog)

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from ..errors import WorkflowError
+from comfyc.compiler.errors import WorkflowError
 from .common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -170,10 +170,10 @@ def _compile_in_memory(args: argparse.Namespace, progress: Progress) -> Any:
     """Load, validate and lower a workflow for the torch backend."""
     from comfyc.frontends.load import load_workflow
 
-    from ..lowering.program import lower_to_program
-    from ..passes.base import PassContext, PassManager
-    from ..passes.runtime_params import RuntimeParamsPass
-    from ..passes.validate import ValidatePass
+    from comfyc.compiler.lowering.program import lower_to_program
+    from comfyc.compiler.passes.base import PassContext, PassManager
+    from comfyc.compiler.passes.runtime_params import RuntimeParamsPass
+    from comfyc.compiler.passes.validate import ValidatePass
 
     if args.backend not in (None, "torch", "torch-compile"):
         raise WorkflowError(f"a workflow runs on the torch backend; --backend {args.backend} "

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from comfyc.runtime.artifact import ArtifactError, read_manifest, write_manifest
     from comfyc.runtime.backends.base import BackendError
 
-    from ..lowering.autotune import autotune
+    from comfyc.compiler.lowering.autotune import autotune
 
     def say(message: str) -> None:
         if not args.quiet:

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import WorkflowError
+from comfyc.compiler.errors import WorkflowError
 from .common import (
     EXIT_OK,
     EXIT_UNREADABLE,
@@ -74,8 +74,8 @@ def format_for(fmt: str | None, output: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc viz``."""
-    from ..lowering.artifact import parse_backend_map
-    from ..viz import build_view, render
+    from comfyc.compiler.lowering.artifact import parse_backend_map
+    from comfyc.compiler.viz import build_view, render
 
     fmt = format_for(args.format, args.output)
     try:

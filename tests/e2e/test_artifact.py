@@ -166,7 +166,7 @@ def test_bad_artifacts_are_clear_errors(artifact: Path, tmp_path: Path, how: str
     with pytest.raises(ArtifactError, match=message):
         load(bad)
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "comfyc.compiler.cli", "run", str(bad),
+    result = subprocess.run([sys.executable, "-m", "comfyc.cli.main", "run", str(bad),
                              "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 1 and message in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
@@ -216,7 +216,7 @@ def test_interrupted_compile_leaves_no_artifact(random_models: Path, tmp_path: P
     wf = tmp_path / "wf.cfy"
     wf.write_text(_workflow())
     target = tmp_path / "killed.comfyc"
-    proc = subprocess.Popen([sys.executable, "-m", "comfyc.compiler.cli", "compile", str(wf),
+    proc = subprocess.Popen([sys.executable, "-m", "comfyc.cli.main", "compile", str(wf),
                              "-o", str(target), "--models-dir", str(random_models)],
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None

@@ -161,7 +161,7 @@ def test_torch_path_param_strength(random_models: Path, tmp_path: Path) -> None:
     wf = tmp_path / "wf.cfy"
     wf.write_text(textwrap.dedent(WORKFLOW))
     result = subprocess.run(
-        [sys.executable, "-m", "comfyc.compiler.cli", "run", str(wf), "--models-dir",
+        [sys.executable, "-m", "comfyc.cli.main", "run", str(wf), "--models-dir",
          str(random_models), "--param", "strength=0.9", "--out", str(tmp_path / "out"),
          "--no-progress"], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

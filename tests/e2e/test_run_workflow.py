@@ -27,7 +27,7 @@ def _workflow(tmp_path: Path, **changes: object) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "comfyc.compiler.cli", *args],
+    return subprocess.run([sys.executable, "-m", "comfyc.cli.main", *args],
                           capture_output=True, text=True, timeout=300)
 
 

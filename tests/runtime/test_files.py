@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from comfyc.compiler.commands.common import write_output
+from comfyc.cli.commands.common import write_output
 from comfyc.runtime.files import atomic_write, default_mode
 
 

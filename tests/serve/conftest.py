@@ -96,7 +96,7 @@ def start_server(tmp: Path, cache_dir: Path, *extra: str, ready_timeout: float =
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.setdefault("OMP_NUM_THREADS", "1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "comfyc.compiler.cli", "serve", "--port", str(port),
+        [sys.executable, "-m", "comfyc.cli.main", "serve", "--port", str(port),
          "--output-dir", str(out), "--input-dir", str(inp), "--cache-dir", str(cache_dir),
          *extra],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=tmp,  # noqa: SIM115

@@ -449,7 +449,7 @@ def test_precompiled_artifact_and_bearer_token(server: Server, tmp_path: Path,
 @pytest.mark.parametrize("name", ["a/../../b.png", "/abs.png", "C:\\x.png", "ok/../../x"])
 def test_safe_join_refuses_escapes(tmp_path: Path, name: str) -> None:
     """Names that leave the folder raise UnsafePathError."""
-    from comfyc.runtime.server.paths import UnsafePathError, safe_join
+    from comfyc.serve.paths import UnsafePathError, safe_join
 
     with pytest.raises(UnsafePathError):
         safe_join(tmp_path, name)

@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
-from comfyc.compiler.cli import main
-from comfyc.compiler.commands.bench import TOLERANCE_PIXELS, agreement, psnr
+from comfyc.cli.main import main
+from comfyc.cli.commands.bench import TOLERANCE_PIXELS, agreement, psnr
 from comfyc.runtime.artifact import load
 from comfyc.runtime.backends.base import BackendError
 

@@ -21,7 +21,7 @@ BASE = json.loads((DATA / "comfy" / "txt2img.api.json").read_text())
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "comfyc.compiler.cli", *args],
+    return subprocess.run([sys.executable, "-m", "comfyc.cli.main", *args],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -214,7 +214,7 @@ def test_convert_writes_output_file(tmp_path: Path, corpus: Path) -> None:
 def test_check_does_not_import_torch(corpus: Path) -> None:
     """`comfyc check` stays light: torch is never imported."""
     code = (
-        "import sys; from comfyc.compiler.cli import main; "
+        "import sys; from comfyc.cli.main import main; "
         f"rc = main(['check', '-q', {str(corpus / 'lora__lora.ui.json')!r}]); "
         "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )
@@ -224,7 +224,7 @@ def test_check_does_not_import_torch(corpus: Path) -> None:
 
 def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
     """`comfyc --help` lists every subcommand; each has its own complete help."""
-    from comfyc.compiler.cli import SUBCOMMANDS, main
+    from comfyc.cli.main import SUBCOMMANDS, main
 
     result = _run("--help")
     assert result.returncode == 0
@@ -239,6 +239,6 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_demo_workflow_copy_matches_the_example() -> None:
     """`comfyc demo` in an installed package runs the same workflow as examples/txt2img.cfy."""
-    from comfyc.compiler.commands.demo_workflow import TXT2IMG
+    from comfyc.cli.commands.demo_workflow import TXT2IMG
 
     assert TXT2IMG == (DATA.parents[1] / "examples" / "txt2img.cfy").read_text()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from comfyc.compiler.cli import main
+from comfyc.cli.main import main
 from comfyc.runtime.model_paths import EMBEDDED_MODELS
 
 from tests.conftest import REPO

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from comfyc.compiler.catalog import default_catalog
-from comfyc.compiler.cli import main
-from comfyc.compiler.commands.check import check_file
-from comfyc.compiler.templates import TEMPLATES
+from comfyc.cli.main import main
+from comfyc.cli.commands.check import check_file
+from comfyc.cli.templates import TEMPLATES
 from comfyc.runtime.model_paths import EMBEDDED_MODELS
 
 TINY = EMBEDDED_MODELS["checkpoints"]["tiny-digits.safetensors"]

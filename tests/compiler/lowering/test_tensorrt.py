@@ -334,7 +334,7 @@ def test_require_tensorrt_names_the_package_and_extra() -> None:
 
 
 def _comfyc(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "comfyc.compiler.cli", *args],
+    return subprocess.run([sys.executable, "-m", "comfyc.cli.main", *args],
                           capture_output=True, text=True, timeout=300)
 
 
