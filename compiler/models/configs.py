@@ -11,6 +11,11 @@ functions return the constructor arguments of the diffusers/transformers modules
   (conv proj_in) has 8 heads; SD2 (linear proj_in) has 64 channels per head. GroupNorm groups
   (32) and the CLIP activation (quick_gelu for OpenAI CLIP, gelu for OpenCLIP) are conventions
   too. comfyc writes its own files with a ``comfyc.config`` metadata entry that overrides them.
+* SDXL: a ``label_emb.0.0`` linear makes the UNet ADM-conditioned (ComfyUI's
+  ``num_classes="sequential"``); its input width is ``adm_in_channels`` (2816 base, 2560 refiner)
+  and becomes diffusers' ``addition_embed_type="text_time"`` with 256-wide time-id embeddings
+  (ComfyUI's ``Timestep(256)``). SDXL's UNet has no attention in its first level and per-level
+  transformer depths ([0, 2, 10] base, [0, 4, 4, 0] refiner); both come out of the same rules.
 * VAE: base channels, multipliers, res blocks per level, latent channels, mid attention.
 * CLIP text encoder: vocabulary, width, layers, MLP width, positions; heads = width / 64.
 
@@ -27,7 +32,9 @@ from typing import Any, Protocol
 from comfyc.compiler.models.errors import ModelFormatError
 
 __all__ = [
+    "ADM_TIME_EMBED_DIM",
     "LATENT_SCALE",
+    "SDXL_LATENT_SCALE",
     "infer_clip_config",
     "infer_unet_config",
     "infer_vae_config",
@@ -36,6 +43,10 @@ __all__ = [
 
 #: Latent scale of SD1.x and SD2.x (`LatentFormat SD15.scale_factor`).
 LATENT_SCALE = 0.18215
+#: Latent scale of SDXL base, refiner and Turbo (`LatentFormat SDXL.scale_factor`).
+SDXL_LATENT_SCALE = 0.13025
+#: Width of each sinusoidal size/crop/aesthetic embedding in SDXL's ADM vector (`Timestep(256)`).
+ADM_TIME_EMBED_DIM = 256
 _SD1_HEADS = 8
 _SD2_HEAD_CHANNELS = 64
 _CLIP_HEAD_CHANNELS = 64
@@ -54,8 +65,8 @@ def _shape(state: Mapping[str, _Shaped], key: str, what: str) -> tuple[int, ...]
     tensor = state.get(key)
     if tensor is None:
         raise ModelFormatError(
-            f"the {what} has no weight {key!r}; expected an SD1.x/SD2.x checkpoint in the "
-            "original single-file layout (is this an SDXL, SD3 or other model?)"
+            f"the {what} has no weight {key!r}; expected an SD1.x/SD2.x/SDXL checkpoint in the "
+            "original single-file layout (is this an SD3, Flux or other model?)"
         )
     return tuple(int(d) for d in tensor.shape)
 
@@ -75,7 +86,7 @@ def infer_unet_config(state: Mapping[str, _Shaped]) -> dict[str, Any]:
         Keyword arguments for ``UNet2DConditionModel(**config)``.
 
     Raises:
-        ModelFormatError: The layout is not an SD1.x/SD2.x-style UNet.
+        ModelFormatError: The layout is not an SD1.x/SD2.x/SDXL-style UNet.
     """
     conv_in = _shape(state, "input_blocks.0.0.weight", "UNet")
     model_channels, in_channels = conv_in[0], conv_in[1]
@@ -162,6 +173,19 @@ def infer_unet_config(state: Mapping[str, _Shaped]) -> dict[str, Any]:
     }
     if time_dim != 4 * model_channels:
         config["time_embedding_dim"] = time_dim
+    if "label_emb.0.weight" in state:
+        raise ModelFormatError(
+            "the UNet has a class-label embedding (label_emb.0.weight, ComfyUI num_classes=int); "
+            "comfyc supports SD1.x/SD2.x and SDXL's ADM vector (label_emb.0.0/0.2) only"
+        )
+    if "label_emb.0.0.weight" in state:
+        adm = _shape(state, "label_emb.0.0.weight", "UNet")
+        _shape(state, "label_emb.0.2.weight", "UNet")
+        # NOTE: diffusers' text_time embedding = ldm's label_emb applied to the ADM vector
+        # [pooled text embedding, 256-wide sinusoids of the size/crop/score ids].
+        config["addition_embed_type"] = "text_time"
+        config["addition_time_embed_dim"] = ADM_TIME_EMBED_DIM
+        config["projection_class_embeddings_input_dim"] = adm[1]
     return config
 
 

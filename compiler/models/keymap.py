@@ -11,6 +11,11 @@ Single-file Stable Diffusion checkpoints use the names of the original CompVis/S
 * SD1 text encoder ``cond_stage_model.transformer.*``: already transformers' CLIPTextModel names.
 * SD2 text encoder ``cond_stage_model.model.*``: OpenCLIP names (``transformer.resblocks.I``,
   a fused ``attn.in_proj_weight`` for q, k and v, ``ln_final``, ``text_projection``).
+* SDXL (Stability's ``sgm`` layout): the UNet adds ``label_emb.0.{0,2}`` (the ADM / "vector"
+  embedding, diffusers' ``add_embedding.linear_{1,2}``); the text encoders sit under
+  ``conditioner.embedders.N.``: base ``0.transformer.text_model.*`` (CLIP ViT-L, transformers
+  names) and ``1.model.*`` (OpenCLIP ViT-bigG, OpenCLIP names incl. ``text_projection``);
+  the refiner has only ``0.model.*`` (bigG). The VAE is ``first_stage_model.*`` as before.
 
 The maps are computed from the diffusers key set alone (layers per block and which up blocks
 have attention follow from the keys), so one function serves both directions: to load a
@@ -31,6 +36,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CLIP_OPENAI_PREFIX",
     "CLIP_OPENCLIP_PREFIX",
+    "SDXL_CLIP_G_PREFIX",
+    "SDXL_CLIP_L_PREFIX",
+    "SDXL_REFINER_CLIP_G_PREFIX",
     "UNET_PREFIX",
     "VAE_PREFIX",
     "clip_hf_to_openclip",
@@ -45,6 +53,11 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_OPENAI_PREFIX = "cond_stage_model.transformer."
 CLIP_OPENCLIP_PREFIX = "cond_stage_model.model."
+#: SDXL base: CLIP ViT-L (transformers names follow) and OpenCLIP ViT-bigG (OpenCLIP names).
+SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
+#: SDXL refiner: OpenCLIP ViT-bigG only, as embedder 0.
+SDXL_REFINER_CLIP_G_PREFIX = "conditioner.embedders.0.model."
 
 # diffusers ResnetBlock2D leaf -> LDM ResBlock leaf (UNet).
 _UNET_RESNET = {
@@ -55,6 +68,9 @@ _UNET_RESNET = {
     "conv2": "out_layers.3",
     "conv_shortcut": "skip_connection",
 }
+# diffusers SDXL addition embedding (TimestepEmbedding) -> LDM label_emb (Sequential(Sequential(
+# Linear, SiLU, Linear))); ComfyUI's unet_to_diffusers pairs the same names.
+_UNET_ADD_EMBEDDING = {"linear_1": "label_emb.0.0", "linear_2": "label_emb.0.2"}
 # diffusers Attention (VAE mid block) leaf -> LDM AttnBlock leaf.
 _VAE_ATTENTION = {
     "group_norm": "norm",
@@ -74,9 +90,10 @@ def _count(keys: Iterable[str], pattern: str) -> int:
 
 def _unknown(kind: str, key: str) -> ModelFormatError:
     return ModelFormatError(
-        f"{kind} weight {key!r} has no counterpart in the SD1.x/SD2.x single-file layout; "
-        "comfyc supports the plain SD1.x/SD2.x architectures (no class/addition embeddings, "
-        "no SDXL); convert such models with their own tools"
+        f"{kind} weight {key!r} has no counterpart in the SD1.x/SD2.x/SDXL single-file "
+        "layout; comfyc supports the plain SD1.x/SD2.x UNets and SDXL's text_time addition "
+        "embedding (no class embeddings, no other addition embeddings); convert such models "
+        "with their own tools"
     )
 
 
@@ -113,6 +130,8 @@ def unet_diffusers_to_ldm_map(diffusers_keys: Iterable[str]) -> dict[str, str]:
             new = f"time_embed.{0 if parts[1] == 'linear_1' else 2}." + ".".join(parts[2:])
         elif head in ("conv_norm_out", "conv_out"):
             new = f"out.{0 if head == 'conv_norm_out' else 2}." + ".".join(parts[1:])
+        elif head == "add_embedding" and parts[1] in _UNET_ADD_EMBEDDING:
+            new = _UNET_ADD_EMBEDDING[parts[1]] + "." + ".".join(parts[2:])
         elif head in ("down_blocks", "up_blocks", "mid_block"):
             new = _unet_block_key(parts, stride, up_has_attention)
             if new is None:

@@ -1,19 +1,32 @@
-"""Single-file SD1.x/SD2.x checkpoints to diffusers modules and back.
+"""Single-file SD1.x/SD2.x/SDXL checkpoints to diffusers modules and back.
 
 Reading: `load_checkpoint(path)` accepts a ``.safetensors`` file, a pickled ``.ckpt``/``.pt``
 loaded only through ``torch.load(weights_only=True)`` (tensors and plain containers; anything
 that needs arbitrary Python objects is refused), or a diffusers folder. The architecture is
-inferred from tensor shapes (`comfyc.compiler.models.configs`), the family (SD1/SD2) from the
-text-encoder layout and the UNet, and the prediction type with ComfyUI's heuristic: an SD2 UNet
-with 4 input channels is v-prediction when the population std of
-``output_blocks.11.1.transformer_blocks.0.norm1.bias`` exceeds 0.09 (768-v models), else eps.
+inferred from tensor shapes (`comfyc.compiler.models.configs`), the family from the UNet and the
+text-encoder layout as ComfyUI's ``model_detection``/``supported_models`` do:
+
+* ``sdxl``: the UNet has ``label_emb`` (ADM input) and the file has ``conditioner.embedders``;
+  ComfyUI's ``SDXL`` class matches context 2048 + ADM 2816 (also SSD-1B, Vega, KOALA: fewer
+  transformer blocks, same family). SDXL-Turbo is the same architecture and ComfyUI loads it as
+  plain ``SDXL`` (eps); only metadata can tell it apart (`LoadedCheckpoint.variant`).
+* ``sdxl_refiner``: context 1280 (bigG only) + ADM 2560 (ComfyUI's ``SDXLRefiner``).
+* ``sd2``: linear ``proj_in`` or an OpenCLIP ``cond_stage_model.model``; else ``sd1``.
+
+For files whose widths are not the published ones (comfyc's tiny models), the ADM width decides:
+``adm = pooled + n * 256`` with 6 ids (base) or 5 (refiner), ``pooled`` being bigG's projection.
+
+The prediction type uses ComfyUI's heuristics: an SD2 UNet with 4 input channels is
+v-prediction when the population std of ``output_blocks.11.1.transformer_blocks.0.norm1.bias``
+exceeds 0.09 (768-v models), an SDXL file with a top-level ``v_pred`` key is v-prediction, else
+eps.
 
 Writing: `diffusers_to_single_file` / `save_single_file` produce the original layout that
 ComfyUI, A1111 and diffusers' ``from_single_file`` read: ``model.diffusion_model.*``,
-``first_stage_model.*`` and ``cond_stage_model.transformer.*`` (SD1, OpenAI CLIP) or
-``cond_stage_model.model.*`` (SD2, OpenCLIP). comfyc adds a ``comfyc.config`` metadata entry
-with the exact module configs so that a model whose heads or norm groups differ from the SD
-conventions (the tiny demo model) loads back identically.
+``first_stage_model.*`` and ``cond_stage_model.transformer.*`` (SD1, OpenAI CLIP),
+``cond_stage_model.model.*`` (SD2, OpenCLIP) or ``conditioner.embedders.*`` (SDXL). comfyc adds a
+``comfyc.config`` metadata entry with the exact module configs so that a model whose heads or
+norm groups differ from the SD conventions (the tiny demo model) loads back identically.
 """
 from __future__ import annotations
 
@@ -29,7 +42,9 @@ from typing import Any
 
 import torch
 from comfyc.compiler.models.configs import (
+    ADM_TIME_EMBED_DIM,
     LATENT_SCALE,
+    SDXL_LATENT_SCALE,
     infer_clip_config,
     infer_unet_config,
     infer_vae_config,
@@ -39,6 +54,9 @@ from comfyc.compiler.models.errors import ModelFormatError
 from comfyc.compiler.models.keymap import (
     CLIP_OPENAI_PREFIX,
     CLIP_OPENCLIP_PREFIX,
+    SDXL_CLIP_G_PREFIX,
+    SDXL_CLIP_L_PREFIX,
+    SDXL_REFINER_CLIP_G_PREFIX,
     UNET_PREFIX,
     VAE_PREFIX,
     clip_hf_to_openclip,
@@ -52,11 +70,14 @@ from comfyc.runtime.files import make_readable
 
 __all__ = [
     "CONFIG_METADATA_KEY",
+    "FAMILIES",
     "PICKLE_SUFFIXES",
     "SAFETENSORS_SUFFIXES",
     "LoadedCheckpoint",
+    "TextEncoderSpec",
     "build_clip_text_model",
     "canonical_text_encoder_state",
+    "canonical_text_key",
     "checkpoint_from_state_dict",
     "detect_prediction_type",
     "diffusers_to_single_file",
@@ -65,6 +86,8 @@ __all__ = [
     "load_vae",
     "read_state_dict",
     "save_single_file",
+    "sdxl_text_encoders_to_ldm",
+    "single_file_metadata",
     "vae_from_state_dict",
 ]
 
@@ -76,6 +99,14 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CONFIG_METADATA_KEY = "comfyc.config"
 _FAMILY_KEY = "comfyc.family"
 _PREDICTION_KEY = "comfyc.prediction_type"
+_VARIANT_KEY = "comfyc.variant"
+#: Families `load_checkpoint` knows, in the vocabulary of `LoadedCheckpoint.family`.
+FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
+_SDXL_FAMILIES = ("sdxl", "sdxl_refiner")
+# Number of 256-wide ids after the pooled vector in ComfyUI's SDXL / SDXLRefiner encode_adm.
+_ADM_IDS = {"sdxl": 6, "sdxl_refiner": 5}
+# The published SDXL (context, ADM) widths that ComfyUI's supported_models match on.
+_PUBLISHED_SDXL = {(2048, 2816): "sdxl", (1280, 2560): "sdxl_refiner"}
 _V_PREDICTION_PROBE = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 _V_PREDICTION_STD = 0.09
 _PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -88,27 +119,72 @@ _CLIP_CONFIG_FIELDS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class TextEncoderSpec:
+    """How ComfyUI uses one text encoder of a checkpoint (what a prompt encoding needs).
+
+    Attributes:
+        attribute: The `LoadedCheckpoint` field holding the module (``"text_encoder"`` or
+            ``"text_encoder_2"``).
+        name: ComfyUI's name for it: ``"clip_l"``, ``"clip_h"`` (SD2) or ``"clip_g"``; also the
+            key of per-encoder textual-inversion files.
+        width: Hidden width (768, 1024, 1280): the width of its embeddings and of its share
+            of the UNet context.
+        pad_token: Tokenizer pad id (49407 = end token for CLIP-L; 0 = ``!`` for OpenCLIP).
+        default_layer: ComfyUI's default output layer (-1 last, -2 penultimate).
+        layer_norm_hidden_state: Whether ComfyUI applies the final layer norm to a hidden
+            (non-last) layer's output: True for SD1/SD2, False for SDXL's encoders.
+        pooled: Whether the UNet consumes this encoder's pooled, projected output (SDXL's bigG:
+            ``text_projection(final_layer_norm(last_layer)[first end token])``).
+    """
+
+    attribute: str
+    name: str
+    width: int
+    pad_token: int
+    default_layer: int
+    layer_norm_hidden_state: bool
+    pooled: bool = False
+
+
 @dataclass(slots=True)
 class LoadedCheckpoint:
     """A checkpoint loaded into diffusers/transformers modules, with the facts a compiler needs.
 
     Attributes:
-        unet: `diffusers.UNet2DConditionModel` (eval mode, no grad).
+        unet: `diffusers.UNet2DConditionModel` (eval mode, no grad). SDXL UNets have
+            ``addition_embed_type="text_time"``; run them on ComfyUI's ADM vector ``y`` with
+            `comfyc.compiler.models.sdxl.sdxl_unet_forward`.
         vae: `diffusers.AutoencoderKL`, or None when the file holds no VAE.
-        text_encoder: `transformers.CLIPTextModel`, or None when the file holds no text encoder.
+        text_encoder: `transformers.CLIPTextModel`, or None when the file holds no text encoder
+            (always None for the SDXL refiner, which has bigG only, as diffusers has it).
             For SD2 single files it keeps all OpenCLIP layers (24); see `default_clip_layer`.
-        family: ``"sd1"`` or ``"sd2"``.
+            For SDXL it is CLIP ViT-L (12 layers, quick GELU).
+        family: ``"sd1"``, ``"sd2"``, ``"sdxl"`` or ``"sdxl_refiner"`` (see `FAMILIES`).
         prediction_type: ``"epsilon"`` or ``"v_prediction"``.
-        clip_pad_token: Tokenizer pad id: 49407 (SD1) or 0 (SD2).
-        default_clip_layer: ComfyUI's default CLIP output layer: -1 (last) for SD1, -2
-            (penultimate, final layer norm applied) for SD2 single files. A diffusers folder's
-            SD2 text encoder is already cut to 23 layers, so it says -1 there.
+        clip_pad_token: Tokenizer pad id of the first encoder: 49407 (SD1, SDXL's CLIP-L) or
+            0 (SD2; the SDXL refiner's bigG).
+        default_clip_layer: ComfyUI's default CLIP output layer of the first encoder: -1 (last)
+            for SD1, -2 (penultimate, final layer norm applied) for SD2 single files, -2
+            (penultimate, *no* final norm) for SDXL. A diffusers folder's SD2 text encoder is
+            already cut to 23 layers, so it says -1 there.
         in_channels: UNet input channels (4, or 9 for inpainting models).
-        latent_scale: 0.18215 for SD1.x and SD2.x.
+        latent_scale: 0.18215 for SD1.x and SD2.x, 0.13025 for SDXL (base, refiner, Turbo).
         text_projection: SD2's OpenCLIP text projection ``[hidden, dim]`` (pooled output only;
-            unused by SD1/SD2 UNets), if the file has one.
+            unused by SD1/SD2 UNets), if the file has one. SDXL's bigG keeps its projection
+            inside `text_encoder_2` (``text_projection.weight``, ``[dim, hidden]``).
         source: Where it was loaded from.
         metadata: The file's safetensors metadata.
+        text_encoder_2: SDXL's OpenCLIP ViT-bigG as `transformers.CLIPTextModelWithProjection`
+            (32 layers, width 1280, GELU), or None.
+        adm_in_channels: Width of the UNet's ADM input ``y`` (2816 SDXL, 2560 refiner), or None.
+        variant: ``"turbo"`` when metadata says SDXL-Turbo (same architecture as SDXL; ComfyUI
+            does not tell them apart), else None.
+        clip_pad_token_2: Pad id of `text_encoder_2` (0), or None.
+        default_clip_layer_2: Default layer of `text_encoder_2` (-2), or None.
+        clip_layer_norm: ComfyUI's ``layer_norm_hidden_state`` for the prompt encoders: True
+            for SD1/SD2 (a hidden layer's output goes through the final layer norm), False for
+            SDXL (penultimate hidden state used raw).
     """
 
     unet: Any
@@ -123,11 +199,58 @@ class LoadedCheckpoint:
     text_projection: torch.Tensor | None = None
     source: Path | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    text_encoder_2: Any | None = None
+    adm_in_channels: int | None = None
+    variant: str | None = None
+    clip_pad_token_2: int | None = None
+    default_clip_layer_2: int | None = None
+    clip_layer_norm: bool = True
 
     @property
     def is_inpainting(self) -> bool:
         """True for 9-input-channel inpainting UNets."""
         return self.in_channels == 9
+
+    @property
+    def is_sdxl(self) -> bool:
+        """True for SDXL base/Turbo and the SDXL refiner (ADM-conditioned UNets)."""
+        return self.family in _SDXL_FAMILIES
+
+    @property
+    def adm_ids(self) -> tuple[str, ...]:
+        """The ids after the pooled vector in ``y``, in ComfyUI's ``encode_adm`` order.
+
+        ``("height", "width", "crop_h", "crop_w", "target_height", "target_width")`` for SDXL,
+        ``("height", "width", "crop_h", "crop_w", "aesthetic_score")`` for the refiner, ``()``
+        for SD1/SD2.
+        """
+        from comfyc.compiler.models.sdxl import adm_id_names
+
+        return adm_id_names(self.family) if self.is_sdxl else ()
+
+    @property
+    def text_encoders(self) -> tuple[TextEncoderSpec, ...]:
+        """The prompt encoders in the order their outputs are concatenated into the context.
+
+        SDXL: ``clip_l`` (768) then ``clip_g`` (1280) = 2048; refiner: ``clip_g``; SD1
+        ``clip_l``; SD2 ``clip_h``. Encoders absent from the file are left out.
+        """
+        specs: list[TextEncoderSpec] = []
+        if self.text_encoder is not None:
+            width = int(self.text_encoder.config.hidden_size)
+            name = "clip_h" if self.family == "sd2" else "clip_l"
+            specs.append(TextEncoderSpec(
+                "text_encoder", name, width, self.clip_pad_token, self.default_clip_layer,
+                self.clip_layer_norm, pooled=False,
+            ))
+        if self.text_encoder_2 is not None:
+            specs.append(TextEncoderSpec(
+                "text_encoder_2", "clip_g", int(self.text_encoder_2.config.hidden_size),
+                0 if self.clip_pad_token_2 is None else self.clip_pad_token_2,
+                -2 if self.default_clip_layer_2 is None else self.default_clip_layer_2,
+                self.clip_layer_norm, pooled=True,
+            ))
+        return tuple(specs)
 
 
 # -- reading files -------------------------------------------------------------------------------
@@ -345,12 +468,21 @@ def _build_vae(config: dict[str, Any]) -> Any:
         return AutoencoderKL.from_config(config)
 
 
-def build_clip_text_model(config: dict[str, Any], *, device: str = "meta") -> Any:
-    """Builds a transformers `CLIPTextModel` (on the meta device unless told otherwise)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def build_clip_text_model(
+    config: dict[str, Any], *, device: str = "meta", with_projection: bool = False
+) -> Any:
+    """Builds a transformers `CLIPTextModel` (on the meta device unless told otherwise).
 
+    Args:
+        config: `CLIPTextConfig` keyword arguments.
+        device: Where to allocate (``"meta"``: shapes only).
+        with_projection: Build `CLIPTextModelWithProjection` (SDXL's bigG) instead.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     with torch.device(device):
-        return CLIPTextModel(CLIPTextConfig(**config))
+        return cls(CLIPTextConfig(**config))
 
 
 def _text_module_prefix(module: Any) -> str:
@@ -367,9 +499,15 @@ def canonical_text_encoder_state(module_or_state: Any) -> dict[str, torch.Tensor
     state = module_or_state.state_dict() if hasattr(module_or_state, "state_dict") else dict(
         module_or_state
     )
-    return {
-        (k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()
-    }
+    return {canonical_text_key(k): v for k, v in state.items()}
+
+
+def canonical_text_key(key: str) -> str:
+    """``text_model.``-prefixed name of a text-encoder weight; ``text_projection.*`` (the
+    projection of `CLIPTextModelWithProjection`, outside ``text_model``) stays as it is."""
+    if key.startswith(("text_model.", "text_projection.")):
+        return key
+    return "text_model." + key
 
 
 def _unet_from_ldm(
@@ -442,9 +580,16 @@ def vae_from_state_dict(
 
 
 def _text_encoder_from_hf(
-    state: dict[str, torch.Tensor], config: dict[str, Any], dtype: torch.dtype | None
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    dtype: torch.dtype | None,
+    *,
+    projection: torch.Tensor | None = None,
+    what: str = "text encoder",
 ) -> Any:
-    model = build_clip_text_model(config)
+    """A CLIP text model from ``text_model.*`` weights; with `projection` (OpenCLIP layout,
+    ``[hidden, dim]``) a `CLIPTextModelWithProjection` whose linear projection is its transpose."""
+    model = build_clip_text_model(config, with_projection=projection is not None)
     prefix = _text_module_prefix(model)
     weights = {}
     for key, tensor in state.items():
@@ -452,7 +597,9 @@ def _text_encoder_from_hf(
             continue  # NOTE: rebuilt by _populate; old files store it as float or int
         local = key if prefix else key[len("text_model.") :]
         weights[local] = _own(tensor, dtype)
-    return _populate(model, weights, "text encoder")
+    if projection is not None:
+        weights["text_projection.weight"] = _own(projection.t(), dtype)
+    return _populate(model, weights, what)
 
 
 def detect_prediction_type(
@@ -477,25 +624,114 @@ def detect_prediction_type(
     return "v_prediction" if std > _V_PREDICTION_STD else "epsilon"
 
 
-def _split_components(
-    state: Mapping[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], bool]:
-    unet: dict[str, torch.Tensor] = {}
-    vae: dict[str, torch.Tensor] = {}
-    clip: dict[str, torch.Tensor] = {}
-    openclip = any(k.startswith(CLIP_OPENCLIP_PREFIX) for k in state)
+@dataclass(slots=True)
+class _Components:
+    """A single file's weights per component, component prefixes removed."""
+
+    unet: dict[str, torch.Tensor] = field(default_factory=dict)
+    vae: dict[str, torch.Tensor] = field(default_factory=dict)
+    clip: dict[str, torch.Tensor] = field(default_factory=dict)  # CLIP-L (HF) or SD2 OpenCLIP
+    clip_g: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL bigG (OpenCLIP names)
+    openclip: bool = False  # `clip` holds SD2 OpenCLIP names
+    conditioner: bool = False  # SDXL's conditioner.embedders layout
+
+
+def _split_components(state: Mapping[str, torch.Tensor]) -> _Components:
+    parts = _Components()
+    parts.openclip = any(k.startswith(CLIP_OPENCLIP_PREFIX) for k in state)
     for key, tensor in state.items():
         if key.startswith(UNET_PREFIX):
-            unet[key[len(UNET_PREFIX) :]] = tensor
+            parts.unet[key[len(UNET_PREFIX) :]] = tensor
         elif key.startswith(VAE_PREFIX):
-            vae[key[len(VAE_PREFIX) :]] = tensor
-        elif key.startswith(CLIP_OPENAI_PREFIX) and not openclip:
+            parts.vae[key[len(VAE_PREFIX) :]] = tensor
+        elif key.startswith(CLIP_OPENAI_PREFIX) and not parts.openclip:
             rest = key[len(CLIP_OPENAI_PREFIX) :]
             # NOTE: checkpoints made with transformers < 4.19 lack the text_model level.
-            clip[rest if rest.startswith("text_model.") else "text_model." + rest] = tensor
+            parts.clip[rest if rest.startswith("text_model.") else "text_model." + rest] = tensor
         elif key.startswith(CLIP_OPENCLIP_PREFIX):
-            clip[key[len(CLIP_OPENCLIP_PREFIX) :]] = tensor
-    return unet, vae, clip, openclip
+            parts.clip[key[len(CLIP_OPENCLIP_PREFIX) :]] = tensor
+        elif key.startswith(SDXL_CLIP_L_PREFIX):
+            parts.conditioner = True
+            rest = key[len(SDXL_CLIP_L_PREFIX) :]
+            if rest in ("text_projection.weight", "logit_scale"):
+                continue  # NOTE: CLIP-L's projection is unused by SDXL (ComfyUI drops it too)
+            parts.clip[rest if rest.startswith("text_model.") else "text_model." + rest] = tensor
+        elif key.startswith((SDXL_CLIP_G_PREFIX, SDXL_REFINER_CLIP_G_PREFIX)):
+            parts.conditioner = True
+            prefix = SDXL_CLIP_G_PREFIX if key.startswith(SDXL_CLIP_G_PREFIX) else (
+                SDXL_REFINER_CLIP_G_PREFIX)
+            parts.clip_g[key[len(prefix) :]] = tensor
+        elif key.startswith("conditioner."):
+            parts.conditioner = True  # NOTE: other embedders (e.g. size) carry no weights we use
+    return parts
+
+
+def _sdxl_family(
+    unet_config: Mapping[str, Any], pooled_dim: int | None, where: str
+) -> str:
+    """``"sdxl"`` or ``"sdxl_refiner"`` for an ADM UNet, as ComfyUI's supported_models match.
+
+    The published widths decide first (context 2048 + ADM 2816 = SDXL, 1280 + 2560 = refiner);
+    otherwise the number of 256-wide ids after the pooled vector (6 base, 5 refiner).
+    """
+    adm = int(unet_config["projection_class_embeddings_input_dim"])
+    context = int(unet_config["cross_attention_dim"])
+    published = _PUBLISHED_SDXL.get((context, adm))
+    if published is not None:
+        return published
+    if pooled_dim is not None:
+        ids, rest = divmod(adm - pooled_dim, ADM_TIME_EMBED_DIM)
+        for family, count in _ADM_IDS.items():
+            if rest == 0 and ids == count:
+                return family
+    raise ModelFormatError(
+        f"the UNet takes an ADM vector of width {adm} with context width {context}{where}; "
+        "expected SDXL (ADM 2816 = pooled 1280 + 6 x 256, context 2048) or the SDXL refiner "
+        "(ADM 2560 = 1280 + 5 x 256, context 1280). Other class-conditioned UNets (SD2 "
+        "unCLIP, SVD, ...) are not supported; save comfyc-made models with save_single_file, "
+        "which records the family in the file's metadata"
+    )
+
+
+def _sdxl_prediction_type(state: Mapping[str, torch.Tensor], where: str) -> str:
+    """ComfyUI's SDXL.model_type: ``v_pred`` key = v-prediction; EDM keys are refused."""
+    if "edm_mean" in state or "edm_vpred.sigma_max" in state:
+        raise ModelFormatError(
+            f"this SDXL checkpoint{where} is an EDM model (Playground v2.5 / EDM v-prediction "
+            "keys edm_mean, edm_vpred.*); comfyc supports eps and v-prediction SDXL models"
+        )
+    return "v_prediction" if "v_pred" in state else "epsilon"
+
+
+def _variant(metadata: Mapping[str, str]) -> str | None:
+    """``"turbo"`` when comfyc's or the model-spec metadata names SDXL-Turbo."""
+    if metadata.get(_VARIANT_KEY):
+        return metadata[_VARIANT_KEY]
+    spec = " ".join(metadata.get(k, "") for k in (
+        "modelspec.title", "modelspec.architecture", "modelspec.description"))
+    return "turbo" if "turbo" in spec.lower() else None
+
+
+def _load_clip_g(
+    clip_g_state: dict[str, torch.Tensor],
+    overrides: Mapping[str, Any],
+    dtype: torch.dtype | None,
+) -> Any:
+    """SDXL's OpenCLIP bigG tower -> `CLIPTextModelWithProjection`."""
+    hf_state, projection = clip_openclip_to_hf(clip_g_state)
+    if projection is None:
+        raise ModelFormatError(
+            "the SDXL OpenCLIP text encoder has no text_projection; expected the ViT-bigG "
+            "tower with its projection (its pooled output conditions the UNet)"
+        )
+    config = infer_clip_config(
+        hf_state, openclip=True, text_projection_dim=int(projection.shape[1])
+    )
+    require_complete(config, overrides, "text encoder")
+    config.update(overrides)
+    return _text_encoder_from_hf(
+        hf_state, config, dtype, projection=projection, what="OpenCLIP bigG text encoder"
+    )
 
 
 def checkpoint_from_state_dict(
@@ -522,7 +758,7 @@ def checkpoint_from_state_dict(
         The loaded checkpoint.
 
     Raises:
-        ModelFormatError: Not an SD1.x/SD2.x single-file checkpoint, or damaged.
+        ModelFormatError: Not an SD1.x/SD2.x/SDXL single-file checkpoint, or damaged.
     """
     metadata = dict(metadata or {})
     where = f" in {str(source)!r}" if source else ""
@@ -532,56 +768,92 @@ def checkpoint_from_state_dict(
         raise ModelFormatError(
             f"the {CONFIG_METADATA_KEY} metadata{where} is not JSON: {exc}"
         ) from exc
-    unet_state, vae_state, clip_state, openclip = _split_components(state)
-    if not unet_state:
+    parts = _split_components(state)
+    if not parts.unet:
         prefixes = sorted({k.split(".", 1)[0] for k in state})[:8]
         raise ModelFormatError(
             f"no UNet weights (model.diffusion_model.*){where}; found top-level names "
-            f"{prefixes}. Expected an SD1.x/SD2.x single-file checkpoint; a separate VAE "
+            f"{prefixes}. Expected an SD1.x/SD2.x/SDXL single-file checkpoint; a separate VAE "
             "loads with load_vae(), a LoRA with load_lora()"
         )
-    if "label_emb.0.0.weight" in unet_state or any(k.startswith("conditioner.") for k in state):
-        raise ModelFormatError(
-            f"this looks like an SDXL (or other class-conditioned) checkpoint{where}: it has "
-            "label_emb/conditioner weights. comfyc supports SD1.x and SD2.x checkpoints"
-        )
-    unet_config = infer_unet_config(unet_state)
+    unet_config = infer_unet_config(parts.unet)
     require_complete(unet_config, overrides.get("unet", {}), "UNet")
     unet_config.update(overrides.get("unet", {}))
-    linear = bool(unet_config["use_linear_projection"])
-    family = metadata.get(_FAMILY_KEY) or ("sd2" if openclip or linear else "sd1")
-    if family not in ("sd1", "sd2"):
-        raise ModelFormatError(f"{_FAMILY_KEY} metadata{where} is {family!r}; expected sd1/sd2")
+    adm = unet_config.get("projection_class_embeddings_input_dim")
+    sdxl = unet_config.get("addition_embed_type") == "text_time"
+    stored_family = metadata.get(_FAMILY_KEY)
+    if stored_family is not None and stored_family not in FAMILIES:
+        raise ModelFormatError(
+            f"{_FAMILY_KEY} metadata{where} is {stored_family!r}; expected one of {FAMILIES}"
+        )
+    if sdxl != (stored_family in _SDXL_FAMILIES) and stored_family is not None:
+        raise ModelFormatError(
+            f"{_FAMILY_KEY} metadata{where} says {stored_family!r} but the UNet "
+            f"{'has' if sdxl else 'has no'} an ADM input (label_emb); the file is inconsistent"
+        )
+    if not sdxl and parts.conditioner:
+        raise ModelFormatError(
+            f"the file has SDXL-style conditioner.embedders text encoders{where} but its UNet "
+            "has no ADM input (label_emb.0.0); expected an SDXL UNet with them. The file may "
+            "be a merge of different models"
+        )
+    if sdxl and not parts.conditioner and parts.clip:
+        raise ModelFormatError(
+            f"the UNet is SDXL-style (label_emb){where} but the text encoders are stored as "
+            "cond_stage_model.*; expected SDXL's conditioner.embedders.* layout"
+        )
+    text_encoder_2 = None
+    if sdxl and parts.clip_g:
+        text_encoder_2 = _load_clip_g(parts.clip_g, overrides.get("text_encoder_2", {}), dtype)
+    if sdxl:
+        pooled = None if text_encoder_2 is None else int(
+            text_encoder_2.config.projection_dim)
+        family = stored_family or _sdxl_family(unet_config, pooled, where)
+    else:
+        linear = bool(unet_config["use_linear_projection"])
+        family = stored_family or ("sd2" if parts.openclip or linear else "sd1")
     in_channels = int(unet_config["in_channels"])
-    prediction = prediction_type or metadata.get(_PREDICTION_KEY) or detect_prediction_type(
-        unet_state, family, in_channels
-    )
+    if family in _SDXL_FAMILIES:
+        detected = _sdxl_prediction_type(state, where)
+    else:
+        detected = detect_prediction_type(parts.unet, family, in_channels)
+    prediction = prediction_type or metadata.get(_PREDICTION_KEY) or detected
     if prediction not in _PREDICTION_TYPES:
         raise ModelFormatError(
             f"prediction type {prediction!r}{where}; expected one of {_PREDICTION_TYPES}"
         )
-    if "unet" not in overrides and family == "sd2":
-        # NOTE: ComfyUI runs SD2 attention in float32 (attn_precision); 768-v models default
-        # to 768 px (diffusers' sample_size is in latent pixels).
-        unet_config["upcast_attention"] = True
-        unet_config["sample_size"] = 96 if prediction == "v_prediction" else 64
-    unet = _unet_from_ldm(unet_state, unet_config, dtype)
+    variant = _variant(metadata) if family == "sdxl" else None
+    if "unet" not in overrides:
+        if family == "sd2":
+            # NOTE: ComfyUI runs SD2 attention in float32 (attn_precision); 768-v models default
+            # to 768 px (diffusers' sample_size is in latent pixels).
+            unet_config["upcast_attention"] = True
+            unet_config["sample_size"] = 96 if prediction == "v_prediction" else 64
+        elif family in _SDXL_FAMILIES:
+            # NOTE: the published configs: 1024 px (128 latent), Turbo 512 px (64 latent).
+            unet_config["sample_size"] = 64 if variant == "turbo" else 128
+    unet = _unet_from_ldm(parts.unet, unet_config, dtype)
+    latent_scale = SDXL_LATENT_SCALE if family in _SDXL_FAMILIES else LATENT_SCALE
     vae = None
-    if vae_state:
-        vae = vae_from_state_dict(vae_state, dtype=dtype, overrides=overrides.get("vae", {}))
+    if parts.vae:
+        vae_overrides = dict(overrides.get("vae", {}))
+        if family in _SDXL_FAMILIES and "vae" not in overrides:
+            vae_overrides.update(scaling_factor=SDXL_LATENT_SCALE, sample_size=1024,
+                                 force_upcast=True)
+        vae = vae_from_state_dict(parts.vae, dtype=dtype, overrides=vae_overrides)
     else:
         _log.warning("no VAE weights (first_stage_model.*)%s; pass a separate VAE", where)
     text_encoder = None
     projection = None
-    if clip_state:
-        if openclip:
-            hf_state, projection = clip_openclip_to_hf(clip_state)
+    if parts.clip:
+        if parts.openclip:
+            hf_state, projection = clip_openclip_to_hf(parts.clip)
         else:
-            hf_state = clip_state
+            hf_state = parts.clip
             projection = None
         config = infer_clip_config(
             hf_state,
-            openclip=openclip,
+            openclip=parts.openclip,
             text_projection_dim=int(projection.shape[1]) if projection is not None else None,
         )
         require_complete(config, overrides.get("text_encoder", {}), "text encoder")
@@ -589,8 +861,22 @@ def checkpoint_from_state_dict(
         text_encoder = _text_encoder_from_hf(hf_state, config, dtype)
         if projection is not None:
             projection = _own(projection, dtype)
-    else:
-        _log.warning("no text-encoder weights (cond_stage_model.*)%s", where)
+    elif text_encoder_2 is None:
+        _log.warning("no text-encoder weights (cond_stage_model.* / conditioner.*)%s", where)
+    if family in _SDXL_FAMILIES:
+        # NOTE: ComfyUI's SDXLClipModel: both encoders take the penultimate hidden state without
+        # the final norm; bigG pads with 0, CLIP-L with the end token. The refiner has bigG only.
+        first_pad = 49407 if text_encoder is not None else 0
+        return LoadedCheckpoint(
+            unet=unet, vae=vae, text_encoder=text_encoder, family=family,
+            prediction_type=prediction, clip_pad_token=first_pad, default_clip_layer=-2,
+            in_channels=in_channels, latent_scale=latent_scale, source=source,
+            metadata=metadata, text_encoder_2=text_encoder_2,
+            adm_in_channels=int(adm) if adm is not None else None, variant=variant,
+            clip_pad_token_2=0 if text_encoder_2 is not None else None,
+            default_clip_layer_2=-2 if text_encoder_2 is not None else None,
+            clip_layer_norm=False,
+        )
     return LoadedCheckpoint(
         unet=unet,
         vae=vae,
@@ -600,6 +886,7 @@ def checkpoint_from_state_dict(
         clip_pad_token=0 if family == "sd2" else 49407,
         default_clip_layer=-2 if family == "sd2" else -1,
         in_channels=in_channels,
+        latent_scale=latent_scale,
         text_projection=projection,
         source=source,
         metadata=metadata,
@@ -696,6 +983,10 @@ def _text_layout(text_encoder: Any, layout: str) -> str:
     return layout
 
 
+def _is_sdxl_unet(unet: Any) -> bool:
+    return getattr(unet.config, "addition_embed_type", None) == "text_time"
+
+
 def diffusers_to_single_file(
     unet: Any,
     vae: Any | None,
@@ -704,18 +995,26 @@ def diffusers_to_single_file(
     *,
     text_encoder_layout: str = "auto",
     text_projection: torch.Tensor | None = None,
+    text_encoder_2: Any | None = None,
 ) -> dict[str, torch.Tensor]:
     """Maps diffusers/transformers modules to the original single-file state dict.
+
+    An SDXL UNet (``addition_embed_type="text_time"``) gets SDXL's layout: `text_encoder`
+    (CLIP-L) as ``conditioner.embedders.0.transformer.*`` and `text_encoder_2` (bigG, OpenCLIP
+    names, ``text_projection`` = the transpose of its linear projection) as
+    ``conditioner.embedders.1.model.*``, or ``conditioner.embedders.0.model.*`` when there is no
+    CLIP-L (the refiner).
 
     Args:
         unet: `UNet2DConditionModel`.
         vae: `AutoencoderKL`, or None to leave it out.
         text_encoder: `CLIPTextModel`, or None to leave it out.
         dtype: Cast floating tensors to this dtype (None keeps them). ``position_ids`` stays int64.
-        text_encoder_layout: ``"openai"`` (SD1, ``cond_stage_model.transformer.*``),
+        text_encoder_layout: SD1/SD2 only: ``"openai"`` (SD1, ``cond_stage_model.transformer.*``),
             ``"openclip"`` (SD2, ``cond_stage_model.model.*``) or ``"auto"`` (OpenCLIP when the
             encoder uses exact GELU, as SD2's does).
         text_projection: OpenCLIP text projection to include (SD2 only).
+        text_encoder_2: SDXL's bigG `CLIPTextModelWithProjection`, or None.
 
     Returns:
         ``{"model.diffusion_model.input_blocks.0.0.weight": tensor, ...}`` on the CPU.
@@ -728,6 +1027,9 @@ def diffusers_to_single_file(
             tensor = tensor.to("cpu")
         out[key] = _cast(tensor, dtype).contiguous()
 
+    sdxl = _is_sdxl_unet(unet)
+    if text_encoder_2 is not None and not sdxl:
+        raise ValueError("text_encoder_2 is SDXL's; the UNet has no text_time ADM input")
     unet_state = unet.state_dict()
     for key, ldm in unet_diffusers_to_ldm_map(unet_state).items():
         put(UNET_PREFIX + ldm, unet_state[key])
@@ -735,6 +1037,10 @@ def diffusers_to_single_file(
         vae_state = vae.state_dict()
         for key, ldm in vae_diffusers_to_ldm_map(vae_state).items():
             put(VAE_PREFIX + ldm, vae_tensor_to_ldm(key, vae_state[key]))
+    if sdxl:
+        for key, tensor in sdxl_text_encoders_to_ldm(text_encoder, text_encoder_2).items():
+            put(key, tensor)
+        return out
     if text_encoder is not None:
         text_state = canonical_text_encoder_state(text_encoder)
         if _text_layout(text_encoder, text_encoder_layout) == "openclip":
@@ -750,6 +1056,114 @@ def diffusers_to_single_file(
     return out
 
 
+def sdxl_text_encoders_to_ldm(
+    text_encoder: Any | None, text_encoder_2: Any | None
+) -> dict[str, torch.Tensor]:
+    """SDXL's text encoders in the single-file layout (full key names, tensors not copied).
+
+    Args:
+        text_encoder: CLIP-L `CLIPTextModel` (or its state dict), or None (refiner).
+        text_encoder_2: bigG `CLIPTextModelWithProjection` (or its state dict), or None.
+
+    Returns:
+        ``conditioner.embedders.0.transformer.text_model.*`` (+ ``position_ids``) and
+        ``conditioner.embedders.{1,0}.model.*`` (OpenCLIP names).
+    """
+    out: dict[str, torch.Tensor] = {}
+    if text_encoder is not None:
+        text_state = canonical_text_encoder_state(text_encoder)
+        text_state.pop("text_projection.weight", None)
+        positions = None
+        for key, tensor in text_state.items():
+            if key.endswith("embeddings.position_ids"):
+                continue
+            out[SDXL_CLIP_L_PREFIX + key] = tensor
+            if key.endswith("position_embedding.weight"):
+                positions = int(tensor.shape[0])
+        if positions is not None:
+            out[SDXL_CLIP_L_PREFIX + "text_model.embeddings.position_ids"] = torch.arange(
+                positions, dtype=torch.int64)[None]
+    if text_encoder_2 is not None:
+        g_state = canonical_text_encoder_state(text_encoder_2)
+        linear = g_state.pop("text_projection.weight", None)
+        if linear is None:
+            raise ModelFormatError(
+                "text_encoder_2 has no text_projection.weight; expected SDXL's bigG as a "
+                "CLIPTextModelWithProjection"
+            )
+        g_state = {k: v for k, v in g_state.items() if not k.endswith("position_ids")}
+        prefix = SDXL_CLIP_G_PREFIX if text_encoder is not None else SDXL_REFINER_CLIP_G_PREFIX
+        for key, tensor in clip_hf_to_openclip(g_state, linear.t()).items():
+            out[prefix + key] = tensor
+    return out
+
+
+def _sdxl_family_of(unet: Any, text_encoder: Any | None, text_encoder_2: Any | None) -> str:
+    """The family comfyc records for SDXL modules (see `_sdxl_family`)."""
+    pooled = None if text_encoder_2 is None else int(text_encoder_2.config.projection_dim)
+    try:
+        return _sdxl_family(_diffusers_config(unet), pooled, "")
+    except ModelFormatError:
+        # NOTE: widths outside both rules: a base model unless CLIP-L is missing.
+        return "sdxl" if text_encoder is not None else "sdxl_refiner"
+
+
+def single_file_metadata(
+    unet: Any,
+    vae: Any | None,
+    text_encoder: Any | None,
+    *,
+    text_encoder_2: Any | None = None,
+    prediction_type: str = "epsilon",
+    text_encoder_layout: str = "auto",
+    variant: str | None = None,
+    family: str | None = None,
+) -> dict[str, str]:
+    """The safetensors metadata comfyc writes with a checkpoint (modules may be on meta).
+
+    Args:
+        unet: `UNet2DConditionModel`.
+        vae: `AutoencoderKL` (or None).
+        text_encoder: `CLIPTextModel` (or None).
+        text_encoder_2: SDXL's bigG `CLIPTextModelWithProjection` (or None).
+        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
+        text_encoder_layout: See `diffusers_to_single_file`.
+        variant: ``"turbo"`` for SDXL-Turbo, or None.
+        family: Force the recorded family; None derives it from the modules.
+
+    Returns:
+        ``{"format": "pt", "comfyc.config": ..., "comfyc.family": ..., ...}``.
+    """
+    if prediction_type not in _PREDICTION_TYPES:
+        raise ValueError(f"prediction_type is {prediction_type!r}; expected {_PREDICTION_TYPES}")
+    configs: dict[str, Any] = {"unet": _diffusers_config(unet)}
+    if vae is not None:
+        configs["vae"] = _diffusers_config(vae)
+    if _is_sdxl_unet(unet):
+        derived = _sdxl_family_of(unet, text_encoder, text_encoder_2)
+        if text_encoder is not None:
+            configs["text_encoder"] = _clip_config(text_encoder)
+        if text_encoder_2 is not None:
+            configs["text_encoder_2"] = _clip_config(text_encoder_2)
+    else:
+        derived = "sd2" if bool(unet.config.use_linear_projection) else "sd1"
+        if text_encoder is not None:
+            configs["text_encoder"] = _clip_config(text_encoder)
+            openclip = _text_layout(text_encoder, text_encoder_layout) == "openclip"
+            derived = "sd2" if openclip else derived
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"family is {family!r}; expected one of {FAMILIES}")
+    header = {
+        "format": "pt",
+        CONFIG_METADATA_KEY: json.dumps(configs, sort_keys=True),
+        _FAMILY_KEY: family or derived,
+        _PREDICTION_KEY: prediction_type,
+    }
+    if variant is not None:
+        header[_VARIANT_KEY] = variant
+    return header
+
+
 def save_single_file(
     path: str | os.PathLike[str],
     unet: Any,
@@ -761,6 +1175,8 @@ def save_single_file(
     text_encoder_layout: str = "auto",
     text_projection: torch.Tensor | None = None,
     metadata: Mapping[str, str] | None = None,
+    text_encoder_2: Any | None = None,
+    variant: str | None = None,
 ) -> Path:
     """Writes modules as one ``.safetensors`` file in the original SD layout (atomically).
 
@@ -772,40 +1188,31 @@ def save_single_file(
         path: Destination ``.safetensors`` file; its folder is created.
         unet: `UNet2DConditionModel`.
         vae: `AutoencoderKL` (or None).
-        text_encoder: `CLIPTextModel` (or None).
+        text_encoder: `CLIPTextModel` (or None; None for the SDXL refiner).
         dtype: Cast floating tensors (e.g. ``torch.float16``); None keeps them.
         prediction_type: ``"epsilon"`` or ``"v_prediction"``.
         text_encoder_layout: See `diffusers_to_single_file`.
         text_projection: See `diffusers_to_single_file`.
         metadata: Extra string metadata to store.
+        text_encoder_2: SDXL's bigG `CLIPTextModelWithProjection` (or None).
+        variant: ``"turbo"`` to mark an SDXL-Turbo model (``comfyc.variant``).
 
     Returns:
         The written path.
     """
     from safetensors.torch import save_file
 
-    if prediction_type not in _PREDICTION_TYPES:
-        raise ValueError(f"prediction_type is {prediction_type!r}; expected {_PREDICTION_TYPES}")
+    header = single_file_metadata(
+        unet, vae, text_encoder, text_encoder_2=text_encoder_2, prediction_type=prediction_type,
+        text_encoder_layout=text_encoder_layout, variant=variant,
+    )
+    header.update(metadata or {})
     target = Path(path)
     state = diffusers_to_single_file(
         unet, vae, text_encoder, dtype,
         text_encoder_layout=text_encoder_layout, text_projection=text_projection,
+        text_encoder_2=text_encoder_2,
     )
-    configs: dict[str, Any] = {"unet": _diffusers_config(unet)}
-    if vae is not None:
-        configs["vae"] = _diffusers_config(vae)
-    family = "sd2" if bool(unet.config.use_linear_projection) else "sd1"
-    if text_encoder is not None:
-        configs["text_encoder"] = _clip_config(text_encoder)
-        openclip = _text_layout(text_encoder, text_encoder_layout) == "openclip"
-        family = "sd2" if openclip else family
-    header = {
-        "format": "pt",
-        CONFIG_METADATA_KEY: json.dumps(configs, sort_keys=True),
-        _FAMILY_KEY: family,
-        _PREDICTION_KEY: prediction_type,
-    }
-    header.update(metadata or {})
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(handle)

@@ -163,10 +163,13 @@ def test_key_maps_are_bijective() -> None:
 
 
 def test_unsupported_unet_keys_are_named() -> None:
-    """A weight outside the SD1/SD2 layout (e.g. SDXL's add_embedding) is a clear error."""
-    with pytest.raises(ModelFormatError, match="add_embedding.linear_1.weight"):
+    """A weight outside the SD1/SD2/SDXL layout (e.g. a class embedding) is a clear error."""
+    with pytest.raises(ModelFormatError, match="class_embedding.linear_1.weight"):
         unet_diffusers_to_ldm_map(["down_blocks.0.resnets.0.conv1.weight",
-                                   "add_embedding.linear_1.weight"])
+                                   "class_embedding.linear_1.weight"])
+    mapping = unet_diffusers_to_ldm_map(["down_blocks.0.resnets.0.conv1.weight",
+                                         "add_embedding.linear_2.bias"])
+    assert mapping["add_embedding.linear_2.bias"] == "label_emb.0.2.bias"
 
 
 def test_not_a_unet_is_a_clear_error() -> None:
@@ -177,9 +180,15 @@ def test_not_a_unet_is_a_clear_error() -> None:
         checkpoint_from_state_dict({"encoder.conv_in.weight": torch.empty(1)})
 
 
-def test_sdxl_is_named() -> None:
-    """An SDXL checkpoint is refused with the family it looks like."""
-    state = {"model.diffusion_model.label_emb.0.0.weight": torch.empty(1),
-             "model.diffusion_model.input_blocks.0.0.weight": torch.empty(320, 4, 3, 3)}
-    with pytest.raises(ModelFormatError, match="SDXL"):
-        checkpoint_from_state_dict(state)
+def test_class_conditioned_unets_are_named() -> None:
+    """A class-label UNet, or an ADM UNet whose widths are not SDXL's, is refused clearly."""
+    unet, _, _ = _meta_modules(SD15_UNET, SD15_CLIP)
+    state = diffusers_to_single_file(unet, None, None)
+    with pytest.raises(ModelFormatError, match="class-label embedding"):
+        checkpoint_from_state_dict({**state, "model.diffusion_model.label_emb.0.weight":
+                                    torch.empty(10, 1280, device="meta")})
+    # An SD2 unCLIP-like ADM (1536 wide, context 768): neither SDXL nor the refiner.
+    adm = {"model.diffusion_model.label_emb.0.0.weight": torch.empty(1280, 1536, device="meta"),
+           "model.diffusion_model.label_emb.0.2.weight": torch.empty(1280, 1280, device="meta")}
+    with pytest.raises(ModelFormatError, match="ADM vector of width 1536.*expected SDXL"):
+        checkpoint_from_state_dict({**state, **adm})
