@@ -1,4 +1,4 @@
-"""Model files: single-file SD1.x/SD2.x checkpoints, diffusers folders, VAEs, LoRAs, embeddings.
+"""Model files: single-file SD1.x/SD2.x/SDXL checkpoints, diffusers folders, VAEs, LoRAs, embeddings.
 
 This package uses torch, diffusers and transformers (the compiler side). Its names are loaded
 lazily, so that importing ``comfyc.compiler.models.cli`` (for the command line) stays cheap.
@@ -10,6 +10,10 @@ Main entry points:
 * `write_diffusers_folder(ckpt_path, out_dir)`
 * `load_vae(path)`, `load_embedding(path)`, `EmbeddingLibrary(models_dir)`
 * `load_lora(path)`, `merge_lora(...)`, `extract_lora_factors(...)`, `make_random_lora(...)`
+* SDXL: `adm_vector(pooled, family, **ids)`, `SdxlUNet(unet)` / `sdxl_unet_forward(unet, x, t,
+  context, y)`, `text_conditioning(checkpoint, tokens, clip_layer)`, `load_sdxl_embedding(path)`
+* Seeded random-weight checkpoints: `write_checkpoint(path, family, size, seed=...)`,
+  `tiny_checkpoint(family)` (`comfyc.compiler.models.synthetic`)
 """
 from __future__ import annotations
 
@@ -22,23 +26,41 @@ __all__ = [
     "LoraFactor",
     "LoraFactors",
     "ModelFormatError",
+    "SdxlUNet",
+    "TextEncoderSpec",
+    "adm_vector",
     "diffusers_to_single_file",
+    "embedding_libraries",
     "extract_lora_factors",
     "load_checkpoint",
     "load_embedding",
     "load_lora",
+    "load_sdxl_embedding",
     "load_vae",
     "make_random_lora",
     "merge_lora",
     "read_state_dict",
     "save_single_file",
+    "sdxl_unet_forward",
+    "text_conditioning",
+    "tiny_checkpoint",
+    "write_checkpoint",
     "write_diffusers_folder",
 ]
 
 _HOMES = {
     "EmbeddingLibrary": "embeddings",
+    "embedding_libraries": "embeddings",
     "load_embedding": "embeddings",
+    "load_sdxl_embedding": "embeddings",
     "LoadedCheckpoint": "single_file",
+    "TextEncoderSpec": "single_file",
+    "SdxlUNet": "sdxl",
+    "adm_vector": "sdxl",
+    "sdxl_unet_forward": "sdxl",
+    "text_conditioning": "sdxl",
+    "tiny_checkpoint": "synthetic",
+    "write_checkpoint": "synthetic",
     "diffusers_to_single_file": "single_file",
     "load_checkpoint": "single_file",
     "load_vae": "single_file",

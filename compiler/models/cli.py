@@ -32,15 +32,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         The ``model`` parser (its ``func`` default is `run`).
     """
     parser = subparsers.add_parser(
-        "model", help="inspect and convert SD1.x/SD2.x model files",
-        description="Inspect and convert SD1.x/SD2.x checkpoints (nothing is downloaded).",
+        "model", help="inspect and convert SD1.x/SD2.x/SDXL model files",
+        description="Inspect and convert SD1.x/SD2.x/SDXL checkpoints (nothing is downloaded).",
     )
     commands = parser.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
 
     convert = commands.add_parser(
         "convert", help="convert a checkpoint to a diffusers folder or a single file",
         description="Convert a single-file checkpoint to a diffusers folder (loadable with "
-        "StableDiffusionPipeline.from_pretrained), or a diffusers folder to a single file.",
+        "StableDiffusionPipeline / StableDiffusionXLPipeline / StableDiffusionXLImg2ImgPipeline"
+        ".from_pretrained), or a diffusers folder to a single file.",
     )
     convert.add_argument("checkpoint", help="checkpoint file or diffusers folder; a bare name "
                          "is looked up in MODELS/checkpoints/")
@@ -94,12 +95,18 @@ def _describe(checkpoint: Any) -> str:
         vae = checkpoint.vae.config
         lines.append(f"VAE:              channels {list(vae.block_out_channels)}, latent "
                      f"{vae.latent_channels}, scale {checkpoint.latent_scale}")
-    if checkpoint.text_encoder is not None:
-        text = checkpoint.text_encoder.config
-        lines.append(f"text encoder:     width {text.hidden_size}, layers "
+    if checkpoint.adm_in_channels is not None:
+        lines.append(f"ADM input:        {checkpoint.adm_in_channels} (pooled + "
+                     f"{', '.join(checkpoint.adm_ids)})"
+                     + (f"; variant {checkpoint.variant}" if checkpoint.variant else ""))
+    for spec in checkpoint.text_encoders:
+        text = getattr(checkpoint, spec.attribute).config
+        label = f"text encoder {spec.name}:"
+        lines.append(f"{label:17} width {text.hidden_size}, layers "
                      f"{text.num_hidden_layers}, heads {text.num_attention_heads}, "
-                     f"{text.hidden_act}; default layer {checkpoint.default_clip_layer}, pad "
-                     f"token {checkpoint.clip_pad_token}")
+                     f"{text.hidden_act}; default layer {spec.default_layer}"
+                     f"{'' if spec.layer_norm_hidden_state else ' (no final norm)'}, pad "
+                     f"token {spec.pad_token}" + ("; pooled output" if spec.pooled else ""))
     return "\n".join(lines)
 
 
@@ -128,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
             from comfyc.compiler.models.single_file import load_checkpoint
 
             checkpoint = load_checkpoint(source, prediction_type=args.prediction_type)
-            for module in (checkpoint.unet, checkpoint.vae, checkpoint.text_encoder):
+            for module in (checkpoint.unet, checkpoint.vae, checkpoint.text_encoder,
+                           checkpoint.text_encoder_2):
                 if module is not None:
                     module.to(dtype)
             out = write_diffusers_folder(checkpoint, args.output, overwrite=args.overwrite)
@@ -143,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
                 output, checkpoint.unet, checkpoint.vae, checkpoint.text_encoder, dtype,
                 prediction_type=checkpoint.prediction_type,
                 text_projection=checkpoint.text_projection,
+                text_encoder_2=checkpoint.text_encoder_2, variant=checkpoint.variant,
             )
         print(f"wrote {out}")
         return 0

@@ -6,11 +6,15 @@ Formats (ComfyUI's `load_embed` reads the same ones, in this order of preference
   (read with ``torch.load(weights_only=True)``).
 * A1111 ``.safetensors``: ``{"emb_params": tensor[n, dim]}``.
 * Per-encoder files: ``{"clip_l": ..., "clip_g": ...}`` (SD1 takes ``clip_l``; SD2 ``clip_h``).
+  SDXL embeddings are of this kind: ``clip_l [n, 768]`` for CLIP-L and ``clip_g [n, 1280]`` for
+  bigG; ComfyUI's ``SDXLTokenizer`` looks each encoder's key up separately (``embedding_key``
+  ``clip_l`` / ``clip_g``, widths 768 / 1280), so one name gives both encoders their vectors.
 * A list of dicts of tensors (old diffusers dumps): every tensor of the right width, in order.
 * Anything else: the first tensor in the file.
 
 `EmbeddingLibrary` resolves names in the models folder (`comfyc.runtime.model_paths`) and is a
-ready-made ``embedding_lookup`` for `comfyc.runtime.tokenizer.ClipTokenizer`.
+ready-made ``embedding_lookup`` for `comfyc.runtime.tokenizer.ClipTokenizer`; an SDXL checkpoint
+needs one library per encoder (`embedding_libraries`).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from comfyc.compiler.models.errors import ModelFormatError
 from comfyc.compiler.models.single_file import load_pickle_weights
 from comfyc.runtime.model_paths import find_embedding
 
-__all__ = ["EmbeddingLibrary", "load_embedding"]
+__all__ = ["EmbeddingLibrary", "embedding_libraries", "load_embedding", "load_sdxl_embedding"]
 
 _log = logging.getLogger(__name__)
 
@@ -93,10 +97,63 @@ def load_embedding(
     if embedding_size is not None and vectors.shape[-1] != embedding_size:
         raise ModelFormatError(
             f"embedding {str(file)!r} has width {vectors.shape[-1]}, the text encoder expects "
-            f"{embedding_size} (768 = SD1.x, 1024 = SD2.x); use an embedding trained for this "
-            "model family"
+            f"{embedding_size} (768 = SD1.x or SDXL's clip_l, 1024 = SD2.x, 1280 = SDXL's "
+            "clip_g); use an embedding trained for this model family"
         )
     return vectors.contiguous()
+
+
+def load_sdxl_embedding(
+    path: str | os.PathLike[str], *, widths: Mapping[str, int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Reads an SDXL textual-inversion file: one ``[n, width]`` tensor per encoder.
+
+    Args:
+        path: ``.safetensors`` or ``.pt`` with ``clip_l`` and ``clip_g`` tensors.
+        widths: Expected widths per key (default ``{"clip_l": 768, "clip_g": 1280}``; comfyc's
+            tiny SDXL models have other widths).
+
+    Returns:
+        ``{"clip_l": [n, 768], "clip_g": [n, 1280]}`` float32.
+
+    Raises:
+        ModelFormatError: A key is missing, a width is wrong, or the two vector counts differ
+            (the two token streams would no longer line up).
+    """
+    file = Path(path)
+    expected = dict(widths or {"clip_l": 768, "clip_g": 1280})
+    if file.suffix.lower() in (".safetensors", ".sft"):
+        from safetensors.torch import load_file
+
+        try:
+            loaded: Any = load_file(str(file))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+            raise ModelFormatError(f"cannot read embedding {str(file)!r}: {exc}") from exc
+    else:
+        loaded = load_pickle_weights(file)
+    if not isinstance(loaded, Mapping) or any(
+            not isinstance(loaded.get(k), torch.Tensor) for k in expected):
+        found = sorted(loaded) if isinstance(loaded, Mapping) else type(loaded).__name__
+        raise ModelFormatError(
+            f"{str(file)!r} is not an SDXL embedding: expected tensors {sorted(expected)}, found "
+            f"{found}. SD1.x/SD2.x embeddings do not work with SDXL's two text encoders"
+        )
+    out = {}
+    for key, width in expected.items():
+        vectors = loaded[key].detach().float()
+        vectors = vectors.reshape(-1, vectors.shape[-1]) if vectors.ndim != 1 else vectors[None]
+        if vectors.shape[-1] != width:
+            raise ModelFormatError(
+                f"embedding {str(file)!r}: {key} has width {vectors.shape[-1]}, expected {width}"
+            )
+        out[key] = vectors.contiguous()
+    counts = {k: int(v.shape[0]) for k, v in out.items()}
+    if len(set(counts.values())) > 1:
+        raise ModelFormatError(
+            f"embedding {str(file)!r} has {counts} vectors; SDXL embeddings need the same count "
+            "for every encoder"
+        )
+    return out
 
 
 class EmbeddingLibrary:
@@ -147,3 +204,24 @@ class EmbeddingLibrary:
         return None if vectors is None else int(vectors.shape[0])
 
     __call__ = count
+
+
+def embedding_libraries(
+    checkpoint: Any, models_dir: str | os.PathLike[str] | None = None
+) -> dict[str, EmbeddingLibrary]:
+    """One `EmbeddingLibrary` per prompt encoder of a checkpoint, keyed by encoder name.
+
+    SD1: ``{"clip_l": 768}``; SD2: ``{"clip_h": 1024}``; SDXL: ``{"clip_l": 768,
+    "clip_g": 1280}`` (each reads its own key of the embedding files); refiner: ``clip_g``.
+
+    Args:
+        checkpoint: A `LoadedCheckpoint`.
+        models_dir: The models folder; None uses ``$COMFYC_MODELS``.
+
+    Returns:
+        ``{encoder name: library}`` in context order.
+    """
+    return {
+        spec.name: EmbeddingLibrary(models_dir, embedding_size=spec.width, key=spec.name)
+        for spec in checkpoint.text_encoders
+    }

@@ -10,16 +10,23 @@ Key formats understood (module name + suffix):
 * kohya / A1111: ``lora_unet_<name with _>``, ``lora_te_<name with _>`` (``lora_te1_`` too) with
   ``.lora_up.weight``, ``.lora_down.weight``, ``.alpha``; UNet names may be diffusers names
   (``lora_unet_down_blocks_0_attentions_0_..._to_q``) or original ones
-  (``lora_unet_input_blocks_1_1_..._to_q``).
-* ComfyUI: ``diffusion_model.<original name>``, ``clip_l.transformer.text_model...``.
-* diffusers / peft: ``unet.<diffusers name>`` and ``text_encoder.text_model...`` with
-  ``.lora_A.weight``/``.lora_B.weight`` (peft), ``.lora_linear_layer.{down,up}.weight``,
-  ``.lora.{down,up}.weight``, or the old attention-processor form
-  ``unet....attn1.processor.to_q_lora.{down,up}.weight``.
+  (``lora_unet_input_blocks_1_1_..._to_q``; SDXL LoRAs use these, e.g.
+  ``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``).
+* SDXL text encoders (as ComfyUI's ``model_lora_keys_clip``): CLIP-L is ``lora_te1_`` (and
+  ``lora_te_``), bigG ``lora_te2_`` (``lora_te2_text_projection`` too, OneTrainer); the
+  refiner's only encoder, bigG, answers to ``lora_te_``.
+* ComfyUI: ``diffusion_model.<original name>``, ``clip_l.transformer.text_model...``,
+  ``clip_g.transformer.text_model...``.
+* diffusers / peft: ``unet.<diffusers name>``, ``text_encoder.text_model...`` and
+  ``text_encoder_2.text_model...`` with ``.lora_A.weight``/``.lora_B.weight`` (peft),
+  ``.lora_linear_layer.{down,up}.weight``, ``.lora.{down,up}.weight``, or the old
+  attention-processor form ``unet....attn1.processor.to_q_lora.{down,up}.weight``.
 
 Targets are named like the modules' state dicts: diffusers names for the UNet
 (``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight``) and ``text_model.*``
-names for the text encoder. LoHa, LoKr, LoCon "mid", DoRA and diff patches are refused with a
+names (plus bigG's ``text_projection.weight``) for the text encoders. Components are ``unet``,
+``text_encoder`` and ``text_encoder_2`` (SDXL's bigG), as in `LoadedCheckpoint`; the CLIP
+strength applies to both text encoders, as ComfyUI's CLIP object holds both. LoHa, LoKr, LoCon "mid", DoRA and diff patches are refused with a
 clear error rather than silently ignored.
 """
 from __future__ import annotations
@@ -33,7 +40,11 @@ from typing import Any
 import torch
 from comfyc.compiler.models.errors import ModelFormatError
 from comfyc.compiler.models.keymap import unet_diffusers_to_ldm_map
-from comfyc.compiler.models.single_file import canonical_text_encoder_state, read_state_dict
+from comfyc.compiler.models.single_file import (
+    canonical_text_encoder_state,
+    canonical_text_key,
+    read_state_dict,
+)
 
 __all__ = [
     "LoraFactor",
@@ -65,6 +76,17 @@ _TEXT_PREFIXES = (
     "lora_te_", "lora_te1_", "text_encoder.", "clip_l.transformer.", "clip_h.transformer.",
     "cond_stage_model.transformer.", "text_encoders.clip_l.transformer.",
 )
+# SDXL base's bigG (beside CLIP-L).
+_TEXT_2_PREFIXES = (
+    "lora_te2_", "text_encoder_2.", "clip_g.transformer.", "text_encoders.clip_g.transformer.",
+)
+# The SDXL refiner's bigG, its only text encoder (ComfyUI maps lora_te_ to it).
+_TEXT_2_ALONE_PREFIXES = (
+    "lora_te_", "text_encoder.", "clip_g.transformer.", "text_encoders.clip_g.transformer.",
+    "lora_te2_", "text_encoder_2.",
+)
+_TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
+_COMPONENTS = ("unet", *_TEXT_COMPONENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +94,7 @@ class LoraFactor:
     """The low-rank update of one weight.
 
     Attributes:
-        component: ``"unet"`` or ``"text_encoder"``.
+        component: ``"unet"``, ``"text_encoder"`` or ``"text_encoder_2"`` (SDXL's bigG).
         target: The weight's state-dict name (diffusers names; ``text_model.*`` for CLIP).
         up: ``[out, rank]`` or ``[out, rank, 1, 1]``.
         down: ``[rank, in]`` or ``[rank, in, kh, kw]``.
@@ -123,11 +145,13 @@ class LoraFactors:
         unet: Target weight name -> factor.
         text_encoder: Target weight name -> factor.
         unmatched: LoRA module names (or stray keys) that fit no weight of the model.
+        text_encoder_2: Target weight name -> factor, for SDXL's bigG.
     """
 
     unet: dict[str, LoraFactor] = field(default_factory=dict)
     text_encoder: dict[str, LoraFactor] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
+    text_encoder_2: dict[str, LoraFactor] = field(default_factory=dict)
 
 
 def load_lora(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -136,13 +160,17 @@ def load_lora(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def lora_key_aliases(
-    unet_keys: Iterable[str] | None = None, text_encoder_keys: Iterable[str] | None = None
+    unet_keys: Iterable[str] | None = None,
+    text_encoder_keys: Iterable[str] | None = None,
+    text_encoder_2_keys: Iterable[str] | None = None,
 ) -> dict[str, tuple[str, str]]:
     """Every LoRA module name that may refer to each weight.
 
     Args:
         unet_keys: The UNet's diffusers state-dict keys.
-        text_encoder_keys: The text encoder's keys (with or without ``text_model.``).
+        text_encoder_keys: The (first) text encoder's keys (with or without ``text_model.``).
+        text_encoder_2_keys: SDXL bigG's keys; with no `text_encoder_keys` it is the refiner's
+            only encoder and takes the plain ``lora_te_`` / ``text_encoder.`` names too.
 
     Returns:
         ``{alias: (component, target_key)}``.
@@ -171,35 +199,52 @@ def lora_key_aliases(
             ):
                 aliases.setdefault(alias, target)
     if text_encoder_keys is not None:
-        for key in text_encoder_keys:
-            key = key if key.startswith("text_model.") else "text_model." + key
-            if not key.endswith(".weight"):
-                continue
-            base = key[: -len(".weight")]
-            for prefix in _TEXT_PREFIXES:
-                alias = prefix + (base.replace(".", "_") if prefix.startswith("lora_") else base)
-                aliases.setdefault(alias, ("text_encoder", key))
+        _text_aliases(aliases, "text_encoder", text_encoder_keys, _TEXT_PREFIXES)
+    if text_encoder_2_keys is not None:
+        prefixes = _TEXT_2_PREFIXES if text_encoder_keys is not None else _TEXT_2_ALONE_PREFIXES
+        _text_aliases(aliases, "text_encoder_2", text_encoder_2_keys, prefixes)
     return aliases
 
 
+def _text_aliases(
+    aliases: dict[str, tuple[str, str]],
+    component: str,
+    keys: Iterable[str],
+    prefixes: tuple[str, ...],
+) -> None:
+    """Adds the aliases of one text encoder's weights (first registration wins)."""
+    for key in keys:
+        key = canonical_text_key(key)
+        if not key.endswith(".weight"):
+            continue
+        base = key[: -len(".weight")]
+        for prefix in prefixes:
+            alias = prefix + (base.replace(".", "_") if prefix.startswith("lora_") else base)
+            aliases.setdefault(alias, (component, key))
+
+
 def _components(targets: Any) -> dict[str, Any]:
-    """Normalises merge targets to ``{"unet": ..., "text_encoder": ...}`` (values may be None)."""
+    """Normalises merge targets to ``{"unet", "text_encoder", "text_encoder_2"}`` (values may be
+    None)."""
     if hasattr(targets, "unet"):
-        return {"unet": targets.unet, "text_encoder": getattr(targets, "text_encoder", None)}
-    if isinstance(targets, Mapping) and set(targets) <= {"unet", "text_encoder"}:
-        return {"unet": targets.get("unet"), "text_encoder": targets.get("text_encoder")}
-    if isinstance(targets, (tuple, list)) and len(targets) == 2:
-        return {"unet": targets[0], "text_encoder": targets[1]}
+        return {"unet": targets.unet, "text_encoder": getattr(targets, "text_encoder", None),
+                "text_encoder_2": getattr(targets, "text_encoder_2", None)}
+    if isinstance(targets, Mapping) and set(targets) <= set(_COMPONENTS):
+        return {name: targets.get(name) for name in _COMPONENTS}
+    if isinstance(targets, (tuple, list)) and len(targets) in (2, 3):
+        return {name: targets[i] if i < len(targets) else None
+                for i, name in enumerate(_COMPONENTS)}
     raise TypeError(
-        "LoRA targets must be a LoadedCheckpoint, {'unet': ..., 'text_encoder': ...} or a "
-        f"(unet, text_encoder) pair of modules or state dicts; got {type(targets).__name__}"
+        "LoRA targets must be a LoadedCheckpoint, {'unet': ..., 'text_encoder': ..., "
+        "'text_encoder_2': ...} or a (unet, text_encoder[, text_encoder_2]) tuple of modules "
+        f"or state dicts; got {type(targets).__name__}"
     )
 
 
 def _keys(component: str, target: Any) -> list[str] | None:
     if target is None:
         return None
-    if component == "text_encoder":
+    if component in _TEXT_COMPONENTS:
         return list(canonical_text_encoder_state(target))
     return list(target.state_dict() if hasattr(target, "state_dict") else target)
 
@@ -218,9 +263,10 @@ def _extract(
     lora_sd: Mapping[str, torch.Tensor],
     unet_keys: list[str] | None,
     text_encoder_keys: list[str] | None,
+    text_encoder_2_keys: list[str] | None = None,
 ) -> LoraFactors:
     _check_supported(lora_sd)
-    aliases = lora_key_aliases(unet_keys, text_encoder_keys)
+    aliases = lora_key_aliases(unet_keys, text_encoder_keys, text_encoder_2_keys)
     result = LoraFactors()
     used: set[str] = set()
     for key in lora_sd:
@@ -265,8 +311,9 @@ def extract_lora_factors(targets: Any, lora_sd: Mapping[str, torch.Tensor]) -> L
     The compiler can store these and merge them later (at session creation).
 
     Args:
-        targets: A `LoadedCheckpoint`, ``{"unet": ..., "text_encoder": ...}`` or a pair; each
-            a module or a state dict (None skips the component).
+        targets: A `LoadedCheckpoint`, ``{"unet": ..., "text_encoder": ...,
+            "text_encoder_2": ...}`` or a tuple; each a module or a state dict (None skips the
+            component).
         lora_sd: The LoRA file's tensors.
 
     Returns:
@@ -274,7 +321,7 @@ def extract_lora_factors(targets: Any, lora_sd: Mapping[str, torch.Tensor]) -> L
     """
     parts = _components(targets)
     return _extract(
-        lora_sd, _keys("unet", parts["unet"]), _keys("text_encoder", parts["text_encoder"])
+        lora_sd, *(_keys(name, parts[name]) for name in _COMPONENTS)
     )
 
 
@@ -283,11 +330,8 @@ def _merge_into(
 ) -> None:
     if hasattr(target, "state_dict"):
         local = {k: k for k in target.state_dict()}
-        if component == "text_encoder":
-            local = {
-                (k if k.startswith("text_model.") else "text_model." + k): k
-                for k in target.state_dict()
-            }
+        if component in _TEXT_COMPONENTS:
+            local = {canonical_text_key(k): k for k in target.state_dict()}
         with torch.no_grad():
             for name, factor in factors.items():
                 weight = target.get_parameter(local[name])
@@ -296,7 +340,7 @@ def _merge_into(
         return
     for name, factor in factors.items():
         key = name
-        if key not in target and component == "text_encoder":
+        if key not in target and component in _TEXT_COMPONENTS:
             key = name[len("text_model.") :]
         weight = target[key]
         target[key] = (weight.float() + factor.delta(weight.shape, strength)).to(weight.dtype)
@@ -315,18 +359,20 @@ def merge_lora(
     leaves that component untouched.
 
     Args:
-        targets: A `LoadedCheckpoint`, ``{"unet": ..., "text_encoder": ...}`` or a
-            ``(unet, text_encoder)`` pair; each a module or a state dict, or None.
+        targets: A `LoadedCheckpoint`, ``{"unet": ..., "text_encoder": ...,
+            "text_encoder_2": ...}`` or a ``(unet, text_encoder[, text_encoder_2])`` tuple;
+            each a module or a state dict, or None.
         lora_sd: The LoRA file's tensors.
         strength_model: LoraLoader ``strength_model`` (UNet).
-        strength_clip: LoraLoader ``strength_clip`` (text encoder).
+        strength_clip: LoraLoader ``strength_clip`` (both text encoders).
 
     Returns:
         The factors that were found (merged where the strength is not 0).
     """
     parts = _components(targets)
     factors = extract_lora_factors(parts, lora_sd)
-    for component, strength in (("unet", strength_model), ("text_encoder", strength_clip)):
+    for component, strength in (("unet", strength_model), ("text_encoder", strength_clip),
+                                ("text_encoder_2", strength_clip)):
         chosen = getattr(factors, component)
         if strength != 0 and chosen and parts[component] is not None:
             _merge_into(parts[component], component, chosen, float(strength))
@@ -353,22 +399,27 @@ def make_random_lora(
     key_format: str = "kohya",
     include_convs: bool = True,
     scale: float = 0.05,
+    text_encoder_2: Any | None = None,
 ) -> dict[str, torch.Tensor]:
     """Makes a random LoRA for a model, for tests and examples.
 
     It targets every attention projection, transformer ``proj_in``/``proj_out`` and
     feed-forward of the UNet, the resnets' 3x3 ``conv1`` when `include_convs`, and the text
-    encoder's attention and MLP weights.
+    encoders' attention and MLP weights. kohya names follow the model: ``lora_te_`` for SD1/SD2,
+    ``lora_te1_``/``lora_te2_`` for SDXL, ``lora_te_`` for the refiner's bigG; UNet names are
+    diffusers names for SD1/SD2 and original (``input_blocks``) names for SDXL, as kohya's
+    SDXL trainer writes them.
 
     Args:
         unet: The UNet module (or its state dict).
-        text_encoder: The text encoder module (or state dict), or None.
+        text_encoder: The (first) text encoder module (or state dict), or None.
         rank: LoRA rank.
         alpha: Stored alpha; None gives ``rank / 2`` for kohya/comfy and no alpha for peft.
         seed: Random seed.
         key_format: ``"kohya"``, ``"comfy"`` or ``"peft"``.
         include_convs: Also target the resnets' 3x3 convolutions.
         scale: Standard deviation of the factors.
+        text_encoder_2: SDXL's bigG module (or state dict), or None.
 
     Returns:
         The LoRA tensors, float32.
@@ -378,6 +429,7 @@ def make_random_lora(
     generator = torch.Generator().manual_seed(seed)
     unet_state = unet.state_dict() if hasattr(unet, "state_dict") else dict(unet)
     ldm = unet_diffusers_to_ldm_map(unet_state)
+    sdxl = any(k.startswith("add_embedding.") for k in unet_state)
     stored_alpha = alpha if alpha is not None else (None if key_format == "peft" else rank / 2)
     out: dict[str, torch.Tensor] = {}
 
@@ -400,21 +452,31 @@ def make_random_lora(
         if not (key.endswith(_UNET_LORA_TARGETS) or is_conv) or tensor.ndim < 2:
             continue
         base = key[: -len(".weight")]
+        original = ldm[key][: -len(".weight")]
         name = {
-            "kohya": "lora_unet_" + base.replace(".", "_"),
-            "comfy": "diffusion_model." + ldm[key][: -len(".weight")],
+            "kohya": "lora_unet_" + (original if sdxl else base).replace(".", "_"),
+            "comfy": "diffusion_model." + original,
             "peft": "unet." + base,
         }[key_format]
         add(name, tensor.shape)
-    if text_encoder is not None:
-        for key, tensor in canonical_text_encoder_state(text_encoder).items():
+    encoders = [("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)]
+    both = text_encoder is not None and text_encoder_2 is not None
+    for component, module in encoders:
+        if module is None:
+            continue
+        kohya = "lora_te_"
+        if both:
+            kohya = "lora_te1_" if component == "text_encoder" else "lora_te2_"
+        comfy = "clip_g.transformer." if component == "text_encoder_2" else "clip_l.transformer."
+        peft = "text_encoder_2." if both and component == "text_encoder_2" else "text_encoder."
+        for key, tensor in canonical_text_encoder_state(module).items():
             if not key.endswith(_TEXT_LORA_TARGETS):
                 continue
             base = key[: -len(".weight")]
             name = {
-                "kohya": "lora_te_" + base.replace(".", "_"),
-                "comfy": "clip_l.transformer." + base,
-                "peft": "text_encoder." + base,
+                "kohya": kohya + base.replace(".", "_"),
+                "comfy": comfy + base,
+                "peft": peft + base,
             }[key_format]
             add(name, tensor.shape)
     return out

@@ -128,6 +128,10 @@ def adm_vector(pooled: torch.Tensor, family: str = "sdxl", **ids: float) -> torc
 def adm_vector_numpy(pooled: np.ndarray, family: str = "sdxl", **ids: float) -> np.ndarray:
     """`adm_vector` in numpy (for torch-free code); equal to it within float32 rounding.
 
+    The arguments ``v * f`` reach ~1e3 radians, where float32's spacing is ~1e-4, so a one-ulp
+    difference between numpy's and torch's ``exp`` shows as up to ~1e-4 (for sizes up to 1024);
+    ComfyUI's own vector carries the same float32 rounding.
+
     Args:
         pooled: ``[B, P]`` pooled output.
         family: ``"sdxl"`` or ``"sdxl_refiner"``.

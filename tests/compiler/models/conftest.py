@@ -1,4 +1,4 @@
-"""Small, seeded SD1-style and SD2-style models shared by the model tests (CPU, float32)."""
+"""Small, seeded SD1-, SD2- and SDXL-style models shared by the model tests (CPU, float32)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,6 +78,42 @@ def make_small_sd2(seed: int = 1) -> SmallModel:
     return SmallModel(unet, vae, text_encoder, 128)
 
 
+@dataclass
+class SmallSdxl:
+    """The modules of a small SDXL base or refiner model (refiner: text_encoder is None)."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any | None
+    text_encoder_2: Any
+    family: str
+
+
+def make_small_sdxl(seed: int = 2, *, refiner: bool = False) -> SmallSdxl:
+    """An SDXL-layout model in the tiny synthetic architecture, with diffusers' own random
+    initialisation plus noise on every parameter (norm weights and biases differ from 1 and 0,
+    so a swapped norm or bias shows in comparisons)."""
+    from comfyc.compiler.models.synthetic import model_spec
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    spec = model_spec("sdxl_refiner" if refiner else "sdxl", "tiny")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**spec.components["unet"])
+    vae = AutoencoderKL(**spec.components["vae"])
+    text = None
+    if not refiner:
+        text = CLIPTextModel(CLIPTextConfig(**spec.components["text_encoder"]))
+    text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**spec.components["text_encoder_2"]))
+    for module in (unet, vae, text, text_2):
+        if module is None:
+            continue
+        module.eval().requires_grad_(False)
+        for parameter in module.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return SmallSdxl(unet, vae, text, text_2, spec.family)
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Runs each model test with one intra-op thread (restored afterwards).
@@ -110,3 +146,35 @@ def sd1_file(small_sd1: SmallModel, tmp_path_factory: pytest.TempPathFactory) ->
 
     path = tmp_path_factory.mktemp("sd1") / "small-sd1.safetensors"
     return save_single_file(path, small_sd1.unet, small_sd1.vae, small_sd1.text_encoder)
+
+
+@pytest.fixture(scope="session")
+def small_sdxl() -> SmallSdxl:
+    """Shared SDXL-style base model; do not modify it (copy first)."""
+    return make_small_sdxl()
+
+
+@pytest.fixture(scope="session")
+def small_refiner() -> SmallSdxl:
+    """Shared SDXL-style refiner (bigG only); do not modify it (copy first)."""
+    return make_small_sdxl(3, refiner=True)
+
+
+@pytest.fixture(scope="session")
+def sdxl_file(small_sdxl: SmallSdxl, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small SDXL model written as a single .safetensors file (with comfyc metadata)."""
+    from comfyc.compiler.models.single_file import save_single_file
+
+    path = tmp_path_factory.mktemp("sdxl") / "small-sdxl.safetensors"
+    return save_single_file(path, small_sdxl.unet, small_sdxl.vae, small_sdxl.text_encoder,
+                            text_encoder_2=small_sdxl.text_encoder_2)
+
+
+@pytest.fixture(scope="session")
+def refiner_file(small_refiner: SmallSdxl, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small refiner written as a single .safetensors file."""
+    from comfyc.compiler.models.single_file import save_single_file
+
+    path = tmp_path_factory.mktemp("refiner") / "small-refiner.safetensors"
+    return save_single_file(path, small_refiner.unet, small_refiner.vae, None,
+                            text_encoder_2=small_refiner.text_encoder_2)
