@@ -1,7 +1,7 @@
 """Write seeded random-weight checkpoints (nothing is downloaded): full or tiny, any family.
 
     python bench/make_checkpoints.py --list
-    python bench/make_checkpoints.py sdxl --size full -o models/checkpoints/synthetic-sdxl.safetensors
+    python bench/make_checkpoints.py sdxl --size full -o models/checkpoints/sdxl.safetensors
     python bench/make_checkpoints.py sd15 sdxl sdxl_refiner --size tiny -o /tmp/tiny/ --diffusers
     python bench/make_checkpoints.py all --size tiny -o models/checkpoints/ --dtype fp32
 
@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     args = _parse(argv)
     import torch
-
     from comfyc.compiler.models.synthetic import FAMILIES, family_names, write_checkpoint
 
     if args.list:

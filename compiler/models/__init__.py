@@ -1,4 +1,4 @@
-"""Model files: single-file SD1.x/SD2.x/SDXL checkpoints, diffusers folders, VAEs, LoRAs, embeddings.
+"""Model files: SD1.x/SD2.x/SDXL single files, diffusers folders, VAEs, LoRAs, embeddings.
 
 This package uses torch, diffusers and transformers (the compiler side). Its names are loaded
 lazily, so that importing ``comfyc.compiler.models.cli`` (for the command line) stays cheap.

@@ -26,8 +26,8 @@ Targets are named like the modules' state dicts: diffusers names for the UNet
 (``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight``) and ``text_model.*``
 names (plus bigG's ``text_projection.weight``) for the text encoders. Components are ``unet``,
 ``text_encoder`` and ``text_encoder_2`` (SDXL's bigG), as in `LoadedCheckpoint`; the CLIP
-strength applies to both text encoders, as ComfyUI's CLIP object holds both. LoHa, LoKr, LoCon "mid", DoRA and diff patches are refused with a
-clear error rather than silently ignored.
+strength applies to both text encoders, as ComfyUI's CLIP object holds both. LoHa, LoKr, LoCon
+"mid", DoRA and diff patches are refused with a clear error rather than silently ignored.
 """
 from __future__ import annotations
 

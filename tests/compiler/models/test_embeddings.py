@@ -70,3 +70,44 @@ def test_library_resolves_and_feeds_the_tokenizer(tmp_path: Path, vectors: torch
     tokenizer = ClipTokenizer(embedding_lookup=library)
     chunks = tokenizer.tokenize_weighted("embedding:EasyNegative, cat")
     assert [t for t, _ in chunks[0][1:4]] == [EmbeddingRef("EasyNegative", i) for i in range(3)]
+
+
+def test_sdxl_embedding_files(tmp_path: Path) -> None:
+    """SDXL embeddings hold clip_l [n, 768] and clip_g [n, 1280]; each encoder takes its own."""
+    from comfyc.compiler.models.embeddings import load_sdxl_embedding
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(1)
+    clip_l, clip_g = torch.randn(2, 768, generator=generator), torch.randn(2, 1280,
+                                                                          generator=generator)
+    save_file({"clip_l": clip_l, "clip_g": clip_g}, tmp_path / "xl.safetensors")
+    both = load_sdxl_embedding(tmp_path / "xl.safetensors")
+    assert torch.equal(both["clip_l"], clip_l) and torch.equal(both["clip_g"], clip_g)
+    assert torch.equal(load_embedding(tmp_path / "xl.safetensors", embedding_size=1280,
+                                      key="clip_g"), clip_g)
+    save_file({"clip_l": clip_l, "clip_g": clip_g[:1]}, tmp_path / "uneven.safetensors")
+    with pytest.raises(ModelFormatError, match="same count"):
+        load_sdxl_embedding(tmp_path / "uneven.safetensors")
+    save_file({"emb_params": clip_l}, tmp_path / "sd1.safetensors")
+    with pytest.raises(ModelFormatError, match="not an SDXL embedding.*emb_params"):
+        load_sdxl_embedding(tmp_path / "sd1.safetensors")
+    save_file({"clip_l": clip_l, "clip_g": clip_l.clone()}, tmp_path / "narrow.safetensors")
+    with pytest.raises(ModelFormatError, match="clip_g has width 768, expected 1280"):
+        load_sdxl_embedding(tmp_path / "narrow.safetensors")
+
+
+def test_embedding_libraries_per_encoder(tmp_path: Path, sdxl_file: Path) -> None:
+    """An SDXL checkpoint gets one library per encoder, each reading its own key and width."""
+    from comfyc.compiler.models.embeddings import embedding_libraries
+    from comfyc.compiler.models.single_file import load_checkpoint
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "models" / "embeddings"
+    folder.mkdir(parents=True)
+    save_file({"clip_l": torch.ones(3, 64), "clip_g": torch.zeros(3, 128)},
+              folder / "tiny-xl.safetensors")
+    libraries = embedding_libraries(load_checkpoint(sdxl_file), tmp_path / "models")
+    assert list(libraries) == ["clip_l", "clip_g"]
+    assert torch.equal(libraries["clip_l"].vectors("tiny-xl"), torch.ones(3, 64))
+    assert torch.equal(libraries["clip_g"].vectors("tiny-xl"), torch.zeros(3, 128))
+    assert libraries["clip_g"].count("tiny-xl") == 3

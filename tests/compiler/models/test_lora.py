@@ -171,3 +171,92 @@ def test_load_lora_file(small_sd1, tmp_path) -> None:
     loaded = load_lora(tmp_path / "lora.safetensors")
     assert loaded.keys() == lora.keys()
     assert all(torch.equal(loaded[k], lora[k]) for k in lora)
+
+
+@pytest.fixture()
+def sdxl_model(small_sdxl):
+    """A private copy of the small SDXL base model."""
+    return copy.deepcopy(small_sdxl)
+
+
+def _snapshot(module) -> dict:
+    return {k: v.clone() for k, v in canonical_text_encoder_state(module).items()}
+
+
+@pytest.mark.parametrize("key_format", ["kohya", "comfy", "peft"])
+def test_sdxl_merge_is_exact(sdxl_model, key_format: str) -> None:
+    """SDXL LoRAs patch the UNet and both text encoders exactly; the CLIP strength covers both."""
+    lora = make_random_lora(sdxl_model.unet, sdxl_model.text_encoder, key_format=key_format,
+                            text_encoder_2=sdxl_model.text_encoder_2, seed=3)
+    if key_format == "kohya":
+        assert "lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q.lora_up.weight" in lora
+        assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha" in lora
+        assert "lora_te2_text_model_encoder_layers_3_mlp_fc2.lora_down.weight" in lora
+    base = {"unet": {k: v.clone() for k, v in sdxl_model.unet.state_dict().items()},
+            "text_encoder": _snapshot(sdxl_model.text_encoder),
+            "text_encoder_2": _snapshot(sdxl_model.text_encoder_2)}
+    factors = merge_lora(sdxl_model, lora, strength_model=0.7, strength_clip=1.2)
+    assert factors.unmatched == []
+    assert len(factors.text_encoder) == 3 * 6 and len(factors.text_encoder_2) == 4 * 6
+    now = {"unet": sdxl_model.unet.state_dict(),
+           "text_encoder": canonical_text_encoder_state(sdxl_model.text_encoder),
+           "text_encoder_2": canonical_text_encoder_state(sdxl_model.text_encoder_2)}
+    for component, strength in (("unet", 0.7), ("text_encoder", 1.2), ("text_encoder_2", 1.2)):
+        chosen = getattr(factors, component)
+        assert chosen
+        for target, factor in chosen.items():
+            want = _expected(base[component][target], factor.up, factor.down, strength,
+                             factor.scale)
+            assert torch.equal(now[component][target], want), (component, target)
+
+
+def test_refiner_lora_te_is_bigg(small_refiner) -> None:
+    """The refiner's only encoder answers to lora_te_ / text_encoder. / clip_g. (ComfyUI)."""
+    model = copy.deepcopy(small_refiner)
+    lora = make_random_lora(model.unet, None, text_encoder_2=model.text_encoder_2, rank=2)
+    assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in lora)
+    factors = extract_lora_factors(model, lora)
+    assert factors.unmatched == [] and not factors.text_encoder
+    assert len(factors.text_encoder_2) == 4 * 6
+    comfy = make_random_lora(model.unet, None, text_encoder_2=model.text_encoder_2,
+                             key_format="comfy", include_convs=False)
+    assert any(k.startswith("clip_g.transformer.text_model.") for k in comfy)
+    assert extract_lora_factors(model, comfy).unmatched == []
+
+
+def test_sdxl_aliases(small_sdxl) -> None:
+    """lora_te1_/lora_te_ -> CLIP-L, lora_te2_ and text_projection -> bigG, ldm UNet names."""
+    aliases = lora_key_aliases(small_sdxl.unet.state_dict(), small_sdxl.text_encoder.state_dict(),
+                               small_sdxl.text_encoder_2.state_dict())
+    q = "text_model.encoder.layers.0.self_attn.q_proj.weight"
+    assert aliases["lora_te1_text_model_encoder_layers_0_self_attn_q_proj"] == ("text_encoder", q)
+    assert aliases["lora_te_text_model_encoder_layers_0_self_attn_q_proj"] == ("text_encoder", q)
+    assert aliases["lora_te2_text_model_encoder_layers_0_self_attn_q_proj"] == (
+        "text_encoder_2", q)
+    assert aliases["text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj"] == (
+        "text_encoder_2", q)
+    assert aliases["lora_te2_text_projection"] == ("text_encoder_2", "text_projection.weight")
+    assert aliases["lora_unet_label_emb_0_0"] == ("unet", "add_embedding.linear_1.weight")
+    assert aliases["lora_unet_middle_block_1_transformer_blocks_1_attn2_to_k"] == (
+        "unet", "mid_block.attentions.0.transformer_blocks.1.attn2.to_k.weight")
+
+
+def test_sdxl_lora_on_loaded_checkpoint(sdxl_file) -> None:
+    """A LoadedCheckpoint is a merge target with all three components; strength_clip 0 leaves
+    both encoders alone."""
+    from comfyc.compiler.models.single_file import load_checkpoint
+
+    loaded = load_checkpoint(sdxl_file)
+    lora = make_random_lora(loaded.unet, loaded.text_encoder,
+                            text_encoder_2=loaded.text_encoder_2)
+    lora["lora_te2_text_projection.lora_up.weight"] = torch.randn(128, 2)
+    lora["lora_te2_text_projection.lora_down.weight"] = torch.randn(2, 128)
+    before = (_snapshot(loaded.text_encoder), _snapshot(loaded.text_encoder_2))
+    factors = merge_lora(loaded, lora, strength_model=1.0, strength_clip=0.0)
+    assert "text_projection.weight" in factors.text_encoder_2
+    assert all(torch.equal(v, before[0][k]) for k, v in _snapshot(loaded.text_encoder).items())
+    assert all(torch.equal(v, before[1][k]) for k, v in _snapshot(loaded.text_encoder_2).items())
+    merge_lora(loaded, lora, strength_model=0.0, strength_clip=1.0)
+    after = _snapshot(loaded.text_encoder_2)
+    assert not torch.equal(after["text_projection.weight"],
+                           before[1]["text_projection.weight"])

@@ -1,4 +1,5 @@
-"""Shape inference recovers the real SD1.5 and SD2.1-768 configs (meta device, no weights)."""
+"""Shape inference recovers the real SD1.5, SD2.1-768, SDXL base/refiner/Turbo configs (meta
+device, no weights)."""
 from __future__ import annotations
 
 from typing import Any
@@ -192,3 +193,151 @@ def test_class_conditioned_unets_are_named() -> None:
            "model.diffusion_model.label_emb.0.2.weight": torch.empty(1280, 1280, device="meta")}
     with pytest.raises(ModelFormatError, match="ADM vector of width 1536.*expected SDXL"):
         checkpoint_from_state_dict({**state, **adm})
+
+
+# The published diffusers configs of stabilityai/stable-diffusion-xl-base-1.0,
+# stable-diffusion-xl-refiner-1.0 and sdxl-turbo (unet/, vae/, text_encoder/, text_encoder_2/),
+# reduced to the fields that define the architecture.
+SDXL_UNET = {
+    "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": [320, 640, 1280],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "transformer_layers_per_block": [1, 2, 10], "attention_head_dim": [5, 10, 20],
+    "cross_attention_dim": 2048, "use_linear_projection": True, "norm_num_groups": 32,
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816, "sample_size": 128,
+    "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", "norm_eps": 1e-05,
+}
+SDXL_REFINER_UNET = {
+    **SDXL_UNET, "block_out_channels": [384, 768, 1536, 1536],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                         "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "transformer_layers_per_block": 4, "attention_head_dim": [6, 12, 24, 24],
+    "cross_attention_dim": 1280, "projection_class_embeddings_input_dim": 2560,
+}
+SDXL_TURBO_UNET = {**SDXL_UNET, "sample_size": 64}
+SDXL_VAE = {**SD_VAE, "scaling_factor": 0.13025, "sample_size": 1024, "force_upcast": True}
+SDXL_CLIP_L = SD15_CLIP
+SDXL_CLIP_G = {
+    "vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+    "num_attention_heads": 20, "max_position_embeddings": 77, "hidden_act": "gelu",
+    "projection_dim": 1280,
+}
+
+
+def _meta_sdxl(unet_cfg: dict, with_clip_l: bool = True) -> tuple[Any, Any, Any, Any]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**unet_cfg)
+        vae = AutoencoderKL(**{k: v for k, v in SDXL_VAE.items() if k != "sample_size"})
+        text = CLIPTextModel(CLIPTextConfig(**SDXL_CLIP_L)) if with_clip_l else None
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_CLIP_G))
+    return unet, vae, text, text_2
+
+
+def _comfy_depths(state: dict, prefix: str = "model.diffusion_model.") -> tuple[list, list, int]:
+    """ComfyUI's transformer_depth / transformer_depth_output / middle depth from the keys."""
+    def depth(block: str) -> int:
+        head = f"{prefix}{block}.1.transformer_blocks."
+        return len({k[len(head):].split(".")[0] for k in state if k.startswith(head)})
+
+    inputs = sorted({int(k.split(".")[3]) for k in state if k.startswith(prefix + "input_blocks.")})
+    outputs = sorted({int(k.split(".")[3]) for k in state
+                      if k.startswith(prefix + "output_blocks.")})
+    down = [depth(f"input_blocks.{i}") for i in inputs
+            if f"{prefix}input_blocks.{i}.0.in_layers.0.weight" in state]
+    # NOTE: ComfyUI walks the output blocks from the last one (mirroring the input blocks).
+    up = [depth(f"output_blocks.{i}") for i in reversed(outputs)]
+    return down, up, depth("middle_block")
+
+
+def test_sdxl_base_architecture_from_shapes() -> None:
+    """SDXL base 1.0: ldm key table -> the published UNet, VAE, CLIP-L and bigG configs; the
+    depths are ComfyUI's supported_models.SDXL ones."""
+    unet, vae, text, text_2 = _meta_sdxl(SDXL_UNET)
+    state = diffusers_to_single_file(unet, vae, text, text_encoder_2=text_2)
+    assert state["model.diffusion_model.label_emb.0.0.weight"].shape == (1280, 2816)
+    assert state["model.diffusion_model.label_emb.0.2.weight"].shape == (1280, 1280)
+    assert state["model.diffusion_model.input_blocks.0.0.weight"].shape == (320, 4, 3, 3)
+    assert "model.diffusion_model.middle_block.1.transformer_blocks.9.attn2.to_k.weight" in state
+    assert state["conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight"
+                 ].shape == (3840, 1280)
+    assert state["conditioner.embedders.1.model.text_projection"].shape == (1280, 1280)
+    assert state["conditioner.embedders.1.model.positional_embedding"].shape == (77, 1280)
+    assert "conditioner.embedders.0.transformer.text_model.encoder.layers.11.mlp.fc2.weight" in (
+        state)
+    assert _comfy_depths(state) == ([0, 0, 2, 2, 10, 10], [0, 0, 0, 2, 2, 2, 10, 10, 10], 10)
+    loaded = checkpoint_from_state_dict(state)
+    _assert_config(loaded.unet, SDXL_UNET)
+    _assert_config(loaded.vae, SDXL_VAE)
+    _assert_clip(loaded.text_encoder, SDXL_CLIP_L)
+    _assert_clip(loaded.text_encoder_2, SDXL_CLIP_G)
+    assert (loaded.family, loaded.prediction_type, loaded.adm_in_channels) == (
+        "sdxl", "epsilon", 2816)
+    assert loaded.latent_scale == 0.13025 and loaded.variant is None
+    unet_params = sum(p.numel() for p in loaded.unet.parameters())
+    assert 2.55e9 < unet_params < 2.58e9  # "2.6B"
+    g_params = sum(p.numel() for p in loaded.text_encoder_2.parameters())
+    assert 6.9e8 < g_params < 7.0e8
+
+
+def test_sdxl_refiner_architecture_from_shapes() -> None:
+    """SDXL refiner 1.0: bigG only as embedders.0, context 1280, ADM 2560, depth 4."""
+    unet, vae, _, text_2 = _meta_sdxl(SDXL_REFINER_UNET, with_clip_l=False)
+    state = diffusers_to_single_file(unet, vae, None, text_encoder_2=text_2)
+    assert state["model.diffusion_model.label_emb.0.0.weight"].shape == (1536, 2560)
+    assert "conditioner.embedders.0.model.transformer.resblocks.31.ln_2.weight" in state
+    assert not any(k.startswith("conditioner.embedders.1.") for k in state)
+    assert _comfy_depths(state) == ([0, 0, 4, 4, 4, 4, 0, 0], [0, 0, 0, 4, 4, 4, 4, 4, 4, 0, 0, 0],
+                                    4)
+    loaded = checkpoint_from_state_dict(state)
+    _assert_config(loaded.unet, SDXL_REFINER_UNET)
+    _assert_config(loaded.vae, SDXL_VAE)
+    _assert_clip(loaded.text_encoder_2, SDXL_CLIP_G)
+    assert loaded.text_encoder is None
+    assert (loaded.family, loaded.adm_in_channels, loaded.clip_pad_token) == (
+        "sdxl_refiner", 2560, 0)
+
+
+def test_sdxl_turbo_is_sdxl_base() -> None:
+    """SDXL-Turbo has the base architecture; ComfyUI loads it as SDXL. Its model-spec metadata
+    makes comfyc say variant="turbo" (and the published 512 px sample size)."""
+    unet, vae, text, text_2 = _meta_sdxl(SDXL_TURBO_UNET)
+    state = diffusers_to_single_file(unet, vae, text, text_encoder_2=text_2)
+    base = checkpoint_from_state_dict(state)
+    assert base.family == "sdxl" and base.variant is None
+    loaded = checkpoint_from_state_dict(state, {"modelspec.title": "SDXL Turbo"})
+    _assert_config(loaded.unet, SDXL_TURBO_UNET)
+    assert (loaded.family, loaded.variant) == ("sdxl", "turbo")
+
+
+@pytest.mark.parametrize(("family", "unet_cfg", "clips"), [
+    ("sd15", SD15_UNET, {"text_encoder": SD15_CLIP}),
+    ("sdxl", SDXL_UNET, {"text_encoder": SDXL_CLIP_L, "text_encoder_2": SDXL_CLIP_G}),
+    ("sdxl_refiner", SDXL_REFINER_UNET, {"text_encoder_2": SDXL_CLIP_G}),
+    ("sdxl_turbo", SDXL_TURBO_UNET, {"text_encoder": SDXL_CLIP_L, "text_encoder_2": SDXL_CLIP_G}),
+])
+def test_synthetic_full_sizes_are_the_published_architectures(family: str, unet_cfg: dict,
+                                                              clips: dict) -> None:
+    """The random-weight writer's full sizes detect as the published configs (shapes only)."""
+    from comfyc.compiler.models.synthetic import build_modules, model_spec, single_file_layout
+
+    spec = model_spec(family, "full")
+    modules = build_modules(spec)
+    state = {name: torch.empty(shape, device="meta")
+             for group in single_file_layout(modules, spec, seed=0)
+             for name, shape in group.shapes.items()}
+    metadata = {"modelspec.title": "SDXL Turbo"} if family == "sdxl_turbo" else {}
+    loaded = checkpoint_from_state_dict(state, metadata)
+    _assert_config(loaded.unet, unet_cfg)
+    for attribute, expected in clips.items():
+        _assert_clip(getattr(loaded, attribute), expected)
+    reference = diffusers_to_single_file(
+        modules["unet"], modules["vae"], modules.get("text_encoder"),
+        text_encoder_2=modules.get("text_encoder_2"))
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        k: tuple(v.shape) for k, v in reference.items()}
