@@ -666,6 +666,27 @@ def _split_components(state: Mapping[str, torch.Tensor]) -> _Components:
     return parts
 
 
+# Marker weights of diffusion models that are not UNets (ComfyUI's model_detection checks).
+_OTHER_ARCHITECTURES = (
+    ("joint_blocks.0.context_block.attn.qkv.weight", "Stable Diffusion 3 (MMDiT)"),
+    ("double_blocks.0.img_attn.norm.key_norm.scale", "Flux"),
+    ("double_layers.0.attn.w1q.weight", "AuraFlow"),
+    ("clf.1.weight", "Stable Cascade"),
+    ("mlp_t5.0.weight", "Hunyuan-DiT"),
+    ("t_block.1.weight", "PixArt"),
+)
+
+
+def _other_architecture(unet_state: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of a known non-UNet diffusion model, or None."""
+    if "input_blocks.0.0.weight" in unet_state:
+        return None
+    for marker, name in _OTHER_ARCHITECTURES:
+        if marker in unet_state:
+            return name
+    return None
+
+
 def _sdxl_family(
     unet_config: Mapping[str, Any], pooled_dim: int | None, where: str
 ) -> str:
@@ -775,6 +796,13 @@ def checkpoint_from_state_dict(
             f"no UNet weights (model.diffusion_model.*){where}; found top-level names "
             f"{prefixes}. Expected an SD1.x/SD2.x/SDXL single-file checkpoint; a separate VAE "
             "loads with load_vae(), a LoRA with load_lora()"
+        )
+    other = _other_architecture(parts.unet)
+    if other is not None:
+        raise ModelFormatError(
+            f"this is a {other} checkpoint{where} (its diffusion model has no UNet "
+            "input_blocks); comfyc supports SD1.x, SD2.x and SDXL (base, refiner, Turbo). Run "
+            "this model in ComfyUI, or pick a supported checkpoint"
         )
     unet_config = infer_unet_config(parts.unet)
     require_complete(unet_config, overrides.get("unet", {}), "UNet")

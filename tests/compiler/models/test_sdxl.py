@@ -402,3 +402,38 @@ def test_merge_into_copy_keeps_wrapper_in_sync(small_sdxl) -> None:
     with torch.no_grad():
         unet.add_embedding.linear_1.weight.mul_(2)
     assert wrapper.unet.add_embedding.linear_1.weight is unet.add_embedding.linear_1.weight
+
+
+@pytest.mark.parametrize(("marker", "name"), [
+    ("joint_blocks.0.context_block.attn.qkv.weight", "Stable Diffusion 3"),
+    ("double_blocks.0.img_attn.norm.key_norm.scale", "Flux"),
+])
+def test_other_architectures_are_named(marker: str, name: str) -> None:
+    """A DiT checkpoint in the same wrapper says what it is and what comfyc supports."""
+    state = {f"model.diffusion_model.{marker}": torch.empty(4, device="meta"),
+             "first_stage_model.encoder.conv_in.weight": torch.empty(1, device="meta")}
+    with pytest.raises(ModelFormatError, match=f"{name}.*supports SD1.x, SD2.x and SDXL"):
+        checkpoint_from_state_dict(state)
+    with pytest.raises(ModelFormatError, match="no weight 'input_blocks.0.0.weight'.*SDXL"):
+        checkpoint_from_state_dict({"model.diffusion_model.something.weight": torch.empty(1)})
+
+
+def test_cli_converts_sdxl_both_ways(small_sdxl, sdxl_file: Path, tmp_path: Path,
+                                     offline) -> None:
+    """`comfyc model convert` takes SDXL to a diffusers folder and back to a single file."""
+    import argparse
+
+    from comfyc.compiler.models import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    folder = tmp_path / "xl"
+    assert cli.run(parser.parse_args(["model", "convert", str(sdxl_file), "--to", "diffusers",
+                                      "-o", str(folder)])) == 0
+    single = tmp_path / "back.safetensors"
+    assert cli.run(parser.parse_args(["model", "convert", str(folder), "--to", "single-file",
+                                      "-o", str(single)])) == 0
+    back = load_checkpoint(single)
+    assert back.family == "sdxl"
+    _same_weights(small_sdxl.text_encoder_2, back.text_encoder_2)
+    _same_weights(small_sdxl.unet, back.unet)
