@@ -65,6 +65,7 @@ __all__ = [
     "FAMILIES",
     "GENERATOR_VERSION",
     "SIZES",
+    "InitRule",
     "ModelSpec",
     "SyntheticFamily",
     "TensorGroup",
@@ -309,12 +310,20 @@ def build_modules(spec: ModelSpec) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Rule:
-    kind: str  # "fan_in", "ones", "zeros", "normal"
+class InitRule:
+    """How one parameter is filled.
+
+    Attributes:
+        kind: ``"fan_in"`` (``normal(0, 1/sqrt(fan_in))``), ``"normal"`` (``normal(0, std)``),
+            ``"ones"`` or ``"zeros"``.
+        std: The standard deviation for ``"normal"``.
+    """
+
+    kind: str
     std: float = 0.0
 
 
-def init_rules(module: Any, *, canonical_text: bool = False) -> dict[str, _Rule]:
+def init_rules(module: Any, *, canonical_text: bool = False) -> dict[str, InitRule]:
     """How each parameter of a module is initialised, from the type of the module holding it.
 
     Args:
@@ -330,18 +339,18 @@ def init_rules(module: Any, *, canonical_text: bool = False) -> dict[str, _Rule]
     """
     from comfyc.compiler.models.single_file import canonical_text_key
 
-    rules: dict[str, _Rule] = {}
+    rules: dict[str, InitRule] = {}
     for owner_name, owner in module.named_modules():
         for leaf, _ in owner.named_parameters(recurse=False):
             name = f"{owner_name}.{leaf}" if owner_name else leaf
             name = canonical_text_key(name) if canonical_text else name
             if isinstance(owner, (torch.nn.Linear, torch.nn.Conv2d)):
-                rule = _Rule("fan_in") if leaf == "weight" else _Rule("zeros")
+                rule = InitRule("fan_in") if leaf == "weight" else InitRule("zeros")
             elif isinstance(owner, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
-                rule = _Rule("ones") if leaf == "weight" else _Rule("zeros")
+                rule = InitRule("ones") if leaf == "weight" else InitRule("zeros")
             elif isinstance(owner, torch.nn.Embedding):
                 std = _POSITION_STD if "position" in owner_name else _TOKEN_STD
-                rule = _Rule("normal", std)
+                rule = InitRule("normal", std)
             else:
                 raise TypeError(f"no initialisation rule for {name!r} held by "
                                 f"{type(owner).__name__}")
@@ -355,7 +364,7 @@ def _seed_of(seed: int, component: str, name: str) -> int:
 
 
 def synthetic_tensor(
-    seed: int, component: str, name: str, shape: Sequence[int], rule: _Rule, jitter: float = 0.0
+    seed: int, component: str, name: str, shape: Sequence[int], rule: InitRule, jitter: float = 0.0
 ) -> torch.Tensor:
     """The float32 value of one weight (a pure function of its arguments).
 
