@@ -372,9 +372,11 @@ class BrownianTreeNoise:
         self._shape = tuple(int(v) for v in shape)
         t0 = float(np.float32(sigma_min))
         t1 = float(np.float32(sigma_max))
-        if not t0 < t1:
+        # NOTE: torchsde accepts t0 == t1 (a one-step schedule [sigma_max, 0] builds such a tree
+        # in ComfyUI's SDE samplers, which then never query it); every increment is then 0.
+        if not t0 <= t1:
             raise ValueError(
-                f"Brownian tree needs sigma_min < sigma_max, got {sigma_min} and {sigma_max}"
+                f"Brownian tree needs sigma_min <= sigma_max, got {sigma_min} and {sigma_max}"
             )
         if int(seed) < 0:
             raise ValueError(f"Brownian tree entropy (the seed) must be >= 0, got {seed}")
@@ -483,4 +485,6 @@ class BrownianTreeNoise:
         if sign < 0:
             w = -w
         denom = np.float32(math.sqrt(float(np.float32(abs(float(np.float32(b - a)))))))
-        return w / denom
+        # NOTE: sigma == sigma_next gives 0 / 0 = nan, as ComfyUI's noise sampler does.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return w / denom

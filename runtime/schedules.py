@@ -22,23 +22,48 @@ Sources (ComfyUI 0.8, ``comfy/model_sampling.py`` ``ModelSamplingDiscrete``, ``c
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .model_sampling import ModelSampling
+
 __all__ = [
+    "ALIGN_YOUR_STEPS_NOISE_LEVELS",
     "DISCARD_PENULTIMATE_SIGMA_SAMPLERS",
     "SCHEDULER_NAMES",
     "SD1_SCHEDULE",
     "DiscreteSchedule",
     "ScheduleError",
     "advanced_sigmas",
+    "align_your_steps_scheduler",
+    "basic_scheduler",
     "beta_ppf",
+    "beta_sampling_scheduler",
     "calculate_sigmas",
+    "exponential_scheduler",
+    "flip_sigmas",
+    "karras_scheduler",
     "ksampler_sigmas",
+    "laplace_scheduler",
+    "manual_sigmas",
+    "polyexponential_scheduler",
     "regularized_incomplete_beta",
+    "sd_turbo_scheduler",
+    "set_first_sigma",
     "sigma_to_t",
+    "split_sigmas",
+    "split_sigmas_denoise",
     "t_to_sigma",
+    "vp_scheduler",
 ]
+
+#: Anything with a model's sigma table: a :class:`DiscreteSchedule` or a
+#: :class:`~comfyc.runtime.model_sampling.ModelSampling` (SD1 eps when None).
+SigmaSource = Union["DiscreteSchedule", "ModelSampling", None]
 
 # NOTE: comfy/samplers.py SCHEDULER_HANDLERS insertion order = the KSampler combo order.
 SCHEDULER_NAMES: tuple[str, ...] = (
@@ -112,14 +137,20 @@ class DiscreteSchedule:
 
     @classmethod
     def linear(
-        cls, linear_start: float = 0.00085, linear_end: float = 0.012, timesteps: int = 1000
+        cls,
+        linear_start: float = 0.00085,
+        linear_end: float = 0.012,
+        timesteps: int = 1000,
+        zsnr: bool = False,
     ) -> DiscreteSchedule:
-        """The "linear" (scaled-linear) beta schedule used by SD1.x and SD2.x.
+        """The "linear" (scaled-linear) beta schedule used by SD1.x, SD2.x and SDXL.
 
         Args:
-            linear_start: First beta (``0.00085`` for SD1/SD2).
-            linear_end: Last beta (``0.012`` for SD1/SD2).
+            linear_start: First beta (``0.00085`` for SD1/SD2/SDXL).
+            linear_end: Last beta (``0.012``).
             timesteps: Number of training timesteps (1000).
+            zsnr: Rescale to zero terminal SNR (``rescale_zero_terminal_snr_sigmas``, the
+                ModelSamplingDiscrete node's ``zsnr``).
 
         Returns:
             The schedule.
@@ -128,6 +159,8 @@ class DiscreteSchedule:
         betas = _torch_linspace(linear_start**0.5, linear_end**0.5, timesteps, np.float64) ** 2
         alphas_cumprod = np.cumprod(1.0 - betas)
         sigmas = ((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        if zsnr:
+            sigmas = _rescale_zero_terminal_snr(sigmas)
         return cls(sigmas)
 
     def timestep(self, sigma: float | np.ndarray) -> np.ndarray | float:
@@ -162,7 +195,10 @@ class DiscreteSchedule:
         high = np.ceil(t).astype(np.int64)
         w = (t - np.trunc(t)).astype(np.float32)
         log_sigma = (np.float32(1.0) - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
-        out = np.exp(log_sigma.astype(np.float32))
+        # NOTE: exp in float64, then rounded: torch's float32 exp agrees with that in ~99.9 % of
+        # inputs, numpy's float32 exp in ~60 %. An ulp matters: SDE samplers seed their
+        # Brownian tree with the schedule's ends.
+        out = np.exp(log_sigma.astype(np.float64)).astype(np.float32)
         return float(out) if np.ndim(timestep) == 0 else out
 
     def percent_to_sigma(self, percent: float) -> float:
@@ -179,6 +215,20 @@ class DiscreteSchedule:
         if percent >= 1.0:
             return 0.0
         return float(self.sigma(np.float32((1.0 - percent) * 999.0)))
+
+
+def _rescale_zero_terminal_snr(sigmas: np.ndarray) -> np.ndarray:
+    """``rescale_zero_terminal_snr_sigmas`` (Lin et al. 2023, "Common Diffusion Noise Schedules
+    and Sample Steps are Flawed", algorithm 1), in float64 like ComfyUI."""
+    alphas_bar_sqrt = np.sqrt(1.0 / (sigmas * sigmas + 1.0))
+    first = alphas_bar_sqrt[0]
+    last = alphas_bar_sqrt[-1]
+    alphas_bar_sqrt = alphas_bar_sqrt - last
+    alphas_bar_sqrt = alphas_bar_sqrt * (first / (first - last))
+    alphas_bar = alphas_bar_sqrt**2
+    # NOTE: ComfyUI pins the last value so that the largest sigma stays finite (~4518.8).
+    alphas_bar[-1] = 4.8973451890853435e-08
+    return ((1.0 - alphas_bar) / alphas_bar) ** 0.5
 
 
 #: The SD1.x / SD2.x schedule (betas 0.00085 .. 0.012, 1000 steps).
@@ -329,14 +379,14 @@ def beta_ppf(p: float, a: float, b: float) -> float:
 # Schedulers (comfy/samplers.py).
 
 
-def _simple(schedule: DiscreteSchedule, steps: int) -> np.ndarray:
+def _simple(schedule: DiscreteSchedule | ModelSampling, steps: int) -> np.ndarray:
     n = len(schedule.sigmas)
     ss = n / steps
     sigs = [float(schedule.sigmas[-(1 + int(x * ss))]) for x in range(steps)]
     return np.array([*sigs, 0.0], dtype=np.float32)
 
 
-def _ddim_uniform(schedule: DiscreteSchedule, steps: int) -> np.ndarray:
+def _ddim_uniform(schedule: DiscreteSchedule | ModelSampling, steps: int) -> np.ndarray:
     sigmas = schedule.sigmas
     x = 1
     # NOTE: comfy ddim_scheduler: a table whose sigma[1] is ~0 gets one more step and no 0.
@@ -352,7 +402,7 @@ def _ddim_uniform(schedule: DiscreteSchedule, steps: int) -> np.ndarray:
     return np.array(sigs[::-1], dtype=np.float32)
 
 
-def _normal(schedule: DiscreteSchedule, steps: int, sgm: bool = False) -> np.ndarray:
+def _normal(schedule: DiscreteSchedule | ModelSampling, steps: int, sgm: bool = False) -> np.ndarray:
     start = schedule.timestep(schedule.sigma_max)
     end = schedule.timestep(schedule.sigma_min)
     append_zero = True
@@ -386,7 +436,7 @@ def _exponential(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
 
 
 def _beta(
-    schedule: DiscreteSchedule, steps: int, alpha: float = 0.6, beta: float = 0.6
+    schedule: DiscreteSchedule | ModelSampling, steps: int, alpha: float = 0.6, beta: float = 0.6
 ) -> np.ndarray:
     total_timesteps = len(schedule.sigmas) - 1
     ts = 1.0 - np.linspace(0.0, 1.0, steps, endpoint=False)
@@ -402,7 +452,7 @@ def _beta(
 
 
 def _linear_quadratic(
-    schedule: DiscreteSchedule,
+    schedule: DiscreteSchedule | ModelSampling,
     steps: int,
     threshold_noise: float = 0.025,
     linear_steps: int | None = None,
@@ -441,15 +491,15 @@ def _kl_optimal(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
     return np.concatenate([sig.astype(np.float32), np.zeros(1, np.float32)])
 
 
-def calculate_sigmas(
-    scheduler: str, steps: int, schedule: DiscreteSchedule | None = None
-) -> np.ndarray:
+def calculate_sigmas(scheduler: str, steps: int, schedule: SigmaSource = None) -> np.ndarray:
     """Sigmas of one scheduler, as ComfyUI's ``comfy.samplers.calculate_sigmas``.
 
     Args:
         scheduler: One of :data:`SCHEDULER_NAMES`.
         steps: Number of sampling steps (>= 1).
-        schedule: The model schedule; defaults to SD1/SD2.
+        schedule: The model sampling (or its table); defaults to SD1/SD2 eps. Every scheduler
+            works on every model sampling, flow models included, as ComfyUI's
+            ``calculate_sigmas(model_sampling, scheduler, steps)``.
 
     Returns:
         float32 sigmas, descending, normally ``steps + 1`` values ending in 0 (``beta`` can give
@@ -490,7 +540,7 @@ def ksampler_sigmas(
     steps: int,
     sampler_name: str = "euler",
     denoise: float | None = 1.0,
-    schedule: DiscreteSchedule | None = None,
+    schedule: SigmaSource = None,
 ) -> np.ndarray:
     """The schedule the KSampler node samples with (``comfy/samplers.py`` ``KSampler.set_steps``).
 
@@ -559,3 +609,227 @@ def advanced_sigmas(
         else:
             return None
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom-sampling schedulers and sigma utilities (comfy_extras/nodes_custom_sampler.py,
+# nodes_align_your_steps.py). Each function takes the node's inputs under ComfyUI's names, with
+# ComfyUI's defaults, and returns what the node's SIGMAS output holds (float32).
+
+
+def _check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ScheduleError(f"steps must be an integer >= 1, got {steps!r}")
+    return int(steps)
+
+
+def _as_sigmas(sigmas: np.ndarray | Sequence[float]) -> np.ndarray:
+    return np.array(sigmas, dtype=np.float32, copy=True).reshape(-1)
+
+
+def basic_scheduler(
+    model_sampling: SigmaSource, scheduler: str = "simple", steps: int = 20, denoise: float = 1.0
+) -> np.ndarray:
+    """BasicScheduler: ``scheduler`` over the model's sampling, cut to the ``denoise`` window.
+
+    Unlike the KSampler node there is no 0.9999 threshold (any ``denoise < 1`` computes
+    ``int(steps / denoise)`` steps and keeps the last ``steps + 1`` sigmas) and no sampler-specific
+    penultimate-sigma rule.
+
+    Args:
+        model_sampling: The MODEL's sampling (None = SD1 eps).
+        scheduler: One of :data:`SCHEDULER_NAMES`.
+        steps: Steps (1..10000, default 20).
+        denoise: 0..1 (default 1.0); ``<= 0`` gives an empty schedule.
+
+    Returns:
+        float32 sigmas.
+    """
+    steps = _check_steps(steps)
+    total_steps = steps
+    if denoise < 1.0:
+        if denoise <= 0.0:
+            return np.zeros(0, dtype=np.float32)
+        total_steps = int(steps / denoise)
+    return calculate_sigmas(scheduler, total_steps, model_sampling)[-(steps + 1) :]
+
+
+def karras_scheduler(
+    steps: int = 20, sigma_max: float = 14.614642, sigma_min: float = 0.0291675, rho: float = 7.0
+) -> np.ndarray:
+    """KarrasScheduler: Karras et al. (2022) sigmas, ``steps`` values then 0."""
+    return _karras(_check_steps(steps), sigma_min, sigma_max, rho)
+
+
+def exponential_scheduler(
+    steps: int = 20, sigma_max: float = 14.614642, sigma_min: float = 0.0291675
+) -> np.ndarray:
+    """ExponentialScheduler: sigmas evenly spaced in log sigma, then 0."""
+    return _exponential(_check_steps(steps), sigma_min, sigma_max)
+
+
+def polyexponential_scheduler(
+    steps: int = 20, sigma_max: float = 14.614642, sigma_min: float = 0.0291675, rho: float = 1.0
+) -> np.ndarray:
+    """PolyexponentialScheduler: log sigma a polynomial of degree ``rho`` in time, then 0."""
+    n = _check_steps(steps)
+    ramp = _torch_linspace(1.0, 0.0, n)
+    if rho != 1.0:
+        ramp = ramp ** np.float32(rho)
+    span = np.float32(math.log(sigma_max) - math.log(sigma_min))
+    sigmas = np.exp(ramp * span + np.float32(math.log(sigma_min)))
+    return np.concatenate([sigmas.astype(np.float32), np.zeros(1, np.float32)])
+
+
+def vp_scheduler(
+    steps: int = 20, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 0.001
+) -> np.ndarray:
+    """VPScheduler: the continuous VP schedule (Song et al. 2021), then 0."""
+    t = _torch_linspace(1.0, eps_s, _check_steps(steps))
+    inner = np.float32(beta_d) * (t * t) / np.float32(2) + np.float32(beta_min) * t
+    sigmas = np.sqrt(np.expm1(inner.astype(np.float32)))
+    return np.concatenate([sigmas.astype(np.float32), np.zeros(1, np.float32)])
+
+
+def laplace_scheduler(
+    steps: int = 20,
+    sigma_max: float = 14.614642,
+    sigma_min: float = 0.0291675,
+    mu: float = 0.0,
+    beta: float = 0.5,
+) -> np.ndarray:
+    """LaplaceScheduler (Tiankai et al. 2024): ``steps`` sigmas clamped to the range, no final 0."""
+    x = _torch_linspace(0.0, 1.0, _check_steps(steps))
+    half = np.float32(0.5) - x
+    inner = np.float32(1.0) - np.float32(2.0) * np.abs(half) + np.float32(1e-5)
+    with np.errstate(divide="ignore"):
+        lmb = np.float32(mu) - np.float32(beta) * np.sign(half) * np.log(inner)
+    return np.clip(np.exp(lmb), np.float32(sigma_min), np.float32(sigma_max)).astype(np.float32)
+
+
+def sd_turbo_scheduler(
+    model_sampling: SigmaSource, steps: int = 1, denoise: float = 1.0
+) -> np.ndarray:
+    """SDTurboScheduler: up to 10 steps on timesteps 999, 899, ..., 99, starting by ``denoise``.
+
+    Args:
+        model_sampling: The MODEL's sampling (None = SD1 eps).
+        steps: 1..10 (default 1).
+        denoise: 0..1 (default 1.0): skips the first ``10 - int(10 * denoise)`` timesteps.
+
+    Returns:
+        float32 sigmas ending in 0.
+    """
+    s = SD1_SCHEDULE if model_sampling is None else model_sampling
+    steps = _check_steps(steps)
+    start_step = 10 - int(10 * denoise)
+    timesteps = (np.arange(1, 11) * 100 - 1)[::-1][start_step : start_step + steps]
+    sigmas = np.asarray(s.sigma(timesteps.astype(np.float32)), dtype=np.float32).reshape(-1)
+    return np.concatenate([sigmas, np.zeros(1, np.float32)])
+
+
+def beta_sampling_scheduler(
+    model_sampling: SigmaSource, steps: int = 20, alpha: float = 0.6, beta: float = 0.6
+) -> np.ndarray:
+    """BetaSamplingScheduler: the beta scheduler with its ``alpha``/``beta`` shape exposed."""
+    s = SD1_SCHEDULE if model_sampling is None else model_sampling
+    return _beta(s, _check_steps(steps), alpha, beta)
+
+
+# NOTE: the published AYS noise levels (research.nvidia.com/labs/toronto-ai/AlignYourSteps),
+# as ComfyUI's nodes_align_your_steps.py lists them.
+ALIGN_YOUR_STEPS_NOISE_LEVELS: dict[str, tuple[float, ...]] = {
+    "SD1": (14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092,
+            0.9642583904, 0.6523686016, 0.3977456272, 0.1515232662, 0.0291671582),
+    "SDXL": (14.6146412293, 6.3184485287, 3.7681790315, 2.1811480769, 1.3405244945, 0.8620721141,
+             0.5550693289, 0.3798540708, 0.2332364134, 0.1114188177, 0.0291671582),
+    "SVD": (700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002),
+}
+
+
+def _loglinear_interp(t_steps: Sequence[float], num_steps: int) -> np.ndarray:
+    """Log-linear interpolation of a decreasing sequence to ``num_steps`` points (float64)."""
+    xs = np.linspace(0, 1, len(t_steps))
+    ys = np.log(np.asarray(t_steps, dtype=np.float64)[::-1])
+    new_ys = np.interp(np.linspace(0, 1, num_steps), xs, ys)
+    return np.exp(new_ys)[::-1].copy()
+
+
+def align_your_steps_scheduler(
+    model_type: str = "SD1", steps: int = 10, denoise: float = 1.0
+) -> np.ndarray:
+    """AlignYourStepsScheduler (Sabour et al. 2024): NVIDIA's optimised 10-step noise levels,
+    log-linearly interpolated to ``steps``, cut to the last ``round(steps * denoise)`` steps.
+
+    Args:
+        model_type: ``"SD1"``, ``"SDXL"`` or ``"SVD"``.
+        steps: 1..10000 (default 10).
+        denoise: 0..1 (default 1.0); ``<= 0`` gives an empty schedule. The window uses Python's
+            ``round`` (half to even), as the node does.
+
+    Returns:
+        float32 sigmas, the last one 0.
+    """
+    if model_type not in ALIGN_YOUR_STEPS_NOISE_LEVELS:
+        raise ScheduleError(
+            f"unknown AlignYourSteps model_type {model_type!r}; expected one of "
+            f"{', '.join(ALIGN_YOUR_STEPS_NOISE_LEVELS)}"
+        )
+    steps = _check_steps(steps)
+    total_steps = steps
+    if denoise < 1.0:
+        if denoise <= 0.0:
+            return np.zeros(0, dtype=np.float32)
+        total_steps = round(steps * denoise)
+    levels = np.array(ALIGN_YOUR_STEPS_NOISE_LEVELS[model_type], dtype=np.float64)
+    if steps + 1 != len(levels):
+        levels = _loglinear_interp(levels, steps + 1)
+    out = levels[-(total_steps + 1) :].copy()
+    out[-1] = 0.0
+    return out.astype(np.float32)
+
+
+def split_sigmas(
+    sigmas: np.ndarray | Sequence[float], step: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """SplitSigmas: ``(high_sigmas, low_sigmas) = (sigmas[:step + 1], sigmas[step:])``."""
+    s = _as_sigmas(sigmas)
+    return s[: step + 1].copy(), s[step:].copy()
+
+
+def split_sigmas_denoise(
+    sigmas: np.ndarray | Sequence[float], denoise: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """SplitSigmasDenoise: the last ``round(steps * denoise)`` steps become ``low_sigmas``.
+
+    As in ComfyUI, ``high_sigmas`` is ``sigmas[:-n]`` (so it is empty when ``n`` is 0) and
+    ``low_sigmas`` is ``sigmas[-(n + 1):]``.
+    """
+    s = _as_sigmas(sigmas)
+    steps = max(s.shape[-1] - 1, 0)
+    total_steps = round(steps * denoise)
+    return s[:-total_steps].copy(), s[-(total_steps + 1) :].copy()
+
+
+def flip_sigmas(sigmas: np.ndarray | Sequence[float]) -> np.ndarray:
+    """FlipSigmas: reversed (for unsampling); a leading 0 becomes 0.0001."""
+    s = _as_sigmas(sigmas)
+    if s.size == 0:
+        return s
+    s = s[::-1].copy()
+    if s[0] == 0:
+        s[0] = np.float32(0.0001)
+    return s
+
+
+def set_first_sigma(sigmas: np.ndarray | Sequence[float], sigma: float = 136.0) -> np.ndarray:
+    """SetFirstSigma: a copy with the first sigma replaced."""
+    s = _as_sigmas(sigmas)
+    s[0] = np.float32(sigma)
+    return s
+
+
+def manual_sigmas(sigmas: str = "1, 0.5") -> np.ndarray:
+    """ManualSigmas: every number in the text, in order (ComfyUI's regular expression)."""
+    found = re.findall(r"[-+]?(?:\d*\.*\d+)", sigmas)
+    return np.array([float(v) for v in found], dtype=np.float32)
