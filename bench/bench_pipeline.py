@@ -60,7 +60,7 @@ def main() -> None:
     # --- comfyc, PyTorch backend (in-memory program) -----------------------------------
     cache = TorchModelCache(args.models_dir)
     graph = parse_dsl(text, "bench.cfy", default_catalog())
-    run_pipeline(graph, PassContext(options={"model_cache": cache}))
+    run_pipeline(graph, PassContext(models=cache))
     program = lower_to_program(graph, cache=cache)
     splits = []
 

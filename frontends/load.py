@@ -26,7 +26,8 @@ from .comfy_json.api import graph_from_api
 from .comfy_json.png import PngError, is_png, read_text_chunks
 from .comfy_json.ui import is_ui_workflow, ui_to_api
 
-__all__ = ["Source", "read_source", "load_workflow", "load_api_prompt", "MAX_BYTES"]
+__all__ = ["Source", "read_source", "load_workflow", "load_text", "load_api_prompt",
+           "MAX_BYTES"]
 
 #: Workflow files larger than this are refused (a real workflow is kilobytes; a PNG with one
 #: is a few megabytes).
@@ -156,12 +157,11 @@ def read_source(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Source:
 def _graph_from_json(source: Source, data: Any, catalog: Catalog) -> Graph:
     if is_ui_workflow(data):
         graph = graph_from_api(ui_to_api(data, catalog, source.path), catalog, source.path)
-        graph.meta["source_format"] = "ui"
-        graph.meta["workflow"] = data
+        graph.source.workflow = data
         return graph
     graph = graph_from_api(data, catalog, source.path)
     if source.workflow is not None:
-        graph.meta["workflow"] = source.workflow
+        graph.source.workflow = source.workflow
     return graph
 
 
@@ -186,10 +186,37 @@ def load_workflow(path: str | Path, catalog: Catalog | None = None, *,
         graph = parse_dsl(source.text or "", source.path, catalog)
     else:
         graph = _graph_from_json(source, source.data, catalog)
-    graph.meta["file"] = source.path
-    graph.meta["input_kind"] = source.kind
-    if source.text is not None:
-        graph.meta["source_text"] = source.text
+    graph.source.file = source.path
+    graph.source.kind = source.kind
+    graph.source.text = source.text
+    return graph
+
+
+def load_text(text: str, name: str, catalog: Catalog | None = None) -> Graph:
+    """Load a workflow held as text (API or UI JSON, a POST /prompt body, or DSL).
+
+    Raises:
+        InputFileError: Malformed JSON, or JSON that is not a workflow.
+        WorkflowErrors: The workflow is structurally broken.
+    """
+    catalog = catalog or default_catalog()
+    stripped = text.lstrip()
+    if not stripped.startswith(("{", "[")):
+        from .dsl import parse_dsl
+
+        graph = parse_dsl(text, name, catalog)
+        kind = "dsl"
+    else:
+        data = _parse_json(text, name)
+        if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and \
+                not is_ui_workflow(data):
+            data = data["prompt"]
+        if not isinstance(data, dict):
+            raise InputFileError(f"JSON {type(data).__name__} is not a workflow",
+                                 SourceLoc(file=name))
+        graph = _graph_from_json(Source(name, "api", data, text=text), data, catalog)
+        kind = "ui" if is_ui_workflow(data) else "api"
+    graph.source.file, graph.source.kind, graph.source.text = name, kind, text
     return graph
 
 

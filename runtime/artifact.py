@@ -27,6 +27,7 @@ from typing import Any
 
 from .backends.base import BackendError, Stage
 from .program import Op, ParamSpec, Program
+from .errors import Error
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "load", "read_manifest", "file_sha256",
            "decode_constants", "STAGE_KINDS", "BACKENDS", "parse_backend_spec", "make_stage",
@@ -37,7 +38,7 @@ FORMAT_VERSION = 1
 STAGE_KINDS = ("unet", "text_encoder", "vae_decoder", "vae_encoder")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(Error, ValueError):
     """The artifact is missing, damaged, or from an incompatible comfyc."""
 
 

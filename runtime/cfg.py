@@ -39,6 +39,7 @@ import numpy as np
 
 from .samplers import _repeat_to_batch, _resize_bilinear
 from .schedules import SD1_SCHEDULE, DiscreteSchedule
+from .errors import Error
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -62,7 +63,7 @@ _UNSUPPORTED_KEYS = {
 }
 
 
-class ConditioningError(ValueError):
+class ConditioningError(Error, ValueError):
     """A conditioning entry or CFG setting that cannot be evaluated."""
 
 

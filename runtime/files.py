@@ -12,6 +12,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path, PurePosixPath
+from .errors import Error
 
 __all__ = ["UnsafeName", "atomic_write", "default_mode", "is_inside", "make_readable",
            "relative_name"]
@@ -47,7 +48,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
         raise
 
 
-class UnsafeName(ValueError):
+class UnsafeName(Error, ValueError):
     """A name that cannot be used inside a folder; ``reason`` is ``empty``, ``nul``,
     ``absolute`` or ``parent`` (each caller words its own message)."""
 

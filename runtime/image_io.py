@@ -36,6 +36,7 @@ from comfyc.runtime.files import UnsafeName, is_inside, relative_name
 from comfyc.runtime.ops._common import as_image
 from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
+from .errors import Error
 
 __all__ = [
     "MASK_CHANNELS",
@@ -63,7 +64,7 @@ _PREVIEW_ALPHABET = "abcdefghijklmnopqrstupvxyz"
 _T = TypeVar("_T")
 
 
-class ImageIOError(ValueError):
+class ImageIOError(Error, ValueError):
     """A picture that cannot be loaded or saved; the message says what, where and the fix.
 
     Attributes:

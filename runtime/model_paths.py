@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from .files import UnsafeName, is_inside, relative_name
+from .errors import Error
 
 __all__ = [
     "EMBEDDED_MODELS",
@@ -52,7 +53,7 @@ EMBEDDED_MODELS: dict[str, dict[str, Path]] = {
 }
 
 
-class ModelPathError(ValueError):
+class ModelPathError(Error, ValueError):
     """A model name that cannot be resolved; the message says what, where and how to fix it.
 
     Attributes:

@@ -24,17 +24,10 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Stage, StageTimer
+from .errors import ParamError, ProgramError
 
 __all__ = ["Op", "ParamSpec", "Program", "RunResult", "RunContext", "ProgramError",
            "ParamError", "decode_arg"]
-
-
-class ProgramError(RuntimeError):
-    """An op failed while running; the message names the node."""
-
-
-class ParamError(ValueError):
-    """A runtime param is unknown, missing, or has the wrong type or range."""
 
 
 @dataclass

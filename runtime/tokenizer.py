@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from .errors import Error
 
 __all__ = [
     "BOS_TOKEN",
@@ -96,7 +97,7 @@ _EMBEDDING_SPLIT = re.compile(" embedding:|\nembedding:")
 _BPE_CACHE_LIMIT = 100_000
 
 
-class TokenizerError(ValueError):
+class TokenizerError(Error, ValueError):
     """A vocabulary file or a prompt that the tokenizer cannot handle."""
 
 

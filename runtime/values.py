@@ -8,9 +8,10 @@ MASK and CONDITIONING are plain numpy values (see :mod:`comfyc.runtime.ops`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backends.base import Stage
+if TYPE_CHECKING:
+    from .backends.base import Stage
 
 __all__ = ["ModelRef", "ClipRef", "VaeRef", "replace"]
 

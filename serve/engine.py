@@ -247,10 +247,9 @@ class Engine:
         from comfyc.compiler.lowering.program import check_runnable
         from comfyc.compiler.passes.validate import reachable_nodes
         from comfyc.runtime.model_paths import ModelPathError, resolve
-        from comfyc.runtime.nodes import OPS
 
         nodes = reachable_nodes(graph, catalog)
-        check_runnable(graph, nodes, lambda c: c in OPS or c == "FoldedConditioning")
+        check_runnable(nodes, catalog)
         errors = []
         for node in nodes:
             schema = catalog.get(node.class_type)

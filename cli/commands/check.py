@@ -47,11 +47,11 @@ def check_file(path: str, catalog: object) -> tuple[int, dict[str, object]]:
     try:
         graph = load_workflow(path, catalog)  # type: ignore[arg-type]
         warnings = validate_graph(graph, catalog,
-                                  all_nodes=graph.meta.get("input_kind") == "dsl")
+                                  all_nodes=graph.source.kind == "dsl")
     except WorkflowError as exc:
         errors = exc.errors if isinstance(exc, WorkflowErrors) else [exc]
         code = exit_code_for(exc)
-        text = graph.meta.get("source_text") if graph is not None else None
+        text = graph.source.text if graph is not None else None
         sources = {path: text} if text else source_texts(path)
         return code, {
             "file": path, "valid": False, "exit_code": code, "exception": exc,
@@ -60,7 +60,7 @@ def check_file(path: str, catalog: object) -> tuple[int, dict[str, object]]:
         }
     outputs = sum(1 for n in graph.nodes if (s := catalog.get(n.class_type)) and s.output_node)  # type: ignore[attr-defined]
     return EXIT_OK, {
-        "file": path, "valid": True, "exit_code": 0, "kind": graph.meta.get("input_kind"),
+        "file": path, "valid": True, "exit_code": 0, "kind": graph.source.kind,
         "nodes": len(graph.nodes), "outputs": outputs + len(graph.outputs),
         "params": list(graph.params),
         "warnings": [w.render() for w in warnings],

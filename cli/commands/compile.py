@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         catalog = catalog_from_args(args)
         graph = load_workflow(args.file, catalog)
-        say(f"loaded {args.file} ({graph.meta.get('input_kind')}, {len(graph.nodes)} nodes)")
+        say(f"loaded {args.file} ({graph.source.kind}, {len(graph.nodes)} nodes)")
         report = compile_graph(graph, output, options, catalog=catalog, progress=say)
     except WorkflowError as exc:
         print_error(exc, source_texts(args.file))
@@ -140,11 +140,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"comfyc compile: error: {exc} (the artifact is complete; rerun "
                   f"`comfyc build-engines {report.path}` after fixing this)", file=sys.stderr)
             return EXIT_INVALID
-    stats = report.stats
-    print(f"{report.path}: {len(report.stages)} stage entries, "
-          f"{stats.get('nodes_removed', 0)} nodes removed, "
-          f"{stats.get('nodes_folded', 0)} folded, {report.size_bytes / 1e6:.2f} MB, "
-          f"{report.seconds:.1f} s")
+    from comfyc.compiler.passes.base import describe_summary
+    from comfyc.runtime.artifact import stage_entries
+
+    stages = stage_entries({"stages": report.stages})
+    print(f"{report.path}: {describe_summary(report.stats)}; {len(stages)} "
+          f"stage{'s' if len(stages) != 1 else ''} ({', '.join(stages) or 'none'}), "
+          f"{report.size_bytes / 1e6:.2f} MB, {report.seconds:.1f} s")
     if backend == "auto":
         import json
 

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             text = dump_json(load_api_prompt(args.file, catalog))
         else:
             graph = load_workflow(args.file, catalog)
-            sources = {args.file: graph.meta.get("source_text", "")}
+            sources = {args.file: graph.source.text or ""}
             text = str(graph)
     except WorkflowError as exc:
         print_error(exc, sources or source_texts(args.file))

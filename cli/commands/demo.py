@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     say("running the same workflow on the PyTorch path for comparison")
     graph = parse_dsl(text, "txt2img.cfy", default_catalog())
     cache = TorchModelCache()
-    run_pipeline(graph, PassContext(options={"model_cache": cache}))
+    run_pipeline(graph, PassContext(models=cache))
     torch_program = lower_to_program(graph, cache=cache)
     torch_program.run({"seed": args.seed}, save=False)  # Warm-up.
     torch_times = []
@@ -117,12 +117,14 @@ def _write_graph_page(text: str, artifact: Path, target: Path,
     from comfyc.frontends.dsl import parse_dsl
 
     from comfyc.compiler.catalog import default_catalog
-    from comfyc.compiler.viz import render, view_of_artifact
+    from comfyc.compiler.viz import render
+
     from .common import write_output
+    from .viz import artifact_view
 
     source = parse_dsl(text, "txt2img.cfy", default_catalog())
-    source.meta["file"] = "examples/txt2img.cfy"
-    view = view_of_artifact(artifact, source=source)
+    source.source.file = "examples/txt2img.cfy"
+    view = artifact_view(artifact, source=source)
     view.title = "txt2img.cfy (comfyc demo)"
     for name, stage in view.stages.items():
         samples = stage_ms.get(name) or next(

@@ -73,14 +73,14 @@ def inspect_workflow(args: argparse.Namespace, out: Any = sys.stdout) -> dict[st
 
     from comfyc.compiler.lowering.artifact import _probe, _RecordingLayers, parse_backend_map
     from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
-    from comfyc.compiler.passes.base import PassContext
+    from comfyc.compiler.passes.base import PassContext, PassOptions
     from comfyc.compiler.pipeline import run_pipeline
 
     catalog = catalog_from_args(args)
     graph = load_workflow(args.file, catalog)
     cache = TorchModelCache(args.models_dir)
-    context = PassContext(catalog, options={"model_cache": cache, "param_bindings": args.param,
-                                            "models_dir": args.models_dir})
+    context = PassContext(catalog, PassOptions(param_bindings=list(args.param),
+                                               models_dir=args.models_dir), models=cache)
     before = len(graph.nodes)
 
     def show(step: Any, result: Any) -> None:
@@ -90,7 +90,8 @@ def inspect_workflow(args: argparse.Namespace, out: Any = sys.stdout) -> dict[st
         print(str(graph), file=out)
 
     run_pipeline(graph, context, after_each=show)
-    program = lower_to_program(graph, catalog, cache=cache)
+    program = lower_to_program(graph, catalog, cache=cache,
+                               merged_into=context.changes.merged_into())
     recorders = _probe(program, args.input_dir)
     plan = parse_backend_map(args.backend)
     stages: dict[str, Any] = {}
@@ -107,9 +108,8 @@ def inspect_workflow(args: argparse.Namespace, out: Any = sys.stdout) -> dict[st
             name, plan.get(entry["kind"], "ort-cpu"))
     return {
         "file": args.file, "nodes_before": before, "nodes_after": len(graph.nodes),
-        "nodes_removed": context.stats.get("nodes_removed", 0),
-        "nodes_merged": context.stats.get("nodes_merged", 0),
-        "nodes_folded": context.stats.get("nodes_folded", 0),
+        **context.changes.summary(),
+        "changes": context.changes.to_json(),
         "params": {p.name: p.type for p in graph.params.values()},
         "stages": stages,
     }
@@ -129,10 +129,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return EXIT_OK
+    from comfyc.compiler.passes.base import describe_summary
+
     print("# ---- summary")
-    for key in ("nodes_before", "nodes_after", "nodes_removed", "nodes_merged", "nodes_folded"):
-        if key in summary:
-            print(f"{key.replace('_', ' ')}: {summary[key]}")
+    counts = summary.get("stats") if "nodes_before" not in summary else summary
+    if isinstance(counts, dict):
+        print(describe_summary(counts))
     params = summary.get("params") or {}
     if isinstance(params, dict):
         text = ", ".join(f"{k}: {v}" for k, v in params.items())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from comfyc.compiler.errors import WorkflowError
 from .common import (
@@ -33,7 +34,7 @@ from .common import (
     write_output,
 )
 
-__all__ = ["add_arguments", "format_for", "run"]
+__all__ = ["add_arguments", "format_for", "run", "build_view", "artifact_view"]
 
 _SUFFIX_FORMATS = {".html": "html", ".htm": "html", ".svg": "svg", ".dot": "dot", ".gv": "dot"}
 
@@ -72,10 +73,95 @@ def format_for(fmt: str | None, output: str | None) -> str:
     return "html"
 
 
+def build_view(path: str | Path, catalog: Any = None, **options: Any) -> Any:
+    """The view of ``path``: an artifact directory or any workflow file (see
+    :func:`comfyc.compiler.viz.view_of_graph` for the options).
+
+    Raises:
+        InputFileError: The file cannot be read.
+        WorkflowErrors: The workflow is invalid.
+    """
+    from comfyc.compiler.viz import view_of_graph
+    from comfyc.frontends.load import load_workflow
+
+    if Path(path).is_dir():
+        return artifact_view(path, catalog)
+    return view_of_graph(load_workflow(path, catalog), catalog, **options)
+
+
+def artifact_view(path: str | Path, catalog: Any = None, *, source: Any = None) -> Any:
+    """The view of a compiled artifact directory.
+
+    The optimised graph is the manifest's ``optimized`` DSL; the workflow as written comes
+    from ``source`` when given, else from the manifest (``source.text`` or
+    ``source.prompt``), else from the source file when it is still there unchanged (same
+    SHA-256); otherwise the page shows the optimised graph only and says so.
+
+    Raises:
+        InputFileError: Not a readable artifact.
+    """
+    from comfyc.compiler.catalog import default_catalog
+    from comfyc.compiler.errors import InputFileError
+    from comfyc.compiler.ir import SourceLoc
+    from comfyc.compiler.viz import view_of_artifact
+    from comfyc.frontends.dsl import parse_dsl
+    from comfyc.runtime.artifact import ArtifactError, read_manifest
+
+    catalog = catalog or default_catalog()
+    where = str(Path(path) / "manifest.json")
+    try:
+        manifest = read_manifest(path, verify=False)
+    except ArtifactError as exc:
+        raise InputFileError(str(exc), SourceLoc(file=str(path))) from None
+    optimized = manifest.get("optimized")
+    if not isinstance(optimized, str):
+        raise InputFileError("manifest.json has no optimized graph; this artifact is from an "
+                             "older comfyc — compile it again", SourceLoc(file=where))
+    after = parse_dsl(optimized, f"{where} [optimized]", catalog)
+    if source is not None:
+        before, found_from = source, str(source.source.file or "given by the caller")
+    else:
+        before, found_from = _artifact_source(manifest, Path(path), catalog)
+    return view_of_artifact(manifest, after, before, catalog, name=Path(path).name,
+                            path=str(path), found_from=found_from)
+
+
+def _artifact_source(manifest: dict[str, Any], root: Path, catalog: Any) -> tuple[Any, str]:
+    """The workflow an artifact was compiled from, and where it was found."""
+    import hashlib
+
+    from comfyc.compiler.errors import WorkflowError
+    from comfyc.frontends.comfy_json.api import graph_from_api
+    from comfyc.frontends.load import load_text, load_workflow
+
+    source = manifest.get("source") or {}
+    name = str(source.get("file") or "source")
+    try:
+        if isinstance(source.get("text"), str) and source["text"].strip():
+            return load_text(source["text"], name, catalog), "stored in the manifest"
+        if isinstance(source.get("prompt"), dict):
+            return graph_from_api(source["prompt"], catalog, name), "the manifest"
+    except WorkflowError:
+        pass
+    if not source.get("file"):
+        return None, ""
+    for candidate in (Path(name), root.parent / name):
+        if not candidate.is_file():
+            continue
+        try:
+            graph = load_workflow(candidate, catalog)
+        except WorkflowError:
+            continue
+        text = graph.source.text or ""
+        if hashlib.sha256(text.encode()).hexdigest() == source.get("sha256"):
+            return graph, str(candidate)
+    return None, ""
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc viz``."""
     from comfyc.compiler.lowering.artifact import parse_backend_map
-    from comfyc.compiler.viz import build_view, render
+    from comfyc.compiler.viz import render
 
     fmt = format_for(args.format, args.output)
     try:
@@ -99,9 +185,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNREADABLE
     if args.output and args.output != "-":
         stats = view.stats
-        print(f"wrote {args.output} ({fmt}): {stats['nodes_before']} nodes, "
-              f"{stats['folded']} folded, {stats['merged']} merged, "
-              f"{stats['eliminated']} eliminated; stages: "
+        from comfyc.compiler.passes.base import describe_summary
+
+        print(f"wrote {args.output} ({fmt}): {describe_summary(stats)}; stages: "
               f"{', '.join(s.label for s in view.stages.values()) or 'none'}",
               file=sys.stderr)
     return EXIT_OK

@@ -1,4 +1,9 @@
-"""The node catalogue: built-in schemas, extensible from a ComfyUI ``/object_info`` dump."""
+"""The node catalogue: the registry's schemas, extensible from a ComfyUI ``/object_info`` dump.
+
+The built-in classes come from the node registry (:func:`comfyc.runtime.nodes.registry`);
+classes added from an ``object_info.json`` have a schema only, so workflows with them can be
+checked and converted but not compiled (:meth:`Catalog.node_def` says which is which).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..ir.core import MISSING
-from ..ir.types import COMBO, WIDGET_TYPES
-from .core_nodes import builtin_schemas
-from .schema import InputSpec, NodeSchema, OutputSpec
+from comfyc.runtime.nodes import NodeDef, registry
+from comfyc.runtime.nodes.schema import (
+    INTERNAL_CATEGORY,
+    MISSING,
+    InputSpec,
+    NodeSchema,
+    OutputSpec,
+)
+from comfyc.runtime.nodes.types import COMBO, WIDGET_TYPES
 
 __all__ = ["Catalog", "ObjectInfoError", "default_catalog"]
 
@@ -32,7 +42,7 @@ class Catalog:
 
     def __init__(self, schemas: Iterable[NodeSchema] | None = None) -> None:
         self._schemas: dict[str, NodeSchema] = {}
-        for schema in builtin_schemas() if schemas is None else schemas:
+        for schema in registry().schemas() if schemas is None else schemas:
             self._schemas[schema.class_type] = schema
 
     # ------------------------------------------------------------------ access
@@ -48,6 +58,27 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self._schemas)
+
+    def node_def(self, class_type: str) -> NodeDef | None:
+        """The registry entry of a built-in class (None for unknown and object_info classes).
+
+        A schema replaced from object_info (``replace=True``) has no entry either: comfyc's
+        op would not match it.
+        """
+        node = registry().get(class_type)
+        if node is None or self._schemas.get(class_type) is not node.schema:
+            return None
+        return node
+
+    def unrunnable_reason(self, class_type: str) -> str | None:
+        """Why a catalogued class cannot run in comfyc, or None when it can."""
+        node = self.node_def(class_type)
+        if node is not None:
+            return node.check_only
+        schema = self._schemas.get(class_type)
+        where = f" (from {schema.source})" if schema is not None else ""
+        return (f"comfyc has no implementation of {class_type}{where}; it can be checked and "
+                f"converted, not compiled or run")
 
     def names(self) -> list[str]:
         """All class types, in catalogue order."""
@@ -118,8 +149,6 @@ class Catalog:
             list_files: Returns the file names of a models folder (``checkpoints`` …) for
                 file combos; empty lists when None.
         """
-        from .core_nodes import INTERNAL_CATEGORY
-
         return {name: schema_to_object_info(s, list_files) for name, s in self._schemas.items()
                 if s.category != INTERNAL_CATEGORY}
 
@@ -231,8 +260,8 @@ def schema_to_object_info(schema: NodeSchema,
     inputs: dict[str, Any] = {"required": required}
     if optional:
         inputs["optional"] = optional
-    if schema.class_type in ("SaveImage", "PreviewImage"):
-        inputs["hidden"] = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+    if schema.hidden:
+        inputs["hidden"] = dict(schema.hidden)
     order: dict[str, Any] = {"required": list(required)}
     if optional:
         order["optional"] = list(optional)

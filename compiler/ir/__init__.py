@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from .core import MISSING, CycleError, Graph, Input, Node, Param, SourceLoc, Usage, Value
+from .core import (
+    MISSING,
+    CycleError,
+    Graph,
+    GraphSource,
+    Input,
+    Node,
+    NodeFacts,
+    Param,
+    SourceLoc,
+    Usage,
+    Value,
+)
 from .types import is_compatible
 
 __all__ = [
-    "MISSING", "CycleError", "Graph", "Input", "Node", "Param", "SourceLoc", "Usage", "Value",
-    "is_compatible",
+    "MISSING", "CycleError", "Graph", "GraphSource", "Input", "Node", "NodeFacts", "Param",
+    "SourceLoc", "Usage", "Value", "is_compatible",
 ]

@@ -18,7 +18,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Union
 
+from comfyc.runtime.nodes.schema import MISSING
+
 __all__ = [
+    "GraphSource",
+    "NodeFacts",
     "SourceLoc",
     "Usage",
     "Value",
@@ -31,19 +35,6 @@ __all__ = [
 ]
 
 
-class _Missing:
-    """Marker for "no default" (distinct from a JSON ``null``)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-MISSING: Any = _Missing()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +184,46 @@ class Param(_Usable):
 Input = Union[Value, Param, Any]
 
 
+@dataclass(slots=True)
+class NodeFacts:
+    """Typed facts passes record on a node for later passes and the lowering.
+
+    Attributes:
+        lora_mode: For LoRA loaders: ``"merged"`` (folded into the weights at compile time)
+            or ``"runtime"`` (factors stored; merged when a session is made), or None.
+        folded_from: For a node constant folding made: the class it replaced.
+        sigmas: The key in :attr:`Graph.constants` of a sampler's precomputed schedule.
+    """
+
+    lora_mode: str | None = None
+    folded_from: str | None = None
+    sigmas: str | None = None
+
+
+@dataclass(slots=True)
+class GraphSource:
+    """Where a workflow came from, as a frontend read it.
+
+    Attributes:
+        file: The path as given (``<stdin>`` for standard input), or None.
+        kind: The input form: ``"api"``, ``"ui"``, ``"png"`` or ``"dsl"``.
+        format: The form the graph was built from (``"api"`` for a UI workflow converted to
+            an API prompt, ``"dsl"``), or None.
+        text: The decoded source text (JSON or DSL), for error snippets and ``viz``.
+        workflow: The UI workflow the input carried (UI file, PNG ``workflow`` chunk, a
+            POST /prompt body's ``extra_pnginfo``), or None.
+        prompt: The API prompt ComfyUI would run for this workflow (what images embed as
+            their ``prompt`` chunk), or None when the frontend did not make one.
+    """
+
+    file: str | None = None
+    kind: str | None = None
+    format: str | None = None
+    text: str | None = None
+    workflow: dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+
+
 class Node:
     """A node: one ComfyUI node instance.
 
@@ -203,12 +234,15 @@ class Node:
         title: A user-given title, or None.
         loc: Where the node came from.
         input_locs: Where each input came from (DSL spans), by input name.
-        meta: Free-form facts that ride along (DSL binding name, folded-from notes …).
+        facts: Typed facts the compiler's passes record (:class:`NodeFacts`).
+        meta: The frontends' round-trip trivia (DSL binding names and id spelling, API
+            ``_meta`` extras, undeclared inputs); the compiler never reads it.
         graph: The owning graph, or None while detached.
     """
 
     __slots__ = (
-        "id", "class_type", "_inputs", "outputs", "title", "loc", "input_locs", "meta", "graph",
+        "id", "class_type", "_inputs", "outputs", "title", "loc", "input_locs", "facts", "meta",
+        "graph",
     )
 
     def __init__(
@@ -229,6 +263,7 @@ class Node:
         self.title = title
         self.loc = loc or SourceLoc(node_id=id, title=title)
         self.input_locs: dict[str, SourceLoc] = {}
+        self.facts = NodeFacts()
         self.meta: dict[str, Any] = {}
         self.graph: Graph | None = None
 
@@ -298,14 +333,18 @@ class Graph:
         nodes: The nodes; in topological order after :meth:`sort` (frontends call it).
         params: Runtime params by name, in declaration order.
         outputs: Declared outputs (DSL ``output`` statements) by name.
-        meta: Facts about the whole workflow (source file, source format, the original
-            UI workflow for PNG metadata …).
+        source: Where the workflow came from (:class:`GraphSource`).
+        constants: Values computed at compile time (folded prompt encodings, schedules) by
+            key; the artifact stores them and the program reads them as ``$const``.
+        warnings: Frontend warnings (e.g. unused DSL params), for the CLI to print.
     """
 
     nodes: list[Node] = field(default_factory=list)
     params: dict[str, Param] = field(default_factory=dict)
     outputs: dict[str, Value] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
+    source: GraphSource = field(default_factory=GraphSource)
+    constants: dict[str, Any] = field(default_factory=dict)
+    warnings: list[Any] = field(default_factory=list)
     _index: dict[str, Node] = field(default_factory=dict, repr=False, compare=False)
 
     # ---------------------------------------------------------------- lookup

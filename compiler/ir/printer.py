@@ -66,22 +66,12 @@ _CANONICAL_INT = re.compile(r"(0|[1-9][0-9]*)\Z")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _RAW_FORBIDDEN = re.compile(r'"""|[\x00-\x08\x0b-\x1f\x7f\u2028\u2029\ud800-\udfff]')
 
-#: Binding names by node class (rule 2). Multi-output classes name the handle.
-_CLASS_NAMES = {
-    "CheckpointLoaderSimple": "ckpt", "CheckpointLoader": "ckpt",
-    "unCLIPCheckpointLoader": "ckpt", "ImageOnlyCheckpointLoader": "ckpt",
-    "LoraLoader": "lora",
-    "KSampler": "sampler", "KSamplerAdvanced": "sampler", "SamplerCustom": "sampler",
-    "SamplerCustomAdvanced": "sampler",
-    "EmptyLatentImage": "latent", "VAEEncode": "latent", "VAEEncodeForInpaint": "latent",
-    "VAEEncodeTiled": "latent",
-    "VAEDecode": "image", "VAEDecodeTiled": "image",
-    "LoadImage": "input_image", "LoadImageMask": "mask",
-    "LatentUpscale": "upscaled", "LatentUpscaleBy": "upscaled",
-    "ImageScale": "scaled", "ImageScaleBy": "scaled", "ImageScaleToTotalPixels": "scaled",
-    "ImageUpscaleWithModel": "upscaled",
-    "ControlNetApplyAdvanced": "control", "ImagePadForOutpaint": "padded",
-}
+def _class_binding(class_type: str) -> str | None:
+    """The binding name the node registry prefers for a class (rule 2), if any."""
+    from comfyc.runtime.nodes import registry
+
+    node = registry().get(class_type)
+    return node.binding if node is not None else None
 
 
 @dataclass(slots=True)
@@ -249,8 +239,8 @@ class _Namer:
 
     def base_name(self, value: Value) -> str:
         node = value.producer
-        if len(node.outputs) == 1 and node.class_type in _CLASS_NAMES:
-            return _CLASS_NAMES[node.class_type]
+        if len(node.outputs) == 1 and (preferred := _class_binding(node.class_type)):
+            return preferred
         if value.type == "CONDITIONING" and value._uses:
             names = {use.input_name for use in value._uses}
             if len(names) == 1:
@@ -299,7 +289,7 @@ class _Namer:
         if isinstance(bind, str) and self.can_claim(bind, here, True):
             handle = self.claim(bind, last)
         elif any(self.used(v) for v in outputs):
-            base = _CLASS_NAMES.get(node.class_type) or _sanitize(node.class_type)
+            base = _class_binding(node.class_type) or _sanitize(node.class_type)
             handle = self.claim(self.fresh(base, node, here), last)
         else:
             return

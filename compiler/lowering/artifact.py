@@ -255,11 +255,9 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
         WorkflowErrors: The workflow is invalid or cannot run.
         ExportError: A stage failed to export.
     """
-    from comfyc.frontends.comfy_json.api import graph_to_api
-
     from comfyc import __version__
 
-    from ..passes.base import PassContext
+    from ..passes.base import PassContext, PassOptions
     from ..pipeline import run_pipeline
     from .program import TorchModelCache, lower_to_program
 
@@ -273,12 +271,11 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
     say = progress or (lambda message: None)
     started = time.perf_counter()
     output = Path(output)
-    source_prompt = graph_to_api(graph) if not graph.params else None
+    source_prompt = graph.source.prompt if not graph.params else None
     cache = TorchModelCache(options.models_dir)
-    context = PassContext(catalog, options={
-        "param_bindings": options.param_bindings, "lora_runtime": options.lora_runtime,
-        "model_cache": cache, "models_dir": options.models_dir,
-    })
+    context = PassContext(catalog, PassOptions(
+        param_bindings=list(options.param_bindings), lora_runtime=options.lora_runtime,
+        models_dir=options.models_dir), models=cache)
     nodes_before = len(graph.nodes)
 
     def after_pass(step: Any, result: Any) -> None:
@@ -287,7 +284,8 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
 
     run_pipeline(graph, context, fold=options.fold, after_each=after_pass)
     say("lowering to a program")
-    program = lower_to_program(graph, catalog, cache=cache)
+    program = lower_to_program(graph, catalog, cache=cache,
+                               merged_into=context.changes.merged_into())
     say("probing stage shapes")
     recorders = _probe(program, options.input_dir)
 
@@ -311,7 +309,7 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
 
             (tmp / "tokenizer").mkdir()
             shutil.copyfile(DEFAULT_VOCAB_PATH, tmp / "tokenizer" / DEFAULT_VOCAB_PATH.name)
-        stats = dict(context.stats)
+        stats: dict[str, Any] = dict(context.changes.summary())
         stats["nodes_before"] = nodes_before
         stats["nodes_after"] = len(graph.nodes)
         manifest: dict[str, Any] = {
@@ -320,10 +318,9 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
             "comfyc_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source": {
-                "file": str(graph.meta.get("file", "")),
-                "kind": graph.meta.get("input_kind"),
-                "sha256": hashlib.sha256(
-                    str(graph.meta.get("source_text", "")).encode()).hexdigest(),
+                "file": str(graph.source.file or ""),
+                "kind": graph.source.kind,
+                "sha256": hashlib.sha256(str(graph.source.text or "").encode()).hexdigest(),
                 "prompt": source_prompt,
                 # The workflow as written (for `comfyc viz`'s before view); not for huge files.
                 "text": _source_text(graph),
@@ -337,6 +334,9 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
             "run_meta": {k: v for k, v in program.meta.items()
                          if k in ("prompt", "param_uses", "extra_pnginfo")},
             "stats": stats,
+            "changes": context.changes.to_json(),
+            # The optimised graph as DSL (`comfyc viz` draws it beside the source).
+            "optimized": str(graph),
             "options": {"fp16": options.fp16, "dynamic": options.dynamic,
                         "lora_runtime": options.lora_runtime, "quantize": options.quantize,
                         "gpu_fp16": options.gpu_fp16,
@@ -528,7 +528,7 @@ def _external_weights(path: Path) -> dict[str, dict[str, Any]]:
 
 def _source_text(graph: Any) -> str | None:
     """The source text of a workflow, when it is text and under 1 MB."""
-    text = graph.meta.get("source_text")
+    text = graph.source.text
     return text if isinstance(text, str) and len(text) < (1 << 20) else None
 
 

@@ -1,9 +1,11 @@
 """Lowering: an IR graph → a runtime :class:`~comfyc.runtime.program.Program`.
 
-Model nodes (CheckpointLoaderSimple, VAELoader, LoraLoader …) become stages plus small ops
-that build MODEL/CLIP/VAE handles from them; every other node becomes one op with its inputs
-encoded (links → ``$ref``, params → ``$param``, missing widgets → their defaults). Model
-inputs must be constants: a checkpoint is chosen when the program is made.
+Every node becomes ops: by default one op of its own class with its inputs encoded (links →
+``$ref``, params → ``$param``, missing widgets → their defaults, a precomputed schedule →
+``$const``); a class whose compile rule has ``lower`` (:mod:`comfyc.compiler.nodes`) becomes
+what that rule emits — model loaders become stages plus ``LoadCheckpoint`` / ``LoadVAE`` /
+``ApplyLoRA`` ops that build MODEL/CLIP/VAE handles from them. Model inputs must be constants:
+a checkpoint is chosen when the program is made.
 
 LoRA loaders become ``ApplyLoRA`` ops. A LoRA folded at compile time (``lora_mode`` merged)
 gives new stages with merged weights. A runtime-mode LoRA (its strength is a param, or
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from comfyc.runtime.lora import LoraVariants
@@ -28,13 +30,12 @@ from comfyc.runtime.lora import LoraVariants
 from ..catalog import Catalog, default_catalog
 from ..errors import SchemaError, WorkflowError, WorkflowErrors
 from ..ir.core import MISSING, Graph, Node, Param, Value
+from ..nodes import compile_rule
+from ..nodes.weights import Weights, is_constant, trace_weights
 from ..passes.validate import reachable_nodes
 
 __all__ = ["lower_to_program", "encode_node_args", "lower_node", "check_runnable",
-           "TorchModelCache", "TorchLoraStage", "MODEL_NODES"]
-
-#: Nodes whose outputs are model handles; they are resolved while lowering.
-MODEL_NODES = {"CheckpointLoaderSimple", "VAELoader", "LoraLoader", "LoraLoaderModelOnly"}
+           "TorchModelCache", "TorchLoraStage", "ModelDesc", "Lowering"]
 
 
 def encode_literal(value: Any) -> Any:
@@ -44,6 +45,15 @@ def encode_literal(value: Any) -> Any:
     return value
 
 
+def encode_value(value: Any) -> Any:
+    """An input as a program argument: a ``$ref``, a ``$param`` or an encoded literal."""
+    if isinstance(value, Value):
+        return {"$ref": [value.producer.id, value.index]}
+    if isinstance(value, Param):
+        return {"$param": value.name}
+    return encode_literal(value)
+
+
 def encode_node_args(node: Node, catalog: Catalog) -> dict[str, Any]:
     """A node's inputs as program arguments, with defaults for missing widget inputs."""
     schema = catalog.get(node.class_type)
@@ -51,10 +61,8 @@ def encode_node_args(node: Node, catalog: Catalog) -> dict[str, Any]:
     for name, value in node.inputs.items():
         if schema is not None and schema.input(name) is None:
             continue  # Undeclared inputs are ignored, as ComfyUI does.
-        if isinstance(value, Value):
-            args[name] = {"$ref": [value.producer.id, value.index]}
-        elif isinstance(value, Param):
-            args[name] = {"$param": value.name}
+        if isinstance(value, (Value, Param)):
+            args[name] = encode_value(value)
         else:
             args[name] = encode_literal(_coerce(schema, name, value))
     if schema is not None:
@@ -79,39 +87,36 @@ def _coerce(schema: Any, name: str, value: Any) -> Any:
 
 
 def lower_node(node: Node, catalog: Catalog) -> Any:
-    """The op for a non-model node (folded constants and schedules become $const args)."""
+    """The default lowering: one op of the node's class (a precomputed schedule rides along
+    as the ``sigmas`` argument)."""
     from comfyc.runtime.program import Op
 
-    if node.class_type == "FoldedConditioning":
-        return Op(node.id, "ConditioningConstant", {"entries": {"$const": node.inputs["key"]}},
-                  node.title)
     args = encode_node_args(node, catalog)
-    if node.meta.get("sigmas"):
-        args["sigmas"] = {"$const": node.meta["sigmas"]}
+    if node.facts.sigmas:
+        args["sigmas"] = {"$const": node.facts.sigmas}
     return Op(node.id, node.class_type, args, node.title)
 
 
-def check_runnable(graph: Graph, nodes: list[Node], supported: Callable[[str], bool]) -> None:
+def check_runnable(nodes: list[Node], catalog: Catalog) -> None:
     """Fail before any work starts when a node cannot run, naming every such node.
 
     Raises:
-        WorkflowErrors: One error per unsupported node.
+        WorkflowErrors: One error per node comfyc cannot run, with the registry's reason.
     """
     errors: list[WorkflowError] = []
     for node in nodes:
-        if node.class_type in MODEL_NODES or supported(node.class_type):
+        reason = catalog.unrunnable_reason(node.class_type)
+        if reason is None:
             continue
         errors.append(SchemaError(
-            f"{node.display()} cannot run: comfyc has no implementation of "
-            f"{node.class_type} yet", node.loc, kind="unsupported_node",
-            help="ControlNet, T2I adapters and upscale models are planned; remove the node "
-                 "or run this workflow in ComfyUI"))
+            f"{node.display()} cannot run: {reason}", node.loc, kind="unsupported_node",
+            help="remove the node, or run this workflow in ComfyUI"))
     if errors:
         raise WorkflowErrors(errors)
 
 
-@dataclass
-class _ModelDesc:
+@dataclass(frozen=True)
+class ModelDesc:
     """What a MODEL or CLIP value is at compile time: a checkpoint plus LoRAs.
 
     Attributes:
@@ -135,6 +140,30 @@ class _ModelDesc:
         if self.runtime:
             parts = (*parts, self.runtime)
         return hashlib.sha1(repr(parts).encode()).hexdigest()[:10]
+
+    @classmethod
+    def of(cls, weights: Weights, side: str) -> ModelDesc:
+        """The desc of traced weights; ``side`` is ``model`` or ``clip`` (which strength a
+        folded LoRA contributes)."""
+        loras: list[tuple[str, float, float]] = []
+        runtime: list[str] = []
+        strengths: list[Any] = []
+        for lora in weights.loras:
+            if lora.mode == "runtime" or not is_constant(lora.strength):
+                runtime.append(str(lora.name))
+                strengths.append(_encode_strength(lora.strength))
+            else:
+                value = float(lora.strength)
+                loras.append((str(lora.name), value, 0.0) if side == "model"
+                             else (str(lora.name), 0.0, value))
+        return cls(str(weights.origin[1]), tuple(loras), tuple(runtime), tuple(strengths))
+
+
+def _encode_strength(value: Any) -> Any:
+    """A LoRA strength as a program argument: a param, a reference or a literal float."""
+    if isinstance(value, (Param, Value)):
+        return encode_value(value)
+    return float(value)
 
 
 @dataclass
@@ -293,40 +322,31 @@ class TorchLoraStage(LoraVariants):
         return self.wrap(module)
 
 
-def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
-                     models_dir: str | None = None, cache: TorchModelCache | None = None,
-                     compile_stages: bool = False) -> Any:
-    """Lower a validated graph to an in-memory program on PyTorch stages.
+class Lowering:
+    """The state of one lowering, which compile rules build on.
 
-    Args:
-        graph: A validated graph.
+    Attributes:
+        graph: The graph being lowered.
         catalog: Node schemas.
-        models_dir: The models folder (ComfyUI layout); the packaged tiny model is always
-            found by name.
-        cache: Reuse loaded checkpoints across calls.
+        cache: The model store (loaded checkpoints, merged LoRA variants).
         compile_stages: Wrap stages in ``torch.compile``.
-
-    Raises:
-        WorkflowErrors: A node cannot run, or a model input is not a constant.
+        stages: The program's stages so far, by name.
     """
-    from comfyc.frontends.comfy_json.api import graph_to_api
-    from comfyc.runtime.backends.torch import (
-        TorchUNet,
-        TorchVaeDecoder,
-        TorchVaeEncoder,
-    )
-    from comfyc.runtime.nodes import OPS
-    from comfyc.runtime.program import Op, ParamSpec, Program
 
-    catalog = catalog or default_catalog()
-    cache = cache or TorchModelCache(models_dir)
-    nodes = reachable_nodes(graph, catalog)
-    check_runnable(graph, nodes, lambda c: c in OPS or c == "FoldedConditioning")
+    def __init__(self, graph: Graph, catalog: Catalog, cache: TorchModelCache,
+                 compile_stages: bool = False) -> None:
+        self.graph = graph
+        self.catalog = catalog
+        self.cache = cache
+        self.compile_stages = compile_stages
+        self.stages: dict[str, Any] = {}
 
-    stages: dict[str, Any] = {}
-    ops: list[Op] = []
+    def const_input(self, node: Node, name: str) -> Any:
+        """A model input's constant value (its default when missing).
 
-    def const_input(node: Node, name: str) -> Any:
+        Raises:
+            WorkflowErrors: The input is a link or a param.
+        """
         value = node.inputs.get(name, MISSING)
         if isinstance(value, (Value, Param)):
             raise WorkflowErrors([SchemaError(
@@ -334,17 +354,22 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
                 f"when the workflow is compiled", node.input_loc(name),
                 kind="not_constant", help=f"write the {name} as a literal")])
         if value is MISSING:
-            spec = catalog.get(node.class_type).input(name)  # type: ignore[union-attr]
+            schema = self.catalog.get(node.class_type)
+            spec = schema.input(name) if schema is not None else None
             value = spec.effective_default() if spec else MISSING
         return value
 
-    def load(node: Node, input_name: str, loader: Callable[[Any], Any]) -> Any:
-        """Run a model loader; a missing or unreadable file becomes an error at the node."""
+    def load(self, node: Node, input_name: str, loader: Callable[[Any], Any]) -> Any:
+        """Run a model loader; a missing or unreadable file becomes an error at the node.
+
+        Raises:
+            WorkflowErrors: ``model_not_found`` at the input.
+        """
         from comfyc.runtime.model_paths import ModelPathError
 
         from ..models.errors import ModelFormatError
 
-        name = const_input(node, input_name)
+        name = self.const_input(node, input_name)
         try:
             return loader(name)
         except (ModelPathError, ModelFormatError, OSError) as exc:
@@ -354,187 +379,128 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
                 help="put the file in the models folder (--models-dir or $COMFYC_MODELS, "
                      "ComfyUI layout) or fix the name")]) from None
 
-    def slots(desc: _ModelDesc, component: str) -> list[tuple[str, Any]]:
-        return [(name, getattr(cache.lora_factors(desc.checkpoint, name), component))
+    def desc(self, node: Node, input_name: str, side: str) -> ModelDesc:
+        """The :class:`ModelDesc` of a node's MODEL / CLIP input.
+
+        Raises:
+            WorkflowErrors: The weights do not come from a checkpoint loader.
+        """
+        weights = trace_weights(node.inputs.get(input_name))
+        if weights is None or weights.origin[0] != "checkpoint":
+            raise WorkflowErrors([SchemaError(
+                f"{node.display()}: the {side} must come from a checkpoint loader (through "
+                f"LoRA loaders or nodes that pass weights through)", node.input_loc(input_name),
+                kind="unsupported_node",
+                help="load the model with CheckpointLoaderSimple and chain the LoRA loaders "
+                     "directly after it")])
+        return ModelDesc.of(weights, side)
+
+    def _slots(self, desc: ModelDesc, component: str) -> list[tuple[str, Any]]:
+        return [(name, getattr(self.cache.lora_factors(desc.checkpoint, name), component))
                 for name in desc.runtime]
 
-    def unet_stage(desc: _ModelDesc, loaded: Any) -> str:
+    def unet_stage(self, desc: ModelDesc) -> str:
         """The UNet stage for a MODEL desc (made once per distinct weights)."""
+        from comfyc.runtime.backends.torch import TorchUNet
+
         name = f"unet_{desc.key()}"
-        if name not in stages:
+        if name not in self.stages:
+            loaded = self.cache.checkpoint(desc.checkpoint)
             info = {"prediction_type": loaded.prediction_type}
-            module = cache.unet_with_loras(desc.checkpoint, desc.loras)
+            module = self.cache.unet_with_loras(desc.checkpoint, desc.loras)
+            compile_ = self.compile_stages
             if desc.runtime:
-                stages[name] = TorchLoraStage(
-                    name, "unet", module, slots(desc, "unet"),
-                    lambda m: TorchUNet(name, m, info, compile=compile_stages), info)
+                self.stages[name] = TorchLoraStage(
+                    name, "unet", module, self._slots(desc, "unet"),
+                    lambda m: TorchUNet(name, m, info, compile=compile_), info)
             else:
-                stages[name] = TorchUNet(name, module, info, compile=compile_stages)
+                self.stages[name] = TorchUNet(name, module, info, compile=compile_)
         return name
 
-    def text_stage(desc: _ModelDesc) -> str:
+    def text_stage(self, desc: ModelDesc) -> str:
         """The text-encoder stage (any CLIP layer) for a CLIP desc."""
         name = f"text_encoder_{desc.key()}"
-        if name not in stages:
-            module = cache.text_encoder_with_loras(desc.checkpoint, desc.loras)
+        if name not in self.stages:
+            module = self.cache.text_encoder_with_loras(desc.checkpoint, desc.loras)
             if desc.runtime:
-                stages[name] = TorchLoraStage(name, "text_encoder", module,
-                                              slots(desc, "text_encoder"),
-                                              lambda m: _LayerEncoders(name, m))
+                self.stages[name] = TorchLoraStage(name, "text_encoder", module,
+                                                   self._slots(desc, "text_encoder"),
+                                                   lambda m: _LayerEncoders(name, m))
             else:
-                stages[name] = _LayerEncoders(name, module)
+                self.stages[name] = _LayerEncoders(name, module)
         return name
 
-    for node in nodes:
-        if node.class_type == "CheckpointLoaderSimple":
-            ckpt_name = const_input(node, "ckpt_name")
-            loaded = load(node, "ckpt_name", cache.checkpoint)
-            desc = _ModelDesc(ckpt_name)
-            unet = unet_stage(desc, loaded)
-            te = text_stage(desc)
-            dec, enc = f"vae_decoder_{desc.key()}", f"vae_encoder_{desc.key()}"
-            stages.setdefault(dec, TorchVaeDecoder(dec, loaded.vae))
-            stages.setdefault(enc, TorchVaeEncoder(enc, loaded.vae))
-            node.meta["model_desc"] = node.meta["clip_desc"] = desc
-            node.meta["loaded"] = loaded
-            ops.append(Op(node.id, "LoadCheckpoint", {
-                "unet": {"$stage": unet},
-                "text_encoders": {"$stage": te},
-                "vae_decoder": {"$stage": dec}, "vae_encoder": {"$stage": enc},
-                "prediction_type": loaded.prediction_type,
-                "in_channels": int(loaded.unet.config.in_channels),
-                "default_layer": int(loaded.default_clip_layer),
-                "pad_token": int(loaded.clip_pad_token),
-                "name": ckpt_name,
-            }, node.title))
-            continue
-        if node.class_type == "VAELoader":
-            vae_name = const_input(node, "vae_name")
-            vae = load(node, "vae_name", cache.vae)
-            key = hashlib.sha1(vae_name.encode()).hexdigest()[:10]
-            dec, enc = f"vae_decoder_{key}", f"vae_encoder_{key}"
-            stages.setdefault(dec, TorchVaeDecoder(dec, vae))
-            stages.setdefault(enc, TorchVaeEncoder(enc, vae))
-            ops.append(Op(node.id, "LoadVAE", {"vae_decoder": {"$stage": dec},
-                                               "vae_encoder": {"$stage": enc},
-                                               "name": vae_name}, node.title))
-            continue
-        if node.class_type in ("LoraLoader", "LoraLoaderModelOnly"):
-            load(node, "lora_name", cache.lora)
-            ops.append(_lower_lora(node, const_input, catalog, unet_stage, text_stage))
-            continue
-        ops.append(lower_node(node, catalog))
+    def vae_stages(self, key: str, vae: Any) -> tuple[str, str]:
+        """Decoder and encoder stages of a VAE module (made once per key)."""
+        from comfyc.runtime.backends.torch import TorchVaeDecoder, TorchVaeEncoder
 
+        dec, enc = f"vae_decoder_{key}", f"vae_encoder_{key}"
+        self.stages.setdefault(dec, TorchVaeDecoder(dec, vae))
+        self.stages.setdefault(enc, TorchVaeEncoder(enc, vae))
+        return dec, enc
+
+
+def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
+                     models_dir: str | None = None, cache: TorchModelCache | None = None,
+                     compile_stages: bool = False, merged_into: Mapping[str, str] | None = None
+                     ) -> Any:
+    """Lower a validated graph to an in-memory program on PyTorch stages.
+
+    Args:
+        graph: A validated graph.
+        catalog: Node schemas.
+        models_dir: The models folder (ComfyUI layout); the packaged tiny model is always
+            found by name.
+        cache: Reuse loaded checkpoints across calls.
+        compile_stages: Wrap stages in ``torch.compile``.
+        merged_into: Nodes common-subexpression elimination merged, and the node kept for
+            each (:meth:`ChangeLog.merged_into`): a param used by a kept node is substituted
+            into the merged nodes' inputs of the embedded prompt too.
+
+    Raises:
+        WorkflowErrors: A node cannot run, or a model input is not a constant.
+    """
+    from comfyc.runtime.program import Op, ParamSpec, Program
+
+    catalog = catalog or default_catalog()
+    lowering = Lowering(graph, catalog, cache or TorchModelCache(models_dir), compile_stages)
+    nodes = reachable_nodes(graph, catalog)
+    check_runnable(nodes, catalog)
+    ops: list[Op] = []
+    for node in nodes:
+        rule = compile_rule(node.class_type)
+        if rule.lower is not None:
+            ops.extend(rule.lower(node, lowering))
+        else:
+            ops.append(lower_node(node, catalog))
     for name, value in graph.outputs.items():
-        ops.append(Op(f"output:{name}", "Output", {
-            "name": name, "value": {"$ref": [value.producer.id, value.index]}}))
+        ops.append(Op(f"output:{name}", "Output", {"name": name, "value": encode_value(value)}))
     params = {
         p.name: ParamSpec(p.name, p.type, None if p.default is MISSING else p.default,
                           p.default is not MISSING, p.min, p.max, p.choices, p.doc)
         for p in graph.params.values()
     }
-    meta: dict[str, Any] = {"prompt": graph_to_api(graph, params=_defaults(graph)),
-                            "param_uses": _param_uses(graph)}
-    if graph.meta.get("workflow") is not None:
-        meta["extra_pnginfo"] = {"workflow": graph.meta["workflow"]}
-    return Program(ops, stages, graph.meta.get("constants", {}), params, meta)
+    meta: dict[str, Any] = {"prompt": graph.source.prompt,
+                            "param_uses": param_uses(graph, merged_into or {})}
+    if graph.source.workflow is not None:
+        meta["extra_pnginfo"] = {"workflow": graph.source.workflow}
+    return Program(ops, lowering.stages, graph.constants, params, meta)
 
 
-def _defaults(graph: Graph) -> dict[str, Any]:
-    return {p.name: (p.default if p.default is not MISSING else None)
-            for p in graph.params.values()}
+def param_uses(graph: Graph, merged_into: Mapping[str, str]) -> dict[str, list[list[str]]]:
+    """Where each param's value goes in the source prompt: ``[[node id, input], …]``.
 
-
-def _param_uses(graph: Graph) -> dict[str, list[list[str]]]:
-    return {p.name: [[u.node.id, u.input_name] for u in p.uses()] for p in graph.params.values()}
-
-
-def _lower_lora(node: Node, const_input: Callable[[Node, str], Any], catalog: Catalog,
-                unet_stage: Callable[[_ModelDesc, Any], str],
-                text_stage: Callable[[_ModelDesc], str]) -> Any:
-    """A LoRA loader → an ``ApplyLoRA`` op that swaps in new UNet / text-encoder stages.
-
-    Each side (MODEL with ``strength_model``, CLIP with ``strength_clip``) is lowered on its
-    own: a constant strength of 0 leaves that side as it is; a folded LoRA
-    (``lora_mode`` merged, constant strength) gives a stage with merged weights; a
-    runtime-mode one (``lora_mode`` runtime, or a strength that is not a constant — the torch
-    path runs without the LoRA pass) adds a slot to the stage and its strength to the op's
-    ``unet_strengths`` / ``text_strengths``.
+    A node merged into another by common-subexpression elimination had the same inputs, so
+    a param used by the kept node is used at the merged node's input too.
     """
-    from comfyc.runtime.program import Op
-
-    lora_name = const_input(node, "lora_name")
-    runtime_mode = node.meta.get("lora_mode") == "runtime"
-    sides = [("model", "strength_model")]
-    if node.class_type == "LoraLoader":
-        sides.append(("clip", "strength_clip"))
-    args: dict[str, Any] = {}
-    for side, strength_input in sides:
-        value = node.inputs.get(side)
-        if not isinstance(value, Value):
-            continue
-        source = _source_desc(value, side)
-        if source is None:
-            raise WorkflowErrors([SchemaError(
-                f"{node.display()}: the {side} must come from a checkpoint loader (through "
-                f"other LoRA loaders or {' / '.join(_PASS_THROUGH[side])})",
-                node.input_loc(side), kind="unsupported_node",
-                help="load the model with CheckpointLoaderSimple and chain the LoRA loaders "
-                     "directly after it")])
-        src_node, desc = source
-        if side == "model":
-            node.meta["loaded"] = src_node.meta["loaded"]  # prediction type, for the UNet
-        args[side] = {"$ref": [value.producer.id, value.index]}
-        strength = node.inputs.get(strength_input, MISSING)
-        if strength is MISSING:
-            spec = catalog.get(node.class_type).input(strength_input)  # type: ignore[union-attr]
-            strength = spec.effective_default() if spec else 1.0
-        constant = not isinstance(strength, (Param, Value))
-        if constant and float(strength) == 0.0:
-            node.meta[f"{side}_desc"] = desc  # This side is unchanged.
-            continue
-        if runtime_mode or not constant:
-            new = replace(desc, runtime=desc.runtime + (lora_name,),
-                          strengths=desc.strengths + (_encode_strength(strength),))
-        else:
-            folded = ((lora_name, float(strength), 0.0) if side == "model"
-                      else (lora_name, 0.0, float(strength)))
-            new = replace(desc, loras=desc.loras + (folded,))
-        node.meta[f"{side}_desc"] = new
-        if side == "model":
-            args["unet"] = {"$stage": unet_stage(new, node.meta["loaded"])}
-            if new.runtime:
-                args["unet_strengths"] = {str(i): s for i, s in enumerate(new.strengths)}
-        else:
-            args["text_encoders"] = {"$stage": text_stage(new)}
-            if new.runtime:
-                args["text_strengths"] = {str(i): s for i, s in enumerate(new.strengths)}
-    return Op(node.id, "ApplyLoRA", args, node.title)
-
-
-def _encode_strength(value: Any) -> Any:
-    """A LoRA strength as a program argument: a param, a reference or a literal float."""
-    if isinstance(value, Param):
-        return {"$param": value.name}
-    if isinstance(value, Value):
-        return {"$ref": [value.producer.id, value.index]}
-    return float(value)
-
-
-#: Nodes a MODEL / CLIP passes through unchanged in its weights.
-_PASS_THROUGH = {"model": {"ModelSamplingDiscrete": "model"},
-                 "clip": {"CLIPSetLastLayer": "clip"}}
-
-
-def _source_desc(value: Any, side: str) -> tuple[Node, _ModelDesc] | None:
-    """The node that describes the weights of a MODEL (``side`` model) or CLIP value."""
-    while isinstance(value, Value):
-        node = value.producer
-        desc = node.meta.get(f"{side}_desc")
-        if desc is not None:
-            return node, desc
-        through = _PASS_THROUGH[side].get(node.class_type)
-        if through is None:
-            return None
-        value = node.inputs.get(through)
-    return None
+    merged_from: dict[str, list[str]] = {}
+    for merged, kept in merged_into.items():
+        merged_from.setdefault(kept, []).append(merged)
+    out: dict[str, list[list[str]]] = {}
+    for param in graph.params.values():
+        uses = []
+        for use in param.uses():
+            for node_id in [use.node.id, *merged_from.get(use.node.id, [])]:
+                uses.append([node_id, use.input_name])
+        out[param.name] = uses
+    return out

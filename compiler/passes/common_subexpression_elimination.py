@@ -79,6 +79,6 @@ class CommonSubexpressionEliminationPass(InPlacePass):
             for name in list(node.inputs):
                 graph.remove_input(node, name)
             graph.remove(node)
+            self.record("merged", node, into=keep.id, detail=f"merged into #{keep.id} (identical)")
             merged += 1
-        self.context.stats["nodes_merged"] = self.context.stats.get("nodes_merged", 0) + merged
         return PassResult(graph, merged > 0)

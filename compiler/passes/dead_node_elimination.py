@@ -68,10 +68,10 @@ class DeadNodeEliminationPass(InPlacePass):
                 for name in list(node.inputs):
                     graph.remove_input(node, name)
                 graph.remove(node)
+                self.record("eliminated", node, detail="no output depends on it")
                 removed += 1
         for name, param in list(graph.params.items()):
-            if not param.uses() and param.name not in graph.meta.get("keep_params", ()):
+            if not param.uses():
                 graph.remove_param(name)
                 removed += 1
-        self.context.stats["nodes_removed"] = self.context.stats.get("nodes_removed", 0) + removed
         return PassResult(graph, removed > 0)

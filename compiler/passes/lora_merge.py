@@ -21,44 +21,57 @@ After::
 
 from __future__ import annotations
 
-from ..ir.core import MISSING, Graph, Param, Value
+from ..ir.core import Graph, Param, Value
+from ..nodes import compile_rule
+from ..nodes.weights import constant_zero
 from .base import InPlacePass, PassResult
 
-__all__ = ["LoraMergePass", "LORA_NODES"]
-
-LORA_NODES = ("LoraLoader", "LoraLoaderModelOnly")
+__all__ = ["LoraMergePass"]
 
 
 class LoraMergePass(InPlacePass):
-    """Marks LoRA loaders merged or runtime; removes zero-strength ones."""
+    """Marks LoRA loaders merged or runtime; removes zero-strength ones.
+
+    Which classes are LoRA loaders, and which input is each side's strength, comes from their
+    compile rules (``lora_sides``).
+    """
 
     name = "lora-merge"
 
     def call(self, graph: Graph) -> PassResult:
         modified = False
-        runtime_all = bool(self.context.options.get("lora_runtime"))
+        runtime_all = self.context.options.lora_runtime
         for node in list(graph.nodes):
-            if node.class_type not in LORA_NODES:
+            sides = compile_rule(node.class_type).lora_sides
+            if not sides:
                 continue
-            strengths = [node.inputs.get("strength_model", 1.0)]
-            if node.class_type == "LoraLoader":
-                strengths.append(node.inputs.get("strength_clip", 1.0))
-            if all(not isinstance(s, (Param, Value)) and s is not MISSING and float(s) == 0.0
-                   for s in strengths):
+            schema = self.context.catalog.get(node.class_type)
+            strengths = []
+            for side in sides:
+                value = node.inputs.get(side.strength)
+                if value is None and schema is not None:
+                    value = schema.input(side.strength).effective_default()  # type: ignore[union-attr]
+                strengths.append(value)
+            if all(constant_zero(s) for s in strengths):
                 # Identity: consumers read the loader's inputs directly.
-                for index, input_name in enumerate(("model", "clip")):
-                    source = node.inputs.get(input_name)
-                    if index < len(node.outputs) and isinstance(source, Value):
-                        graph.replace_all_uses_with(node.outputs[index], source)
+                for side in sides:
+                    source = node.inputs.get(side.input)
+                    if isinstance(source, Value):
+                        graph.replace_all_uses_with(node.output(side.output), source)
                 for name in list(node.inputs):
                     graph.remove_input(node, name)
                 if not any(v.uses() for v in node.outputs):
                     graph.remove(node)
+                    self.record("lora_identity", node, detail="LoRA at strength 0 is an identity")
                     modified = True
                 continue
             dynamic = any(isinstance(s, Param) for s in strengths)
             mode = "runtime" if dynamic or runtime_all else "merged"
-            if node.meta.get("lora_mode") != mode:
-                node.meta["lora_mode"] = mode
+            if node.facts.lora_mode != mode:
+                node.facts.lora_mode = mode
+                self.record(f"lora_{mode}", node,
+                            detail=("LoRA merged into the weights at compile time"
+                                    if mode == "merged" else
+                                    "runtime LoRA: strength set when the program runs"))
                 modified = True
         return PassResult(graph, modified)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import re
 
+from comfyc.runtime.nodes import registry
+
 from ..errors import SchemaError, WorkflowErrors
 from ..ir.core import MISSING, Graph, Param, Value
 from .base import InPlacePass, PassContext, PassResult
 
 __all__ = ["RuntimeParamsPass", "parse_param_binding"]
 
-_SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed"}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -50,7 +51,7 @@ class RuntimeParamsPass(InPlacePass):
     """Turns sampler seeds and requested inputs into runtime params.
 
     Options read from the context: ``param_bindings`` (a list of ``NODE.INPUT=NAME``),
-    ``seed_params`` (default True).
+    ``seed_params``. Which input is a node's seed comes from the registry (``seed_input``).
     """
 
     name = "runtime-params"
@@ -61,7 +62,7 @@ class RuntimeParamsPass(InPlacePass):
     def call(self, graph: Graph) -> PassResult:
         modified = False
         errors = []
-        for text in self.context.options.get("param_bindings", []):
+        for text in self.context.options.param_bindings:
             try:
                 node_id, input_name, name = parse_param_binding(text)
             except ValueError as exc:
@@ -82,10 +83,13 @@ class RuntimeParamsPass(InPlacePass):
             modified |= self._bind(graph, node, input_name, name, spec)
         if errors:
             raise WorkflowErrors(errors)
-        if self.context.options.get("seed_params", True):
-            samplers = [n for n in graph.nodes if n.class_type in _SEED_INPUTS]
-            for node in samplers:
-                input_name = _SEED_INPUTS[node.class_type]
+        if self.context.options.seed_params:
+            samplers = []
+            for node in graph.nodes:
+                definition = registry().get(node.class_type)
+                if definition is not None and definition.seed_input is not None:
+                    samplers.append((node, definition.seed_input))
+            for node, input_name in samplers:
                 value = node.inputs.get(input_name, MISSING)
                 if isinstance(value, (Value, Param)) or value is MISSING:
                     continue
@@ -112,6 +116,7 @@ class RuntimeParamsPass(InPlacePass):
                 choices=list(spec.choices) if spec.type == "COMBO" and spec.choices else None,
                 loc=node.input_loc(input_name)))
         graph.set_input(node, input_name, param)
+        self.record("param", node, into=name, detail=f"{input_name} → param {name}")
         return True
 
 

@@ -107,7 +107,7 @@ class _Validator:
         if not has_output:
             self.errors.append(SchemaError(
                 "the workflow has no outputs: nothing would be computed",
-                SourceLoc(file=self.graph.meta.get("file")), kind="prompt_no_outputs",
+                SourceLoc(file=self.graph.source.file), kind="prompt_no_outputs",
                 help="add an output node such as SaveImage or PreviewImage (or an `output` "
                 "declaration in the DSL)", details="Prompt has no outputs"))
         for node in nodes:
@@ -290,6 +290,6 @@ class ValidatePass(InPlacePass):
     name = "validate"
 
     def call(self, graph: Graph) -> PassResult:
-        all_nodes = graph.meta.get("input_kind") == "dsl"
+        all_nodes = graph.source.kind == "dsl" or graph.source.format == "dsl"
         validate_graph(graph, self.context.catalog, all_nodes=all_nodes)
         return PassResult(graph, False)

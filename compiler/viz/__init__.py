@@ -1,24 +1,24 @@
 """Graph pages: draw a workflow or an artifact as a left-to-right node graph.
 
-``render(build_view(path), "html")`` gives one self-contained HTML page (``svg`` and ``dot``
-too). :mod:`.analysis` works out what the compiler does to each node, :mod:`.layout` places
-the nodes, :mod:`.svg`, :mod:`.html` and :mod:`.dot` draw them. Nothing here loads model
-weights or imports torch.
+``render(view_of_graph(graph), "html")`` gives one self-contained HTML page (``svg`` and
+``dot`` too). :mod:`.analysis` works out what the compiler does to each node (from the change
+log of the passes), :mod:`.layout` places the nodes, :mod:`.svg`, :mod:`.html` and :mod:`.dot`
+draw them. Nothing here loads model weights or imports torch, and nothing reads files: the
+command line (:func:`comfyc.cli.commands.viz.build_view`) loads workflows and artifacts.
 """
 
 from __future__ import annotations
 
-from .analysis import build_view, view_of_artifact, view_of_graph, view_of_workflow
+from .analysis import placeholder_encoding, view_of_artifact, view_of_graph
 from .model import GraphView
 
 __all__ = [
     "FORMATS",
     "GraphView",
-    "build_view",
+    "placeholder_encoding",
     "render",
     "view_of_artifact",
     "view_of_graph",
-    "view_of_workflow",
 ]
 
 FORMATS = ("html", "svg", "dot")

@@ -76,6 +76,8 @@ _SCRIPT = """
 
 def render_html(view: GraphView, layout: Layout) -> str:
     """The self-contained page of ``view``."""
+    from ..passes.base import describe_summary
+
     stats = view.stats
     params = ", ".join(view.params) or "none"
     drawing = render_svg(view, layout, mode=BOTH, legend=False, standalone=False)
@@ -89,9 +91,7 @@ def render_html(view: GraphView, layout: Layout) -> str:
         "<header>",
         f"<h1>{escape(view.title)}</h1>",
         f'<p class="meta">{escape(view.kind)}: {escape(view.source)}</p>',
-        (f'<p class="stats">{stats.get("nodes_before", 0)} nodes as written → '
-         f'{stats.get("nodes_after", 0)} after the passes: {stats.get("folded", 0)} folded, '
-         f'{stats.get("merged", 0)} merged, {stats.get("eliminated", 0)} eliminated. '
+        (f'<p class="stats">{escape(describe_summary(stats))}. '
          f"Runtime params: {escape(params)}.</p>"),
         '<div class="toggle" role="group" aria-label="view">',
         ('<button type="button" id="show-before" aria-pressed="false">'

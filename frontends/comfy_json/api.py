@@ -24,11 +24,21 @@ so DSL → JSON → DSL keeps params (the input holds the default), declared out
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from comfyc.compiler.catalog import Catalog, default_catalog
 from comfyc.compiler.errors import ExportError, SchemaError, WorkflowError, WorkflowErrors
-from comfyc.compiler.ir import MISSING, CycleError, Graph, Node, Param, SourceLoc, Value
+from comfyc.compiler.ir import (
+    MISSING,
+    CycleError,
+    Graph,
+    GraphSource,
+    Node,
+    Param,
+    SourceLoc,
+    Value,
+)
 from comfyc.compiler.ir.printer import default_title
 
 __all__ = ["graph_from_api", "graph_to_api", "unknown_node_error"]
@@ -93,7 +103,7 @@ def graph_from_api(data: Any, catalog: Catalog | None = None, file: str | None =
             f"an API prompt is a JSON object of nodes keyed by id; found a "
             f"{type(data).__name__}", SourceLoc(file=file), kind="invalid_prompt")])
     errors: list[WorkflowError] = []
-    graph = Graph(meta={"source_format": "api", "file": file})
+    graph = Graph(source=GraphSource(file=file, format="api", prompt=copy.deepcopy(data)))
     unknown: dict[str, list[str]] = {}
     first_unknown: SourceLoc | None = None
     entries: list[tuple[str, dict[str, Any]]] = []

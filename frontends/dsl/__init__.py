@@ -28,9 +28,10 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from comfyc.compiler.catalog import Catalog, default_catalog
-from comfyc.compiler.ir import Graph
+from comfyc.compiler.ir import MISSING, Graph
 
 from .lower import lower_module
 from .parse import parse_module
@@ -56,8 +57,19 @@ def parse_dsl(text: str, file: str | None = None, catalog: Catalog | None = None
     with _gc_paused():
         module = parse_module(text, file)
         graph = lower_module(module, catalog or default_catalog(), file)
-    graph.meta["file"] = file
+    graph.source.file = file
+    graph.source.prompt = source_prompt(graph)
     return graph
+
+
+def source_prompt(graph: Graph) -> dict[str, Any] | None:
+    """The API prompt a DSL graph stands for (params at their defaults, no ``_meta.dsl``):
+    what images made from it embed as their ``prompt``."""
+    from ..comfy_json.api import graph_to_api
+
+    defaults = {p.name: (None if p.default is MISSING else p.default)
+                for p in graph.params.values()}
+    return graph_to_api(graph, params=defaults, dsl_meta=False)
 
 
 @contextmanager

@@ -42,7 +42,16 @@ from typing import Any
 
 from comfyc.compiler.catalog import Catalog, NodeSchema
 from comfyc.compiler.errors import SchemaError, TypeMismatchError, WorkflowError, WorkflowErrors
-from comfyc.compiler.ir import MISSING, Graph, Node, Param, SourceLoc, Value, is_compatible
+from comfyc.compiler.ir import (
+    MISSING,
+    Graph,
+    GraphSource,
+    Node,
+    Param,
+    SourceLoc,
+    Value,
+    is_compatible,
+)
 from comfyc.compiler.ir.types import LINK_TYPES, WIDGET_TYPES, python_type_name
 
 from . import ast
@@ -118,7 +127,7 @@ class Lowering:
         self.catalog = catalog
         self.file = file
         self.check_types = check_types
-        self.graph = Graph(meta={"source_format": "dsl", "file": file})
+        self.graph = Graph(source=GraphSource(file=file, format="dsl"))
         self.errors: list[WorkflowError] = []
         self.warnings: list[WorkflowError] = []
         self.env: dict[str, _Binding] = {}
@@ -171,7 +180,7 @@ class Lowering:
         if self.errors:
             self.errors.sort(key=lambda e: (e.loc.line or 0, e.loc.col or 0) if e.loc else (0, 0))
             raise WorkflowErrors(self.errors)
-        self.graph.meta["warnings"] = self.warnings
+        self.graph.warnings = self.warnings
         return self.graph
 
     def _prescan(self) -> None:
@@ -804,7 +813,7 @@ def lower_module(module: ast.Module, catalog: Catalog, file: str | None = None, 
 
     Returns:
         The graph, nodes in statement order (which is topological: names are bound before
-        use). ``graph.meta["warnings"]`` lists unused params.
+        use). ``graph.warnings`` lists unused params.
 
     Raises:
         WorkflowErrors: Every problem found.

@@ -15,11 +15,12 @@ import time
 from typing import Any
 
 import numpy as np
+from ..errors import Error
 
 __all__ = ["Stage", "StageTimer", "BackendError"]
 
 
-class BackendError(RuntimeError):
+class BackendError(Error, RuntimeError):
     """A backend cannot run: missing package, provider not active, bad stage file."""
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from ..errors import Error
 
 __all__ = ["Latent", "OpError", "as_image", "as_latent", "as_mask", "check_choice"]
 
@@ -18,7 +19,7 @@ __all__ = ["Latent", "OpError", "as_image", "as_latent", "as_mask", "check_choic
 Latent = dict[str, Any]
 
 
-class OpError(ValueError):
+class OpError(Error, ValueError):
     """A runtime op was given a value it cannot use; the message says what, and the fix."""
 
 

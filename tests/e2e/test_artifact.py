@@ -55,7 +55,7 @@ def _workflow(sampler: str = "euler", constant_prompt: bool = False) -> str:
 def _torch_images(text: str, models: Path, params: dict) -> np.ndarray:
     graph = _graph(text)
     cache = TorchModelCache(str(models))
-    run_pipeline(graph, PassContext(options={"model_cache": cache}), verify=True)
+    run_pipeline(graph, PassContext(models=cache), verify=True)
     program = lower_to_program(graph, cache=cache)
     (image,) = program.run(params, save=False).images.values()
     return image

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
 from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
-from comfyc.compiler.passes.base import PassContext
+from comfyc.compiler.passes.base import PassContext, PassOptions
 from comfyc.compiler.pipeline import run_pipeline
 from comfyc.frontends.load import load_workflow
 from comfyc.runtime import load
@@ -33,8 +33,8 @@ def cache() -> TorchModelCache:
 def _torch_images(path: Path, cache: TorchModelCache, params: dict, bindings: list[str]
                   ) -> dict[str, np.ndarray]:
     graph = load_workflow(path)
-    run_pipeline(graph, PassContext(options={"model_cache": cache,
-                                             "param_bindings": bindings}))
+    run_pipeline(graph, PassContext(options=PassOptions(param_bindings=bindings),
+                                     models=cache))
     program = lower_to_program(graph, cache=cache)
     return program.run(params, input_dir=INPUT, save=False).images
 

@@ -42,7 +42,7 @@ def comfyc_image(ckpt: str, models: Path, seed: int, prompt: str, cfg: float) ->
     """)
     graph = parse_dsl(text, "oracle.cfy", default_catalog())
     cache = TorchModelCache(str(models))
-    run_pipeline(graph, PassContext(options={"model_cache": cache}))
+    run_pipeline(graph, PassContext(models=cache))
     return lower_to_program(graph, cache=cache).run({}, save=False).images["image"]
 
 

@@ -47,8 +47,7 @@ def _program(path: Path, cache: TorchModelCache, edit=None):  # type: ignore[no-
     graph = load_workflow(path)
     if edit is not None:
         edit(graph)
-    run_pipeline(graph, PassContext(options={"model_cache": cache,
-                                             "param_bindings": []}))
+    run_pipeline(graph, PassContext(models=cache))
     return lower_to_program(graph, default_catalog(), cache=cache)
 
 

@@ -23,7 +23,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 WORKFLOW = HERE / "txt2img_api.json"
-REPO = HERE.parents[2]
+REPO = HERE.parents[1]
 
 
 def free_port() -> int:

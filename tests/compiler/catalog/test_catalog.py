@@ -45,7 +45,8 @@ def test_purity_flags() -> None:
     cat = default_catalog()
     assert cat.get("SaveImage").output_node and not cat.get("SaveImage").pure
     assert cat.get("CheckpointLoaderSimple").pure and cat.get("KSampler").pure
-    assert not cat.get("LoadImage").foldable
+    assert not cat.node_def("LoadImage").fold
+    assert cat.node_def("ConditioningCombine").fold
 
 
 def test_object_info_round_trip() -> None:

@@ -25,21 +25,23 @@ output image
 
 
 def _context(models: Path) -> PassContext:
-    return PassContext(options={"model_cache": TorchModelCache(str(models))})
+    return PassContext(models=TorchModelCache(str(models)))
 
 
 def test_constant_prompts_fold_params_do_not(random_models: Path) -> None:
     """A constant prompt becomes a stored tensor; a param prompt stays an encode."""
     text = 'param prompt: STRING = "seven"\n' + BODY
-    graph, result = run_pass(ConstantFoldingPass(_context(random_models)), text)
+    step = ConstantFoldingPass(_context(random_models))
+    graph, result = run_pass(step, text)
     assert result.modified
     printed = str(graph)
     assert 'pos = CLIPTextEncode(text=prompt, clip=ckpt.CLIP)' in printed
-    assert 'neg = FoldedConditioning(key="cond.3")' in printed
-    # Conditioning ops on constants fold too.
-    assert 'both = FoldedConditioning(key="cond.4")' in printed
-    assert graph.node("6").meta["sigmas"] == "sigmas.6"
-    entry = graph.meta["constants"]["cond.4"]
+    # Conditioning ops on constants fold too; the folded `neg` only they needed goes away.
+    assert 'both = FoldedConditioning(key="cond.4")' in printed and "neg = " not in printed
+    fates = [(c.action, c.node_id, c.into) for c in step.context.changes]
+    assert ("folded", "3", "cond.3") in fates and ("folded_away", "3", "4") in fates
+    assert graph.node("6").facts.sigmas == "sigmas.6"
+    entry = graph.constants["cond.4"]
     assert len(entry) == 2 and entry[0]["cond"].shape == (1, 77, 32)
 
 
@@ -48,7 +50,7 @@ def test_folded_program_gives_the_same_image(random_models: Path) -> None:
     text = 'param prompt: STRING = "seven"\n' + BODY.replace("text=prompt", 'text="seven"')
     cache = TorchModelCache(str(random_models))
     plain = parse(text)
-    folded, _ = run_pass(ConstantFoldingPass(PassContext(options={"model_cache": cache})), text)
+    folded, _ = run_pass(ConstantFoldingPass(PassContext(models=cache)), text)
     assert "CLIPTextEncode" not in str(folded)
     a = lower_to_program(plain, cache=cache).run({}, save=False).images
     b = lower_to_program(folded, cache=cache).run({}, save=False).images

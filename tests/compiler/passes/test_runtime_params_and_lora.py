@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from comfyc.compiler.errors import WorkflowErrors
-from comfyc.compiler.passes.base import PassContext
+from comfyc.compiler.passes.base import PassContext, PassOptions
 from comfyc.compiler.passes.lora_merge import LoraMergePass
 from comfyc.compiler.passes.runtime_params import RuntimeParamsPass
 
@@ -29,13 +29,13 @@ param seed: INT = 42 [min=0, max=18446744073709551615]
 
 def test_named_inputs_become_params(assert_pass) -> None:  # type: ignore[no-untyped-def]
     """--param NODE.INPUT=NAME turns a literal into a param with that default."""
-    graph, _ = run_pass(RuntimeParamsPass(PassContext(options={
-        "param_bindings": ["2.text=prompt"], "seed_params": False})), "@1 " + SAMPLER.strip()
+    graph, _ = run_pass(RuntimeParamsPass(PassContext(options=PassOptions(
+        param_bindings=["2.text=prompt"], seed_params=False))), "@1 " + SAMPLER.strip()
         .replace("pos = ", "@2 pos = ", 1))
     assert graph.params["prompt"].default == "seven"
     assert graph.node("2").inputs["text"] is graph.params["prompt"]
     with pytest.raises(WorkflowErrors, match="there is no node #99"):
-        run_pass(RuntimeParamsPass(PassContext(options={"param_bindings": ["99.text=p"]})),
+        run_pass(RuntimeParamsPass(PassContext(options=PassOptions(param_bindings=["99.text=p"]))),
                  SAMPLER)
 
 
@@ -66,7 +66,7 @@ output b
 """
     graph, result = run_pass(LoraMergePass(), text)
     assert result.modified
-    assert graph.node("5").meta["lora_mode"] == "merged"
-    assert graph.node("6").meta["lora_mode"] == "runtime"
-    graph, _ = run_pass(LoraMergePass(PassContext(options={"lora_runtime": True})), text)
-    assert graph.node("5").meta["lora_mode"] == "runtime"
+    assert graph.node("5").facts.lora_mode == "merged"
+    assert graph.node("6").facts.lora_mode == "runtime"
+    graph, _ = run_pass(LoraMergePass(PassContext(options=PassOptions(lora_runtime=True))), text)
+    assert graph.node("5").facts.lora_mode == "runtime"

@@ -99,8 +99,18 @@ def write_artifact(root: Path, *, autotune: bool = True, source: str = "file") -
             "vae_encoder_abc": {"kind": "vae_encoder", "unused": True},
         },
         "plan": {UNET: "ort-cuda", TEXT: "ort-cpu", DECODER: "torch"},
-        "run_meta": {"prompt": graph_to_api(parse_dsl(AFTER_DSL, "after.cfy", catalog))},
-        "stats": {"nodes_before": 7, "nodes_after": 7, "nodes_folded": 2},
+        "run_meta": {"prompt": graph_to_api(parse_dsl(text, "txt2img.cfy", catalog))},
+        "optimized": AFTER_DSL,
+        "changes": [
+            {"pass": "runtime-params", "action": "param", "node": "5", "class_type": "KSampler",
+             "into": "seed"},
+            {"pass": "constant-folding", "action": "folded", "node": "3",
+             "class_type": "CLIPTextEncode", "into": "cond.3",
+             "detail": "CLIPTextEncode → constant conditioning"},
+            {"pass": "constant-folding", "action": "schedule", "node": "5",
+             "class_type": "KSampler"},
+        ],
+        "stats": {"nodes_before": 7, "nodes_after": 7, "folded": 1, "schedules": 1},
         "options": {"lora_runtime": False},
     }
     if source == "text":

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from comfyc.compiler.catalog import default_catalog
-from comfyc.compiler.viz import build_view, view_of_graph
+from comfyc.cli.commands.viz import build_view
+from comfyc.compiler.viz import view_of_graph
 from comfyc.frontends.dsl import parse_dsl
 
 from tests.compiler.viz.manifests import DECODER, TEXT, UNET, write_artifact
@@ -53,7 +54,8 @@ def test_each_fate_is_named() -> None:
     assert fates["6"] == ("eliminated", "no output depends on it")
     assert fates["4"][0] == fates["8"][0] == "kept"
     assert view.stats == {"nodes_before": 10, "nodes_after": 7, "eliminated": 2, "merged": 1,
-                          "folded": 1}
+                          "folded": 1, "lora_merged": 0, "lora_runtime": 0, "params": 1,
+                          "schedules": 1}
 
 
 def test_after_edges_follow_the_rewrites() -> None:
@@ -148,7 +150,8 @@ def test_artifact_without_autotune_has_no_times(tmp_path: Path) -> None:
 def test_drawing_needs_no_torch() -> None:
     """Building and drawing a view imports neither torch nor any model code."""
     code = ("import sys\n"
-            "from comfyc.compiler.viz import build_view, render\n"
+            "from comfyc.cli.commands.viz import build_view\n"
+            "from comfyc.compiler.viz import render\n"
             f"render(build_view({str(EXAMPLES / 'hires_lora.cfy')!r}), 'html')\n"
             "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
             "assert not bad, bad\n")

@@ -16,7 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from comfyc.compiler.viz import build_view, render
+from comfyc.cli.commands.viz import build_view
+from comfyc.compiler.viz import render
 
 from tests.conftest import REPO
 

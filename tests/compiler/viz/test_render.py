@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from comfyc.compiler.viz import GraphView, build_view, render
+from comfyc.cli.commands.viz import build_view
+from comfyc.compiler.viz import GraphView, render
 from comfyc.compiler.viz.layout import layout_view
 
 from tests.compiler.viz.manifests import write_artifact

@@ -159,7 +159,7 @@ def test_params_default_and_attributes() -> None:
                       'KSampler(sampler_name=s)\n')
     s = graph.params["s"]
     assert s.default is MISSING and s.choices == ["euler", "ddim"] and s.doc == "sampler"
-    [warning] = graph.meta["warnings"]
+    [warning] = graph.warnings
     assert warning.kind == "unused_param" and (warning.loc.line, warning.loc.col) == (2, 7)
     assert isinstance(graph.nodes[0].inputs["sampler_name"], Param)
 

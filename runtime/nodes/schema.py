@@ -1,8 +1,13 @@
 """Node schemas: what a node class takes and gives, in ComfyUI's order.
 
 A :class:`NodeSchema` is the single source of truth for validation, UI→API conversion (the
-widget layout), the DSL printer's output names and the lowering. Schemas come from the built-in
-table (:mod:`comfyc.compiler.catalog.core_nodes`) or from a ComfyUI ``/object_info`` dump.
+widget layout), the DSL printer's output names and the lowering. Built-in schemas are part of
+the node registry (:mod:`comfyc.runtime.nodes`, one module per family); others come from a
+ComfyUI ``/object_info`` dump (:mod:`comfyc.compiler.catalog`).
+
+This module is the runtime's: it imports nothing from the compiler, numpy or torch, so the lean
+runtime and ``comfyc check`` load it cheaply. The small builders at the end (:func:`link`,
+:func:`int_input` …) keep the family modules close to ComfyUI's ``INPUT_TYPES`` tables.
 """
 
 from __future__ import annotations
@@ -10,10 +15,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ir.core import MISSING
-from ..ir.types import COMBO, WIDGET_TYPES
+from .types import COMBO, WIDGET_TYPES
 
-__all__ = ["InputSpec", "OutputSpec", "NodeSchema", "WidgetSlot"]
+__all__ = [
+    "MISSING", "InputSpec", "OutputSpec", "NodeSchema", "WidgetSlot", "MAX_RESOLUTION",
+    "MAX_SEED", "INTERNAL_CATEGORY", "link", "optional_link", "int_input", "float_input",
+    "string_input", "bool_input", "combo", "files", "outputs", "schema",
+]
+
+#: ComfyUI's ``nodes.MAX_RESOLUTION``.
+MAX_RESOLUTION = 16384
+#: ComfyUI's largest seed (``0xffffffffffffffff``).
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+#: The category of comfyc's own IR node classes (folded constants); never in /object_info.
+INTERNAL_CATEGORY = "comfyc/internal"
+
+
+class _Missing:
+    """Marker for "no default" (distinct from a JSON ``null``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "MISSING"  # Pickling and deepcopy keep the one instance.
+
+
+MISSING: Any = _Missing()
 
 
 @dataclass(slots=True)
@@ -105,8 +138,8 @@ class NodeSchema:
         output_node: ComfyUI's ``OUTPUT_NODE`` (an execution root).
         side_effect: Writes files or other state; never removed, merged or folded.
         nondeterministic: Gives a different result each run; never merged or folded.
-        foldable: May be evaluated at compile time when all its inputs are constants.
         deprecated: ComfyUI marks the node deprecated.
+        hidden: ComfyUI's ``hidden`` inputs (``{"prompt": "PROMPT", …}``), for /object_info.
         python_module: Where ComfyUI defines it (for /object_info).
         source: ``"builtin"`` or the object_info file it came from.
     """
@@ -120,8 +153,8 @@ class NodeSchema:
     output_node: bool = False
     side_effect: bool = False
     nondeterministic: bool = False
-    foldable: bool = True
     deprecated: bool = False
+    hidden: dict[str, str] = field(default_factory=dict)
     python_module: str = "nodes"
     source: str = "builtin"
     _by_name: dict[str, InputSpec] = field(default_factory=dict, repr=False)
@@ -167,3 +200,67 @@ class NodeSchema:
             if spec.image_upload:
                 slots.append(WidgetSlot(None, "upload"))
         return slots
+
+
+# ------------------------------------------------------------------------------ builders
+# Short builders in ComfyUI's vocabulary, so a family module reads like ComfyUI's own
+# INPUT_TYPES / RETURN_TYPES tables.
+
+
+def link(name: str, type: str, *, required: bool = True, tooltip: str | None = None
+         ) -> InputSpec:
+    """An input that only takes a link (``("MODEL",)`` in ComfyUI)."""
+    return InputSpec(name, type, required=required, tooltip=tooltip)
+
+
+def optional_link(name: str, type: str) -> InputSpec:
+    """An optional link input (ComfyUI's ``optional`` section)."""
+    return InputSpec(name, type, required=False)
+
+
+def int_input(name: str, default: int, min: int, max: int, step: int = 1, **kw: Any
+              ) -> InputSpec:
+    """An INT widget."""
+    return InputSpec(name, "INT", default=default, min=min, max=max, step=step, **kw)
+
+
+def float_input(name: str, default: float, min: float, max: float, step: float = 0.01,
+                **kw: Any) -> InputSpec:
+    """A FLOAT widget."""
+    return InputSpec(name, "FLOAT", default=default, min=min, max=max, step=step, **kw)
+
+
+def string_input(name: str, default: Any = MISSING, **kw: Any) -> InputSpec:
+    """A STRING widget (``multiline=True``, ``dynamic_prompts=True`` as ComfyUI's options)."""
+    return InputSpec(name, "STRING", default=default, **kw)
+
+
+def bool_input(name: str, default: bool, **kw: Any) -> InputSpec:
+    """A BOOLEAN widget."""
+    return InputSpec(name, "BOOLEAN", default=default, **kw)
+
+
+def combo(name: str, choices: list[Any] | tuple[Any, ...], default: Any = MISSING, **kw: Any
+          ) -> InputSpec:
+    """A combo (enumerated STRING) widget; without a default the first choice is used."""
+    return InputSpec(name, COMBO, default=default, choices=list(choices), **kw)
+
+
+def files(name: str, folder: str, **kw: Any) -> InputSpec:
+    """A combo listing a models folder (``checkpoints``, ``loras`` …) or ``input``."""
+    return InputSpec(name, COMBO, choices=[], files=folder, **kw)
+
+
+def outputs(*pairs: str) -> list[OutputSpec]:
+    """``outputs("MODEL", "CLIP")`` or ``outputs("positive:CONDITIONING")``."""
+    out = []
+    for pair in pairs:
+        name, _, type = pair.partition(":")
+        out.append(OutputSpec(name, type or name))
+    return out
+
+
+def schema(class_type: str, inputs: list[InputSpec], outs: list[OutputSpec],
+           display: str = "", category: str = "", **kw: Any) -> NodeSchema:
+    """A :class:`NodeSchema` (``display`` is ComfyUI's display name)."""
+    return NodeSchema(class_type, inputs, outs, display_name=display, category=category, **kw)

@@ -1,0 +1,110 @@
+"""Compile rules of the loader family: checkpoints, VAEs and LoRAs become stages.
+
+A checkpoint loader's outputs are handles on stages the lowering makes from the file
+(``LoadCheckpoint``); a LoRA loader swaps in stages with merged weights or LoRA slots
+(``ApplyLoRA``). The weights each output holds (``origin``, ``lora_sides``) are what
+:func:`~comfyc.compiler.nodes.weights.trace_weights` follows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ..ir.core import Node, Value
+from .rules import CompileRule, LoraSide
+
+__all__ = ["RULES"]
+
+
+def _checkpoint_origin(node: Node, output: str) -> tuple[str, ...] | None:
+    name = node.inputs.get("ckpt_name")
+    return ("checkpoint", name) if isinstance(name, str) else None
+
+
+def _vae_origin(node: Node, output: str) -> tuple[str, ...] | None:
+    name = node.inputs.get("vae_name")
+    return ("vae", name) if isinstance(name, str) else None
+
+
+def _lower_checkpoint(node: Node, lowering: Any) -> list[Any]:
+    """``CheckpointLoaderSimple`` → UNet, text-encoder and VAE stages + ``LoadCheckpoint``."""
+    from comfyc.runtime.program import Op
+
+    from ..lowering.program import ModelDesc
+
+    name = lowering.const_input(node, "ckpt_name")
+    loaded = lowering.load(node, "ckpt_name", lowering.cache.checkpoint)
+    desc = ModelDesc(name)
+    dec, enc = lowering.vae_stages(desc.key(), loaded.vae)
+    return [Op(node.id, "LoadCheckpoint", {
+        "unet": {"$stage": lowering.unet_stage(desc)},
+        "text_encoders": {"$stage": lowering.text_stage(desc)},
+        "vae_decoder": {"$stage": dec}, "vae_encoder": {"$stage": enc},
+        "prediction_type": loaded.prediction_type,
+        "in_channels": int(loaded.unet.config.in_channels),
+        "default_layer": int(loaded.default_clip_layer),
+        "pad_token": int(loaded.clip_pad_token),
+        "name": name,
+    }, node.title)]
+
+
+def _lower_vae(node: Node, lowering: Any) -> list[Any]:
+    """``VAELoader`` → decoder and encoder stages + ``LoadVAE``."""
+    from comfyc.runtime.program import Op
+
+    name = lowering.const_input(node, "vae_name")
+    vae = lowering.load(node, "vae_name", lowering.cache.vae)
+    dec, enc = lowering.vae_stages(hashlib.sha1(name.encode()).hexdigest()[:10], vae)
+    return [Op(node.id, "LoadVAE", {"vae_decoder": {"$stage": dec},
+                                    "vae_encoder": {"$stage": enc}, "name": name}, node.title)]
+
+
+def _lower_lora(node: Node, lowering: Any) -> list[Any]:
+    """A LoRA loader → an ``ApplyLoRA`` op that swaps in new UNet / text-encoder stages.
+
+    Each side (MODEL with ``strength_model``, CLIP with ``strength_clip``) is lowered on its
+    own from the weights its output holds: a strength of 0 leaves that side as it is (no
+    stage argument); a folded LoRA (constant strength, ``merged``) gives a stage with merged
+    weights; a runtime-mode one (``runtime``, or a strength that is not a constant — the torch
+    path runs without the LoRA pass) gives a stage with a slot per runtime LoRA and one
+    strength argument per slot.
+    """
+    from comfyc.runtime.program import Op
+
+    from ..lowering.program import ModelDesc, encode_value
+    from ..nodes import compile_rule
+    from .weights import trace_weights
+
+    lowering.load(node, "lora_name", lowering.cache.lora)  # The file must exist.
+    args: dict[str, Any] = {}
+    for side in compile_rule(node.class_type).lora_sides:
+        value = node.inputs.get(side.input)
+        if not isinstance(value, Value):
+            continue
+        lowering.desc(node, side.input, side.side)  # Fails unless it comes from a checkpoint.
+        args[side.input] = encode_value(value)
+        weights = trace_weights(node.output(side.output))
+        if weights is None or not weights.loras or weights.loras[-1].node is not node:
+            continue  # Strength 0: this side is unchanged.
+        desc = ModelDesc.of(weights, side.side)
+        if side.side == "model":
+            args["unet"] = {"$stage": lowering.unet_stage(desc)}
+            if desc.runtime:
+                args["unet_strengths"] = {str(i): s for i, s in enumerate(desc.strengths)}
+        else:
+            args["text_encoders"] = {"$stage": lowering.text_stage(desc)}
+            if desc.runtime:
+                args["text_strengths"] = {str(i): s for i, s in enumerate(desc.strengths)}
+    return [Op(node.id, "ApplyLoRA", args, node.title)]
+
+
+_MODEL = LoraSide("model", "MODEL", "model", "strength_model")
+_CLIP = LoraSide("clip", "CLIP", "clip", "strength_clip")
+
+RULES: dict[str, CompileRule] = {
+    "CheckpointLoaderSimple": CompileRule(lower=_lower_checkpoint, origin=_checkpoint_origin),
+    "VAELoader": CompileRule(lower=_lower_vae, origin=_vae_origin),
+    "LoraLoader": CompileRule(lower=_lower_lora, lora_sides=(_MODEL, _CLIP)),
+    "LoraLoaderModelOnly": CompileRule(lower=_lower_lora, lora_sides=(_MODEL,)),
+}

@@ -1,0 +1,154 @@
+"""Sampling nodes: KSampler, KSamplerAdvanced and the model-sampling patches.
+
+The samplers, schedules and CFG are numpy code shared by every backend
+(:mod:`comfyc.runtime.samplers`, :mod:`comfyc.runtime.schedules`, :mod:`comfyc.runtime.cfg`);
+these ops wire them to the MODEL's UNet stage. A sampler whose schedule inputs are constants
+gets its sigmas precomputed by the compiler (the ``sigmas`` argument).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ProgramError
+from .registry import NodeDef, StageCall
+from .schema import MAX_SEED, bool_input, combo, float_input, int_input, link, outputs, schema
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..values import ModelRef
+
+__all__ = ["NODES", "SAMPLER_NAMES", "SCHEDULER_NAMES", "advanced_schedule"]
+
+#: ``KSampler.SAMPLERS`` in ComfyUI's combo order (``comfy/samplers.py``).
+SAMPLER_NAMES: tuple[str, ...] = (
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
+    "exp_heun_2_x0", "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast",
+    "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde",
+    "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm",
+    "lcm", "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp",
+    "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
+    "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver",
+    "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
+)
+
+#: ``SCHEDULER_HANDLERS`` in ComfyUI's combo order.
+SCHEDULER_NAMES: tuple[str, ...] = (
+    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
+    "linear_quadratic", "kl_optimal",
+)
+
+
+def advanced_schedule(scheduler: str, steps: int, sampler_name: str, start_at_step: int,
+                      end_at_step: int, leftover: bool) -> np.ndarray | None:
+    """KSamplerAdvanced's sigmas: the full schedule cut to the step window."""
+    from ..schedules import advanced_sigmas, ksampler_sigmas
+
+    full = ksampler_sigmas(scheduler, steps, sampler_name, 1.0)
+    return advanced_sigmas(full, start_at_step, end_at_step, leftover)
+
+
+def _sample(ctx: Any, model: ModelRef, seed: int, cfg: float, sampler_name: str,
+            positive: list[dict[str, Any]], negative: list[dict[str, Any]],
+            latent: dict[str, Any], sigmas: np.ndarray | None, add_noise: bool = True
+            ) -> tuple[Any, ...]:
+    import numpy as np
+
+    from ..cfg import make_denoiser
+    from ..samplers import ksampler
+
+    if model.unet is None:
+        raise ProgramError(f"the MODEL from {model.name or 'the checkpoint'} has no UNet stage in "
+                           f"this program (it was not compiled in); compile the workflow again")
+    samples = np.asarray(latent["samples"], dtype=np.float32)
+    denoiser = make_denoiser(model.unet, positive, negative, float(cfg), samples.shape,
+                             prediction_type=model.prediction_type)
+    op = ctx.current
+    label = f"#{op.id} {op.title or op.op}" if op else "sampling"
+
+    def callback(step: int, x0: np.ndarray, x: np.ndarray, total: int) -> None:
+        if ctx.preview is not None:
+            ctx.preview(x0)
+        if ctx.progress is not None:
+            ctx.progress(label, step + 1, total)
+
+    out = ksampler(denoiser, samples, int(seed), sigmas, sampler_name, add_noise=add_noise,
+                   batch_index=latent.get("batch_index"), noise_mask=latent.get("noise_mask"),
+                   latent_scale=model.latent_scale, callback=callback)
+    result = dict(latent)
+    result["samples"] = out
+    return (result,)
+
+
+def _ksampler(ctx: Any, *, model: ModelRef, seed: int, steps: int, cfg: float,
+              sampler_name: str, scheduler: str, positive: list, negative: list,
+              latent_image: dict[str, Any], denoise: float = 1.0, sigmas: Any = None
+              ) -> tuple[Any, ...]:
+    import numpy as np
+
+    from ..schedules import ksampler_sigmas
+
+    if sigmas is None:
+        sigmas = ksampler_sigmas(scheduler, int(steps), sampler_name, float(denoise))
+    return _sample(ctx, model, seed, cfg, sampler_name, positive, negative, latent_image,
+                   np.asarray(sigmas, dtype=np.float32))
+
+
+def _ksampler_advanced(ctx: Any, *, model: ModelRef, add_noise: str, noise_seed: int,
+                       steps: int, cfg: float, sampler_name: str, scheduler: str,
+                       positive: list, negative: list, latent_image: dict[str, Any],
+                       start_at_step: int = 0, end_at_step: int = 10000,
+                       return_with_leftover_noise: str = "disable", sigmas: Any = None
+                       ) -> tuple[Any, ...]:
+    import numpy as np
+
+    if sigmas is None:
+        sigmas = advanced_schedule(scheduler, int(steps), sampler_name, int(start_at_step),
+                                   int(end_at_step), return_with_leftover_noise == "enable")
+    return _sample(ctx, model, noise_seed, cfg, sampler_name, positive, negative, latent_image,
+                   None if sigmas is None else np.asarray(sigmas, dtype=np.float32),
+                   add_noise=add_noise == "enable")
+
+
+def _model_sampling_discrete(ctx: Any, *, model: ModelRef, sampling: str, zsnr: bool = False
+                             ) -> tuple[Any, ...]:
+    kinds = {"eps": "epsilon", "v_prediction": "v_prediction"}
+    if sampling not in kinds or zsnr:
+        raise ProgramError(f"ModelSamplingDiscrete sampling={sampling!r} zsnr={zsnr} is not "
+                           f"supported yet; supported: sampling eps or v_prediction, zsnr off")
+    return (replace(model, prediction_type=kinds[sampling]),)
+
+
+_UNET = (StageCall("unet", "model"),)
+_COND = "CONDITIONING"
+
+NODES: list[NodeDef] = [
+    NodeDef(schema("KSampler", [
+        link("model", "MODEL"), int_input("seed", 0, 0, MAX_SEED, control_after_generate=True),
+        int_input("steps", 20, 1, 10000), float_input("cfg", 8.0, 0.0, 100.0, 0.1),
+        combo("sampler_name", SAMPLER_NAMES), combo("scheduler", SCHEDULER_NAMES),
+        link("positive", _COND), link("negative", _COND), link("latent_image", "LATENT"),
+        float_input("denoise", 1.0, 0.0, 1.0),
+    ], outputs("LATENT"), "KSampler", "sampling"),
+        run=_ksampler, calls=_UNET, seed_input="seed", binding="sampler"),
+    NodeDef(schema("KSamplerAdvanced", [
+        link("model", "MODEL"), combo("add_noise", ["enable", "disable"]),
+        int_input("noise_seed", 0, 0, MAX_SEED, control_after_generate=True),
+        int_input("steps", 20, 1, 10000), float_input("cfg", 8.0, 0.0, 100.0, 0.1),
+        combo("sampler_name", SAMPLER_NAMES), combo("scheduler", SCHEDULER_NAMES),
+        link("positive", _COND), link("negative", _COND), link("latent_image", "LATENT"),
+        int_input("start_at_step", 0, 0, 10000), int_input("end_at_step", 10000, 0, 10000),
+        combo("return_with_leftover_noise", ["disable", "enable"]),
+    ], outputs("LATENT"), "KSampler (Advanced)", "sampling"),
+        run=_ksampler_advanced, calls=_UNET, seed_input="noise_seed", binding="sampler"),
+    NodeDef(schema("ModelSamplingDiscrete", [
+        link("model", "MODEL"),
+        combo("sampling", ["eps", "v_prediction", "lcm", "x0", "img_to_img"]),
+        bool_input("zsnr", False),
+    ], outputs("MODEL"), "ModelSamplingDiscrete", "advanced/model",
+        python_module="comfy_extras.nodes_model_advanced"),
+        run=_model_sampling_discrete, weights_from=(("MODEL", "model"),)),
+]
