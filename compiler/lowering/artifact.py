@@ -326,7 +326,8 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
                 "text": _source_text(graph),
             },
             "params": [p.to_json() for p in program.params.values()],
-            "outputs": [op.id for op in program.ops if op.op in ("SaveImage", "PreviewImage")],
+            "outputs": [op.id for op in program.ops
+                        if (schema := catalog.get(op.op)) is not None and schema.output_node],
             "program": {"ops": [op.to_json() for op in program.ops]},
             "stages": stages_manifest,
             "plan": plan,

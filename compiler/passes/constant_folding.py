@@ -29,15 +29,13 @@ from typing import Any
 import numpy as np
 
 from comfyc.runtime.nodes import registry
+from comfyc.runtime.nodes.internal import FOLDED_CLASSES
 
 from ..ir.core import MISSING, Graph, Node, Param, Value
 from ..nodes import compile_rule
 from .base import InPlacePass, PassResult
 
-__all__ = ["ConstantFoldingPass", "FOLDED_CLASS"]
-
-#: The node class a folded value of each type becomes.
-FOLDED_CLASS = {"CONDITIONING": "FoldedConditioning"}
+__all__ = ["ConstantFoldingPass"]
 
 
 class ConstantFoldingPass(InPlacePass):
@@ -96,7 +94,7 @@ class ConstantFoldingPass(InPlacePass):
     def replace_with_constant(self, node: Node, value: Any, detail: str) -> bool:
         """Replace ``node`` (one output) by a folded node reading ``value``; True if done."""
         graph = self.graph
-        if len(node.outputs) != 1 or node.outputs[0].type not in FOLDED_CLASS:
+        if len(node.outputs) != 1 or node.outputs[0].type not in FOLDED_CLASSES:
             return False
         key = f"cond.{node.id}"
         graph.constants[key] = value
@@ -113,7 +111,7 @@ class ConstantFoldingPass(InPlacePass):
         for name in list(node.inputs):
             graph.remove_input(node, name)
         graph.remove(node)
-        folded = graph.add_node(FOLDED_CLASS[node.outputs[0].type],
+        folded = graph.add_node(FOLDED_CLASSES[node.outputs[0].type],
                                 [(node.outputs[0].type, node.outputs[0].type)], id=node.id,
                                 inputs={"key": key}, title=node.title, loc=node.loc,
                                 index=index)

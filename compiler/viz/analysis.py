@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from comfyc.runtime.nodes import registry
+from comfyc.runtime.nodes.internal import is_folded_class
 
 from ..catalog import Catalog, default_catalog
 from ..ir.core import MISSING, Graph, Node, Param, Value
@@ -434,7 +435,7 @@ def view_of_artifact(manifest: Mapping[str, Any], after: Graph, before: Graph | 
     ops = {op["id"]: op for op in manifest.get("program", {}).get("ops", [])}
     for node in after.nodes:  # What the optimised graph and its program say.
         fate = fates.setdefault(node.id, _Fate())
-        if node.class_type == "FoldedConditioning" and fate.status == "kept":
+        if fate.status == "kept" and is_folded_class(node.class_type):
             fate.status, fate.note = "folded", "constant conditioning"
         for tag in _op_tags(ops.get(node.id)):
             if tag not in fate.tags:

@@ -71,7 +71,68 @@ def _preview_image(ctx: Any, *, images: np.ndarray) -> tuple[Any, ...]:
     return ()
 
 
+def _gaussian_kernel(radius: int, sigma: float) -> np.ndarray:
+    """ComfyUI's ``gaussian_kernel``: a ``(2r+1)²`` Gaussian over [-1, 1]², normalised.
+
+    Coordinates are ``linspace(-1, 1, 2r+1)`` (torch's float32 linspace: from the start in the
+    first half, from the end in the second), distances squared as ``sqrt(x²+y²)²``.
+    """
+    import numpy as np
+
+    size = 2 * radius + 1
+    f32 = np.float32
+    step = f32(2.0) / f32(size - 1)
+    index = np.arange(size, dtype=f32)
+    coords = np.where(index < size // 2, f32(-1.0) + step * index,
+                      f32(1.0) - step * (f32(size - 1) - index)).astype(f32)
+    x, y = np.meshgrid(coords, coords, indexing="ij")
+    d = np.sqrt(x * x + y * y)
+    g = np.exp(-(d * d) / f32(2.0 * sigma * sigma)).astype(f32)
+    return (g / g.sum(dtype=f32)).astype(f32)
+
+
+def _filter(image: np.ndarray, kernel: np.ndarray, radius: int) -> np.ndarray:
+    """Convolve every channel of ``[B,H,W,C]`` with ``kernel`` after reflect padding by
+    ``radius`` (ComfyUI pads with ``reflect`` then keeps the inner ``H×W`` of the result)."""
+    import numpy as np
+
+    from ..ops._common import as_image
+
+    image = as_image(image)
+    padded = np.pad(image, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    height, width = image.shape[1:3]
+    out = np.zeros_like(image, dtype=np.float32)
+    for dy in range(kernel.shape[0]):
+        for dx in range(kernel.shape[1]):
+            out += kernel[dy, dx] * padded[:, dy:dy + height, dx:dx + width, :]
+    return out
+
+
+def _image_blur(ctx: Any, *, image: np.ndarray, blur_radius: int = 1, sigma: float = 1.0
+                ) -> tuple[Any, ...]:
+    """``ImageBlur`` (comfy_extras/nodes_post_processing.py): a Gaussian blur."""
+    radius = int(blur_radius)
+    if radius == 0:
+        return (image,)
+    return (_filter(image, _gaussian_kernel(radius, float(sigma)), radius),)
+
+
+def _image_sharpen(ctx: Any, *, image: np.ndarray, sharpen_radius: int = 1,
+                   sigma: float = 1.0, alpha: float = 1.0) -> tuple[Any, ...]:
+    """``ImageSharpen``: the image minus ``alpha·10`` times its Gaussian blur (an unsharp
+    kernel whose centre makes the weights sum to 1), clamped to [0, 1]."""
+    import numpy as np
+
+    radius = int(sharpen_radius)
+    if radius == 0:
+        return (image,)
+    kernel = _gaussian_kernel(radius, float(sigma)) * np.float32(-(float(alpha) * 10))
+    kernel[radius, radius] = kernel[radius, radius] - kernel.sum(dtype=np.float32) + 1.0
+    return (np.clip(_filter(image, kernel.astype(np.float32), radius), 0.0, 1.0),)
+
+
 _SAVE_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+_FILTERS = "comfy_extras.nodes_post_processing"
 
 NODES: list[NodeDef] = [
     # NOTE: loading reads a file when the program runs (it is not folded: an input image may
@@ -127,6 +188,16 @@ NODES: list[NodeDef] = [
         int_input("batch_size", 1, 1, 4096), int_input("color", 0, 0, 0xFFFFFF),
     ], outputs("IMAGE"), "EmptyImage", "image"),
         run=lazy_op("image", "empty_image")),
+    NodeDef(schema("ImageBlur", [
+        link("image", "IMAGE"), int_input("blur_radius", 1, 1, 31),
+        float_input("sigma", 1.0, 0.1, 10.0, 0.1),
+    ], outputs("IMAGE"), "Blur Image", "image/filters", python_module=_FILTERS),
+        run=_image_blur, binding="blurred"),
+    NodeDef(schema("ImageSharpen", [
+        link("image", "IMAGE"), int_input("sharpen_radius", 1, 1, 31),
+        float_input("sigma", 1.0, 0.1, 10.0, 0.01), float_input("alpha", 1.0, 0.0, 5.0, 0.01),
+    ], outputs("IMAGE"), "Sharpen Image", "image/filters", python_module=_FILTERS),
+        run=_image_sharpen, binding="sharpened"),
     NodeDef(schema("ImageUpscaleWithModel", [
         link("upscale_model", "UPSCALE_MODEL"), link("image", "IMAGE"),
     ], outputs("IMAGE"), "Upscale Image (using Model)", "image/upscaling",

@@ -14,7 +14,15 @@ from typing import Any
 from .registry import NodeDef, OpFn
 from .schema import INTERNAL_CATEGORY, outputs, schema, string_input
 
-__all__ = ["NODES", "PROGRAM_OPS"]
+__all__ = ["NODES", "PROGRAM_OPS", "FOLDED_CLASSES", "is_folded_class"]
+
+#: The class a value folded at compile time becomes, by its type.
+FOLDED_CLASSES = {"CONDITIONING": "FoldedConditioning"}
+
+
+def is_folded_class(class_type: str) -> bool:
+    """True for the classes constant folding makes (they read a stored value)."""
+    return class_type in FOLDED_CLASSES.values()
 
 
 def _constant(ctx: Any, *, value: Any) -> tuple[Any, ...]:
