@@ -243,7 +243,8 @@ class ModelSampling:
         latent = np.asarray(latent, dtype=_F32)
         if not self.is_const:
             return latent
-        return latent / (_F32(1.0) - _F32(sigma))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return latent / (_F32(1.0) - _F32(sigma))
 
     def is_max_denoise(self, sigmas: np.ndarray | Sequence[float]) -> bool:
         """``Sampler.max_denoise``: the schedule starts at (rel. 1e-5) or above ``sigma_max``."""

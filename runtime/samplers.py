@@ -2292,7 +2292,11 @@ def sample(
     x = ms.noise_scaling(sig[0], noise, latent, ms.is_max_denoise(sig))
     run = _Run(model, model_uncond, callback, int(seed), len(sig) - 1, ms)
     fn, fixed = _SAMPLERS[spec.name]
-    out = fn(run, x, sig, **fixed, **dict(spec.options))
+    # NOTE: torch computes inf/nan silently where ComfyUI's formulas divide by zero on paths
+    # whose result is unused or finite in the end (deis's coefficients for the last step, a
+    # CONST model's alpha = 0 at sigma 1); numpy would warn on each.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out = fn(run, x, sig, **fixed, **dict(spec.options))
     last = sig[-1]
     if fn is _uni_pc and last == 0:
         # NOTE: ComfyUI's sample_unipc sets the caller's last sigma to 0.001 in place
