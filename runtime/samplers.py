@@ -249,12 +249,16 @@ def _ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tup
 
 
 def _lerp(start: Any, end: Any, weight: float) -> Any:
-    """``torch.lerp`` (scalar weight): ``start + w (end - start)`` for w < 0.5, else
-    ``end - (end - start)(1 - w)``; float32 for arrays and np.float32 scalars."""
+    """``torch.lerp`` (scalar weight) as torch's CPU kernel computes it: one fused multiply-add,
+    ``fma(w, end - start, start)`` for w < 0.5, else ``fma(w - 1, end - start, end)`` (emulated
+    in float64); float32 for arrays and np.float32 scalars."""
     w = _F(weight)
+    diff = np.asarray(end - start, dtype=np.float64)
     if weight < 0.5:
-        return start + w * (end - start)
-    return end - (end - start) * (_ONE - w)
+        out = np.float64(w) * diff + np.asarray(start, dtype=np.float64)
+    else:
+        out = np.float64(w - _ONE) * diff + np.asarray(end, dtype=np.float64)
+    return out.astype(np.float32) if isinstance(out, np.ndarray) and out.ndim else _F(out)
 
 
 class _Run:

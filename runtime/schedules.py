@@ -89,8 +89,13 @@ class ScheduleError(ValueError):
 
 
 def _torch_linspace(start: float, end: float, steps: int, dtype: type = np.float32) -> np.ndarray:
-    """``torch.linspace`` on the CPU (scalar formula): the first half counts up from ``start``,
-    the second half down from ``end``, with ``step`` computed in ``dtype``."""
+    """``torch.linspace`` on the CPU: the first half counts up from ``start``, the second half
+    down from ``end``, with ``step`` computed in ``dtype``.
+
+    For float32, torch's kernel evaluates ``start + step * i`` (and ``end - step * (steps - i -
+    1)``) as one fused multiply-add; it is emulated in float64 here (the float32 product is
+    exact there), which matched torch 2.13 on every tested input.
+    """
     if steps <= 0:
         return np.zeros(0, dtype=dtype)
     if steps == 1:
@@ -103,6 +108,11 @@ def _torch_linspace(start: float, end: float, steps: int, dtype: type = np.float
     out = np.empty(steps, dtype=dtype)
     lo = idx[:halfway]
     hi = idx[halfway:]
+    if dtype is np.float32:
+        step64, s64, e64 = np.float64(step), np.float64(s), np.float64(e)
+        out[:halfway] = (step64 * lo + s64).astype(np.float32)
+        out[halfway:] = (e64 - step64 * (steps - hi - 1)).astype(np.float32)
+        return out
     out[:halfway] = s + step * lo.astype(dtype)
     out[halfway:] = e - step * (steps - hi - 1).astype(dtype)
     return out
@@ -424,14 +434,16 @@ def _karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.
     ramp = _torch_linspace(0.0, 1.0, n)
     min_inv_rho = sigma_min ** (1.0 / rho)
     max_inv_rho = sigma_max ** (1.0 / rho)
-    sigmas = (np.float32(max_inv_rho) + ramp * np.float32(min_inv_rho - max_inv_rho)) ** np.float32(
-        rho
-    )
+    base = np.float32(max_inv_rho) + ramp * np.float32(min_inv_rho - max_inv_rho)
+    # NOTE: pow (and exp/tan below) in float64, then rounded: closer to torch's float32 kernels
+    # than numpy's float32 ones (an ulp matters to SDE samplers, see DiscreteSchedule.sigma).
+    sigmas = base.astype(np.float64) ** np.float64(np.float32(rho))
     return np.concatenate([sigmas.astype(np.float32), np.zeros(1, np.float32)])
 
 
 def _exponential(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
-    sigmas = np.exp(_torch_linspace(math.log(sigma_max), math.log(sigma_min), n))
+    ramp = _torch_linspace(math.log(sigma_max), math.log(sigma_min), n)
+    sigmas = np.exp(ramp.astype(np.float64))
     return np.concatenate([sigmas.astype(np.float32), np.zeros(1, np.float32)])
 
 
@@ -484,10 +496,10 @@ def _kl_optimal(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
     if n == 1:
         return np.array([sigma_max, 0.0], dtype=np.float32)
     adj = np.arange(n, dtype=np.float32) / np.float32(n - 1)
-    sig = np.tan(
-        adj * np.float32(math.atan(sigma_min))
-        + (np.float32(1.0) - adj) * np.float32(math.atan(sigma_max))
+    arg = adj * np.float32(math.atan(sigma_min)) + (np.float32(1.0) - adj) * np.float32(
+        math.atan(sigma_max)
     )
+    sig = np.tan(arg.astype(np.float64))
     return np.concatenate([sig.astype(np.float32), np.zeros(1, np.float32)])
 
 
@@ -675,9 +687,9 @@ def polyexponential_scheduler(
     n = _check_steps(steps)
     ramp = _torch_linspace(1.0, 0.0, n)
     if rho != 1.0:
-        ramp = ramp ** np.float32(rho)
+        ramp = (ramp.astype(np.float64) ** np.float64(np.float32(rho))).astype(np.float32)
     span = np.float32(math.log(sigma_max) - math.log(sigma_min))
-    sigmas = np.exp(ramp * span + np.float32(math.log(sigma_min)))
+    sigmas = np.exp((ramp * span + np.float32(math.log(sigma_min))).astype(np.float64))
     return np.concatenate([sigmas.astype(np.float32), np.zeros(1, np.float32)])
 
 
@@ -687,7 +699,7 @@ def vp_scheduler(
     """VPScheduler: the continuous VP schedule (Song et al. 2021), then 0."""
     t = _torch_linspace(1.0, eps_s, _check_steps(steps))
     inner = np.float32(beta_d) * (t * t) / np.float32(2) + np.float32(beta_min) * t
-    sigmas = np.sqrt(np.expm1(inner.astype(np.float32)))
+    sigmas = np.sqrt(np.expm1(inner.astype(np.float64)).astype(np.float32))
     return np.concatenate([sigmas.astype(np.float32), np.zeros(1, np.float32)])
 
 
@@ -703,8 +715,10 @@ def laplace_scheduler(
     half = np.float32(0.5) - x
     inner = np.float32(1.0) - np.float32(2.0) * np.abs(half) + np.float32(1e-5)
     with np.errstate(divide="ignore"):
-        lmb = np.float32(mu) - np.float32(beta) * np.sign(half) * np.log(inner)
-    return np.clip(np.exp(lmb), np.float32(sigma_min), np.float32(sigma_max)).astype(np.float32)
+        log = np.log(inner.astype(np.float64)).astype(np.float32)
+        lmb = np.float32(mu) - np.float32(beta) * np.sign(half) * log
+    sigmas = np.exp(lmb.astype(np.float64)).astype(np.float32)
+    return np.clip(sigmas, np.float32(sigma_min), np.float32(sigma_max)).astype(np.float32)
 
 
 def sd_turbo_scheduler(

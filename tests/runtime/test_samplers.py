@@ -91,6 +91,12 @@ PAIR_TOLERANCE = {
     # rounded exp can select the neighbouring tree point, changing that increment by ~1e-3 of its
     # size (measured 1.6e-4 here; ComfyUI on GPU vs CPU differs the same way).
     ("dpmpp_sde", "ddim_uniform"): 2e-3,
+    # The oracle's model quantizes sigma to a timestep. dpm_2_ancestral's log-midpoint sigma and
+    # dpmpp_2s_ancestral's exp(-t_mid) come out 1 ulp apart in numpy and torch (exp rounding),
+    # and here the two values straddle a timestep boundary: the DummyUNet's sin(t / 50) term
+    # then differs by ~1e-3 for that one call (measured 4.9e-4 and 2.3e-4 on the final latent).
+    ("dpm_2_ancestral", "normal"): 2e-3,
+    ("dpmpp_2s_ancestral", "sgm_uniform"): 2e-3,
 }
 
 # The _gpu samplers only move the Brownian tree to the sampling device; on the CPU they are the
@@ -108,9 +114,16 @@ def _tolerance(sampler_name: str, scheduler: str) -> float:
     return PAIR_TOLERANCE.get((base, scheduler), TOLERANCE[base])
 
 
+#: Samplers with an independent (k-diffusion / diffusers / direct torch) oracle here; every
+#: sampler is also checked against ComfyUI's own code in test_sampler_comfyui_recording.py.
+KDIFF_SAMPLERS: tuple[str, ...] = tuple(
+    n for n in samplers.SAMPLER_NAMES if n in TOLERANCE or n in GPU_ALIASES
+)
+
+
 def _cases() -> list[tuple[str, str]]:
     cases = []
-    for sampler_name in samplers.SUPPORTED_SAMPLERS:
+    for sampler_name in KDIFF_SAMPLERS:
         if sampler_name in GPU_ALIASES:
             cases.append((sampler_name, "karras"))
             continue
@@ -126,7 +139,12 @@ def _prompts() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _oracle_sigmas(scheduler: str, sampler_name: str) -> torch.Tensor:
-    """Oracle schedule: k-diffusion's for karras/exponential, else the runtime's."""
+    """Oracle schedule: k-diffusion's for karras/exponential, else the runtime's.
+
+    The runtime's karras/exponential sigmas equal torch's bit for bit (float32 linspace with
+    torch's fused multiply-add, pow/exp rounded from float64), which matters to the SDE
+    samplers: their Brownian tree is queried at the sigmas rounded to 6 decimals.
+    """
     k = load_k_sampling()
     if scheduler not in ("karras", "exponential"):
         return torch.from_numpy(ksampler_sigmas(scheduler, STEPS, sampler_name))
@@ -299,7 +317,7 @@ def test_sampler_matches_oracle(sampler_name: str, scheduler: str) -> None:
 
 
 def test_supported_list_covers_the_brief() -> None:
-    """The samplers the runtime promises are all implemented, in ComfyUI's order."""
+    """Every ComfyUI sampler is implemented, in ComfyUI's order."""
     required = {
         "euler",
         "euler_ancestral",
@@ -315,9 +333,9 @@ def test_supported_list_covers_the_brief() -> None:
         "uni_pc_bh2",
     }
     assert required <= set(samplers.SUPPORTED_SAMPLERS)
-    order = [samplers.SAMPLER_NAMES.index(n) for n in samplers.SUPPORTED_SAMPLERS]
-    assert order == sorted(order)
-    assert set(TOLERANCE) | set(GPU_ALIASES) == set(samplers.SUPPORTED_SAMPLERS)
+    assert samplers.SUPPORTED_SAMPLERS == samplers.SAMPLER_NAMES
+    assert len(samplers.SAMPLER_NAMES) == 44
+    assert set(TOLERANCE) | set(GPU_ALIASES) == set(KDIFF_SAMPLERS)
 
 
 def test_gpu_aliases() -> None:
@@ -488,15 +506,17 @@ def test_callback_once_per_step() -> None:
         assert seen == [(i, 5) for i in range(5)], name
 
 
-def test_unsupported_sampler_errors_name_the_alternatives() -> None:
-    """A ComfyUI sampler that is not implemented, and an unknown name, raise with the list."""
+def test_unknown_sampler_and_option_errors_name_the_alternatives() -> None:
+    """An unknown sampler name or option raises with the valid choices."""
     args = (
         _simple_denoiser(DummyUNet()),
         np.zeros(SHAPE, np.float32),
         np.zeros(SHAPE, np.float32),
         ksampler_sigmas("normal", 3),
     )
-    with pytest.raises(samplers.SamplerError, match="does not implement yet.*euler_ancestral"):
-        samplers.sample(*args, "res_multistep", 0)
-    with pytest.raises(samplers.SamplerError, match="unknown sampler"):
+    with pytest.raises(samplers.SamplerError, match="unknown sampler.*euler_ancestral"):
         samplers.sample(*args, "eulr", 0)
+    with pytest.raises(samplers.SamplerError, match="its options are eta, s_noise"):
+        samplers.SamplerSpec("euler_ancestral", {"order": 2})
+    with pytest.raises(samplers.SamplerError, match="noise_device"):
+        samplers.sampler_dpmpp_sde(noise_device="tpu")
