@@ -493,6 +493,25 @@ class CFGDenoiser:
         cond_pred, uncond_pred = self._calc_cond_batch([self.positive, uncond], x, float(sigma))
         return uncond_pred + (cond_pred - uncond_pred) * np.float32(self.cfg)
 
+    def denoise_with_uncond(self, x: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+        """The CFG x0 and the negative prompt's own x0, for the CFG++ samplers.
+
+        ComfyUI's CFG++ samplers read the unconditional prediction through a post-CFG hook and
+        set ``disable_cfg1_optimization``, so the negative prompt is evaluated even at cfg 1.
+
+        Args:
+            x: Noisy model-space latent ``[B, C, h, w]``.
+            sigma: Noise level.
+
+        Returns:
+            float32 ``(x0, uncond_x0)``.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        sides = [self.positive, self.negative]
+        cond_pred, uncond_pred = self._calc_cond_batch(sides, x, float(sigma))
+        return uncond_pred + (cond_pred - uncond_pred) * np.float32(self.cfg), uncond_pred
+
+
 
 def make_denoiser(
     unet: UNetFn,
