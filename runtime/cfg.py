@@ -512,7 +512,6 @@ class CFGDenoiser:
         return uncond_pred + (cond_pred - uncond_pred) * np.float32(self.cfg), uncond_pred
 
 
-
 def make_denoiser(
     unet: UNetFn,
     positive: Sequence[Any],
