@@ -45,13 +45,18 @@ def catalog_from_args(args: argparse.Namespace) -> Catalog:
 
 def source_texts(path: str) -> dict[str, str]:
     """``{path: text}`` for DSL error snippets (the caret line); empty when unreadable."""
+    from comfyc.frontends.load import MAX_BYTES
+
     if path == "-":
         return {}
     try:
         with open(path, encoding="utf-8") as fh:
-            return {path: fh.read()}
+            # NOTE: bounded like the workflow read itself: /dev/zero or a huge file must not
+            # be read whole just to print an error snippet.
+            text = fh.read(MAX_BYTES + 1)
     except (OSError, UnicodeDecodeError):
         return {}
+    return {} if len(text) > MAX_BYTES else {path: text}
 
 
 def print_error(error: WorkflowError, sources: dict[str, str] | None = None) -> None:

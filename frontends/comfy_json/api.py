@@ -116,6 +116,13 @@ def graph_from_api(data: Any, catalog: Catalog | None = None, file: str | None =
                 f"node entry must be an object with class_type and inputs; found "
                 f"{type(entry).__name__}", loc, kind="invalid_prompt"))
             continue
+        if not node_id:
+            # NOTE: an empty id would be replaced by a fresh one in the graph, and the links
+            # that name it could never be resolved.
+            errors.append(SchemaError(
+                "node id is empty; ComfyUI node ids are non-empty strings such as \"3\"",
+                loc, kind="invalid_prompt", help="give the node an id such as \"1\""))
+            continue
         meta = entry.get("_meta") if isinstance(entry.get("_meta"), dict) else {}
         title = meta.get("title") if isinstance(meta.get("title"), str) else None
         loc = SourceLoc(file=file, node_id=node_id, title=title)

@@ -1,11 +1,28 @@
-"""Property test: mutated corpus workflows never raise anything but WorkflowError."""
+"""Mutated workflows never raise anything but WorkflowError, and ``comfyc check`` never crashes.
+
+* Hypothesis properties over the corpus' API prompts and UI workflows (the converter and the
+  validator);
+* a seeded mutation loop over every corpus file (UI and API JSON: values replaced by values of
+  another shape, keys renamed or dropped, lists turned into objects) and over the DSL examples
+  (text cut, repeated, spliced with stray tokens), run through ``comfyc check``'s own
+  ``check_file`` in-process: each gives exit 0, 1 or 2, never an exception (issue #19, item 5);
+* a sample of the same mutations through the real ``comfyc check`` processes (exit codes, no
+  traceback), and ``comfyc check /dev/zero`` under a memory limit.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+import random
+import resource
+import subprocess
+import sys
+import traceback
+from pathlib import Path
 from typing import Any
 
+import pytest
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.errors import WorkflowError
 from comfyc.compiler.passes.validate import validate_graph
@@ -14,7 +31,7 @@ from comfyc.frontends.comfy_json.ui import ui_to_api
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, REPO
 
 API = [json.loads(p.read_text()) for p in sorted(CORPUS.glob("*.api.json"))]
 UI = [json.loads(p.read_text()) for p in sorted(CORPUS.glob("*.ui.json"))]
@@ -92,3 +109,156 @@ def test_mutated_ui_workflows_give_workflow_errors_only(data: st.DataObject) -> 
         validate_graph(graph, catalog)
     except WorkflowError as exc:
         assert exc.render()
+
+
+# ------------------------------------------------------------------ seeded loop over the corpus
+#: Values of every shape, swapped in for whatever a field held.
+_SHAPES: list[Any] = [
+    [1], {}, 5, -1, None, "", "x", 1e308, -1e308, True, False, [[]], [None], {"a": {}},
+    [1, 2, 3, 4, 5, 6], ["1", 0], 2**70, 0.5, "1", [{}], {"id": 1}, "a" * 300,
+]
+_KEYS = ["", "0", "1", "x:y", "9999", " ", "links", "nodes"]
+_TOKENS = ["(", ")", "=", '"', "\\", "{", "}", ":", "#", "\n", ",", "[", "]", "0x1", "1e999",
+           "nan", "-", "param", "output", "x", "9" * 30, "\t", "\u00e9", "\x00", ".", "@", "'",
+           "->", "KSampler", "seed", "steps=", "true", "None", '"""']
+#: Mutated files per form in the in-process loop (seeded: every run checks the same files).
+LOOP_CASES = 1000
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out += _paths(value, prefix + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            out += _paths(value, prefix + (index,))
+    return out
+
+
+def mutate_json(data: Any, rng: random.Random) -> Any:
+    """1-3 structural mutations at random places of a JSON document."""
+    data = copy.deepcopy(data)
+    for _ in range(rng.randint(1, 3)):
+        places = [p for p in _paths(data) if p]
+        if not places:
+            break
+        place = rng.choice(places)
+        parent: Any = data
+        for key in place[:-1]:
+            parent = parent[key]
+        key = place[-1]
+        roll = rng.random()
+        if roll < 0.15 and isinstance(parent, dict):
+            parent[rng.choice(_KEYS)] = parent.pop(key)
+        elif roll < 0.6:
+            parent[key] = copy.deepcopy(rng.choice(_SHAPES))
+        elif roll < 0.8:
+            del parent[key]
+        else:
+            value = parent[key]
+            if isinstance(value, list):
+                parent[key] = {str(i): v for i, v in enumerate(value)}
+            elif isinstance(value, dict):
+                parent[key] = list(value.values())
+            else:
+                parent[key] = [value]
+    return data
+
+
+def mutate_text(text: str, rng: random.Random) -> str:
+    """1-4 text edits: a span cut, a stray token, a span repeated, two lines swapped."""
+    for _ in range(rng.randint(1, 4)):
+        roll, size = rng.random(), len(text)
+        start = rng.randrange(size + 1)
+        end = min(size, start + rng.randint(1, 20))
+        if roll < 0.3:
+            text = text[:start] + text[end:]
+        elif roll < 0.6:
+            text = text[:start] + rng.choice(_TOKENS) + text[start:]
+        elif roll < 0.8:
+            text = text[:start] + text[start:end] + text[start:]
+        else:
+            lines = text.split("\n")
+            a, b = rng.randrange(len(lines)), rng.randrange(len(lines))
+            lines[a], lines[b] = lines[b], lines[a]
+            text = "\n".join(lines)
+    return text
+
+
+def _mutated_files(kind: str, count: int, folder: Path, seed: int) -> list[Path]:
+    """``count`` mutated files of one form (``ui``, ``api`` or ``dsl``) written to folder."""
+    rng = random.Random(f"{kind}-{seed}")
+    if kind == "dsl":
+        sources = sorted((REPO / "examples").glob("*.cfy"))
+        assert sources, "no DSL examples"
+    else:
+        sources = sorted(CORPUS.glob(f"*.{kind}.json"))
+        assert sources, f"no {kind} files in the corpus"
+    files = []
+    for index in range(count):
+        source = rng.choice(sources)
+        path = folder / f"{kind}-{index}{'.cfy' if kind == 'dsl' else '.json'}"
+        if kind == "dsl":
+            path.write_text(mutate_text(source.read_text(), rng))
+        else:
+            path.write_text(json.dumps(mutate_json(json.loads(source.read_text()), rng)))
+        files.append(path)
+    return files
+
+
+@pytest.mark.parametrize("kind", ["ui", "api", "dsl"])
+def test_check_survives_seeded_mutations(kind: str, tmp_path: Path) -> None:
+    """check_file (what `comfyc check` runs per file) gives 0/1/2 for every mutated file."""
+    from comfyc.cli.commands.check import check_file
+
+    catalog = default_catalog()
+    crashes: dict[str, str] = {}
+    codes: dict[int, int] = {}
+    for path in _mutated_files(kind, LOOP_CASES, tmp_path, seed=19):
+        try:
+            code, report = check_file(str(path), catalog)
+        except Exception as exc:  # noqa: BLE001 - every crash is collected and reported
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f"{type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}"
+            crashes.setdefault(where, f"{path.name}: {exc}")
+            continue
+        assert code in (0, 1, 2), (path.name, code)
+        if code:
+            assert report["errors"], path.name
+        codes[code] = codes.get(code, 0) + 1
+    assert not crashes, crashes
+    assert codes.get(1, 0) > LOOP_CASES // 4, codes  # The mutations do break workflows.
+
+
+def test_check_cli_exit_codes_on_a_sample(tmp_path: Path) -> None:
+    """The real `comfyc check` on a sample of each form: 0/1/2 per file, never a traceback."""
+    files = [p for kind in ("ui", "api", "dsl")
+             for p in _mutated_files(kind, 12, tmp_path, seed=23)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "comfyc.cli.main", "check", "--json", *map(str, files)],
+        check=False, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    reports = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["file"] for r in reports] == [str(p) for p in files]
+    codes = [r["exit_code"] for r in reports]
+    assert set(codes) <= {0, 1, 2} and proc.returncode == max(codes)
+    # One file at a time too: the process' exit status is the file's code.
+    for path in files[::9]:
+        one = subprocess.run([sys.executable, "-m", "comfyc.cli.main", "check", str(path)],
+                             check=False, capture_output=True, text=True, timeout=120)
+        assert one.returncode in (0, 1, 2) and "Traceback" not in one.stderr, one.stderr
+
+
+def _limit_memory() -> None:
+    limit = 1 << 30
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_check_dev_zero_is_refused_within_bounded_memory() -> None:
+    """`comfyc check /dev/zero` (no size, endless data) stops at the size limit: exit 2."""
+    proc = subprocess.run([sys.executable, "-m", "comfyc.cli.main", "check", "/dev/zero"],
+                          check=False, capture_output=True, text=True, timeout=120,
+                          preexec_fn=_limit_memory)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "limit" in proc.stderr and "Traceback" not in proc.stderr
