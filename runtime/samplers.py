@@ -22,8 +22,8 @@ Contract (what the caller provides and gets back):
 
 :func:`sample` follows ``comfy/samplers.py`` ``KSAMPLER.sample``; with a ``noise_mask`` every model
 call sees ``x * m + noise_scaling(sigma, noise, latent) * (1 - m)`` and returns ``x0 * m + latent
-* (1 - m)`` (``KSamplerX0Inpaint``). Sampler options (``eta``, ``s_noise``, ``order``, ...) come in a
-:class:`SamplerSpec`, built by the functions named after ComfyUI's sampler nodes
+* (1 - m)`` (``KSamplerX0Inpaint``). Sampler options (``eta``, ``s_noise``, ``order``, ...) come
+in a :class:`SamplerSpec`, built by the functions named after ComfyUI's sampler nodes
 (:func:`ksampler_select`, :func:`sampler_euler_ancestral`, ...).
 
 Stochastic samplers draw noise as ComfyUI does on a **CPU** sampling device:
@@ -71,7 +71,7 @@ import numpy as np
 
 from .model_sampling import ModelSampling, as_model_sampling
 from .noise import BrownianTreeNoise, TorchGenerator, prepare_noise
-from .schedules import SD1_SCHEDULE, DiscreteSchedule, _torch_linspace
+from .schedules import DiscreteSchedule, _torch_linspace
 
 __all__ = [
     "SAMPLER_NAMES",
@@ -1433,7 +1433,8 @@ def _er_sde(
                 if stage_used >= 3:
                     assert old_denoised_d is not None
                     integral_u = np.sum((pos - er_s) / scaled, dtype=_F) * step
-                    denoised_u = (denoised_d - old_denoised_d) / ((er_s - er_lambdas[i - 2]) / _F(2))
+                    span = (er_s - er_lambdas[i - 2]) / _F(2)
+                    denoised_u = (denoised_d - old_denoised_d) / span
                     x = x + alpha_t * ((dt * dt) / _F(2) + integral_u * scaler(er_t)) * denoised_u
                 old_denoised_d = denoised_d
             if s_noise > 0:
@@ -1724,7 +1725,8 @@ def _weighted_sum(arrays: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# UniPC (Zhao et al. 2023; comfy/extra_samplers/uni_pc.py: sample_unipc, multistep_uni_pc_bh_update).
+# UniPC (Zhao et al. 2023; comfy/extra_samplers/uni_pc.py sample_unipc and
+# multistep_uni_pc_bh_update).
 #
 # NOTE: ComfyUI runs UniPC in variance-preserving coordinates through ``SigmaConvert``, whose
 # float32 formulas lose precision at small sigma (e.g. the final 0.001: ``1 - exp(2 log a)``

@@ -412,7 +412,9 @@ def _ddim_uniform(schedule: DiscreteSchedule | ModelSampling, steps: int) -> np.
     return np.array(sigs[::-1], dtype=np.float32)
 
 
-def _normal(schedule: DiscreteSchedule | ModelSampling, steps: int, sgm: bool = False) -> np.ndarray:
+def _normal(
+    schedule: DiscreteSchedule | ModelSampling, steps: int, sgm: bool = False
+) -> np.ndarray:
     start = schedule.timestep(schedule.sigma_max)
     end = schedule.timestep(schedule.sigma_min)
     append_zero = True

@@ -1,7 +1,7 @@
 """Every sampler against ComfyUI's own sampling code (recorded; needs neither ComfyUI nor torch).
 
-``comfyui_samplers/recording.npz`` holds what ComfyUI (commit in ``meta["comfyui_commit"]``) computed
-for an analytic mixture denoiser (``comfyui_samplers/analytic.py``): every name of
+``comfyui_samplers/recording.npz`` holds what ComfyUI (commit in ``meta["comfyui_commit"]``)
+computed for an analytic mixture denoiser (``comfyui_samplers/analytic.py``): every name of
 ``SAMPLER_NAMES`` x every scheduler for an SD1 EPS model and an SD3 flow (CONST) model, Flux
 img2img, edge cases (1 step, denoise 0.01, KSamplerAdvanced one-step windows with and without
 leftover noise, add_noise off, cfg 1 for CFG++), inpainting masks, batches with ``batch_index``,

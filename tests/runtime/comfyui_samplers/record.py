@@ -223,9 +223,11 @@ class _Capture:
     sigmas: Any = None
 
 
-def _guided_sample(model, noise, positive, negative, cfg, device, sampler, sigmas,  # noqa: ANN001, ANN201, PLR0913
-                   model_options=None, latent_image=None, denoise_mask=None, callback=None,
-                   disable_pbar=False, seed=None):
+def _guided_sample(  # noqa: ANN201, PLR0913
+    model, noise, positive, negative, cfg, device, sampler, sigmas,  # noqa: ANN001
+    model_options=None, latent_image=None, denoise_mask=None, callback=None,  # noqa: ANN001
+    disable_pbar=False, seed=None,  # noqa: ANN001
+):
     """``comfy.samplers.sample`` without model management (see the module docstring)."""
     torch = C.torch
     _Capture.sigmas = sigmas.clone()
@@ -267,8 +269,6 @@ def _model_samplings() -> dict[str, _Patcher]:
     out["flux_768x512"] = nma.ModelSamplingFlux().patch(
         _Patcher(None, lf.Flux()), 1.15, 0.5, 768, 512
     )[0]
-    for patcher in out.values():
-        patcher.latent_format = patcher.latent_format
     return out
 
 
