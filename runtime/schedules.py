@@ -1,24 +1,40 @@
-"""Noise schedules (sigma tables and schedulers) as ComfyUI computes them, in numpy.
+"""Noise schedules (sigma tables, schedulers, custom-sampling sigma nodes) as ComfyUI computes
+them, in numpy.
 
-Contract: every function here returns float32 sigma arrays in ComfyUI's "k-diffusion" convention
-(noisy latent ``x = x0 + sigma * eps``), descending, usually ending in 0. They agree with
-ComfyUI's torch code to float32 rounding (a few ulp); they are not bit-identical because torch's
-float32 ``linspace``/``exp``/``pow`` round differently from numpy in the last bit on some inputs.
+Contract: every function here returns float32 sigma arrays, descending, usually ending in 0, in
+the model sampling's own sigma units (``x = x0 + sigma * eps`` for EPS/V models, sigma in (0, 1]
+for flow models). They agree with ComfyUI's torch code bit for bit on almost every input (the
+recorded comparison, tests/runtime/test_schedules_comfyui_recording.py, finds all but a few
+kl_optimal/VP/polyexponential values identical, those within 1 ulp): torch's float32 linspace
+is a fused multiply-add, emulated here in float64, and exp/pow/tan are evaluated in float64 and
+rounded, which matches torch's float32 kernels far more often than numpy's float32 ones do.
+Bit equality matters: SDE samplers seed their Brownian tree with the schedule's ends and query
+it at the sigmas rounded to 6 decimals.
 
-Sources (ComfyUI 0.8, ``comfy/model_sampling.py`` ``ModelSamplingDiscrete``, ``comfy/samplers.py``
+Sources (ComfyUI 0.29, commit 4f874c5e: ``comfy/model_sampling.py``, ``comfy/samplers.py``
 ``SCHEDULER_HANDLERS``, ``calculate_sigmas``, ``KSampler.calculate_sigmas`` / ``set_steps`` /
-``sample``; ``comfy/k_diffusion/sampling.py`` ``get_sigmas_karras`` / ``get_sigmas_exponential``).
+``sample``; ``comfy/k_diffusion/sampling.py`` ``get_sigmas_*``;
+``comfy_extras/nodes_custom_sampler.py`` and ``nodes_align_your_steps.py``).
 
-* :class:`DiscreteSchedule` is the SD1.x/SD2.x model table: betas
+* :class:`DiscreteSchedule` is the SD1.x/SD2.x/SDXL model table: betas
   ``linspace(sqrt(0.00085), sqrt(0.012), 1000)**2`` in float64, ``alphas_cumprod``, sigmas
-  ``sqrt((1 - a) / a)`` stored as float32; ``timestep`` is an argmin over log sigmas (integer
-  timesteps, like k-diffusion's ``quantize=True``), ``sigma`` a log-linear interpolation.
-* :func:`calculate_sigmas` runs one scheduler (names and order of ComfyUI's combo).
+  ``sqrt((1 - a) / a)`` stored as float32 (optionally rescaled to zero terminal SNR);
+  ``timestep`` is an argmin over log sigmas (integer timesteps, like k-diffusion's
+  ``quantize=True``), ``sigma`` a log-linear interpolation.
+* :func:`calculate_sigmas` runs one scheduler (names and order of ComfyUI's combo) on any model
+  sampling (:mod:`comfyc.runtime.model_sampling`; a :class:`DiscreteSchedule` or None means SD1
+  eps). One deliberate difference: ``kl_optimal`` with 1 step gives ``[sigma_max, 0]`` where
+  ComfyUI divides by zero and gives ``[nan, 0]``.
 * :func:`ksampler_sigmas` is the KSampler node's schedule: the ``denoise`` window and the samplers
   that drop the penultimate sigma. :func:`advanced_sigmas` applies KSamplerAdvanced's
   ``start_at_step`` / ``end_at_step`` / ``return_with_leftover_noise``.
+* The custom-sampling nodes: :func:`basic_scheduler`, :func:`karras_scheduler`,
+  :func:`exponential_scheduler`, :func:`polyexponential_scheduler`, :func:`vp_scheduler`,
+  :func:`laplace_scheduler`, :func:`sd_turbo_scheduler`, :func:`beta_sampling_scheduler`,
+  :func:`align_your_steps_scheduler`, :func:`split_sigmas`, :func:`split_sigmas_denoise`,
+  :func:`flip_sigmas`, :func:`set_first_sigma`, :func:`manual_sigmas` (ComfyUI's input names and
+  defaults).
 """
-
 from __future__ import annotations
 
 import math
