@@ -186,9 +186,53 @@ def mutate_text(text: str, rng: random.Random) -> str:
     return text
 
 
+def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
+    """1-4 byte edits: flipped bytes, a cut, a repeated span, a chunk length made huge."""
+    buffer = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        roll, size = rng.random(), len(buffer)
+        start = rng.randrange(size)
+        end = min(size, start + rng.randint(1, 64))
+        if roll < 0.4:
+            buffer[start] ^= 1 << rng.randrange(8)
+        elif roll < 0.6:
+            del buffer[start:end]
+        elif roll < 0.8:
+            buffer[start:start] = buffer[start:end]
+        else:
+            buffer[start:start + 4] = rng.choice([b"\xff\xff\xff\xff", b"\0\0\0\0",
+                                                  b"\x7f\xff\xff\xf0"])
+    return bytes(buffer)
+
+
+def _png_with_workflow(api: Path) -> bytes:
+    """A PNG as ComfyUI saves it: the API prompt and the UI workflow in tEXt chunks."""
+    import io
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("prompt", api.read_text())
+    ui = api.with_name(api.name.replace(".api.json", ".ui.json"))
+    if ui.is_file():
+        info.add_text("workflow", ui.read_text(), zip=True)
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
 def _mutated_files(kind: str, count: int, folder: Path, seed: int) -> list[Path]:
-    """``count`` mutated files of one form (``ui``, ``api`` or ``dsl``) written to folder."""
+    """``count`` mutated files of one form (``ui``, ``api``, ``dsl`` or ``png``) in folder."""
     rng = random.Random(f"{kind}-{seed}")
+    if kind == "png":
+        pictures = [_png_with_workflow(p) for p in sorted(CORPUS.glob("*.api.json"))[:6]]
+        files = []
+        for index in range(count):
+            path = folder / f"png-{index}.png"
+            path.write_bytes(mutate_bytes(rng.choice(pictures), rng))
+            files.append(path)
+        return files
     if kind == "dsl":
         sources = sorted((REPO / "examples").glob("*.cfy"))
         assert sources, "no DSL examples"
@@ -207,7 +251,7 @@ def _mutated_files(kind: str, count: int, folder: Path, seed: int) -> list[Path]
     return files
 
 
-@pytest.mark.parametrize("kind", ["ui", "api", "dsl"])
+@pytest.mark.parametrize("kind", ["ui", "api", "dsl", "png"])
 def test_check_survives_seeded_mutations(kind: str, tmp_path: Path) -> None:
     """check_file (what `comfyc check` runs per file) gives 0/1/2 for every mutated file."""
     from comfyc.cli.commands.check import check_file
@@ -228,12 +272,14 @@ def test_check_survives_seeded_mutations(kind: str, tmp_path: Path) -> None:
             assert report["errors"], path.name
         codes[code] = codes.get(code, 0) + 1
     assert not crashes, crashes
-    assert codes.get(1, 0) > LOOP_CASES // 4, codes  # The mutations do break workflows.
+    assert codes.get(0, 0) + codes.get(1, 0) + codes.get(2, 0) == LOOP_CASES
+    # The mutations do break workflows (a flipped PNG byte often leaves the text intact).
+    assert codes.get(1, 0) + codes.get(2, 0) > LOOP_CASES // 10, codes
 
 
 def test_check_cli_exit_codes_on_a_sample(tmp_path: Path) -> None:
     """The real `comfyc check` on a sample of each form: 0/1/2 per file, never a traceback."""
-    files = [p for kind in ("ui", "api", "dsl")
+    files = [p for kind in ("ui", "api", "dsl", "png")
              for p in _mutated_files(kind, 12, tmp_path, seed=23)]
     proc = subprocess.run(
         [sys.executable, "-m", "comfyc.cli.main", "check", "--json", *map(str, files)],
