@@ -13,21 +13,30 @@ folder are refused with an `ImageIOError` saying what was asked and how to fix i
 Saving (``nodes.SaveImage``, ``folder_paths.get_save_image_path``): one PNG per picture,
 pixels ``uint8(clip(255 * x))`` (truncation), named ``f"{name}_{counter:05}_.png"`` where
 ``counter`` is one more than the largest counter of the files already named ``{name}_...`` in
-that folder. The prefix may hold subfolders (confined to the output folder) and the server-side
-substitutions ``%width%``, ``%height%``, ``%year%``, ``%month%``, ``%day%``, ``%hour%``,
-``%minute%``, ``%second%`` and ``%batch_num%``. The workflow is stored in tEXt chunks: ``prompt``
-= ``json.dumps(prompt)`` and one chunk per key of ``extra_pnginfo`` (normally ``workflow``).
-Each file is written to a temporary name in its folder and renamed into place, so a crash never
-leaves a half-written PNG under the final name.
+that folder. The prefix may hold subfolders (confined to the output folder; ``\\`` separates
+folders too, so no saved name ever holds a backslash) and the server-side substitutions
+``%width%``, ``%height%``, ``%year%``, ``%month%``, ``%day%``, ``%hour%``, ``%minute%``,
+``%second%`` and ``%batch_num%``. The workflow is stored in tEXt chunks: ``prompt`` =
+``json.dumps(prompt)`` and one chunk per key of ``extra_pnginfo`` (normally ``workflow``).
+
+No output is ever overwritten, also when several runs (threads, ``comfyc run`` processes,
+server workers, Ray replicas on one disk) save into one folder at once: a save holds an
+exclusive lock on the output folder (``flock`` on the folder itself: no lock file appears)
+while it picks its counter and writes, and each file is written to a temporary name and
+*linked* to its final name, which fails instead of replacing a file that exists — the save then
+takes the next counter. So a crash never leaves a half-written PNG under the final name, and a
+folder where locks do not work (some network filesystems) still loses nothing.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -349,18 +358,20 @@ def _substitute(prefix: str, width: int, height: int, now: time.struct_time) -> 
     return prefix
 
 
-def _next_counter(folder: Path, filename: str, prefix: str) -> int:
+def _next_counter(folder: Path, filename: str) -> int:
     """1 + the largest counter of ``{filename}_<digits>...`` files in `folder` (1 if none).
 
-    NOTE: folder_paths.get_save_image_path.map_filename: the first ``len(basename(prefix)) + 1``
+    NOTE: folder_paths.get_save_image_path.map_filename: the first ``len(filename) + 1``
     characters must be ``filename + "_"``; the counter is the int before the next ``_`` (0 when
-    not a number).
+    not a number). ComfyUI measures ``basename(prefix)``, which is empty for a prefix ending in
+    ``/`` (``"sub/"`` saves as ``sub_00001_.png``): no file ever matched and every save got
+    counter 1. The name actually written is measured here.
     """
     try:
         entries = os.listdir(folder)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return 1
-    n = len(os.path.basename(prefix))
+    n = len(filename)
     best = 0
     for entry in entries:
         head = entry[: n + 1]
@@ -396,25 +407,50 @@ def save_image_path(
     """
     original = filename_prefix
     base = Path(output_dir).expanduser()
+    if not isinstance(filename_prefix, str):
+        raise ImageIOError(f"filename_prefix {original!r} is a {type(original).__name__}; "
+                           "expected text such as 'ComfyUI'", str(original), base)
     if "\0" in filename_prefix:
         raise ImageIOError(f"filename_prefix {original!r} contains a NUL character", original, base)
     if "%" in filename_prefix:
         filename_prefix = _substitute(filename_prefix, image_width, image_height, time.localtime())
+    # NOTE: a backslash separates folders as on Windows (and as the server's /view reads
+    # names); kept literally, it made a file name that /view could never serve.
+    filename_prefix = filename_prefix.replace("\\", "/")
     normalized = os.path.normpath(filename_prefix)
     subfolder = os.path.dirname(normalized)
     filename = os.path.basename(normalized)
     root = base.resolve()
     folder = root / subfolder
-    if os.path.isabs(filename_prefix) or not is_inside(folder.resolve(), root):
+    parts = normalized.split("/")
+    if normalized == ".":
+        raise ImageIOError(f"filename_prefix {original!r} names no file; use a prefix such as "
+                           "'ComfyUI' or 'sub/ComfyUI'", original, base)
+    if os.path.isabs(filename_prefix) or ".." in parts or not is_inside(folder.resolve(), root):
+        # NOTE: the message names no folder: the output folder's location is the operator's
+        # business, and a server passes this message to its clients.
         raise ImageIOError(
-            f"filename_prefix {original!r} would save to {str(folder.resolve())!r}, outside "
-            f"the output folder {str(root)!r}; saving outside it is not allowed. Use a prefix "
-            "relative to the output folder, such as 'ComfyUI' or 'sub/ComfyUI'",
+            f"filename_prefix {original!r} would save outside the output folder; saving "
+            "outside it is not allowed. Use a prefix relative to the output folder, such as "
+            "'ComfyUI' or 'sub/ComfyUI'",
             original, root,
         )
-    counter = _next_counter(folder, filename, filename_prefix)
-    folder.mkdir(parents=True, exist_ok=True)
+    hidden = [part for part in parts if part.startswith(".")]
+    if hidden:
+        # NOTE: a name starting with "." is hidden: servers do not serve such files (they are
+        # temporaries and locks), so an output saved under one could never be fetched.
+        raise ImageIOError(
+            f"filename_prefix {original!r} names a hidden file or folder ({hidden[0]!r} "
+            "starts with '.'); use a prefix such as 'ComfyUI' or 'sub/ComfyUI'", original, base)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ImageIOError(
+            f"filename_prefix {original!r} names the folder {subfolder!r}, but a file of that "
+            "name is in the output folder; choose another prefix", original, root) from None
+    counter = _next_counter(folder, filename)
     return folder, filename, counter, subfolder, filename_prefix
+
 
 
 def _to_pil(picture: np.ndarray) -> Image.Image:
@@ -445,18 +481,78 @@ def _metadata(prompt: Any, extra_pnginfo: Mapping[str, Any] | None) -> PngInfo:
     return info
 
 
-def _write_atomic(picture: Image.Image, path: Path, info: PngInfo, compress_level: int) -> None:
-    """Writes a PNG to a temporary file in the same folder, then renames it to `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=".comfyc-", suffix=".png.tmp", dir=path.parent)
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (``flock`` on the directory itself) while a save picks
+    its counter and writes; other processes and threads saving into it wait.
+
+    Where the lock is unavailable (no ``fcntl``, a filesystem that refuses it) saves go ahead
+    unlocked: :func:`_publish` still never replaces a file, it only costs retries.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    try:
+        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(handle)  # Closing the descriptor releases the lock.
+
+
+def _publish(tmp: str, path: Path) -> bool:
+    """Give the finished temporary file its final name unless that name exists.
+
+    Returns False when ``path`` exists (the caller takes the next counter). A hard link is
+    atomic and fails on an existing name; where links are not supported the name is claimed
+    with ``O_EXCL`` first and the file renamed over the claim.
+    """
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV,
+                             errno.EMLINK, errno.ENOSYS):
+            raise
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return False
+        os.replace(tmp, path)
+        return True
+    os.unlink(tmp)
+    return True
+
+
+def _write_new(picture: Image.Image, folder: Path, name: Callable[[int], str], counter: int,
+               info: PngInfo, compress_level: int) -> tuple[str, int]:
+    """Writes a PNG under ``name(counter)``, or the next free counter; returns (name, counter).
+
+    The PNG is written to a temporary file in the folder first, so no half-written file ever
+    appears under a final name.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=".comfyc-", suffix=".png.tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
             picture.save(handle, format="PNG", pnginfo=info, compress_level=compress_level)
-        # NOTE: no fsync: the rename already guarantees that no half-written file ever appears
+        # NOTE: no fsync: the link already guarantees that no half-written file ever appears
         # under the final name, and an fsync per image costs more than a tiny model's whole
         # sampling step on some disks (ComfyUI does not fsync either).
         # NOTE: mkstemp creates 0600 files; saved pictures should be readable like any other.
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        while not _publish(tmp, folder / name(counter)):
+            counter += 1
+        return name(counter), counter
     except BaseException:
         try:
             os.unlink(tmp)
@@ -477,16 +573,21 @@ def _save(
     batch = as_image(images, "images")
     if batch.shape[0] == 0:
         return []
-    # NOTE: SaveImage passes images[0].shape[1] (width) and shape[0] (height).
-    folder, filename, counter, subfolder, _ = save_image_path(
-        filename_prefix, base_dir, batch.shape[2], batch.shape[1])
     info = _metadata(prompt, extra_pnginfo)
+    root = Path(base_dir).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
     results: list[SaveResult] = []
-    for batch_number, picture in enumerate(batch):
-        file = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
-        _write_atomic(_to_pil(picture), folder / file, info, compress_level)
-        results.append({"filename": file, "subfolder": subfolder, "type": kind})
-        counter += 1
+    with _folder_lock(root):
+        # NOTE: SaveImage passes images[0].shape[1] (width) and shape[0] (height).
+        folder, filename, counter, subfolder, _ = save_image_path(
+            filename_prefix, root, batch.shape[2], batch.shape[1])
+        for batch_number, picture in enumerate(batch):
+            stem = filename.replace("%batch_num%", str(batch_number))
+            file, counter = _write_new(_to_pil(picture), folder,
+                                       lambda c, stem=stem: f"{stem}_{c:05}_.png", counter,
+                                       info, compress_level)
+            results.append({"filename": file, "subfolder": subfolder, "type": kind})
+            counter += 1
     return results
 
 
