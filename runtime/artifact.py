@@ -26,16 +26,25 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import BackendError, Stage
-from .program import Op, ParamSpec, Program
 from .errors import Error
+from .manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    STAGE_KINDS,
+    Manifest,
+    ManifestError,
+    StageEntry,
+    manifest_hash,
+)
+from .program import Op, ParamSpec, Program
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "load", "read_manifest", "file_sha256",
            "decode_constants", "STAGE_KINDS", "BACKENDS", "parse_backend_spec", "make_stage",
-           "manifest_hash", "write_manifest", "stage_entries", "backend_unavailable_reason"]
+           "manifest_hash", "write_manifest", "stage_entries", "backend_unavailable_reason",
+           "Manifest", "StageEntry"]
 
-FORMAT = "comfyc-artifact"
-FORMAT_VERSION = 1
-STAGE_KINDS = ("unet", "text_encoder", "vae_decoder", "vae_encoder")
+#: Manifests larger than this are refused before parsing (a real one is well under 1 MB).
+_MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 
 
 class ArtifactError(Error, ValueError):
@@ -51,51 +60,59 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+def read_manifest(path: str | Path, *, verify: bool = True) -> Manifest:
     """Read and check an artifact's manifest (and, with ``verify``, every file's hash).
 
     Raises:
-        ArtifactError: Not an artifact, an unknown format version, a missing or changed file.
+        ArtifactError: Not an artifact, an unknown format version, a malformed field, a path
+            outside the artifact, a missing hash, or a missing or changed file.
     """
     root = Path(path)
     manifest_path = root / "manifest.json"
     if not root.is_dir():
         raise ArtifactError(f"{root}: not an artifact directory (compile one with "
                             f"`comfyc compile WORKFLOW -o {root.name}`)")
+    if not manifest_path.is_file():
+        workflows = [p.name for p in sorted(root.iterdir())
+                     if p.suffix in (".cfy", ".json", ".png")][:3] if root.is_dir() else []
+        hint = (f"; it holds workflows ({', '.join(workflows)}): run one of those, or "
+                f"compile it first" if workflows else "; compile it again")
+        raise ArtifactError(f"{root}: not a compiled artifact (manifest.json is missing){hint}")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{root}: manifest.json is missing; this is not a complete "
-                            f"artifact — compile it again") from None
+        if manifest_path.stat().st_size > _MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{manifest_path}: manifest is larger than "
+                                f"{_MAX_MANIFEST_BYTES >> 20} MiB; it is not a comfyc manifest")
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{manifest_path}: manifest is not valid JSON ({exc}); the "
                             f"artifact is damaged — compile it again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{manifest_path}: not a comfyc artifact manifest")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    except RecursionError:
+        raise ArtifactError(f"{manifest_path}: manifest is nested too deeply; the artifact is "
+                            f"damaged — compile it again") from None
+    except OSError as exc:
+        raise ArtifactError(f"{manifest_path}: cannot read the manifest: {exc.strerror}"
+                            ) from None
+    try:
+        manifest = Manifest.from_json(data, str(manifest_path))
+    except ManifestError as exc:
+        raise ArtifactError(f"{root}: {exc}") from None
+    if data.get("manifest_hash") is None:
+        raise ArtifactError(f"{manifest_path} has no manifest_hash; the manifest was edited "
+                            f"or damaged — compile the workflow again")
+    if manifest_hash(data) != data["manifest_hash"]:
         raise ArtifactError(
-            f"{root}: artifact format version {version!r} is not supported by this runtime "
-            f"(it reads version {FORMAT_VERSION}); recompile the workflow with this comfyc, or "
-            f"install the comfyc version that made it ({manifest.get('comfyc_version')})")
+            f"{manifest_path} was edited after compilation (hash mismatch); recompile the "
+            f"workflow instead of editing the manifest")
     if verify:
         _verify_files(root, manifest)
     return manifest
 
 
-def _verify_files(root: Path, manifest: dict[str, Any]) -> None:
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise ArtifactError(f"{root}: manifest lists no files")
-    expected_hash = manifest.get("manifest_hash")
-    if expected_hash is not None:
-        if manifest_hash(manifest) != expected_hash:
-            raise ArtifactError(
-                f"{root}/manifest.json was edited after compilation (hash mismatch); "
-                f"recompile the workflow instead of editing the manifest")
-    for rel, digest in files.items():
+def _verify_files(root: Path, manifest: Manifest) -> None:
+    base = root.resolve()
+    for rel, digest in manifest.files.items():
         target = (root / rel).resolve()
-        if root.resolve() not in target.parents:
+        if base not in target.parents:
             raise ArtifactError(f"{root}: manifest names a file outside the artifact: {rel}")
         if not target.is_file():
             raise ArtifactError(f"{root}: file {rel} is missing; the artifact is incomplete — "
@@ -107,46 +124,37 @@ def _verify_files(root: Path, manifest: dict[str, Any]) -> None:
                 f"changed); compile the artifact again")
 
 
-def manifest_hash(manifest: Mapping[str, Any]) -> str:
-    """The SHA-256 recorded as ``manifest_hash``: of the manifest without that key."""
-    body = {k: v for k, v in manifest.items() if k != "manifest_hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
+def write_manifest(root: str | Path, manifest: Manifest) -> None:
     """Rewrite an artifact's manifest atomically (temporary file + rename), rehashed.
 
     Used by ``comfyc tune``: a reader sees the old manifest or the new one, never half.
     """
     from .files import atomic_write
 
-    manifest = dict(manifest)
-    manifest["manifest_hash"] = manifest_hash(manifest)
-    root = Path(root)
-    atomic_write(root / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write(Path(root) / "manifest.json", json.dumps(manifest.to_json(), indent=1))
 
 
-def stage_entries(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def stage_entries(manifest: Manifest) -> dict[str, StageEntry]:
     """Every runnable stage entry by its plan name (CLIP layers flattened, unused left out)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, entry in (manifest.get("stages") or {}).items():
-        if entry.get("kind") == "text_encoder_layers":
-            for layer, sub in (entry.get("layers") or {}).items():
-                out[sub.get("name", f"{name}_L{layer}")] = sub
-        elif not entry.get("unused"):
-            out[name] = entry
-    return out
+    return manifest.stage_entries()
 
 
-def decode_constants(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def decode_constants(root: Path, manifest: Manifest) -> dict[str, Any]:
     """Rebuild the constants table (arrays and conditioning lists) from safetensors."""
-    spec = manifest.get("constants") or {}
-    entries = spec.get("entries") or {}
+    entries = manifest.constants.entries
     if not entries:
         return {}
     from safetensors.numpy import load_file
 
-    tensors = load_file(str(root / spec["file"]))
+    tensors = load_file(str(root / manifest.constants.file))
+    try:
+        return _decode_entries(entries, tensors)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"{root}: manifest constants are malformed ({type(exc).__name__}: "
+                            f"{exc}); compile the artifact again") from None
+
+
+def _decode_entries(entries: Mapping[str, Any], tensors: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, entry in entries.items():
         kind = entry.get("type")
@@ -211,8 +219,7 @@ def _parse_backend(backend: str | Mapping[str, str] | None, stage: str, kind: st
     return spec.get(stage) or spec.get(kind) or spec.get("*") or planned
 
 
-def _check_backend_keys(backend: str | Mapping[str, str] | None,
-                        manifest: Mapping[str, Any]) -> None:
+def _check_backend_keys(backend: str | Mapping[str, str] | None, manifest: Manifest) -> None:
     """Fail when a per-stage map names a stage or kind this artifact does not have."""
     spec = parse_backend_spec(backend)
     if not isinstance(spec, dict):
@@ -279,11 +286,11 @@ def _is_torch(backend: str) -> bool:
     return backend in ("torch", "torch-compile", "torch-cuda", "torch-compile-cuda")
 
 
-def _make_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
+def _make_stage(root: Path, name: str, entry: StageEntry, backend: str,
                 options: Mapping[str, Any]) -> Any:
     """The stage for a manifest entry; a :class:`~comfyc.runtime.lora.RuntimeLoraStage`
     when the entry has runtime-mode LoRAs (its sessions are made when strengths are known)."""
-    lora = entry.get("lora")
+    lora = entry.lora
     if not lora:
         return _make_base_stage(root, name, entry, backend, options)
     from .lora import RuntimeLoraStage
@@ -300,33 +307,33 @@ def _make_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
     def create(overrides: dict[str, Any]) -> Stage:
         return _make_base_stage(root, name, entry, backend, options, overrides)
 
-    return RuntimeLoraStage.from_index(root, name, entry["kind"], lora, create,
+    return RuntimeLoraStage.from_index(root, name, entry.kind, lora, create,
                                        source="torch" if torch_backend else "onnx",
-                                       info=dict(entry.get("info") or {}))
+                                       info=dict(entry.info))
 
 
-def _check_stage_source(name: str, entry: dict[str, Any], backend: str) -> None:
+def _check_stage_source(name: str, entry: StageEntry, backend: str) -> None:
     """Fail unless the artifact stored this stage for ``backend``."""
-    if _is_torch(backend) and not entry.get("torch"):
+    if _is_torch(backend) and not entry.torch:
         raise BackendError(f"stage {name} was not stored for the torch backend; compile "
                            f"with --backend {name}=torch to run it on PyTorch")
-    if backend.startswith("ort") and not entry.get("file"):
+    if backend.startswith("ort") and not entry.file:
         raise BackendError(f"stage {name} has no ONNX file (it was compiled for "
-                           f"{entry.get('backend')}); run it with --backend {name}=torch")
+                           f"{entry.backend}); run it with --backend {name}=torch")
 
 
-def _make_base_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
+def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
                      options: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
                      ) -> Stage:
     """The stage of a manifest entry, with ``overrides`` (merged LoRA weights) replacing
     stored weights by name."""
-    kind = entry["kind"]
-    info = dict(entry.get("info") or {})
+    kind = entry.kind
+    info = dict(entry.info)
     _check_stage_source(name, entry, backend)
     if _is_torch(backend):
         from .backends.torch_artifact import load_torch_stage
 
-        stage = load_torch_stage(root / entry["torch"], name, kind, info,
+        stage = load_torch_stage(root / str(entry.torch), name, kind, info,
                                  compile="compile" in backend,
                                  device="cuda" if backend.endswith("-cuda") else "cpu")
         if overrides:
@@ -339,7 +346,7 @@ def _make_base_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
                    "vae_decoder": ort.OrtVaeDecoder, "vae_encoder": ort.OrtVaeEncoder}
         ort_options = {key: value for key, value in options.items() if key in _ORT_OPTIONS}
         precision = ort_options.pop("precision", None)
-        if entry.get("optimized"):
+        if entry.optimized:
             # Already optimised offline (EXTENDED level, portable): don't redo that work.
             ort_options.setdefault("optimization_level", "extended")
         if overrides:
@@ -366,21 +373,21 @@ def _make_base_stage(root: Path, name: str, entry: dict[str, Any], backend: str,
                        f"{', '.join(BACKENDS)} or ort-<provider>")
 
 
-def _stage_file(entry: Mapping[str, Any], backend: str, precision: str | None) -> str:
+def _stage_file(entry: StageEntry, backend: str, precision: str | None) -> str:
     """The ONNX file a backend runs: an fp16 variant on GPU providers when the artifact has
     one (``comfyc compile --gpu-fp16``) unless ``precision="fp32"``; ``precision="fp16"``
     insists on it."""
-    variant = (entry.get("variants") or {}).get("fp16")
+    variant = entry.variants.get("fp16")
     on_gpu = backend not in ("ort", "ort-cpu")
     if precision == "fp16" and not variant:
-        raise BackendError(f"precision fp16 was asked for, but stage file {entry['file']} has "
+        raise BackendError(f"precision fp16 was asked for, but stage file {entry.file} has "
                            f"no fp16 variant; compile with --gpu-fp16 (or --fp16)")
     if variant and (precision == "fp16" or (precision is None and on_gpu)):
         return str(variant)
-    return str(entry["file"])
+    return str(entry.file)
 
 
-def _tensorrt_ep(root: Path, providers: list[str], entry: Mapping[str, Any]) -> list[Any]:
+def _tensorrt_ep(root: Path, providers: list[str], entry: StageEntry) -> list[Any]:
     """onnxruntime's TensorRT EP with its engine and timing caches in ``root/cache/ort-trt``
     (engines are keyed by onnxruntime itself: model hash, GPU, TensorRT version)."""
     from .backends import ort
@@ -389,14 +396,14 @@ def _tensorrt_ep(root: Path, providers: list[str], entry: Mapping[str, Any]) -> 
         return providers  # OrtSession names what is missing.
     cache = root / "cache" / "ort-trt"
     cache.mkdir(parents=True, exist_ok=True)
-    fp16 = "float16" in str((entry.get("facts") or {}).get("weights_dtype", ""))
+    fp16 = "float16" in str(entry.facts.get("weights_dtype", ""))
     options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
                "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
                "trt_fp16_enable": "True" if fp16 else "False"}
     return [("TensorrtExecutionProvider", options), *providers[1:]]
 
 
-def make_stage(root: str | Path, name: str, entry: dict[str, Any], backend: str,
+def make_stage(root: str | Path, name: str, entry: StageEntry, backend: str,
                **options: Any) -> Any:
     """One stage of an artifact on ``backend`` (what :func:`load` makes for each entry);
     the autotuner measures stages made this way.
@@ -444,27 +451,27 @@ def load(path: str | Path, backend: str | Mapping[str, str] | None = None, *,
     root = Path(path)
     manifest = read_manifest(root, verify=verify)
     _check_backend_keys(backend, manifest)
-    plan = manifest.get("plan") or {}
+    plan = manifest.plan
     stages: dict[str, Any] = {}
-    for name, entry in (manifest.get("stages") or {}).items():
-        kind = entry.get("kind")
+    for name, entry in manifest.stages.items():
+        kind = entry.kind
         if kind == "text_encoder_layers":
             layers = {}
-            for layer, sub in (entry.get("layers") or {}).items():
-                sub_name = sub.get("name", f"{name}_L{layer}")
+            for layer, sub in entry.layers.items():
+                sub_name = sub.name or f"{name}_L{layer}"
                 chosen = _parse_backend(backend, sub_name, "text_encoder",
                                         plan.get(sub_name, "ort-cpu"))
                 layers[int(layer)] = _make_stage(root, sub_name, sub, chosen, stage_options)
             stages[name] = layers
             continue
-        if entry.get("unused"):
+        if entry.unused:
             stages[name] = None
             continue
         chosen = _parse_backend(backend, name, kind, plan.get(name, "ort-cpu"))
         stages[name] = _make_stage(root, name, entry, chosen, stage_options)
-    params = {p["name"]: ParamSpec.from_json(p) for p in manifest.get("params", [])}
-    ops = [Op.from_json(op) for op in manifest["program"]["ops"]]
-    meta = dict(manifest.get("run_meta") or {})
+    params = {p["name"]: ParamSpec.from_json(p) for p in manifest.params}
+    ops = [Op.from_json(op) for op in manifest.ops]
+    meta = manifest.run_meta.to_json()
     meta["artifact"] = str(root)
     vocab = root / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
     if vocab.is_file():

@@ -269,8 +269,9 @@ class Program:
                     prompt[node_id]["inputs"][input_name] = params[name]
         return prompt
 
-    def run(self, params: Mapping[str, Any] | None = None, *, output_dir: str | Path = "output",
-            input_dir: str | Path = "input", save: bool = True,
+    def run(self, params: Mapping[str, Any] | None = None, *,
+            output_dir: str | Path | None = None, input_dir: str | Path = "input",
+            save: bool = True,
             progress: Callable[[str, int, int], None] | None = None,
             on_op: Callable[[Op, RunContext], None] | None = None,
             preview: Callable[[np.ndarray], None] | None = None) -> RunResult:
@@ -278,9 +279,10 @@ class Program:
 
         Args:
             params: Values for runtime params (defaults fill the rest).
-            output_dir: Where SaveImage writes.
+            output_dir: Where SaveImage / PreviewImage write; None (the default) writes no
+                file — the images are in the result either way.
             input_dir: Where LoadImage reads.
-            save: Write output files (False: only return images).
+            save: Write output files when ``output_dir`` is given (False: never).
             progress: ``progress(label, step, total)`` for sampling steps.
             on_op: ``on_op(op, ctx)`` before each op (the server's ``executing`` messages;
                 an exception it raises stops the run, unwrapped).
@@ -299,8 +301,10 @@ class Program:
             raise ProgramError(f"this runtime cannot run the op(s) {', '.join(missing)}; "
                                f"the artifact needs a newer comfyc")
         self.timer.reset()
-        ctx = RunContext(Path(output_dir), Path(input_dir), self.timer, progress,
-                         self.executed_prompt(resolved), self.meta.get("extra_pnginfo"), save,
+        writes = save and output_dir is not None
+        ctx = RunContext(Path(output_dir) if output_dir is not None else Path("."),
+                         Path(input_dir), self.timer, progress,
+                         self.executed_prompt(resolved), self.meta.get("extra_pnginfo"), writes,
                          self.meta.get("vocab_path"), preview=preview)
         values: dict[tuple[str, int], Any] = {}
         started = time.perf_counter()

@@ -129,13 +129,11 @@ class _Served:
 
         manifest = read_manifest(path, verify=False)
         self.path = path
-        meta = manifest.get("run_meta") or {}
-        self.uses = {(n, i) for uses in (meta.get("param_uses") or {}).values() for n, i in uses}
-        source = (manifest.get("source") or {}).get("prompt")
-        program_prompt = meta.get("prompt") or {}
-        folded = any(n.get("class_type") == "FoldedConditioning"
-                     for n in program_prompt.values())
-        self.reference: dict[str, Any] | None = source or (None if folded else program_prompt)
+        self.uses = {(n, i) for uses in manifest.run_meta.param_uses.values() for n, i in uses}
+        # The workflow it answers: the source prompt (params at their defaults) that runs
+        # embed in their images.
+        self.reference: dict[str, Any] | None = (manifest.source.prompt
+                                                 or manifest.run_meta.prompt)
 
     def matches(self, prompt: dict[str, Any]) -> bool:
         ref = self.reference

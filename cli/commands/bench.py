@@ -130,7 +130,7 @@ def _worker(spec_path: str) -> int:
                     per_stage.setdefault(name, []).append(list(calls))
             _progress(spec, f"run {index + 1}/{spec['warmup'] + spec['runs']}"
                       f"{' (warm-up)' if index < spec['warmup'] else ''}: {elapsed * 1000:.0f} ms")
-        kinds = {name: entry["kind"] for name, entry in
+        kinds = {name: entry.kind for name, entry in
                  stage_entries(read_manifest(spec["artifact"], verify=False)).items()}
         result["first_run_s"] = first
         result["per_image"] = _stats([t * 1000 for t in totals])
@@ -335,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
                     f"workflow file, which stores them")
             artifacts["fp32"] = {"path": str(source), "compile_s": None,
                                  **_artifact_bytes(source)}
-            origin = (manifest.get("source") or {}).get("file")
+            origin = manifest.source.file
             for precision in precisions:
                 if precision == "fp32":
                     continue

@@ -141,19 +141,18 @@ def run(args: argparse.Namespace) -> int:
                   f"`comfyc build-engines {report.path}` after fixing this)", file=sys.stderr)
             return EXIT_INVALID
     from comfyc.compiler.passes.base import describe_summary
-    from comfyc.runtime.artifact import stage_entries
+    from comfyc.runtime.manifest import Manifest
 
-    stages = stage_entries({"stages": report.stages})
+    stages = Manifest("", stages=report.stages).stage_entries()
     print(f"{report.path}: {describe_summary(report.stats)}; {len(stages)} "
           f"stage{'s' if len(stages) != 1 else ''} ({', '.join(stages) or 'none'}), "
           f"{report.size_bytes / 1e6:.2f} MB, {report.seconds:.1f} s")
     if backend == "auto":
-        import json
+        from comfyc.runtime.artifact import read_manifest
 
         from .tune import print_autotune
 
-        manifest = json.loads((Path(report.path) / "manifest.json").read_text())
-        print_autotune(manifest["autotune"])
+        print_autotune(read_manifest(report.path, verify=False).autotune or {})
     return EXIT_OK
 
 

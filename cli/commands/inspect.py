@@ -50,20 +50,16 @@ def inspect_artifact(path: Path) -> dict[str, Any]:
 
     manifest = read_manifest(path, verify=False)
     stages = {}
-    for name, entry in manifest.get("stages", {}).items():
-        if entry.get("kind") == "text_encoder_layers":
-            for layer, sub in entry.get("layers", {}).items():
-                stages[sub.get("name", name)] = {"kind": "text_encoder", "layer": int(layer),
-                                                 "backend": sub.get("backend")}
-        elif not entry.get("unused"):
-            stages[name] = {"kind": entry["kind"], "backend": entry.get("backend"),
-                            "shapes": entry.get("shapes"), "file": entry.get("file")}
+    for name, entry in manifest.stage_entries().items():
+        stages[name] = {"kind": entry.kind, "backend": entry.backend, "shapes": entry.shapes,
+                        "file": entry.file}
+        if "layer" in entry.info:
+            stages[name]["layer"] = entry.info["layer"]
     return {
-        "artifact": str(path), "comfyc_version": manifest.get("comfyc_version"),
-        "source": manifest.get("source", {}).get("file"), "params": manifest.get("params"),
-        "stages": stages, "plan": manifest.get("plan"), "stats": manifest.get("stats"),
-        "ops": [op["op"] for op in manifest["program"]["ops"]],
-        "tuning": manifest.get("tuning"),
+        "artifact": str(path), "comfyc_version": manifest.comfyc_version,
+        "source": manifest.source.file, "params": manifest.params,
+        "stages": stages, "plan": manifest.plan, "stats": manifest.stats,
+        "changes": manifest.changes, "ops": [op["op"] for op in manifest.ops],
     }
 
 

@@ -113,10 +113,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"comfyc tune: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.json:
-        print(json.dumps(tuned["autotune"], indent=2))
+        print(json.dumps(tuned.autotune, indent=2))
     else:
-        print_autotune(tuned["autotune"])
+        print_autotune(tuned.autotune or {})
         if not args.dry_run:
             print(f"plan written to {args.artifact}/manifest.json: "
-                  + ", ".join(f"{k}={v}" for k, v in tuned["plan"].items()))
+                  + ", ".join(f"{k}={v}" for k, v in tuned.plan.items()))
     return EXIT_OK

@@ -113,7 +113,7 @@ def artifact_view(path: str | Path, catalog: Any = None, *, source: Any = None) 
         manifest = read_manifest(path, verify=False)
     except ArtifactError as exc:
         raise InputFileError(str(exc), SourceLoc(file=str(path))) from None
-    optimized = manifest.get("optimized")
+    optimized = manifest.optimized
     if not isinstance(optimized, str):
         raise InputFileError("manifest.json has no optimized graph; this artifact is from an "
                              "older comfyc — compile it again", SourceLoc(file=where))
@@ -126,7 +126,7 @@ def artifact_view(path: str | Path, catalog: Any = None, *, source: Any = None) 
                             path=str(path), found_from=found_from)
 
 
-def _artifact_source(manifest: dict[str, Any], root: Path, catalog: Any) -> tuple[Any, str]:
+def _artifact_source(manifest: Any, root: Path, catalog: Any) -> tuple[Any, str]:
     """The workflow an artifact was compiled from, and where it was found."""
     import hashlib
 
@@ -134,16 +134,16 @@ def _artifact_source(manifest: dict[str, Any], root: Path, catalog: Any) -> tupl
     from comfyc.frontends.comfy_json.api import graph_from_api
     from comfyc.frontends.load import load_text, load_workflow
 
-    source = manifest.get("source") or {}
-    name = str(source.get("file") or "source")
+    source = manifest.source
+    name = source.file or "source"
     try:
-        if isinstance(source.get("text"), str) and source["text"].strip():
-            return load_text(source["text"], name, catalog), "stored in the manifest"
-        if isinstance(source.get("prompt"), dict):
-            return graph_from_api(source["prompt"], catalog, name), "the manifest"
+        if source.text and source.text.strip():
+            return load_text(source.text, name, catalog), "stored in the manifest"
+        if source.prompt is not None:
+            return graph_from_api(source.prompt, catalog, name), "the manifest"
     except WorkflowError:
         pass
-    if not source.get("file"):
+    if not source.file:
         return None, ""
     for candidate in (Path(name), root.parent / name):
         if not candidate.is_file():
@@ -153,7 +153,7 @@ def _artifact_source(manifest: dict[str, Any], root: Path, catalog: Any) -> tupl
         except WorkflowError:
             continue
         text = graph.source.text or ""
-        if hashlib.sha256(text.encode()).hexdigest() == source.get("sha256"):
+        if hashlib.sha256(text.encode()).hexdigest() == source.sha256:
             return graph, str(candidate)
     return None, ""
 

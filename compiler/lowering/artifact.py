@@ -30,6 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from comfyc.runtime.manifest import (
+    ConstantsIndex,
+    Manifest,
+    RunMeta,
+    SourceRecord,
+    StageEntry,
+)
+
 from ..catalog import Catalog, default_catalog
 from ..errors import ExportError
 from ..ir.core import Graph
@@ -91,7 +99,7 @@ class CompileReport:
 
     path: Path
     stats: dict[str, Any]
-    stages: dict[str, Any]
+    stages: dict[str, StageEntry]
     seconds: float
     size_bytes: int
 
@@ -302,7 +310,7 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
             from safetensors.numpy import save_file
 
             save_file(tensors, str(tmp / "constants.safetensors"))
-        needs_tokenizer = any(e.get("kind") == "text_encoder_layers" and e.get("layers")
+        needs_tokenizer = any(e.kind == "text_encoder_layers" and e.layers
                               for e in stages_manifest.values())
         if needs_tokenizer:
             from comfyc.runtime.tokenizer import DEFAULT_VOCAB_PATH
@@ -312,49 +320,42 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
         stats: dict[str, Any] = dict(context.changes.summary())
         stats["nodes_before"] = nodes_before
         stats["nodes_after"] = len(graph.nodes)
-        manifest: dict[str, Any] = {
-            "format": "comfyc-artifact",
-            "format_version": 1,
-            "comfyc_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "source": {
-                "file": str(graph.source.file or ""),
-                "kind": graph.source.kind,
-                "sha256": hashlib.sha256(str(graph.source.text or "").encode()).hexdigest(),
-                "prompt": source_prompt,
-                # The workflow as written (for `comfyc viz`'s before view); not for huge files.
-                "text": _source_text(graph),
-            },
-            "params": [p.to_json() for p in program.params.values()],
-            "outputs": [op.id for op in program.ops
-                        if (schema := catalog.get(op.op)) is not None and schema.output_node],
-            "program": {"ops": [op.to_json() for op in program.ops]},
-            "stages": stages_manifest,
-            "plan": plan,
-            "constants": {"file": "constants.safetensors", "entries": entries},
-            "run_meta": {k: v for k, v in program.meta.items()
-                         if k in ("prompt", "param_uses", "extra_pnginfo")},
-            "stats": stats,
-            "changes": context.changes.to_json(),
+        manifest = Manifest(
+            comfyc_version=__version__,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            source=SourceRecord(
+                file=str(graph.source.file or ""), kind=graph.source.kind,
+                sha256=hashlib.sha256(str(graph.source.text or "").encode()).hexdigest(),
+                prompt=source_prompt,
+                # The workflow as written (for `comfyc viz`'s before view); not huge files.
+                text=_source_text(graph)),
+            params=[p.to_json() for p in program.params.values()],
+            outputs=[op.id for op in program.ops
+                     if (schema := catalog.get(op.op)) is not None and schema.output_node],
+            ops=[op.to_json() for op in program.ops],
+            stages=stages_manifest,
+            plan=plan,
+            constants=ConstantsIndex("constants.safetensors", entries),
+            run_meta=RunMeta(program.meta.get("prompt"), program.meta.get("param_uses") or {},
+                             program.meta.get("extra_pnginfo")),
+            stats=stats,
+            changes=context.changes.to_json(),
             # The optimised graph as DSL (`comfyc viz` draws it beside the source).
-            "optimized": str(graph),
-            "options": {"fp16": options.fp16, "dynamic": options.dynamic,
-                        "lora_runtime": options.lora_runtime, "quantize": options.quantize,
-                        "gpu_fp16": options.gpu_fp16,
-                        "store_torch": options.store_torch or options.backend == "auto"},
-        }
-        manifest["files"] = {
-            str(p.relative_to(tmp)): _sha(p) for p in sorted(tmp.rglob("*")) if p.is_file()
-        }
+            optimized=str(graph),
+            options={"fp16": options.fp16, "dynamic": options.dynamic,
+                     "lora_runtime": options.lora_runtime, "quantize": options.quantize,
+                     "gpu_fp16": options.gpu_fp16,
+                     "store_torch": options.store_torch or options.backend == "auto"},
+        )
+        manifest.files = {p.relative_to(tmp).as_posix(): _sha(p)
+                          for p in sorted(tmp.rglob("*")) if p.is_file()}
         if options.backend == "auto":
             from .autotune import autotune
 
             say("autotuning: measuring every available backend per stage")
             manifest = autotune(tmp, manifest, progress=say, **options.autotune)
-        from comfyc.runtime.artifact import manifest_hash
-
-        manifest["manifest_hash"] = manifest_hash(manifest)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        (tmp / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1),
+                                           encoding="utf-8")
         _replace_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -384,11 +385,11 @@ def _replace_dir(tmp: Path, output: Path) -> None:
 
 def _export_stages(program: Any, recorders: dict[str, Any], root: Path,
                    options: CompileOptions, say: Callable[[str], None]
-                   ) -> tuple[dict[str, Any], dict[str, str]]:
+                   ) -> tuple[dict[str, StageEntry], dict[str, str]]:
     from . import onnx_export
 
     plan_option = options.backend
-    manifest: dict[str, Any] = {}
+    manifest: dict[str, StageEntry] = {}
     plan: dict[str, str] = {}
     for name, rec in recorders.items():
         if isinstance(rec, _RecordingLayers):
@@ -401,26 +402,26 @@ def _export_stages(program: Any, recorders: dict[str, Any], root: Path,
                                     layer_rec.stage.module, root, backend, options, say,
                                     layer=layer, lora=lora_stage is not None)
                 if lora_stage is not None:
-                    entry["lora"] = _write_lora(root, sub_name, entry, lora_stage.slots)
-                entry["name"] = sub_name
+                    entry.lora = _write_lora(root, sub_name, entry, lora_stage.slots)
+                entry.name = sub_name
                 layers[str(layer)] = entry
-                plan[sub_name] = entry["backend"]
-            manifest[name] = {"kind": "text_encoder_layers", "layers": layers}
+                plan[sub_name] = entry.backend
+            manifest[name] = StageEntry("text_encoder_layers", layers=layers)
             continue
         if not rec.shapes:
-            manifest[name] = {"kind": rec.kind, "unused": True}
+            manifest[name] = StageEntry(rec.kind, unused=True)
             continue
         backend = _stage_backend(plan_option, name, rec.kind)
         lora = isinstance(rec, _RecordingLora)
         manifest[name] = _export_one(onnx_export, rec, name, rec.kind, rec.stage.module, root,
                                      backend, options, say, lora=lora)
         if lora:
-            manifest[name]["lora"] = _write_lora(root, name, manifest[name], rec.stage.slots)
-        plan[name] = manifest[name]["backend"]
+            manifest[name].lora = _write_lora(root, name, manifest[name], rec.stage.slots)
+        plan[name] = manifest[name].backend
     return manifest, plan
 
 
-def _write_lora(root: Path, name: str, entry: dict[str, Any],
+def _write_lora(root: Path, name: str, entry: StageEntry,
                 slots: list[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """Store the factors of a stage's runtime-mode LoRAs; returns the manifest's index.
 
@@ -436,17 +437,17 @@ def _write_lora(root: Path, name: str, entry: dict[str, Any],
     """
     from safetensors.numpy import save_file
 
-    if entry.get("file"):
-        weights = _external_weights(root / entry["file"])
+    if entry.file:
+        weights = _external_weights(root / entry.file)
         locations = {spec["location"] for spec in weights.values() if "location" in spec}
         if len(locations) != 1:
-            raise ExportError(f"{entry['file']} keeps its weights in {sorted(locations)}; "
+            raise ExportError(f"{entry.file} keeps its weights in {sorted(locations)}; "
                               f"runtime-mode LoRA needs them in one external-data file")
-        source = {"onnx_data": (Path(entry["file"]).parent / locations.pop()).as_posix()}
+        source = {"onnx_data": (Path(entry.file).parent / locations.pop()).as_posix()}
     else:
         from safetensors import safe_open
 
-        torch_file = Path(entry["torch"]) / "model.safetensors"
+        torch_file = Path(str(entry.torch)) / "model.safetensors"
         with safe_open(str(root / torch_file), framework="numpy") as handle:
             weights = {key: {"shape": list(handle.get_slice(key).get_shape())}
                        for key in handle.keys()}  # noqa: SIM118 (safe_open)
@@ -535,20 +536,20 @@ def _source_text(graph: Any) -> str | None:
 
 def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, root: Path,
                 backend: str, options: CompileOptions, say: Callable[[str], None],
-                layer: int | None = None, lora: bool = False) -> dict[str, Any]:
+                layer: int | None = None, lora: bool = False) -> StageEntry:
     """Export one stage (ONNX, or PyTorch weights); ``lora``: its weights will be replaced
     when sessions are made (external data for every weight, no offline optimisation)."""
     shapes = sorted(set(rec.shapes))
-    entry: dict[str, Any] = {"kind": kind, "backend": backend, "info": dict(rec.info),
-                             "shapes": [list(map(list, s)) for s in shapes]}
+    entry = StageEntry(kind, backend, info=dict(rec.info),
+                       shapes=[list(map(list, s)) for s in shapes])
     if layer is not None:
-        entry["info"]["layer"] = layer
+        entry.info["layer"] = layer
     if backend in ("torch", "torch-compile"):
         from .torch_weights import save_torch_stage
 
         folder = Path("torch") / name
         save_torch_stage(module, kind, root / folder)
-        entry["torch"] = str(folder)
+        entry.torch = folder.as_posix()
         say(f"stored {name} for the torch backend")
         return entry
     if backend not in STAGE_BACKENDS and not backend.startswith("ort-"):
@@ -588,30 +589,30 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         Path(str(path) + ".data").unlink(missing_ok=True)
         entry = _export_one(onnx_export, rec, name, kind, module, root, "torch", options, say,
                             layer=layer, lora=lora)
-        entry["fallback"] = reason
+        entry.fallback = reason
         return entry
-    entry["file"] = f"stages/{name}.onnx"
-    entry["export_s"] = round(time.perf_counter() - t0, 3)
-    entry["facts"] = _jsonable(facts)
-    entry["dynamic"] = dynamic
+    entry.file = f"stages/{name}.onnx"
+    entry.export_s = round(time.perf_counter() - t0, 3)
+    entry.facts = _jsonable(facts)
+    entry.dynamic = dynamic
     if options.quantize and not lora and (kind in options.quantize_stages
                                           or name in options.quantize_stages):
         from .precision import quantize_int8
 
         quantize_int8(path, path)
-        entry["precision"] = "int8"
+        entry.precision = "int8"
         say(f"quantized {name} to int8")
     if options.store_torch or options.backend == "auto":
         from .torch_weights import save_torch_stage
 
         save_torch_stage(module, kind, root / "torch" / name)
-        entry["torch"] = str(Path("torch") / name)
+        entry.torch = (Path("torch") / name).as_posix()
     if lora:
         # Offline optimisation folds and renames weights: overrides would no longer apply.
-        entry["optimized"] = False
+        entry.optimized = False
     elif backend in ("trt", "ort-trt"):
         # onnxruntime's offline fusions (com.microsoft ops) would stop TensorRT's parser.
-        entry["optimized"] = False
+        entry.optimized = False
     elif options.optimize and hasattr(onnx_export, "optimize_offline"):
         optimized = path.with_suffix(".opt.onnx")
         try:
@@ -620,16 +621,16 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
             helped = False
         if helped:
             os.replace(optimized, path)
-            entry["optimized"] = "extended"
+            entry.optimized = "extended"
         else:
             optimized.unlink(missing_ok=True)
-            entry["optimized"] = False
-    if options.gpu_fp16 and not options.fp16 and entry.get("precision") != "int8":
+            entry.optimized = False
+    if options.gpu_fp16 and not options.fp16 and entry.precision != "int8":
         from .precision import to_fp16
 
         variant = path.with_suffix(".fp16.onnx")
         to_fp16(path, variant)
-        entry["variants"] = {"fp16": f"stages/{variant.name}"}
+        entry.variants = {"fp16": f"stages/{variant.name}"}
     return entry
 
 

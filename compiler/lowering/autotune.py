@@ -9,12 +9,12 @@ fastest median wins; the margin is the runner-up's median over the winner's.
 
 The result goes into the manifest (the contract ``comfyc viz`` reads)::
 
-    manifest["autotune"] = {
+    manifest.autotune = {
         "machine": {...},
         "stages": {STAGE: {"choice": BACKEND, "margin": RATIO_vs_second_best,
                            "measurements": {BACKEND: {"median_ms", "p90_ms", "calls", ...}},
                            "skipped": {BACKEND: "why"}}}}
-    manifest["plan"][STAGE] = BACKEND
+    manifest.plan[STAGE] = BACKEND
 
 A backend that cannot start (no GPU, no TensorRT, provider silently missing) is listed under
 ``skipped`` with the reason, never measured as if it ran. Measurements also record each
@@ -26,6 +26,7 @@ backend shows.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 import os
 import platform
 import statistics
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from comfyc.runtime.manifest import Manifest, StageEntry
 
 __all__ = ["autotune", "candidate_backends", "machine_info", "measure_stage"]
 
@@ -80,10 +83,10 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def candidate_backends(entry: Mapping[str, Any]) -> list[str]:
+def candidate_backends(entry: StageEntry) -> list[str]:
     """The backends worth trying for a stage entry on this machine, CPU first."""
     out: list[str] = []
-    if entry.get("file"):
+    if entry.file:
         out.append("ort-cpu")
         try:
             import onnxruntime
@@ -94,17 +97,17 @@ def candidate_backends(entry: Mapping[str, Any]) -> list[str]:
         out += [name for provider, name in _ORT_BACKENDS.items() if provider in available]
         if importlib.util.find_spec("tensorrt") is not None:
             out.append("trt")
-    if entry.get("torch") and importlib.util.find_spec("torch") is not None:
+    if entry.torch and importlib.util.find_spec("torch") is not None:
         out += ["torch", "torch-compile"]
         if _torch_cuda():
             out += ["torch-cuda", "torch-compile-cuda"]
     return out
 
 
-def _inputs(entry: Mapping[str, Any], rng: np.random.Generator) -> list[np.ndarray]:
+def _inputs(entry: StageEntry, rng: np.random.Generator) -> list[np.ndarray]:
     """Random inputs of the first shape the workflow calls the stage with."""
-    shapes = entry["shapes"][0]
-    kind = entry["kind"]
+    shapes = entry.shapes[0]
+    kind = entry.kind
     if kind == "text_encoder":
         return [rng.integers(0, 49407, size=shapes[0]).astype(np.int64)]
     arrays = [rng.standard_normal(size=shape).astype(np.float32) for shape in shapes]
@@ -117,7 +120,7 @@ def _first(output: Any) -> np.ndarray:
     return np.asarray(output[0] if isinstance(output, tuple) else output, dtype=np.float32)
 
 
-def measure_stage(root: Path, name: str, entry: dict[str, Any], backend: str, *,
+def measure_stage(root: Path, name: str, entry: StageEntry, backend: str, *,
                   calls: int = 10, warmup: int = 2, inputs: Sequence[np.ndarray],
                   stage_options: Mapping[str, Any] | None = None
                   ) -> tuple[dict[str, Any], np.ndarray]:
@@ -151,10 +154,10 @@ def measure_stage(root: Path, name: str, entry: dict[str, Any], backend: str, *,
             output)
 
 
-def autotune(root: str | Path, manifest: dict[str, Any], *,
+def autotune(root: str | Path, manifest: Manifest, *,
              backends: Sequence[str] | None = None, calls: int = 10, warmup: int = 2,
              stage_options: Mapping[str, Any] | None = None, amortize: int = 1000,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[str], None] | None = None) -> Manifest:
     """Measure the backends of every stage and plan the fastest; returns the new manifest.
 
     Args:
@@ -170,24 +173,23 @@ def autotune(root: str | Path, manifest: dict[str, Any], *,
     Raises:
         BackendError: No backend could run some stage (the reasons are listed).
     """
-    from comfyc.runtime.artifact import stage_entries
     from comfyc.runtime.backends.base import BackendError
 
     say = progress or (lambda message: None)
     root = Path(root)
-    manifest = dict(manifest)
-    plan = dict(manifest.get("plan") or {})
+    manifest = replace(manifest)
+    plan = dict(manifest.plan)
     result: dict[str, Any] = {"machine": machine_info(), "calls": calls, "warmup": warmup,
                               "amortize": amortize, "stages": {}}
     rng = np.random.default_rng(0)
-    for name, entry in stage_entries(manifest).items():
-        if entry.get("lora"):
+    for name, entry in manifest.stage_entries().items():
+        if entry.lora:
             say(f"{name}: runtime-mode LoRA; kept on {plan.get(name)} (not measured)")
             continue
         wanted = candidate_backends(entry)
         if backends is not None:
             wanted = [b for b in backends if b in wanted or b.startswith("ort-")
-                      and entry.get("file")]
+                      and entry.file]
         if any(b.startswith("torch") for b in wanted):
             import torch  # noqa: F401 - imported once up front: not part of any load_s
 
@@ -225,6 +227,6 @@ def autotune(root: str | Path, manifest: dict[str, Any], *,
         plan[name] = choice
         say(f"{name}: chose {choice}" + (f" ({margin:.2f}x faster than {ranked[1]})"
                                          if margin else ""))
-    manifest["autotune"] = result
-    manifest["plan"] = plan
+    manifest.autotune = result
+    manifest.plan = plan
     return manifest

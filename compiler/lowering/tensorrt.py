@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from comfyc.runtime.artifact import ArtifactError, file_sha256, read_manifest
+from comfyc.runtime.manifest import Manifest
 from comfyc.runtime.backends.trt import (
     ENGINE_DIR,
     INDEX_FORMAT,
@@ -357,19 +358,11 @@ class BuildOptions:
     optimization_level: int = 3
 
 
-def onnx_stages(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every ONNX stage of a manifest by its program name (text-encoder layers expanded)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, entry in manifest.get("stages", {}).items():
-        if entry.get("kind") == "text_encoder_layers":
-            for layer, sub in entry.get("layers", {}).items():
-                if sub.get("file"):
-                    suffix = f"_L{abs(int(layer))}"
-                    out[name + suffix] = dict(sub)
-            continue
-        if entry.get("file") and not entry.get("unused"):
-            out[name] = dict(entry)
-    return out
+def onnx_stages(manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """Every ONNX stage of a manifest by its program name (text-encoder layers expanded), as
+    manifest JSON (``kind``, ``file``, ``shapes``, ``facts`` …: what profiles are made of)."""
+    return {name: entry.to_json() for name, entry in manifest.stage_entries().items()
+            if entry.file}
 
 
 def _selected(name: str, entry: Mapping[str, Any], wanted: Sequence[str]) -> bool:
@@ -488,7 +481,7 @@ def build_engines(artifact: str | Path, options: BuildOptions | None = None,
     for number, (name, entry) in enumerate(stages.items(), 1):
         profile = stage_profile(entry, options.profile)
         key = EngineKey.make(gpu, version,
-                             stage_onnx_sha256(manifest.get("files", {}), root, entry["file"]),
+                             stage_onnx_sha256(manifest.files, root, entry["file"]),
                              fp16=options.fp16, refittable=options.refittable,
                              profile={k: v.as_lists() for k, v in profile.items()})
         existing, reasons = find_engine(root, name, key)

@@ -136,14 +136,14 @@ class ChangeLog:
         ``eliminated`` counts nodes removed as dead (including those only folded nodes
         needed and identity LoRAs), ``merged`` nodes merged into an identical one,
         ``folded`` nodes replaced by a stored value, ``lora_merged`` / ``lora_runtime``
-        LoRA loaders by mode, ``params`` inputs made runtime params, ``schedules`` sampler
+        LoRA loaders by mode, ``new_params`` inputs made runtime params, ``schedules`` sampler
         schedules precomputed. A node is counted once, by its last change.
         """
         last: dict[str, Change] = {}
         for change in self.entries:
             last[change.node_id] = change
         counts = {"eliminated": 0, "merged": 0, "folded": 0, "lora_merged": 0,
-                  "lora_runtime": 0, "params": 0, "schedules": 0}
+                  "lora_runtime": 0, "new_params": 0, "schedules": 0}
         for change in last.values():
             word = CHANGE_ACTIONS[change.action]
             if word in ("eliminated", "merged", "folded"):
@@ -152,7 +152,7 @@ class ChangeLog:
                 counts["lora_merged"] += 1
             elif change.action == "lora_runtime":
                 counts["lora_runtime"] += 1
-        counts["params"] = len(self.of("param"))
+        counts["new_params"] = len(self.of("param"))
         counts["schedules"] = len({c.node_id for c in self.of("schedule")})
         return counts
 
@@ -194,22 +194,19 @@ def describe_summary(summary: Mapping[str, Any]) -> str:
     """One line from :meth:`ChangeLog.summary` plus ``nodes_before`` / ``nodes_after`` —
     the words ``compile``, ``inspect`` and ``viz`` all print.
 
-    Example: ``12 nodes → 9: 1 folded, 0 merged, 2 eliminated; 1 LoRA merged; 1 param``.
+    Example: ``12 nodes → 9: 1 folded, 0 merged, 2 eliminated; 1 LoRA merged, 1 new param``.
     """
-    parts = [f"{summary.get('folded', 0)} folded", f"{summary.get('merged', 0)} merged",
-             f"{summary.get('eliminated', 0)} eliminated"]
-    text = f"{summary.get('nodes_before', '?')} nodes → {summary.get('nodes_after', '?')}: "
-    text += ", ".join(parts)
+    text = (f"{summary.get('nodes_before', '?')} nodes → {summary.get('nodes_after', '?')}: "
+            f"{summary.get('folded', 0)} folded, {summary.get('merged', 0)} merged, "
+            f"{summary.get('eliminated', 0)} eliminated")
     extra = []
-    for key, word in (("lora_merged", "LoRA merged"), ("lora_runtime", "runtime LoRA"),
-                      ("schedules", "schedule precomputed"), ("params", "param")):
+    for key, one, many in (("lora_merged", "LoRA merged", "LoRAs merged"),
+                           ("lora_runtime", "runtime LoRA", "runtime LoRAs"),
+                           ("schedules", "schedule precomputed", "schedules precomputed"),
+                           ("new_params", "new param", "new params")):
         count = int(summary.get(key, 0) or 0)
         if count:
-            plural = "s" if count != 1 and not word.endswith("merged") else ""
-            if word == "schedule precomputed":
-                word = "schedules precomputed" if count != 1 else word
-                plural = ""
-            extra.append(f"{count} {word}{plural}")
+            extra.append(f"{count} {one if count == 1 else many}")
     return text + ("; " + ", ".join(extra) if extra else "")
 
 

@@ -15,8 +15,8 @@ Stages come from the node registry: a node calls the stages its entry names
 and the weights behind that input (:func:`~comfyc.compiler.nodes.trace_weights`: a loader, the
 LoRAs on the way, the CLIP layer) tell which calls share one stage. For an artifact the stage of
 each node is read from the program in ``manifest.json`` (the ``$stage`` arguments of the
-loader ops), with the backend from ``manifest["plan"]`` and, when the autotuner measured it,
-the chosen backend's median time from ``manifest["autotune"]["stages"][STAGE]``.
+loader ops), with the backend from the manifest's ``plan`` and, when the autotuner measured
+it, the chosen backend's median time from ``autotune["stages"][STAGE]``.
 
 Loading files is the command line's job (:mod:`comfyc.cli.commands.viz`): this module gets
 graphs, so the compiler never imports a frontend.
@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from comfyc.runtime.manifest import Manifest, StageEntry
 from comfyc.runtime.nodes import registry
 from comfyc.runtime.nodes.internal import is_folded_class
 
@@ -267,12 +268,13 @@ def _number_stages(view: GraphView) -> None:
 
 
 
-def _artifact_stages(manifest: Mapping[str, Any], view: GraphView) -> None:
+def _artifact_stages(manifest: Manifest, view: GraphView) -> None:
     """Group stage callers by the ``$stage`` arguments of the artifact's program."""
-    ops = {op["id"]: op for op in manifest.get("program", {}).get("ops", [])}
-    stages_manifest = manifest.get("stages", {})
-    plan = manifest.get("plan") or {}
-    tuned = (manifest.get("autotune") or {}).get("stages") or {}
+    ops = {op["id"]: op for op in manifest.ops}
+    stages_manifest = manifest.stages
+    plan = manifest.plan
+    tuned = (manifest.autotune or {}).get("stages") or {}
+    flat = manifest.stage_entries()
     for op in ops.values():
         definition = registry().get(op.get("op", ""))
         if definition is None or op["id"] not in view.nodes:
@@ -283,26 +285,16 @@ def _artifact_stages(manifest: Mapping[str, Any], view: GraphView) -> None:
                 continue
             stage = view.stages.get(name)
             if stage is None:
-                entry = _stage_entry(stages_manifest, name)
-                backend = plan.get(name) or entry.get("backend") or "?"
+                entry = flat.get(name)
+                backend = plan.get(name) or (entry.backend if entry else "?")
                 stage = view.stages[name] = VizStage(name, call.kind, name, backend)
                 _add_measurements(stage, tuned.get(name) or tuned.get(call.kind))
-                if entry.get("fallback"):
+                if entry is not None and entry.fallback:
                     stage.detail = (stage.detail + "; " if stage.detail else "") + \
-                        f"ONNX export failed: {entry['fallback']}"
+                        f"ONNX export failed: {entry.fallback}"
             stage.members.append(op["id"])
             view.nodes[op["id"]].stage = name
     _number_stages(view)
-
-
-def _stage_entry(stages: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    if name in stages:
-        return stages[name]
-    for entry in stages.values():
-        for sub in (entry.get("layers") or {}).values():
-            if sub.get("name") == name:
-                return sub
-    return {}
 
 
 def _add_measurements(stage: VizStage, tuned: Any) -> None:
@@ -322,7 +314,7 @@ def _add_measurements(stage: VizStage, tuned: Any) -> None:
         stage.detail = "measured median: " + ", ".join(parts)
 
 
-def _stage_of(ops: Mapping[str, Any], arg: Any, kind: str, stages: Mapping[str, Any]
+def _stage_of(ops: Mapping[str, Any], arg: Any, kind: str, stages: Mapping[str, StageEntry]
               ) -> str | None:
     """Follow a ``$ref`` back to the op that holds this kind's ``$stage``."""
     layer = None
@@ -351,14 +343,16 @@ def _stage_of(ops: Mapping[str, Any], arg: Any, kind: str, stages: Mapping[str, 
     return None
 
 
-def _text_layer_stage(stages: Mapping[str, Any], name: str, layer: Any, default: Any) -> str:
+def _text_layer_stage(stages: Mapping[str, StageEntry], name: str, layer: Any, default: Any
+                      ) -> str:
     """A text encoder's per-layer stage name (``text_encoder_X_L1``)."""
-    layers = (stages.get(name) or {}).get("layers") or {}
+    holder = stages.get(name)
+    layers = holder.layers if holder is not None else {}
     if len(layers) == 1:
-        return str(next(iter(layers.values())).get("name", name))
+        return next(iter(layers.values())).name or name
     wanted = layer if isinstance(layer, int) else default
     entry = layers.get(str(wanted)) if wanted is not None else None
-    return str(entry.get("name", name)) if entry else name
+    return (entry.name or name) if entry else name
 
 
 def _op_tags(op: Mapping[str, Any] | None) -> list[str]:
@@ -408,7 +402,7 @@ def view_of_graph(graph: Graph, catalog: Catalog | None = None, *,
     return view
 
 
-def view_of_artifact(manifest: Mapping[str, Any], after: Graph, before: Graph | None,
+def view_of_artifact(manifest: Manifest, after: Graph, before: Graph | None,
                      catalog: Catalog | None = None, *, name: str = "artifact",
                      path: str = "", found_from: str = "") -> GraphView:
     """The view of a compiled artifact.
@@ -430,9 +424,9 @@ def view_of_artifact(manifest: Mapping[str, Any], after: Graph, before: Graph | 
                           "is gone or changed: both views show the optimised graph")
     else:
         view.notes.append(f"source workflow: {found_from}")
-    changes = ChangeLog.from_json(manifest.get("changes"))
+    changes = ChangeLog.from_json(manifest.changes)
     fates = _fates(changes) if before is not after else {}
-    ops = {op["id"]: op for op in manifest.get("program", {}).get("ops", [])}
+    ops = {op["id"]: op for op in manifest.ops}
     for node in after.nodes:  # What the optimised graph and its program say.
         fate = fates.setdefault(node.id, _Fate())
         if fate.status == "kept" and is_folded_class(node.class_type):
@@ -443,7 +437,7 @@ def view_of_artifact(manifest: Mapping[str, Any], after: Graph, before: Graph | 
     _union(before, after, catalog, fates, view)
     _artifact_stages(manifest, view)
     _finish(view, len(before.nodes), after, changes)
-    machine = (manifest.get("autotune") or {}).get("machine")
+    machine = (manifest.autotune or {}).get("machine")
     if isinstance(machine, Mapping) and machine:
         view.extra["machine"] = ", ".join(f"{k}: {v}" for k, v in machine.items())
     return view

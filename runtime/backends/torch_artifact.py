@@ -23,6 +23,16 @@ from .torch import (
 __all__ = ["load_torch_stage"]
 
 
+#: The module classes a stored torch stage may be, and where each comes from.
+TORCH_STAGE_CLASSES: dict[str, tuple[str, str]] = {
+    "CLIPTextModel": ("transformers", "CLIPTextModel"),
+    "CLIPTextModelWithProjection": ("transformers", "CLIPTextModelWithProjection"),
+    "T5EncoderModel": ("transformers", "T5EncoderModel"),
+    "UNet2DConditionModel": ("diffusers", "UNet2DConditionModel"),
+    "AutoencoderKL": ("diffusers", "AutoencoderKL"),
+}
+
+
 def load_torch_stage(folder: Path, name: str, kind: str, info: dict[str, Any],
                      compile: bool = False, device: str = "cpu") -> Stage:
     """Build the module from its stored config and weights and wrap it as a stage.
@@ -42,17 +52,28 @@ def load_torch_stage(folder: Path, name: str, kind: str, info: dict[str, Any],
         from safetensors.torch import load_file
     except ImportError:  # pragma: no cover - safetensors is in every extra
         raise BackendError("safetensors is needed to load torch stages") from None
-    payload = json.loads((folder / "config.json").read_text())
-    cls_name, config = payload["class"], payload["config"]
     try:
-        if cls_name == "CLIPTextModel":
-            from transformers import CLIPTextConfig, CLIPTextModel
+        payload = json.loads((folder / "config.json").read_text())
+        cls_name, config = payload["class"], payload["config"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BackendError(f"stage {name}: its config.json is unreadable ({exc}); compile the "
+                           f"artifact again") from None
+    # NOTE: the class comes from an allow-list, never straight from the file: a config must
+    # not be able to pick any class of diffusers or transformers to instantiate.
+    if cls_name not in TORCH_STAGE_CLASSES or not isinstance(config, dict):
+        raise BackendError(f"stage {name}: config.json names class {cls_name!r}, which is not "
+                           f"a stage class comfyc stores ({', '.join(TORCH_STAGE_CLASSES)})")
+    try:
+        library, attribute = TORCH_STAGE_CLASSES[cls_name]
+        if library == "transformers":
+            import transformers
 
-            module = CLIPTextModel(CLIPTextConfig(**config))
+            model_class = getattr(transformers, attribute)
+            module = model_class(model_class.config_class(**config))
         else:
             import diffusers
 
-            module = getattr(diffusers, cls_name).from_config(config)
+            module = getattr(diffusers, attribute).from_config(config)
     except ImportError as exc:
         raise BackendError(
             f"stage {name} runs on PyTorch and needs {exc.name}; install the compiler extra: "

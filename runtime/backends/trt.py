@@ -391,8 +391,8 @@ def load_trt_stage(root: str | Path, name: str, entry: Mapping[str, Any],
     version = tensorrt_version() or ""
     from ..artifact import read_manifest
 
-    onnx_sha256 = stage_onnx_sha256(read_manifest(root, verify=False).get("files", {}), root,
-                                    entry["file"])
+    onnx_file = str(entry.file)
+    onnx_sha256 = stage_onnx_sha256(read_manifest(root, verify=False).files, root, onnx_file)
     entries = engine_entries(read_engine_index(root), name)
     reasons: list[str] = []
     for item in reversed(entries):
@@ -403,13 +403,13 @@ def load_trt_stage(root: str | Path, name: str, entry: Mapping[str, Any],
                            f"{built.compute_capability}), TensorRT {built.tensorrt}")
             continue
         if built.onnx_sha256 != onnx_sha256:
-            reasons.append(f"{item['file']}: built from an earlier version of {entry['file']}")
+            reasons.append(f"{item['file']}: built from an earlier version of {onnx_file}")
             continue
         path = root / ENGINE_DIR / item["file"]
         if Path(item["file"]).name != item["file"] or not path.is_file():
             reasons.append(f"{item['file']}: file missing")
             continue
-        return TrtStage(name, entry.get("kind", "unet"), path, info,
+        return TrtStage(name, entry.kind, path, info,
                         cuda_graph=bool(options.get("cuda_graph", False)))
     where = f"{gpu.name} (compute {gpu.compute_capability}), TensorRT {version}"
     detail = "; ".join(reasons) if reasons else "no engine has been built"

@@ -20,7 +20,7 @@ from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
 from comfyc.compiler.passes.base import PassContext
 from comfyc.compiler.pipeline import run_pipeline
 from comfyc.frontends.dsl import parse_dsl
-from comfyc.runtime.artifact import ArtifactError, load
+from comfyc.runtime.artifact import ArtifactError, file_sha256, load, manifest_hash
 from comfyc.runtime.backends.base import BackendError
 from comfyc.runtime.program import ParamError
 
@@ -72,7 +72,7 @@ def artifact(random_models: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def test_artifact_layout_and_manifest(artifact: Path) -> None:
     """The manifest records params, stages with shapes, and hashes of every file."""
     manifest = json.loads((artifact / "manifest.json").read_text())
-    assert manifest["format"] == "comfyc-artifact" and manifest["format_version"] == 1
+    assert manifest["format"] == "comfyc-artifact" and manifest["format_version"] == 2
     assert [p["name"] for p in manifest["params"]] == ["seed", "prompt"]
     kinds = sorted(e["kind"] for e in manifest["stages"].values() if not e.get("unused"))
     assert kinds == ["text_encoder_layers", "unet", "vae_decoder"]
@@ -150,6 +150,30 @@ def _damaged(artifact: Path, tmp_path: Path, how: str) -> Path:
     elif how == "version":
         manifest["format_version"] = 99
         manifest_path.write_text(json.dumps(manifest))
+    elif how == "no_hash":  # An edit that also deletes the hash must not turn the check off.
+        manifest["params"][0]["default"] = 99
+        del manifest["manifest_hash"]
+        manifest_path.write_text(json.dumps(manifest))
+    elif how in ("outside", "absolute", "unhashed", "no_program", "torch_class"):
+        if how == "no_program":
+            del manifest["program"]
+        else:
+            entry = next(e for e in manifest["stages"].values() if e.get("file"))
+            entry["file"] = {"outside": "../../etc/passwd", "absolute": "/etc/passwd",
+                             "unhashed": "stages/other.onnx",
+                             "torch_class": entry["file"]}[how]
+            if how == "torch_class":
+                folder = copy / "torch" / "x"
+                folder.mkdir(parents=True)
+                (folder / "config.json").write_text(json.dumps(
+                    {"class": "StableDiffusionPipeline", "config": {}}))
+                entry["torch"] = "torch/x"
+                manifest["files"]["torch/x/config.json"] = file_sha256(folder / "config.json")
+                manifest["plan"] = {k: "torch" for k in manifest["plan"]}
+        manifest["manifest_hash"] = manifest_hash(manifest)  # A consistent, hostile manifest.
+        manifest_path.write_text(json.dumps(manifest))
+    elif how == "deep":
+        manifest_path.write_text("[" * 200_000 + "]" * 200_000)
     return copy
 
 
@@ -158,6 +182,12 @@ def _damaged(artifact: Path, tmp_path: Path, how: str) -> Path:
     ("edited", "was edited after compilation"),
     ("missing", "is missing"),
     ("version", "format version 99 is not supported"),
+    ("no_hash", "has no manifest_hash"),
+    ("outside", "points outside the artifact"),
+    ("absolute", "points outside the artifact"),
+    ("unhashed", "not in its hashed file list"),
+    ("no_program", "program is missing"),
+    ("deep", "nested too deeply"),
 ])
 def test_bad_artifacts_are_clear_errors(artifact: Path, tmp_path: Path, how: str,
                                         message: str) -> None:
@@ -170,6 +200,13 @@ def test_bad_artifacts_are_clear_errors(artifact: Path, tmp_path: Path, how: str
                              "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 1 and message in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_torch_stage_class_comes_from_an_allow_list(artifact: Path, tmp_path: Path) -> None:
+    """A stored torch stage's config.json cannot choose an arbitrary class to instantiate."""
+    bad = _damaged(artifact, tmp_path, "torch_class")
+    with pytest.raises(BackendError, match="not a stage class comfyc stores"):
+        load(bad)
 
 
 def test_bad_params_are_rejected_before_running(artifact: Path, tmp_path: Path) -> None:

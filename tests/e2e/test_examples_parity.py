@@ -45,13 +45,42 @@ def _sampler_binding(path: Path) -> list[str]:
     return [f"{node.id}.sampler_name=sampler"]
 
 
+_COUNTS = ("nodes_before", "nodes_after", "eliminated", "merged", "folded", "lora_merged",
+           "lora_runtime", "new_params", "schedules")
+
+
+def _counts_agree(path: Path, artifact: Path) -> None:
+    """`compile` (the manifest's stats), `inspect` (workflow and artifact) and `viz`
+    (workflow and artifact) give the same count of everything the compiler did."""
+    import argparse
+    import io
+
+    from comfyc.cli.commands.inspect import inspect_artifact, inspect_workflow
+    from comfyc.cli.commands.viz import build_view
+    from comfyc.runtime.artifact import read_manifest
+
+    compiled = {k: read_manifest(artifact, verify=False).stats[k] for k in _COUNTS}
+    args = argparse.Namespace(file=str(path), models_dir=None, param=[], json=True, after=None,
+                              input_dir=str(INPUT), backend="ort-cpu", object_info=[])
+    views = {
+        "inspect": inspect_workflow(args, io.StringIO()),
+        "inspect artifact": inspect_artifact(artifact)["stats"],
+        "viz": build_view(path).stats,
+        "viz artifact": build_view(artifact).stats,
+    }
+    for where, counts in views.items():
+        assert {k: counts[k] for k in _COUNTS} == compiled, where
+
+
 @pytest.mark.parametrize("name", ["txt2img", "img2img", "hires_lora", "inpaint", "area"])
 def test_example_artifact_matches_torch(name: str, cache: TorchModelCache,
                                         tmp_path: Path) -> None:
-    """Each example: ONNX artifact == PyTorch path within 2/255."""
+    """Each example: ONNX artifact == PyTorch path within 2/255; every command reports the
+    same counts of what the compiler did."""
     path = EXAMPLES / f"{name}.cfy"
     artifact = tmp_path / f"{name}.comfyc"
     compile_graph(load_workflow(path), artifact, CompileOptions(input_dir=str(INPUT)))
+    _counts_agree(path, artifact)
     ours = load(artifact).run({}, input_dir=INPUT, save=False).images
     reference = _torch_images(path, cache, {}, [])
     assert ours.keys() == reference.keys() and ours

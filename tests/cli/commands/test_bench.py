@@ -192,7 +192,7 @@ def test_tune_writes_plan_and_measurements(bench: dict[str, Any], tmp_path: Path
     out = capsys.readouterr().out
     assert code == 0 and "<- chosen" in out
     manifest = read_manifest(artifact)  # verifies every hash, the manifest's included
-    tuned = manifest["autotune"]
+    tuned = manifest.autotune
     assert {"machine", "stages"} <= set(tuned) and tuned["machine"]["cpus"]
     assert set(tuned["stages"]) == set(stage_entries(manifest))
     for name, row in tuned["stages"].items():
@@ -201,7 +201,7 @@ def test_tune_writes_plan_and_measurements(bench: dict[str, Any], tmp_path: Path
             assert {"median_ms", "p90_ms", "calls"} <= set(m) and m["calls"] == 2
             assert m["max_abs_diff"] < 1e-2  # torch and onnxruntime compute the same stage
         assert row["choice"] in row["measurements"] and row["margin"] >= 1.0
-        assert manifest["plan"][name] == row["choice"]
+        assert manifest.plan[name] == row["choice"]
         # ort-cuda was asked for but cannot start here: skipped with the reason, not measured.
         import onnxruntime
 
@@ -209,8 +209,8 @@ def test_tune_writes_plan_and_measurements(bench: dict[str, Any], tmp_path: Path
             assert "CUDAExecutionProvider" in row["skipped"]["ort-cuda"]
     program = load(artifact)
     for name, stage in program.stages.items():
-        if hasattr(stage, "backend") and name in manifest["plan"]:
-            assert stage.backend == manifest["plan"][name]
+        if hasattr(stage, "backend") and name in manifest.plan:
+            assert stage.backend == manifest.plan[name]
     # The plan is overridable per run.
     program = load(artifact, backend="ort-cpu")
     assert {getattr(s, "backend", "ort-cpu") for s in program.stages.values() if s} \
@@ -229,11 +229,11 @@ def test_compile_backend_auto_plans_the_fastest(tmp_path: Path, random_models: P
                  str(random_models), "-q"])
     assert code == 0 and "<- chosen" in capsys.readouterr().out
     manifest = read_manifest(artifact)
-    assert manifest["options"]["store_torch"] is True
+    assert manifest.options["store_torch"] is True
     for name, entry in stage_entries(manifest).items():
-        assert entry["file"] and entry["torch"]
-        row = manifest["autotune"]["stages"][name]
+        assert entry.file and entry.torch
+        row = manifest.autotune["stages"][name]
         assert set(row["measurements"]) == {"ort-cpu", "torch"}
-        assert manifest["plan"][name] == row["choice"]
+        assert manifest.plan[name] == row["choice"]
     program = load(artifact)
     assert next(iter(program.run({"seed": 1}, save=False).images.values())).shape == (1, 64, 64, 3)

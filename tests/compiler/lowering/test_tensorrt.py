@@ -366,7 +366,7 @@ def test_compile_for_trt_without_tensorrt_fails_before_any_work(tmp_path: Path) 
 
 def test_trt_plan_keeps_standard_onnx(artifact: Path) -> None:
     manifest = read_manifest(artifact)
-    assert set(manifest["plan"].values()) == {"trt"}
+    assert set(manifest.plan.values()) == {"trt"}
     for name, entry in onnx_stages(manifest).items():
         assert entry.get("optimized") is False, name
 

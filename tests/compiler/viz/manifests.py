@@ -13,6 +13,7 @@ from typing import Any
 from comfyc.compiler.catalog import default_catalog
 from comfyc.frontends.comfy_json.api import graph_to_api
 from comfyc.frontends.dsl import parse_dsl
+from comfyc.runtime.manifest import manifest_hash
 
 from tests.conftest import REPO
 
@@ -86,7 +87,7 @@ def write_artifact(root: Path, *, autotune: bool = True, source: str = "file") -
     if source == "file":
         shutil.copyfile(TXT2IMG, copy)
     manifest: dict[str, Any] = {
-        "format": "comfyc-artifact", "format_version": 1, "comfyc_version": "test",
+        "format": "comfyc-artifact", "format_version": 2, "comfyc_version": "test",
         "source": {"file": str(copy) if source == "file" else "gone.cfy", "kind": "dsl",
                    "sha256": hashlib.sha256(text.encode()).hexdigest(), "prompt": None},
         "params": [], "outputs": ["7"], "program": {"ops": _ops()},
@@ -112,6 +113,7 @@ def write_artifact(root: Path, *, autotune: bool = True, source: str = "file") -
         ],
         "stats": {"nodes_before": 7, "nodes_after": 7, "folded": 1, "schedules": 1},
         "options": {"lora_runtime": False},
+        "files": {"stages/unet_abc.onnx": "0" * 64},  # Not read: viz does not verify.
     }
     if source == "text":
         manifest["source"]["text"] = text
@@ -122,5 +124,6 @@ def write_artifact(root: Path, *, autotune: bool = True, source: str = "file") -
                 "ort-cuda": {"median_ms": 12.34, "p90_ms": 13.0, "calls": 20},
                 "ort-cpu": {"median_ms": 39.5, "p90_ms": 41.0, "calls": 20}}}},
         }
+    manifest["manifest_hash"] = manifest_hash(manifest)
     (artifact / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return artifact

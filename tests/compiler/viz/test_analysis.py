@@ -54,7 +54,7 @@ def test_each_fate_is_named() -> None:
     assert fates["6"] == ("eliminated", "no output depends on it")
     assert fates["4"][0] == fates["8"][0] == "kept"
     assert view.stats == {"nodes_before": 10, "nodes_after": 7, "eliminated": 2, "merged": 1,
-                          "folded": 1, "lora_merged": 0, "lora_runtime": 0, "params": 1,
+                          "folded": 1, "lora_merged": 0, "lora_runtime": 0, "new_params": 1,
                           "schedules": 1}
 
 
