@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.stamp-$(shell cat constraints.txt pyproject.toml setup.py 2>/dev/null | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint clean bench chromium
+.PHONY: install test test-fast demo lint clean bench chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ chromium:
 
 test: $(STAMP) chromium
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+# The unit tier (about a minute on 2 cores): no end-to-end compiles, no server, no browser.
+test-fast: $(STAMP)
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n 2 -m "not slow" \
+	  tests/compiler tests/frontends tests/runtime tests/test_layout.py $(PYTEST_ARGS)
+
+# ruff (rules in pyproject.toml); CI runs it before the tests.
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 demo: $(STAMP)
 	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/comfyc demo

@@ -15,13 +15,18 @@ for root in _ROOTS:
     for sub in find_packages(root):
         packages.append(f"comfyc.{root}.{sub}")
 
+# The example workflows and their input image ship as package data (one copy: README, tests
+# and `comfyc init` all read these files); the tiny model's training scripts do not ship.
+packages.append("comfyc.examples")
+package_dir["comfyc.examples"] = "examples"
+
 setup(
     packages=packages,
     package_dir=package_dir,
     package_data={
         "comfyc.runtime": ["data/*", "models/*.safetensors"],
         "comfyc.frontends.dsl": ["*.lark"],
-        "comfyc.compiler.catalog": ["*.json"],
+        "comfyc.examples": ["*.cfy", "input/*.png"],
     },
     include_package_data=True,
 )

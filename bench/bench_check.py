@@ -35,8 +35,9 @@ def main() -> None:
         imports.append(float(out.stdout))
     result = {"files": len(files), "check_wall_median_s": statistics.median(walls),
               "check_wall_all_s": walls, "import_frontends_median_s": statistics.median(imports)}
-    print(f"comfyc check over {len(files)} corpus files: median {result['check_wall_median_s']:.3f} s"
-          f" wall (process); import comfyc.frontends.load: {result['import_frontends_median_s']*1000:.0f} ms")
+    print(f"comfyc check over {len(files)} corpus files: median "
+          f"{result['check_wall_median_s']:.3f} s wall (process); import comfyc.frontends.load: "
+          f"{result['import_frontends_median_s'] * 1000:.0f} ms")
     save("check", result)
 
 

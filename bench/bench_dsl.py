@@ -35,20 +35,19 @@ def _best(fn: Callable[[], Any], runs: int = 5) -> tuple[float, float, Any]:
 def main() -> None:
     from comfyc.compiler.catalog import default_catalog
     from comfyc.frontends.dsl import fast, parse, parse_dsl
-
     from tests.frontends.dsl.test_dsl_perf import workflow
 
     catalog = default_catalog()
     out: dict[str, Any] = {}
     for nodes in (500, 2000):
         text = workflow(nodes)
-        parse_wall, parse_cpu, graph = _best(lambda: parse_dsl(text, "big.cfy", catalog))
-        print_wall, print_cpu, _ = _best(lambda: str(graph))
+        parse_wall, parse_cpu, graph = _best(lambda t=text: parse_dsl(t, "big.cfy", catalog))
+        print_wall, print_cpu, _ = _best(lambda g=graph: str(g))
         parse._state.errors, parse._state.file = [], "big.cfy"
         gc.disable()
         try:
-            fast_wall, _, _ = _best(lambda: fast.parse_statements(text, parse._DECODERS))
-            lark_wall, _, _ = _best(lambda: parse._lark_statements(text, "big.cfy"))
+            fast_wall, _, _ = _best(lambda t=text: fast.parse_statements(t, parse._DECODERS))
+            lark_wall, _, _ = _best(lambda t=text: parse._lark_statements(t, "big.cfy"))
         finally:
             gc.enable()
         out[str(nodes)] = {

@@ -134,6 +134,7 @@ def main() -> None:
 
     import numpy as np
     import torch
+
     from comfyc.compiler.catalog import default_catalog
     from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
     from comfyc.compiler.models.diffusers_folder import write_diffusers_folder

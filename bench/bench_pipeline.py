@@ -38,6 +38,7 @@ def main() -> None:
 
     import numpy as np
     import torch
+
     from comfyc.compiler.catalog import default_catalog
     from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
     from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
@@ -142,7 +143,8 @@ def main() -> None:
     print(f"runtime overhead {results['artifact_ort_cpu']['overhead_share_median']*100:.1f}% "
           f"({results['artifact_ort_cpu']['overhead_s_median']*1000:.1f} ms); cold start "
           f"{results['cold_start_s']['median_s']:.2f} s; compile {compile_s:.1f} s; artifact "
-          f"{size/1e6:.2f} MB; artifact vs torch max |diff| {results['artifact_vs_torch_max_abs']:.2e}")
+          f"{size/1e6:.2f} MB; artifact vs torch max |diff| "
+          f"{results['artifact_vs_torch_max_abs']:.2e}")
     for name in ("comfyc_torch", "artifact_ort_cpu"):
         for stage, row in results[name]["stages"].items():
             print(f"  {name:<18} {stage:<32} {row['calls']:>3} calls {row['total_s']*1000:8.1f} ms")

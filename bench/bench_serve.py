@@ -201,7 +201,7 @@ def main() -> None:
         clients = [client] + [Client(host) for _ in range(3)]
         Client.overheads.clear()
         c1: dict[str, list[Any]] = {"server": [], "direct": []}
-        for k in range(args.requests):
+        for _ in range(args.requests):
             c1["server"].append(
                 _concurrent(lambda i, _: client.run(_prompt(next(seeds), args.steps))[0], 1, 1))
             c1["direct"].append(_concurrent(lambda i, _: direct(i, next(seeds)), 1, 1))

@@ -49,6 +49,7 @@ def main() -> int:
         print(f"bench_trt: cannot run here: {exc}", file=sys.stderr)
         return 2
     import torch
+
     from comfyc.compiler.catalog import default_catalog
     from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
     from comfyc.compiler.lowering.tensorrt import BuildOptions, build_engines

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     args = _parse(argv)
     import torch
+
     from comfyc.compiler.models.synthetic import FAMILIES, family_names, write_checkpoint
 
     if args.list:

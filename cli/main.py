@@ -43,7 +43,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
             "draw a workflow or artifact as a graph page (HTML, SVG or DOT)"),
     "init": ("comfyc.cli.commands.init",
              "write a commented starter workflow (txt2img, img2img, inpaint, ...)"),
-    "model": ("comfyc.compiler.models.cli", "model tools: convert checkpoints to diffusers"),
+    "model": ("comfyc.cli.commands.model", "model tools: convert checkpoints to diffusers"),
 }
 
 _DESCRIPTION = """\
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                 cmd.set_defaults(_run=mod.run)
             continue
         cmd = sub.add_parser(name, help=text, description=(mod.__doc__ or text).strip(),
+                             epilog=getattr(mod, "EXAMPLES", None),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(cmd)
         cmd.set_defaults(_run=mod.run)

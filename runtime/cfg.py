@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from .errors import Error
 from .samplers import _repeat_to_batch, _resize_bilinear
 from .schedules import SD1_SCHEDULE, DiscreteSchedule
-from .errors import Error
 
 __all__ = [
     "PREDICTION_TYPES",

@@ -12,6 +12,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path, PurePosixPath
+
 from .errors import Error
 
 __all__ = ["UnsafeName", "atomic_write", "default_mode", "is_inside", "make_readable",

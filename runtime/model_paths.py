@@ -20,8 +20,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from .files import UnsafeName, is_inside, relative_name
 from .errors import Error
+from .files import UnsafeName, is_inside, relative_name
 
 __all__ = [
     "EMBEDDED_MODELS",

@@ -9,8 +9,8 @@ nodes of ``comfy_extras/nodes_model_advanced.py``). It is two things in one:
   ``percent_to_sigma`` (ConditioningSetTimestepRange, ControlNet start/end percent, SA-Solver's
   SDE interval);
 * a **parameterisation**: how the noisy input is formed (``noise_scaling``,
-  ``inverse_noise_scaling``), what the network is fed (``calculate_input``) and how x0 follows from its output
-  (``calculate_denoised``).
+  ``inverse_noise_scaling``), what the network is fed (``calculate_input``) and how x0
+  follows from its output (``calculate_denoised``).
 
 Kinds implemented here (names as ComfyUI's classes):
 
@@ -30,9 +30,10 @@ ComfyUI's operation order (torch evaluates ``python_float * float32_tensor`` in 
 or to an ulp (tests/runtime/test_model_sampling.py compares with ComfyUI's recorded tables).
 
 The half-log-SNR helpers (:meth:`ModelSampling.half_log_snr`,
-:meth:`ModelSampling.sigma_from_half_log_snr`, :meth:`ModelSampling.offset_first_sigma`) are ``comfy/k_diffusion/sampling.py``'s
-``sigma_to_half_log_snr``, ``half_log_snr_to_sigma`` and ``offset_first_sigma_for_snr``: for EPS
-``lambda = -log(sigma)``, for CONST ``lambda = log((1 - sigma) / sigma)``.
+:meth:`ModelSampling.sigma_from_half_log_snr`, :meth:`ModelSampling.offset_first_sigma`) are
+``comfy/k_diffusion/sampling.py``'s ``sigma_to_half_log_snr``, ``half_log_snr_to_sigma`` and
+``offset_first_sigma_for_snr``: for EPS ``lambda = -log(sigma)``, for CONST
+``lambda = log((1 - sigma) / sigma)``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ What torch 2.x does on the CPU for ``randn`` of float32 (ATen ``DistributionTemp
   ``manual_seed(2**32 + 5)`` equals ``manual_seed(5)``.
 * ``numel >= 16`` (contiguous float32): one 32-bit draw per element,
   ``u = (r & 0xFFFFFF) * 2**-24``. Box-Muller per block of 16: ``u[0:8]`` give the radius
-  ``sqrt(-2 log(1 - u))``, ``u[8:16]`` the angle ``2 pi u``; the cosines fill the first 8 outputs, the sines the last 8. When
+  ``sqrt(-2 log(1 - u))``, ``u[8:16]`` the angle ``2 pi u``; the cosines fill the first 8
+  outputs, the sines the last 8. When
   ``numel % 16 != 0``, 16 fresh uniforms are drawn and the **last 16 outputs are recomputed**
   (overwriting part of the previous block).
 * On x86 CPUs where ATen selects its AVX2 or AVX512 kernels, log/sin/cos are the Cephes polynomials

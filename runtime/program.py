@@ -106,14 +106,14 @@ class ParamSpec:
                     raise ValueError
                 value = float(value)
             elif kind == "BOOLEAN":
+                if isinstance(value, str) and value.lower() not in (
+                        "true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
                 if isinstance(value, str):
-                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError
                     value = value.lower() in ("true", "1", "yes")
                 value = bool(value)
-            elif kind in ("STRING", "COMBO"):
-                if not isinstance(value, str):
-                    raise ValueError
+            elif kind in ("STRING", "COMBO") and not isinstance(value, str):
+                raise ValueError
         except (TypeError, ValueError):
             raise ParamError(
                 f"param '{self.name}' is {kind}; {value!r} is not a valid {kind} value") from None

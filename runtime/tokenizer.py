@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from .errors import Error
 
 __all__ = [
@@ -165,7 +166,11 @@ def _read_merges(location: str) -> tuple[tuple[str, str], ...]:
     """Reads and checks the merges once per file (several tokenizers share the result)."""
     path = Path(location)
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix == ".gz":
+            with gzip.open(path) as handle:
+                raw = handle.read()
+        else:
+            raw = path.read_bytes()
         text = raw.decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise TokenizerError(

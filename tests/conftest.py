@@ -77,9 +77,10 @@ def random_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Files: checkpoints/random-sd1.safetensors, loras/random-lora.safetensors.
     """
+    from safetensors.torch import save_file
+
     from comfyc.compiler.models.lora import make_random_lora
     from comfyc.compiler.models.single_file import save_single_file
-    from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("models")
     (root / "checkpoints").mkdir()

@@ -81,3 +81,16 @@ def test_no_root_folder_shadows_the_package() -> None:
     """A root `comfyc/` would be imported instead of the install when Python runs here."""
     assert not (REPO / "comfyc").exists()
     assert (REPO / "pkg" / "__init__.py").is_file()
+
+
+def test_requires_python_is_what_the_code_needs() -> None:
+    """The DSL's fast path uses atomic regex groups (Python 3.11+): the floor says so."""
+    import re
+    import sys
+
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    floor = re.search(r'requires-python\s*=\s*">=(\d+)\.(\d+)"', text)
+    assert floor is not None and (int(floor[1]), int(floor[2])) >= (3, 11)
+    assert sys.version_info >= (int(floor[1]), int(floor[2]))
+    ruff = re.search(r'target-version\s*=\s*"py(\d)(\d+)"', text)
+    assert ruff is not None and (int(ruff[1]), int(ruff[2])) == (int(floor[1]), int(floor[2]))

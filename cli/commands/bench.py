@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", metavar="DIR", help="models folder (ComfyUI layout)")
     parser.add_argument("--skip-unavailable", action="store_true",
                         help="leave out backends that cannot run here instead of failing")
-    parser.add_argument("--no-progress", action="store_true", help="no progress output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     add_ort_arguments(parser)
 
@@ -99,6 +99,7 @@ def agreement(image: Any, reference: Any) -> dict[str, float]:
 def _worker(spec_path: str) -> int:
     """One row in its own process: load, warm up, time, save images; write JSON."""
     import numpy as np
+
     from comfyc.runtime.artifact import load, read_manifest, stage_entries
 
     spec = json.loads(Path(spec_path).read_text())
@@ -109,7 +110,7 @@ def _worker(spec_path: str) -> int:
         program = load(spec["artifact"], backend=spec["backend"], **spec["stage_options"])
         result["load_s"] = time.perf_counter() - start
         result["stage_backends"] = {}
-        for name, stage in program.stages.items():
+        for stage in program.stages.values():
             for member in (stage.values() if isinstance(stage, dict) else [stage]):
                 if member is not None and hasattr(member, "backend"):
                     session = getattr(member, "session", None)
@@ -226,9 +227,9 @@ def _artifact_bytes(path: Path) -> dict[str, int]:
 
 def _compile(args: argparse.Namespace, source: str, out: Path, precision: str,
              store_torch: bool, say: Any) -> dict[str, Any]:
+    from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
     from comfyc.frontends.load import load_workflow
 
-    from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
     from .common import catalog_from_args
 
     options = CompileOptions(models_dir=args.models_dir, store_torch=store_torch,
@@ -278,20 +279,21 @@ def run(args: argparse.Namespace) -> int:
     if args.worker:
         return _worker(args.worker)
     import numpy as np
+
+    from comfyc.compiler.errors import WorkflowError
+    from comfyc.compiler.lowering.autotune import machine_info
     from comfyc.runtime.artifact import (
         ArtifactError,
         backend_unavailable_reason,
         read_manifest,
     )
 
-    from comfyc.compiler.errors import WorkflowError
-    from comfyc.compiler.lowering.autotune import machine_info
     from .common import print_error, source_texts
     from .run import parse_params
     from .tune import ort_options_from_args
 
     def say(message: str) -> None:
-        if not args.no_progress:
+        if not args.quiet:
             print(f"[bench] {message}", file=sys.stderr, flush=True)
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -380,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
                     "runs": 1 if only_ref else args.runs,
                     "warmup": 0 if only_ref else args.warmup,
                     "quality": args.quality, "stage_options": stage_options,
-                    "progress": not args.no_progress}
+                    "progress": not args.quiet}
             (folder / "spec.json").write_text(json.dumps(spec))
             say(f"[{number}/{len(rows)}] {row['label']}"
                 f"{' (reference images only)' if only_ref else ''}")

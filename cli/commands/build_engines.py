@@ -53,9 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(root: Path, profile_text: str | None, as_json: bool, wanted: list[str]) -> int:
+    from comfyc.compiler.lowering.tensorrt import (
+        ProfileSpec,
+        check_onnx,
+        onnx_stages,
+        stage_profile,
+    )
     from comfyc.runtime.artifact import read_manifest
-
-    from comfyc.compiler.lowering.tensorrt import ProfileSpec, check_onnx, onnx_stages, stage_profile
 
     manifest = read_manifest(root)
     spec = ProfileSpec.parse(profile_text)
@@ -83,10 +87,14 @@ def _check(root: Path, profile_text: str | None, as_json: bool, wanted: list[str
 
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc build-engines``."""
+    from comfyc.compiler.lowering.tensorrt import (
+        BuildOptions,
+        ProfileSpec,
+        TensorRTError,
+        build_engines,
+    )
     from comfyc.runtime.artifact import ArtifactError
     from comfyc.runtime.backends.base import BackendError
-
-    from comfyc.compiler.lowering.tensorrt import BuildOptions, ProfileSpec, TensorRTError, build_engines
 
     root = Path(args.artifact)
     try:

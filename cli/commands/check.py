@@ -13,6 +13,7 @@ import json
 import sys
 
 from comfyc.compiler.errors import WorkflowError, WorkflowErrors
+
 from .common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -26,6 +27,14 @@ from .common import (
 
 __all__ = ["add_arguments", "run", "check_file"]
 
+#: Shown at the end of ``comfyc check --help``.
+EXAMPLES = """\
+examples:
+  comfyc check examples/txt2img.cfy
+  comfyc check workflow.json image.png --json      # several files; a JSON report
+  comfyc check custom.json --object-info object_info.json
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``comfyc check``."""
@@ -38,10 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_file(path: str, catalog: object) -> tuple[int, dict[str, object]]:
     """Check one file; returns the exit code and a JSON-able report."""
-    from comfyc.frontends.load import load_workflow
-
     from comfyc.compiler.errors import node_errors
     from comfyc.compiler.passes.validate import validate_graph
+    from comfyc.frontends.load import load_workflow
 
     graph = None
     try:

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from comfyc.compiler.errors import WorkflowError
+
 from .common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -24,6 +25,14 @@ from .common import (
 )
 
 __all__ = ["add_arguments", "run"]
+
+#: Shown at the end of ``comfyc compile --help``.
+EXAMPLES = """\
+examples:
+  comfyc compile examples/txt2img.cfy -o txt2img.comfyc
+  comfyc compile workflow.json -o wf.comfyc --models-dir ~/ComfyUI/models --param 6.text=prompt
+  comfyc compile examples/txt2img.cfy -o fast.comfyc --backend auto   # measure, plan fastest
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,9 +84,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``comfyc compile``."""
     from pathlib import Path
 
-    from comfyc.frontends.load import load_workflow
-
     from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph, parse_backend_map
+    from comfyc.frontends.load import load_workflow
 
     def say(message: str) -> None:
         if not args.quiet:

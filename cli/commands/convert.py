@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from comfyc.compiler.errors import WorkflowError
+
 from .common import (
     EXIT_OK,
     add_catalog_arguments,
@@ -23,6 +24,14 @@ from .common import (
 )
 
 __all__ = ["add_arguments", "run"]
+
+#: Shown at the end of ``comfyc convert --help``.
+EXAMPLES = """\
+examples:
+  comfyc convert workflow.json --to api -o prompt.json   # UI workflow -> API prompt
+  comfyc convert image.png --to dsl                      # the workflow a PNG carries
+  comfyc convert examples/txt2img.cfy --to api
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,31 +17,33 @@ from pathlib import Path
 
 __all__ = ["DIGITS", "add_arguments", "run"]
 
+#: Shown at the end of ``comfyc demo --help``.
+EXAMPLES = """\
+examples:
+  comfyc demo
+  comfyc demo -o /tmp/demo --seed 7
+"""
+
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 _EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-_EXAMPLE = _EXAMPLES / "txt2img.cfy"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``comfyc demo``."""
-    parser.add_argument("-o", "--out", default="demo-out", metavar="DIR",
+    parser.add_argument("-o", "--output", default="demo-out", metavar="DIR",
                         help="where the images, contact sheet and artifact go")
     parser.add_argument("--seed", type=int, default=42, help="seed for every digit")
 
 
 def _workflow_text() -> str:
-    if _EXAMPLE.is_file():
-        return _EXAMPLE.read_text(encoding="utf-8")
-    from .demo_workflow import TXT2IMG  # An installed package has no examples folder.
+    from comfyc import examples
 
-    return TXT2IMG
+    return examples.read_text("txt2img.cfy")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc demo``."""
     import numpy as np
-    from comfyc.frontends.dsl import parse_dsl
-    from comfyc.runtime import load
     from PIL import Image
 
     from comfyc.compiler.catalog import default_catalog
@@ -49,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
     from comfyc.compiler.passes.base import PassContext
     from comfyc.compiler.pipeline import run_pipeline
+    from comfyc.frontends.dsl import parse_dsl
+    from comfyc.runtime import load
 
-    out = Path(args.out)
+    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     text = _workflow_text()
 
@@ -114,10 +118,9 @@ def _write_graph_page(text: str, artifact: Path, target: Path,
     """graph.html for the artifact, with the stage times measured by this demo."""
     import statistics
 
-    from comfyc.frontends.dsl import parse_dsl
-
     from comfyc.compiler.catalog import default_catalog
     from comfyc.compiler.viz import render
+    from comfyc.frontends.dsl import parse_dsl
 
     from .common import write_output
     from .viz import artifact_view

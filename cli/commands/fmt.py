@@ -22,6 +22,7 @@ from pathlib import Path
 
 from comfyc.compiler.errors import InputFileError, WorkflowError
 from comfyc.compiler.ir import SourceLoc
+
 from .common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -35,6 +36,13 @@ from .common import (
 )
 
 __all__ = ["add_arguments", "run", "format_file", "write_in_place"]
+
+#: Shown at the end of ``comfyc fmt --help``.
+EXAMPLES = """\
+examples:
+  comfyc fmt examples/*.cfy            # rewrite in place
+  comfyc fmt workflow.cfy --check      # exit 1 when a file would change (for CI)
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

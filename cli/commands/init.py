@@ -24,11 +24,11 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``comfyc init``."""
-    from comfyc.cli.templates import DESCRIPTIONS
+    from comfyc.cli.templates import TEMPLATES, descriptions
 
     names = ", ".join(f"{name} ({text[0].lower()}{text[1:].rstrip('.')})" for name, text in
-                      DESCRIPTIONS.items())
-    parser.add_argument("--template", "-t", required=True, choices=list(DESCRIPTIONS),
+                      descriptions().items())
+    parser.add_argument("--template", "-t", required=True, choices=list(TEMPLATES),
                         metavar="NAME", help=f"one of: {names}")
     parser.add_argument("-o", "--output", required=True, metavar="FILE.cfy",
                         help="the workflow file to write ('-' for standard output)")
@@ -43,18 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc init``."""
-    from comfyc.cli.templates import TINY, checkpoint_profile, render, uses_input_image
-    from comfyc.cli.templates.sample_image import DIGIT_PNG_NAME, digit_png
+    from comfyc import examples
+    from comfyc.cli.templates import INPUT_IMAGE, render, uses_input_image
 
     if args.ckpt is not None and not args.ckpt.strip():
         print("comfyc init: error: --ckpt needs a checkpoint name, e.g. "
               "--ckpt v1-5-pruned-emaonly.safetensors", file=sys.stderr)
         return EXIT_UNREADABLE
-    profile = checkpoint_profile(args.ckpt, args.lora) if args.ckpt else TINY
-    if args.lora and not args.ckpt:
-        from dataclasses import replace
-
-        profile = replace(profile, lora=args.lora)
     to_stdout = args.output == "-"
     target = Path(args.output)
     input_dir = target.parent / "input"
@@ -67,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"comfyc init: error: {target} already exists; pass --force to overwrite "
                   f"it, or choose another name with -o", file=sys.stderr)
             return EXIT_INVALID
-    text = render(args.template, profile, file=args.output if not to_stdout else
-                  f"{args.template}.cfy", input_dir=os.fspath(input_dir))
+    reads_image = uses_input_image(args.template)
+    text = render(args.template, file=args.output if not to_stdout else
+                  f"{args.template}.cfy", ckpt=args.ckpt, lora=args.lora,
+                  input_dir=os.fspath(input_dir) if reads_image else None)
     try:
         write_output(text, args.output)
     except OSError as exc:
@@ -77,12 +74,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNREADABLE
     if to_stdout:
         return EXIT_OK
-    print(f"wrote {target} ({args.template}, {profile.ckpt})", file=sys.stderr)
-    if uses_input_image(args.template):
-        image = input_dir / profile.image
-        if profile.image == DIGIT_PNG_NAME and not image.exists():
+    print(f"wrote {target} ({args.template}, {args.ckpt or 'the embedded tiny model'})",
+          file=sys.stderr)
+    if reads_image:
+        image = input_dir / (INPUT_IMAGE if args.ckpt is None else "input.png")
+        if args.ckpt is None and not image.exists():
             try:
-                write_output(digit_png(), os.fspath(image))
+                write_output(examples.read_bytes(f"input/{INPUT_IMAGE}"), os.fspath(image))
                 print(f"wrote {image} (the input image LoadImage reads)", file=sys.stderr)
             except OSError as exc:
                 print(f"comfyc init: warning: cannot write {image}: {exc.strerror or exc}",
@@ -90,6 +88,6 @@ def run(args: argparse.Namespace) -> int:
         elif not image.exists():
             print(f"put the input image at {image} (or change LoadImage's image name)",
                   file=sys.stderr)
-    extra = f" --input-dir {input_dir}" if uses_input_image(args.template) else ""
-    print(f"next: comfyc run {target} --out output{extra}", file=sys.stderr)
+    extra = f" --input-dir {input_dir}" if reads_image else ""
+    print(f"next: comfyc run {target} --output output{extra}", file=sys.stderr)
     return EXIT_OK

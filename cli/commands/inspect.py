@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from comfyc.compiler.errors import WorkflowError
+
 from .common import (
     EXIT_OK,
     add_catalog_arguments,
@@ -25,6 +26,14 @@ from .common import (
 )
 
 __all__ = ["add_arguments", "run", "inspect_workflow", "inspect_artifact"]
+
+#: Shown at the end of ``comfyc inspect --help``.
+EXAMPLES = """\
+examples:
+  comfyc inspect examples/txt2img.cfy                  # the IR after every pass
+  comfyc inspect examples/hires_lora.cfy --after lora-merge
+  comfyc inspect txt2img.comfyc --json
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,12 +74,11 @@ def inspect_artifact(path: Path) -> dict[str, Any]:
 
 def inspect_workflow(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
     """Run the pipeline, printing the IR after each pass; returns the summary."""
-    from comfyc.frontends.load import load_workflow
-
     from comfyc.compiler.lowering.artifact import _probe, _RecordingLayers, parse_backend_map
     from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
     from comfyc.compiler.passes.base import PassContext, PassOptions
     from comfyc.compiler.pipeline import run_pipeline
+    from comfyc.frontends.load import load_workflow
 
     catalog = catalog_from_args(args)
     graph = load_workflow(args.file, catalog)

@@ -1,6 +1,6 @@
 """``comfyc model ...``: inspect and convert model files.
 
-The main driver (`comfyc.compiler.cli`) calls `add_parser(subparsers)` to register the
+The main driver (`comfyc.cli.main`) calls `add_parser(subparsers)` to register the
 ``model`` command and `run(args)` to execute it. Importing this module is cheap: torch and
 diffusers are imported inside `run`.
 
@@ -21,6 +21,14 @@ __all__ = ["add_parser", "run"]
 
 _DTYPES = ("fp32", "fp16", "bf16")
 
+#: Shown at the end of ``comfyc model --help``.
+EXAMPLES = """\
+examples:
+  comfyc model convert v1-5-pruned-emaonly.safetensors --to diffusers -o sd15-diffusers/
+  comfyc model convert sd15-diffusers/ --to single-file -o sd15.safetensors --dtype fp16
+  comfyc model info --models-dir ~/ComfyUI/models sd_xl_base_1.0.safetensors
+"""
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Registers ``model`` (with ``convert`` and ``info``) on the driver's subparsers.
@@ -34,6 +42,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "model", help="inspect and convert SD1.x/SD2.x/SDXL model files",
         description="Inspect and convert SD1.x/SD2.x/SDXL checkpoints (nothing is downloaded).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
 

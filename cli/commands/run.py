@@ -1,7 +1,7 @@
 """Run a workflow (or a compiled artifact) and write its images.
 
 A workflow file (UI/API JSON, PNG, .cfy) is compiled in memory for the PyTorch backend and
-run; sampler seeds and DSL params can be set with --param NAME=VALUE. Images go to --out
+run; sampler seeds and DSL params can be set with --param NAME=VALUE. Images go to --output
 (ComfyUI's file names, with the workflow embedded in each PNG). A progress bar follows the
 sampling steps, and a per-stage timing summary is printed at the end (--json: a
 machine-readable summary on standard output).
@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from comfyc.compiler.errors import WorkflowError
+
 from .common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -28,6 +29,14 @@ from .common import (
 
 __all__ = ["add_arguments", "run", "parse_params", "Progress"]
 
+#: Shown at the end of ``comfyc run --help``.
+EXAMPLES = """\
+examples:
+  comfyc run examples/txt2img.cfy --param seed=7 -o out
+  comfyc run txt2img.comfyc --param prompt="a handwritten digit three" -o out
+  comfyc run txt2img.comfyc --backend unet=torch,vae_decoder=ort-cpu --threads 1
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``comfyc run``."""
@@ -35,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a workflow file, or a compiled NAME.comfyc artifact")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="set a runtime param (repeatable), e.g. --param seed=7")
-    parser.add_argument("--out", default="output", metavar="DIR",
+    parser.add_argument("-o", "--output", default="output", metavar="DIR",
                         help="where images are written (default: ./output)")
     parser.add_argument("--input-dir", default="input", metavar="DIR",
                         help="where LoadImage finds its files (default: ./input)")
@@ -48,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the artifact's plan (autotuned or chosen at compile time)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON summary (outputs, timings) on standard output")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_catalog_arguments(parser)
     from .tune import add_ort_arguments
 
@@ -116,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from comfyc.runtime.artifact import ArtifactError
     from comfyc.runtime.program import ParamError, ProgramError
 
-    progress = Progress(not args.no_progress)
+    progress = Progress(not args.quiet)
     try:
         params = parse_params(args.param)
     except ValueError as exc:
@@ -134,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             program = _compile_in_memory(args, progress)
         build_s = time.perf_counter() - started
-        result = program.run(params, output_dir=args.out, input_dir=args.input_dir,
+        result = program.run(params, output_dir=args.output, input_dir=args.input_dir,
                              progress=progress)
     except WorkflowError as exc:
         print_error(exc, source_texts(args.file))
@@ -151,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     files = [f for entries in result.files.values() for f in entries]
     summary = {
-        "outputs": {k: [str(Path(args.out) / ("temp" if f.get("type") == "temp" else "")
+        "outputs": {k: [str(Path(args.output) / ("temp" if f.get("type") == "temp" else "")
                             / f["subfolder"] / f["filename"]) for f in v]
                     for k, v in result.files.items()},
         "timings": {**result.timings, "load_s": build_s},
@@ -168,12 +177,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _compile_in_memory(args: argparse.Namespace, progress: Progress) -> Any:
     """Load, validate and lower a workflow for the torch backend."""
-    from comfyc.frontends.load import load_workflow
-
     from comfyc.compiler.lowering.program import lower_to_program
     from comfyc.compiler.passes.base import PassContext, PassManager
     from comfyc.compiler.passes.runtime_params import RuntimeParamsPass
     from comfyc.compiler.passes.validate import ValidatePass
+    from comfyc.frontends.load import load_workflow
 
     if args.backend not in (None, "torch", "torch-compile"):
         raise WorkflowError(f"a workflow runs on the torch backend; --backend {args.backend} "

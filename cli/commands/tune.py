@@ -19,6 +19,13 @@ from .common import EXIT_INVALID, EXIT_OK
 
 __all__ = ["add_arguments", "add_ort_arguments", "ort_options_from_args", "run"]
 
+#: Shown at the end of ``comfyc tune --help``.
+EXAMPLES = """\
+examples:
+  comfyc tune txt2img.comfyc
+  comfyc tune txt2img.comfyc --backends ort-cpu,torch --threads 1 --dry-run
+"""
+
 
 def add_ort_arguments(parser: argparse.ArgumentParser) -> None:
     """onnxruntime tuning options shared by run, tune and bench."""
@@ -91,10 +98,9 @@ def print_autotune(result: dict[str, object], out: object = None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc tune``."""
+    from comfyc.compiler.lowering.autotune import autotune
     from comfyc.runtime.artifact import ArtifactError, read_manifest, write_manifest
     from comfyc.runtime.backends.base import BackendError
-
-    from comfyc.compiler.lowering.autotune import autotune
 
     def say(message: str) -> None:
         if not args.quiet:

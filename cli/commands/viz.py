@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from comfyc.compiler.errors import WorkflowError
+
 from .common import (
     EXIT_OK,
     EXIT_UNREADABLE,

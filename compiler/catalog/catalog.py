@@ -135,9 +135,10 @@ class Catalog:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
-            raise ObjectInfoError(f"{path}: cannot read the object_info file: {exc.strerror}")
+            raise ObjectInfoError(
+                f"{path}: cannot read the object_info file: {exc.strerror}") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ObjectInfoError(f"{path}: not a JSON object_info file: {exc}")
+            raise ObjectInfoError(f"{path}: not a JSON object_info file: {exc}") from None
         return self.extend_from_object_info(data, str(path))
 
     def to_object_info(

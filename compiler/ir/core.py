@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 from comfyc.runtime.nodes.schema import MISSING
 
@@ -181,7 +181,7 @@ class Param(_Usable):
         return f"Param({self.name}: {self.type} = {self.default!r})"
 
 
-Input = Union[Value, Param, Any]
+Input = Value | Param | Any
 
 
 @dataclass(slots=True)

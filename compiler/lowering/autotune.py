@@ -26,12 +26,12 @@ backend shows.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import replace
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from comfyc.runtime.artifact import ArtifactError, file_sha256, read_manifest
-from comfyc.runtime.manifest import Manifest
 from comfyc.runtime.backends.trt import (
     ENGINE_DIR,
     INDEX_FORMAT,
@@ -44,6 +43,7 @@ from comfyc.runtime.backends.trt import (
     require_tensorrt,
     stage_onnx_sha256,
 )
+from comfyc.runtime.manifest import Manifest
 
 __all__ = [
     "BuildOptions",

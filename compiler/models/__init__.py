@@ -1,7 +1,7 @@
 """Model files: SD1.x/SD2.x/SDXL single files, diffusers folders, VAEs, LoRAs, embeddings.
 
 This package uses torch, diffusers and transformers (the compiler side). Its names are loaded
-lazily, so that importing ``comfyc.compiler.models.cli`` (for the command line) stays cheap.
+lazily, so that importing ``comfyc.cli.commands.model`` (the ``comfyc model`` command) stays cheap.
 
 Main entry points:
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from comfyc.compiler.models.configs import SDXL_LATENT_SCALE
 from comfyc.compiler.models.errors import ModelFormatError
 from comfyc.compiler.models.single_file import (

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from comfyc.compiler.models.errors import ModelFormatError
 from comfyc.compiler.models.single_file import load_pickle_weights
 from comfyc.runtime.model_paths import find_embedding

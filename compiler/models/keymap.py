@@ -243,9 +243,9 @@ def _vae_coder_key(parts: list[str], levels: int) -> str | None:
 
 def vae_tensor_to_ldm(diffusers_key: str, tensor: torch.Tensor) -> torch.Tensor:
     """Reshapes a VAE attention projection from diffusers' linear [C, C] to conv [C, C, 1, 1]."""
-    if ".mid_block.attentions." in diffusers_key and diffusers_key.endswith(".weight"):
-        if tensor.ndim == 2:
-            return tensor[:, :, None, None]
+    if (".mid_block.attentions." in diffusers_key and diffusers_key.endswith(".weight")
+            and tensor.ndim == 2):
+        return tensor[:, :, None, None]
     return tensor
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
 from comfyc.compiler.models.errors import ModelFormatError
 from comfyc.compiler.models.keymap import unet_diffusers_to_ldm_map
 from comfyc.compiler.models.single_file import (

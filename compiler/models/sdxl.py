@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from comfyc.compiler.models.configs import ADM_TIME_EMBED_DIM
 from comfyc.compiler.models.errors import ModelFormatError
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from comfyc.compiler.models.configs import ADM_TIME_EMBED_DIM, LATENT_SCALE, SDXL_LATENT_SCALE
 from comfyc.compiler.models.keymap import (
     CLIP_OPENAI_PREFIX,

@@ -36,9 +36,10 @@ def export(pipeline: Path, output: Path) -> Path:
     Returns:
         The written path.
     """
-    from comfyc.compiler.models import save_single_file
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
+
+    from comfyc.compiler.models import save_single_file
 
     unet = UNet2DConditionModel.from_pretrained(str(pipeline / "unet"))
     vae = AutoencoderKL.from_pretrained(str(pipeline / "vae"))
@@ -71,9 +72,10 @@ def check_round_trip(pipeline: Path, output: Path) -> float:
     Returns:
         The largest absolute weight difference (0.0 when the round trip is exact).
     """
-    from comfyc.compiler.models import load_checkpoint
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
+
+    from comfyc.compiler.models import load_checkpoint
 
     loaded = load_checkpoint(output, dtype=torch.float32)
     sources = {

@@ -192,7 +192,7 @@ def graph_from_api(data: Any, catalog: Catalog | None = None, file: str | None =
         raise WorkflowErrors([SchemaError(
             f"the workflow has a cycle: {' -> '.join(n.display() for n in exc.nodes)}",
             first.loc, kind="dependency_cycle",
-            help="a node cannot depend on its own output; remove one of these links")])
+            help="a node cannot depend on its own output; remove one of these links")]) from None
     return graph
 
 

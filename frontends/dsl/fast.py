@@ -32,9 +32,9 @@ class Fallback(Exception):
     """The fast path met something it does not handle; the Lark parser takes over."""
 
 
-# Whitespace and comments (skipped atomically), then one token. The alternatives are tried in the order Lark's
-# lexer tries the grammar's terminals (a raw string before a plain one); the terminals that
-# can start at the same character are only those two and the keyword/name pairs.
+# Whitespace and comments (skipped atomically), then one token. The alternatives are tried in
+# the order Lark's lexer tries the grammar's terminals (a raw string before a plain one); the
+# terminals that can start at the same character are only those two and the keyword/name pairs.
 _TOKEN = re.compile(
     r'(?>[ \t\f\r\n]*(?:#[^\n]*+[ \t\f\r\n]*)*)'  # Atomic: never split a comment.
     r'(?:(?P<L>"""(?:(?!""")[\s\S])*""")'

@@ -32,14 +32,17 @@ After::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from comfyc.compiler.catalog import Catalog, default_catalog
+from comfyc.compiler.ir import Graph
 from comfyc.compiler.ir.printer import ArgTrivia, StmtKey, StmtTrivia, print_graph
 
 from . import ast
 from .lower import Lowering
 from .parse import parse_module
 
-__all__ = ["format_source", "attach_comments"]
+__all__ = ["format_source", "rewrite_source", "attach_comments"]
 
 
 def attach_comments(module: ast.Module, keys: list[StmtKey]
@@ -127,6 +130,28 @@ def _attach_inside_call(stmt: ast.NodeStmt, comment: ast.Comment, target: StmtTr
     target.closing.append(comment.text)
 
 
+def rewrite_source(text: str, edit: Callable[[Graph], None], file: str | None = None,
+                   catalog: Catalog | None = None) -> str:
+    """Change a DSL file through the IR and print it back canonically, comments kept.
+
+    Args:
+        text: The source.
+        edit: Changes the graph in place (through :class:`Graph` methods); the statements'
+            order, names and comments stay as written.
+        file: The path, for error locations.
+        catalog: Node schemas; the built-in catalogue when None.
+
+    Raises:
+        WorkflowErrors: The file does not parse, or a name does not resolve.
+    """
+    module = parse_module(text, file, with_comments=True)
+    lowering = Lowering(module, catalog or default_catalog(), file, check_types=False)
+    graph = lowering.run()
+    edit(graph)
+    trivia, footer = attach_comments(module, lowering.keys)
+    return print_graph(graph, order=lowering.keys, comments=trivia, footer=footer)
+
+
 def format_source(text: str, file: str | None = None, catalog: Catalog | None = None) -> str:
     """The canonical layout of a DSL file, comments kept.
 
@@ -138,8 +163,4 @@ def format_source(text: str, file: str | None = None, catalog: Catalog | None = 
     Raises:
         WorkflowErrors: The file does not parse, or a name does not resolve.
     """
-    module = parse_module(text, file, with_comments=True)
-    lowering = Lowering(module, catalog or default_catalog(), file, check_types=False)
-    graph = lowering.run()
-    trivia, footer = attach_comments(module, lowering.keys)
-    return print_graph(graph, order=lowering.keys, comments=trivia, footer=footer)
+    return rewrite_source(text, lambda graph: None, file, catalog)

@@ -27,11 +27,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from comfyc.compiler.errors import DslSyntaxError, WorkflowError, WorkflowErrors
-from comfyc.compiler.ir import SourceLoc
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.lexer import Lexer
+
+from comfyc.compiler.errors import DslSyntaxError, WorkflowError, WorkflowErrors
+from comfyc.compiler.ir import SourceLoc
 
 from . import ast, fast
 

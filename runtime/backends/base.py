@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import numpy as np
+
 from ..errors import Error
 
 __all__ = ["Stage", "StageTimer", "BackendError"]

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
 from ..errors import Error
 
 __all__ = ["Latent", "OpError", "as_image", "as_latent", "as_mask", "check_choice"]

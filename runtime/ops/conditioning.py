@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from comfyc.runtime.ops._common import OpError, as_mask, check_choice
 
 __all__ = [

@@ -22,6 +22,7 @@ import math
 from typing import Any
 
 import numpy as np
+
 from comfyc.runtime.ops._common import OpError, as_image, as_mask, check_choice
 from comfyc.runtime.ops.resample import CROP_METHODS, common_upscale, interpolate
 

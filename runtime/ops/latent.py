@@ -24,6 +24,7 @@ import math
 from typing import Any
 
 import numpy as np
+
 from comfyc.runtime.ops._common import Latent, OpError, as_latent, as_mask, check_choice
 from comfyc.runtime.ops.resample import CROP_METHODS, common_upscale
 

@@ -20,8 +20,9 @@ float32 rounding (about one ulp, from the order of the sums; the oracle tests ch
 from __future__ import annotations
 
 import numpy as np
-from comfyc.runtime.ops._common import OpError, check_choice
 from PIL import Image
+
+from comfyc.runtime.ops._common import OpError, check_choice
 
 __all__ = [
     "CROP_METHODS",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
 from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
@@ -197,7 +198,7 @@ def test_bad_artifacts_are_clear_errors(artifact: Path, tmp_path: Path, how: str
         load(bad)
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "comfyc.cli.main", "run", str(bad),
-                             "--out", str(out)], capture_output=True, text=True)
+                             "--output", str(out)], capture_output=True, text=True)
     assert result.returncode == 1 and message in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
 from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
 from comfyc.compiler.passes.base import PassContext, PassOptions
@@ -14,7 +15,6 @@ from comfyc.compiler.pipeline import run_pipeline
 from comfyc.frontends.load import load_workflow
 from comfyc.runtime import load
 from comfyc.runtime.samplers import SUPPORTED_SAMPLERS
-
 from tests.conftest import REPO
 
 TINY = REPO / "runtime" / "models" / "tiny-digits.safetensors"

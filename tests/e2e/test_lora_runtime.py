@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
 from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
@@ -162,8 +163,8 @@ def test_torch_path_param_strength(random_models: Path, tmp_path: Path) -> None:
     wf.write_text(textwrap.dedent(WORKFLOW))
     result = subprocess.run(
         [sys.executable, "-m", "comfyc.cli.main", "run", str(wf), "--models-dir",
-         str(random_models), "--param", "strength=0.9", "--out", str(tmp_path / "out"),
-         "--no-progress"], check=False, capture_output=True, text=True, timeout=300)
+         str(random_models), "--param", "strength=0.9", "--output", str(tmp_path / "out"),
+         "--quiet"], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     from PIL import Image
 

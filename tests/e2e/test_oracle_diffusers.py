@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
 from comfyc.compiler.passes.base import PassContext
 from comfyc.compiler.pipeline import run_pipeline
 from comfyc.frontends.dsl import parse_dsl
-
 from tests.conftest import REPO
 
 TINY = REPO / "runtime" / "models" / "tiny-digits.safetensors"
@@ -49,8 +49,9 @@ def comfyc_image(ckpt: str, models: Path, seed: int, prompt: str, cfg: float) ->
 def diffusers_image(folder: Path, seed: int, prompt: str, cfg: float) -> np.ndarray:
     """diffusers' own pipeline, started from ComfyUI's initial latent."""
     import torch
-    from comfyc.runtime.noise import prepare_noise
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from comfyc.runtime.noise import prepare_noise
 
     pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None,
                                                    requires_safety_checker=False)

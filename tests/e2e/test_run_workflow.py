@@ -36,7 +36,7 @@ def test_run_writes_png_with_the_prompt_that_made_it(tmp_path: Path,
     """run writes ComfyUI-named PNGs whose prompt chunk converts back to the executed prompt."""
     wf = _workflow(tmp_path)
     out = tmp_path / "out"
-    result = _cli("run", str(wf), "--models-dir", str(random_models), "--out", str(out),
+    result = _cli("run", str(wf), "--models-dir", str(random_models), "--output", str(out),
                   "--param", "seed=5", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -55,8 +55,8 @@ def test_run_writes_png_with_the_prompt_that_made_it(tmp_path: Path,
     assert {k: v["inputs"] for k, v in prompt.items()} == {
         k: v["inputs"] for k, v in expected.items()}
     # A second run numbers the next file, as ComfyUI does.
-    again = _cli("run", str(wf), "--models-dir", str(random_models), "--out", str(out),
-                 "--no-progress")
+    again = _cli("run", str(wf), "--models-dir", str(random_models), "--output", str(out),
+                 "--quiet")
     assert again.returncode == 0 and (out / "digits_00002_.png").exists()
 
 
@@ -92,7 +92,7 @@ def test_unsupported_nodes_fail_before_any_work(tmp_path: Path, random_models: P
     wf = tmp_path / "cn.json"
     wf.write_text(json.dumps(data))
     out = tmp_path / "out"
-    result = _cli("run", str(wf), "--models-dir", str(random_models), "--out", str(out))
+    result = _cli("run", str(wf), "--models-dir", str(random_models), "--output", str(out))
     assert result.returncode == 1
     assert "#20 (ControlNetLoader) cannot run" in result.stderr
     assert "#22 (ControlNetApply) cannot run" in result.stderr
@@ -103,11 +103,11 @@ def test_bad_params_are_reported(tmp_path: Path, random_models: Path) -> None:
     """Unknown and ill-typed params are clear errors."""
     wf = _workflow(tmp_path)
     result = _cli("run", str(wf), "--models-dir", str(random_models), "--param", "sed=1",
-                  "--out", str(tmp_path / "o"))
+                  "--output", str(tmp_path / "o"))
     assert result.returncode == 1 and "unknown param 'sed'" in result.stderr
     assert "this program's params: seed" in result.stderr
     result = _cli("run", str(wf), "--models-dir", str(random_models), "--param", "seed=x",
-                  "--out", str(tmp_path / "o"))
+                  "--output", str(tmp_path / "o"))
     assert result.returncode == 1 and "'x' is not a valid INT value" in result.stderr
     assert not (tmp_path / "o").exists()
 
@@ -120,6 +120,6 @@ def test_model_names_cannot_escape_the_models_folder(tmp_path: Path, random_mode
     data["4"]["inputs"]["ckpt_name"] = name
     wf = tmp_path / "esc.json"
     wf.write_text(json.dumps(data))
-    result = _cli("run", str(wf), "--models-dir", str(random_models), "--out",
+    result = _cli("run", str(wf), "--models-dir", str(random_models), "--output",
                   str(tmp_path / "o"))
     assert result.returncode != 0 and "Traceback" not in result.stderr

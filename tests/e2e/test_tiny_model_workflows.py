@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
 from comfyc.compiler.passes.base import PassContext
 from comfyc.compiler.pipeline import run_pipeline
 from comfyc.frontends.load import load_workflow
-
 from tests.conftest import REPO
 
 TINY = REPO / "runtime" / "models" / "tiny-digits.safetensors"

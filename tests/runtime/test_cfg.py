@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from comfyc.runtime import cfg as C
 from comfyc.runtime.schedules import SD1_SCHEDULE
 

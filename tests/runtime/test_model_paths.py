@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from comfyc.runtime import model_paths
 from comfyc.runtime.model_paths import (
     ENV_VAR,

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+
 from comfyc.runtime import model_sampling as M
 from comfyc.runtime import schedules as SC
 

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 from comfyc.runtime.noise import BrownianTreeNoise, TorchGenerator, prepare_noise
 
 SEEDS = [0, 1, 42, 2**32 + 5, 2**63 - 1, 2**64 - 1]

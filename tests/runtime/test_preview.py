@@ -6,8 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from comfyc.runtime.preview import SD1_LATENT_RGB, latent_to_rgb, preview_png
 from PIL import Image
+
+from comfyc.runtime.preview import SD1_LATENT_RGB, latent_to_rgb, preview_png
 
 
 def test_latent_to_rgb_is_the_linear_map_clipped() -> None:

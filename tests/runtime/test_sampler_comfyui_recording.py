@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from comfyc.runtime import model_sampling as M
 from comfyc.runtime import samplers as S
 from comfyc.runtime import schedules as SC
@@ -242,7 +243,7 @@ def test_trajectory_recorded_for_every_sampler() -> None:
         pair = pair_for(case, shape, False, REC.meta["cfg"])
         seen: list[np.ndarray] = []
         S.ksampler(pair, latent, REC.meta["seed"], REC.get(case["sigmas"]), case["sampler"],
-                   model_sampling=ms, callback=lambda i, x0, x, n: seen.append(x0.copy()))
+                   model_sampling=ms, callback=lambda i, x0, x, n, s=seen: s.append(x0.copy()))
         assert len(seen) == expected.shape[0], case["id"]
         scale = max(1.0, float(np.abs(expected).max()))
         err = float(np.abs(np.stack(seen) - expected).max()) / scale

@@ -33,6 +33,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 from comfyc.runtime import cfg as cfg_mod
 from comfyc.runtime import samplers
 from comfyc.runtime.noise import prepare_noise

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from comfyc.runtime import cfg as cfg_mod
 from comfyc.runtime import model_sampling as M
 from comfyc.runtime import samplers as S

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from comfyc.runtime import schedules as S
 
 from .kdiff_oracle import comfy_sigma_tables, load_k_external, load_k_sampling

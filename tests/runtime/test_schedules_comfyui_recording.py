@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from comfyc.runtime import schedules as SC
 
 from .comfyui_samplers.load import load_recording

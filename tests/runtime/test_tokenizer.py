@@ -7,6 +7,9 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from comfyc.runtime.tokenizer import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -16,8 +19,6 @@ from comfyc.runtime.tokenizer import (
     _pretokenize,
     parse_prompt_weights,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 CAT = 2368  # "cat</w>"
 DOG = 1929  # "dog</w>"

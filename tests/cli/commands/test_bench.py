@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
-from comfyc.cli.main import main
 from comfyc.cli.commands.bench import TOLERANCE_PIXELS, agreement, psnr
+from comfyc.cli.main import main
 from comfyc.runtime.artifact import load
 from comfyc.runtime.backends.base import BackendError
 
@@ -68,7 +68,7 @@ def _run_bench(root: Path, random_models: Path) -> dict[str, Any]:
     os.environ["COMFYC_TORCH_COMPILE_BACKEND"] = "eager"
     try:
         code = main(["bench", str(workflow), "--backends", ",".join(BACKENDS), "--runs", "1",
-                     "--warmup", "0", "-o", str(out), "--no-progress",
+                     "--warmup", "0", "-o", str(out), "--quiet",
                      "--models-dir", str(random_models)])
     finally:
         if saved is None:
@@ -169,7 +169,7 @@ def test_bench_gpu_backends(tmp_path: Path) -> None:
     workflow = tmp_path / "txt2img.cfy"
     workflow.write_text(re.sub(r"steps=\d+", "steps=4", text))
     code = main(["bench", str(workflow), "--backends", "torch,torch-cuda,ort-cuda", "--runs",
-                 "2", "-o", str(tmp_path / "out"), "--no-progress", "--skip-unavailable"])
+                 "2", "-o", str(tmp_path / "out"), "--quiet", "--skip-unavailable"])
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert code == 0
     for row in report["rows"]:

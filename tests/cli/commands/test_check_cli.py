@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -235,10 +236,18 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
         assert info.value.code == 0
         out = capsys.readouterr().out
         assert f"usage: comfyc {name}" in out and len(out.splitlines()) > 4
+        # An example of the command's use, and one spelling per common flag.
+        assert re.search(rf"\n +comfyc {name} ", out), f"comfyc {name} --help shows no example"
+        for wrong in ("--out ", "--no-progress", "--output-dir"):
+            assert wrong not in out, f"comfyc {name} --help spells a flag {wrong.strip()}"
 
 
-def test_demo_workflow_copy_matches_the_example() -> None:
-    """`comfyc demo` in an installed package runs the same workflow as examples/txt2img.cfy."""
-    from comfyc.cli.commands.demo_workflow import TXT2IMG
+def test_examples_are_package_data() -> None:
+    """The examples ship as `comfyc.examples` package data: the files of examples/ (one copy)
+    that `comfyc demo` and `comfyc init` read through importlib.resources."""
+    from comfyc import examples
 
-    assert TXT2IMG == (DATA.parents[1] / "examples" / "txt2img.cfy").read_text()
+    folder = DATA.parents[1] / "examples"
+    assert examples.names() == sorted(p.name for p in folder.glob("*.cfy"))
+    assert examples.read_text("txt2img.cfy") == (folder / "txt2img.cfy").read_text()
+    assert examples.read_bytes("input/digit.png")[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from comfyc.cli.main import main
 from comfyc.runtime.model_paths import EMBEDDED_MODELS
-
 from tests.conftest import REPO
 
 TINY = EMBEDDED_MODELS["checkpoints"]["tiny-digits.safetensors"]
@@ -28,7 +28,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = main(["demo", "--out", str(out)])
+        code = main(["demo", "--output", str(out)])
     assert code == 0
     return out, stdout.getvalue()
 

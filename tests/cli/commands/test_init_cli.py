@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from comfyc.compiler.catalog import default_catalog
-from comfyc.cli.main import main
+
 from comfyc.cli.commands.check import check_file
+from comfyc.cli.main import main
 from comfyc.cli.templates import TEMPLATES
+from comfyc.compiler.catalog import default_catalog
 from comfyc.runtime.model_paths import EMBEDDED_MODELS
 
 TINY = EMBEDDED_MODELS["checkpoints"]["tiny-digits.safetensors"]
@@ -67,8 +68,8 @@ def test_starter_runs_on_the_tiny_model(tmp_path: Path, template: str,
     capsys.readouterr()
     # NOTE: --json keeps the run's timing table (printed to a stderr bound at import) out of
     # pytest's capture.
-    assert main(["run", str(target), "--out", str(out), "--input-dir", str(tmp_path / "input"),
-                 "--no-progress", "--param", "seed=3", "--json"]) == 0
+    assert main(["run", str(target), "--output", str(out), "--input-dir", str(tmp_path / "input"),
+                 "--quiet", "--param", "seed=3", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     written = [Path(p).name for paths in summary["outputs"].values() for p in paths]
     assert written == [f"{template}_00001_.png"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from comfyc.cli.main import main
 
+from comfyc.cli.main import main
 from tests.compiler.viz.manifests import write_artifact
 from tests.conftest import REPO
 

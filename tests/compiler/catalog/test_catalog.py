@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from comfyc.compiler.catalog import SAMPLERS, SCHEDULERS, Catalog, default_catalog
 
-REQUIRED = """CheckpointLoaderSimple VAELoader LoraLoader LoraLoaderModelOnly CLIPSetLastLayer
-CLIPTextEncode ConditioningCombine ConditioningConcat ConditioningAverage ConditioningSetArea
-ConditioningSetAreaPercentage ConditioningSetAreaStrength ConditioningSetMask
-ConditioningSetTimestepRange ConditioningZeroOut EmptyLatentImage LatentUpscale LatentUpscaleBy
-LatentComposite LatentFromBatch RepeatLatentBatch SetLatentNoiseMask KSampler KSamplerAdvanced
-VAEDecode VAEEncode VAEEncodeForInpaint VAEDecodeTiled VAEEncodeTiled LoadImage LoadImageMask
-SaveImage PreviewImage ImageScale ImageScaleBy ImageScaleToTotalPixels ImageInvert ImageBatch
-ImagePadForOutpaint EmptyImage ControlNetLoader DiffControlNetLoader ControlNetApply
-ControlNetApplyAdvanced UpscaleModelLoader ImageUpscaleWithModel ModelSamplingDiscrete
-PrimitiveInt PrimitiveFloat PrimitiveString PrimitiveBoolean""".split()
+REQUIRED = [
+    "CheckpointLoaderSimple", "VAELoader", "LoraLoader", "LoraLoaderModelOnly", "CLIPSetLastLayer",
+    "CLIPTextEncode", "ConditioningCombine", "ConditioningConcat", "ConditioningAverage",
+    "ConditioningSetArea", "ConditioningSetAreaPercentage", "ConditioningSetAreaStrength",
+    "ConditioningSetMask", "ConditioningSetTimestepRange", "ConditioningZeroOut",
+    "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "LatentComposite", "LatentFromBatch",
+    "RepeatLatentBatch", "SetLatentNoiseMask", "KSampler", "KSamplerAdvanced", "VAEDecode",
+    "VAEEncode", "VAEEncodeForInpaint", "VAEDecodeTiled", "VAEEncodeTiled", "LoadImage",
+    "LoadImageMask", "SaveImage", "PreviewImage", "ImageScale", "ImageScaleBy",
+    "ImageScaleToTotalPixels", "ImageInvert", "ImageBatch", "ImagePadForOutpaint", "EmptyImage",
+    "ControlNetLoader", "DiffControlNetLoader", "ControlNetApply", "ControlNetApplyAdvanced",
+    "UpscaleModelLoader", "ImageUpscaleWithModel", "ModelSamplingDiscrete", "PrimitiveInt",
+    "PrimitiveFloat", "PrimitiveString", "PrimitiveBoolean",
+]
 
 
 def test_every_required_node_is_catalogued() -> None:
@@ -28,13 +32,14 @@ def test_sampler_and_scheduler_lists_in_comfyui_order() -> None:
     assert ks.input("sampler_name").choices == SAMPLERS and SAMPLERS[0] == "euler"
     assert ks.input("scheduler").choices == SCHEDULERS and SCHEDULERS[:3] == [
         "simple", "sgm_uniform", "karras"]
-    assert "uni_pc_bh2" == SAMPLERS[-1]
+    assert SAMPLERS[-1] == "uni_pc_bh2"
 
 
 def test_widget_layouts_have_control_and_upload_slots() -> None:
     """KSampler has a seed-control slot; LoadImage an upload slot."""
     cat = default_catalog()
-    names = [s.input.name if s.input else s.kind for s in cat.get("KSamplerAdvanced").widget_layout()]
+    names = [s.input.name if s.input else s.kind
+             for s in cat.get("KSamplerAdvanced").widget_layout()]
     assert names == ["add_noise", "noise_seed", "control", "steps", "cfg", "sampler_name",
                      "scheduler", "start_at_step", "end_at_step", "return_with_leftover_noise"]
     assert [s.kind for s in cat.get("LoadImage").widget_layout()] == ["value", "upload"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.ir import CycleError, Graph, Param, SourceLoc
 from comfyc.compiler.ir.verify import VerifyError, verify_graph

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.ir import Graph, Param
 from comfyc.compiler.ir.printer import format_literal, format_string, print_graph

@@ -306,8 +306,9 @@ def test_prepared_onnx_computes_the_same(artifact: Path, tmp_path: Path) -> None
 def test_fp16_stage_passes_the_checks(tmp_path: Path) -> None:
     """An fp16 export (what GPU engines may be built from) is TensorRT-ready too."""
     torch = pytest.importorskip("torch")
-    from comfyc.compiler.lowering.onnx_export import export_vae_decoder
     from diffusers import AutoencoderKL
+
+    from comfyc.compiler.lowering.onnx_export import export_vae_decoder
 
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4,
@@ -345,7 +346,7 @@ def test_cli_without_tensorrt_fails_clearly(artifact: Path) -> None:
     assert "pip install 'comfyc[tensorrt]'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (artifact / ENGINE_DIR).exists()
-    result = _comfyc("run", str(artifact), "--backend", "trt", "--out",
+    result = _comfyc("run", str(artifact), "--backend", "trt", "--output",
                      str(artifact.parent / "out"))
     assert result.returncode != 0
     assert "pip install 'comfyc[tensorrt]'" in result.stderr

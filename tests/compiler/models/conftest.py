@@ -93,9 +93,10 @@ def make_small_sdxl(seed: int = 2, *, refiner: bool = False) -> SmallSdxl:
     """An SDXL-layout model in the tiny synthetic architecture, with diffusers' own random
     initialisation plus noise on every parameter (norm weights and biases differ from 1 and 0,
     so a swapped norm or bias shows in comparisons)."""
-    from comfyc.compiler.models.synthetic import model_spec
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from comfyc.compiler.models.synthetic import model_spec
 
     spec = model_spec("sdxl_refiner" if refiner else "sdxl", "tiny")
     torch.manual_seed(seed)

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from comfyc.compiler.models import cli  # noqa: E402
+from comfyc.cli.commands import model as cli  # noqa: E402
 from comfyc.compiler.models.diffusers_folder import (  # noqa: E402
     load_diffusers_folder,
     write_diffusers_folder,
@@ -65,7 +65,7 @@ def test_pipeline_from_pretrained_offline(small_sd1, sd1_folder: Path, offline: 
     from safetensors import safe_open
 
     with safe_open(str(sd1_folder / "text_encoder" / "model.safetensors"), "np") as fh:
-        assert all(key.startswith("text_model.") for key in fh.keys())
+        assert all(key.startswith("text_model.") for key in fh.keys())  # noqa: SIM118 (safe_open)
     assert (sd1_folder / "tokenizer" / "vocab.json").is_file()
     assert (sd1_folder / "tokenizer" / "merges.txt").is_file()
     want = dict(small_sd1.text_encoder.named_parameters())
@@ -157,7 +157,7 @@ def test_cli_module_imports_without_torch() -> None:
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import argparse\n"
-        "from comfyc.compiler.models import cli\n"
+        "from comfyc.cli.commands import model as cli\n"
         "p = argparse.ArgumentParser(); cli.add_parser(p.add_subparsers())\n"
         "print('ok')\n"
     )

@@ -74,8 +74,9 @@ def test_library_resolves_and_feeds_the_tokenizer(tmp_path: Path, vectors: torch
 
 def test_sdxl_embedding_files(tmp_path: Path) -> None:
     """SDXL embeddings hold clip_l [n, 768] and clip_g [n, 1280]; each encoder takes its own."""
-    from comfyc.compiler.models.embeddings import load_sdxl_embedding
     from safetensors.torch import save_file
+
+    from comfyc.compiler.models.embeddings import load_sdxl_embedding
 
     generator = torch.Generator().manual_seed(1)
     clip_l, clip_g = torch.randn(2, 768, generator=generator), torch.randn(2, 1280,
@@ -98,9 +99,10 @@ def test_sdxl_embedding_files(tmp_path: Path) -> None:
 
 def test_embedding_libraries_per_encoder(tmp_path: Path, sdxl_file: Path) -> None:
     """An SDXL checkpoint gets one library per encoder, each reading its own key and width."""
+    from safetensors.torch import save_file
+
     from comfyc.compiler.models.embeddings import embedding_libraries
     from comfyc.compiler.models.single_file import load_checkpoint
-    from safetensors.torch import save_file
 
     folder = tmp_path / "models" / "embeddings"
     folder.mkdir(parents=True)

@@ -216,8 +216,9 @@ def test_wrapper_refuses_sd_unets(small_sd1) -> None:
 def test_text_conditioning_matches_diffusers_encode_prompt(sdxl_file: Path, offline) -> None:
     """ComfyUI's SDXL encoding (penultimate, no final norm, l+g concat, bigG projected pooled)
     equals diffusers' StableDiffusionXLPipeline.encode_prompt on the same tokens."""
-    from comfyc.compiler.models.diffusers_folder import build_tokenizer
     from diffusers import StableDiffusionXLPipeline
+
+    from comfyc.compiler.models.diffusers_folder import build_tokenizer
 
     loaded = load_checkpoint(sdxl_file)
     pipe = StableDiffusionXLPipeline(
@@ -355,7 +356,7 @@ def test_fp16_sdxl_file_and_cli_info(small_sdxl, tmp_path: Path,
     """fp16 files load as float32; `comfyc model info` describes both encoders and the ADM."""
     import argparse
 
-    from comfyc.compiler.models import cli
+    from comfyc.cli.commands import model as cli
 
     path = save_single_file(tmp_path / "half.safetensors", small_sdxl.unet, small_sdxl.vae,
                             small_sdxl.text_encoder, torch.float16,
@@ -423,7 +424,7 @@ def test_cli_converts_sdxl_both_ways(small_sdxl, sdxl_file: Path, tmp_path: Path
     """`comfyc model convert` takes SDXL to a diffusers folder and back to a single file."""
     import argparse
 
-    from comfyc.compiler.models import cli
+    from comfyc.cli.commands import model as cli
 
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers())

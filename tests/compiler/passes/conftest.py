@@ -7,6 +7,7 @@ import textwrap
 from typing import Any
 
 import pytest
+
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.ir.core import Graph
 from comfyc.compiler.ir.verify import verify_graph

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from comfyc.compiler.lowering.program import TorchModelCache, lower_to_program
 from comfyc.compiler.passes.base import PassContext
 from comfyc.compiler.passes.constant_folding import ConstantFoldingPass

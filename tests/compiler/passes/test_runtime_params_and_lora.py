@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from comfyc.compiler.errors import WorkflowErrors
 from comfyc.compiler.passes.base import PassContext, PassOptions
 from comfyc.compiler.passes.lora_merge import LoraMergePass

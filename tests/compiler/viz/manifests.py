@@ -14,7 +14,6 @@ from comfyc.compiler.catalog import default_catalog
 from comfyc.frontends.comfy_json.api import graph_to_api
 from comfyc.frontends.dsl import parse_dsl
 from comfyc.runtime.manifest import manifest_hash
-
 from tests.conftest import REPO
 
 __all__ = ["AFTER_DSL", "DECODER", "TEXT", "TXT2IMG", "UNET", "write_artifact"]

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from comfyc.compiler.catalog import default_catalog
+
 from comfyc.cli.commands.viz import build_view
+from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.viz import view_of_graph
 from comfyc.frontends.dsl import parse_dsl
-
 from tests.compiler.viz.manifests import DECODER, TEXT, UNET, write_artifact
 from tests.conftest import REPO
 

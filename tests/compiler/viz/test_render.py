@@ -7,10 +7,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
 from comfyc.cli.commands.viz import build_view
 from comfyc.compiler.viz import GraphView, render
 from comfyc.compiler.viz.layout import layout_view
-
 from tests.compiler.viz.manifests import write_artifact
 from tests.conftest import REPO
 
@@ -42,7 +42,7 @@ def test_layout_goes_left_to_right_without_overlaps(view: GraphView) -> None:
         for member in stage.members[:1]:
             box = boxes[member]
             assert x <= box.x and box.x + box.w <= x + w and y <= box.y and box.y + box.h <= y + h
-    assert all(0 <= b.x and b.x + b.w <= layout.width for b in items)
+    assert all(b.x >= 0 and b.x + b.w <= layout.width for b in items)
 
 
 def _svg_root(text: str) -> ET.Element:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.errors import WorkflowError, WorkflowErrors
 from comfyc.compiler.passes.validate import validate_graph

@@ -13,11 +13,12 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+
 from comfyc.frontends.comfy_json.api import graph_from_api
 from comfyc.frontends.comfy_json.ui import ui_to_api
 from comfyc.frontends.dsl import fast, parse
 from comfyc.frontends.dsl.parse import parse_module
-from hypothesis import HealthCheck, given, settings
 
 from .test_dsl_perf import workflow
 from .test_dsl_roundtrip import CATALOG, CORPUS, EXAMPLES, graphs

@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+
 from comfyc.cli.main import main
 from comfyc.frontends.comfy_json.api import graph_to_api
 from comfyc.frontends.dsl import parse_dsl

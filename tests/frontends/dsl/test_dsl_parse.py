@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from comfyc.compiler.catalog import Catalog, InputSpec, NodeSchema, OutputSpec, default_catalog
 from comfyc.compiler.errors import WorkflowErrors
 from comfyc.compiler.ir import MISSING, Param, Value

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from comfyc.compiler.catalog import Catalog, default_catalog
 from comfyc.compiler.ir import Graph, Param, Value
 from comfyc.compiler.ir.types import COMBO, LINK_TYPES, is_compatible
@@ -20,8 +23,6 @@ from comfyc.compiler.passes.validate import validate_graph
 from comfyc.frontends.comfy_json.api import graph_from_api, graph_to_api
 from comfyc.frontends.comfy_json.ui import ui_to_api
 from comfyc.frontends.dsl import parse_dsl
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[3]
 CORPUS = (REPO / ".." / "shared" / "corpus" / "comfyui-examples").resolve()

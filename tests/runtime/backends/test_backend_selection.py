@@ -23,16 +23,21 @@ from comfyc.runtime.artifact import (
 from comfyc.runtime.backends import ort as ort_backend
 from comfyc.runtime.backends.base import BackendError
 from comfyc.runtime.backends.ort import OrtSession
+from comfyc.runtime.manifest import Manifest, StageEntry
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
-MANIFEST = {"stages": {
+def _entry(data: dict) -> StageEntry:  # type: ignore[type-arg]
+    return StageEntry.from_json(data, "test")
+
+
+MANIFEST = Manifest("test", stages={name: _entry(data) for name, data in {
     "unet_ab": {"kind": "unet", "file": "stages/unet_ab.onnx"},
     "text_encoder_ab": {"kind": "text_encoder_layers",
                         "layers": {"-1": {"kind": "text_encoder", "name": "text_encoder_ab_L1"}}},
     "vae_encoder_ab": {"kind": "vae_encoder", "unused": True},
     "vae_decoder_ab": {"kind": "vae_decoder", "file": "stages/vae_decoder_ab.onnx"},
-}}
+}.items()})
 
 
 def test_backend_spec_one_name_or_a_map() -> None:
@@ -82,7 +87,8 @@ def test_trt_without_tensorrt_is_a_clear_error(tmp_path: Path) -> None:
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
     with pytest.raises(BackendError, match=r"comfyc\[tensorrt\]"):
-        make_stage(tmp_path, "unet_ab", {"kind": "unet", "file": "stages/u.onnx"}, "trt")
+        make_stage(tmp_path, "unet_ab", _entry({"kind": "unet", "file": "stages/u.onnx"}),
+                   "trt")
 
 
 def test_torch_cuda_without_gpu_is_a_clear_error() -> None:
@@ -96,13 +102,14 @@ def test_torch_cuda_without_gpu_is_a_clear_error() -> None:
 
 def test_fp16_variant_is_the_default_on_gpu_providers_only() -> None:
     """An entry's fp16 variant runs on GPU providers; the CPU keeps fp32 unless asked."""
-    entry = {"file": "stages/u.onnx", "variants": {"fp16": "stages/u.fp16.onnx"}}
+    entry = _entry({"kind": "unet", "file": "stages/u.onnx",
+                    "variants": {"fp16": "stages/u.fp16.onnx"}})
     assert _stage_file(entry, "ort-cpu", None) == "stages/u.onnx"
     assert _stage_file(entry, "ort-cuda", None) == "stages/u.fp16.onnx"
     assert _stage_file(entry, "ort-cuda", "fp32") == "stages/u.onnx"
     assert _stage_file(entry, "ort-cpu", "fp16") == "stages/u.fp16.onnx"
     with pytest.raises(BackendError, match="--gpu-fp16"):
-        _stage_file({"file": "stages/u.onnx"}, "ort-cuda", "fp16")
+        _stage_file(_entry({"kind": "unet", "file": "stages/u.onnx"}), "ort-cuda", "fp16")
 
 
 def test_ort_trt_engine_cache_lives_in_the_artifact(tmp_path: Path,
@@ -112,7 +119,7 @@ def test_ort_trt_engine_cache_lives_in_the_artifact(tmp_path: Path,
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
                                  "CPUExecutionProvider"])
     providers = _tensorrt_ep(tmp_path, ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
-                             {"facts": {"weights_dtype": "float16"}})
+                             _entry({"kind": "unet", "facts": {"weights_dtype": "float16"}}))
     name, options = providers[0]
     assert name == "TensorrtExecutionProvider" and providers[1] == "CUDAExecutionProvider"
     assert options["trt_engine_cache_path"] == str(tmp_path / "cache" / "ort-trt")

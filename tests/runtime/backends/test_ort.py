@@ -240,6 +240,7 @@ def test_unet_to_q_override_changes_output_like_torch(torch_unet: Any, unet_file
     import copy
 
     import torch
+
     from comfyc.runtime.backends.torch import TorchUNet
 
     args = unet_args()

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pytest
+
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.nodes import RULES, compile_rule
 from comfyc.runtime.nodes import FAMILIES, NodeDef, registry

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+
 from comfyc.runtime.ops import OpError
 from comfyc.runtime.ops.conditioning import (
     conditioning_average,

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+
 from comfyc.runtime.ops import OpError
 from comfyc.runtime.ops.image import (
     empty_image,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from comfyc.runtime.ops import OpError
 from comfyc.runtime.ops.latent import (
     empty_latent_image,

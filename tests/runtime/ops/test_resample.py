@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from comfyc.runtime.ops import OpError
 from comfyc.runtime.ops.resample import bislerp, center_crop, common_upscale, interpolate, lanczos
-from PIL import Image
 
 torch = pytest.importorskip("torch")
 
@@ -42,9 +43,9 @@ def test_nearest_exact_large_ratios_exact() -> None:
                                       _torch_interpolate(x, 1, out_w, "nearest-exact"))
 
 
-def _torch_bislerp(samples: "torch.Tensor", width: int, height: int) -> "torch.Tensor":
+def _torch_bislerp(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """An independent torch rendering of ComfyUI's bislerp (comfy/utils.py) as the oracle."""
-    def slerp(b1: "torch.Tensor", b2: "torch.Tensor", r: "torch.Tensor") -> "torch.Tensor":
+    def slerp(b1: torch.Tensor, b2: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         n1 = b1.norm(dim=-1, keepdim=True)
         n2 = b2.norm(dim=-1, keepdim=True)
         u1 = torch.where(n1 == 0, torch.zeros_like(b1), b1 / n1)
@@ -59,7 +60,7 @@ def _torch_bislerp(samples: "torch.Tensor", width: int, height: int) -> "torch.T
         res[dot < 1e-5 - 1] = (b1 * (1 - r) + b2 * r)[dot < 1e-5 - 1]
         return res
 
-    def data(old: int, new: int) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    def data(old: int, new: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a = torch.arange(old, dtype=torch.float32).reshape(1, 1, 1, -1)
         a = torch.nn.functional.interpolate(a, size=(1, new), mode="bilinear")
         b = torch.arange(old, dtype=torch.float32).reshape(1, 1, 1, -1) + 1

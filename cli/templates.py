@@ -1,0 +1,159 @@
+"""Starter workflows for ``comfyc init``: the example workflows, with a header for the file.
+
+Every template is one of the examples that ship with comfyc (:mod:`comfyc.examples`), so a
+starter is exactly a workflow the tests run. ``init`` replaces the example's leading comment
+block with commands for the file it writes; with ``--ckpt`` it also switches the workflow from
+the embedded tiny model to a Stable Diffusion 1.x/2.x checkpoint through the IR (checkpoint
+and LoRA names, sizes ×8 for a 512-pixel model, the input image's name), keeping every other
+comment as written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePath
+
+__all__ = ["TEMPLATES", "Template", "descriptions", "render", "uses_input_image",
+           "TINY_CKPT", "INPUT_IMAGE"]
+
+#: The embedded tiny model and its sample input image.
+TINY_CKPT = "tiny-digits.safetensors"
+INPUT_IMAGE = "digit.png"
+#: Pixel sizes of the tiny model's workflows × this = sizes for a 512-pixel checkpoint.
+_CHECKPOINT_SCALE = 8
+_SIZE_INPUTS = ("width", "height", "x", "y")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A starter: the example it is, and whether it reads an input image."""
+
+    example: str
+
+    def text(self) -> str:
+        """The example's text."""
+        from comfyc import examples
+
+        return examples.read_text(self.example)
+
+    @property
+    def headline(self) -> str:
+        """The first line of the example's header comment."""
+        first = self.text().splitlines()[0]
+        return first.lstrip("# ").strip() if first.startswith("#") else self.example
+
+
+#: ``comfyc init --template NAME`` → the example it writes.
+TEMPLATES: dict[str, Template] = {
+    "txt2img": Template("txt2img.cfy"),
+    "img2img": Template("img2img.cfy"),
+    "inpaint": Template("inpaint.cfy"),
+    "hires-fix": Template("hires_fix.cfy"),
+    "lora": Template("lora.cfy"),
+    "area": Template("area.cfy"),
+}
+
+
+def descriptions() -> dict[str, str]:
+    """Template name → its headline (the example's first comment line)."""
+    return {name: template.headline for name, template in TEMPLATES.items()}
+
+
+def uses_input_image(name: str) -> bool:
+    """True when the template reads an input image (LoadImage)."""
+    return "LoadImage(" in TEMPLATES[name].text()
+
+
+def _body(text: str) -> str:
+    """The example without its leading comment block."""
+    lines = text.splitlines(keepends=True)
+    index = 0
+    while index < len(lines) and lines[index].startswith("#"):
+        index += 1
+    while index < len(lines) and not lines[index].strip():
+        index += 1
+    return "".join(lines[index:])
+
+
+def _header(headline: str, model_note: str, file: str, input_dir: str | None) -> str:
+    stem = PurePath(file).stem
+    extra = f" --input-dir {input_dir}" if input_dir else ""
+    return (f"# {headline}\n# {model_note}\n#\n"
+            f"#   comfyc check {file}\n"
+            f"#   comfyc run {file} --output output{extra}\n"
+            f"#   comfyc compile {file} -o {stem}.comfyc && comfyc run {stem}.comfyc{extra}\n"
+            f"#   comfyc viz {file} -o {stem}.html\n#\n"
+            f"# Params (`param ...`) stay runtime inputs: `comfyc run ... --param seed=7`.\n\n")
+
+
+def _for_checkpoint(ckpt: str, lora: str, image: str) -> Callable[[object], None]:
+    """An IR edit: the tiny model's workflow made for a 512-pixel checkpoint."""
+    from comfyc.compiler.catalog import default_catalog
+    from comfyc.compiler.ir import Param, Value
+
+    catalog = default_catalog()
+
+    def edit(graph: object) -> None:
+        for node in graph.nodes:  # type: ignore[attr-defined]
+            schema = catalog.get(node.class_type)
+            for name, value in list(node.inputs.items()):
+                spec = schema.input(name) if schema is not None else None
+                if spec is None or isinstance(value, (Value, Param)):
+                    continue
+                if spec.files == "checkpoints":
+                    graph.set_input(node, name, ckpt)  # type: ignore[attr-defined]
+                elif spec.files == "loras":
+                    graph.set_input(node, name, lora)  # type: ignore[attr-defined]
+                elif spec.files == "input":
+                    graph.set_input(node, name, image)  # type: ignore[attr-defined]
+                elif spec.type == "INT" and name in _SIZE_INPUTS and isinstance(value, int):
+                    graph.set_input(node, name,  # type: ignore[attr-defined]
+                                    value * _CHECKPOINT_SCALE)
+
+    return edit
+
+
+def render(name: str, *, file: str = "workflow.cfy", ckpt: str | None = None,
+           lora: str | None = None, input_dir: str | None = None) -> str:
+    """The starter ``name`` as the text of ``file``.
+
+    Args:
+        name: A key of :data:`TEMPLATES`.
+        file: The path it will be written to (named in its header's commands).
+        ckpt: A checkpoint in the models folder instead of the embedded tiny model.
+        lora: The LoRA name (default: the tiny model's, or ``my-lora.safetensors`` with
+            ``ckpt``).
+        input_dir: The input folder its LoadImage reads from, for the header's commands.
+    """
+    template = TEMPLATES[name]
+    body = _body(template.text())
+    image = uses_input_image(name)
+    if ckpt is None:
+        note = "For comfyc's embedded tiny model: 64x64 handwritten digits, nothing to download."
+        if lora is not None:
+            body = _rewrite(body, lambda graph: _set_files(graph, "loras", lora), file)
+    else:
+        note = (f"For checkpoint {ckpt} from the models folder (--models-dir or\n"
+                f"# $COMFYC_MODELS): sizes are for a 512-pixel model; change the prompts.")
+        body = _rewrite(body, _for_checkpoint(ckpt, lora or "my-lora.safetensors",
+                                              "input.png"), file)
+    return _header(template.headline, note, file, input_dir if image else None) + body
+
+
+def _rewrite(text: str, edit: Callable[[object], None], file: str) -> str:
+    from comfyc.frontends.dsl.format import rewrite_source
+
+    return rewrite_source(text, edit, file)  # type: ignore[arg-type]
+
+
+def _set_files(graph: object, folder: str, value: str) -> None:
+    """Set every file input of one models folder to ``value``."""
+    from comfyc.compiler.catalog import default_catalog
+
+    catalog = default_catalog()
+    for node in graph.nodes:  # type: ignore[attr-defined]
+        schema = catalog.get(node.class_type)
+        for spec in schema.inputs if schema is not None else []:
+            if spec.files == folder and isinstance(node.inputs.get(spec.name), str):
+                graph.set_input(node, spec.name, value)  # type: ignore[attr-defined]
