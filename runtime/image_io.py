@@ -41,10 +41,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import numpy as np
-from comfyc.runtime.files import UnsafeName, is_inside, relative_name
-from comfyc.runtime.ops._common import as_image
 from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
+
+from comfyc.runtime.files import UnsafeName, is_inside, relative_name
+from comfyc.runtime.ops._common import as_image
+
 from .errors import Error
 
 __all__ = [
@@ -500,10 +502,8 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         yield
         return
     try:
-        try:
+        with contextlib.suppress(OSError):
             fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:
-            pass
         yield
     finally:
         os.close(handle)  # Closing the descriptor releases the lock.
@@ -554,10 +554,8 @@ def _write_new(picture: Image.Image, folder: Path, name: Callable[[int], str], c
             counter += 1
         return name(counter), counter
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

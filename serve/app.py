@@ -6,11 +6,15 @@ Routes (each also under ``/api``): ``POST/GET /prompt``, ``GET/POST /queue``, ``
 ``POST /interrupt``, ``POST /free``, ``GET /ws?clientId=…``. Shapes follow ComfyUI's
 ``server.py``; see the package docstring for what differs.
 
-Safety: an optional bearer token (``Authorization: Bearer T``, or ``?token=T`` for websocket
-clients that cannot set headers); a request body limit (413); ``/view`` and
-``/upload/image`` confined to their folders (:mod:`.paths`); malformed JSON, unknown nodes and
-bad values answer 400 in ComfyUI's ``{"error", "node_errors"}`` shape. An unexpected failure in
-a handler answers a JSON 500 naming it; the server and its workers keep running.
+Safety: an optional bearer token (``Authorization: Bearer T``; ``?token=T`` only on the
+websocket, whose browser clients cannot set headers — a token in any other URL is refused, and
+log lines never show one); a request body limit (413); ``/view`` and ``/upload/image``
+confined to their folders (:mod:`.paths`), hidden files never served; malformed JSON,
+non-finite numbers, unknown nodes, bad values, duplicate prompt ids, unusable upload names and
+prompts over the memory budget answer 4xx in ComfyUI's ``{"error", "node_errors"}`` shape
+(429 when the queue is full). Every body is standard JSON (no NaN) and names no server folder
+(:mod:`.redact`). An unexpected failure in a handler answers a JSON 500 naming it; the server
+and its workers keep running.
 
 The same app runs under uvicorn (``comfyc serve``: the hub is in-process) and inside Ray Serve
 replicas (``--ray``: the hub is one shared actor); :class:`HubAccess` hides the difference.
@@ -19,17 +23,20 @@ replicas (``--ray``: the hub is one shared actor); :class:`HubAccess` hides the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hmac
 import io
-import json
 import logging
 import os
 import platform
 import sys
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from struct import error as struct_error
 from typing import Any
 
 from starlette.applications import Starlette
@@ -38,6 +45,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from . import redact
 from .engine import Engine, PromptRejected
 from .paths import UnsafePathError, safe_join
 
@@ -47,6 +55,20 @@ _log = logging.getLogger(__name__)
 
 #: Request bodies larger than this are refused with 413 (uploads included).
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+#: Longest file name part (bytes, as most filesystems allow) and upload subfolder (characters).
+_MAX_NAME_BYTES = 200
+_MAX_SUBFOLDER = 512
+#: Longest client id of a websocket connection (ComfyUI's are UUIDs).
+_MAX_CLIENT_ID = 256
+#: Largest queue ``number`` a client may give (a float holds every integer up to 2**53).
+_MAX_NUMBER = 2**53
+
+
+class _Json(JSONResponse):
+    """A JSON response in standard JSON (non-finite numbers written as null)."""
+
+    def render(self, content: Any) -> bytes:
+        return redact.dumps(content).encode("utf-8")
 
 
 @dataclass
@@ -97,13 +119,13 @@ class HubAccess:
                 return messages, cursor
             try:
                 await asyncio.wait_for(wake.wait(), 10.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return [], cursor
 
 
 def _bad(kind: str, message: str, details: str = "", status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message, "details": details,
-                                   "extra_info": {}}, "node_errors": {}}, status_code=status)
+    return _Json({"error": {"type": kind, "message": message, "details": details,
+                            "extra_info": {}}, "node_errors": {}}, status_code=status)
 
 
 class _TooLarge(Exception):
@@ -124,17 +146,24 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _json(request: Request, limit: int, *, empty_ok: bool = True) -> Any:
-    """The JSON body (``{}`` when empty and allowed); raises ValueError with a message."""
-    raw = await _body(request, limit)
+def _parse(raw: bytes, *, empty_ok: bool = True) -> Any:
+    """A JSON body (``{}`` when empty and allowed); raises ValueError with a message."""
     if not raw.strip():
         if empty_ok:
             return {}
         raise ValueError("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return redact.loads(raw)
+    except redact.NonFiniteNumber as exc:
+        raise ValueError(f"the request body holds a number JSON does not allow: {exc}"
+                         ) from None
+    except ValueError as exc:
         raise ValueError(f"the request body is not valid JSON: {exc}") from None
+
+
+async def _json(request: Request, limit: int, *, empty_ok: bool = True) -> Any:
+    """The JSON body (``{}`` when empty and allowed); raises ValueError with a message."""
+    return _parse(await _body(request, limit), empty_ok=empty_ok)
 
 
 def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
@@ -145,32 +174,44 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         config: Folders, engine, limits and the token.
     """
     engine = config.engine
+    redactor = engine.redactor
 
     def guard(handler: Callable[[Request], Awaitable[Response]]
               ) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:
             if config.token is not None and not _authorised(request, config.token):
-                return JSONResponse({"error": {
+                in_url = "token" in request.query_params
+                return _Json({"error": {
                     "type": "unauthorized", "message": "missing or wrong bearer token",
-                    "details": "send the header 'Authorization: Bearer TOKEN' (the token "
-                               "given to comfyc serve --token)", "extra_info": {}}},
+                    "details": ("a token in the URL is accepted only by /ws; send the header "
+                                "'Authorization: Bearer TOKEN' instead" if in_url else
+                                "send the header 'Authorization: Bearer TOKEN' (the token "
+                                "given to comfyc serve --token)"),
+                    "extra_info": {}}, "node_errors": {}},
                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
             try:
-                return await handler(request)
+                response = await handler(request)
             except _TooLarge:
                 return _bad("request_too_large",
                             f"the request body is larger than the server's limit of "
                             f"{config.max_body} bytes", "send a smaller request, or start "
-                            "the server with a larger --max-request-size", 413)
+                            "the server with a larger --max-request-mb", 413)
             except Exception as exc:  # noqa: BLE001 - report it; never take the server down
-                return _bad("server_error", f"{type(exc).__name__}: {exc}",
+                _log.exception("%s %s failed", request.method, request.url.path)
+                return _bad("server_error", redactor.text(f"{type(exc).__name__}: {exc}"),
                             "this is a comfyc bug; please report it", 500)
+            return response
         return wrapped
+
+    def rejected(body: dict[str, Any], status: int = 400) -> JSONResponse:
+        """A 4xx in ComfyUI's shape whose messages name no server folder."""
+        return _Json(redactor.value(body), status_code=status)
 
     # ----------------------------------------------------------------- prompt
     async def post_prompt(request: Request) -> Response:
+        raw = await _body(request, config.max_body)
         try:
-            body = await _json(request, config.max_body, empty_ok=False)
+            body = _parse(raw, empty_ok=False)
         except ValueError as exc:
             return _bad("invalid_json", str(exc), "send {\"prompt\": {...}, \"client_id\": ...}")
         if not isinstance(body, dict):
@@ -178,41 +219,54 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
                         "expected an object", "send {\"prompt\": {...}, \"client_id\": ...}")
         if "prompt" not in body:
             # NOTE: ComfyUI's exact answer for a body without a prompt.
-            return JSONResponse({"error": "no prompt", "node_errors": []}, status_code=400)
+            return _Json({"error": "no prompt", "node_errors": []}, status_code=400)
         prompt = body["prompt"]
         extra = body.get("extra_data") or {}
         if not isinstance(extra, dict):
             return _bad("invalid_prompt", "extra_data must be a JSON object")
         client_id = body.get("client_id")
-        if client_id is not None and not isinstance(client_id, str):
-            return _bad("invalid_prompt", "client_id must be a string")
+        if client_id is not None and (not isinstance(client_id, str)
+                                      or len(client_id) > _MAX_CLIENT_ID):
+            return _bad("invalid_prompt", f"client_id must be a string of at most "
+                        f"{_MAX_CLIENT_ID} characters")
         if client_id:
             extra = {**extra, "client_id": client_id}
         number = body.get("number")
         if number is not None and (isinstance(number, bool)
-                                   or not isinstance(number, (int, float))):
-            return _bad("invalid_prompt", "number must be a number")
+                                   or not isinstance(number, (int, float))
+                                   or not -_MAX_NUMBER <= number <= _MAX_NUMBER):
+            return _bad("invalid_prompt", f"number must be a number between -{_MAX_NUMBER} "
+                        f"and {_MAX_NUMBER} (the queue position)")
         prompt_id = body.get("prompt_id")
         if prompt_id is not None and (not isinstance(prompt_id, str) or not prompt_id
                                       or len(prompt_id) > 200):
             return _bad("invalid_prompt", "prompt_id must be a non-empty string")
         try:
-            outputs, key = await asyncio.to_thread(engine.validate, prompt)
+            valid = await asyncio.to_thread(engine.validate, prompt)
         except PromptRejected as exc:
-            return JSONResponse(exc.body, status_code=400)
-        number, prompt_id = await hub.call(
-            "submit", prompt, extra, outputs, client_id, key, front=bool(body.get("front")),
-            number=number, prompt_id=prompt_id)
+            return rejected(exc.body)
+        queued = await hub.call(
+            "submit", valid.prompt, extra, valid.outputs, client_id, valid.key,
+            front=bool(body.get("front")), number=number, prompt_id=prompt_id, size=len(raw))
+        if "error" in queued:
+            status = 429 if queued["error"] == "queue_full" else 400
+            return _bad(queued["error"], queued["message"], "", status)
         if config.on_queued is not None:
-            config.on_queued(key)
-        return JSONResponse({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+            config.on_queued(valid.key)
+        return _Json({"prompt_id": queued["prompt_id"], "number": queued["number"],
+                      "node_errors": {}})
 
     async def get_prompt(request: Request) -> Response:
-        return JSONResponse(await hub.call("status"))
+        return _Json(await hub.call("status"))
+
+    async def prompt_state(request: Request) -> Response:
+        """comfyc's own: whether a prompt is pending, running, finished, lost or unknown."""
+        prompt_id = request.path_params["prompt_id"]
+        return _Json({"prompt_id": prompt_id, "state": await hub.call("state", prompt_id)})
 
     # ------------------------------------------------------------------ queue
     async def get_queue(request: Request) -> Response:
-        return JSONResponse(await hub.call("queue"))
+        return _Json(await hub.call("queue"))
 
     async def clear_or_delete(request: Request, clear: tuple[Any, ...],
                               delete_method: str) -> Response:
@@ -244,10 +298,10 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
             offset = int(request.query_params.get("offset", -1))
         except ValueError:
             return _bad("invalid_query", "max_items and offset must be integers")
-        return JSONResponse(await hub.call("history", max_items, offset))
+        return _Json(await hub.call("history", max_items, offset))
 
     async def get_history_one(request: Request) -> Response:
-        return JSONResponse(await hub.call("history_of", request.path_params["prompt_id"]))
+        return _Json(await hub.call("history_of", request.path_params["prompt_id"]))
 
     async def post_history(request: Request) -> Response:
         return await clear_or_delete(request, ("delete_history", None), "delete_history")
@@ -267,14 +321,23 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         if root is None:
             return _bad("invalid_query", f"type {q.get('type')!r} is not one of output, input, "
                         "temp")
+        subfolder = q.get("subfolder", "") or ""
         try:
-            path = safe_join(root, q.get("subfolder", "") or "", filename)
+            path = safe_join(root, subfolder, filename)
         except UnsafePathError as exc:
             return _bad("invalid_path", str(exc), "give a file name and subfolder inside the "
                         "folder, as the history lists them", 403)
-        if not path.is_file():
-            return _bad("not_found", f"no file {filename!r} in the {q.get('type', 'output')} "
-                        "folder", "", 404)
+        # NOTE: hidden files (temporaries being written, locks, dot-files a user keeps) are
+        # never outputs; they are answered as missing.
+        hidden = any(part.startswith(".")
+                     for part in path.relative_to(root.resolve()).parts)
+        try:
+            found = not hidden and path.is_file()
+        except OSError:  # A name too long for the filesystem.
+            found = False
+        if not found:
+            return _bad("not_found", f"no file {filename[:200]!r} in the "
+                        f"{q.get('type', 'output')} folder", "", 404)
         return FileResponse(path)
 
     async def upload_image(request: Request) -> Response:
@@ -291,32 +354,38 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         kind = fields.get("type") or "input"
         root = folder(kind)
         if root is None:
-            return _bad("invalid_form", f"type {kind!r} is not one of input, temp, output")
+            return _bad("invalid_form", f"type {kind[:40]!r} is not one of input, temp, "
+                        "output")
         subfolder = fields.get("subfolder") or ""
         overwrite = (fields.get("overwrite") or "").lower() in ("true", "1")
+        problem = _check_upload_name(name, subfolder)
+        if problem:
+            return _bad("invalid_path", problem, "upload with a plain file name (at most "
+                        f"{_MAX_NAME_BYTES} bytes) and a short subfolder inside the folder")
         try:
             target = safe_join(root, subfolder, name)
         except UnsafePathError as exc:
             return _bad("invalid_path", str(exc), "upload with a plain file name and a "
                         "subfolder inside the folder", 403)
-        if target == root.resolve() or not name or name.startswith("."):
-            return _bad("invalid_path", f"{name!r} is not a file name", "", 400)
-        problem = _check_image(data)
-        if problem:
-            return _bad("invalid_image", f"the upload is not an image: {problem}",
+        base = root.resolve()
+        if target == base or any(p.startswith(".") for p in target.relative_to(base).parts):
+            return _bad("invalid_path", f"{name[:80]!r} is not a file name (hidden names and "
+                        "folders are not allowed)", "", 400)
+        picture = _check_image(data)
+        if isinstance(picture, str):
+            return _bad("invalid_image", f"the upload is not an image: {picture}",
                         "upload a PNG, JPEG or WebP picture")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not overwrite:
-            stem, suffix, i = target.stem, target.suffix, 1
-            while target.exists():
-                target = target.with_name(f"{stem} ({i}){suffix}")
-                i += 1
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-        rel_sub = target.parent.relative_to(root.resolve()).as_posix()
-        return JSONResponse({"name": target.name, "subfolder": "" if rel_sub == "." else rel_sub,
-                             "type": kind})
+        too_large = engine.check_upload(*picture)
+        if too_large:
+            return _bad("image_too_large", f"the upload is too large: {too_large}",
+                        "upload a smaller picture")
+        try:
+            stored = await asyncio.to_thread(_store_upload, target, data, overwrite)
+        except OSError as exc:
+            return _bad("invalid_path", _upload_problem(exc, subfolder), "", 400)
+        rel_sub = stored.parent.relative_to(base).as_posix()
+        return _Json({"name": stored.name, "subfolder": "" if rel_sub == "." else rel_sub,
+                      "type": kind})
 
     # ---------------------------------------------------------------- info
     async def object_info(request: Request) -> Response:
@@ -326,18 +395,22 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         name = request.path_params.get("node_class")
         if name is not None:
             data = {name: data[name]} if name in data else {}
-        return JSONResponse(data)
+        return _Json(data)
 
     async def system_stats(request: Request) -> Response:
         from comfyc import __version__
 
         total, free = _memory()
-        return JSONResponse({
+        cache = await asyncio.to_thread(engine.cache_stats)
+        # NOTE: argv as ComfyUI reports it, but with the server's folders labelled.
+        return _Json({
             "system": {"os": os.name, "ram_total": total, "ram_free": free,
                        "comfyui_version": f"comfyc {__version__}",
                        "python_version": sys.version, "pytorch_version": "",
-                       "embedded_python": False, "argv": sys.argv,
+                       "embedded_python": False, "argv": redactor.value(sys.argv),
                        "comfyc": {"backend": engine.backend, "pid": os.getpid(),
+                                  "cache": cache, "memory_budget": engine.memory_budget,
+                                  "recovered": await hub.call("recovered"),
                                   **config.info}},
             "devices": [{"name": platform.processor() or "cpu", "type": "cpu", "index": None,
                          "vram_total": total, "vram_free": free, "torch_vram_total": 0,
@@ -346,17 +419,17 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
 
     async def embeddings(request: Request) -> Response:
         names = [Path(n).stem for n in engine.list_files("embeddings")]
-        return JSONResponse(names)
+        return _Json(names)
 
     async def models(request: Request) -> Response:
         from comfyc.runtime.model_paths import MODEL_KINDS
 
         kind = request.path_params.get("kind")
         if kind is None:
-            return JSONResponse(list(MODEL_KINDS))
+            return _Json(list(MODEL_KINDS))
         if kind not in MODEL_KINDS:
             return _bad("not_found", f"no model folder {kind!r}", f"one of {MODEL_KINDS}", 404)
-        return JSONResponse(engine.list_files(kind))
+        return _Json(engine.list_files(kind))
 
     async def interrupt(request: Request) -> Response:
         try:
@@ -378,17 +451,22 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         return Response(status_code=200)
 
     async def root(request: Request) -> Response:
-        return JSONResponse({"server": "comfyc", "api": "ComfyUI-compatible",
+        return _Json({"server": "comfyc", "api": "ComfyUI-compatible",
                              "see": ["/prompt", "/queue", "/history", "/object_info", "/ws"]})
 
     # -------------------------------------------------------------- websocket
     async def ws(websocket: WebSocket) -> None:
-        if config.token is not None and not _authorised(websocket, config.token):
+        if config.token is not None and not _authorised(websocket, config.token,
+                                                        query_ok=True):
             await websocket.close(code=4401)
             return
-        await websocket.accept()
         q = websocket.query_params
         client_id = q.get("clientId") or uuid.uuid4().hex
+        if len(client_id) > _MAX_CLIENT_ID:
+            # NOTE: closed before the handshake completes: the client gets HTTP 403.
+            await websocket.close(code=1008)
+            return
+        await websocket.accept()
         previews = q.get("preview", q.get("previews", "")).lower() in ("1", "true", "png")
         if previews:
             await hub.call("want_previews", client_id, True)
@@ -430,7 +508,7 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
                     if isinstance(message, (bytes, bytearray)):
                         await websocket.send_bytes(bytes(message))
                     else:
-                        await websocket.send_text(json.dumps(message))
+                        await websocket.send_text(redact.dumps(message))
         except (WebSocketDisconnect, RuntimeError, ConnectionError):
             pass
         finally:
@@ -454,6 +532,7 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         ("/system_stats", system_stats, ["GET"]), ("/embeddings", embeddings, ["GET"]),
         ("/models", models, ["GET"]), ("/models/{kind}", models, ["GET"]),
         ("/interrupt", interrupt, ["POST"]), ("/free", free, ["POST"]),
+        ("/comfyc/prompts/{prompt_id}", prompt_state, ["GET"]),
     ]
     routes: list[Any] = [Route("/", guard(root), methods=["GET"])]
     for prefix in ("", "/api"):
@@ -463,10 +542,74 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
     return Starlette(routes=routes)
 
 
-def _authorised(conn: Any, token: str) -> bool:
+def _authorised(conn: Any, token: str, *, query_ok: bool = False) -> bool:
+    """Whether the request carries the token: in the Authorization header, or (``query_ok``,
+    the websocket only) as ``?token=``."""
     header = conn.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else conn.query_params.get("token")
+    if header.lower().startswith("bearer "):
+        given: str | None = header[7:]
+    else:
+        given = conn.query_params.get("token") if query_ok else None
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+def _check_upload_name(name: str, subfolder: str) -> str | None:
+    """Why an upload's file name or subfolder cannot be stored, or None."""
+    if not name or not name.strip():
+        return "the upload has no file name"
+    parts = [p for p in name.replace("\\", "/").split("/") if p]
+    if any(len(p.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES for p in parts):
+        return f"the file name is longer than {_MAX_NAME_BYTES} bytes"
+    if len(subfolder) > _MAX_SUBFOLDER:
+        return f"the subfolder is longer than {_MAX_SUBFOLDER} characters"
+    folders = [p for p in subfolder.replace("\\", "/").split("/") if p]
+    if any(len(p.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES for p in folders):
+        return f"a subfolder name is longer than {_MAX_NAME_BYTES} bytes"
+    return None
+
+
+def _store_upload(target: Path, data: bytes, overwrite: bool) -> Path:
+    """Write an upload to ``target`` (or ``name (N).ext`` when taken and not overwriting).
+
+    The bytes go to a temporary file first; without ``overwrite`` the final name is published
+    by a hard link, which fails instead of replacing a file another upload just stored.
+
+    Raises:
+        OSError: The folder cannot be made (a file is in the way) or written.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        if overwrite:
+            os.replace(tmp, target)
+            return target
+        stem, suffix = target.stem, target.suffix
+        candidate, index = target, 1
+        while True:
+            try:
+                os.link(tmp, candidate)
+                return candidate
+            except FileExistsError:
+                candidate = target.with_name(f"{stem} ({index}){suffix}")
+                index += 1
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _upload_problem(exc: OSError, subfolder: str) -> str:
+    """An OSError of storing an upload, in words that name no server path."""
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return (f"the subfolder {subfolder[:80]!r} cannot be made: a file of that name is in "
+                "the way")
+    if exc.errno == errno.ENAMETOOLONG:
+        return "the file name or subfolder is too long for the server's filesystem"
+    if exc.errno == errno.ENOSPC:
+        return "the server's disk is full"
+    return f"the upload cannot be stored: {os.strerror(exc.errno or 0)}"
 
 
 def _parse_multipart(content_type: str, raw: bytes
@@ -502,18 +645,20 @@ def _parse_multipart(content_type: str, raw: bytes
     return fields, files
 
 
-def _check_image(data: bytes) -> str | None:
-    """None when ``data`` decodes as a picture; else why not."""
+def _check_image(data: bytes) -> tuple[int, int, int] | str:
+    """``(width, height, frames)`` when ``data`` decodes as a picture; else why not."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as picture:
+            size = (*picture.size, int(getattr(picture, "n_frames", 1) or 1))
             picture.verify()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        return str(exc) or type(exc).__name__
     except Image.DecompressionBombError as exc:
         return str(exc)
-    return None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
+            struct_error) as exc:
+        return str(exc)[:200] or type(exc).__name__
+    return size
 
 
 def _memory() -> tuple[int, int]:

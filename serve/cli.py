@@ -11,21 +11,51 @@ compiled from.
   comfyc serve --ray --replicas 2               # the same API as a Ray Serve deployment
 
 The server binds 127.0.0.1 unless --listen says otherwise; expose it only with --token.
+Accepted prompts are kept in a small store in the cache folder (one per address), so a server
+restarted after a crash or a kill runs what it had accepted; resources a client can fill are
+bounded (--max-queue, --max-history, --max-history-mb, --cache-max-gb, --cache-max-artifacts,
+--max-prompt-memory-mb).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["add_arguments", "build_local", "run"]
+__all__ = ["add_arguments", "build_local", "default_memory_budget", "run", "store_path"]
 
 
 def _default_cache() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return os.environ.get("COMFYC_SERVE_CACHE") or os.path.join(base, "comfyc", "serve")
+
+
+def default_memory_budget() -> int:
+    """The default memory budget of one prompt: 8 GiB, or half the RAM when that is less."""
+    from .engine import DEFAULT_MEMORY_BUDGET
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return DEFAULT_MEMORY_BUDGET
+    return min(DEFAULT_MEMORY_BUDGET, total // 2)
+
+
+def store_path(args: argparse.Namespace, cache_dir: str | Path) -> str | None:
+    """The prompt store of this server: ``--queue-store``, else one per address in the cache
+    folder (a server restarted on the same address takes over its predecessor's)."""
+    if args.no_queue_store:
+        return None
+    if args.queue_store:
+        return str(Path(args.queue_store).resolve())
+    host = re.sub(r"[^A-Za-z0-9.]", "_", args.listen)
+    kind = "ray-" if args.ray else ""
+    return str(Path(cache_dir).resolve() / f"queue-{kind}{host}-{args.port}.sqlite3")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +83,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request body, uploads included (default 32)")
     parser.add_argument("--max-history", type=int, default=1000, metavar="N",
                         help="finished prompts kept in /history (default 1000)")
+    parser.add_argument("--max-history-mb", type=float, default=128.0, metavar="MB",
+                        help="bytes of /history kept, entries as JSON (default 128)")
+    parser.add_argument("--max-queue", type=int, default=10000, metavar="N",
+                        help="pending prompts accepted; more get 429 (default 10000)")
+    parser.add_argument("--cache-max-gb", type=float, default=10.0, metavar="GB",
+                        help="compiled artifacts kept in --cache-dir, least recently used go "
+                             "first (default 10)")
+    parser.add_argument("--cache-max-artifacts", type=int, default=64, metavar="N",
+                        help="compiled artifacts kept in --cache-dir (default 64)")
+    parser.add_argument("--max-prompt-memory-mb", type=float, default=None, metavar="MB",
+                        help="refuse prompts (and uploads) whose estimated run memory is larger "
+                             "(default: 8192 or half the RAM, whichever is less; 0: no limit)")
+    parser.add_argument("--queue-store", default=None, metavar="FILE",
+                        help="where accepted prompts are kept across restarts (default: "
+                             "queue-HOST-PORT.sqlite3 in --cache-dir)")
+    parser.add_argument("--no-queue-store", action="store_true",
+                        help="keep the queue and history in memory only (lost on restart)")
     parser.add_argument("--no-compile", action="store_true",
                         help="serve only the given artifacts; refuse other prompts (400)")
     parser.add_argument("--lease-s", type=float, default=30.0, metavar="S",
@@ -66,8 +113,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="join this Ray cluster (default: start a local one)")
 
 
+def memory_budget(args: argparse.Namespace) -> int | None:
+    """``--max-prompt-memory-mb`` in bytes (None: no limit)."""
+    if args.max_prompt_memory_mb is None:
+        return default_memory_budget()
+    return int(args.max_prompt_memory_mb * 2**20) if args.max_prompt_memory_mb > 0 else None
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Engine's bounds from the command line."""
+    return {"max_cache_bytes": int(args.cache_max_gb * 2**30),
+            "max_cache_artifacts": max(1, args.cache_max_artifacts),
+            "memory_budget": memory_budget(args)}
+
+
+def hub_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Hub's bounds from the command line."""
+    return {"max_history": args.max_history, "lease_s": args.lease_s,
+            "max_history_bytes": int(args.max_history_mb * 2**20),
+            "max_pending": args.max_queue}
+
+
 def build_local(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The in-process server: (app, hub, pool)."""
+    """The in-process server: (app, hub, pool).
+
+    Raises:
+        StoreLockedError: Another server owns this server's prompt store.
+    """
     from .app import HubAccess, ServerConfig, create_app
     from .engine import Engine
     from .hub import Hub
@@ -77,15 +149,60 @@ def build_local(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     input_dir = Path(args.input_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     input_dir.mkdir(parents=True, exist_ok=True)
-    engine = Engine(args.cache_dir or _default_cache(), models_dir=args.models_dir,
-                    input_dir=input_dir, backend=args.backend, artifacts=args.artifacts,
-                    compile=not args.no_compile)
-    hub = Hub(max_history=args.max_history, lease_s=args.lease_s)
+    cache_dir = args.cache_dir or _default_cache()
+    engine = Engine(cache_dir, models_dir=args.models_dir, input_dir=input_dir,
+                    output_dir=output_dir, backend=args.backend, artifacts=args.artifacts,
+                    compile=not args.no_compile, **engine_options(args))
+    engine.clean_leftovers()
+    hub = Hub(**hub_options(args), store_path=store_path(args, cache_dir))
     pool = WorkerPool(hub, engine, output_dir)
     config = ServerConfig(engine, output_dir, input_dir, token=args.token or None,
                           max_body=int(args.max_request_mb * 1024 * 1024),
                           on_queued=pool.ensure)
+    # NOTE: prompts taken over from a previous server need their workers now; no POST will
+    # start them.
+    for key in hub.pending_keys():
+        pool.ensure(key)
     return create_app(HubAccess(hub), config), hub, pool
+
+
+def _ws_protocol() -> Any:
+    """uvicorn's websocket protocol, answering requests it cannot parse.
+
+    NOTE: the websockets library answers a handshake it cannot parse (a 100 KB URL: its
+    request-line limit is 8 KiB) with an HTTP 414/400 in its output buffer, but uvicorn
+    0.3x–0.5x only sends responses for handshakes that did parse, so such a client waited
+    forever. This subclass sends the answer and closes.
+    """
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import (
+            WebSocketsSansIOProtocol,
+        )
+    except ImportError:
+        return "auto"
+
+    class Protocol(WebSocketsSansIOProtocol):  # type: ignore[misc]
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            conn = self.conn
+            if (not self.handshake_initiated and conn.handshake_exc is not None
+                    and not self.transport.is_closing()):
+                self.transport.write(b"".join(conn.data_to_send()))
+                self.transport.close()
+
+    return Protocol
+
+
+def quiet_tokens() -> None:
+    """Mask ``token=…`` in what uvicorn's and Ray Serve's loggers write."""
+    from .redact import TokenFilter
+
+    token_filter = TokenFilter()
+    for name in ("uvicorn", "uvicorn.access", "uvicorn.error", "ray.serve", ""):
+        logger = logging.getLogger(name)
+        logger.addFilter(token_filter)
+        for handler in logger.handlers:
+            handler.addFilter(token_filter)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,25 +216,34 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from comfyc.runtime.artifact import ArtifactError
 
+    from .store import StoreLockedError
+
     if args.listen not in ("127.0.0.1", "localhost", "::1") and not args.token:
         print(f"comfyc serve: warning: listening on {args.listen} without --token: anyone who "
               f"reaches this port can run prompts and read outputs", file=sys.stderr)
+    quiet_tokens()
     try:
         if args.ray:
             from .ray_serve import serve_ray
 
             return serve_ray(args)
-        app, _hub, pool = build_local(args)
-    except ArtifactError as exc:
+        app, hub, pool = build_local(args)
+    except (ArtifactError, StoreLockedError) as exc:
         print(f"comfyc serve: error: {exc}", file=sys.stderr)
         return 2
     import uvicorn
 
+    recovered = hub.recovered()
+    if recovered.get("queued") or recovered.get("lost"):
+        print(f"comfyc serve: took over {recovered['queued']} queued prompts "
+              f"({recovered['restarted']} were running when the last server stopped; "
+              f"{recovered['lost']} given up)", file=sys.stderr, flush=True)
     print(f"comfyc serve: listening on http://{args.listen}:{args.port} "
           f"(outputs in {Path(args.output_dir).resolve()})", file=sys.stderr, flush=True)
     try:
         uvicorn.run(app, host=args.listen, port=args.port, log_level="warning",
-                    ws_max_size=16 * 1024 * 1024)
+                    ws_max_size=16 * 1024 * 1024, ws=_ws_protocol())
     finally:
         pool.shutdown()
+        hub.close()
     return 0

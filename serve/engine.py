@@ -2,47 +2,104 @@
 
 A prompt's *graph shape* is the prompt with its run-time inputs taken out: sampler seeds and
 settings (KSampler ``seed``, ``steps``, ``cfg``, ``sampler_name``, ``scheduler``,
-``denoise``; KSamplerAdvanced ``noise_seed``, ``cfg``) and prompt texts (``CLIPTextEncode``
-``text``). The first prompt of a shape is compiled with exactly those inputs as runtime
-params (the compiler's ``--param NODE.INPUT=NAME`` mechanism) into ``CACHE/<key>.comfyc``;
-every later prompt of the shape — any seed, any text — loads that artifact (from memory
-after the first load) and only sets params. Node titles (``_meta``) are not part of the
-shape.
+``denoise``; KSamplerAdvanced ``noise_seed``, ``cfg``), prompt texts (``CLIPTextEncode``
+``text``) and where outputs go (SaveImage ``filename_prefix``). The first prompt of a shape is
+compiled with exactly those inputs as runtime params (the compiler's ``--param
+NODE.INPUT=NAME`` mechanism) into ``CACHE/<key>.comfyc``; every later prompt of the shape —
+any seed, any text, any prefix — loads that artifact (from memory after the first load) and
+only sets params. Node titles (``_meta``) are not part of the shape.
+
+Validation rejects what the run would reject, before anything is queued: ComfyUI's checks
+(the compiler's validate pass), then run-time types — an INT must be an integer (``20`` or
+``20.0``, not ``true`` or ``3.5``), a FLOAT a finite number, a STRING text, a BOOLEAN a
+boolean (numeric strings are converted, as ComfyUI converts them, and the converted prompt
+is what runs) — files that must exist (models, LoadImage pictures in the input folder or, as
+``"name [output]"``/``"name [temp]"``, in the output folder), and a memory estimate (of the
+largest picture batch the prompt makes: :func:`picture_memory`) against the server's budget.
+
+Resources stay bounded: compiled artifacts are evicted least-recently-used beyond a size and a
+count (never one in use: users hold a shared file lock on its key); a shape whose compile
+failed is remembered for :data:`FAILED_TTL_S` and refused at once instead of compiled again
+on every prompt; at most :data:`MAX_LOADED` programs stay loaded.
 
 Precompiled artifacts (``comfyc serve ARTIFACT...``) are matched against the prompt the
 compiler recorded (``source.prompt`` in the manifest): a prompt with the same nodes and the
-same values everywhere except the artifact's param inputs runs on it. An artifact whose
-source prompt was not recorded (a DSL workflow with declared params) is matched on the
-program's prompt when nothing in it was folded; otherwise it is never picked, and matching
-prompts are compiled instead.
+same values everywhere except the artifact's param inputs runs on it.
 
 The compiler is imported lazily: the runtime core stays free of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import hashlib
 import json
+import math
+import os
 import re
+import shutil
+import sys
 import threading
+import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUNTIME_INPUTS", "Engine", "PromptRejected", "graph_shape", "shape_key"]
+from .redact import Redactor
+
+__all__ = ["BYTES_PER_PIXEL", "BYTES_PER_TOKEN_PAIR", "DEFAULT_CACHE_ARTIFACTS",
+           "DEFAULT_CACHE_BYTES", "DEFAULT_MEMORY_BUDGET", "FAILED_TTL_S", "RUNTIME_INPUTS",
+           "CompileFailed", "Engine", "Prepared", "PromptRejected", "Validated",
+           "estimate_memory", "graph_shape", "picture_memory", "shape_key"]
 
 #: Inputs that become runtime params, by node class: changing them never recompiles.
 RUNTIME_INPUTS: dict[str, tuple[str, ...]] = {
     "KSampler": ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"),
     "KSamplerAdvanced": ("noise_seed", "cfg"),
     "CLIPTextEncode": ("text",),
+    # NOTE: where outputs go changes nothing that is computed; as a literal, every new
+    # prefix compiled (and kept) another artifact.
+    "SaveImage": ("filename_prefix",),
 }
 #: Programs kept loaded in memory (the artifacts stay on disk).
 MAX_LOADED = 8
+#: Compiled artifacts kept in the cache folder, by total size and by count (LRU beyond).
+DEFAULT_CACHE_BYTES = 10 * 1024**3
+DEFAULT_CACHE_ARTIFACTS = 64
+#: Seconds a failed compile is remembered (its prompts are refused at once meanwhile).
+FAILED_TTL_S = 600.0
+#: Estimated run memory per picture pixel of the largest batch a prompt makes. Measured on the
+#: tiny model at 64x64, batch 64 (843 B/px peak RSS growth: VAE decoder and sampler arrays).
+BYTES_PER_PIXEL = 768
+#: Estimated attention memory per (latent token)² per picture. The tiny model (attention at the
+#: full latent size, like SD1.x) measured 144 B (512x512: 2.4 GiB; 256x256 batch 16: 2.9
+#: GiB); SDXL attends at half and quarter sizes only, 16 times less. The SDXL figure is used:
+#: the estimate is a lower bound that refuses prompts that certainly do not fit, never ones
+#: that might (an operator of SD1.x models lowers --max-prompt-memory-mb instead).
+BYTES_PER_TOKEN_PAIR = 9
+#: The default memory budget of one prompt (the server makes it min(this, half the RAM)).
+DEFAULT_MEMORY_BUDGET = 8 * 1024**3
+#: Longest node id accepted (ComfyUI's are short numbers, "12:3" for subgraph nodes).
+MAX_NODE_ID = 256
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
+_WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+@functools.cache
+def _compiler_reads_outputs() -> bool:
+    """Whether the compiler's probe run can read ``"name [output]"`` pictures (its options
+    have an output folder)."""
+    try:
+        from comfyc.compiler.lowering.artifact import CompileOptions
+    except ImportError:
+        return False
+    return "output_dir" in getattr(CompileOptions, "__dataclass_fields__", {})
+
 
 
 class PromptRejected(Exception):
@@ -52,6 +109,10 @@ class PromptRejected(Exception):
         error = body.get("error")
         super().__init__(error.get("message") if isinstance(error, dict) else str(error))
         self.body = body
+
+
+class CompileFailed(Exception):
+    """A graph shape whose compile failed recently (remembered; not compiled again)."""
 
 
 def _param_name(node_id: str, input_name: str) -> str:
@@ -102,9 +163,147 @@ def _strip_meta(prompt: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _shown(value: Any) -> Any:
+    """A received value for an error body, cut when long (it is echoed to the client)."""
+    if isinstance(value, str) and len(value) > 80:
+        return value[:77] + "..."
+    return value
+
+
+def _strict(kind: str, value: Any) -> Any:
+    """``value`` as the run will use an input of widget type ``kind``.
+
+    Stricter than ComfyUI's validation (which would turn ``true`` into 1, ``3.5`` into 3 and
+    ``123`` into "123"): what the runtime would not take as it is, is refused here, so a
+    prompt never fails after it was queued. Numeric text is converted, as ComfyUI does.
+
+    Raises:
+        ValueError: With what is wrong.
+    """
+    if kind == "INT":
+        if isinstance(value, str):
+            try:
+                value = float(value.strip()) if "." in value or "e" in value.lower() \
+                    else int(value.strip())
+            except ValueError:
+                raise ValueError("text that is not a whole number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"a {_type_name(value)}, not a whole number")
+        if isinstance(value, float):
+            if not math.isfinite(value) or not value.is_integer():
+                raise ValueError("not a whole number")
+            value = int(value)
+        return value
+    if kind == "FLOAT":
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError("text that is not a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"a {_type_name(value)}, not a number")
+        if not math.isfinite(value):
+            raise ValueError("not a finite number")
+        return float(value)
+    if kind == "STRING":
+        if not isinstance(value, str):
+            raise ValueError(f"a {_type_name(value)}, not text")
+        return value
+    if kind == "BOOLEAN":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"a {_type_name(value)}, not true or false")
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "whole number", float: "number", str: "text",
+            list: "list", dict: "object", type(None): "null"}.get(type(value), "value")
+
+
+def picture_memory(area: float, batch: float) -> float:
+    """Estimated run memory of a batch of pictures of ``area`` pixels (see the constants)."""
+    tokens = area / 64  # Latent pixels: the VAE scales by 8 each way.
+    return batch * (BYTES_PER_PIXEL * area + BYTES_PER_TOKEN_PAIR * tokens * tokens)
+
+
+def estimate_memory(nodes: list[Any], pictures: dict[str, tuple[int, int, int]]
+                    ) -> tuple[int, str, int]:
+    """The estimated run memory of a prompt: its largest picture batch, and where.
+
+    Returns:
+        ``(bytes, node id, pixels)`` of the batch that needs the most memory.
+
+    Follows sizes through the graph: ``width``/``height`` and ``batch_size`` literals set them
+    (EmptyLatentImage, ImageScale …), ``scale_by`` multiplies the area, ``amount`` the batch
+    (RepeatLatentBatch), a loaded picture brings its own size and frame count; other nodes
+    pass on the largest size and batch of their inputs.
+
+    Args:
+        nodes: The nodes that run, in topological order.
+        pictures: ``(width, height, frames)`` of the pictures LoadImage nodes read, by node id.
+    """
+    from comfyc.compiler.ir import Value
+
+    state: dict[str, tuple[float, float]] = {}
+    peak, where, pixels = 0.0, "", 0.0
+
+    def number(value: Any) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value) if math.isfinite(value) and value > 0 else None
+
+    for node in nodes:
+        ups = [state[v.producer.id] for v in node.inputs.values()
+               if isinstance(v, Value) and v.producer.id in state]
+        area = max((u[0] for u in ups), default=0.0)
+        batch = max((u[1] for u in ups), default=1.0)
+        inputs = node.inputs
+        width, height = number(inputs.get("width")), number(inputs.get("height"))
+        if width and height:
+            area = width * height
+        if node.id in pictures:
+            w, h, frames = pictures[node.id]
+            area, batch = float(w * h), float(max(frames, 1))
+        if (size := number(inputs.get("batch_size"))) is not None:
+            batch = size
+        if (amount := number(inputs.get("amount"))) is not None:
+            batch *= amount
+        if (scale := number(inputs.get("scale_by"))) is not None:
+            area *= scale * scale
+        state[node.id] = (area, batch)
+        memory = picture_memory(area, batch)
+        if memory > peak:
+            peak, where, pixels = memory, node.id, area * batch
+    return int(min(peak, 2**62)), where, int(min(pixels, 2**62))
+
+
+@dataclass
+class Validated:
+    """A prompt that passed validation.
+
+    Attributes:
+        prompt: The prompt to run (numeric text converted to numbers).
+        outputs: The output node ids to execute.
+        key: The model key (prompts with one key share a worker).
+        memory: The estimated run memory in bytes.
+    """
+
+    prompt: dict[str, Any]
+    outputs: list[str]
+    key: str
+    memory: int = 0
+
+
 @dataclass
 class Prepared:
     """A prompt ready to run: the program, its params, and what the worker reports.
+
+    Call :meth:`release` when the run is over (the artifact may be evicted after that).
 
     Attributes:
         program: The loaded program (one worker runs it at a time).
@@ -119,6 +318,12 @@ class Prepared:
     compiled: bool
     artifact: Path
     cached_nodes: list[str]
+    _release: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def release(self) -> None:
+        """Let the artifact go (it stays cached; it may now be evicted)."""
+        release, self._release = self._release, lambda: None
+        release()
 
 
 class _Served:
@@ -159,35 +364,59 @@ class Engine:
         cache_dir: Where compiled artifacts are kept (``<key>.comfyc``).
         models_dir: The models folder (ComfyUI layout); the tiny model is always found.
         input_dir: Where LoadImage reads (and uploads go).
+        output_dir: The output folder (``"name [output]"`` pictures; ``temp/`` inside it for
+            ``"name [temp]"``).
         backend: Stage backend for compiled artifacts and loading (``ort-cpu`` …).
         artifacts: Precompiled artifacts to serve.
         compile: Compile prompts that match no artifact (False: answer 400 instead).
+        max_cache_bytes: Compiled artifacts kept, by total size (least recently used go).
+        max_cache_artifacts: Compiled artifacts kept, by count.
+        memory_budget: Largest estimated run memory of one prompt, in bytes (None: no limit).
     """
 
     def __init__(self, cache_dir: str | Path, *, models_dir: str | None = None,
-                 input_dir: str | Path = "input", backend: str = "ort-cpu",
-                 artifacts: list[str | Path] = (), compile: bool = True) -> None:
+                 input_dir: str | Path = "input", output_dir: str | Path | None = None,
+                 backend: str = "ort-cpu", artifacts: list[str | Path] = (),
+                 compile: bool = True, max_cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 max_cache_artifacts: int = DEFAULT_CACHE_ARTIFACTS,
+                 memory_budget: int | None = DEFAULT_MEMORY_BUDGET) -> None:
         from comfyc import __version__
 
         self.cache_dir = Path(cache_dir)
         self.models_dir = models_dir
         self.input_dir = Path(input_dir)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
         self.backend = backend
         self.allow_compile = compile
+        self.max_cache_bytes = max_cache_bytes
+        self.max_cache_artifacts = max_cache_artifacts
+        self.memory_budget = memory_budget
         self.salt = f"comfyc {__version__} backend {backend}"
         self.served = [_Served(Path(p)) for p in artifacts]
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._run_locks: dict[str, threading.Lock] = {}
+        self._failed: dict[str, tuple[float, str]] = {}
+        self._sizes: dict[str, int] = {}
+        self.evicted = 0
+        self.redactor = Redactor(self._folders())
+
+    def _folders(self) -> dict[str, Any]:
+        """The server's folders, as labels for :class:`~.redact.Redactor`."""
+        from comfyc.runtime.model_paths import get_models_dir
+
+        try:
+            models = get_models_dir(self.models_dir)
+        except Exception:  # noqa: BLE001 - only used for redaction
+            models = None
+        return {"output": self.output_dir, "input": self.input_dir, "cache": self.cache_dir,
+                "models": models, "comfyc": Path(__file__).resolve().parents[1],
+                "python": sys.prefix, "python-lib": sys.base_prefix, "home": Path.home()}
 
     # ------------------------------------------------------------- validate
-    def validate(self, prompt: Any) -> tuple[list[str], str]:
-        """Check a prompt as ComfyUI's ``validate_prompt`` does.
-
-        Returns:
-            The output node ids to execute and the model key (prompts with one key share
-            a worker).
+    def validate(self, prompt: Any) -> Validated:
+        """Check a prompt as ComfyUI's ``validate_prompt`` does, and as strictly as the run.
 
         Raises:
             PromptRejected: With ComfyUI's ``{"error", "node_errors"}`` body.
@@ -200,35 +429,51 @@ class Engine:
                                         "JSON object of nodes (ComfyUI's API format)",
                                         "export the workflow with 'Save (API Format)'"))
         for node_id, node in prompt.items():
+            if not node_id or len(node_id) > MAX_NODE_ID:
+                raise PromptRejected(_error(
+                    "invalid_prompt", f"node id {_shown(node_id)!r} is not a usable id: ids "
+                    f"are non-empty strings of at most {MAX_NODE_ID} characters", ""))
             if not isinstance(node, dict):
-                raise PromptRejected(_error("invalid_prompt", f"node {node_id!r} is "
+                raise PromptRejected(_error("invalid_prompt", f"node {_shown(node_id)!r} is "
                                             f"{type(node).__name__}, not an object with "
                                             f"class_type and inputs", ""))
-        served = self._served_for(prompt)
         catalog = default_catalog()
+        served = None
+        pictures: dict[str, tuple[int, int, int]] = {}
         try:
             graph = self._graph(prompt, catalog)
+            # NOTE: only a prompt that is structurally sound is compared with the artifacts.
+            served = self._served_for(prompt)
+            nodes = self._reachable(graph, catalog)
+            prompt = self._check_types(prompt, nodes, catalog)
             if served is None:
-                self._check_runnable(graph, catalog)
+                pictures = self._check_runnable(nodes, catalog)
         except WorkflowErrors as exc:
             raise PromptRejected(_rejection(exc.errors, prompt)) from None
         except WorkflowError as exc:
             raise PromptRejected(_rejection([exc], prompt)) from None
+        memory = self._check_memory(nodes, pictures)
         outputs = [n.id for n in graph.nodes
                    if (s := catalog.get(n.class_type)) is not None and s.output_node]
         if served is not None:
-            return outputs, f"artifact:{served.path}"
+            return Validated(prompt, outputs, f"artifact:{served.path}", memory)
         if not self.allow_compile:
             raise PromptRejected(_error(
                 "invalid_prompt", "this server runs only its precompiled artifacts and the "
                 "prompt matches none of them", "send one of the served workflows (seeds, "
                 "sampler settings and prompt texts may change), or start the server without "
                 "--no-compile"))
+        failure = self._failure(shape_key(prompt, self.salt))
+        if failure is not None:
+            raise PromptRejected(_error(
+                "compile_failed", f"this workflow failed to compile a moment ago: {failure}",
+                "it is not compiled again for a while; change the workflow, or ask the "
+                "server's operator (POST /free forgets failed compiles)"))
         models = sorted({str(v) for n in graph.nodes
                          for name, v in n.inputs.items()
                          if (s := catalog.get(n.class_type)) and (i := s.input(name))
                          and i.files and i.files != "input"})
-        return outputs, "models:" + ",".join(models)
+        return Validated(prompt, outputs, "models:" + ",".join(models), memory)
 
     def _graph(self, prompt: dict[str, Any], catalog: Any) -> Any:
         from comfyc.compiler.passes.base import PassContext
@@ -239,16 +484,68 @@ class Engine:
         ValidatePass(PassContext(catalog))(graph)
         return graph
 
-    def _check_runnable(self, graph: Any, catalog: Any) -> None:
-        """Unsupported nodes and missing files, before the prompt is queued."""
+    @staticmethod
+    def _reachable(graph: Any, catalog: Any) -> list[Any]:
+        from comfyc.compiler.passes.validate import reachable_nodes
+
+        return reachable_nodes(graph, catalog)
+
+    def _check_types(self, prompt: dict[str, Any], nodes: list[Any], catalog: Any
+                     ) -> dict[str, Any]:
+        """The prompt with widget literals as the run takes them; see :func:`_strict`.
+
+        Raises:
+            WorkflowErrors: ``invalid_input_type`` for every value the run would refuse.
+        """
+        from comfyc.compiler.errors import SchemaError, WorkflowErrors
+
+        errors = []
+        converted: dict[tuple[str, str], Any] = {}
+        for node in nodes:
+            schema = catalog.get(node.class_type)
+            raw = prompt.get(node.id, {}).get("inputs")
+            if schema is None or not isinstance(raw, dict):
+                continue
+            for name, value in raw.items():
+                spec = schema.input(name)
+                if spec is None or spec.type not in _WIDGET_TYPES or isinstance(value, list):
+                    continue
+                try:
+                    strict = _strict(spec.type, value)
+                except ValueError as exc:
+                    errors.append(SchemaError(
+                        f"input '{name}' expects {spec.type}, but {_shown(value)!r} is {exc}",
+                        node.input_loc(name), kind="invalid_input_type",
+                        class_type=node.class_type, details=f"{name}, {_shown(value)!r}",
+                        help=f"send a {spec.type} value", extra={
+                            "input_name": name, "received_value": _shown(value)}))
+                    continue
+                if type(strict) is not type(value) or strict != value:
+                    converted[(node.id, name)] = strict
+        if errors:
+            raise WorkflowErrors(errors)
+        if not converted:
+            return prompt
+        out = {nid: dict(node) for nid, node in prompt.items()}
+        for (node_id, name), value in converted.items():
+            out[node_id]["inputs"] = {**out[node_id]["inputs"], name: value}
+        return out
+
+    def _check_runnable(self, nodes: list[Any], catalog: Any
+                        ) -> dict[str, tuple[int, int, int]]:
+        """Unsupported nodes and missing files, before the prompt is queued.
+
+        Returns:
+            ``(width, height, frames)`` of every picture a LoadImage node reads, by node id.
+        """
         from comfyc.compiler.errors import SchemaError, WorkflowErrors
         from comfyc.compiler.lowering.program import check_runnable
-        from comfyc.compiler.passes.validate import reachable_nodes
+        from comfyc.runtime.image_io import ImageIOError
         from comfyc.runtime.model_paths import ModelPathError, resolve
 
-        nodes = reachable_nodes(graph, catalog)
         check_runnable(nodes, catalog)
         errors = []
+        pictures: dict[str, tuple[int, int, int]] = {}
         for node in nodes:
             schema = catalog.get(node.class_type)
             for name, value in node.inputs.items():
@@ -257,25 +554,114 @@ class Engine:
                     continue
                 try:
                     if spec.files == "input":
-                        from .paths import safe_join
-
-                        if not safe_join(self.input_dir, value).is_file():
-                            raise ModelPathError(f"no file {value!r} in the input folder")
+                        pictures[node.id] = self._picture(value)
                     else:
                         resolve(spec.files, value, self.models_dir)
-                except (ModelPathError, ValueError) as exc:
+                except (ModelPathError, ImageIOError, ValueError) as exc:
+                    where = ("input folder (upload it with POST /upload/image)"
+                             if spec.files == "input" else f"server's {spec.files} folder")
                     errors.append(SchemaError(
-                        f"{name} {value!r}: {exc}", node.input_loc(name),
-                        kind="value_not_in_list", class_type=node.class_type,
-                        details=f"{name}: '{value}' not in the {spec.files} folder",
-                        extra={"input_name": name, "received_value": value},
-                        help=f"put the file in the server's {spec.files} folder (upload "
-                             f"images with POST /upload/image)"))
+                        f"{name} {_shown(value)!r}: {self.redactor.text(str(exc))}",
+                        node.input_loc(name), kind="value_not_in_list",
+                        class_type=node.class_type,
+                        details=f"{name}: '{_shown(value)}' not in the {spec.files} folder",
+                        extra={"input_name": name, "received_value": _shown(value)},
+                        help=f"put the file in the {where}"))
         if errors:
             raise WorkflowErrors(errors)
+        return pictures
+
+    def _picture(self, name: str) -> tuple[int, int, int]:
+        """Size and frame count of a picture LoadImage would read (as it resolves the name).
+
+        Raises:
+            ImageIOError: No such picture, or not a picture.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        from comfyc.runtime.image_io import ImageIOError, resolve_image_path
+
+        if (name.endswith(("[output]", "[temp]")) and self.allow_compile
+                and not _compiler_reads_outputs()):
+            # NOTE: the compiler runs the program once to learn its shapes, and reads pictures
+            # from the input folder only (CompileOptions has no output folder yet).
+            raise ImageIOError(
+                f"{name!r} names a picture in the output folder, which this server cannot "
+                "compile a workflow from yet; upload the picture (POST /upload/image) and use "
+                "its input-folder name", name)
+        output = self.output_dir
+        path = resolve_image_path(name, self.input_dir, output_dir=output,
+                                  temp_dir=output / "temp" if output is not None else None)
+        try:
+            with Image.open(path) as picture:
+                width, height = picture.size
+                return width, height, int(getattr(picture, "n_frames", 1) or 1)
+        except (UnidentifiedImageError, OSError, ValueError,
+                Image.DecompressionBombError) as exc:
+            raise ImageIOError(f"{name!r} is not a picture comfyc can read ({exc})",
+                               name) from None
+
+    def _check_memory(self, nodes: list[Any], pictures: dict[str, tuple[int, int, int]]
+                      ) -> int:
+        """The estimated run memory; refuses a prompt above the budget.
+
+        Raises:
+            PromptRejected: ``memory_budget_exceeded`` naming the node and the figures.
+        """
+        memory, where, pixels = estimate_memory(nodes, pictures)
+        if self.memory_budget is not None and memory > self.memory_budget:
+            node = next((n for n in nodes if n.id == where), None)
+            raise PromptRejected({
+                "error": {"type": "memory_budget_exceeded", "message": (
+                    f"this prompt would need about {memory / 2**30:.1f} GiB ({pixels:,} picture "
+                    f"pixels at node #{where}), more than this server allows per prompt "
+                    f"({self.memory_budget / 2**30:.1f} GiB)"),
+                    "details": "make the pictures smaller or the batch smaller, or start the "
+                               "server with a larger --max-prompt-memory-mb",
+                    "extra_info": {"estimated_bytes": memory,
+                                   "budget_bytes": self.memory_budget}},
+                "node_errors": {where: {
+                    "errors": [{"type": "memory_budget_exceeded",
+                                "message": "the pictures made here are too large",
+                                "details": f"{pixels:,} pixels", "extra_info": {}}],
+                    "dependent_outputs": [],
+                    "class_type": node.class_type if node is not None else ""}}})
+        return memory
+
+    def check_upload(self, width: int, height: int, frames: int = 1) -> str | None:
+        """Why an uploaded picture is refused (too large to load within the budget), or None."""
+        if self.memory_budget is None:
+            return None
+        memory = picture_memory(width * height, max(frames, 1))
+        if memory <= self.memory_budget:
+            return None
+        return (f"the picture is {width}x{height}" + (f" with {frames} frames" if frames > 1
+                                                       else "")
+                + f"; loading it would need about {memory / 2**30:.1f} GiB, more than this "
+                  f"server allows per prompt ({self.memory_budget / 2**30:.1f} GiB)")
 
     def _served_for(self, prompt: dict[str, Any]) -> _Served | None:
         return next((s for s in self.served if s.matches(prompt)), None)
+
+    # -------------------------------------------------------- failed compiles
+    def _failure(self, key: str) -> str | None:
+        """The remembered failure of a shape, if it failed less than FAILED_TTL_S ago."""
+        with self._lock:
+            entry = self._failed.get(key)
+            if entry is None:
+                return None
+            if time.monotonic() - entry[0] > FAILED_TTL_S:
+                del self._failed[key]
+                return None
+            return entry[1]
+
+    def _remember_failure(self, key: str, exc: BaseException) -> None:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        with self._lock:
+            self._failed[key] = (time.monotonic(), self.redactor.text(str(message))[:2000])
+            # NOTE: bounded like everything a client can fill: the oldest go first.
+            while len(self._failed) > 1000:
+                self._failed.pop(next(iter(self._failed)))
 
     # -------------------------------------------------------------- prepare
     def prepare(self, prompt: dict[str, Any],
@@ -283,30 +669,72 @@ class Engine:
         """The program for a validated prompt, compiling it on first sight of its shape.
 
         Raises:
-            WorkflowError: Compilation failed.
-            ArtifactError: A cached artifact is damaged (it is compiled again next time).
+            CompileFailed: The shape failed to compile recently (not tried again).
+            WorkflowError: Compilation failed (remembered for FAILED_TTL_S).
+            ArtifactError: A cached artifact is damaged twice in a row.
         """
         served = self._served_for(prompt)
-        compiled = False
         if served is not None:
-            path = served.path
-        else:
-            key = shape_key(prompt, self.salt)
-            path = self.cache_dir / f"{key}.comfyc"
-            with self._lock:
-                key_lock = self._key_locks.setdefault(key, threading.Lock())
-            with key_lock:
-                if not (path / "manifest.json").is_file():
-                    self.cache_dir.mkdir(parents=True, exist_ok=True)
-                    # NOTE: a file lock too: Ray replicas share the cache folder, and the
-                    # second compile of a key would replace the first one's artifact while
-                    # it is being loaded.
-                    with open(self.cache_dir / f".{key}.lock", "a+b") as handle:
-                        fcntl.flock(handle, fcntl.LOCK_EX)
-                        if not (path / "manifest.json").is_file():
-                            self._compile(prompt, path, say)
-                            compiled = True
-        program = self._load(path)
+            return self._prepared(prompt, served.path, self._load(served.path), False)
+        key = shape_key(prompt, self.salt)
+        failure = self._failure(key)
+        if failure is not None:
+            raise CompileFailed(f"this workflow failed to compile a moment ago: {failure}")
+        path = self.cache_dir / f"{key}.comfyc"
+        compiled = False
+        for attempt in range(2):
+            compiled = self._ensure_compiled(key, path, prompt, say) or compiled
+            use = self._use(key)
+            try:
+                program = self._load(path)
+            except Exception as exc:
+                use()
+                from comfyc.runtime.artifact import ArtifactError
+
+                if attempt or not isinstance(exc, (ArtifactError, OSError)):
+                    raise
+                # NOTE: damaged (or evicted by another replica in between): compile again.
+                self._discard(key, path)
+                continue
+            os.utime(path)  # Least recently used goes first.
+            return self._prepared(prompt, path, program, compiled, use)
+        raise AssertionError("unreachable")
+
+    def _ensure_compiled(self, key: str, path: Path, prompt: dict[str, Any],
+                         say: Callable[[str], None] | None) -> bool:
+        """Compile the shape unless its artifact exists; True when this call compiled it."""
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            if (path / "manifest.json").is_file():
+                return False
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            # NOTE: a file lock too: Ray replicas share the cache folder, and the second
+            # compile of a key would replace the first one's artifact while it is loaded.
+            with open(self._lock_file(key), "a+b") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                if (path / "manifest.json").is_file():
+                    return False
+                try:
+                    self._compile(prompt, path, say)
+                except BaseException as exc:
+                    if isinstance(exc, Exception):
+                        self._remember_failure(key, exc)
+                    raise
+        self._evict(keep=path)
+        return True
+
+    def _use(self, key: str) -> Callable[[], None]:
+        """Hold a shared lock on a key while its artifact is used; returns the release."""
+        handle = open(self._lock_file(key), "a+b")  # noqa: SIM115 - closed by the release
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        return handle.close
+
+    def _lock_file(self, key: str) -> Path:
+        return self.cache_dir / f".{key}.lock"
+
+    def _prepared(self, prompt: dict[str, Any], path: Path, program: Any, compiled: bool,
+                  release: Callable[[], None] = lambda: None) -> Prepared:
         params = {}
         for name, uses in (program.meta.get("param_uses") or {}).items():
             node_id, input_name = uses[0]
@@ -315,7 +743,7 @@ class Engine:
                 params[name] = value
         op_ids = {op.id for op in program.ops}
         cached = [n for n in prompt if n not in op_ids]
-        return Prepared(program, params, compiled, path, cached)
+        return Prepared(program, params, compiled, path, cached, release)
 
     def _compile(self, prompt: dict[str, Any], path: Path,
                  say: Callable[[str], None] | None) -> None:
@@ -326,11 +754,92 @@ class Engine:
         bindings = [f"{n}.{i}={_param_name(n, i)}" for n, i in _runtime_inputs(prompt)]
         graph = graph_from_api(_strip_meta(prompt), default_catalog(), "<prompt>")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        extra: dict[str, Any] = {}
+        if _compiler_reads_outputs() and self.output_dir is not None:
+            extra["output_dir"] = str(self.output_dir)
         options = CompileOptions(backend=self.backend, param_bindings=bindings,
-                                 models_dir=self.models_dir, input_dir=str(self.input_dir))
+                                 models_dir=self.models_dir, input_dir=str(self.input_dir),
+                                 **extra)
         # NOTE: compile_graph writes `.NAME.tmp-PID` and renames it into place, so a
         # replica killed mid-compile leaves no half artifact under the cache key.
         compile_graph(graph, path, options, progress=say)
+
+    # ---------------------------------------------------------------- cache
+    def _evict(self, keep: Path) -> None:
+        """Delete least recently used artifacts beyond the size and count bounds.
+
+        An artifact in use (a shared lock on its key, in this process or another replica) or
+        the one just compiled (``keep``) is never deleted.
+        """
+        entries = []
+        for path in self.cache_dir.glob("*.comfyc"):
+            try:
+                entries.append((path.stat().st_mtime, path, self._size(path)))
+            except OSError:
+                continue
+        entries.sort(key=lambda e: e[0])
+        count, total = len(entries), sum(e[2] for e in entries)
+        for _, path, size in entries:
+            if count <= self.max_cache_artifacts and total <= self.max_cache_bytes:
+                break
+            if path == keep:
+                continue
+            if self._discard(path.name[: -len(".comfyc")], path, wait=False):
+                count, total = count - 1, total - size
+                self.evicted += 1
+
+    def _discard(self, key: str, path: Path, *, wait: bool = True) -> bool:
+        """Delete a cached artifact unless it is in use; True when it was deleted."""
+        lock_file = self._lock_file(key)
+        try:
+            handle = open(lock_file, "a+b")  # noqa: SIM115
+        except OSError:
+            return False
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError:
+                return False  # In use.
+            with self._lock:
+                self._loaded.pop(str(path), None)
+                self._sizes.pop(str(path), None)
+            # NOTE: renamed first, so no reader ever sees half a directory under the key.
+            trash = self.cache_dir / f".evicted-{key}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(path, trash)
+            except FileNotFoundError:
+                return False
+            shutil.rmtree(trash, ignore_errors=True)
+            return True
+        finally:
+            handle.close()
+
+    def _size(self, path: Path) -> int:
+        """Bytes of an artifact directory (artifacts never change once written)."""
+        key = str(path)
+        with self._lock:
+            if key in self._sizes:
+                return self._sizes[key]
+        total = 0
+        for folder, _, files in os.walk(path):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(folder, name)).st_size
+        with self._lock:
+            self._sizes[key] = total
+        return total
+
+    def cache_stats(self) -> dict[str, int]:
+        """Artifacts and bytes in the cache folder, and how many were evicted."""
+        paths = list(self.cache_dir.glob("*.comfyc")) if self.cache_dir.is_dir() else []
+        return {"artifacts": len(paths), "bytes": sum(self._size(p) for p in paths),
+                "evicted": self.evicted}
+
+    def clean_leftovers(self) -> None:
+        """Remove what an eviction interrupted by a kill left (``.evicted-*``)."""
+        if self.cache_dir.is_dir():
+            for trash in self.cache_dir.glob(".evicted-*"):
+                shutil.rmtree(trash, ignore_errors=True)
 
     def _load(self, path: Path) -> Any:
         from comfyc.runtime.artifact import load
@@ -354,9 +863,11 @@ class Engine:
             return self._run_locks.setdefault(str(artifact), threading.Lock())
 
     def free(self) -> None:
-        """Drop loaded programs (``POST /free``); artifacts stay on disk."""
+        """Drop loaded programs and remembered compile failures (``POST /free``); artifacts
+        stay on disk."""
         with self._lock:
             self._loaded.clear()
+            self._failed.clear()
 
     def list_files(self, kind: str) -> list[str]:
         """File combo choices for ``/object_info``: model names, or the input folder."""
@@ -399,4 +910,3 @@ def _rejection(errors: list[Any], prompt: dict[str, Any]) -> dict[str, Any]:
     return {"error": {"type": "prompt_outputs_failed_validation",
                       "message": "Prompt outputs failed validation", "details": details,
                       "extra_info": {}}, "node_errors": grouped}
-

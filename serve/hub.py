@@ -11,6 +11,17 @@ Workers *lease* prompts (:meth:`Hub.claim`) and keep the lease alive with
 prompts go back to the front of the queue after ``lease_s``, so a prompt the client was told
 was queued is never lost. The same class runs in-process for ``comfyc serve`` and inside one
 Ray actor shared by all replicas for ``comfyc serve --ray``.
+
+With a store (:class:`~.store.PromptStore`, a file in the cache folder) the queue and the
+history also survive the server process: every accepted prompt is on disk before its id is
+returned, and a hub started on the store takes over what its predecessor left (see
+:mod:`.store`).
+
+Everything an unauthenticated client can make the hub hold is bounded: pending prompts (count
+and bytes: a full queue answers 429), history entries (count and bytes: the oldest go first),
+websocket messages kept for late readers (count and bytes). A prompt id is never reused: a
+client-chosen id that is pending, running or in the history is refused, so no result
+overwrites another's and every client gets its own ``executing {node: null}``.
 """
 
 from __future__ import annotations
@@ -25,12 +36,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_HISTORY", "Hub", "Job", "now_ms"]
+from .redact import dumps
+
+__all__ = ["MAX_HISTORY", "MAX_HISTORY_BYTES", "MAX_PENDING", "MAX_PENDING_BYTES", "Hub", "Job",
+           "now_ms"]
 
 #: History entries kept (ComfyUI keeps 10000; prompts and outputs are small).
 MAX_HISTORY = 1000
+#: History bytes kept (entries as JSON; a prompt may be megabytes): the oldest go first.
+MAX_HISTORY_BYTES = 128 * 1024 * 1024
+#: Pending prompts: more are refused (429) until the queue drains.
+MAX_PENDING = 10000
+#: Pending prompt bytes (as sent): more are refused (429).
+MAX_PENDING_BYTES = 512 * 1024 * 1024
 #: Websocket messages kept for connections that read late.
 MAX_EVENTS = 20000
+#: Bytes of websocket messages kept (binary previews can be large).
+MAX_EVENT_BYTES = 64 * 1024 * 1024
+#: The size a JSON message is counted as (they are small; measuring each would cost more).
+_JSON_EVENT_BYTES = 256
 
 
 def now_ms() -> int:
@@ -51,6 +75,8 @@ class Job:
         client_id: Where websocket messages go (None: nobody).
         model_key: Jobs with one key run on one worker, one at a time.
         seq: Arrival order, the tie-breaker.
+        attempts: How often a worker claimed it (more than once after a worker died).
+        size: Its size as sent, in bytes (the pending queue is bounded by bytes).
     """
 
     number: float
@@ -62,6 +88,7 @@ class Job:
     model_key: str
     seq: int = 0
     attempts: int = 0
+    size: int = 0
 
     def queue_item(self) -> list[Any]:
         """ComfyUI's 5-element queue item ``[number, prompt_id, prompt, extra_data, outputs]``."""
@@ -74,7 +101,8 @@ class Job:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Job:
         """Rebuild a job from :meth:`to_json`."""
-        return cls(**data)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
 
 
 @dataclass
@@ -90,6 +118,7 @@ class _Event:
     target: str | None
     message: Any  # a dict (JSON text frame) or bytes (binary frame)
     preview: bool = False
+    size: int = _JSON_EVENT_BYTES
 
 
 @dataclass
@@ -99,15 +128,28 @@ class Hub:
     Args:
         max_history: History entries kept; the oldest go first.
         lease_s: Seconds a claimed prompt stays with a worker that stopped heart-beating.
+        max_history_bytes: History bytes kept (entries as JSON).
+        max_pending: Pending prompts accepted; more are refused until the queue drains.
+        max_pending_bytes: Pending prompt bytes accepted.
+        store_path: The durable store (None: the queue lives in memory only). A hub given a
+            store takes over the prompts and history a previous server left in it.
     """
 
     max_history: int = MAX_HISTORY
     lease_s: float = 30.0
+    max_history_bytes: int = MAX_HISTORY_BYTES
+    max_pending: int = MAX_PENDING
+    max_pending_bytes: int = MAX_PENDING_BYTES
+    store_path: str | None = None
     _lock: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _pending: list[tuple[float, int, Job]] = field(default_factory=list)
+    _pending_bytes: int = 0
     _running: dict[str, _Lease] = field(default_factory=dict)
     _history: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
-    _events: deque[_Event] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
+    _history_sizes: dict[str, int] = field(default_factory=dict)
+    _history_bytes: int = 0
+    _events: deque[_Event] = field(default_factory=deque)
+    _event_bytes: int = 0
     _event_seq: int = 0
     _number: int = 0
     _arrivals: int = 0
@@ -116,23 +158,122 @@ class Hub:
     _wakers: list[Callable[[], None]] = field(default_factory=list)
     _owners: dict[str, float] = field(default_factory=dict)
     _preview_clients: set[str] = field(default_factory=set)
+    _store: Any = None
+    _recovered: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.store_path is not None:
+            from .store import PromptStore
+
+            self._store = PromptStore(self.store_path)
+            self._recover()
+
+    def _recover(self) -> None:
+        """Queue again what the store holds from a previous server; restore its history."""
+        recovered = self._store.recover(self.max_history)
+        for pid, entry, size in recovered.history:
+            self._remember(pid, entry, size, persist=False)
+        for data in recovered.lost:
+            job = Job.from_json(data)
+            entry = _lost_entry(job)
+            self._remember(job.prompt_id, entry, len(dumps(entry)))
+        for index, data in enumerate(recovered.queued):
+            job = Job.from_json(data)
+            if index < recovered.interrupted:
+                # NOTE: the prompts the dead server was running go first, as a dead worker's
+                # do (their clients have waited longest).
+                job.number = min([-self._number - 1] + [e[0] for e in self._pending]) - 1
+            self._pending.append((job.number, job.seq, job))
+            self._pending_bytes += job.size
+        heapq.heapify(self._pending)
+        numbers = [int(j.number) for _, _, j in self._pending if j.number >= 0]
+        seqs = [j.seq for _, _, j in self._pending]
+        self._number = max(numbers, default=-1) + 1
+        self._arrivals = max(seqs, default=0)
+        self._recovered = {"queued": len(recovered.queued), "restarted": recovered.interrupted,
+                           "lost": len(recovered.lost), "history": len(recovered.history)}
+
+    def recovered(self) -> dict[str, int]:
+        """What this hub took over from its store: queued, restarted, lost, history."""
+        with self._lock:
+            return dict(self._recovered)
+
+    def close(self) -> None:
+        """Close the store (the server is stopping).
+
+        Prompts still running are given back as pending: an orderly stop is not one of the
+        deaths that make a prompt count as lost.
+        """
+        with self._lock:
+            if self._store is not None:
+                for prompt_id in self._running:
+                    self._store.set_state(prompt_id, "pending")
+                self._store.close()
+                self._store = None
 
     # ------------------------------------------------------------------ queue
     def submit(self, prompt: dict[str, Any], extra_data: dict[str, Any], outputs: list[str],
                client_id: str | None, model_key: str, *, front: bool = False,
-               number: float | None = None, prompt_id: str | None = None) -> tuple[float, str]:
-        """Queue a validated prompt; returns ``(number, prompt_id)`` as ComfyUI does."""
+               number: float | None = None, prompt_id: str | None = None,
+               size: int = 0) -> dict[str, Any]:
+        """Queue a validated prompt.
+
+        Returns:
+            ``{"number", "prompt_id"}`` as ComfyUI answers; or ``{"error": kind, "message"}``
+            when the id is taken (``duplicate_prompt_id``) or the queue is full
+            (``queue_full``).
+        """
         with self._lock:
+            if prompt_id is not None and self._known(prompt_id):
+                return {"error": "duplicate_prompt_id", "message": (
+                    f"prompt_id {prompt_id!r} is already queued or in the history; each "
+                    "prompt needs its own id (or send none and use the one returned)")}
+            if len(self._pending) >= self.max_pending or \
+                    self._pending_bytes + size > self.max_pending_bytes:
+                return {"error": "queue_full", "message": (
+                    f"the queue is full ({len(self._pending)} prompts, "
+                    f"{self._pending_bytes // 2**20} MiB waiting); try again when it drains")}
             if number is None:
                 number = -self._number if front else self._number
                 self._number += 1
             self._arrivals += 1
             job = Job(number, prompt_id or str(uuid.uuid4()), prompt, extra_data, outputs,
-                      client_id, model_key, self._arrivals)
+                      client_id, model_key, self._arrivals, size=size)
+            if self._store is not None:
+                # NOTE: on disk before the client hears "queued": a kill now loses nothing.
+                self._store.add(job.to_json())
             heapq.heappush(self._pending, (job.number, job.seq, job))
+            self._pending_bytes += job.size
             self._queue_updated()
             self._lock.notify_all()
-            return job.number, job.prompt_id
+            return {"number": job.number, "prompt_id": job.prompt_id}
+
+    def _known(self, prompt_id: str) -> bool:
+        """Whether an id is pending, running or in the history (or the store); lock held."""
+        if prompt_id in self._running or prompt_id in self._history:
+            return True
+        if any(job.prompt_id == prompt_id for _, _, job in self._pending):
+            return True
+        return self._store is not None and self._store.known(prompt_id)
+
+    def state(self, prompt_id: str) -> str:
+        """``pending``, ``running``, ``success``, ``error``, ``lost`` or ``unknown``."""
+        with self._lock:
+            if prompt_id in self._running:
+                return "running"
+            if any(job.prompt_id == prompt_id for _, _, job in self._pending):
+                return "pending"
+            entry = self._history.get(prompt_id)
+            if entry is None:
+                return "unknown"
+            if (entry.get("comfyc") or {}).get("lost"):
+                return "lost"
+            return str((entry.get("status") or {}).get("status_str") or "unknown")
+
+    def pending_keys(self) -> list[str]:
+        """The model keys of pending prompts (a restarted server starts their workers)."""
+        with self._lock:
+            return sorted({job.model_key for _, _, job in self._pending})
 
     def claim(self, owner: str, key: str | None = None, timeout: float = 1.0) -> Job | None:
         """Take the first pending prompt (of ``key``, when given) and lease it to ``owner``.
@@ -148,9 +289,12 @@ class Hub:
                     if key is None or job.model_key == key:
                         self._pending.remove((job.number, job.seq, job))
                         heapq.heapify(self._pending)
+                        self._pending_bytes -= job.size
                         job.attempts += 1
                         self._running[job.prompt_id] = _Lease(job, owner,
                                                               time.monotonic() + self.lease_s)
+                        if self._store is not None:
+                            self._store.set_state(job.prompt_id, "running")
                         self._queue_updated()
                         return job
                 left = end - time.monotonic()
@@ -174,6 +318,9 @@ class Hub:
         for pid in dead:
             job = self._running.pop(pid).job
             heapq.heappush(self._pending, (job.number, job.seq, job))
+            self._pending_bytes += job.size
+            if self._store is not None:
+                self._store.set_state(pid, "pending")
         if dead:
             self._queue_updated()
             self._lock.notify_all()
@@ -190,14 +337,30 @@ class Hub:
                 return False
             del self._running[prompt_id]
             self._interrupts.discard(prompt_id)
-            self._history[prompt_id] = entry
-            while len(self._history) > self.max_history:
-                self._history.popitem(last=False)
+            self._remember(prompt_id, entry, len(dumps(entry)))
             # NOTE: ComfyUI's task_done writes the history, then broadcasts the queue status;
             # clients that stop on `queue_remaining == 0` read the history right after.
             self._queue_updated()
             self._lock.notify_all()
             return True
+
+    def _remember(self, prompt_id: str, entry: dict[str, Any], size: int, *,
+                  persist: bool = True) -> None:
+        """Add a history entry and drop the oldest beyond the count and byte bounds (the
+        newest entry stays even when it alone is larger); lock held."""
+        if persist and self._store is not None:
+            self._store.finish(prompt_id, entry, size)
+        self._history[prompt_id] = entry
+        self._history_sizes[prompt_id] = size
+        self._history_bytes += size
+        dropped = []
+        while len(self._history) > 1 and (len(self._history) > self.max_history
+                                          or self._history_bytes > self.max_history_bytes):
+            old, _ = self._history.popitem(last=False)
+            self._history_bytes -= self._history_sizes.pop(old, 0)
+            dropped.append(old)
+        if dropped and self._store is not None:
+            self._store.forget(dropped)
 
     def queue_remaining(self) -> int:
         """Pending plus running prompts (ComfyUI's ``exec_info.queue_remaining``)."""
@@ -219,19 +382,24 @@ class Hub:
     def delete_pending(self, prompt_ids: list[str]) -> int:
         """Remove pending prompts by id; returns how many were removed."""
         with self._lock:
-            before = len(self._pending)
+            gone = [e[2] for e in self._pending if e[2].prompt_id in prompt_ids]
             self._pending = [e for e in self._pending if e[2].prompt_id not in prompt_ids]
             heapq.heapify(self._pending)
-            removed = before - len(self._pending)
-            if removed:
+            self._pending_bytes -= sum(job.size for job in gone)
+            if self._store is not None:
+                self._store.forget([job.prompt_id for job in gone])
+            if gone:
                 self._queue_updated()
-            return removed
+            return len(gone)
 
     def clear_pending(self) -> int:
         """Remove every pending prompt."""
         with self._lock:
             removed = len(self._pending)
             self._pending = []
+            self._pending_bytes = 0
+            if self._store is not None:
+                self._store.forget_state("pending")
             self._queue_updated()
             return removed
 
@@ -259,8 +427,17 @@ class Hub:
         with self._lock:
             if prompt_ids is None:
                 self._history.clear()
-            for pid in prompt_ids or []:
-                self._history.pop(pid, None)
+                self._history_sizes.clear()
+                self._history_bytes = 0
+                if self._store is not None:
+                    self._store.forget_state("done")
+                return
+            for pid in prompt_ids:
+                if self._history.pop(pid, None) is not None:
+                    self._history_bytes -= self._history_sizes.pop(pid, 0)
+            if self._store is not None:
+                self._store.forget([p for p in prompt_ids if p not in self._running
+                                    and not any(j.prompt_id == p for _, _, j in self._pending)])
 
     # -------------------------------------------------------------- interrupt
     def interrupt(self, prompt_id: str | None = None) -> list[str]:
@@ -305,9 +482,10 @@ class Hub:
         ``target`` None broadcasts; binary ``preview`` frames reach only connections that asked.
         """
         message = data if event is None else {"type": event, "data": data}
+        size = len(message) if isinstance(message, (bytes, bytearray)) else _JSON_EVENT_BYTES
         with self._lock:
             self._event_seq += 1
-            self._events.append(_Event(self._event_seq, target, message, preview))
+            self._append_event(_Event(self._event_seq, target, message, preview, size))
             wakers = list(self._wakers)
             self._lock.notify_all()
         for waker in wakers:
@@ -350,11 +528,34 @@ class Hub:
                     return out, self._event_seq
                 self._lock.wait(end - time.monotonic())
 
+    def _append_event(self, event: _Event) -> None:
+        """Log a message, dropping the oldest beyond the count and byte bounds; lock held."""
+        self._events.append(event)
+        self._event_bytes += event.size
+        while len(self._events) > 1 and (len(self._events) > MAX_EVENTS
+                                         or self._event_bytes > MAX_EVENT_BYTES):
+            self._event_bytes -= self._events.popleft().size
+
     def _queue_updated(self) -> None:
         """Broadcast the queue status (ComfyUI's ``queue_updated``); caller holds the lock."""
         self._event_seq += 1
         remaining = len(self._pending) + len(self._running)
-        self._events.append(_Event(self._event_seq, None, {
+        self._append_event(_Event(self._event_seq, None, {
             "type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}}))
         for waker in self._wakers:
             waker()
+
+
+def _lost_entry(job: Job) -> dict[str, Any]:
+    """The history entry of a prompt that was running whenever the server died."""
+    from .store import MAX_RESTARTS
+
+    message = (f"the server stopped {MAX_RESTARTS} times while this prompt was running; it "
+               "is not run again (it may be what stops the server). Queue it again to retry")
+    error = {"prompt_id": job.prompt_id, "node_id": None, "node_type": None, "executed": [],
+             "exception_message": message, "exception_type": "comfyc.lost", "traceback": [],
+             "current_inputs": {}, "current_outputs": {}, "timestamp": now_ms()}
+    return {"prompt": job.queue_item(), "outputs": {},
+            "status": {"status_str": "error", "completed": False,
+                       "messages": [["execution_error", error]]},
+            "meta": {}, "comfyc": {"lost": True, "attempt": job.attempts}}

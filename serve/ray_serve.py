@@ -70,9 +70,10 @@ def _replica_class() -> Any:
             self.handle = ray.get_actor(HUB_NAME, namespace=NAMESPACE)
             self.owner = f"replica-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self.engine = Engine(settings["cache_dir"], models_dir=settings["models_dir"],
-                                 input_dir=settings["input_dir"], backend=settings["backend"],
+                                 input_dir=settings["input_dir"],
+                                 output_dir=settings["output_dir"], backend=settings["backend"],
                                  artifacts=settings["artifacts"],
-                                 compile=settings["compile"])
+                                 compile=settings["compile"], **settings["engine"])
             self.worker = Worker(_SyncHub(self.handle, settings["lease_s"]), self.engine,
                                  Path(settings["output_dir"]), self.owner)
             self.worker.start()
@@ -105,15 +106,17 @@ def serve_ray(args: argparse.Namespace) -> int:
     input_dir = Path(args.input_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     input_dir.mkdir(parents=True, exist_ok=True)
-    from .cli import _default_cache
+    from .cli import _default_cache, engine_options, hub_options, store_path
 
+    cache_dir = str(Path(args.cache_dir or _default_cache()).resolve())
     settings = {
-        "cache_dir": str(Path(args.cache_dir or _default_cache()).resolve()),
+        "cache_dir": cache_dir,
         "models_dir": args.models_dir, "input_dir": str(input_dir),
         "output_dir": str(output_dir), "backend": args.backend,
         "artifacts": [str(Path(a).resolve()) for a in args.artifacts],
         "compile": not args.no_compile, "lease_s": args.lease_s,
         "token": args.token or None, "max_body": int(args.max_request_mb * 1024 * 1024),
+        "engine": engine_options(args),
     }
     # Replicas must import comfyc the way this process does.
     ray.init(address=args.ray_address, namespace=NAMESPACE, include_dashboard=False,
@@ -122,10 +125,13 @@ def serve_ray(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    hub = None
     try:
+        # NOTE: the hub actor runs on this node, so its prompt store in the cache folder is
+        # a local file; the replicas' workers claim the prompts it took over on their own.
         hub = ray.remote(num_cpus=0, max_concurrency=512)(Hub).options(
-            name=HUB_NAME, lifetime=None).remote(max_history=args.max_history,
-                                                 lease_s=args.lease_s)
+            name=HUB_NAME, lifetime=None).remote(**hub_options(args),
+                                                 store_path=store_path(args, cache_dir))
         ray.get(hub.queue_remaining.remote())
         serve.start(http_options={"host": args.listen, "port": args.port})
         deployment = serve.deployment(
@@ -142,6 +148,10 @@ def serve_ray(args: argparse.Namespace) -> int:
     finally:
         try:
             serve.shutdown()
+            if hub is not None:
+                ray.get(hub.close.remote(), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - shutting down; Ray goes next in any case
+            print(f"comfyc serve: warning: stopping the hub: {exc}", file=sys.stderr)
         finally:
             ray.shutdown()
     return 0

@@ -10,8 +10,9 @@ Messages of one prompt, to the client that queued it, in ComfyUI's order (``main
    the program (folded or merged at compile time: they never execute)
 4. per op: ``executing`` ``{node, display_node, prompt_id}``; sampler steps send
    ``progress`` ``{value, max, prompt_id, node}``, each preceded by a binary PREVIEW_IMAGE
-   frame of the step's latent (latent2rgb PNG) when the connection asked for previews; after an output node ``executed``
-   ``{node, display_node, output: {"images": [...]}, prompt_id}`` (preceded by binary
+   frame of the step's latent (latent2rgb PNG) when the connection asked for previews;
+   after an output node ``executed`` ``{node, display_node, output: {"images": [...]},
+   prompt_id}`` (preceded by binary
    PREVIEW_IMAGE frames of its PNGs when the connection asked for previews)
 5. ``execution_success`` ``{prompt_id, timestamp}``, or ``execution_error`` /
    ``execution_interrupted``
@@ -19,13 +20,15 @@ Messages of one prompt, to the client that queued it, in ComfyUI's order (``main
 7. ``executing`` ``{node: null, prompt_id}`` — the "done" signal clients wait for.
 
 A failing prompt never kills its worker: every error becomes ``execution_error`` and an
-``error`` history entry. One worker runs the prompts of one model key (``comfyc serve``) or
-everything its Ray replica claims.
+``error`` history entry, whose message and traceback name no server folder (the engine's
+:class:`~.redact.Redactor` labels them). One worker runs the prompts of one model key
+(``comfyc serve``) or everything its Ray replica claims. Concurrent SaveImage ops of several
+workers (or replicas) never overwrite each other's files: the runtime's save takes a lock on
+the output folder and never replaces a file (:mod:`comfyc.runtime.image_io`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import struct
@@ -50,27 +53,6 @@ class Interrupted(Exception):
     """The running prompt was interrupted (POST /interrupt)."""
 
 
-class _SaveLock:
-    """An exclusive file lock on the output folder while a SaveImage op picks its counter, so
-    two workers (or two Ray replicas sharing the folder) never write the same file name."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.handle: Any = None
-
-    def acquire(self) -> None:
-        if self.handle is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.handle = open(self.folder / ".comfyc-save.lock", "a+b")  # noqa: SIM115
-            fcntl.flock(self.handle, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
-
-
 def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bool:
     """Run one claimed prompt and report it; returns whether its result was recorded."""
     from comfyc.runtime.program import ProgramError
@@ -87,8 +69,8 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
     outputs: dict[str, Any] = {}
     executed: list[str] = []
     current: dict[str, Any] = {"node": None, "type": None, "files_seen": set()}
-    save_lock = _SaveLock(output_dir)
     previews = client is not None and hub.wants_previews(client)
+    redact = engine.redactor.text
 
     def check_interrupt() -> None:
         if hub.is_interrupted(pid):
@@ -115,11 +97,8 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
                                   "output": outputs[node_id], "prompt_id": pid}, client)
 
     def on_op(op: Any, ctx: Any) -> None:
-        save_lock.release()
         flush_outputs(ctx.files)
         check_interrupt()
-        if op.op in ("SaveImage", "PreviewImage"):
-            save_lock.acquire()
         if op.id != current["node"]:
             if current["node"] is not None:
                 executed.append(current["node"])
@@ -140,11 +119,12 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
                  preview=True)
 
     def say(message: str) -> None:
-        hub.send("comfyc.compile", {"prompt_id": pid, "message": message}, client)
+        hub.send("comfyc.compile", {"prompt_id": pid, "message": redact(message)}, client)
 
     status, ok = "success", True
     times: dict[str, float] = {}
     started = time.perf_counter()
+    prepared = None
     try:
         prepared = engine.prepare(job.prompt, say)
         times["prepare_s"] = time.perf_counter() - started
@@ -155,12 +135,9 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
             # PROMPT input) and the client's extra_pnginfo (the UI workflow).
             program.meta["prompt"] = job.prompt
             program.meta["extra_pnginfo"] = (job.extra_data or {}).get("extra_pnginfo")
-            try:
-                result = program.run(prepared.params, output_dir=output_dir,
-                                     input_dir=engine.input_dir, progress=progress, on_op=on_op,
-                                     preview=preview if previews else None)
-            finally:
-                save_lock.release()
+            result = program.run(prepared.params, output_dir=output_dir,
+                                 input_dir=engine.input_dir, progress=progress, on_op=on_op,
+                                 preview=preview if previews else None)
         times["run_s"] = result.timings["total_s"]
         if current["node"] is not None:
             executed.append(current["node"])
@@ -176,12 +153,15 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
             record("execution_interrupted", base)
         else:
             record("execution_error", {
-                **base, "exception_message": _message(exc),
+                **base, "exception_message": redact(_message(exc)),
                 "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                "traceback": traceback.format_exception(exc)[-6:],
+                "traceback": [redact(line) for line in traceback.format_exception(exc)[-6:]],
                 "current_inputs": {}, "current_outputs": {}})
         if not isinstance(exc, Exception):
             raise
+    finally:
+        if prepared is not None:
+            prepared.release()
     entry = {
         "prompt": job.queue_item(),
         "outputs": outputs,

@@ -36,14 +36,18 @@ _NOT_YET_UPSCALE = ("upscale models (ESRGAN, SwinIR …) are not supported by co
 def _load_image(ctx: Any, *, image: str, **_: Any) -> tuple[Any, ...]:
     from ..image_io import load_image
 
-    return load_image(image, ctx.input_dir)
+    # NOTE: "name [output]" / "name [temp]" read a previous run's output (the temp folder is
+    # `temp/` inside the output folder, where PreviewImage writes).
+    return load_image(image, ctx.input_dir, output_dir=ctx.output_dir,
+                      temp_dir=ctx.output_dir / "temp")
 
 
 def _load_image_mask(ctx: Any, *, image: str, channel: str = "alpha", **_: Any
                      ) -> tuple[Any, ...]:
     from ..image_io import load_image_mask
 
-    return (load_image_mask(image, ctx.input_dir, channel),)
+    return (load_image_mask(image, ctx.input_dir, channel, output_dir=ctx.output_dir,
+                            temp_dir=ctx.output_dir / "temp"),)
 
 
 def _save_image(ctx: Any, *, images: np.ndarray, filename_prefix: str = "ComfyUI"

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from comfyc.compiler.catalog import default_catalog
 from comfyc.compiler.errors import WorkflowError
 from comfyc.compiler.passes.validate import validate_graph
 from comfyc.frontends.comfy_json.api import graph_from_api, graph_to_api
 from comfyc.frontends.comfy_json.ui import ui_to_api
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.conftest import CORPUS, REPO
 
 API = [json.loads(p.read_text()) for p in sorted(CORPUS.glob("*.api.json"))]

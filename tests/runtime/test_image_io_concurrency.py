@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from comfyc.runtime import image_io
 from comfyc.runtime.image_io import ImageIOError, save_images
-from PIL import Image
 
 WORKERS, SAVES = 4, 50
 

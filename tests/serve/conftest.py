@@ -6,6 +6,7 @@ the Ray test reuses) for the whole session; outputs and inputs live under pytest
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -15,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,16 @@ class Server:
     cache_dir: Path
     process: subprocess.Popen[bytes]
     log: Path
+    auth: dict[str, str] = field(default_factory=dict)
 
     def request(self, method: str, path: str, body: Any = None, *,
                 raw: bytes | None = None, headers: dict[str, str] | None = None
                 ) -> tuple[int, Any]:
-        """(status, parsed JSON or bytes) of one request."""
+        """(status, parsed JSON or bytes) of one request (with :attr:`auth` unless ``headers``
+        are given)."""
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers=headers or {})
+                                     headers=self.auth if headers is None else headers)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 status, payload, kind = resp.status, resp.read(), resp.headers.get_content_type()
@@ -71,6 +74,22 @@ class Server:
         if kind == "application/json":
             return status, json.loads(payload)
         return status, payload
+
+    def raw(self, method: str, path: str, data: bytes | None = None, *,
+            headers: dict[str, str] | None = None) -> tuple[int, bytes, str]:
+        """(status, body bytes, content type) of one request, nothing parsed."""
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers=self.auth if headers is None else headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, resp.read(), resp.headers.get_content_type()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(), exc.headers.get_content_type()
+
+    def private_paths(self) -> list[str]:
+        """Folders of this server that no answer may reveal."""
+        return [str(p) for p in (self.output_dir, self.input_dir, self.cache_dir,
+                                 self.log.parent, REPO)]
 
     def wait_history(self, prompt_id: str, timeout: float = 120) -> dict[str, Any]:
         """The history entry of a prompt, once it finished."""
@@ -84,14 +103,24 @@ class Server:
                              + self.log.read_text()[-3000:])
 
 
-def start_server(tmp: Path, cache_dir: Path, *extra: str, ready_timeout: float = 90
-                 ) -> Server:
+def strict_json(raw: bytes) -> Any:
+    """Parse an answer as standard JSON (NaN or Infinity fail the test)."""
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"the server wrote {name}, which is not JSON")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
+def start_server(tmp: Path, cache_dir: Path, *extra: str, ready_timeout: float = 90,
+                 port: int | None = None) -> Server:
     """Start `comfyc serve` and wait until it answers."""
-    port = free_port()
+    port = port or free_port()
     out, inp = tmp / "output", tmp / "input"
     out.mkdir(parents=True, exist_ok=True)
     inp.mkdir(parents=True, exist_ok=True)
     log = tmp / "server.log"
+    if log.exists():  # A restart on the same folder: keep the earlier log.
+        log.rename(tmp / f"server.{time.time_ns()}.log")
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -125,14 +154,10 @@ def stop_server(server: Server, timeout: float = 30) -> None:
 
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             server.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(server.process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     server.process.wait(10)
 
 

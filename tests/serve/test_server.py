@@ -437,8 +437,7 @@ def test_precompiled_artifact_and_bearer_token(server: Server, tmp_path: Path,
             entry = srv.request("GET", f"/history/{body['prompt_id']}", headers=auth)[1]
             time.sleep(0.2)
         assert entry[body["prompt_id"]]["status"]["status_str"] == "success"
-        assert not (tmp_path / "empty-cache").exists() or not any(
-            (tmp_path / "empty-cache").iterdir()), "nothing was compiled"
+        assert not list((tmp_path / "empty-cache").glob("*.comfyc")), "nothing was compiled"
         prompt["4"]["inputs"]["width"] = 128
         status, body = srv.request("POST", "/prompt", {"prompt": prompt}, headers=auth)
         assert status == 400 and "precompiled" in body["error"]["message"]

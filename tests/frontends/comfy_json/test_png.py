@@ -8,9 +8,10 @@ import struct
 import zlib
 
 import pytest
-from comfyc.frontends.comfy_json.png import PNG_SIGNATURE, PngError, read_text_chunks
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from comfyc.frontends.comfy_json.png import PNG_SIGNATURE, PngError, read_text_chunks
 
 
 def _png(**texts: str) -> bytes:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from comfyc.compiler.errors import WorkflowErrors
 from comfyc.frontends.comfy_json.ui import ui_to_api
-
 from tests.conftest import CORPUS
 
 SOURCE = CORPUS / "img2img__img2img_workflow.ui.json"
