@@ -588,16 +588,36 @@ def _store_upload(target: Path, data: bytes, overwrite: bool) -> Path:
             return target
         stem, suffix = target.stem, target.suffix
         candidate, index = target, 1
-        while True:
-            try:
-                os.link(tmp, candidate)
-                return candidate
-            except FileExistsError:
-                candidate = target.with_name(f"{stem} ({index}){suffix}")
-                index += 1
+        while not _publish(tmp, candidate):
+            candidate = target.with_name(f"{stem} ({index}){suffix}")
+            index += 1
+        return candidate
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _publish(tmp: str, path: Path) -> bool:
+    """Give a finished temporary file the name ``path`` unless it exists (False then).
+
+    A hard link fails on an existing name; where links are unsupported the name is claimed
+    with O_EXCL and the file renamed over the claim.
+    """
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV,
+                             errno.EMLINK, errno.ENOSYS):
+            raise
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return False
+    os.replace(tmp, path)
+    return True
 
 
 def _upload_problem(exc: OSError, subfolder: str) -> str:

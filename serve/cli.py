@@ -194,15 +194,26 @@ def _ws_protocol() -> Any:
 
 
 def quiet_tokens() -> None:
-    """Mask ``token=…`` in what uvicorn's and Ray Serve's loggers write."""
+    """Mask ``token=…`` in every log record this process makes (uvicorn's access and error
+    lines, Ray Serve's request logs …).
+
+    NOTE: a record factory, not a filter on some loggers' handlers: uvicorn replaces its
+    handlers when it starts, and records of other loggers would pass unfiltered.
+    """
     from .redact import TokenFilter
 
+    if getattr(logging.getLogRecordFactory(), "_comfyc_masks_tokens", False):
+        return
+    make = logging.getLogRecordFactory()
     token_filter = TokenFilter()
-    for name in ("uvicorn", "uvicorn.access", "uvicorn.error", "ray.serve", ""):
-        logger = logging.getLogger(name)
-        logger.addFilter(token_filter)
-        for handler in logger.handlers:
-            handler.addFilter(token_filter)
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        token_filter.filter(record)
+        return record
+
+    factory._comfyc_masks_tokens = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -63,9 +63,11 @@ def _replica_class() -> Any:
         def __init__(self, settings: dict[str, Any]) -> None:
             import ray
 
+            from .cli import quiet_tokens
             from .engine import Engine
             from .worker import Worker
 
+            quiet_tokens()
             self.settings = settings
             self.handle = ray.get_actor(HUB_NAME, namespace=NAMESPACE)
             self.owner = f"replica-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -225,3 +225,22 @@ def test_token_filter_masks_tokens() -> None:
                                None)
     assert redact.TokenFilter().filter(record)
     assert "s3cret" not in record.getMessage() and "token=***&x=1" in record.getMessage()
+
+
+def test_quiet_tokens_masks_every_logger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After quiet_tokens(), a URL with a token logged anywhere reaches handlers masked."""
+    from comfyc.serve.cli import quiet_tokens
+
+    monkeypatch.setattr(logging, "_logRecordFactory", logging.getLogRecordFactory())
+    quiet_tokens()
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("some.access.log")
+    logger.addHandler(Keep())
+    logger.propagate = False
+    logger.warning('"GET %s"', "/ws?clientId=a&token=s3cret")
+    assert seen == ['"GET /ws?clientId=a&token=***"']
