@@ -22,7 +22,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import conditioning, image, internal, latent, loaders, primitives, sampling
+from . import (
+    canny,
+    compositing,
+    conditioning,
+    image,
+    internal,
+    latent,
+    loaders,
+    mask,
+    primitives,
+    sampling,
+)
 from .conditioning import encode_text
 from .latent import vae_decode, vae_encode
 from .registry import NodeDef, NodeRegistry, OpFn, StageCall, lazy_op
@@ -33,7 +44,8 @@ __all__ = ["registry", "NodeDef", "NodeRegistry", "StageCall", "OpFn", "lazy_op"
            "SCHEDULER_NAMES", "FAMILIES"]
 
 #: The family modules in catalogue order (the order ``/object_info`` lists classes in).
-FAMILIES = (loaders, conditioning, latent, sampling, image, primitives, internal)
+FAMILIES = (loaders, conditioning, latent, sampling, image, mask, compositing, canny, primitives,
+            internal)
 
 _REGISTRY: NodeRegistry | None = None
 
