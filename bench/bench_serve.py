@@ -41,7 +41,7 @@ from common import REPO, save
 
 sys.path.insert(0, str(REPO))
 
-WORKFLOW = REPO / "tests" / "runtime" / "server" / "txt2img_api.json"
+WORKFLOW = REPO / "tests" / "serve" / "txt2img_api.json"
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
