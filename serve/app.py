@@ -3,8 +3,10 @@
 Routes (each also under ``/api``): ``POST/GET /prompt``, ``GET/POST /queue``, ``GET/POST
 /history``, ``GET /history/{prompt_id}``, ``GET /view``, ``POST /upload/image``, ``GET
 /object_info[/{class}]``, ``GET /system_stats``, ``GET /embeddings``, ``GET /models[/{kind}]``,
-``POST /interrupt``, ``POST /free``, ``GET /ws?clientId=…``. Shapes follow ComfyUI's
-``server.py``; see the package docstring for what differs.
+``POST /interrupt``, ``POST /free``, ``GET /ws?clientId=…``, and comfyc's own ``GET
+/comfyc/prompts/{prompt_id}`` (``pending``, ``running``, ``success``, ``error``, ``lost`` or
+``unknown``). Shapes follow ComfyUI's ``server.py``; see the package docstring for what
+differs.
 
 Safety: an optional bearer token (``Authorization: Bearer T``; ``?token=T`` only on the
 websocket, whose browser clients cannot set headers — a token in any other URL is refused, and
