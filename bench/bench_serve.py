@@ -152,7 +152,7 @@ def main() -> None:
     host = f"127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     cmd = [sys.executable, "-m", "comfyc.cli.main", "serve", "--port", str(port),
-           "--output-dir", str(tmp / "out"), "--input-dir", str(tmp / "in"),
+           "--output", str(tmp / "out"), "--input-dir", str(tmp / "in"),
            "--cache-dir", str(tmp / "cache")] + (["--ray", "--replicas", "2"] if args.ray else [])
     log = open(tmp / "server.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -56,7 +56,7 @@ def start(folder: Path, cache: Path, port: int, *extra: str) -> subprocess.Popen
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     log = open(folder / f"server-{time.time_ns()}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
-        [python(), "-m", "comfyc.cli.main", "serve", "--port", str(port), "--output-dir",
+        [python(), "-m", "comfyc.cli.main", "serve", "--port", str(port), "--output",
          str(folder / "output"), "--input-dir", str(folder / "input"), "--cache-dir",
          str(cache), *extra], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder,
         start_new_session=True)

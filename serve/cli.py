@@ -65,8 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="127.0.0.1", metavar="HOST",
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8188, help="port (default 8188)")
-    parser.add_argument("--output-dir", default="output", metavar="DIR",
-                        help="where outputs are written (default ./output)")
+    parser.add_argument("-o", "--output", dest="output_dir", default="output", metavar="DIR",
+                        help="the output folder: SaveImage files, temp/ previews (default "
+                             "./output)")
+    # NOTE: the earlier spelling keeps working; help shows one spelling per flag.
+    parser.add_argument("--output-dir", dest="output_dir", help=argparse.SUPPRESS)
     parser.add_argument("--input-dir", default="input", metavar="DIR",
                         help="where uploads go and LoadImage reads (default ./input)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR",

@@ -10,7 +10,7 @@ Layout on the Ray cluster:
 * **replicas** (``--replicas N``) each run the ASGI app (Ray Serve's HTTP proxy spreads
   requests and websocket connections over them) and one worker that claims prompts from
   the hub and runs them on its own engine (compiled artifacts are shared through
-  ``--cache-dir``; outputs through ``--output-dir`` — both must be on a shared filesystem
+  ``--cache-dir``; outputs through ``--output`` — both must be on a shared filesystem
   when replicas span machines).
 
 A replica that dies stops heart-beating; after ``--lease-s`` its running prompt goes back to

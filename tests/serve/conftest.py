@@ -126,7 +126,7 @@ def start_server(tmp: Path, cache_dir: Path, *extra: str, ready_timeout: float =
     env.setdefault("OMP_NUM_THREADS", "1")
     process = subprocess.Popen(
         [sys.executable, "-m", "comfyc.cli.main", "serve", "--port", str(port),
-         "--output-dir", str(out), "--input-dir", str(inp), "--cache-dir", str(cache_dir),
+         "--output", str(out), "--input-dir", str(inp), "--cache-dir", str(cache_dir),
          *extra],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=tmp,  # noqa: SIM115
         start_new_session=True)
