@@ -331,13 +331,14 @@ class Hub:
         Returns False when the lease had expired and the prompt was handed to another worker
         (that worker's result will be recorded instead).
         """
+        size = len(dumps(entry))  # Measured outside the lock: a prompt may be megabytes.
         with self._lock:
             lease = self._running.get(prompt_id)
             if lease is None or lease.owner != owner:
                 return False
             del self._running[prompt_id]
             self._interrupts.discard(prompt_id)
-            self._remember(prompt_id, entry, len(dumps(entry)))
+            self._remember(prompt_id, entry, size)
             # NOTE: ComfyUI's task_done writes the history, then broadcasts the queue status;
             # clients that stop on `queue_remaining == 0` read the history right after.
             self._queue_updated()
