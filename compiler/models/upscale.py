@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,8 +271,10 @@ def _detect_esrgan(sd: Mapping[str, torch.Tensor]) -> tuple[UpscaleSpec, StateDi
         tags.append("unshuffle")
     config = dict(in_nc=in_nc, out_nc=out_nc, num_filters=num_filters, num_blocks=num_blocks,
                   growth=growth, upsamples=upsamples, plus=plus, shuffle_factor=shuffle)
-    spec = UpscaleSpec("ESRGAN", scale, image_nc, out_nc, size_minimum=2,
-                       size_multiple=4 if shuffle else 1, config=config, tags=tuple(tags))
+    # NOTE: spandrel's SizeRequirements(minimum=2, multiple_of=4) rounds the minimum up to 4.
+    multiple = 4 if shuffle else 1
+    spec = UpscaleSpec("ESRGAN", scale, image_nc, out_nc, size_minimum=-(-2 // multiple) * multiple,
+                       size_multiple=multiple, config=config, tags=tuple(tags))
     return spec, new
 
 
@@ -897,11 +900,15 @@ def export_upscale_onnx(model: UpscaleModel, path: str | os.PathLike[str], *,
     side = sample_size or multiple * max(2, -(-max(spec.size_minimum, 16) // multiple) + 1)
     sample = torch.rand(1, spec.in_channels * 1, side, side + multiple)
     (name_in,), (name_out,) = UPSCALE_IO
-    torch.onnx.export(
-        _Unpadded(model.network).eval(), (sample,), str(path), dynamo=False,
-        input_names=[name_in], output_names=[name_out], opset_version=opset,
-        dynamic_axes={name_in: {0: "batch", 2: "height", 3: "width"},
-                      name_out: {0: "batch", 2: "out_height", 3: "out_width"}})
+    with warnings.catch_warnings():
+        # NOTE: the legacy exporter on purpose, as for every stage (onnx_export.py): the traced
+        # graph keeps the window masks size-generic, and it exports in seconds.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            _Unpadded(model.network).eval(), (sample,), str(path), dynamo=False,
+            input_names=[name_in], output_names=[name_out], opset_version=opset,
+            dynamic_axes={name_in: {0: "batch", 2: "height", 3: "width"},
+                          name_out: {0: "batch", 2: "out_height", 3: "out_width"}})
     return {"inputs": [name_in], "outputs": [name_out], "architecture": spec.architecture,
             "scale": spec.scale, "in_channels": spec.in_channels,
             "out_channels": spec.out_channels, "size_minimum": spec.size_minimum,
