@@ -16,7 +16,8 @@ functions return the constructor arguments of the diffusers/transformers modules
   and becomes diffusers' ``addition_embed_type="text_time"`` with 256-wide time-id embeddings
   (ComfyUI's ``Timestep(256)``). SDXL's UNet has no attention in its first level and per-level
   transformer depths ([0, 2, 10] base, [0, 4, 4, 0] refiner); both come out of the same rules.
-* VAE: base channels, multipliers, res blocks per level, latent channels, mid attention.
+* VAE: base channels, multipliers, res blocks per level, latent channels, mid attention, and
+  whether the 1x1 quant convolutions exist (SD1/SD2/SDXL: yes; SD3/Flux 16-channel VAEs: no).
 * CLIP text encoder: vocabulary, width, layers, MLP width, positions; heads = width / 64.
 
 The inputs only need ``.shape`` and ``.ndim``, so meta tensors work. A value that the
@@ -220,6 +221,9 @@ def infer_vae_config(state: Mapping[str, _Shaped]) -> dict[str, Any]:
         "mid_block_add_attention": "encoder.mid.attn_1.q.weight" in state,
         "scaling_factor": LATENT_SCALE,
         "sample_size": 512,
+        # NOTE: SD3's and Flux's 16-channel VAEs have no quant_conv / post_quant_conv.
+        "use_quant_conv": "quant_conv.weight" in state,
+        "use_post_quant_conv": "post_quant_conv.weight" in state,
     }
 
 

@@ -89,6 +89,7 @@ __all__ = [
     "save_single_file",
     "sdxl_text_encoders_to_ldm",
     "single_file_metadata",
+    "vae_family_config",
     "vae_from_state_dict",
 ]
 
@@ -99,6 +100,8 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 #: safetensors metadata entry holding the exact module configs (JSON).
 CONFIG_METADATA_KEY = "comfyc.config"
 _FAMILY_KEY = "comfyc.family"
+# Flux all-in-one checkpoints keep the VAE under "vae." (ComfyUI's Flux.vae_key_prefix).
+_FLUX_VAE_PREFIX = "vae."
 _PREDICTION_KEY = "comfyc.prediction_type"
 _VARIANT_KEY = "comfyc.variant"
 #: Families `load_checkpoint` knows, in the vocabulary of `LoadedCheckpoint.family`.
@@ -412,6 +415,8 @@ def _own(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     makes CPU kernels take other code paths (results differ in the last bits, and run slower);
     a fresh allocation is 64-byte aligned, so loaded modules compute exactly like the originals.
     """
+    if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and not tensor.is_meta:
+        tensor = tensor.float()  # NOTE: fp8 files are read exactly, then cast
     target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
     if tensor.is_meta:
         return tensor.to(target)
@@ -529,30 +534,62 @@ _OLD_VAE_ATTENTION = {
 }
 
 
+def vae_family_config(family: str | None) -> dict[str, Any]:
+    """diffusers ``AutoencoderKL`` config entries that depend on the model family.
+
+    Args:
+        family: ``sd1``, ``sd2``, ``sdxl``, ``sdxl_refiner``, ``sd3``, ``flux``,
+            ``flux_schnell``, ``flux_inpaint`` or None (nothing).
+
+    Returns:
+        ``scaling_factor`` (and ``shift_factor``, ``sample_size``, ``force_upcast``) as the
+        published diffusers VAE configs of the family have them.
+    """
+    if family is None or family in ("sd1", "sd2"):
+        return {}
+    if family in _SDXL_FAMILIES:
+        return {"scaling_factor": SDXL_LATENT_SCALE, "sample_size": 1024, "force_upcast": True}
+    if family == "sd3" or family.startswith("flux"):
+        from comfyc.compiler.models.flow import latent_format_for
+
+        latent = latent_format_for(family)
+        return {"scaling_factor": latent.scale, "shift_factor": latent.shift,
+                "sample_size": 1024, "force_upcast": True}
+    raise ValueError(f"unknown family {family!r}")
+
+
 def vae_from_state_dict(
     state: Mapping[str, torch.Tensor],
     *,
     dtype: torch.dtype | None = torch.float32,
     overrides: dict[str, Any] | None = None,
+    family: str | None = None,
 ) -> Any:
     """Builds an `AutoencoderKL` from VAE weights in LDM or diffusers naming.
 
-    Accepts keys with or without the ``first_stage_model.`` prefix, LDM names
-    (``encoder.down.0.block.0...``), diffusers names (``encoder.down_blocks.0.resnets.0...``)
-    including the old ``query/key/value/proj_attn`` attention names; ``loss.*`` and
-    ``model_ema.*`` entries are ignored.
+    Accepts keys with or without the ``first_stage_model.`` (or Flux checkpoints' ``vae.``)
+    prefix, LDM names (``encoder.down.0.block.0...``), diffusers names
+    (``encoder.down_blocks.0.resnets.0...``) including the old ``query/key/value/proj_attn``
+    attention names; ``loss.*`` and ``model_ema.*`` entries are ignored. SD3's and Flux's
+    16-channel VAEs (no quant convolutions) load the same way.
 
     Args:
         state: The weights.
         dtype: Floating dtype of the module (None keeps the file's).
         overrides: Config entries that replace inferred ones.
+        family: The model family the VAE belongs to (``sdxl``, ``sd3``, ``flux``, ...): sets
+            diffusers' ``scaling_factor`` / ``shift_factor`` to the family's latent format
+            (SD1/SD2 0.18215; SDXL 0.13025; SD3 1.5305 and 0.0609; Flux 0.3611 and 0.1159).
+            ComfyUI's VAE itself applies neither: the model's latent format does.
 
     Returns:
         The VAE in eval mode.
     """
     plain: dict[str, torch.Tensor] = {}
+    prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in state) else (
+        _FLUX_VAE_PREFIX if all(k.startswith(_FLUX_VAE_PREFIX) for k in state) else "")
     for key, tensor in state.items():
-        key = key[len(VAE_PREFIX) :] if key.startswith(VAE_PREFIX) else key
+        key = key[len(prefix) :] if key.startswith(prefix) else key
         if key.startswith(("loss.", "model_ema.")):
             continue
         plain[key] = tensor
@@ -569,6 +606,7 @@ def vae_from_state_dict(
         mapping = vae_diffusers_to_ldm_map(fixed)
         plain = {mapping[k]: vae_tensor_to_ldm(k, t) for k, t in fixed.items()}
     config = infer_vae_config(plain)
+    config.update(vae_family_config(family))
     config.update(overrides or {})
     vae = _build_vae(config)
     mapping = vae_diffusers_to_ldm_map(vae.state_dict().keys())
@@ -800,10 +838,13 @@ def checkpoint_from_state_dict(
         )
     other = _other_architecture(parts.unet)
     if other is not None:
+        flow = other in ("Stable Diffusion 3 (MMDiT)", "Flux")
         raise ModelFormatError(
             f"this is a {other} checkpoint{where} (its diffusion model has no UNet "
-            "input_blocks); comfyc supports SD1.x, SD2.x and SDXL (base, refiner, Turbo). Run "
-            "this model in ComfyUI, or pick a supported checkpoint"
+            "input_blocks); load_checkpoint reads SD1.x, SD2.x and SDXL (base, refiner, Turbo)."
+            + (" Load SD3/SD3.5 and Flux files with comfyc.compiler.models.flow."
+               "load_flow_checkpoint (or load_any_checkpoint)" if flow else
+               " Run this model in ComfyUI, or pick a supported checkpoint")
         )
     unet_config = infer_unet_config(parts.unet)
     require_complete(unet_config, overrides.get("unet", {}), "UNet")
@@ -952,13 +993,26 @@ def load_checkpoint(
     )
 
 
-def load_vae(path: str | os.PathLike[str], *, dtype: torch.dtype | None = torch.float32) -> Any:
-    """Loads a separate VAE: a single file (LDM or diffusers names) or a diffusers folder.
+def load_vae(
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | None = torch.float32,
+    family: str | None = None,
+) -> Any:
+    """Loads a separate VAE (VAELoader): a single file (LDM or diffusers names) or a folder.
+
+    SD3's and Flux's 16-channel VAEs (``ae.safetensors``, ``diffusion_pytorch_model.
+    safetensors``) load too, as do the VAEs inside SD3.5 (``first_stage_model.*``) and Flux
+    (``vae.*``) all-in-one checkpoints.
 
     Args:
         path: ``vae.safetensors`` / ``.ckpt`` / ``.pt``, a full checkpoint (its VAE is taken), or
             a folder with ``config.json`` (or a ``vae/`` subfolder).
         dtype: Floating dtype (None keeps the file's).
+        family: The family whose latent format goes into ``scaling_factor``/``shift_factor``
+            (see `vae_from_state_dict`); None uses the file's ``comfyc.family`` metadata if any
+            (a VAE file alone does not say which model it belongs to: SD3's and Flux's VAEs
+            have the same shapes).
 
     Returns:
         `diffusers.AutoencoderKL` in eval mode.
@@ -977,8 +1031,18 @@ def load_vae(path: str | os.PathLike[str], *, dtype: torch.dtype | None = torch.
     state, metadata = read_state_dict(file)
     overrides = json.loads(metadata.get(CONFIG_METADATA_KEY, "{}")).get("vae", {})
     if any(k.startswith(UNET_PREFIX) for k in state):
-        state = {k: v for k, v in state.items() if k.startswith(VAE_PREFIX)}
-    return vae_from_state_dict(state, dtype=dtype, overrides=overrides)
+        prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in state) else (
+            _FLUX_VAE_PREFIX)
+        state = {k: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise ModelFormatError(f"the checkpoint {str(file)!r} holds no VAE "
+                                   "(first_stage_model.* or vae.*)")
+    stored = metadata.get(_FAMILY_KEY)
+    if family is None and stored is not None:
+        from comfyc.compiler.models.flow import FLOW_FAMILIES
+
+        family = stored if stored in FAMILIES or stored in FLOW_FAMILIES else None
+    return vae_from_state_dict(state, dtype=dtype, overrides=overrides, family=family)
 
 
 # -- writing single files ------------------------------------------------------------------------

@@ -81,15 +81,21 @@ __all__ = [
     "write_checkpoint",
     "write_diffusers_layout",
     "write_safetensors_stream",
+    "write_split_files",
 ]
 
 #: Bumped whenever the generated values change (part of the cached tiny files' names).
 GENERATOR_VERSION = 1
-SIZES = ("full", "tiny")
+#: ``full``: the published architecture; ``large``: the published widths with fewer blocks (for
+#: models that do not fit this machine at full depth); ``tiny``: same structure, small widths.
+SIZES = ("full", "large", "tiny")
 _TOKEN_STD = 0.02
+# Norms with a gain only (diffusers' and torch's RMSNorm, T5's layer norm): gain 1.
+_NORM_CLASSES = frozenset({"RMSNorm", "T5LayerNorm"})
 _POSITION_STD = 0.01
 _SAFETENSORS_DTYPES = {
     torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
 }
 
 
@@ -138,13 +144,18 @@ class SyntheticFamily:
     """A family the writer knows (see the module docstring).
 
     Attributes:
-        name: The CLI name (``sd15``, ``sdxl``, ...).
-        specs: Size (``full``, ``tiny``) -> function returning the `ModelSpec`.
+        name: The CLI name (``sd15``, ``sdxl``, ``flux_dev``, ...).
+        specs: Size (``full``, ``large``, ``tiny``) -> function returning the `ModelSpec`.
         description: One line for ``--list``.
         build: Builds the modules of a spec on the meta device (component -> module).
         layout: Single-file layout: ``(modules, spec, seed, jitter) -> [TensorGroup]``.
         write_folder: Writes a diffusers folder ``(modules, spec, seed, jitter, dtype, dir)``,
             or None when the family has none.
+        metadata: The single file's safetensors metadata ``(modules, spec) -> dict``; None
+            uses the Stable Diffusion writer's (`single_file_metadata`).
+        split: The separate files users keep (UNETLoader diffusion model, text encoders, VAE):
+            ``(modules, spec, seed, jitter, stem) -> {role: (relative path, groups,
+            metadata)}``, or None.
     """
 
     name: str
@@ -153,6 +164,8 @@ class SyntheticFamily:
     build: Callable[[ModelSpec], dict[str, Any]]
     layout: Layout
     write_folder: Callable[..., None] | None = None
+    metadata: Callable[[Mapping[str, Any], ModelSpec], dict[str, str]] | None = None
+    split: Callable[..., dict[str, tuple[str, list[TensorGroup], dict[str, str]]]] | None = None
 
 
 #: The registry: family name -> `SyntheticFamily`.
@@ -316,7 +329,8 @@ class InitRule:
 
     Attributes:
         kind: ``"fan_in"`` (``normal(0, 1/sqrt(fan_in))``), ``"normal"`` (``normal(0, std)``),
-            ``"ones"`` or ``"zeros"``.
+            ``"ones"``, ``"zeros"``, ``"eye"`` (an identity matrix: SD3's CLIP-L projection) or
+            ``"sincos"`` (SD3's 2D sin-cos position table ``[1, n * n, dim]``).
         std: The standard deviation for ``"normal"``.
     """
 
@@ -347,7 +361,8 @@ def init_rules(module: Any, *, canonical_text: bool = False) -> dict[str, InitRu
             name = canonical_text_key(name) if canonical_text else name
             if isinstance(owner, (torch.nn.Linear, torch.nn.Conv2d)):
                 rule = InitRule("fan_in") if leaf == "weight" else InitRule("zeros")
-            elif isinstance(owner, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            elif isinstance(owner, (torch.nn.GroupNorm, torch.nn.LayerNorm)) or type(
+                    owner).__name__ in _NORM_CLASSES:
                 rule = InitRule("ones") if leaf == "weight" else InitRule("zeros")
             elif isinstance(owner, torch.nn.Embedding):
                 std = _POSITION_STD if "position" in owner_name else _TOKEN_STD
@@ -356,6 +371,10 @@ def init_rules(module: Any, *, canonical_text: bool = False) -> dict[str, InitRu
                 raise TypeError(f"no initialisation rule for {name!r} held by "
                                 f"{type(owner).__name__}")
             rules[name] = rule
+        for leaf, _ in owner.named_buffers(recurse=False):
+            # NOTE: SD3's PatchEmbed keeps its position table as a persistent buffer.
+            if type(owner).__name__ == "PatchEmbed" and leaf == "pos_embed":
+                rules[f"{owner_name}.{leaf}" if owner_name else leaf] = InitRule("sincos")
     return rules
 
 
@@ -384,21 +403,42 @@ def synthetic_tensor(
         return torch.randn(shape, generator=generator).mul_(1.0 / math.sqrt(fan_in))
     if rule.kind == "normal":
         return torch.randn(shape, generator=generator).mul_(rule.std)
+    if rule.kind == "eye":
+        return torch.eye(shape[0], shape[1])
+    if rule.kind == "sincos":
+        return _sincos_table(shape)
     base = torch.ones(shape) if rule.kind == "ones" else torch.zeros(shape)
     if jitter:
         base.add_(torch.randn(shape, generator=generator).mul_(jitter))
     return base
 
 
+def _sincos_table(shape: Sequence[int]) -> torch.Tensor:
+    """diffusers' 2D sin-cos position table ``[1, n * n, dim]`` (base size n, scale 1)."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    grid = round(math.sqrt(shape[1]))
+    table = get_2d_sincos_pos_embed(int(shape[2]), grid, base_size=grid, interpolation_scale=1.0,
+                                    output_type="pt")
+    return table.float().reshape(tuple(shape))
+
+
+def _is_clip_text(component: str, module: Any) -> bool:
+    """CLIP text encoders are named ``text_model.*`` (T5 encoders keep their own names)."""
+    return component.startswith("text_encoder") and hasattr(module, "config") and (
+        getattr(module.config, "model_type", "").startswith("clip"))
+
+
 class _Source:
     """Generates one component's weights by diffusers name."""
 
-    def __init__(self, component: str, module: Any, seed: int, jitter: float) -> None:
-        text = component.startswith("text_encoder")
+    def __init__(self, component: str, module: Any, seed: int, jitter: float,
+                 overrides: Mapping[str, InitRule] | None = None) -> None:
+        text = _is_clip_text(component, module)
         self.component = component
         self.seed = seed
         self.jitter = jitter
-        self.rules = init_rules(module, canonical_text=text)
+        self.rules = {**init_rules(module, canonical_text=text), **(overrides or {})}
         state = canonical_text_encoder_state(module) if text else module.state_dict()
         self.shapes = {k: tuple(v.shape) for k, v in state.items() if k in self.rules}
 
@@ -516,7 +556,7 @@ def write_safetensors_stream(
     Args:
         path: Destination file (its folder is created).
         groups: Tensor groups in file order.
-        dtype: Floating dtype written.
+        dtype: Floating dtype written (float32, float16, bfloat16, or fp8 as ComfyUI's fp8 files).
         metadata: String metadata for the header.
 
     Returns:
@@ -652,8 +692,10 @@ def write_checkpoint(
     Args:
         path: Destination ``.safetensors`` file.
         family: A registered family (`family_names`): ``sd15``, ``sdxl``, ``sdxl_refiner``,
-            ``sdxl_turbo``.
-        size: ``"full"`` (the published architecture) or ``"tiny"``.
+            ``sdxl_turbo``, ``sd3``, ``sd35_medium``, ``sd35_large``, ``flux_dev``,
+            ``flux_schnell``.
+        size: ``"full"`` (the published architecture), ``"large"`` (published widths, fewer
+            blocks; where registered) or ``"tiny"``.
         seed: Weights are a pure function of the seed (same seed -> same bytes).
         dtype: Floating dtype of the file (``torch.float16`` halves the size).
         jitter: Std of noise on norm weights and biases (default 0: exactly 1 and 0).
@@ -665,11 +707,14 @@ def write_checkpoint(
     spec = model_spec(family, size)
     entry = FAMILIES[family]
     modules = entry.build(spec)
-    metadata = single_file_metadata(
-        modules["unet"], modules.get("vae"), modules.get("text_encoder"),
-        text_encoder_2=modules.get("text_encoder_2"), prediction_type=spec.prediction_type,
-        variant=spec.variant, family=spec.family,
-    )
+    if entry.metadata is not None:
+        metadata = entry.metadata(modules, spec)
+    else:
+        metadata = single_file_metadata(
+            modules["unet"], modules.get("vae"), modules.get("text_encoder"),
+            text_encoder_2=modules.get("text_encoder_2"), prediction_type=spec.prediction_type,
+            variant=spec.variant, family=spec.family,
+        )
     metadata["comfyc.synthetic"] = _synthetic_metadata(family, size, seed, jitter)
     groups = entry.layout(modules, spec, seed, jitter)
     written = write_safetensors_stream(path, groups, dtype=dtype, metadata=metadata)
@@ -677,6 +722,54 @@ def write_checkpoint(
         if entry.write_folder is None:
             raise ValueError(f"{family} has no diffusers-folder writer")
         entry.write_folder(modules, spec, seed, jitter, dtype, Path(diffusers_dir))
+    return written
+
+
+def write_split_files(
+    directory: str | os.PathLike[str],
+    family: str,
+    size: str = "tiny",
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float16,
+    jitter: float = 0.0,
+    stem: str | None = None,
+) -> dict[str, Path]:
+    """Writes a model as the separate files users keep, in ComfyUI's ``models/`` layout.
+
+    For SD3 and Flux: ``diffusion_models/<stem>.safetensors`` (UNETLoader; bare original keys),
+    ``text_encoders/<stem>-clip_l.safetensors``, ``-clip_g`` (SD3), ``-t5xxl`` (CLIPLoader /
+    DualCLIPLoader / TripleCLIPLoader) and ``vae/<stem>-vae.safetensors`` (VAELoader; bare LDM
+    names like Flux's ``ae.safetensors``). The weights equal the single file's of the same seed.
+
+    Args:
+        directory: The models folder (subfolders are created).
+        family: A registered family with a split layout.
+        size: ``"full"``, ``"large"`` or ``"tiny"``.
+        seed: Weight seed.
+        dtype: Floating dtype of the files.
+        jitter: See `write_checkpoint`.
+        stem: File-name stem (default ``<family>-<size>``): ``diffusion_models/<stem>.
+            safetensors``, ``text_encoders/<stem>-clip_l.safetensors``, ...
+
+    Returns:
+        Role (``"diffusion_model"``, ``"clip_l"``, ``"clip_g"``, ``"t5xxl"``, ``"vae"``) -> path.
+
+    Raises:
+        ValueError: The family has no split layout.
+    """
+    spec = model_spec(family, size)
+    entry = FAMILIES[family]
+    if entry.split is None:
+        raise ValueError(f"{family} has no split-file layout; write a checkpoint instead")
+    modules = entry.build(spec)
+    synthetic = _synthetic_metadata(family, size, seed, jitter)
+    written: dict[str, Path] = {}
+    parts = entry.split(modules, spec, seed, jitter, stem or f"{family}-{size}")
+    for role, (relative, groups, metadata) in parts.items():
+        metadata = {**metadata, "comfyc.synthetic": synthetic}
+        written[role] = write_safetensors_stream(Path(directory) / relative, groups, dtype=dtype,
+                                                 metadata=metadata)
     return written
 
 
@@ -717,6 +810,13 @@ def tiny_checkpoint(
 # -- the registered families ---------------------------------------------------------------------
 
 
+def _register_flow() -> None:
+    """SD3/SD3.5 and Flux families (`comfyc.compiler.models.flow_synthetic`)."""
+    from comfyc.compiler.models.flow_synthetic import register_flow_families
+
+    register_flow_families()
+
+
 def _register_stable_diffusion() -> None:
     common = {"build": build_modules, "layout": single_file_layout,
               "write_folder": write_diffusers_layout}
@@ -745,3 +845,4 @@ def _register_stable_diffusion() -> None:
 
 
 _register_stable_diffusion()
+_register_flow()

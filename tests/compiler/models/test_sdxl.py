@@ -410,10 +410,11 @@ def test_merge_into_copy_keeps_wrapper_in_sync(small_sdxl) -> None:
     ("double_blocks.0.img_attn.norm.key_norm.scale", "Flux"),
 ])
 def test_other_architectures_are_named(marker: str, name: str) -> None:
-    """A DiT checkpoint in the same wrapper says what it is and what comfyc supports."""
+    """A DiT checkpoint in the same wrapper says what it is and which loader reads it."""
     state = {f"model.diffusion_model.{marker}": torch.empty(4, device="meta"),
              "first_stage_model.encoder.conv_in.weight": torch.empty(1, device="meta")}
-    with pytest.raises(ModelFormatError, match=f"{name}.*supports SD1.x, SD2.x and SDXL"):
+    with pytest.raises(ModelFormatError,
+                       match=f"{name}.*reads SD1.x, SD2.x and SDXL.*load_flow_checkpoint"):
         checkpoint_from_state_dict(state)
     with pytest.raises(ModelFormatError, match="no weight 'input_blocks.0.0.weight'.*SDXL"):
         checkpoint_from_state_dict({"model.diffusion_model.something.weight": torch.empty(1)})
