@@ -50,8 +50,8 @@ __all__ = [
     "make_denoiser",
 ]
 
-#: ``unet(x_in [B,C,h,w], timestep [B], context [B,T,D]) -> [B,4,h,w]`` (all float32).
-UNetFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+#: ``unet(x_in [B,C,h,w], timestep [B], context [B,T,D], **extras) -> [B,C,h,w]`` (float32).
+UNetFn = Callable[..., np.ndarray]
 
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
 
@@ -79,6 +79,9 @@ def apply_model(
     prediction_type: str = "epsilon",
     schedule: DiscreteSchedule | None = None,
     concat: np.ndarray | None = None,
+    *,
+    model_sampling: Any = None,
+    extras: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """One model evaluation: x0 prediction for noisy ``x`` at ``sigma`` (no CFG).
 
@@ -87,41 +90,46 @@ def apply_model(
         x: Noisy latent ``[B, C, h, w]`` (k-diffusion convention).
         sigma: Noise level.
         context: ``[B, T, D]`` cross-attention context.
-        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
-        schedule: Model schedule for the timestep; defaults to SD1/SD2.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"`` (when ``model_sampling`` is None).
+        schedule: Model schedule for the timestep (when ``model_sampling`` is None); defaults
+            to SD1/SD2.
         concat: Optional ``c_concat`` channels ``[B, Cc, h, w]`` (inpainting UNets), appended after
             the input scaling.
+        model_sampling: The model's :class:`~comfyc.runtime.model_sampling.ModelSampling`
+            (input scaling, timestep, x0 from the output).
+        extras: Further model inputs by name (SDXL's ``y``), one row per latent row.
 
     Returns:
         float32 x0 ``[B, C, h, w]``.
     """
-    if prediction_type not in PREDICTION_TYPES:
-        raise ConditioningError(
-            f"prediction_type {prediction_type!r} is not supported; expected one of "
-            f"{', '.join(PREDICTION_TYPES)}"
-        )
-    s = schedule or SD1_SCHEDULE
-    sig = np.float32(sigma)
-    denom = np.sqrt(sig * sig + np.float32(1.0))
+    ms = model_sampling if model_sampling is not None else _sampling_of(prediction_type,
+                                                                        schedule)
     x = np.asarray(x, dtype=np.float32)
-    x_in = x / denom
+    x_in = ms.calculate_input(sigma, x)
     if concat is not None:
         x_in = np.concatenate([x_in, np.asarray(concat, dtype=np.float32)], axis=1)
-    # NOTE: ModelSamplingDiscrete.timestep on a float32 sigma; the log is correctly rounded as
-    # torch's scalar logf is, so argmin ties resolve the same way.
-    log_sigma = np.float32(math.log(float(sig)))
-    t = float(np.argmin(np.abs(log_sigma - s.log_sigmas)))
-    timestep = np.full((x.shape[0],), t, dtype=np.float32)
-    out = np.asarray(unet(np.ascontiguousarray(x_in), timestep, context), dtype=np.float32)
+    timestep = np.full((x.shape[0],), ms.timestep(float(np.float32(sigma))), dtype=np.float32)
+    out = unet(np.ascontiguousarray(x_in), timestep, context, **(extras or {}))
+    out = np.asarray(out, dtype=np.float32)
     if out.shape != x.shape:
         raise ConditioningError(
             f"the UNet returned shape {out.shape} for a latent of shape {x.shape}; the UNet stage "
             "must return one prediction per input latent with the latent's channels"
         )
-    if prediction_type == "epsilon":
-        return x - out * sig
-    # NOTE: V_PREDICTION.calculate_denoised with sigma_data = 1, in torch's operation order.
-    return x * np.float32(1.0) / (sig * sig + np.float32(1.0)) - out * sig * np.float32(1.0) / denom
+    return ms.calculate_denoised(sigma, out, x)
+
+
+def _sampling_of(prediction_type: str, schedule: DiscreteSchedule | None) -> Any:
+    """The model sampling of a discrete schedule and a prediction type (older callers)."""
+    from .model_sampling import DiscreteModelSampling
+
+    if prediction_type not in PREDICTION_TYPES:
+        raise ConditioningError(
+            f"prediction_type {prediction_type!r} is not supported; expected one of "
+            f"{', '.join(PREDICTION_TYPES)}"
+        )
+    return DiscreteModelSampling(schedule or SD1_SCHEDULE,
+                                 "eps" if prediction_type == "epsilon" else "v_prediction")
 
 
 def _lcm(a: int, b: int) -> int:
@@ -134,6 +142,7 @@ class _Entry:
     __slots__ = (
         "area",
         "cond",
+        "extras",
         "mask",
         "mask_strength",
         "strength",
@@ -143,6 +152,7 @@ class _Entry:
 
     def __init__(self) -> None:
         self.cond: np.ndarray = np.zeros((1, 0, 0), np.float32)
+        self.extras: dict[str, np.ndarray] = {}
         self.area: tuple[int, int, int, int] | None = None
         self.strength = 1.0
         self.mask: np.ndarray | None = None
@@ -181,9 +191,12 @@ def _bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _resolve(
-    entries: Sequence[Any], side: str, h: int, w: int, schedule: DiscreteSchedule
+    entries: Sequence[Any], side: str, h: int, w: int, schedule: Any,
+    model_conds: Callable[..., dict[str, np.ndarray]] | None = None,
+    latent_shape: Sequence[int] = (),
 ) -> list[_Entry]:
-    """``resolve_areas_and_cond_masks_multidim`` + ``calculate_start_end_timesteps``."""
+    """``resolve_areas_and_cond_masks_multidim`` + ``calculate_start_end_timesteps`` +
+    ``encode_model_conds`` (the family's extra model inputs, from the entry's options)."""
     out: list[_Entry] = []
     for index, raw in enumerate(entries):
         d = _as_dict(raw, side, index)
@@ -205,6 +218,9 @@ def _resolve(
                 "[1, tokens, dim]"
             )
         e.cond = cond
+        if model_conds is not None:
+            e.extras = {k: np.asarray(v, dtype=np.float32)
+                        for k, v in model_conds(d, side, latent_shape).items()}
         e.strength = float(d.get("strength", 1.0))
         e.mask_strength = float(d.get("mask_strength", 1.0))
         area = d.get("area")
@@ -275,13 +291,14 @@ def _add_same_area(others: list[_Entry], c: _Entry) -> None:
     # the model conds (the context) from the enclosing entry of the other side.
     out = c.copy()
     out.cond = smallest.cond
+    out.extras = smallest.extras
     others.append(out)
 
 
 class _Prepared:
     """One entry evaluated for one step (``get_area_and_mult``'s cond_obj)."""
 
-    __slots__ = ("area", "cond", "input_x", "mult", "side")
+    __slots__ = ("area", "cond", "extras", "input_x", "mult", "side")
 
     def __init__(
         self,
@@ -290,12 +307,14 @@ class _Prepared:
         cond: np.ndarray,
         area: tuple[int, int, int, int] | None,
         side: int,
+        extras: dict[str, np.ndarray],
     ) -> None:
         self.input_x: np.ndarray = input_x
         self.mult: np.ndarray = mult
         self.cond: np.ndarray = cond
         self.area: tuple[int, int, int, int] | None = area
         self.side: int = side
+        self.extras = extras
 
 
 def _area_and_mult(e: _Entry, x: np.ndarray, sigma: float, side: int) -> _Prepared | None:
@@ -335,8 +354,9 @@ def _area_and_mult(e: _Entry, x: np.ndarray, sigma: float, side: int) -> _Prepar
                 for t in range(rr):
                     factor = np.float32((1.0 / rr) * (t + 1))
                     _axis_slice(mult, i, size - 1 - t)[...] *= factor
-    # NOTE: CONDCrossAttn.process_cond: repeat_to_batch_size(cond, batch).
-    return _Prepared(input_x, mult, _repeat_to_batch(e.cond, batch), area, side)
+    # NOTE: CONDCrossAttn.process_cond: repeat_to_batch_size(cond, batch); CONDRegular too.
+    extras = {k: _repeat_to_batch(v, batch) for k, v in e.extras.items()}
+    return _Prepared(input_x, mult, _repeat_to_batch(e.cond, batch), area, side, extras)
 
 
 def _axis_slice(array: np.ndarray, spatial_axis: int, index: int) -> np.ndarray:
@@ -347,6 +367,10 @@ def _axis_slice(array: np.ndarray, spatial_axis: int, index: int) -> np.ndarray:
 
 def _can_concat(a: _Prepared, b: _Prepared) -> bool:
     if a.input_x.shape != b.input_x.shape:
+        return False
+    # NOTE: CONDRegular.can_concat: the extra inputs (SDXL's y) must have the same shapes.
+    if a.extras.keys() != b.extras.keys() or any(
+            a.extras[k].shape != b.extras[k].shape for k in a.extras):
         return False
     s1, s2 = a.cond.shape, b.cond.shape
     if s1 != s2:
@@ -369,9 +393,8 @@ class CFGDenoiser:
         "concat",
         "max_batch_size",
         "negative",
+        "model_sampling",
         "positive",
-        "prediction_type",
-        "schedule",
         "unet",
         "unet_calls",
         "unet_rows",
@@ -383,8 +406,7 @@ class CFGDenoiser:
         positive: list[_Entry],
         negative: list[_Entry],
         cfg: float,
-        prediction_type: str,
-        schedule: DiscreteSchedule,
+        model_sampling: Any,
         max_batch_size: int | None,
         concat: np.ndarray | None,
     ) -> None:
@@ -392,15 +414,15 @@ class CFGDenoiser:
         self.positive = positive
         self.negative = negative
         self.cfg = float(cfg)
-        self.prediction_type = prediction_type
-        self.schedule = schedule
+        self.model_sampling = model_sampling
         self.max_batch_size = max_batch_size
         self.concat = concat
         self.unet_calls = 0
         self.unet_rows = 0
 
     def _run_unet(
-        self, x_rows: np.ndarray, sigma: float, context: np.ndarray, concat: np.ndarray | None
+        self, x_rows: np.ndarray, sigma: float, context: np.ndarray, concat: np.ndarray | None,
+        extras: Mapping[str, np.ndarray],
     ) -> np.ndarray:
         """apply_model over rows, split to at most ``max_batch_size`` rows per call."""
         limit = self.max_batch_size or x_rows.shape[0]
@@ -415,9 +437,9 @@ class CFGDenoiser:
                     x_rows[start:stop],
                     sigma,
                     context[start:stop],
-                    self.prediction_type,
-                    self.schedule,
-                    None if concat is None else concat[start:stop],
+                    concat=None if concat is None else concat[start:stop],
+                    model_sampling=self.model_sampling,
+                    extras={k: v[start:stop] for k, v in extras.items()},
                 )
             )
         return np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
@@ -465,7 +487,9 @@ class CFGDenoiser:
                         c = c[:, :, ay : ay + ah, ax : ax + aw]
                     parts.append(c)
                 concat = np.concatenate(parts, axis=0)
-            output = self._run_unet(input_x, sigma, context, concat)
+            extras = {k: np.concatenate([p.extras[k] for p in batch], axis=0)
+                      for k in batch[0].extras}
+            output = self._run_unet(input_x, sigma, context, concat, extras)
             for k, p in enumerate(batch):
                 o = output[k * rows : (k + 1) * rows]
                 if p.area is None:
@@ -523,22 +547,28 @@ def make_denoiser(
     schedule: DiscreteSchedule | None = None,
     max_batch_size: int | None = None,
     concat: np.ndarray | None = None,
+    model_sampling: Any = None,
+    model_conds: Callable[..., dict[str, np.ndarray]] | None = None,
 ) -> CFGDenoiser:
     """Build the CFG denoiser for one sampler run (``CFGGuider`` + ``process_conds``).
 
     Args:
-        unet: ``unet(x_in, timestep, context) -> eps or v``, float32 arrays.
-        positive: Positive CONDITIONING: entries ``{"cond": [1, T, D], "area", "strength",
-            "mask", "mask_strength", "set_area_to_bounds", "start_percent", "end_percent"}`` or
-            ComfyUI ``[cond, options]`` pairs.
+        unet: ``unet(x_in, timestep, context, **extras) -> eps, v or flow``, float32 arrays.
+        positive: Positive CONDITIONING: entries ``{"cond": [1, T, D], "pooled_output",
+            "area", "strength", "mask", "mask_strength", "set_area_to_bounds",
+            "start_percent", "end_percent", and the family's size options}`` or ComfyUI
+            ``[cond, options]`` pairs.
         negative: Negative CONDITIONING (same form); may be empty or None only when cfg is 1.
         cfg: Guidance scale.
         latent_shape: ``[B, C, h, w]`` of the latent that will be sampled.
         prediction_type: ``"epsilon"`` (SD1, SD2-512, inpainting) or ``"v_prediction"``
-            (SD2 768-v).
-        schedule: Model schedule; defaults to SD1/SD2.
+            (SD2 768-v), when ``model_sampling`` is None.
+        schedule: Model schedule (when ``model_sampling`` is None); defaults to SD1/SD2.
         max_batch_size: At most this many rows per UNet call (None = no limit).
         concat: ``c_concat`` for inpainting UNets ``[B, Cc, h, w]`` (mask + masked latent).
+        model_sampling: The model's :class:`~comfyc.runtime.model_sampling.ModelSampling`.
+        model_conds: The family's extra model inputs per entry
+            (:func:`comfyc.runtime.families.model_conds`), e.g. SDXL's ``y``.
 
     Returns:
         The denoiser, a callable ``(x, sigma) -> x0``.
@@ -546,19 +576,15 @@ def make_denoiser(
     Raises:
         ConditioningError: for malformed or unsupported entries.
     """
-    if prediction_type not in PREDICTION_TYPES:
-        raise ConditioningError(
-            f"prediction_type {prediction_type!r} is not supported; expected one of "
-            f"{', '.join(PREDICTION_TYPES)}"
-        )
+    ms = model_sampling if model_sampling is not None else _sampling_of(prediction_type,
+                                                                        schedule)
     if max_batch_size is not None and max_batch_size < 1:
         raise ConditioningError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
     if not positive:
         raise ConditioningError("the positive conditioning is empty; connect a text encoding")
-    s = schedule or SD1_SCHEDULE
     h, w = int(latent_shape[2]), int(latent_shape[3])
-    pos = _resolve(positive, "positive", h, w, s)
-    neg = _resolve(negative or [], "negative", h, w, s)
+    pos = _resolve(positive, "positive", h, w, ms, model_conds, latent_shape)
+    neg = _resolve(negative or [], "negative", h, w, ms, model_conds, latent_shape)
     if not neg and not math.isclose(cfg, 1.0):
         raise ConditioningError(
             f"cfg is {cfg} but the negative conditioning is empty; connect a negative prompt or "
@@ -572,4 +598,4 @@ def make_denoiser(
             _add_same_area(sides[1 - k], c)
     if concat is not None:
         concat = np.asarray(concat, dtype=np.float32)
-    return CFGDenoiser(unet, pos, neg, cfg, prediction_type, s, max_batch_size, concat)
+    return CFGDenoiser(unet, pos, neg, cfg, ms, max_batch_size, concat)

@@ -180,7 +180,7 @@ class LoraVariants:
         """The strength tuples whose variants are cached, oldest first."""
         return list(self._made)
 
-    def __call__(self, *args: np.ndarray) -> Any:
+    def __call__(self, *args: np.ndarray, **extras: np.ndarray) -> Any:
         raise BackendError(f"stage {self.name!r} has runtime-mode LoRAs and runs only through "
                            f"ApplyLoRA, which chooses their strengths")
 

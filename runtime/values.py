@@ -1,65 +1,150 @@
 """Runtime values of the link types that are not arrays: MODEL, CLIP and VAE.
 
-They are thin handles on stages: a MODEL is a UNet stage plus how to read its output, a CLIP is
-a text-encoder stage plus the tokenizer rules, a VAE is a decoder/encoder pair. LATENT, IMAGE,
+They are thin handles on stages: a MODEL is a diffusion-model stage plus how to sample it (its
+model sampling, latent format and the extra conditioning it takes), a CLIP is one or more
+text-encoder stages plus the tokenizer rules, a VAE is a decoder/encoder pair. LATENT, IMAGE,
 MASK and CONDITIONING are plain numpy values (see :mod:`comfyc.runtime.ops`).
+
+Handles are described in programs as plain JSON (the ``LoadCheckpoint`` op's arguments), so
+an artifact can rebuild them without the compiler: :func:`model_sampling_from_json` reads the
+model-sampling facts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .backends.base import Stage
 
-__all__ = ["ModelRef", "ClipRef", "VaeRef", "replace"]
+__all__ = ["ModelRef", "ClipRef", "TextEncoderRef", "VaeRef", "replace", "FAMILIES",
+           "model_sampling_from_json"]
+
+#: Model families the runtime knows how to condition (their UNet inputs and prompt rules).
+FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
+
+
+def model_sampling_from_json(spec: Mapping[str, Any] | str | None) -> Any:
+    """A :class:`~comfyc.runtime.model_sampling.ModelSampling` from its program description.
+
+    Args:
+        spec: ``{"kind": "discrete", "prediction": "eps" | "v_prediction", "zsnr": False}``,
+            ``{"kind": "sd3", "shift": 3.0}``, ``{"kind": "flux", "max_shift", "base_shift",
+            "width", "height"}``, ``{"kind": "aura_flow", "shift"}``, or the older plain
+            prediction type string (``"epsilon"`` / ``"v_prediction"``); None is SD1's.
+    """
+    from . import model_sampling as ms
+
+    if spec is None or isinstance(spec, str):
+        prediction = {"epsilon": "eps", None: "eps"}.get(spec, spec)  # type: ignore[arg-type]
+        return ms.model_sampling_discrete(prediction)
+    kind = spec.get("kind", "discrete")
+    if kind == "discrete":
+        return ms.model_sampling_discrete(spec.get("prediction", "eps"),
+                                          bool(spec.get("zsnr", False)))
+    if kind == "sd3":
+        return ms.model_sampling_sd3(float(spec.get("shift", 3.0)),
+                                     float(spec.get("multiplier", 1000)))
+    if kind == "aura_flow":
+        return ms.model_sampling_aura_flow(float(spec.get("shift", 1.73)))
+    if kind == "flux":
+        return ms.model_sampling_flux(float(spec.get("max_shift", 1.15)),
+                                      float(spec.get("base_shift", 0.5)),
+                                      int(spec.get("width", 1024)), int(spec.get("height", 1024)))
+    from .errors import ProgramError
+
+    raise ProgramError(f"unknown model sampling {kind!r} in this program; the artifact needs a "
+                       f"newer comfyc")
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A MODEL: a UNet stage and its sampling parameterisation.
+    """A MODEL: a diffusion-model stage and how to sample it.
 
     Attributes:
-        unet: The stage.
-        prediction_type: ``epsilon`` or ``v_prediction``.
-        latent_scale: The latent format's scale factor (0.18215 for SD1/SD2).
+        unet: The stage (``unet(x, timestep, context, **extras)``).
+        model_sampling: The sampling parameterisation (a
+            :class:`~comfyc.runtime.model_sampling.ModelSampling`, or its JSON description).
+        latent_scale: The latent format's scale factor (0.18215 SD1/SD2, 0.13025 SDXL).
+        latent_shift: The latent format's shift (0 for SD1/SD2/SDXL).
         in_channels: UNet input channels (9 for inpainting models).
         name: What it was loaded from, for messages.
+        family: ``sd1``, ``sd2``, ``sdxl`` or ``sdxl_refiner``: which extra conditioning the
+            UNet takes (SDXL's ADM vector ``y``).
     """
 
-    unet: Stage
-    prediction_type: str = "epsilon"
+    unet: Stage | None
+    model_sampling: Any = None
     latent_scale: float = 0.18215
     in_channels: int = 4
     name: str = ""
+    family: str = "sd1"
+    latent_shift: float = 0.0
+
+    @property
+    def sampling(self) -> Any:
+        """The model sampling as an object (built from its description when needed)."""
+        value = self.model_sampling
+        if value is None or isinstance(value, (str, Mapping)):
+            return model_sampling_from_json(value)
+        return value
+
+    @property
+    def prediction_type(self) -> str:
+        """``epsilon``, ``v_prediction`` or ``const`` (for messages and older callers)."""
+        prediction = self.sampling.prediction
+        return "epsilon" if prediction == "eps" else prediction
+
+
+@dataclass(frozen=True)
+class TextEncoderRef:
+    """One text encoder of a CLIP: its stages by layer and its tokenizer rules.
+
+    Attributes:
+        name: ComfyUI's name (``clip_l``, ``clip_h``, ``clip_g``).
+        stages: Stages by CLIP layer (``-1`` last, ``-2`` penultimate …); a compiled artifact
+            carries only the layers its workflow uses; the torch path makes any on demand.
+        pad_token: The tokenizer's pad id (49407 pads with the end token; 0 with ``!``).
+        default_layer: The layer used without CLIPSetLastLayer.
+        pooled: This encoder gives the conditioning's pooled output.
+    """
+
+    name: str
+    stages: Mapping[int, Stage]
+    pad_token: int = 49407
+    default_layer: int = -1
+    pooled: bool = True
 
 
 @dataclass(frozen=True)
 class ClipRef:
-    """A CLIP: a text encoder and its tokenizer rules.
+    """A CLIP: its text encoders (concatenated along the feature axis) and tokenizer rules.
 
     Attributes:
-        encoders: Text-encoder stages by CLIP layer (``-1`` last, ``-2`` penultimate …); a
-            compiled artifact carries only the layers its workflow uses.
-        layer: The layer CLIPSetLastLayer chose (None: the model's default).
-        default_layer: The model's default layer (-1 for SD1, -2 for SD2).
-        pad_token: 49407 (SD1) or 0 (SD2).
+        encoders: The encoders in concatenation order (SD1: clip_l; SD2: clip_h; SDXL: clip_l
+            then clip_g; the refiner: clip_g).
+        layer: The layer CLIPSetLastLayer chose (None: each encoder's default).
         embeddings: Textual-inversion vectors by name (``[n, D]`` arrays).
         name: What it was loaded from, for messages.
+        family: The model family it belongs to.
     """
 
-    encoders: dict[int, Stage]
+    encoders: tuple[TextEncoderRef, ...]
     layer: int | None = None
-    default_layer: int = -1
-    pad_token: int = 49407
     embeddings: dict[str, Any] = field(default_factory=dict)
     name: str = ""
+    family: str = "sd1"
+
+    def layer_of(self, encoder: TextEncoderRef) -> int:
+        """The CLIP layer an encoder's hidden states come from."""
+        return self.layer if self.layer is not None else encoder.default_layer
 
     @property
     def effective_layer(self) -> int:
-        """The CLIP layer encodings come from."""
-        return self.layer if self.layer is not None else self.default_layer
+        """The first encoder's layer (single-encoder models)."""
+        return self.layer_of(self.encoders[0]) if self.encoders else -1
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,31 @@ def random_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_file({k: v.contiguous() for k, v in lora.items()},
               str(root / "loras" / "random-lora.safetensors"))
     return root
+
+
+#: File names the SDXL tests give the tiny random checkpoints (the real files' names, so
+#: ComfyUI's own example workflows run on them unchanged).
+SDXL_BASE = "sd_xl_base_1.0.safetensors"
+SDXL_REFINER = "sd_xl_refiner_1.0.safetensors"
+
+
+@pytest.fixture(scope="session")
+def sdxl_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with tiny seeded SDXL base and refiner checkpoints (same structure as
+    the real ones: CLIP-L + OpenCLIP bigG, ADM, label_emb) and their diffusers folders.
+
+    Norm weights and biases get a small jitter so that a mixed-up bias shows in comparisons.
+    Files: checkpoints/sd_xl_base_1.0.safetensors, checkpoints/sd_xl_refiner_1.0.safetensors,
+    diffusers/sdxl/, diffusers/sdxl_refiner/.
+    """
+    import torch
+
+    from comfyc.compiler.models.synthetic import write_checkpoint
+
+    root = tmp_path_factory.mktemp("sdxl-models")
+    (root / "checkpoints").mkdir()
+    for family, name in (("sdxl", SDXL_BASE), ("sdxl_refiner", SDXL_REFINER)):
+        write_checkpoint(root / "checkpoints" / name, family, "tiny", seed=1,
+                         dtype=torch.float32, jitter=0.02,
+                         diffusers_dir=root / "diffusers" / family)
+    return root

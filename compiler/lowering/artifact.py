@@ -135,12 +135,14 @@ class _Recorder:
         self.kind = stage.kind
         self.info = stage.info
 
-    def __call__(self, *args: np.ndarray) -> Any:
-        self.shapes.append(tuple(tuple(np.shape(a)) for a in args))
+    def __call__(self, *args: np.ndarray, **extras: np.ndarray) -> Any:
+        arrays = (*args, *extras.values())
+        self.shapes.append(tuple(tuple(np.shape(a)) for a in arrays))
         if self.fake:
             sample = args[0]
-            return np.zeros((sample.shape[0], 4, *sample.shape[2:]), dtype=np.float32)
-        return self.stage(*args)
+            channels = int(self.info.get("out_channels", 4))
+            return np.zeros((sample.shape[0], channels, *sample.shape[2:]), dtype=np.float32)
+        return self.stage(*args, **extras)
 
 
 class _RecordingLayers(Mapping[int, Any]):
@@ -564,12 +566,14 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
     external = True if lora else None
     try:
         if kind == "unet":
-            (b, c, h, w), _, (_, t, _) = shapes[0]
+            (b, c, h, w), _, (_, t, _), *_extras = shapes[0]
             facts = onnx_export.export_unet(module, path, batch=b, height=h, width=w,
                                             context_len=t, fp16=options.fp16, dynamic=dynamic,
                                             external_data=external)
         elif kind == "text_encoder":
             facts = onnx_export.export_text_encoder(module, path, layer=layer if layer else -1,
+                                                    layer_norm=bool(rec.info.get("layer_norm",
+                                                                                 True)),
                                                     fp16=options.fp16, external_data=external)
         elif kind == "vae_decoder":
             (b, _, h, w), = shapes[0]

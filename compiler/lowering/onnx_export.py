@@ -146,16 +146,17 @@ def export_unet(
         ExportError: The module is not a supported UNet, or tracing/export/checking failed.
     """
     torch = _require_torch()
+    module = getattr(module, "unet", module) if hasattr(module, "adm_in_channels") else module
     config = getattr(module, "config", None)
     if config is None or not hasattr(config, "cross_attention_dim"):
         raise ExportError(
             f"export_unet got a {type(module).__name__}, expected a diffusers "
             "UNet2DConditionModel", help="pass the pipeline's .unet module")
-    if getattr(config, "addition_embed_type", None) is not None:
+    addition = getattr(config, "addition_embed_type", None)
+    if addition not in (None, "text_time"):
         raise ExportError(
-            f"this UNet uses addition_embed_type={config.addition_embed_type!r} (SDXL-style "
-            "extra conditioning), which the unet stage does not have inputs for; only SD1.x/"
-            "SD2.x UNets are exported")
+            f"this UNet uses addition_embed_type={addition!r}, which the unet stage does not "
+            "have inputs for; SD1.x/SD2.x and SDXL (text_time) UNets are exported")
     dim = config.cross_attention_dim
     context_dim = int(dim if isinstance(dim, int) else dim[0])
     channels = int(config.in_channels)
@@ -163,14 +164,8 @@ def export_unet(
     if dynamic:
         batch, height, width = max(batch, 2), _odd(height), _odd(width)
     dtype = torch.float16 if fp16 else torch.float32
-
-    def call(m: Any, sample: Any, timestep: Any, context: Any) -> Any:
-        out = m(sample.to(dtype), timestep, encoder_hidden_states=context.to(dtype),
-                return_dict=False)[0]
-        return out.float()
-
     generator = torch.Generator().manual_seed(0)
-    example = (
+    example: tuple[Any, ...] = (
         torch.randn(batch, channels, height, width, generator=generator),
         torch.full((batch,), 500.0),
         torch.randn(batch, context_len, context_dim, generator=generator),
@@ -181,9 +176,35 @@ def export_unet(
         "encoder_hidden_states": {0: "batch", 1: "context_len"},
         "out_sample": {0: "batch", 2: "height", 3: "width"},
     }
-    return _export(module, call, example, path, kind="unet", fp16=fp16,
+    input_names = STAGE_IO["unet"][0]
+    source = module
+    if addition == "text_time":
+        # NOTE: SDXL: the stage takes ComfyUI's ADM vector y (the view computes
+        # add_embedding(y), ldm's label_emb); weight names stay diffusers' own.
+        from comfyc.runtime.backends.torch import ADM_TIME_EMBED_DIM, adm_unet
+
+        source = adm_unet(module).unet
+        width_y = int(config.projection_class_embeddings_input_dim)
+        split = width_y - ADM_TIME_EMBED_DIM
+
+        def call(m: Any, sample: Any, timestep: Any, context: Any, y: Any) -> Any:
+            added = {"text_embeds": y[:, :split].to(dtype), "time_ids": y[:, split:].to(dtype)}
+            out = m(sample.to(dtype), timestep, encoder_hidden_states=context.to(dtype),
+                    added_cond_kwargs=added, return_dict=False)[0]
+            return out.float()
+
+        example = (*example, torch.randn(batch, width_y, generator=generator))
+        axes["y"] = {0: "batch"}
+        input_names = (*input_names, "y")
+    else:
+        def call(m: Any, sample: Any, timestep: Any, context: Any) -> Any:  # type: ignore[misc]
+            out = m(sample.to(dtype), timestep, encoder_hidden_states=context.to(dtype),
+                    return_dict=False)[0]
+            return out.float()
+
+    return _export(source, call, example, path, kind="unet", fp16=fp16,
                    axes=axes if dynamic else None, external_data=external_data,
-                   progress=progress, metadata={})
+                   progress=progress, metadata={}, input_names=input_names)
 
 
 def export_text_encoder(
@@ -196,13 +217,16 @@ def export_text_encoder(
     dynamic: bool = True,
     external_data: bool | None = None,
     progress: Progress | None = None,
+    layer_norm: bool = True,
 ) -> dict[str, Any]:
     """Export a transformers ``CLIPTextModel`` as the ``text_encoder`` stage at a fixed layer.
 
-    The hidden output is CLIP hidden layer ``layer`` (−1 last, −2 penultimate …) with the final
-    layer norm applied — ComfyUI's CLIPSetLastLayer semantics, the same rule as
+    The hidden output is CLIP hidden layer ``layer`` (−1 last, −2 penultimate …), with the final
+    layer norm applied when ``layer_norm`` (SD1/SD2; SDXL's encoders take the raw hidden
+    state) — ComfyUI's CLIPSetLastLayer semantics, the same rule as
     :class:`~comfyc.runtime.backends.torch.TorchTextEncoder` (a layer outside
-    ``[-num_layers, -1]`` means the last one). ``pooled_output`` is CLIP's pooled output.
+    ``[-num_layers, -1]`` means the last one). ``pooled_output`` is CLIP's pooled output,
+    projected when the model has a text projection (``CLIPTextModelWithProjection``).
 
     Args:
         module: The CLIPTextModel (not modified).
@@ -237,8 +261,11 @@ def export_text_encoder(
 
     def call(m: Any, input_ids: Any) -> tuple[Any, Any]:
         out = m(input_ids=input_ids, output_hidden_states=True, return_dict=True)
-        hidden = getattr(m, "text_model", m).final_layer_norm(out.hidden_states[index])
-        return hidden.float(), out.pooler_output.float()
+        hidden = out.hidden_states[index]
+        if layer_norm:
+            hidden = getattr(m, "text_model", m).final_layer_norm(hidden)
+        pooled = getattr(out, "text_embeds", None)
+        return hidden.float(), (out.pooler_output if pooled is None else pooled).float()
 
     # NOTE: a realistic prompt (BOS, a few tokens, EOS padding) — the pooled output looks up
     # the EOS position, and the traced ops must not depend on the example's values anyway.
@@ -480,6 +507,7 @@ def _export(
     progress: Progress | None,
     metadata: Mapping[str, str],
     prepare_fp16: Callable[[Any], None] | None = None,
+    input_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Trace ``call(module, *example)``, export it, tidy the names, save, check.
 
@@ -500,7 +528,8 @@ def _export(
     start = time.perf_counter()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    input_names, output_names = STAGE_IO[kind]
+    default_inputs, output_names = STAGE_IO[kind]
+    input_names = tuple(input_names or default_inputs)
     shapes = ", ".join("x".join(map(str, t.shape)) for t in example)
     say(f"exporting {kind} ({'dynamic' if axes else 'static'}, {'fp16' if fp16 else 'fp32'}, "
         f"example {shapes}) to {path}")

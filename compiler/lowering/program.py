@@ -166,6 +166,10 @@ def _encode_strength(value: Any) -> Any:
     return float(value)
 
 
+#: The weight components of a checkpoint a LoRA can change.
+_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
 @dataclass
 class TorchModelCache:
     """Loads checkpoints (and merged LoRA variants) once per process for the torch path."""
@@ -198,8 +202,9 @@ class TorchModelCache:
         return self.loaded[key]
 
     def merged(self, checkpoint: str, loras: tuple[tuple[str, float, float], ...] | list[Any]
-               ) -> tuple[Any, Any]:
-        """UNet and text encoder of a checkpoint with LoRAs merged in order (cached)."""
+               ) -> dict[str, Any]:
+        """The components of a checkpoint (``unet``, ``text_encoder``, ``text_encoder_2``)
+        with LoRAs ``(name, strength_model, strength_clip)`` merged in order (cached)."""
         import copy
 
         from ..models.lora import merge_lora
@@ -207,28 +212,38 @@ class TorchModelCache:
         loras = tuple((str(n), float(sm), float(sc)) for n, sm, sc in loras)
         key = f"merged:{checkpoint}:{loras!r}"
         if key not in self.loaded:
-            loaded = self.checkpoint(checkpoint)
             if not loras:
-                self.loaded[key] = (loaded.unet, loaded.text_encoder)
+                loaded = self.checkpoint(checkpoint)
+                self.loaded[key] = {name: getattr(loaded, name, None) for name in _COMPONENTS}
             else:
-                unet, text = self.merged(checkpoint, loras[:-1])
+                parts = dict(self.merged(checkpoint, loras[:-1]))
                 name, strength_model, strength_clip = loras[-1]
                 # A component at strength 0 is not changed: share it instead of copying.
-                unet = copy.deepcopy(unet) if strength_model else unet
-                text = copy.deepcopy(text) if strength_clip else text
-                merge_lora((unet, text), self.lora(name), strength_model, strength_clip)
-                self.loaded[key] = (unet, text)
+                for component in _COMPONENTS:
+                    strength = strength_model if component == "unet" else strength_clip
+                    if strength and parts[component] is not None:
+                        parts[component] = copy.deepcopy(parts[component])
+                merge_lora(parts, self.lora(name), strength_model, strength_clip)
+                self.loaded[key] = parts
         return self.loaded[key]
 
+    def component_with_loras(self, checkpoint: str, component: str, loras: Sequence[Any]
+                             ) -> Any:
+        """One component of a checkpoint with LoRAs merged (only the strength that applies to
+        it counts: ``strength_model`` for the UNet, ``strength_clip`` for text encoders)."""
+        if component == "unet":
+            only = [(n, sm, 0.0) for n, sm, _ in loras]
+        else:
+            only = [(n, 0.0, sc) for n, _, sc in loras]
+        return self.merged(checkpoint, only)[component]
+
     def text_encoder_with_loras(self, checkpoint: str, loras: Sequence[Any]) -> Any:
-        """The text encoder of a checkpoint with LoRAs ``(name, strength_model,
-        strength_clip)`` merged (the model strengths are ignored)."""
-        return self.merged(checkpoint, [(n, 0.0, sc) for n, _, sc in loras])[1]
+        """The (first) text encoder of a checkpoint with LoRAs merged."""
+        return self.component_with_loras(checkpoint, "text_encoder", loras)
 
     def unet_with_loras(self, checkpoint: str, loras: Sequence[Any]) -> Any:
-        """The UNet of a checkpoint with LoRAs ``(name, strength_model, strength_clip)``
-        merged (the CLIP strengths are ignored)."""
-        return self.merged(checkpoint, [(n, sm, 0.0) for n, sm, _ in loras])[0]
+        """The UNet of a checkpoint with LoRAs merged (the CLIP strengths are ignored)."""
+        return self.component_with_loras(checkpoint, "unet", loras)
 
     def lora_factors(self, checkpoint: str, name: str) -> Any:
         """The :class:`~comfyc.compiler.models.lora.LoraFactors` of a LoRA for a checkpoint
@@ -239,7 +254,7 @@ class TorchModelCache:
         if key not in self.loaded:
             loaded = self.checkpoint(checkpoint)
             self.loaded[key] = extract_lora_factors(
-                {"unet": loaded.unet, "text_encoder": loaded.text_encoder}, self.lora(name))
+                {c: getattr(loaded, c, None) for c in _COMPONENTS}, self.lora(name))
         return self.loaded[key]
 
     def lora(self, name: str) -> Any:
@@ -258,26 +273,28 @@ class TorchModelCache:
 class _LayerEncoders(Mapping[int, Any]):
     """Text-encoder stages made on demand for any CLIP layer (torch backend)."""
 
-    def __init__(self, name: str, module: Any) -> None:
+    def __init__(self, name: str, module: Any, info: dict[str, Any] | None = None) -> None:
         self.name = name
         self.module = module
+        self.info = dict(info or {})
         self.made: dict[int, Any] = {}
         self.timer: Any = None
+        self.layers = int(module.config.num_hidden_layers)
 
     def __getitem__(self, layer: int) -> Any:
         from comfyc.runtime.backends.torch import TorchTextEncoder
 
         if layer not in self.made:
-            stage = TorchTextEncoder(f"{self.name}", self.module, layer)
+            stage = TorchTextEncoder(f"{self.name}", self.module, layer, self.info)
             stage.timer = self.timer
             self.made[layer] = stage
         return self.made[layer]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(-1, -25, -1))
+        return iter(range(-1, -self.layers - 1, -1))
 
     def __len__(self) -> int:
-        return 24
+        return self.layers
 
 
 class TorchLoraStage(LoraVariants):
@@ -297,15 +314,18 @@ class TorchLoraStage(LoraVariants):
         slots: Per runtime-mode LoRA, in order: ``(lora name, {weight name: LoraFactor})``.
         wrap: Turns a module into the variant (a stage or a layer mapping).
         info: Facts about the stage.
+        component: The checkpoint component the module is (``unet``, ``text_encoder``,
+            ``text_encoder_2``): which LoRA key space its factors come from.
     """
 
     def __init__(self, name: str, kind: str, module: Any,
                  slots: Sequence[tuple[str, Mapping[str, Any]]], wrap: Callable[[Any], Any],
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, component: str | None = None) -> None:
         super().__init__(name, kind, [lora for lora, _ in slots], self._merged, info)
         self.module = module
         self.slots = list(slots)
         self.wrap = wrap
+        self.component = component or ("unet" if kind == "unet" else "text_encoder")
 
     def _merged(self, strengths: tuple[float, ...]) -> Any:
         import copy
@@ -315,11 +335,27 @@ class TorchLoraStage(LoraVariants):
         module = self.module
         if any(strengths):
             module = copy.deepcopy(module)
-            component = "unet" if self.kind == "unet" else "text_encoder"
             for (_, factors), strength in zip(self.slots, strengths, strict=True):
                 if strength and factors:
-                    _merge_into(module, component, dict(factors), strength)
+                    _merge_into(module, self.component, dict(factors), strength)
         return self.wrap(module)
+
+
+def unet_info(loaded: Any) -> dict[str, Any]:
+    """The UNet stage's facts: prediction type, family, extra inputs (SDXL's ``y``)."""
+    info: dict[str, Any] = {"prediction_type": loaded.prediction_type,
+                            "family": loaded.family,
+                            "out_channels": int(loaded.unet.config.out_channels)}
+    if getattr(loaded, "adm_in_channels", None):
+        info["extra_inputs"] = ["y"]
+        info["adm_in_channels"] = int(loaded.adm_in_channels)
+    return info
+
+
+def model_sampling_spec(loaded: Any) -> dict[str, Any]:
+    """A checkpoint's model sampling as a program describes it (``LoadCheckpoint``)."""
+    prediction = "v_prediction" if loaded.prediction_type == "v_prediction" else "eps"
+    return {"kind": "discrete", "prediction": prediction}
 
 
 class Lowering:
@@ -405,8 +441,7 @@ class Lowering:
 
         name = f"unet_{desc.key()}"
         if name not in self.stages:
-            loaded = self.cache.checkpoint(desc.checkpoint)
-            info = {"prediction_type": loaded.prediction_type}
+            info = unet_info(self.cache.checkpoint(desc.checkpoint))
             module = self.cache.unet_with_loras(desc.checkpoint, desc.loras)
             compile_ = self.compile_stages
             if desc.runtime:
@@ -417,18 +452,27 @@ class Lowering:
                 self.stages[name] = TorchUNet(name, module, info, compile=compile_)
         return name
 
-    def text_stage(self, desc: ModelDesc) -> str:
-        """The text-encoder stage (any CLIP layer) for a CLIP desc."""
-        name = f"text_encoder_{desc.key()}"
-        if name not in self.stages:
-            module = self.cache.text_encoder_with_loras(desc.checkpoint, desc.loras)
+    def text_stages(self, desc: ModelDesc) -> dict[str, str]:
+        """The text-encoder stages (any CLIP layer) of a CLIP desc, by encoder name
+        (``clip_l``, ``clip_g`` …): one per text encoder of the checkpoint."""
+        loaded = self.cache.checkpoint(desc.checkpoint)
+        out = {}
+        for spec in loaded.text_encoders:
+            name = f"{spec.attribute}_{desc.key()}"
+            out[spec.name] = name
+            if name in self.stages:
+                continue
+            module = self.cache.component_with_loras(desc.checkpoint, spec.attribute,
+                                                     desc.loras)
+            info = {"layer_norm": bool(spec.layer_norm_hidden_state), "encoder": spec.name}
             if desc.runtime:
-                self.stages[name] = TorchLoraStage(name, "text_encoder", module,
-                                                   self._slots(desc, "text_encoder"),
-                                                   lambda m: _LayerEncoders(name, m))
+                self.stages[name] = TorchLoraStage(
+                    name, "text_encoder", module, self._slots(desc, spec.attribute),
+                    lambda m, n=name, i=info: _LayerEncoders(n, m, i),
+                    component=spec.attribute)
             else:
-                self.stages[name] = _LayerEncoders(name, module)
-        return name
+                self.stages[name] = _LayerEncoders(name, module, info)
+        return out
 
     def vae_stages(self, key: str, vae: Any) -> tuple[str, str]:
         """Decoder and encoder stages of a VAE module (made once per key)."""

@@ -38,7 +38,6 @@ end token 49407, bigG with 0. On SD1/SD2 the final norm *is* applied to a hidden
 """
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 from collections.abc import Mapping
@@ -164,13 +163,9 @@ def _adm_view(unet: Any) -> Any:
             "the UNet has no text_time addition embedding (addition_embed_type is "
             f"{getattr(unet.config, 'addition_embed_type', None)!r}); expected an SDXL UNet"
         )
-    view = copy.copy(unet)
-    # NOTE: copy.copy shares the module dicts; give the view its own tables before editing.
-    object.__setattr__(view, "_modules", dict(unet._modules))
-    object.__setattr__(view, "_parameters", dict(unet._parameters))
-    object.__setattr__(view, "_buffers", dict(unet._buffers))
-    view._modules["add_time_proj"] = torch.nn.Identity()
-    return view
+    from comfyc.runtime.backends.torch import adm_unet
+
+    return adm_unet(unet).unet
 
 
 class SdxlUNet(torch.nn.Module):

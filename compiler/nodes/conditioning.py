@@ -35,19 +35,39 @@ def constant_clip(value: Any) -> ClipDesc | None:
 
 
 def _fold_text_encode(node: Node, folding: Any) -> bool:
-    """Encode a constant prompt on a constant CLIP and store the conditioning."""
+    """Run a prompt encoding (CLIPTextEncode, CLIPTextEncodeSDXL …) on a constant CLIP whose
+    other inputs are literals, and store the conditioning."""
+    from comfyc.runtime.nodes import registry
+
     if not folding.options.fold_prompts:
         return False
     clip = constant_clip(node.inputs.get("clip"))
-    text = node.inputs.get("text", MISSING)
-    if clip is None or isinstance(text, (Param, Value)) or text is MISSING:
+    if clip is None:
         return False
-    folding.replace_with_constant(node, folding.encode_prompt(clip, str(text)),
-                                  f"{node.class_type} → constant conditioning")
-    return True
+    args: dict[str, Any] = {}
+    for name, value in node.inputs.items():
+        if name == "clip":
+            continue
+        if isinstance(value, (Param, Value)) or value is MISSING:
+            return False
+        args[name] = value
+    schema = folding.catalog.get(node.class_type)
+    for spec in schema.inputs if schema is not None else []:
+        if spec.name not in args and spec.name != "clip":
+            default = spec.effective_default()
+            if default is MISSING:
+                return False
+            args[spec.name] = default
+    (value,) = registry().op(node.class_type)(None, clip=folding.clip_ref(clip), **args)
+    return folding.replace_with_constant(node, value,
+                                         f"{node.class_type} → constant conditioning")
 
+
+_TEXT_ENCODE = CompileRule(fold=_fold_text_encode)
 
 RULES: dict[str, CompileRule] = {
-    "CLIPTextEncode": CompileRule(fold=_fold_text_encode),
+    "CLIPTextEncode": _TEXT_ENCODE,
+    "CLIPTextEncodeSDXL": _TEXT_ENCODE,
+    "CLIPTextEncodeSDXLRefiner": _TEXT_ENCODE,
     "CLIPSetLastLayer": CompileRule(clip_layer_input="stop_at_clip_layer"),
 }

@@ -27,11 +27,23 @@ def _vae_origin(node: Node, output: str) -> tuple[str, ...] | None:
     return ("vae", name) if isinstance(name, str) else None
 
 
+def clip_arg(lowering: Any, desc: Any, stages: dict[str, str]) -> dict[str, Any]:
+    """The ``clip`` argument of ``LoadCheckpoint``: each text encoder's stages and rules."""
+    loaded = lowering.cache.checkpoint(desc.checkpoint)
+    encoders = {}
+    for spec in loaded.text_encoders:
+        encoders[spec.name] = {"stages": {"$stage": stages[spec.name]},
+                               "pad_token": int(spec.pad_token),
+                               "default_layer": int(spec.default_layer),
+                               "pooled": bool(spec.pooled)}
+    return {"order": [spec.name for spec in loaded.text_encoders], "encoders": encoders}
+
+
 def _lower_checkpoint(node: Node, lowering: Any) -> list[Any]:
     """``CheckpointLoaderSimple`` → UNet, text-encoder and VAE stages + ``LoadCheckpoint``."""
     from comfyc.runtime.program import Op
 
-    from ..lowering.program import ModelDesc
+    from ..lowering.program import ModelDesc, model_sampling_spec
 
     name = lowering.const_input(node, "ckpt_name")
     loaded = lowering.load(node, "ckpt_name", lowering.cache.checkpoint)
@@ -39,12 +51,12 @@ def _lower_checkpoint(node: Node, lowering: Any) -> list[Any]:
     dec, enc = lowering.vae_stages(desc.key(), loaded.vae)
     return [Op(node.id, "LoadCheckpoint", {
         "unet": {"$stage": lowering.unet_stage(desc)},
-        "text_encoders": {"$stage": lowering.text_stage(desc)},
+        "clip": clip_arg(lowering, desc, lowering.text_stages(desc)),
         "vae_decoder": {"$stage": dec}, "vae_encoder": {"$stage": enc},
-        "prediction_type": loaded.prediction_type,
+        "model_sampling": model_sampling_spec(loaded),
+        "latent_scale": float(loaded.latent_scale),
         "in_channels": int(loaded.unet.config.in_channels),
-        "default_layer": int(loaded.default_clip_layer),
-        "pad_token": int(loaded.clip_pad_token),
+        "family": loaded.family,
         "name": name,
     }, node.title)]
 
@@ -93,7 +105,8 @@ def _lower_lora(node: Node, lowering: Any) -> list[Any]:
             if desc.runtime:
                 args["unet_strengths"] = {str(i): s for i, s in enumerate(desc.strengths)}
         else:
-            args["text_encoders"] = {"$stage": lowering.text_stage(desc)}
+            args["clip_stages"] = {encoder: {"$stage": stage} for encoder, stage in
+                                   lowering.text_stages(desc).items()}
             if desc.runtime:
                 args["text_strengths"] = {str(i): s for i, s in enumerate(desc.strengths)}
     return [Op(node.id, "ApplyLoRA", args, node.title)]

@@ -210,8 +210,9 @@ def describe_summary(summary: Mapping[str, Any]) -> str:
     return text + ("; " + ", ".join(extra) if extra else "")
 
 
-#: ``encode(clip, text) -> CONDITIONING``: how constant folding evaluates a prompt encoding.
-PromptEncoder = Callable[[Any, str], Any]
+#: ``clip(constant CLIP description) -> runtime CLIP``: what constant folding encodes
+#: prompts with.
+FoldingClip = Callable[[Any], Any]
 
 
 @dataclass
@@ -224,15 +225,15 @@ class PassContext:
         models: The model store constant folding loads text encoders from (a
             :class:`~comfyc.compiler.lowering.program.TorchModelCache`); made from
             ``options.models_dir`` on first use when None.
-        encode_prompt: Overrides how prompt encodings are computed (``comfyc viz`` folds
-            with placeholders instead of running a text encoder).
+        folding_clip: Overrides the CLIP prompt encodings are folded with (``comfyc viz``
+            folds with placeholder stages instead of running a text encoder).
         changes: The change log every pass records into.
     """
 
     catalog: Catalog = field(default_factory=default_catalog)
     options: PassOptions = field(default_factory=PassOptions)
     models: Any = None
-    encode_prompt: PromptEncoder | None = None
+    folding_clip: FoldingClip | None = None
     changes: ChangeLog = field(default_factory=ChangeLog)
 
     def model_store(self) -> Any:

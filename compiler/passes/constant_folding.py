@@ -42,7 +42,7 @@ class ConstantFoldingPass(InPlacePass):
     """Folds prompt encodings, conditioning ops on constants and sigma schedules.
 
     Reads from the context: ``options.fold_prompts``, the model store (text encoders) or
-    ``encode_prompt`` (an override, e.g. placeholders for ``comfyc viz``).
+    ``folding_clip`` (an override, e.g. placeholders for ``comfyc viz``).
     """
 
     name = "constant-folding"
@@ -75,21 +75,27 @@ class ConstantFoldingPass(InPlacePass):
         """The catalogue (fold rules read defaults from it)."""
         return self.context.catalog
 
-    def encode_prompt(self, clip: Any, text: str) -> Any:
-        """A prompt's CONDITIONING on a constant CLIP (see ``constant_clip``)."""
-        if self.context.encode_prompt is not None:
-            return self.context.encode_prompt(clip, text)
+    def clip_ref(self, clip: Any) -> Any:
+        """A runtime CLIP for a constant CLIP description (see ``constant_clip``): torch
+        text-encoder stages at its layer, LoRAs merged — or the context's stand-in
+        (``comfyc viz`` folds with placeholders instead of running a text encoder)."""
+        if self.context.folding_clip is not None:
+            return self.context.folding_clip(clip)
         from comfyc.runtime.backends.torch import TorchTextEncoder
-        from comfyc.runtime.nodes import encode_text
-        from comfyc.runtime.values import ClipRef
+        from comfyc.runtime.values import ClipRef, TextEncoderRef
 
         store = self.context.model_store()
         loaded = store.checkpoint(clip["checkpoint"])
-        module = store.text_encoder_with_loras(clip["checkpoint"], clip["loras"])
-        layer = clip["layer"] if clip["layer"] is not None else loaded.default_clip_layer
-        stage = TorchTextEncoder("text_encoder", module, layer)
-        ref = ClipRef({layer: stage}, layer, loaded.default_clip_layer, loaded.clip_pad_token)
-        return encode_text(ref, text)
+        encoders = []
+        for spec in loaded.text_encoders:
+            module = store.component_with_loras(clip["checkpoint"], spec.attribute,
+                                                clip["loras"])
+            layer = clip["layer"] if clip["layer"] is not None else spec.default_layer
+            stage = TorchTextEncoder(spec.name, module, layer,
+                                     {"layer_norm": bool(spec.layer_norm_hidden_state)})
+            encoders.append(TextEncoderRef(spec.name, {layer: stage}, int(spec.pad_token),
+                                           int(spec.default_layer), bool(spec.pooled)))
+        return ClipRef(tuple(encoders), clip["layer"], family=loaded.family)
 
     def replace_with_constant(self, node: Node, value: Any, detail: str) -> bool:
         """Replace ``node`` (one output) by a folded node reading ``value``; True if done."""

@@ -9,13 +9,13 @@ command line (:func:`comfyc.cli.commands.viz.build_view`) loads workflows and ar
 
 from __future__ import annotations
 
-from .analysis import placeholder_encoding, view_of_artifact, view_of_graph
+from .analysis import placeholder_clip, view_of_artifact, view_of_graph
 from .model import GraphView
 
 __all__ = [
     "FORMATS",
     "GraphView",
-    "placeholder_encoding",
+    "placeholder_clip",
     "render",
     "view_of_artifact",
     "view_of_graph",

@@ -43,11 +43,8 @@ from ..nodes import compile_rule, trace_weights
 from ..passes.base import ChangeLog, PassContext, PassOptions
 from .model import AFTER, BEFORE, BOTH, GraphView, VizEdge, VizNode, VizRow, VizStage
 
-__all__ = ["view_of_artifact", "view_of_graph", "placeholder_encoding"]
+__all__ = ["view_of_artifact", "view_of_graph", "placeholder_clip"]
 
-#: The program argument of a loader op that names each kind's stage.
-_STAGE_ARG = {"unet": "unet", "text_encoder": "text_encoders", "vae_decoder": "vae_decoder",
-              "vae_encoder": "vae_encoder"}
 #: The program input a stage's handle travels through, by stage kind (loader ops and
 #: ApplyLoRA take ``model`` / ``clip``; VAE nodes ``vae``).
 _HANDLE_INPUT = {"unet": "model", "text_encoder": "clip"}
@@ -56,10 +53,20 @@ _MAX_ROW_CHARS = 34
 _MAX_WIDGET_ROWS = 7
 
 
-def placeholder_encoding(clip: Any, text: str) -> list[dict[str, Any]]:
-    """A stand-in prompt encoding: one zero token, enough for every conditioning op."""
-    return [{"cond": np.zeros((1, 1, 1), dtype=np.float32),
-             "pooled_output": np.zeros((1, 1), dtype=np.float32)}]
+def _placeholder_stage(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (np.zeros((ids.shape[0], ids.shape[1], 1), dtype=np.float32),
+            np.zeros((ids.shape[0], 1), dtype=np.float32))
+
+
+def placeholder_clip(clip: Any) -> Any:
+    """A stand-in CLIP whose encodings are zeros (one feature per token): folding decides as
+    it would for real, without model weights."""
+    from comfyc.runtime.values import ClipRef, TextEncoderRef
+
+    layer = clip.get("layer") if isinstance(clip, Mapping) else None
+    layer = -1 if layer is None else layer
+    stages = {layer: _placeholder_stage}
+    return ClipRef((TextEncoderRef("clip_l", stages, 49407, layer, True),), layer)
 
 
 # ------------------------------------------------------------------------------ the fates
@@ -314,6 +321,26 @@ def _add_measurements(stage: VizStage, tuned: Any) -> None:
         stage.detail = "measured median: " + ", ".join(parts)
 
 
+def _stage_holder(args: Mapping[str, Any], kind: str) -> str | None:
+    """The stage an op's arguments name for ``kind``: ``unet`` / ``vae_*`` hold a
+    ``$stage``; a CLIP's first encoder's stages sit under ``clip.encoders`` (LoadCheckpoint)
+    or ``clip_stages`` (ApplyLoRA)."""
+    if kind != "text_encoder":
+        holder = args.get(kind)
+        return str(holder["$stage"]) if isinstance(holder, Mapping) and "$stage" in holder \
+            else None
+    clip = args.get("clip")
+    encoders = clip.get("encoders") if isinstance(clip, Mapping) else None
+    if not isinstance(encoders, Mapping):
+        encoders = {name: {"stages": value}
+                    for name, value in (args.get("clip_stages") or {}).items()}
+    for spec in encoders.values():
+        holder = spec.get("stages") if isinstance(spec, Mapping) else None
+        if isinstance(holder, Mapping) and "$stage" in holder:
+            return str(holder["$stage"])
+    return None
+
+
 def _stage_of(ops: Mapping[str, Any], arg: Any, kind: str, stages: Mapping[str, StageEntry]
               ) -> str | None:
     """Follow a ``$ref`` back to the op that holds this kind's ``$stage``."""
@@ -329,11 +356,12 @@ def _stage_of(ops: Mapping[str, Any], arg: Any, kind: str, stages: Mapping[str, 
         if layer_input is not None and layer is None:
             stop = args.get(layer_input)
             layer = stop if isinstance(stop, int) else None
-        holder = args.get(_STAGE_ARG[kind])
-        if isinstance(holder, Mapping) and "$stage" in holder:
-            name = str(holder["$stage"])
+        name = _stage_holder(args, kind)
+        if name is not None:
             if kind == "text_encoder":
-                return _text_layer_stage(stages, name, layer, args.get("default_layer"))
+                clip = args.get("clip") if isinstance(args.get("clip"), Mapping) else {}
+                first = next(iter((clip.get("encoders") or {}).values()), {})
+                return _text_layer_stage(stages, name, layer, first.get("default_layer"))
             return name
         definition = registry().get(op.get("op", ""))
         follow = None
@@ -394,7 +422,7 @@ def view_of_graph(graph: Graph, catalog: Catalog | None = None, *,
     after = copy.deepcopy(graph)
     context = PassContext(catalog, PassOptions(param_bindings=list(param_bindings or []),
                                                lora_runtime=lora_runtime),
-                          encode_prompt=placeholder_encoding)
+                          folding_clip=placeholder_clip)
     run_pipeline(after, context, fold=True)
     _union(graph, after, catalog, _fates(context.changes), view)
     _workflow_stages(after, view, backend)

@@ -78,10 +78,10 @@ class Stage:
         """Run the stage on numpy inputs."""
         raise NotImplementedError
 
-    def __call__(self, *args: np.ndarray) -> Any:
+    def __call__(self, *args: np.ndarray, **extras: np.ndarray) -> Any:
         start = time.perf_counter()
         try:
-            return self.forward(*args)
+            return self.forward(*args, **extras)
         finally:
             if self.timer is not None:
                 self.timer.add(self.name, time.perf_counter() - start)

@@ -85,6 +85,9 @@ _DTYPES: dict[str, Any] = {
 
 #: Input and output names per stage kind (the exporter's ``STAGE_IO``; kept here too because
 #: the runtime never imports the compiler).
+#: Inputs a stage kind may take beyond its own: SDXL's ADM vector ``y``.
+_EXTRA_INPUTS: dict[str, tuple[str, ...]] = {"unet": ("y",)}
+
 _STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "unet": (("sample", "timestep", "encoder_hidden_states"), ("out_sample",)),
     "text_encoder": (("input_ids",), ("last_hidden_state", "pooled_output")),
@@ -427,17 +430,29 @@ class _OrtStage(Stage):
             raise BackendError(f"{session.path.name} was exported as a {stored} stage, but it "
                                f"is loaded as the {kind} stage {name!r}")
         inputs, outputs = _STAGE_IO[kind]
-        if set(inputs) != set(session.inputs) or set(outputs) - set(session.output_names):
+        extra = [name for name in session.inputs if name not in inputs]
+        if (set(inputs) - set(session.inputs) or set(extra) - set(_EXTRA_INPUTS.get(kind, ()))
+                or set(outputs) - set(session.output_names)):
             raise BackendError(
                 f"{session.path.name} has inputs {list(session.inputs)} and outputs "
-                f"{session.output_names}; a {kind} stage needs inputs {list(inputs)} and "
-                f"outputs {list(outputs)} (export it with comfyc's onnx_export)")
+                f"{session.output_names}; a {kind} stage needs inputs {list(inputs)} (and may "
+                f"take {list(_EXTRA_INPUTS.get(kind, ())) or 'nothing more'}) and outputs "
+                f"{list(outputs)} (export it with comfyc's onnx_export)")
+        #: Inputs beyond the kind's own (SDXL's ``y``), in the file's order.
+        self.extra_inputs = tuple(extra)
         self._outputs = [session.output_names.index(out) for out in outputs]
 
-    def _run(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        """Feed ``arrays`` by the kind's input names; outputs in the kind's order."""
+    def _run(self, *arrays: np.ndarray, **extras: np.ndarray) -> list[np.ndarray]:
+        """Feed ``arrays`` by the kind's input names (and ``extras`` by theirs); outputs in
+        the kind's order."""
         names = _STAGE_IO[self.kind][0]
-        outputs = self.session.run(dict(zip(names, arrays, strict=True)))
+        feed = dict(zip(names, arrays, strict=True))
+        for name in self.extra_inputs:
+            if name not in extras:
+                raise BackendError(f"stage {self.name!r} needs input {name!r}; the program "
+                                   f"gave none")
+            feed[name] = np.ascontiguousarray(extras[name], dtype=np.float32)
+        outputs = self.session.run(feed)
         return [outputs[i] for i in self._outputs]
 
 
@@ -456,8 +471,8 @@ class OrtUNet(_OrtStage):
     def __init__(self, name: str, model: str | Path | OrtSession, **options: Any) -> None:
         super().__init__(name, "unet", model, **options)
 
-    def forward(self, sample: np.ndarray, timestep: np.ndarray, context: np.ndarray
-                ) -> np.ndarray:
+    def forward(self, sample: np.ndarray, timestep: np.ndarray, context: np.ndarray,
+                **extras: np.ndarray) -> np.ndarray:
         batch = sample.shape[0]
         steps = np.asarray(timestep, dtype=np.float32).reshape(-1)
         if steps.size == 1:
@@ -465,7 +480,7 @@ class OrtUNet(_OrtStage):
         elif steps.size != batch:
             raise BackendError(f"unet stage {self.name!r} got {steps.size} timesteps for a batch "
                                f"of {batch}; expected one per sample or one for all")
-        return self._run(sample, steps, context)[0]
+        return self._run(sample, steps, context, **extras)[0]
 
 
 class OrtTextEncoder(_OrtStage):

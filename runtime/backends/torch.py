@@ -15,7 +15,10 @@ import numpy as np
 from .base import BackendError, Stage
 
 __all__ = ["require_torch", "require_cuda", "TorchUNet", "TorchTextEncoder", "TorchVaeDecoder",
-           "TorchVaeEncoder"]
+           "TorchVaeEncoder", "adm_unet", "ADM_TIME_EMBED_DIM"]
+
+#: Width of each sinusoidal size embedding in SDXL's ADM vector ``y``.
+ADM_TIME_EMBED_DIM = 256
 
 
 def require_torch() -> Any:
@@ -75,29 +78,82 @@ class _TorchStage(Stage):
         return tensor.detach().float().cpu().numpy()
 
 
+def adm_unet(unet: Any) -> Any:
+    """An SDXL diffusers UNet called as ComfyUI calls its UNet: ``(x, t, context, y)``.
+
+    diffusers' text_time path computes ``add_embedding(concat(text_embeds,
+    add_time_proj(time_ids)))``; a view of the UNet that shares every weight but whose
+    ``add_time_proj`` is the identity, given the two halves of ComfyUI's ADM vector ``y``,
+    computes ``add_embedding(y)`` — ldm's ``label_emb(y)`` — and the rest of the forward is
+    diffusers' own. Returns a torch module (its state-dict keys are ``unet.<diffusers name>``).
+    """
+    import copy
+
+    torch = require_torch()
+    if getattr(unet.config, "addition_embed_type", None) != "text_time":
+        raise BackendError("the UNet has no text_time addition embedding; only SDXL UNets take "
+                           "an ADM vector y")
+    view = copy.copy(unet)
+    # NOTE: copy.copy shares the module tables; give the view its own before editing one.
+    object.__setattr__(view, "_modules", dict(unet._modules))
+    object.__setattr__(view, "_parameters", dict(unet._parameters))
+    object.__setattr__(view, "_buffers", dict(unet._buffers))
+    view._modules["add_time_proj"] = torch.nn.Identity()
+    width = int(unet.config.projection_class_embeddings_input_dim)
+
+    class _AdmUNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unet = view
+            self.adm_in_channels = width
+
+        def forward(self, x: Any, t: Any, context: Any, y: Any, **kwargs: Any) -> Any:
+            # NOTE: the split point is immaterial: the halves are concatenated back unchanged.
+            split = width - ADM_TIME_EMBED_DIM
+            added = {"text_embeds": y[:, :split], "time_ids": y[:, split:]}
+            return self.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added,
+                             return_dict=False, **kwargs)[0]
+
+    return _AdmUNet()
+
+
 class TorchUNet(_TorchStage):
-    """``unet(sample, timestep, context) -> eps|v`` on a diffusers UNet2DConditionModel."""
+    """``unet(sample, timestep, context, **extras) -> eps|v`` on a diffusers
+    UNet2DConditionModel; an SDXL UNet (``info["extra_inputs"] == ["y"]``) takes the ADM
+    vector ``y`` as ComfyUI's does (:func:`adm_unet`)."""
 
     def __init__(self, name: str, module: Any, info: dict[str, Any] | None = None,
                  compile: bool = False, device: str = "cpu") -> None:
+        info = dict(info or {})
+        self.extra_inputs = tuple(info.get("extra_inputs") or ())
+        if "y" in self.extra_inputs and not hasattr(module, "adm_in_channels"):
+            module = adm_unet(module)
         super().__init__(name, "unet", module, info, compile, device)
 
-    def forward(self, sample: np.ndarray, timestep: np.ndarray, context: np.ndarray
-                ) -> np.ndarray:
+    def forward(self, sample: np.ndarray, timestep: np.ndarray, context: np.ndarray,
+                **extras: np.ndarray) -> np.ndarray:
+        missing = [name for name in self.extra_inputs if name not in extras]
+        if missing:
+            raise BackendError(f"unet stage {self.name!r} needs input(s) {missing}; the "
+                               f"conditioning has no pooled output for them")
         with self.torch.inference_mode():
-            out = self.call(self._tensor(sample),
-                            self.torch.from_numpy(np.asarray(timestep, dtype=np.float32)
-                                                  ).to(self.device),
-                            encoder_hidden_states=self._tensor(context), return_dict=False)[0]
+            t = self.torch.from_numpy(np.asarray(timestep, dtype=np.float32)).to(self.device)
+            if self.extra_inputs:
+                more = {name: self._tensor(extras[name]) for name in self.extra_inputs}
+                out = self.call(self._tensor(sample), t, self._tensor(context), **more)
+            else:
+                out = self.call(self._tensor(sample), t,
+                                encoder_hidden_states=self._tensor(context), return_dict=False)[0]
         return self._numpy(out)
 
 
 class TorchTextEncoder(_TorchStage):
     """``text_encoder(input_ids) -> (hidden, pooled)`` at a fixed CLIP layer.
 
-    ComfyUI's CLIPSetLastLayer(n) takes hidden layer ``n`` (−1 last, −2 penultimate …) and
-    applies the final layer norm to it (``comfy/sd1_clip.py``, ``layer="hidden"`` with
-    ``layer_norm_hidden_state=True``).
+    ComfyUI's CLIPSetLastLayer(n) takes hidden layer ``n`` (−1 last, −2 penultimate …); SD1/SD2
+    apply the final layer norm to it (``layer_norm_hidden_state=True``), SDXL's encoders do not
+    (``info["layer_norm"] = False``). The pooled output is CLIP's pooled output, projected by the
+    text projection when the module has one (SDXL's OpenCLIP bigG).
     """
 
     def __init__(self, name: str, module: Any, layer: int = -1,
@@ -108,7 +164,7 @@ class TorchTextEncoder(_TorchStage):
         self.layer = layer
         # transformers 4 nests the layers under .text_model; transformers 5 does not.
         inner = getattr(module, "text_model", module)
-        self.final_norm = inner.final_layer_norm
+        self.final_norm = inner.final_layer_norm if self.info.get("layer_norm", True) else None
 
     def forward(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
@@ -117,8 +173,12 @@ class TorchTextEncoder(_TorchStage):
             out = self.call(input_ids=ids, output_hidden_states=True, return_dict=True)
             layers = len(out.hidden_states) - 1
             index = self.layer if -layers <= self.layer < 0 else -1
-            hidden = self.final_norm(out.hidden_states[index])
-            pooled = out.pooler_output
+            hidden = out.hidden_states[index]
+            if self.final_norm is not None:
+                hidden = self.final_norm(hidden)
+            pooled = getattr(out, "text_embeds", None)
+            if pooled is None:
+                pooled = out.pooler_output
         return self._numpy(hidden), self._numpy(pooled)
 
 

@@ -312,7 +312,10 @@ class TrtStage(Stage):
             outputs.append(tensor)
         return inputs, outputs
 
-    def forward(self, *arrays: np.ndarray) -> Any:
+    def forward(self, *arrays: np.ndarray, **extras: np.ndarray) -> Any:
+        # NOTE: extra inputs (SDXL's y) follow the kind's own in the engine's input order.
+        arrays = (*arrays, *(extras[name] for name in self.input_names[len(arrays):]
+                             if name in extras))
         if len(arrays) != len(self.input_names):
             raise BackendError(f"stage {self.name}: {len(arrays)} inputs given, the engine "
                                f"takes {len(self.input_names)} ({', '.join(self.input_names)})")

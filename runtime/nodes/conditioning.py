@@ -8,14 +8,27 @@ prompts are fixed ships stored tensors instead of a text encoder.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ProgramError
-from ..values import ClipRef
+from ..values import ClipRef, TextEncoderRef
 from .registry import NodeDef, StageCall, lazy_op
-from .schema import combo, float_input, int_input, link, optional_link, outputs, schema
+from .schema import (
+    MAX_RESOLUTION,
+    combo,
+    float_input,
+    int_input,
+    link,
+    optional_link,
+    outputs,
+    schema,
+)
 from .schema import string_input as string
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["NODES", "encode_text"]
 
@@ -27,14 +40,76 @@ _NOT_YET_CONTROL = ("ControlNet and T2I-Adapter models are not supported by comf
 _TOKENIZERS: dict[tuple[int, str | None], Any] = {}
 
 
-def encode_text(clip: ClipRef, text: str, vocab_path: str | None = None
-                ) -> list[dict[str, Any]]:
-    """ComfyUI's CLIPTextEncode: weighted, chunked, batched encoding.
+def _tokenizer(pad_token: int, vocab_path: str | None) -> Any:
+    from ..tokenizer import ClipTokenizer
 
-    Follows ``comfy/sd1_clip.py`` ``encode_token_weights``: all 77-token chunks are encoded in
-    one batch; when any weight differs from 1 an all-padding "empty" sequence is encoded too
-    and each token becomes ``z_empty + w · (z − z_empty)``; chunks are concatenated along the
-    token axis; the pooled output comes from the first chunk.
+    key = (pad_token, vocab_path)
+    tokenizer = _TOKENIZERS.get(key)
+    if tokenizer is None:
+        tokenizer = _TOKENIZERS[key] = ClipTokenizer(vocab_path, pad_token=pad_token)
+    return tokenizer
+
+
+def _tokens(encoder: TextEncoderRef, text: str, vocab_path: str | None) -> list[Any]:
+    """``SDTokenizer.tokenize_with_weights``: 77-token chunks of ``(token, weight)``."""
+    from ..tokenizer import EmbeddingRef
+
+    chunks = _tokenizer(encoder.pad_token, vocab_path).tokenize_weighted(text)
+    if any(isinstance(t, EmbeddingRef) for chunk in chunks for t, _ in chunk):
+        raise ProgramError("textual-inversion embeddings (embedding:NAME) are not supported by "
+                           "this runtime path yet; remove them from the prompt")
+    return chunks
+
+
+def _encode_chunks(clip: ClipRef, encoder: TextEncoderRef, chunks: list[Any]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """One encoder's ``encode_token_weights`` (``comfy/sd1_clip.py``): ``(cond, pooled)``.
+
+    All 77-token chunks are encoded in one batch; when any weight differs from 1 an
+    all-padding "empty" sequence is encoded too and each token becomes
+    ``z_empty + w · (z − z_empty)``; chunks are concatenated along the token axis; the pooled
+    output comes from the first chunk.
+    """
+    import numpy as np
+
+    layer = clip.layer_of(encoder)
+    stage = encoder.stages.get(layer)
+    if stage is None:
+        raise ProgramError(f"no {encoder.name} text encoder for CLIP layer {layer}; this "
+                           f"program has layers {sorted(encoder.stages)}")
+    ids = np.array([[t for t, _ in chunk] for chunk in chunks], dtype=np.int64)
+    weights = np.array([[w for _, w in chunk] for chunk in chunks], dtype=np.float32)
+    has_weights = bool(np.any(weights != 1.0))
+    if has_weights:
+        empty = np.full((1, ids.shape[1]), encoder.pad_token, dtype=np.int64)
+        empty[0, 0], empty[0, 1] = 49406, 49407
+        ids = np.concatenate([ids, empty])
+    hidden, pooled = stage(ids)
+    hidden = np.asarray(hidden, dtype=np.float32)
+    if has_weights:
+        z_empty = hidden[-1]
+        hidden = hidden[:-1]
+        hidden = z_empty[None] + weights[:, :, None] * (hidden - z_empty[None])
+    cond = hidden.reshape(1, -1, hidden.shape[-1]).astype(np.float32)
+    return cond, np.asarray(pooled[:1], dtype=np.float32)
+
+
+def encode_text(clip: ClipRef, text: str, vocab_path: str | None = None, *,
+                texts: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """ComfyUI's CLIPTextEncode: weighted, chunked, batched encoding by every encoder.
+
+    Each encoder encodes the prompt with its own tokenizer rules (pad token) at the CLIP
+    layer; their outputs are concatenated along the feature axis (SDXL: clip_l's 768 then
+    clip_g's 1280, cut to the shorter token count, as ``SDXLClipModel``); the pooled output is
+    the pooled encoder's (SDXL: clip_g's projected pooled output).
+
+    Args:
+        clip: The CLIP.
+        text: The prompt.
+        vocab_path: The CLIP vocabulary (None: the packaged one).
+        texts: Per-encoder prompts by encoder name (``CLIPTextEncodeSDXL``'s ``text_g`` and
+            ``text_l``); an encoder whose chunks are fewer gets empty chunks appended, as
+            ComfyUI pads them.
 
     Raises:
         ProgramError: The CLIP has no encoder for its layer, or the prompt uses a
@@ -42,41 +117,52 @@ def encode_text(clip: ClipRef, text: str, vocab_path: str | None = None
     """
     import numpy as np
 
-    from ..tokenizer import ClipTokenizer, EmbeddingRef
+    if not clip.encoders:
+        raise ProgramError("this CLIP has no text encoder stage (it was not compiled in); "
+                           "compile the workflow again")
+    chunks = {e.name: _tokens(e, (texts or {}).get(e.name, text), vocab_path)
+              for e in clip.encoders}
+    longest = max(len(c) for c in chunks.values())
+    for encoder in clip.encoders:
+        missing = longest - len(chunks[encoder.name])
+        if missing:
+            chunks[encoder.name] = chunks[encoder.name] + _tokens(encoder, "", vocab_path) * missing
+    outputs = [_encode_chunks(clip, e, chunks[e.name]) for e in clip.encoders]
+    tokens = min(cond.shape[1] for cond, _ in outputs)
+    cond = np.concatenate([c[:, :tokens] for c, _ in outputs], axis=-1)
+    pooled = next((p for (_, p), e in zip(reversed(outputs), reversed(clip.encoders))
+                   if e.pooled), outputs[-1][1])
+    return [{"cond": np.ascontiguousarray(cond, dtype=np.float32), "pooled_output": pooled}]
 
-    key = (clip.pad_token, vocab_path)
-    tokenizer = _TOKENIZERS.get(key)
-    if tokenizer is None:
-        tokenizer = _TOKENIZERS[key] = ClipTokenizer(vocab_path, pad_token=clip.pad_token)
-    chunks = tokenizer.tokenize_weighted(text)
-    layer = clip.effective_layer
-    encoder = clip.encoders.get(layer)
-    if encoder is None:
-        raise ProgramError(f"no text encoder for CLIP layer {layer}; this program has layers "
-                           f"{sorted(clip.encoders)}")
-    ids = np.array([[t if isinstance(t, int) else 0 for t, _ in chunk] for chunk in chunks],
-                   dtype=np.int64)
-    if any(isinstance(t, EmbeddingRef) for chunk in chunks for t, _ in chunk):
-        raise ProgramError("textual-inversion embeddings (embedding:NAME) are not supported by "
-                           "this runtime path yet; remove them from the prompt")
-    weights = np.array([[w for _, w in chunk] for chunk in chunks], dtype=np.float32)
-    has_weights = bool(np.any(weights != 1.0))
-    if has_weights:
-        empty = np.full((1, ids.shape[1]), clip.pad_token, dtype=np.int64)
-        empty[0, 0], empty[0, 1] = 49406, 49407
-        ids = np.concatenate([ids, empty])
-    hidden, pooled = encoder(ids)
-    hidden = np.asarray(hidden, dtype=np.float32)
-    if has_weights:
-        z_empty = hidden[-1]
-        hidden = hidden[:-1]
-        hidden = z_empty[None] + weights[:, :, None] * (hidden - z_empty[None])
-    cond = hidden.reshape(1, -1, hidden.shape[-1]).astype(np.float32)
-    return [{"cond": cond, "pooled_output": np.asarray(pooled[:1], dtype=np.float32)}]
+
+def _vocab(ctx: Any) -> str | None:
+    return ctx.vocab_path if ctx is not None else None
 
 
 def _clip_text_encode(ctx: Any, *, text: str, clip: ClipRef) -> tuple[Any, ...]:
-    return (encode_text(clip, text, ctx.vocab_path if ctx is not None else None),)
+    return (encode_text(clip, text, _vocab(ctx)),)
+
+
+def _clip_text_encode_sdxl(ctx: Any, *, clip: ClipRef, width: int = 1024, height: int = 1024,
+                           crop_w: int = 0, crop_h: int = 0, target_width: int = 1024,
+                           target_height: int = 1024, text_g: str = "", text_l: str = ""
+                           ) -> tuple[Any, ...]:
+    """``CLIPTextEncodeSDXL``: text_g to clip_g, text_l to clip_l, and the size conditioning
+    (``comfy_extras/nodes_clip_sdxl.py``)."""
+    entries = encode_text(clip, text_g, _vocab(ctx), texts={"clip_g": text_g, "clip_l": text_l})
+    sizes = {"width": int(width), "height": int(height), "crop_w": int(crop_w),
+             "crop_h": int(crop_h), "target_width": int(target_width),
+             "target_height": int(target_height)}
+    return ([{**e, **sizes} for e in entries],)
+
+
+def _clip_text_encode_refiner(ctx: Any, *, clip: ClipRef, ascore: float = 6.0,
+                              width: int = 1024, height: int = 1024, text: str = ""
+                              ) -> tuple[Any, ...]:
+    """``CLIPTextEncodeSDXLRefiner``: the prompt and the aesthetic score and size."""
+    entries = encode_text(clip, text, _vocab(ctx))
+    extra = {"aesthetic_score": float(ascore), "width": int(width), "height": int(height)}
+    return ([{**e, **extra} for e in entries],)
 
 
 def _clip_set_last_layer(ctx: Any, *, clip: ClipRef, stop_at_clip_layer: int
@@ -100,6 +186,24 @@ NODES: list[NodeDef] = [
         string("text", multiline=True, dynamic_prompts=True), link("clip", "CLIP"),
     ], outputs(_COND), "CLIP Text Encode (Prompt)", "conditioning"),
         run=_clip_text_encode, calls=(StageCall("text_encoder", "clip"),)),
+    NodeDef(schema("CLIPTextEncodeSDXL", [
+        link("clip", "CLIP"),
+        int_input("width", 1024, 0, MAX_RESOLUTION), int_input("height", 1024, 0, MAX_RESOLUTION),
+        int_input("crop_w", 0, 0, MAX_RESOLUTION), int_input("crop_h", 0, 0, MAX_RESOLUTION),
+        int_input("target_width", 1024, 0, MAX_RESOLUTION),
+        int_input("target_height", 1024, 0, MAX_RESOLUTION),
+        string("text_g", multiline=True, dynamic_prompts=True),
+        string("text_l", multiline=True, dynamic_prompts=True),
+    ], outputs(_COND), "CLIP Text Encode (SDXL)", "advanced/conditioning",
+        python_module="comfy_extras.nodes_clip_sdxl"),
+        run=_clip_text_encode_sdxl, calls=(StageCall("text_encoder", "clip"),)),
+    NodeDef(schema("CLIPTextEncodeSDXLRefiner", [
+        float_input("ascore", 6.0, 0.0, 1000.0, 0.01),
+        int_input("width", 1024, 0, MAX_RESOLUTION), int_input("height", 1024, 0, MAX_RESOLUTION),
+        string("text", multiline=True, dynamic_prompts=True), link("clip", "CLIP"),
+    ], outputs(_COND), "CLIP Text Encode (SDXL Refiner)", "advanced/conditioning",
+        python_module="comfy_extras.nodes_clip_sdxl"),
+        run=_clip_text_encode_refiner, calls=(StageCall("text_encoder", "clip"),)),
     _cond_op("ConditioningCombine", [link("conditioning_1", _COND),
                                      link("conditioning_2", _COND)],
              "conditioning_combine", "Conditioning (Combine)"),

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..values import ClipRef, ModelRef, VaeRef
+from ..values import ClipRef, ModelRef, TextEncoderRef, VaeRef
 from .registry import NodeDef, OpFn
 from .schema import files, float_input, link, outputs, schema
 
-__all__ = ["NODES", "PROGRAM_OPS"]
+__all__ = ["NODES", "PROGRAM_OPS", "clip_from_args"]
 
 _NOT_YET_CONTROL = ("ControlNet and T2I-Adapter models are not supported by comfyc yet; run "
                     "this workflow in ComfyUI or remove the ControlNet nodes")
@@ -25,24 +25,47 @@ _NOT_YET_UPSCALE = ("upscale models (ESRGAN, SwinIR …) are not supported by co
 
 
 # ------------------------------------------------------------------------ program ops
-def load_checkpoint(ctx: Any, *, unet: Any, text_encoders: Any, vae_decoder: Any = None,
-                    vae_encoder: Any = None, prediction_type: str = "epsilon",
-                    latent_scale: float = 0.18215, in_channels: int = 4,
-                    default_layer: int = -1, pad_token: int = 49407, name: str = ""
+def _layers(stages: Any) -> Any:
+    """A CLIP layer → stage mapping (JSON keys are strings in artifacts; the torch path
+    passes a mapping that makes a stage for any layer on demand)."""
+    if isinstance(stages, dict):
+        return {int(k): v for k, v in stages.items()}
+    return stages if stages is not None else {}
+
+
+def clip_from_args(clip: Mapping[str, Any], name: str = "", family: str = "sd1") -> ClipRef:
+    """A :class:`ClipRef` from a ``LoadCheckpoint`` op's ``clip`` argument.
+
+    ``{"order": ["clip_l", "clip_g"], "encoders": {"clip_l": {"stages": …, "pad_token",
+    "default_layer", "pooled"}, …}}``.
+    """
+    encoders = clip.get("encoders") or {}
+    order = clip.get("order") or list(encoders)
+    refs = []
+    for key in order:
+        spec = encoders[key]
+        refs.append(TextEncoderRef(str(key), _layers(spec.get("stages")),
+                                   int(spec.get("pad_token", 49407)),
+                                   int(spec.get("default_layer", -1)),
+                                   bool(spec.get("pooled", True))))
+    return ClipRef(tuple(refs), None, {}, name, family)
+
+
+def load_checkpoint(ctx: Any, *, unet: Any, clip: Mapping[str, Any], vae_decoder: Any = None,
+                    vae_encoder: Any = None, model_sampling: Any = None,
+                    latent_scale: float = 0.18215, latent_shift: float = 0.0,
+                    in_channels: int = 4, family: str = "sd1", name: str = ""
                     ) -> tuple[Any, ...]:
     """``LoadCheckpoint``: MODEL, CLIP and VAE handles over a checkpoint's stages.
 
-    ``text_encoders`` maps CLIP layers to stages (JSON keys are strings in artifacts; the
-    torch path passes a mapping that makes a stage for any layer on demand). A stage the
-    workflow never calls directly is None (an artifact ships no file for it), e.g. the
-    checkpoint's own UNet when only a LoRA'd copy samples: the handles still carry the
-    model's facts for ApplyLoRA, which swaps in its stages.
+    A stage the workflow never calls directly is None (an artifact ships no file for it),
+    e.g. the checkpoint's own UNet when only a LoRA'd copy samples: the handles still carry
+    the model's facts for ApplyLoRA, which swaps in its stages.
     """
-    encoders = (text_encoders if not isinstance(text_encoders, dict)
-                else {int(k): v for k, v in text_encoders.items()})
     return (
-        ModelRef(unet, prediction_type, latent_scale, in_channels, name),
-        ClipRef(encoders or {}, None, default_layer, pad_token, {}, name),
+        ModelRef(unet, model_sampling, float(latent_scale), int(in_channels), name, family,
+                 float(latent_shift)),
+        clip_from_args(clip, name, family),
         VaeRef(vae_decoder, vae_encoder, name),
     )
 
@@ -59,7 +82,7 @@ def _strength_tuple(values: Mapping[str, Any]) -> tuple[float, ...]:
 
 
 def apply_lora(ctx: Any, *, model: ModelRef | None = None, clip: ClipRef | None = None,
-               unet: Any = None, text_encoders: Any = None,
+               unet: Any = None, clip_stages: Mapping[str, Any] | None = None,
                unet_strengths: Mapping[str, Any] | None = None,
                text_strengths: Mapping[str, Any] | None = None, **_: Any) -> tuple[Any, ...]:
     """``ApplyLoRA``: swap in the stages of a LoRA'd model.
@@ -67,20 +90,24 @@ def apply_lora(ctx: Any, *, model: ModelRef | None = None, clip: ClipRef | None 
     Merged LoRAs were folded into new stages at compile time. Runtime-mode LoRAs come as
     stages with LoRA slots; ``*_strengths`` hold one strength per slot (every runtime-mode
     LoRA on the way from the checkpoint to here), and the stage for those strengths (a
-    session with merged weights, cached) is swapped in.
+    session with merged weights, cached) is swapped in. ``clip_stages`` has the new stages
+    of each text encoder by its name.
     """
     from ..lora import with_strengths
 
     if unet is not None and unet_strengths is not None:
         unet = with_strengths(unet, _strength_tuple(unet_strengths))
-    if text_encoders and text_strengths is not None:
-        text_encoders = with_strengths(text_encoders, _strength_tuple(text_strengths))
     new_model = replace(model, unet=unet) if model is not None and unet is not None else model
     new_clip = clip
-    if clip is not None and text_encoders:
-        encoders = (text_encoders if not isinstance(text_encoders, dict)
-                    else {int(k): v for k, v in text_encoders.items()})
-        new_clip = replace(clip, encoders=encoders)
+    if clip is not None and clip_stages:
+        encoders = []
+        for encoder in clip.encoders:
+            stages = clip_stages.get(encoder.name)
+            if stages is not None and text_strengths is not None:
+                stages = with_strengths(stages, _strength_tuple(text_strengths))
+            encoders.append(encoder if stages is None else
+                            replace(encoder, stages=_layers(stages)))
+        new_clip = replace(clip, encoders=tuple(encoders))
     return new_model, new_clip
 
 

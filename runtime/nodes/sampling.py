@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
     from ..values import ModelRef
 
-__all__ = ["NODES", "SAMPLER_NAMES", "SCHEDULER_NAMES", "advanced_schedule"]
+__all__ = ["NODES", "SAMPLER_NAMES", "SCHEDULER_NAMES", "advanced_schedule", "denoiser_for",
+           "progress_callback"]
 
 #: ``KSampler.SAMPLERS`` in ComfyUI's combo order (``comfy/samplers.py``).
 SAMPLER_NAMES: tuple[str, ...] = (
@@ -43,12 +44,41 @@ SCHEDULER_NAMES: tuple[str, ...] = (
 
 
 def advanced_schedule(scheduler: str, steps: int, sampler_name: str, start_at_step: int,
-                      end_at_step: int, leftover: bool) -> np.ndarray | None:
+                      end_at_step: int, leftover: bool, model_sampling: Any = None
+                      ) -> np.ndarray | None:
     """KSamplerAdvanced's sigmas: the full schedule cut to the step window."""
     from ..schedules import advanced_sigmas, ksampler_sigmas
 
-    full = ksampler_sigmas(scheduler, steps, sampler_name, 1.0)
+    full = ksampler_sigmas(scheduler, steps, sampler_name, 1.0, schedule=model_sampling)
     return advanced_sigmas(full, start_at_step, end_at_step, leftover)
+
+
+def denoiser_for(model: ModelRef, positive: list[dict[str, Any]],
+                 negative: list[dict[str, Any]] | None, cfg: float,
+                 latent_shape: Any) -> Any:
+    """The CFG denoiser of a MODEL: its stage, model sampling and extra model inputs."""
+    from ..cfg import make_denoiser
+    from ..families import model_conds
+
+    if model.unet is None:
+        raise ProgramError(f"the MODEL from {model.name or 'the checkpoint'} has no UNet stage in "
+                           f"this program (it was not compiled in); compile the workflow again")
+    return make_denoiser(model.unet, positive, negative, float(cfg), latent_shape,
+                         model_sampling=model.sampling, model_conds=model_conds(model.family))
+
+
+def progress_callback(ctx: Any) -> Any:
+    """``callback(step, x0, x, total)`` reporting a sampler's steps and previews to ``ctx``."""
+    op = ctx.current
+    label = f"#{op.id} {op.title or op.op}" if op else "sampling"
+
+    def callback(step: int, x0: Any, x: Any, total: int) -> None:
+        if ctx.preview is not None:
+            ctx.preview(x0)
+        if ctx.progress is not None:
+            ctx.progress(label, step + 1, total)
+
+    return callback
 
 
 def _sample(ctx: Any, model: ModelRef, seed: int, cfg: float, sampler_name: str,
@@ -57,27 +87,14 @@ def _sample(ctx: Any, model: ModelRef, seed: int, cfg: float, sampler_name: str,
             ) -> tuple[Any, ...]:
     import numpy as np
 
-    from ..cfg import make_denoiser
     from ..samplers import ksampler
 
-    if model.unet is None:
-        raise ProgramError(f"the MODEL from {model.name or 'the checkpoint'} has no UNet stage in "
-                           f"this program (it was not compiled in); compile the workflow again")
     samples = np.asarray(latent["samples"], dtype=np.float32)
-    denoiser = make_denoiser(model.unet, positive, negative, float(cfg), samples.shape,
-                             prediction_type=model.prediction_type)
-    op = ctx.current
-    label = f"#{op.id} {op.title or op.op}" if op else "sampling"
-
-    def callback(step: int, x0: np.ndarray, x: np.ndarray, total: int) -> None:
-        if ctx.preview is not None:
-            ctx.preview(x0)
-        if ctx.progress is not None:
-            ctx.progress(label, step + 1, total)
-
+    denoiser = denoiser_for(model, positive, negative, cfg, samples.shape)
     out = ksampler(denoiser, samples, int(seed), sigmas, sampler_name, add_noise=add_noise,
                    batch_index=latent.get("batch_index"), noise_mask=latent.get("noise_mask"),
-                   latent_scale=model.latent_scale, callback=callback)
+                   latent_scale=model.latent_scale, latent_shift=model.latent_shift,
+                   model_sampling=model.sampling, callback=progress_callback(ctx))
     result = dict(latent)
     result["samples"] = out
     return (result,)
@@ -92,7 +109,8 @@ def _ksampler(ctx: Any, *, model: ModelRef, seed: int, steps: int, cfg: float,
     from ..schedules import ksampler_sigmas
 
     if sigmas is None:
-        sigmas = ksampler_sigmas(scheduler, int(steps), sampler_name, float(denoise))
+        sigmas = ksampler_sigmas(scheduler, int(steps), sampler_name, float(denoise),
+                                 schedule=model.sampling)
     return _sample(ctx, model, seed, cfg, sampler_name, positive, negative, latent_image,
                    np.asarray(sigmas, dtype=np.float32))
 
@@ -107,7 +125,8 @@ def _ksampler_advanced(ctx: Any, *, model: ModelRef, add_noise: str, noise_seed:
 
     if sigmas is None:
         sigmas = advanced_schedule(scheduler, int(steps), sampler_name, int(start_at_step),
-                                   int(end_at_step), return_with_leftover_noise == "enable")
+                                   int(end_at_step), return_with_leftover_noise == "enable",
+                                   model.sampling)
     return _sample(ctx, model, noise_seed, cfg, sampler_name, positive, negative, latent_image,
                    None if sigmas is None else np.asarray(sigmas, dtype=np.float32),
                    add_noise=add_noise == "enable")
@@ -115,11 +134,11 @@ def _ksampler_advanced(ctx: Any, *, model: ModelRef, add_noise: str, noise_seed:
 
 def _model_sampling_discrete(ctx: Any, *, model: ModelRef, sampling: str, zsnr: bool = False
                              ) -> tuple[Any, ...]:
-    kinds = {"eps": "epsilon", "v_prediction": "v_prediction"}
-    if sampling not in kinds or zsnr:
-        raise ProgramError(f"ModelSamplingDiscrete sampling={sampling!r} zsnr={zsnr} is not "
-                           f"supported yet; supported: sampling eps or v_prediction, zsnr off")
-    return (replace(model, prediction_type=kinds[sampling]),)
+    if sampling not in ("eps", "v_prediction"):
+        raise ProgramError(f"ModelSamplingDiscrete sampling={sampling!r} is not supported yet; "
+                           f"supported: eps and v_prediction (with or without zsnr)")
+    spec = {"kind": "discrete", "prediction": sampling, "zsnr": bool(zsnr)}
+    return (replace(model, model_sampling=spec),)
 
 
 _UNET = (StageCall("unet", "model"),)

@@ -47,9 +47,12 @@ def _ref(node: str, index: int) -> dict[str, Any]:
 def _ops() -> list[dict[str, Any]]:
     return [
         {"id": "1", "op": "LoadCheckpoint", "args": {
-            "unet": {"$stage": "unet_abc"}, "text_encoders": {"$stage": "text_encoder_abc"},
+            "unet": {"$stage": "unet_abc"},
+            "clip": {"order": ["clip_l"], "encoders": {"clip_l": {
+                "stages": {"$stage": "text_encoder_abc"}, "pad_token": 49407,
+                "default_layer": -1, "pooled": True}}},
             "vae_decoder": {"$stage": "vae_decoder_abc"},
-            "vae_encoder": {"$stage": "vae_encoder_abc"}, "default_layer": -1,
+            "vae_encoder": {"$stage": "vae_encoder_abc"},
             "name": "tiny-digits.safetensors"}},
         {"id": "2", "op": "CLIPTextEncode", "args": {"text": {"$param": "prompt"},
                                                      "clip": _ref("1", 1)}},
