@@ -22,6 +22,8 @@ $(STAMP): $(PY) constraints.txt pyproject.toml setup.py
 	@# (it would pull a CUDA torch); see ../shared/reference/spikes.md §2.
 	$(PIP) install --quiet -c constraints.txt --no-deps k-diffusion
 	$(PIP) install --quiet -c constraints.txt torchsde torchdiffeq tqdm
+	@# spandrel (the upscale-model oracle) declares torchvision, which would pull a CUDA torch.
+	$(PIP) install --quiet -c constraints.txt --no-deps spandrel einops
 	@rm -f $(VENV)/.stamp-*
 	@touch $@
 

@@ -65,6 +65,8 @@ class CompileOptions:
         param_bindings: ``NODE.INPUT=NAME`` inputs to make runtime params.
         models_dir: The models folder.
         input_dir: Where LoadImage finds files while probing.
+        output_dir: The output folder LoadImage's ``"name [output]"`` pictures come from
+            while probing (None: such names are not found).
         optimize: Save onnxruntime's offline-optimised model when it helps.
         fold: Run constant folding.
         quantize: ``int8``: dynamic int8 quantisation of ``quantize_stages`` (ONNX stages).
@@ -84,6 +86,7 @@ class CompileOptions:
     param_bindings: list[str] = field(default_factory=list)
     models_dir: str | None = None
     input_dir: str = "input"
+    output_dir: str | None = None
     optimize: bool = True
     fold: bool = True
     quantize: str | None = None
@@ -187,7 +190,7 @@ class _RecordingLoraLayers(_RecordingLayers):
         return self
 
 
-def _probe(program: Any, input_dir: str) -> dict[str, Any]:
+def _probe(program: Any, input_dir: str, output_dir: str | None = None) -> dict[str, Any]:
     """Run the program once with recording stages; returns the recorders by stage name."""
     recorders: dict[str, Any] = {}
     originals = dict(program.stages)
@@ -202,7 +205,7 @@ def _probe(program: Any, input_dir: str) -> dict[str, Any]:
         recorders[name] = rec
         program.stages[name] = rec
     try:
-        program.run({}, input_dir=input_dir, save=False)
+        program.run({}, input_dir=input_dir, output_dir=output_dir, save=False)
     finally:
         program.stages.update(originals)
     return recorders
@@ -297,7 +300,7 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
     program = lower_to_program(graph, catalog, cache=cache,
                                merged_into=context.changes.merged_into())
     say("probing stage shapes")
-    recorders = _probe(program, options.input_dir)
+    recorders = _probe(program, options.input_dir, options.output_dir)
 
     parent = output.parent if str(output.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
