@@ -1,15 +1,19 @@
-"""Write seeded random-weight checkpoints (nothing is downloaded): full or tiny, any family.
+"""Write seeded random-weight checkpoints (nothing is downloaded): full, large or tiny.
 
     python bench/make_checkpoints.py --list
     python bench/make_checkpoints.py sdxl --size full -o models/checkpoints/sdxl.safetensors
     python bench/make_checkpoints.py sd15 sdxl sdxl_refiner --size tiny -o /tmp/tiny/ --diffusers
     python bench/make_checkpoints.py all --size tiny -o models/checkpoints/ --dtype fp32
+    python bench/make_checkpoints.py flux_dev --size large --dtype bf16 -o models/ --split
 
 With one family, ``-o`` may name the ``.safetensors`` file; otherwise it is a folder and files are
 named ``synthetic-<family>-<size>-s<seed>.safetensors``. ``--diffusers`` writes a diffusers
-folder beside each file (same weights; ``<file stem>-diffusers/``). Each line of output gives the
-write time and the size; ``--json`` prints them as JSON too. The weights are a pure function of
-the seed (``comfyc.compiler.models.synthetic``).
+folder beside each file (same weights; ``<file stem>-diffusers/``). ``--split`` (SD3/Flux) writes
+the separate files users keep instead of one checkpoint, into ComfyUI's ``models/`` layout under
+``-o``: ``diffusion_models/``, ``text_encoders/``, ``vae/``. ``large`` (SD3.5 large, Flux) is the
+published width with fewer blocks. Each line of output gives the parameter count, the write time
+and the size; ``--json`` prints them as JSON too. The weights are a pure function of the seed
+(``comfyc.compiler.models.synthetic``).
 """
 from __future__ import annotations
 
@@ -23,18 +27,30 @@ from typing import Any
 
 __all__ = ["main"]
 
-_DTYPES = ("fp16", "fp32", "bf16")
+_DTYPES = ("fp16", "fp32", "bf16", "fp8_e4m3fn", "fp8_e5m2")
 
 
 def _folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _parameters(family: str, size: str) -> int:
+    """Parameters of a family at a size (meta modules; SD3's position table included)."""
+    from comfyc.compiler.models.synthetic import FAMILIES, model_spec
+
+    modules = FAMILIES[family].build(model_spec(family, size))
+    total = 0
+    for module in modules.values():
+        total += sum(p.numel() for p in module.parameters())
+        total += sum(b.numel() for n, b in module.named_buffers() if n.endswith("pos_embed"))
+    return total
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Write seeded random-weight Stable Diffusion checkpoints.")
+        description="Write seeded random-weight Stable Diffusion, SD3 and Flux checkpoints.")
     parser.add_argument("families", nargs="*", help="family names, or 'all' (see --list)")
-    parser.add_argument("--size", choices=("full", "tiny"), default="tiny")
+    parser.add_argument("--size", choices=("full", "large", "tiny"), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=_DTYPES, default="fp16",
                         help="floating dtype of the files (default fp16)")
@@ -44,6 +60,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="output file (one family) or folder (default: .)")
     parser.add_argument("--diffusers", action="store_true",
                         help="also write a diffusers folder beside each file")
+    parser.add_argument("--split", action="store_true",
+                        help="SD3/Flux: write the diffusion model, text encoders and VAE as "
+                             "separate files in a models/ folder layout under -o")
     parser.add_argument("--list", action="store_true", help="list the families and exit")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     return parser.parse_args(argv)
@@ -54,23 +73,52 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     import torch
 
-    from comfyc.compiler.models.synthetic import FAMILIES, family_names, write_checkpoint
+    from comfyc.compiler.models.synthetic import (
+        FAMILIES,
+        family_names,
+        write_checkpoint,
+        write_split_files,
+    )
 
     if args.list:
         for name, family in FAMILIES.items():
             print(f"{name:14} {family.description} (sizes: {', '.join(family.specs)})")
         return 0
     names = family_names() if args.families == ["all"] else args.families
+    if args.families == ["all"]:
+        names = [n for n in names if args.size in FAMILIES[n].specs]
     unknown = [n for n in names if n not in FAMILIES]
     if not names or unknown:
         print(f"error: unknown or missing family {unknown or names}; expected some of "
               f"{family_names()} or 'all'", file=sys.stderr)
         return 2
-    dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16,
+             "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[args.dtype]
+    missing = [n for n in names if args.size not in FAMILIES[n].specs]
+    if missing:
+        print(f"error: {missing} have no size {args.size!r}", file=sys.stderr)
+        return 2
     output = Path(args.output)
     single = len(names) == 1 and output.suffix == ".safetensors"
     results: list[dict[str, Any]] = []
     for name in names:
+        if args.split:
+            start = time.perf_counter()
+            files = write_split_files(output, name, args.size, seed=args.seed, dtype=dtype,
+                                      jitter=args.jitter,
+                                      stem=f"synthetic-{name}-{args.size}-s{args.seed}")
+            seconds = time.perf_counter() - start
+            sizes = {role: os.path.getsize(p) for role, p in files.items()}
+            result: dict[str, Any] = {
+                      "family": name, "size": args.size, "dtype": args.dtype, "seed": args.seed,
+                      "files": {role: str(p) for role, p in files.items()},
+                      "bytes": sum(sizes.values()), "seconds": seconds,
+                      "parameters": _parameters(name, args.size)}
+            print(f"{name:14} {args.size}: {len(files)} files under {output} "
+                  f"{result['parameters'] / 1e9:.3f} B params {result['bytes'] / 1e9:.3f} GB "
+                  f"in {seconds:.1f} s", flush=True)
+            results.append(result)
+            continue
         path = output if single else output / (
             f"synthetic-{name}-{args.size}-s{args.seed}.safetensors")
         folder = path.with_name(path.stem + "-diffusers") if args.diffusers else None
@@ -78,10 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         write_checkpoint(path, name, args.size, seed=args.seed, dtype=dtype,
                          jitter=args.jitter, diffusers_dir=folder)
         seconds = time.perf_counter() - start
-        result: dict[str, Any] = {"family": name, "size": args.size, "dtype": args.dtype,
+        result = {"family": name, "size": args.size, "dtype": args.dtype,
                                   "seed": args.seed, "path": str(path), "seconds": seconds,
-                                  "bytes": os.path.getsize(path)}
-        line = f"{name:14} {args.size}: {path} {result['bytes'] / 1e9:.3f} GB"
+                                  "bytes": os.path.getsize(path),
+                                  "parameters": _parameters(name, args.size)}
+        line = (f"{name:14} {args.size}: {path} {result['parameters'] / 1e9:.3f} B params "
+                f"{result['bytes'] / 1e9:.3f} GB")
         if folder is not None:
             result["diffusers"] = str(folder)
             result["diffusers_bytes"] = _folder_size(folder)

@@ -1,4 +1,5 @@
-"""Model files: SD1.x/SD2.x/SDXL single files, diffusers folders, VAEs, LoRAs, embeddings.
+"""Model files: SD1.x/SD2.x/SDXL, SD3/SD3.5 and Flux single files and diffusers folders, VAEs,
+text encoders, LoRAs, embeddings.
 
 This package uses torch, diffusers and transformers (the compiler side). Its names are loaded
 lazily, so that importing ``comfyc.cli.commands.model`` (the ``comfyc model`` command) stays cheap.
@@ -12,8 +13,15 @@ Main entry points:
 * `load_lora(path)`, `merge_lora(...)`, `extract_lora_factors(...)`, `make_random_lora(...)`
 * SDXL: `adm_vector(pooled, family, **ids)`, `SdxlUNet(unet)` / `sdxl_unet_forward(unet, x, t,
   context, y)`, `text_conditioning(checkpoint, tokens, clip_layer)`, `load_sdxl_embedding(path)`
+* SD3/SD3.5 and Flux (`comfyc.compiler.models.flow`): `load_diffusion_model(path,
+  weight_dtype=...)` (UNETLoader) -> `DiffusionModel`, `load_flow_checkpoint(path)` ->
+  `FlowCheckpoint`, `load_any_checkpoint(path)`, `checkpoint_family(path)`; text encoders
+  `load_text_encoder(path)`, `load_clip(paths, clip_type)` -> `TextEncoders`; prompt encodings
+  `sd3_text_conditioning(...)`, `flux_text_conditioning(...)`; VAEs `load_vae(path, family=...)`;
+  diffusers folders `load_flow_folder` / `write_flow_folder`
 * Seeded random-weight checkpoints: `write_checkpoint(path, family, size, seed=...)`,
-  `tiny_checkpoint(family)` (`comfyc.compiler.models.synthetic`)
+  `write_split_files(directory, family, size)`, `tiny_checkpoint(family)`
+  (`comfyc.compiler.models.synthetic`)
 """
 from __future__ import annotations
 
@@ -21,7 +29,22 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "DiffusionModel",
     "EmbeddingLibrary",
+    "FlowCheckpoint",
+    "LatentFormat",
+    "TextEncoders",
+    "checkpoint_family",
+    "flux_text_conditioning",
+    "load_any_checkpoint",
+    "load_clip",
+    "load_diffusion_model",
+    "load_flow_checkpoint",
+    "load_flow_folder",
+    "load_text_encoder",
+    "sd3_text_conditioning",
+    "write_flow_folder",
+    "write_split_files",
     "LoadedCheckpoint",
     "LoraFactor",
     "LoraFactors",
@@ -49,6 +72,21 @@ __all__ = [
 ]
 
 _HOMES = {
+    "DiffusionModel": "flow",
+    "FlowCheckpoint": "flow",
+    "LatentFormat": "flow",
+    "checkpoint_family": "flow",
+    "load_any_checkpoint": "flow",
+    "load_diffusion_model": "flow",
+    "load_flow_checkpoint": "flow",
+    "TextEncoders": "text_encoders",
+    "load_clip": "text_encoders",
+    "load_text_encoder": "text_encoders",
+    "flux_text_conditioning": "flow_conditioning",
+    "sd3_text_conditioning": "flow_conditioning",
+    "load_flow_folder": "flow_folder",
+    "write_flow_folder": "flow_folder",
+    "write_split_files": "synthetic",
     "EmbeddingLibrary": "embeddings",
     "embedding_libraries": "embeddings",
     "load_embedding": "embeddings",

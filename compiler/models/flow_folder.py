@@ -258,12 +258,20 @@ def _text_encoder_module(name: str, encoder: Any, kind: str) -> Any:
     if kind == "sd3" and name == "clip_l" and not hasattr(module, "text_projection"):
         from transformers import CLIPTextModelWithProjection
 
+        from comfyc.compiler.models.single_file import canonical_text_key
+
         config = module.config
         config.projection_dim = config.hidden_size
         with_projection = CLIPTextModelWithProjection(config)
-        with_projection.text_model.load_state_dict(module.text_model.state_dict())
-        with torch.no_grad():
-            with_projection.text_projection.weight.copy_(torch.eye(config.hidden_size))
+        # NOTE: transformers 5 dropped CLIPTextModel's text_model level; match canonical names.
+        source = {canonical_text_key(k): v for k, v in module.state_dict().items()}
+        state = {k: source[canonical_text_key(k)] for k in with_projection.state_dict()
+                 if canonical_text_key(k) in source}
+        state["text_projection.weight"] = torch.eye(config.hidden_size)
+        missing, unexpected = with_projection.load_state_dict(state, strict=False)
+        if [k for k in missing if not k.endswith("position_ids")] or unexpected:
+            raise ModelFormatError(f"cannot add a projection to CLIP-L: missing {missing[:3]}, "
+                                   f"unexpected {unexpected[:3]}")
         return with_projection.eval()
     return module
 

@@ -340,3 +340,8 @@ def register_flow_families() -> None:
             f"Flux.1 {'schnell' if schnell else 'dev'}: 11.9B transformer (large: real width, "
             "2+4 of 19+38 blocks; T5 2 of 24 layers), CLIP-L + T5-XXL, 16-channel VAE",
             **common))
+
+
+# NOTE: importing this module before `synthetic` registers the families here (synthetic's own
+# registration skips a half-imported module); registering twice replaces equal entries.
+register_flow_families()

@@ -812,6 +812,11 @@ def tiny_checkpoint(
 
 def _register_flow() -> None:
     """SD3/SD3.5 and Flux families (`comfyc.compiler.models.flow_synthetic`)."""
+    import sys
+
+    importing = sys.modules.get("comfyc.compiler.models.flow_synthetic")
+    if importing is not None and not hasattr(importing, "register_flow_families"):
+        return  # NOTE: flow_synthetic is importing this module; it registers itself when done
     from comfyc.compiler.models.flow_synthetic import register_flow_families
 
     register_flow_families()

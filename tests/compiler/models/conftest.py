@@ -179,3 +179,43 @@ def refiner_file(small_refiner: SmallSdxl, tmp_path_factory: pytest.TempPathFact
     path = tmp_path_factory.mktemp("refiner") / "small-refiner.safetensors"
     return save_single_file(path, small_refiner.unet, small_refiner.vae, None,
                             text_encoder_2=small_refiner.text_encoder_2)
+
+
+#: The SD3/Flux synthetic families and the diffusers class of each one's transformer.
+FLOW_FAMILIES = ("sd3", "sd35_medium", "sd35_large", "flux_dev", "flux_schnell")
+
+
+@pytest.fixture(scope="session")
+def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny all-in-one checkpoint of every SD3/Flux family (seed 0, float32, jittered norms
+    and biases so that swapped tensors show)."""
+    from comfyc.compiler.models.synthetic import write_checkpoint
+
+    folder = tmp_path_factory.mktemp("flow")
+    return {name: write_checkpoint(folder / f"{name}.safetensors", name, "tiny",
+                                   dtype=torch.float32, jitter=0.05) for name in FLOW_FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def flow_split(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    """ComfyUI models/ folders with the split files of the tiny SD3 and Flux dev (same weights
+    as `flow_files`)."""
+    from comfyc.compiler.models.synthetic import write_split_files
+
+    root = tmp_path_factory.mktemp("models")
+    return {name: write_split_files(root, name, "tiny", dtype=torch.float32, jitter=0.05)
+            for name in ("sd3", "flux_dev")}
+
+
+@pytest.fixture(scope="session")
+def flow_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """diffusers folders of the tiny SD3 and Flux dev (same weights as `flow_files`)."""
+    from comfyc.compiler.models.synthetic import write_checkpoint
+
+    root = tmp_path_factory.mktemp("flow-folders")
+    out = {}
+    for name in ("sd3", "flux_dev"):
+        write_checkpoint(root / f"{name}.safetensors", name, "tiny", dtype=torch.float32,
+                         jitter=0.05, diffusers_dir=root / f"{name}-diffusers")
+        out[name] = root / f"{name}-diffusers"
+    return out
