@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ __all__ = [
     "folder_family",
     "load_flow_folder",
     "write_flow_folder",
+    "write_folder_files",
     "write_t5_tokenizer_files",
 ]
 
@@ -147,11 +147,6 @@ def write_folder_files(directory: Path, kind: str, family: str, *,
         flow_model_index(kind, clip_l_projection=clip_l_projection), indent=2), "utf-8")
 
 
-def encoder_components(kind: str) -> Mapping[str, str]:
-    """Folder component -> encoder name (``clip_l``, ``clip_g``, ``t5xxl``) for a kind."""
-    return _FOLDER_ENCODERS[kind]
-
-
 def detect_module(transformer: Any, kind: str) -> DetectedTransformer:
     """The detection of a diffusers transformer module (from its weights' original shapes)."""
     shapes = {k: tuple(v.shape) for k, v in transformer.state_dict().items()}
@@ -191,10 +186,18 @@ def folder_family(folder: str | os.PathLike[str]) -> str:
         if int(config.get("in_channels", 64)) > 64:
             return "flux_inpaint"
         return "flux" if config.get("guidance_embeds") else "flux_schnell"
-    from comfyc.compiler.models.diffusers_folder import load_diffusers_folder
-
-    with torch.device("meta"):
-        return load_diffusers_folder(root).family
+    unet_file = root / "unet" / "config.json"
+    if not unet_file.is_file():
+        raise ModelFormatError(f"{str(root)!r} has neither transformer/ nor unet/; expected a "
+                               "diffusers Stable Diffusion, SD3 or Flux pipeline folder")
+    # NOTE: read from the configs (no weights), by the rules load_diffusers_folder applies.
+    unet = json.loads(unet_file.read_text("utf-8"))
+    if unet.get("addition_embed_type") == "text_time":
+        return "sdxl" if (root / "text_encoder").is_dir() else "sdxl_refiner"
+    text_file = root / "text_encoder" / "config.json"
+    text = json.loads(text_file.read_text("utf-8")) if text_file.is_file() else {}
+    linear = bool(unet.get("use_linear_projection"))
+    return "sd2" if linear or text.get("hidden_act") == "gelu" else "sd1"
 
 
 def load_flow_folder(folder: str | os.PathLike[str], *, dtype: torch.dtype | None = torch.float32

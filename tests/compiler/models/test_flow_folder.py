@@ -55,6 +55,11 @@ def test_folder_holds_the_single_file(flow_files: dict[str, Path],
     assert from_folder.model.detected.variant == from_file.model.detected.variant
     assert from_folder.latent_format == from_file.latent_format
     assert from_folder.vae.config.shift_factor == from_file.latent_format.shift
+    from comfyc.compiler.models.single_file import load_vae
+
+    vae = load_vae(folder / "vae" / "diffusion_pytorch_model.safetensors",
+                   family=from_file.family)  # NOTE: diffusers names, no quant convs
+    assert _same(vae, from_file.vae) and vae.config.scaling_factor == from_file.latent_format.scale
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == ("StableDiffusion3Pipeline" if name == "sd3"
                                     else "FluxPipeline")
@@ -104,6 +109,19 @@ def test_write_folder_from_loaded_checkpoint(flow_files: dict[str, Path],
     missing = dataclasses.replace(sd3, vae=None)
     with pytest.raises(Exception, match="needs the VAE"):
         write_flow_folder(missing, tmp_path / "none")
+
+
+def test_folder_family_of_stable_diffusion_folders(tmp_path: Path) -> None:
+    """checkpoint_family reads SD1 and SDXL folders' configs (no weights) and SD files' shapes."""
+    from comfyc.compiler.models.flow import load_any_checkpoint
+    from comfyc.compiler.models.synthetic import write_checkpoint
+
+    for name, family in (("sd15", "sd1"), ("sdxl", "sdxl")):
+        file = write_checkpoint(tmp_path / f"{name}.safetensors", name, "tiny",
+                                diffusers_dir=tmp_path / name)
+        assert checkpoint_family(tmp_path / name) == family
+        assert checkpoint_family(file) == family
+    assert load_any_checkpoint(tmp_path / "sd15.safetensors").family == "sd1"
 
 
 def test_schedulers() -> None:
