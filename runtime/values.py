@@ -73,6 +73,8 @@ class ModelRef:
         name: What it was loaded from, for messages.
         family: ``sd1``, ``sd2``, ``sdxl`` or ``sdxl_refiner``: which extra conditioning the
             UNet takes (SDXL's ADM vector ``y``).
+        latent_channels: The latent format's channels (4 SD1/SD2/SDXL, 16 SD3/Flux): an
+            all-zero latent of another width is widened to it before sampling.
     """
 
     unet: Stage | None
@@ -82,6 +84,7 @@ class ModelRef:
     name: str = ""
     family: str = "sd1"
     latent_shift: float = 0.0
+    latent_channels: int = 4
 
     @property
     def sampling(self) -> Any:

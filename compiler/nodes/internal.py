@@ -18,6 +18,14 @@ def _lower_folded(node: Node, lowering: Any) -> list[Any]:
                node.title)]
 
 
+def _lower_folded_sigmas(node: Node, lowering: Any) -> list[Any]:
+    """``FoldedSigmas`` → a ``Constant`` op reading the stored schedule."""
+    from comfyc.runtime.program import Op
+
+    return [Op(node.id, "Constant", {"value": {"$const": node.inputs["key"]}}, node.title)]
+
+
 RULES: dict[str, CompileRule] = {
     "FoldedConditioning": CompileRule(lower=_lower_folded),
+    "FoldedSigmas": CompileRule(lower=_lower_folded_sigmas),
 }

@@ -102,7 +102,7 @@ class ConstantFoldingPass(InPlacePass):
         graph = self.graph
         if len(node.outputs) != 1 or node.outputs[0].type not in FOLDED_CLASSES:
             return False
-        key = f"cond.{node.id}"
+        key = f"{'sigmas' if node.outputs[0].type == 'SIGMAS' else 'cond'}.{node.id}"
         graph.constants[key] = value
         index = graph.nodes.index(node)
         users = node.outputs[0].uses()

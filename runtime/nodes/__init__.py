@@ -1,16 +1,20 @@
 """The node registry's runtime half: one entry per ComfyUI node class, one module per family.
 
-==============  =====================================================================
-family          ComfyUI's counterpart
-==============  =====================================================================
-:mod:`.loaders`       ``nodes.py`` loaders (checkpoints, VAEs, LoRAs, ControlNets …)
-:mod:`.conditioning`  CLIP text encoding, CLIP skip, conditioning ops
-:mod:`.sampling`      KSampler, KSamplerAdvanced, model-sampling patches
-:mod:`.latent`        empty latents, latent scaling and batches, VAE encode/decode
-:mod:`.image`         image loading, saving, scaling, padding
-:mod:`.primitives`    ``comfy_extras/nodes_primitive.py``
-:mod:`.internal`      comfyc's own classes (folded constants) and program-only ops
-==============  =====================================================================
+=======================  ====================================================================
+family                   ComfyUI's counterpart
+=======================  ====================================================================
+:mod:`.loaders`          ``nodes.py`` loaders (checkpoints, VAEs, LoRAs, ControlNets …)
+:mod:`.conditioning`     CLIP text encoding, CLIP skip, conditioning ops
+:mod:`.latent`           empty latents, latent scaling and batches, VAE encode/decode
+:mod:`.sampling`         KSampler, KSamplerAdvanced, model-sampling patches
+:mod:`.custom_sampling`  ``nodes_custom_sampler.py``: samplers, schedules, noise, guiders
+:mod:`.image`            image loading, saving, scaling, padding
+:mod:`.mask`             ``nodes_mask.py``
+:mod:`.compositing`      ``nodes_compositing.py``
+:mod:`.canny`            ``nodes_canny.py``
+:mod:`.primitives`       ``comfy_extras/nodes_primitive.py``
+:mod:`.internal`         comfyc's own classes (folded constants) and program-only ops
+=======================  ====================================================================
 
 :func:`registry` builds the :class:`~.registry.NodeRegistry` once per process. The compiler's
 half of each entry (fold and lowering rules) is :mod:`comfyc.compiler.nodes`. Adding a node
@@ -26,6 +30,7 @@ from . import (
     canny,
     compositing,
     conditioning,
+    custom_sampling,
     image,
     internal,
     latent,
@@ -44,8 +49,8 @@ __all__ = ["registry", "NodeDef", "NodeRegistry", "StageCall", "OpFn", "lazy_op"
            "SCHEDULER_NAMES", "FAMILIES"]
 
 #: The family modules in catalogue order (the order ``/object_info`` lists classes in).
-FAMILIES = (loaders, conditioning, latent, sampling, image, mask, compositing, canny, primitives,
-            internal)
+FAMILIES = (loaders, conditioning, latent, sampling, custom_sampling, image, mask, compositing,
+            canny, primitives, internal)
 
 _REGISTRY: NodeRegistry | None = None
 

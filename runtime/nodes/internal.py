@@ -17,7 +17,7 @@ from .schema import INTERNAL_CATEGORY, outputs, schema, string_input
 __all__ = ["NODES", "PROGRAM_OPS", "FOLDED_CLASSES", "is_folded_class"]
 
 #: The class a value folded at compile time becomes, by its type.
-FOLDED_CLASSES = {"CONDITIONING": "FoldedConditioning"}
+FOLDED_CLASSES = {"CONDITIONING": "FoldedConditioning", "SIGMAS": "FoldedSigmas"}
 
 
 def is_folded_class(class_type: str) -> bool:
@@ -53,4 +53,8 @@ NODES: list[NodeDef] = [
                    "Folded conditioning", INTERNAL_CATEGORY, python_module="comfyc",
                    description="A conditioning computed at compile time (a folded prompt)."),
             lowered_to="ConditioningConstant"),
+    NodeDef(schema("FoldedSigmas", [string_input("key", "")], outputs("SIGMAS"),
+                   "Folded sigmas", INTERNAL_CATEGORY, python_module="comfyc",
+                   description="A sigma schedule computed at compile time."),
+            lowered_to="Constant"),
 ]

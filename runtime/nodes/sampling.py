@@ -13,15 +13,25 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ProgramError
 from .registry import NodeDef, StageCall
-from .schema import MAX_SEED, bool_input, combo, float_input, int_input, link, outputs, schema
+from .schema import (
+    MAX_RESOLUTION,
+    MAX_SEED,
+    bool_input,
+    combo,
+    float_input,
+    int_input,
+    link,
+    outputs,
+    schema,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
     from ..values import ModelRef
 
-__all__ = ["NODES", "SAMPLER_NAMES", "SCHEDULER_NAMES", "advanced_schedule", "denoiser_for",
-           "progress_callback"]
+__all__ = ["NODES", "MODEL_SAMPLING_SPECS", "SAMPLER_NAMES", "SCHEDULER_NAMES",
+           "advanced_schedule", "denoiser_for", "progress_callback"]
 
 #: ``KSampler.SAMPLERS`` in ComfyUI's combo order (``comfy/samplers.py``).
 SAMPLER_NAMES: tuple[str, ...] = (
@@ -132,13 +142,46 @@ def _ksampler_advanced(ctx: Any, *, model: ModelRef, add_noise: str, noise_seed:
                    add_noise=add_noise == "enable")
 
 
-def _model_sampling_discrete(ctx: Any, *, model: ModelRef, sampling: str, zsnr: bool = False
-                             ) -> tuple[Any, ...]:
+def _discrete_spec(sampling: str = "eps", zsnr: bool = False) -> dict[str, Any]:
     if sampling not in ("eps", "v_prediction"):
         raise ProgramError(f"ModelSamplingDiscrete sampling={sampling!r} is not supported yet; "
                            f"supported: eps and v_prediction (with or without zsnr)")
-    spec = {"kind": "discrete", "prediction": sampling, "zsnr": bool(zsnr)}
-    return (replace(model, model_sampling=spec),)
+    return {"kind": "discrete", "prediction": sampling, "zsnr": bool(zsnr)}
+
+
+def _sd3_spec(shift: float = 3.0) -> dict[str, Any]:
+    return {"kind": "sd3", "shift": float(shift), "multiplier": 1000.0}
+
+
+def _aura_flow_spec(shift: float = 1.73) -> dict[str, Any]:
+    return {"kind": "aura_flow", "shift": float(shift)}
+
+
+def _flux_spec(max_shift: float = 1.15, base_shift: float = 0.5, width: int = 1024,
+               height: int = 1024) -> dict[str, Any]:
+    return {"kind": "flux", "max_shift": float(max_shift), "base_shift": float(base_shift),
+            "width": int(width), "height": int(height)}
+
+
+#: The model-sampling patch nodes: class → ``spec(**widget inputs)``, the description
+#: :func:`~comfyc.runtime.values.model_sampling_from_json` reads (the compiler uses these
+#: to precompute schedules for a patched MODEL).
+MODEL_SAMPLING_SPECS: dict[str, Any] = {
+    "ModelSamplingDiscrete": _discrete_spec,
+    "ModelSamplingSD3": _sd3_spec,
+    "ModelSamplingAuraFlow": _aura_flow_spec,
+    "ModelSamplingFlux": _flux_spec,
+}
+
+
+def _model_sampling_op(class_type: str) -> Any:
+    spec_of = MODEL_SAMPLING_SPECS[class_type]
+
+    def op(ctx: Any, *, model: ModelRef, **widgets: Any) -> tuple[Any, ...]:
+        return (replace(model, model_sampling=spec_of(**widgets)),)
+
+    op.__name__ = f"_{class_type}"
+    return op
 
 
 _UNET = (StageCall("unet", "model"),)
@@ -169,5 +212,23 @@ NODES: list[NodeDef] = [
         bool_input("zsnr", False),
     ], outputs("MODEL"), "ModelSamplingDiscrete", "advanced/model",
         python_module="comfy_extras.nodes_model_advanced"),
-        run=_model_sampling_discrete, weights_from=(("MODEL", "model"),)),
+        run=_model_sampling_op("ModelSamplingDiscrete"), weights_from=(("MODEL", "model"),)),
+    NodeDef(schema("ModelSamplingSD3", [
+        link("model", "MODEL"), float_input("shift", 3.0, 0.0, 100.0, 0.01),
+    ], outputs("MODEL"), "ModelSamplingSD3", "model/patch/stable diffusion",
+        python_module="comfy_extras.nodes_model_advanced"),
+        run=_model_sampling_op("ModelSamplingSD3"), weights_from=(("MODEL", "model"),)),
+    NodeDef(schema("ModelSamplingAuraFlow", [
+        link("model", "MODEL"), float_input("shift", 1.73, 0.0, 100.0, 0.01),
+    ], outputs("MODEL"), "ModelSamplingAuraFlow", "model/patch",
+        python_module="comfy_extras.nodes_model_advanced"),
+        run=_model_sampling_op("ModelSamplingAuraFlow"), weights_from=(("MODEL", "model"),)),
+    NodeDef(schema("ModelSamplingFlux", [
+        link("model", "MODEL"), float_input("max_shift", 1.15, 0.0, 100.0, 0.01),
+        float_input("base_shift", 0.5, 0.0, 100.0, 0.01),
+        int_input("width", 1024, 16, MAX_RESOLUTION, 8),
+        int_input("height", 1024, 16, MAX_RESOLUTION, 8),
+    ], outputs("MODEL"), "ModelSamplingFlux", "model/patch/flux",
+        python_module="comfy_extras.nodes_model_advanced"),
+        run=_model_sampling_op("ModelSamplingFlux"), weights_from=(("MODEL", "model"),)),
 ]
