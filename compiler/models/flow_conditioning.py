@@ -117,13 +117,25 @@ _T5_WIDTH = 4096
 
 
 def _as_chunks(tokens: TokenChunks) -> list[list[tuple[int, float]]]:
-    """ComfyUI's chunk list from either form of `TokenChunks`."""
+    """ComfyUI's chunk list from either form of `TokenChunks`.
+
+    Raises:
+        ModelFormatError: A textual-inversion reference (not an id) among the tokens.
+    """
     if isinstance(tokens, (torch.Tensor, np.ndarray)):
         array = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
         if array.ndim == 1:
             array = array[None]
         return [[(int(t), 1.0) for t in row] for row in array]
-    return [[(int(t), float(w)) for t, w in chunk] for chunk in tokens]
+    chunks = []
+    for chunk in tokens:
+        if any(not isinstance(t, (int, np.integer)) for t, _ in chunk):
+            # TODO(models): textual-inversion vectors for SD3/Flux encoders (rare; ComfyUI
+            # splices them into the token embeddings).
+            raise ModelFormatError("the prompt holds textual-inversion embeddings; SD3/Flux "
+                                   "reference encodings take token ids only")
+        chunks.append([(int(t), float(w)) for t, w in chunk])
+    return chunks
 
 
 def _empty_tokens(rule: EncoderRule, length: int) -> list[int]:

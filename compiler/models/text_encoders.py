@@ -110,6 +110,7 @@ class TextEncoders:
         clip_g: OpenCLIP bigG encoder or None.
         t5xxl: T5 encoder or None.
         clip_h: OpenCLIP ViT-H (SD2) or None.
+        sources: The files the encoders came from.
     """
 
     clip_type: str
@@ -129,6 +130,59 @@ class TextEncoders:
     def t5_min_length(self) -> int | None:
         """The T5 tokenizer's minimum length for this type: 77 (SD3), 256 (Flux), else None."""
         return {"sd3": 77, "flux": 256}.get(self.clip_type)
+
+    def tokenize(
+        self, text: str, *, t5_text: str | None = None, t5_min_length: int | None = None,
+        t5_min_padding: int | None = None,
+    ) -> dict[str, list[list[tuple[int, float]]]]:
+        """ComfyUI's token dict for a prompt (``CLIP.tokenize``), with the lean runtime's
+        tokenizers: ``{"l": ..., "g": ..., "t5xxl": ...}`` for SD3, ``{"l", "t5xxl"}`` for Flux.
+
+        Args:
+            text: The prompt (ComfyUI's weighting syntax). Every tokenizer gets it, as
+                ``CLIPTextEncode`` does.
+            t5_text: A separate T5 prompt (``CLIPTextEncodeFlux`` / ``CLIPTextEncodeSD3``).
+            t5_min_length: ``T5TokenizerOptions.min_length`` (None: the type's 77 / 256).
+            t5_min_padding: ``T5TokenizerOptions.min_padding``.
+
+        Returns:
+            Token chunks per tokenizer (ids and weights), for `encode`.
+
+        Raises:
+            ModelFormatError: For types other than ``"sd3"`` and ``"flux"``.
+        """
+        from comfyc.runtime.t5_tokenizer import T5Tokenizer
+        from comfyc.runtime.tokenizer import ClipTokenizer
+
+        if self.clip_type not in ("sd3", "flux"):
+            raise ModelFormatError(f"tokenize() covers SD3 and Flux; type {self.clip_type!r} "
+                                   "uses comfyc.runtime.tokenizer.ClipTokenizer directly")
+        tokens: dict[str, Any] = {"l": ClipTokenizer().tokenize_weighted(text)}
+        if self.clip_type == "sd3":
+            tokens["g"] = ClipTokenizer(pad_token=0).tokenize_weighted(text)
+        minimum = self.t5_min_length if t5_min_length is None else t5_min_length
+        t5 = T5Tokenizer(min_length=minimum, min_padding=t5_min_padding)
+        tokens["t5xxl"] = t5.tokenize_weighted(text if t5_text is None else t5_text)
+        return tokens
+
+    def encode(self, tokens: Mapping[str, Any], *, clip_layer: int | None = None) -> tuple[
+            torch.Tensor, torch.Tensor]:
+        """ComfyUI's ``encode_token_weights`` for SD3 / Flux: ``(context, pooled)``.
+
+        See `comfyc.compiler.models.flow_conditioning.sd3_text_conditioning` and
+        `flux_text_conditioning` (the token dict is `tokenize`'s, or ComfyUI's own).
+        """
+        from comfyc.compiler.models.flow_conditioning import (
+            flux_text_conditioning,
+            sd3_text_conditioning,
+        )
+
+        if self.clip_type == "sd3":
+            return sd3_text_conditioning(self, tokens, clip_layer=clip_layer)
+        if self.clip_type == "flux":
+            return flux_text_conditioning(self, tokens, clip_layer=clip_layer)
+        raise ModelFormatError(f"encode() covers SD3 and Flux; type {self.clip_type!r} is "
+                               "encoded by comfyc.compiler.models.sdxl.text_conditioning")
 
 
 # -- detection -----------------------------------------------------------------------------------

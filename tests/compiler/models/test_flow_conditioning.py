@@ -175,3 +175,25 @@ def test_flux_needs_both_encoders(flux: Any) -> None:
         flux.text_encoders, {"l": torch.tensor([[49406, 49407] + [49407] * 75]),
                              "t5xxl": long_t5})
     assert context.shape == (1, 301, 256) and pooled.shape == (1, 64)
+
+
+def test_text_encoders_tokenize_and_encode(sd3: Any, flux: Any) -> None:
+    """TextEncoders.tokenize builds ComfyUI's token dict with the runtime tokenizers (T5 padded
+    to the type's minimum) and encode dispatches to the family's reference function."""
+    tokens = sd3.text_encoders.tokenize("a (red:1.3) cat")
+    assert set(tokens) == {"l", "g", "t5xxl"} and len(tokens["t5xxl"][0]) == 77
+    assert tokens["g"][0][-1] == (0, 1.0) and tokens["l"][0][-1] == (49407, 1.0)
+    assert any(w == pytest.approx(1.3) for _, w in tokens["t5xxl"][0])
+    context, pooled = sd3.text_encoders.encode(tokens)
+    want = sd3_text_conditioning(sd3.text_encoders, tokens)
+    assert torch.equal(context, want[0]) and torch.equal(pooled, want[1])
+    flux_tokens = flux.text_encoders.tokenize("a cat", t5_text="a red cat")
+    assert set(flux_tokens) == {"l", "t5xxl"} and len(flux_tokens["t5xxl"][0]) == 256
+    context, pooled = flux.text_encoders.encode(flux_tokens)
+    assert context.shape == (1, 256, 256) and pooled.shape == (1, 64)
+    short = flux.text_encoders.tokenize("a cat", t5_min_length=0)
+    assert [t for t, _ in short["t5xxl"][0]] == [3, 9, 1712, 1]
+    from comfyc.runtime.tokenizer import EmbeddingRef
+
+    with pytest.raises(Exception, match="textual-inversion"):
+        flux.text_encoders.encode({"l": short["l"], "t5xxl": [[(EmbeddingRef("x", 0), 1.0)]]})
