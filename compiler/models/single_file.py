@@ -446,8 +446,12 @@ def _populate(module: Any, weights: dict[str, torch.Tensor], what: str) -> Any:
                 f"architecture expects {tuple(expected[key].shape)}"
             )
     module.load_state_dict(weights, strict=True, assign=True)
+    # NOTE: shape-only loads (meta weights) keep meta buffers too.
+    shapes_only = bool(weights) and all(t.is_meta for t in weights.values())
     for name, buffer in list(module.named_buffers()):
         if buffer.is_meta:
+            if shapes_only and name in weights:
+                continue
             if not name.endswith("position_ids"):
                 raise ModelFormatError(f"{what} buffer {name!r} was not initialised")
             owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module

@@ -236,3 +236,16 @@ def _table_shapes(config: dict[str, Any], kind: str = "flux") -> dict[str, tuple
     from comfyc.compiler.models.flow import build_transformer
 
     return {k: tuple(v.shape) for k, v in build_transformer(config, kind).state_dict().items()}
+
+
+@pytest.mark.parametrize(("config", "kind"), [(SD35_LARGE, "sd3"), (FLUX_DEV, "flux")])
+def test_full_size_load_path_on_meta(config: dict[str, Any], kind: str) -> None:
+    """The whole UNETLoader path (prefix, key plans, splitting, module build) runs on the full
+    published shapes with meta tensors: the module has the published parameter count."""
+    from comfyc.compiler.models.flow import diffusion_model_from_weights
+
+    table = {"model.diffusion_model." + k: v for k, v in _table(config, kind).items()}
+    model = diffusion_model_from_weights(table)
+    assert model.detected.published and model.transformer.device.type == "meta"
+    count = sum(p.numel() for p in model.transformer.parameters())
+    assert round(count / 1e9, 1) == (8.1 if kind == "sd3" else 11.9)
