@@ -178,8 +178,8 @@ def _decode_entries(entries: Mapping[str, Any], tensors: Mapping[str, Any]) -> d
 
 
 #: Backend names a stage can run on (``ort-<provider>`` passes any other provider through).
-BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "torch", "torch-compile", "torch-cuda",
-            "torch-compile-cuda", "trt")
+BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "ov-cpu", "torch", "torch-compile",
+            "torch-cuda", "torch-compile-cuda", "trt")
 
 #: Options that only onnxruntime stages take (torch and trt stages ignore them).
 _ORT_OPTIONS = ("intra_op_threads", "inter_op_threads", "optimization_level", "io_binding",
@@ -258,6 +258,13 @@ def backend_unavailable_reason(backend: str) -> str | None:
                     f"{', '.join(available)}; install: "
                     f"{ort._INSTALL_HINTS.get(missing[0], 'an onnxruntime build with it')}")
         return None
+    if backend.startswith("ov-"):
+        if importlib.util.find_spec("openvino") is None:
+            return (f"{backend} needs the OpenVINO runtime, which is not installed; pip "
+                    f"install 'comfyc[openvino]' (or pip install openvino)")
+        if backend != "ov-cpu":
+            return f"unknown OpenVINO backend {backend!r}; ov-cpu is the one supported"
+        return None
     if _is_torch(backend):
         if importlib.util.find_spec("torch") is None:
             return (f"{backend} needs PyTorch, which is not installed; pip install "
@@ -317,7 +324,7 @@ def _check_stage_source(name: str, entry: StageEntry, backend: str) -> None:
     if _is_torch(backend) and not entry.torch:
         raise BackendError(f"stage {name} was not stored for the torch backend; compile "
                            f"with --backend {name}=torch to run it on PyTorch")
-    if backend.startswith("ort") and not entry.file:
+    if (backend.startswith("ort") or backend.startswith("ov-")) and not entry.file:
         raise BackendError(f"stage {name} has no ONNX file (it was compiled for "
                            f"{entry.backend}); run it with --backend {name}=torch")
 
@@ -331,6 +338,13 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
     info = dict(entry.info)
     _check_stage_source(name, entry, backend)
     if _is_torch(backend):
+        from .backends.threads import choose_threads, passive_openmp
+
+        passive_openmp()  # before torch loads: OpenMP reads it once
+        import torch
+
+        # NOTE: the same rule as every backend: the free cores unless told otherwise.
+        torch.set_num_threads(choose_threads(options.get("intra_op_threads")))
         from .backends.torch_artifact import load_torch_stage
 
         stage = load_torch_stage(root / str(entry.torch), name, kind, info,
@@ -356,6 +370,16 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
             providers = _tensorrt_ep(root, providers, entry)
         return classes[kind](name, root / _stage_file(entry, backend, precision),
                              providers=providers, info=info, **ort_options)
+    if backend.startswith("ov-"):
+        if overrides:
+            raise BackendError(f"stage {name} has runtime-mode LoRAs, which ov-cpu cannot "
+                               f"merge; run it with --backend {name}=ort-cpu")
+        from .backends.openvino import make_ov_stage
+
+        precision = options.get("precision")
+        return make_ov_stage(name, kind, root / str(entry.file), info=info,
+                             intra_op_threads=options.get("intra_op_threads"),
+                             precision=None if precision in (None, "fp32") else precision)
     if backend == "trt":
         try:
             from .backends.trt import load_trt_stage  # type: ignore[import-not-found]

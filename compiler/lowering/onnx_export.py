@@ -43,7 +43,7 @@ torch and onnx are imported inside the functions: importing this module is cheap
 
 from __future__ import annotations
 
-import copy
+import os
 import tempfile
 import time
 import warnings
@@ -66,6 +66,8 @@ __all__ = [
     "export_vae_encoder",
     "initializer_names",
     "optimize_offline",
+    "remove_model",
+    "replace_model",
 ]
 
 #: The ONNX opset every stage is exported at.
@@ -87,6 +89,10 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 #: The prefix the export wrapper puts before the module's own parameter names.
 _PREFIX = "m."
+
+#: The latent size graphs are traced at: small (tracing runs the model once) and odd, so
+#: that diffusers' upsamplers take their general branch (spikes §4).
+_TRACE_LATENT = 9
 
 #: A progress callback: receives one human-readable line per step.
 Progress = Callable[[str], None]
@@ -118,6 +124,7 @@ def export_unet(
     dynamic: bool = False,
     external_data: bool | None = None,
     progress: Progress | None = None,
+    compact: bool = False,
 ) -> dict[str, Any]:
     """Export a diffusers ``UNet2DConditionModel`` (SD1.x/SD2.x) as the ``unet`` stage.
 
@@ -129,15 +136,18 @@ def export_unet(
         width: Latent width.
         context_len: Tokens in ``encoder_hidden_states`` (77 per prompt chunk).
         fp16: Store float16 weights and compute in float16; inputs/outputs stay float32.
-        dynamic: Make batch, height, width and context length free dimensions. The example
-            traced is then odd-sized (``h + 1`` for even ``h``) and has batch >= 2, so the graph
-            works at every latent size; the runtime should still pass context lengths that are
-            multiples of 77, as ComfyUI does. Otherwise the graph accepts exactly the shapes
-            given here.
+        dynamic: Make batch, height, width and context length free dimensions; the graph
+            works at every latent size (the runtime should still pass context lengths that
+            are multiples of 77, as ComfyUI does). Otherwise the graph accepts exactly the
+            shapes given here. Either way it is traced at a small odd latent size with batch
+            >= 2 (cheap, and general: see :data:`_TRACE_LATENT`).
         external_data: Store weights in ``NAME.onnx.data``; None decides by size
             (:data:`EXTERNAL_DATA_THRESHOLD`). Pass True for stages whose weights will be
             overridden at session creation (LoRA).
         progress: Called with one line per step.
+        compact: Store every float32 weight that float16 holds exactly as float16, cast
+            back to float32 in the graph (same results, about half the bytes for a
+            checkpoint shipped in float16); ignored with ``fp16``.
 
     Returns:
         The export facts (see :func:`_facts`).
@@ -161,15 +171,16 @@ def export_unet(
     context_dim = int(dim if isinstance(dim, int) else dim[0])
     channels = int(config.in_channels)
     _check_positive(batch=batch, height=height, width=width, context_len=context_len)
-    if dynamic:
-        batch, height, width = max(batch, 2), _odd(height), _odd(width)
     dtype = torch.float16 if fp16 else torch.float32
     generator = torch.Generator().manual_seed(0)
-    example: tuple[Any, ...] = (
-        torch.randn(batch, channels, height, width, generator=generator),
-        torch.full((batch,), 500.0),
-        torch.randn(batch, context_len, context_dim, generator=generator),
-    )
+
+    def inputs(rows: int, h: int, w: int) -> tuple[Any, ...]:
+        return (torch.randn(rows, channels, h, w, generator=generator),
+                torch.full((rows,), 500.0),
+                torch.randn(rows, context_len, context_dim, generator=generator))
+
+    example, trace = inputs(batch, height, width), inputs(max(batch, 2), _TRACE_LATENT,
+                                                          _TRACE_LATENT)
     axes = {
         "sample": {0: "batch", 2: "height", 3: "width"},
         "timestep": {0: "batch"},
@@ -194,6 +205,7 @@ def export_unet(
             return out.float()
 
         example = (*example, torch.randn(batch, width_y, generator=generator))
+        trace = (*trace, torch.randn(trace[0].shape[0], width_y, generator=generator))
         axes["y"] = {0: "batch"}
         input_names = (*input_names, "y")
     else:
@@ -204,7 +216,8 @@ def export_unet(
 
     return _export(source, call, example, path, kind="unet", fp16=fp16,
                    axes=axes if dynamic else None, external_data=external_data,
-                   progress=progress, metadata={}, input_names=input_names)
+                   progress=progress, metadata={}, input_names=input_names,
+                   trace_example=trace, trace_axes=axes, compact=compact)
 
 
 def export_text_encoder(
@@ -218,6 +231,7 @@ def export_text_encoder(
     external_data: bool | None = None,
     progress: Progress | None = None,
     layer_norm: bool = True,
+    compact: bool = False,
 ) -> dict[str, Any]:
     """Export a transformers ``CLIPTextModel`` as the ``text_encoder`` stage at a fixed layer.
 
@@ -237,6 +251,9 @@ def export_text_encoder(
         dynamic: Make the batch dimension free (the 77 tokens are always fixed).
         external_data: As for :func:`export_unet`.
         progress: Called with one line per step.
+        compact: Store every float32 weight that float16 holds exactly as float16, cast
+            back to float32 in the graph (same results, about half the bytes for a
+            checkpoint shipped in float16); ignored with ``fp16``.
 
     Returns:
         The export facts; ``facts["layer"]`` is the hidden-state index actually used.
@@ -255,8 +272,6 @@ def export_text_encoder(
     _check_positive(batch=batch)
     layers = int(config.num_hidden_layers)
     index = layer if -layers <= layer < 0 else -1
-    if dynamic:
-        batch = max(batch, 2)
     seq = int(config.max_position_embeddings)
 
     def call(m: Any, input_ids: Any) -> tuple[Any, Any]:
@@ -269,15 +284,19 @@ def export_text_encoder(
 
     # NOTE: a realistic prompt (BOS, a few tokens, EOS padding) — the pooled output looks up
     # the EOS position, and the traced ops must not depend on the example's values anyway.
-    ids = torch.full((batch, seq), int(config.eos_token_id), dtype=torch.int64)
-    ids[:, 0] = int(config.bos_token_id)
-    ids[:, 1:4] = torch.tensor([320, 1125, 539])
+    def prompt(rows: int) -> Any:
+        ids = torch.full((rows, seq), int(config.eos_token_id), dtype=torch.int64)
+        ids[:, 0] = int(config.bos_token_id)
+        ids[:, 1:4] = torch.tensor([320, 1125, 539])
+        return ids
+
     axes = {"input_ids": {0: "batch"}, "last_hidden_state": {0: "batch"},
             "pooled_output": {0: "batch"}}
-    facts = _export(module, call, (ids,), path, kind="text_encoder", fp16=fp16,
+    facts = _export(module, call, (prompt(batch),), path, kind="text_encoder", fp16=fp16,
                     axes=axes if dynamic else None, external_data=external_data,
                     progress=progress, metadata={"clip_layer": str(index)},
-                    prepare_fp16=_eager_attention)
+                    prepare_fp16=_eager_attention, trace_example=(prompt(max(batch, 2)),),
+                    trace_axes=axes, compact=compact)
     facts["layer"] = index
     return facts
 
@@ -293,6 +312,7 @@ def export_vae_decoder(
     dynamic: bool = False,
     external_data: bool | None = None,
     progress: Progress | None = None,
+    compact: bool = False,
 ) -> dict[str, Any]:
     """Export a diffusers ``AutoencoderKL`` decoder (with ``post_quant_conv``) as ``vae_decoder``.
 
@@ -307,6 +327,9 @@ def export_vae_decoder(
         dynamic: Make batch, height and width free (traced at an odd latent size).
         external_data: As for :func:`export_unet`.
         progress: Called with one line per step.
+        compact: Store every float32 weight that float16 holds exactly as float16, cast
+            back to float32 in the graph (same results, about half the bytes for a
+            checkpoint shipped in float16); ignored with ``fp16``.
 
     Returns:
         The export facts.
@@ -317,21 +340,22 @@ def export_vae_decoder(
     torch = _require_torch()
     config = _vae_config(module, "export_vae_decoder")
     _check_positive(batch=batch, height=height, width=width)
-    if dynamic:
-        batch, height, width = max(batch, 2), _odd(height), _odd(width)
     dtype = torch.float16 if fp16 else torch.float32
 
     def call(m: Any, latent: Any) -> Any:
         return m.decode(latent.to(dtype), return_dict=False)[0].float()
 
     generator = torch.Generator().manual_seed(0)
-    example = (torch.randn(batch, int(config.latent_channels), height, width,
-                           generator=generator),)
+    channels = int(config.latent_channels)
+    example = (torch.randn(batch, channels, height, width, generator=generator),)
+    trace = (torch.randn(max(batch, 2), channels, _TRACE_LATENT, _TRACE_LATENT,
+                         generator=generator),)
     axes = {"latent": {0: "batch", 2: "height", 3: "width"},
             "image": {0: "batch", 2: "image_height", 3: "image_width"}}
     return _export(module, call, example, path, kind="vae_decoder", fp16=fp16,
                    axes=axes if dynamic else None, external_data=external_data,
-                   progress=progress, metadata={})
+                   progress=progress, metadata={}, trace_example=trace, trace_axes=axes,
+                   compact=compact)
 
 
 def export_vae_encoder(
@@ -345,6 +369,7 @@ def export_vae_encoder(
     dynamic: bool = False,
     external_data: bool | None = None,
     progress: Progress | None = None,
+    compact: bool = False,
 ) -> dict[str, Any]:
     """Export a diffusers ``AutoencoderKL`` encoder (with ``quant_conv``) as ``vae_encoder``.
 
@@ -360,6 +385,9 @@ def export_vae_encoder(
         dynamic: Make batch, height and width free (traced at an odd latent size).
         external_data: As for :func:`export_unet`.
         progress: Called with one line per step.
+        compact: Store every float32 weight that float16 holds exactly as float16, cast
+            back to float32 in the graph (same results, about half the bytes for a
+            checkpoint shipped in float16); ignored with ``fp16``.
 
     Returns:
         The export facts.
@@ -375,22 +403,22 @@ def export_vae_encoder(
         raise ExportError(
             f"export_vae_encoder got an image of {height}x{width} px, expected multiples of the "
             f"VAE's scale factor {factor}", help="round the size down as ComfyUI's VAEEncode does")
-    if dynamic:
-        batch = max(batch, 2)
-        height, width = _odd(height // factor) * factor, _odd(width // factor) * factor
     dtype = torch.float16 if fp16 else torch.float32
 
     def call(m: Any, image: Any) -> Any:
         return m.encode(image.to(dtype), return_dict=False)[0].mean.float()
 
     generator = torch.Generator().manual_seed(0)
-    example = (torch.rand(batch, int(config.in_channels), height, width,
-                          generator=generator) * 2 - 1,)
+    channels = int(config.in_channels)
+    example = (torch.rand(batch, channels, height, width, generator=generator) * 2 - 1,)
+    size = _TRACE_LATENT * factor
+    trace = (torch.rand(max(batch, 2), channels, size, size, generator=generator) * 2 - 1,)
     axes = {"image": {0: "batch", 2: "image_height", 3: "image_width"},
             "latent": {0: "batch", 2: "height", 3: "width"}}
     return _export(module, call, example, path, kind="vae_encoder", fp16=fp16,
                    axes=axes if dynamic else None, external_data=external_data,
-                   progress=progress, metadata={})
+                   progress=progress, metadata={}, trace_example=trace, trace_axes=axes,
+                   compact=compact)
 
 
 # --------------------------------------------------------------------------- after export
@@ -435,6 +463,9 @@ def optimize_offline(
         level: ``basic``, ``extended`` or ``all``.
         providers: The execution providers to optimize for.
         progress: Called with one line per step.
+        compact: Store every float32 weight that float16 holds exactly as float16, cast
+            back to float32 in the graph (same results, about half the bytes for a
+            checkpoint shipped in float16); ignored with ``fp16``.
 
     Returns:
         Facts, truthy when ``helped`` (the optimized file's session is created faster than
@@ -506,21 +537,53 @@ def _export(
     external_data: bool | None,
     progress: Progress | None,
     metadata: Mapping[str, str],
-    prepare_fp16: Callable[[Any], None] | None = None,
+    prepare_fp16: Callable[[Any], Callable[[], None] | None] | None = None,
     input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    trace_example: tuple[Any, ...] | None = None,
+    trace_axes: Mapping[str, Mapping[int, str]] | None = None,
+    compact: bool = False,
 ) -> dict[str, Any]:
-    """Trace ``call(module, *example)``, export it, tidy the names, save, check.
+    """Trace ``call(module, *inputs)``, export the graph, write the weights, check the file.
 
-    With ``fp16`` the module is deep-copied (the caller's stays float32; this needs memory for
-    a second copy) and ``prepare_fp16`` may adjust the copy before it is converted.
+    The contract, for every module kind (other exporters call this too):
+
+    * ``call(m, *inputs)`` computes the stage from the module ``m`` (``module`` itself) and
+      returns one tensor or a tuple, in the order of ``output_names``. It must be traceable
+      by the legacy exporter (no data-dependent Python control flow on tensor values).
+    * ``module`` is never copied and never left changed. While tracing, its floating
+      parameters are temporarily replaced by stride-0 zero tensors of the compute dtype
+      (float16 with ``fp16``), so the trace allocates no weights and the weights' values
+      cannot leak into the graph; the graph is exported without parameters
+      (``export_params=False``) and every weight is then streamed, one tensor at a time,
+      from the module into ``NAME.onnx.data`` (or into the file when small). Peak memory is
+      the module plus one tensor, for any model size.
+    * Weights are ONNX initializers named after ``module.state_dict()`` keys.
+    * ``example`` is the shape the stage will be called with. It is only run on the meta
+      device (to learn the output shapes), never computed. The graph is traced at
+      ``trace_example`` with ``trace_axes`` free (small, odd-sized examples keep tracing
+      cheap and general); dimensions free while tracing but not free in ``axes`` are then
+      pinned to ``example``'s sizes. Without ``trace_example`` it traces at ``example`` with
+      ``axes`` free.
+    * ``fp16``: compute and store in float16 (``prepare_fp16(module)`` may adjust the module
+      first and return a function that undoes it). ``compact``: float32 compute, but every
+      float32 weight that float16 holds exactly is stored as float16 and cast back to
+      float32 in the graph (a checkpoint shipped in float16 then costs half the bytes, with
+      bit-identical results); onnxruntime folds the casts when it creates the session.
 
     Returns:
         The facts: ``kind``, ``path``, ``data_path`` (None for one file), ``inputs`` and
         ``outputs`` (lists of ``{name, shape, dtype}``; free dimensions are strings),
-        ``input_names``, ``output_names``, ``weights_dtype``, ``dynamic``, ``opset``,
+        ``input_names``, ``output_names``, ``weights_dtype`` (the compute dtype),
+        ``stored_float16`` (weights stored as float16), ``dynamic``, ``opset``,
         ``weights_bytes``, ``file_bytes`` (model + data), ``parameters`` (initializers named
         after the module's parameters and buffers), ``missing_parameters`` (torch parameters
-        the graph does not use), ``export_s`` (the torch export call) and ``seconds`` (everything).
+        the graph does not use), ``trace_s`` (tracing and exporting the graph), ``write_s``
+        (writing the weights), ``check_s``, ``export_s`` (= ``trace_s``) and ``seconds``.
+
+    Raises:
+        ExportError: The module fails at the example's shape, tracing or export failed, or
+            the written model fails ``onnx.checker``.
     """
     torch = _require_torch()
     onnx = _require_onnx()
@@ -528,67 +591,69 @@ def _export(
     start = time.perf_counter()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    default_inputs, output_names = STAGE_IO[kind]
+    default_inputs, default_outputs = STAGE_IO.get(kind, ((), ()))
     input_names = tuple(input_names or default_inputs)
+    output_names = tuple(output_names or default_outputs)
+    if not input_names or not output_names:
+        raise ExportError(f"_export of a {kind!r} stage needs input_names and output_names")
+    trace_example = example if trace_example is None else trace_example
+    trace_axes = axes if trace_example is example else trace_axes
     shapes = ", ".join("x".join(map(str, t.shape)) for t in example)
-    say(f"exporting {kind} ({'dynamic' if axes else 'static'}, {'fp16' if fp16 else 'fp32'}, "
-        f"example {shapes}) to {path}")
-
-    source = module
-    if fp16:
-        source = copy.deepcopy(module)
-        if prepare_fp16 is not None:
-            prepare_fp16(source)
-        source = source.half()
-    wrapper = _wrap(torch, source, call)
+    say(f"exporting {kind} ({'dynamic' if axes else 'static'}, {'fp16' if fp16 else 'fp32'}"
+        f"{', compact weights' if compact and not fp16 else ''}, example {shapes}) to {path}")
+    dtype = torch.float16 if fp16 else None
+    wrapper = _wrap(torch, module, call)
+    # NOTE: the real tensors by the names the exporter gives graph inputs ("m.<state key>").
+    weights = dict(wrapper.state_dict(keep_vars=True))
+    undo = prepare_fp16(module) if fp16 and prepare_fp16 is not None else None
     try:
-        with torch.no_grad():
-            result = wrapper(*example)
-    except Exception as error:
-        raise ExportError(
-            f"the {kind} module ({type(module).__name__}) fails in torch on the export example "
-            f"{shapes}: {type(error).__name__}: {error}",
-            help="check the sizes passed to the export function") from error
-    results = result if isinstance(result, tuple) else (result,)
-    with tempfile.TemporaryDirectory(prefix="comfyc-onnx-", dir=path.parent) as tmp:
-        raw = Path(tmp) / "model.onnx"
-        export_start = time.perf_counter()
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                # NOTE: tracing warns about every shape-dependent Python branch in diffusers;
-                # the odd example size is how those are handled, so the warnings are noise.
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    wrapper, example, str(raw), dynamo=False, opset_version=OPSET,
-                    input_names=list(input_names), output_names=list(output_names),
-                    dynamic_axes={k: dict(v) for k, v in axes.items()} if axes else None,
-                    export_params=True, do_constant_folding=False,
-                    keep_initializers_as_inputs=True)
-        except Exception as error:
-            raise ExportError(
-                f"exporting the {kind} stage ({type(module).__name__}) to ONNX failed: "
-                f"{type(error).__name__}: {error}",
-                help="check that the module runs in torch at this shape; report the traceback "
-                     "if it does") from error
-        export_s = time.perf_counter() - export_start
-        say(f"traced and exported in {export_s:.2f} s")
-        model = onnx.load(str(raw))  # also reads per-tensor external files of >2 GB exports
+        with _swapped_weights(torch, wrapper, "meta", dtype):
+            results = _meta_outputs(torch, wrapper, example, kind, module)
+        with tempfile.TemporaryDirectory(prefix="comfyc-onnx-", dir=path.parent) as tmp:
+            raw = Path(tmp) / "model.onnx"
+            trace_start = time.perf_counter()
+            try:
+                with _swapped_weights(torch, wrapper, "zeros", dtype), \
+                        warnings.catch_warnings(), torch.no_grad():
+                    # NOTE: tracing warns about every shape-dependent Python branch in
+                    # diffusers; the odd example size is how those are handled.
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(
+                        wrapper, trace_example, str(raw), dynamo=False, opset_version=OPSET,
+                        input_names=list(input_names), output_names=list(output_names),
+                        dynamic_axes=({k: dict(v) for k, v in trace_axes.items()}
+                                      if trace_axes else None),
+                        export_params=False, do_constant_folding=False,
+                        keep_initializers_as_inputs=True)
+            except Exception as error:
+                raise ExportError(
+                    f"exporting the {kind} stage ({type(module).__name__}) to ONNX failed: "
+                    f"{type(error).__name__}: {error}",
+                    help="check that the module runs in torch at this shape; report the "
+                         "traceback if it does") from error
+            model = onnx.load(str(raw))
+    finally:
+        if undo is not None:
+            undo()
+    trace_s = time.perf_counter() - trace_start
+    say(f"traced and exported the graph in {trace_s:.2f} s")
+    _pin_inputs(model.graph, input_names, example, axes or {})
     _fix_output_shapes(model.graph, [tuple(r.shape) for r in results], axes or {})
-    renamed = _tidy_graph(model.graph, _PREFIX)
-    used = set(renamed.values())
-    missing = [name for name, _ in module.named_parameters() if name not in used]
     weights_dtype = "float16" if fp16 else "float32"
     _set_metadata(model, {"comfyc.stage": kind, "comfyc.weights_dtype": weights_dtype,
                           "comfyc.dynamic": str(bool(axes)).lower(),
                           **{f"comfyc.{k}": v for k, v in metadata.items()}})
-    weights = sum(_tensor_bytes(onnx, t) for t in model.graph.initializer)
-    external = weights > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
-    if weights > _PROTOBUF_LIMIT and not external:
-        say(f"weights are {weights / 2**30:.2f} GiB, over protobuf's 2 GiB: using external data")
-        external = True
-    _save(onnx, model, path, external)
-    say(f"saved {path.name}" + (f" + {data_path(path).name}" if external else "")
-        + f" ({_model_bytes(path) / 2**20:.1f} MiB); checking")
+    write_start = time.perf_counter()
+    stored = _attach_weights(onnx, torch, model, weights, path, dtype=dtype,
+                             compact=compact and not fp16, external_data=external_data,
+                             say=say)
+    write_s = time.perf_counter() - write_start
+    used = set(stored["names"])
+    missing = [name for name, _ in module.named_parameters() if name not in used]
+    say(f"saved {path.name}" + (f" + {data_path(path).name}" if stored["external"] else "")
+        + f" ({_model_bytes(path) / 2**20:.1f} MiB, {stored['float16']} weights as float16) "
+        f"in {write_s:.2f} s; checking")
+    check_start = time.perf_counter()
     try:
         onnx.checker.check_model(str(path))
     except Exception as error:
@@ -597,23 +662,206 @@ def _export(
     facts: dict[str, Any] = {
         "kind": kind,
         "path": str(path),
-        "data_path": str(data_path(path)) if external else None,
+        "data_path": str(data_path(path)) if stored["external"] else None,
         "inputs": [_value_info(onnx, v) for v in model.graph.input],
         "outputs": [_value_info(onnx, v) for v in model.graph.output],
         "input_names": list(input_names),
         "output_names": list(output_names),
         "weights_dtype": weights_dtype,
+        "stored_float16": stored["float16"],
         "dynamic": bool(axes),
         "opset": OPSET,
-        "weights_bytes": weights,
+        "weights_bytes": stored["bytes"],
         "file_bytes": _model_bytes(path),
         "parameters": len(used),
         "missing_parameters": missing,
-        "export_s": export_s,
+        "trace_s": trace_s,
+        "write_s": write_s,
+        "check_s": time.perf_counter() - check_start,
+        "export_s": trace_s,
         "seconds": time.perf_counter() - start,
     }
     say(f"{kind} done in {facts['seconds']:.2f} s")
     return facts
+
+
+class _swapped_weights:  # noqa: N801 - a context manager used like a function
+    """Temporarily replace a module's floating parameters (and, for a dtype change, its
+    floating buffers) by tensors that hold no weights; the originals come back on exit.
+
+    ``mode="meta"``: meta tensors (shape propagation only). ``mode="zeros"``: one zero
+    element expanded to the shape (stride 0: no memory), which the tracer can run.
+    """
+
+    def __init__(self, torch: Any, module: Any, mode: str, dtype: Any) -> None:
+        self.torch, self.module, self.mode, self.dtype = torch, module, mode, dtype
+        self.saved: list[tuple[Any, str, str, Any]] = []
+
+    def _stand_in(self, tensor: Any) -> Any:
+        dtype = self.dtype or tensor.dtype
+        if self.mode == "meta":
+            return self.torch.empty(tensor.shape, dtype=dtype, device="meta")
+        return self.torch.zeros((), dtype=dtype).expand(tensor.shape)
+
+    def __enter__(self) -> None:
+        torch = self.torch
+        for owner in self.module.modules():
+            for name, param in list(owner._parameters.items()):
+                if param is not None and param.is_floating_point():
+                    self.saved.append((owner, "_parameters", name, param))
+                    owner._parameters[name] = torch.nn.Parameter(self._stand_in(param),
+                                                                 requires_grad=False)
+            for name, buffer in list(owner._buffers.items()):
+                if buffer is None or not buffer.is_floating_point():
+                    continue
+                if self.mode == "meta" or (self.dtype is not None
+                                           and buffer.dtype != self.dtype):
+                    self.saved.append((owner, "_buffers", name, buffer))
+                    owner._buffers[name] = (self._stand_in(buffer) if self.mode == "meta"
+                                            else buffer.to(self.dtype))
+
+    def __exit__(self, *exc: Any) -> None:
+        for owner, table, name, tensor in reversed(self.saved):
+            getattr(owner, table)[name] = tensor
+        self.saved.clear()
+
+
+def _meta_outputs(torch: Any, wrapper: Any, example: tuple[Any, ...], kind: str,
+                  module: Any) -> tuple[Any, ...]:
+    """The stage's outputs at ``example``'s shapes, computed on the meta device (free).
+
+    Falls back to a real run on the weights in place (zeros when swapped) where an op has no
+    meta kernel.
+    """
+    shapes = ", ".join("x".join(map(str, t.shape)) for t in example)
+    try:
+        with torch.no_grad():
+            result = wrapper(*[t.to("meta") for t in example])
+    except Exception:  # noqa: BLE001 - some ops have no meta kernel: run for real
+        try:
+            with _swapped_weights(torch, wrapper, "zeros", None), torch.no_grad():
+                result = wrapper(*example)
+        except Exception as error:
+            raise ExportError(
+                f"the {kind} module ({type(module).__name__}) fails in torch on the export "
+                f"example {shapes}: {type(error).__name__}: {error}",
+                help="check the sizes passed to the export function") from error
+    return result if isinstance(result, tuple) else (result,)
+
+
+def _pin_inputs(graph: Any, names: Sequence[str], example: tuple[Any, ...],
+                axes: Mapping[str, Mapping[int, str]]) -> None:
+    """Give each stage input the example's size on every dimension not free in ``axes``."""
+    by_name = {value.name: value for value in graph.input}
+    for name, tensor in zip(names, example, strict=False):
+        value = by_name.get(name)
+        if value is None:
+            continue
+        free = axes.get(name, {})
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for index, size in enumerate(tensor.shape):
+            dim = dims.add()
+            if index in free:
+                dim.dim_param = free[index]
+            else:
+                dim.dim_value = int(size)
+
+
+#: Weights at least this large start at a page boundary in the data file, so onnxruntime can
+#: map them instead of copying them.
+_ALIGN_ABOVE = 64 * 1024
+
+
+def _attach_weights(onnx: Any, torch: Any, model: Any, weights: Mapping[str, Any], path: Path,
+                    *, dtype: Any, compact: bool, external_data: bool | None,
+                    say: Progress) -> dict[str, Any]:
+    """Turn the graph's weight inputs into initializers and save the model.
+
+    The exporter (``export_params=False``) leaves every weight as a graph input named
+    ``m.<state key>``. Each becomes an initializer named ``<state key>``; its data is written
+    from the module's tensor (cast to ``dtype`` when given, or stored as float16 behind a
+    ``Cast`` when ``compact`` and float16 holds it exactly), one tensor at a time.
+
+    Returns:
+        ``{"names": initializer names, "bytes": stored bytes, "float16": count stored as
+        float16 by ``compact``, "external": whether ``NAME.onnx.data`` holds them}``.
+    """
+    import numpy as np
+
+    graph = model.graph
+    inputs = [value for value in graph.input if value.name in weights]
+    names = [value.name[len(_PREFIX):] if value.name.startswith(_PREFIX) else value.name
+             for value in inputs]
+    taken = {out for node in graph.node for out in node.output}
+    clashes = sorted(name for name in names if name in taken)
+    assert not clashes, f"weight names would clash with graph values: {clashes[:5]}"
+    kept = [value for value in graph.input if value.name not in weights]
+    del graph.input[:]
+    graph.input.extend(kept)
+
+    def stored_dtype(tensor: Any) -> Any:
+        return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+
+    total = sum(weights[v.name].numel() * torch.empty((), dtype=stored_dtype(
+        weights[v.name])).element_size() for v in inputs)
+    external = total > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    if total > _PROTOBUF_LIMIT and not external:
+        say(f"weights are {total / 2**30:.2f} GiB, over protobuf's 2 GiB: using external data")
+        external = True
+    _remove_model(path)
+    renamed: dict[str, str] = {}
+    casts = []
+    written = halves = 0
+    handle = open(data_path(path), "wb") if external else None  # noqa: SIM115 - closed below
+    try:
+        for value, name in zip(inputs, names, strict=True):
+            tensor = weights[value.name].detach()
+            use = name
+            target = stored_dtype(tensor)
+            if target != tensor.dtype:
+                tensor = tensor.to(target)
+            elif compact and tensor.dtype == torch.float32:
+                half = tensor.to(torch.float16)
+                if torch.equal(half.to(torch.float32), tensor):
+                    tensor = half
+                    use = f"{name}::float32"
+                    casts.append(onnx.helper.make_node(
+                        "Cast", [name], [use], to=onnx.TensorProto.FLOAT, name=f"{name}::cast"))
+                    halves += 1
+                del half
+            array = np.ascontiguousarray(tensor.cpu().numpy())
+            initializer = onnx.TensorProto()
+            initializer.name = name
+            initializer.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+            initializer.dims.extend(array.shape)
+            if handle is None:
+                initializer.raw_data = array.tobytes()
+            else:
+                offset = handle.tell()
+                if array.nbytes >= _ALIGN_ABOVE and offset % 4096:
+                    handle.write(b"\0" * (4096 - offset % 4096))
+                    offset = handle.tell()
+                handle.write(memoryview(array).cast("B"))
+                initializer.data_location = onnx.TensorProto.EXTERNAL
+                for key, item in (("location", data_path(path).name), ("offset", str(offset)),
+                                  ("length", str(array.nbytes))):
+                    entry = initializer.external_data.add()
+                    entry.key, entry.value = key, item
+            written += array.nbytes
+            graph.initializer.append(initializer)
+            renamed[value.name] = use
+            del array, tensor
+    finally:
+        if handle is not None:
+            handle.close()
+    _rename_uses(graph, renamed)
+    if casts:
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(casts + nodes)
+    onnx.save_model(model, str(path))
+    return {"names": names, "bytes": written, "float16": halves, "external": external}
 
 
 def _wrap(torch: Any, module: Any, call: Callable[..., Any]) -> Any:
@@ -628,28 +876,6 @@ def _wrap(torch: Any, module: Any, call: Callable[..., Any]) -> Any:
             return call(self.m, *inputs)
 
     return StageGraph()
-
-
-def _tidy_graph(graph: Any, prefix: str) -> dict[str, str]:
-    """Drop weights from the graph inputs and strip the wrapper prefix from their names.
-
-    Returns:
-        Old name → new name for every initializer that had the prefix.
-    """
-    weights = {tensor.name for tensor in graph.initializer}
-    kept = [value for value in graph.input if value.name not in weights]
-    del graph.input[:]
-    graph.input.extend(kept)
-    renamed = {name: name[len(prefix):] for name in weights if name.startswith(prefix)}
-    taken = weights | {out for node in graph.node for out in node.output}
-    clashes = sorted(new for new in renamed.values() if new in taken and new not in renamed)
-    assert not clashes, f"renaming weights would clash with graph values: {clashes[:5]}"
-    for tensor in graph.initializer:
-        tensor.name = renamed.get(tensor.name, tensor.name)
-    for value in graph.value_info:
-        value.name = renamed.get(value.name, value.name)
-    _rename_uses(graph, renamed)
-    return renamed
 
 
 def _fix_output_shapes(graph: Any, shapes: Sequence[tuple[int, ...]],
@@ -682,19 +908,6 @@ def _rename_uses(graph: Any, renamed: Mapping[str, str]) -> None:
                 _rename_uses(attribute.g, renamed)
             for subgraph in attribute.graphs:
                 _rename_uses(subgraph, renamed)
-
-
-def _save(onnx: Any, model: Any, path: Path, external: bool) -> None:
-    """Write ``model`` to ``path`` (all weights in ``path.data`` when ``external``)."""
-    _remove_model(path)
-    if external:
-        # NOTE: size_threshold=0 puts every weight, even a 32-float bias, in the data file:
-        # onnxruntime can only override initializers stored there.
-        onnx.save_model(model, str(path), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=data_path(path).name,
-                        size_threshold=0)
-    else:
-        onnx.save_model(model, str(path))
 
 
 def _set_metadata(model: Any, values: Mapping[str, str]) -> None:
@@ -735,6 +948,44 @@ def _remove_model(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def remove_model(path: str | Path) -> None:
+    """Delete an ONNX file and its ``NAME.onnx.data`` file (either may be missing)."""
+    _remove_model(Path(path))
+
+
+def replace_model(src: str | Path, dst: str | Path) -> None:
+    """Move the ONNX model ``src`` (and its external data) to ``dst``, replacing ``dst``'s.
+
+    The data file becomes ``dst``'s ``NAME.onnx.data`` and the model's references are
+    rewritten to it (a model names its data file inside), so nothing of the old ``dst``
+    stays behind: after :func:`optimize_offline`, the optimised graph's weights replace the
+    exported ones instead of sitting beside them unread.
+
+    Raises:
+        ExportError: ``src`` keeps weights in more than one external file.
+    """
+    onnx = _require_onnx()
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src), load_external_data=False)
+    locations = {entry.value for tensor in model.graph.initializer
+                 if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    if len(locations) > 1:
+        raise ExportError(f"{src} keeps its weights in {len(locations)} files; expected one")
+    _remove_model(dst)
+    if locations:
+        target = data_path(dst)
+        os.replace(src.parent / locations.pop(), target)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = target.name
+        onnx.save_model(model, str(dst))
+        src.unlink()
+    else:
+        os.replace(src, dst)
+
+
 # --------------------------------------------------------------------------- small helpers
 def _session_options(ort: Any, level: str) -> Any:
     """SessionOptions at an optimization level name (see :data:`_LEVELS`)."""
@@ -754,12 +1005,19 @@ def _time_session(ort: Any, path: Path, options: Any, providers: Iterable[str]) 
     return time.perf_counter() - start
 
 
-def _eager_attention(module: Any) -> None:
-    """Switch a transformers model to its plain (eager) attention implementation."""
-    if hasattr(module, "set_attn_implementation"):
-        module.set_attn_implementation("eager")
-    else:  # NOTE: transformers < 4.48 has no setter
-        module.config._attn_implementation = "eager"
+def _eager_attention(module: Any) -> Callable[[], None]:
+    """Switch a transformers model to its plain (eager) attention implementation; returns
+    the function that switches it back."""
+    before = getattr(module.config, "_attn_implementation", None)
+
+    def switch(name: str | None) -> None:
+        if hasattr(module, "set_attn_implementation") and name is not None:
+            module.set_attn_implementation(name)
+        else:  # NOTE: transformers < 4.48 has no setter
+            module.config._attn_implementation = name
+
+    switch("eager")
+    return lambda: switch(before)
 
 
 def _vae_config(module: Any, caller: str) -> Any:

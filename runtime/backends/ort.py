@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .base import BackendError, Stage
+from .threads import choose_threads
 
 __all__ = [
     "PROVIDER_ALIASES",
@@ -184,8 +185,12 @@ class OrtSession:
         path: The ``.onnx`` file (its ``.onnx.data`` beside it, if any).
         providers: Execution providers in priority order (names, aliases or
             ``(name, options)``); every one of them must end up active.
-        intra_op_threads: Threads inside one operator; 0 lets onnxruntime choose.
-        inter_op_threads: Threads across operators; 0 lets onnxruntime choose.
+        intra_op_threads: Threads inside one operator; 0 (or None): the cores other work
+            leaves free (:func:`~comfyc.runtime.backends.threads.choose_threads`). Idle
+            threads never spin (``session.intra_op.allow_spinning = 0``): on a shared or
+            busy machine a spinning thread takes the core another one needs.
+        inter_op_threads: Threads across operators (used only by parallel execution);
+            0 means 1.
         optimization_level: ``disable``, ``basic``, ``extended`` or ``all``. Use ``disable``
             for files already optimized offline.
         initializer_overrides: Weights to use instead of the file's, by initializer name
@@ -296,8 +301,11 @@ class OrtSession:
         options.graph_optimization_level = {
             "disable": enum.ORT_DISABLE_ALL, "basic": enum.ORT_ENABLE_BASIC,
             "extended": enum.ORT_ENABLE_EXTENDED, "all": enum.ORT_ENABLE_ALL}[level]
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
+        self.threads = choose_threads(intra_op_threads)
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = max(1, inter_op_threads or 1)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         # NOTE: the OrtValues only borrow the numpy buffers and SessionOptions only borrows
         # the OrtValues (a temporary here crashes onnxruntime); keep both alive until the
         # session exists. onnxruntime copies the data into the graph, so both can go after.
@@ -409,7 +417,8 @@ class _OrtStage(Stage):
         io_binding: bool | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
-        if isinstance(model, OrtSession):
+        if isinstance(model, OrtSession) or hasattr(model, "run") and hasattr(model, "inputs"):
+            # NOTE: any session with OrtSession's interface (the OpenVINO backend's too).
             session = model
         else:
             if providers is None:
