@@ -1,5 +1,12 @@
 """Seeded Gaussian noise, bit for bit what PyTorch's CPU generator gives, without torch.
 
+Noise modes (:data:`NOISE_MODES`, :func:`check_noise_mode`): ComfyUI draws the initial noise on
+the CPU everywhere, but the per-step noise of ancestral samplers (and the Brownian tree of the
+``*_sde_gpu`` samplers) on the sampling device. ``cpu`` reproduces ComfyUI on a CPU since its
+#11528 (seed + 1), ``cpu-legacy`` before it (the seed), ``cuda`` ComfyUI on an NVIDIA GPU
+(:class:`CudaGenerator`, torch's Philox-based CUDA ``randn``; exact Philox words and layout,
+normals to about 1e-6 because of the GPU's approximate ``__sincosf``; not yet run on a GPU).
+
 ComfyUI draws the initial latent noise with ``torch.manual_seed(seed); torch.randn(shape)`` on the
 CPU (``comfy/sample.py`` ``prepare_noise``), and ancestral samplers draw further noise from a CPU
 ``torch.Generator`` (``comfy/k_diffusion/sampling.py`` ``default_noise_sampler``). A user expects
@@ -48,7 +55,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BrownianTreeNoise", "TorchGenerator", "prepare_noise"]
+__all__ = [
+    "DEFAULT_NOISE_MODE",
+    "NOISE_MODES",
+    "BrownianTreeNoise",
+    "CudaGenerator",
+    "TorchGenerator",
+    "check_noise_mode",
+    "philox4x32_10",
+    "prepare_noise",
+    "sampler_noise_generator",
+]
+
+#: Where ComfyUI's per-step sampler noise comes from (see :func:`check_noise_mode`).
+NOISE_MODES: tuple[str, ...] = ("cpu", "cpu-legacy", "cuda")
+#: The mode used when none is given: ComfyUI on a CPU, the one comfyc reproduces bit for bit and
+#: checks against recordings of ComfyUI itself (``cuda`` is not yet verified on a GPU).
+DEFAULT_NOISE_MODE = "cpu"
 
 _MASK32 = 0xFFFFFFFF
 
@@ -282,6 +305,260 @@ class TorchGenerator:
         return out.reshape(dims)
 
 
+# ----------------------------------------------------------------------------------------------
+# torch's CUDA generator: Philox4x32-10 counters laid out as ATen's distribution kernels lay them.
+
+_PHILOX_M0 = 0xD2511F53
+_PHILOX_M1 = 0xCD9E8D57
+_PHILOX_W0 = 0x9E3779B9
+_PHILOX_W1 = 0xBB67AE85
+_MASK64 = (1 << 64) - 1
+# NOTE: curand_globals.h: CURAND_2POW32_INV (2.3283064e-10f, which is 2**-32 exactly) and
+# CURAND_2POW32_INV_2PI (2.3283064e-10f * 6.2831855f, a float product rounded to float).
+_CURAND_2POW32_INV = np.float32(2.3283064e-10)
+_CURAND_2POW32_INV_2PI = np.float32(np.float32(2.3283064e-10) * np.float32(6.2831855))
+# NOTE: DistributionTemplates.h: 256 threads a block, at most 4 normals per curand_normal4 call.
+_CUDA_BLOCK = 256
+_CUDA_UNROLL = 4
+
+
+def philox4x32_10(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
+    """Philox4x32-10 (Salmon et al. 2011, Random123; curand's ``curand_Philox4x32_10``).
+
+    Args:
+        counter: uint32 ``[4, n]``: n counters, words ``(x, y, z, w)`` (x the least significant).
+        key: The two key words ``(k0, k1)``; torch and curand use the seed's low and high 32 bits.
+
+    Returns:
+        uint32 ``[4, n]``: the four output words of each counter.
+    """
+    c = np.asarray(counter, dtype=np.uint32).astype(np.uint64)
+    x, y, z, w = c[0], c[1], c[2], c[3]
+    k0, k1 = int(key[0]) & _MASK32, int(key[1]) & _MASK32
+    m0, m1, mask = np.uint64(_PHILOX_M0), np.uint64(_PHILOX_M1), np.uint64(_MASK32)
+    shift = np.uint64(32)
+    for round_index in range(10):
+        if round_index:
+            # NOTE: the key is bumped by the Weyl constants between rounds (mod 2**32).
+            k0 = (k0 + _PHILOX_W0) & _MASK32
+            k1 = (k1 + _PHILOX_W1) & _MASK32
+        p0 = x * m0  # the full 64-bit products: hi = p >> 32, lo = p & mask
+        p1 = z * m1
+        x, y, z, w = (
+            (p1 >> shift) ^ y ^ np.uint64(k0),
+            p1 & mask,
+            (p0 >> shift) ^ w ^ np.uint64(k1),
+            p0 & mask,
+        )
+    return np.stack([x, y, z, w]).astype(np.uint32)
+
+
+def _fma32(a: np.ndarray, b: np.float32, c: np.float32) -> np.ndarray:
+    """Correctly rounded float32 ``fma(a, b, c)`` (an FFMA instruction), for float32 inputs.
+
+    ``a * b`` is exact in float64; the float64 sum is made round-to-odd (its error, from TwoSum,
+    decides the last bit) so that the final rounding to float32 is the single correct rounding.
+    """
+    p = a.astype(np.float64) * np.float64(b)
+    c64 = np.float64(c)
+    s = p + c64
+    bp = s - p
+    err = (p - (s - bp)) + (c64 - bp)
+    even = (s.view(np.uint64) & np.uint64(1)) == 0
+    toward = np.where(err > 0, np.inf, -np.inf)
+    s = np.where((err != 0) & even, np.nextafter(s, toward), s)
+    return s.astype(np.float32)
+
+
+def _box_muller_cuda(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """curand's ``_curand_box_muller(x, y)`` on the device: ``(s * sin v, s * cos v)``.
+
+    ``u = x * 2**-32 + 2**-33`` and ``v = y * 2pi/2**32 + pi/2**32`` are single FFMAs (nvcc
+    contracts them) after a round-to-nearest uint32 -> float conversion, reproduced exactly.
+    ``s = sqrtf(-2 logf(u))``: ``sqrtf`` is correctly rounded (nvcc's default ``-prec-sqrt``);
+    ``logf`` is CUDA's accurate one (at most 1 ulp off), taken here as the correctly rounded
+    value. ``__sincosf`` is the hardware's approximate sine/cosine (absolute error about
+    2**-21.4), whose exact bits are not documented; the correctly rounded values stand in.
+    """
+    u = _fma32(x.astype(np.float32), _CURAND_2POW32_INV, _F(_CURAND_2POW32_INV / _F(2)))
+    v = _fma32(y.astype(np.float32), _CURAND_2POW32_INV_2PI, _F(_CURAND_2POW32_INV_2PI / _F(2)))
+    log_u = np.log(u.astype(np.float64)).astype(np.float32)
+    s = np.sqrt(_MINUS_TWO * log_u)
+    v64 = v.astype(np.float64)
+    return np.sin(v64).astype(np.float32) * s, np.cos(v64).astype(np.float32) * s
+
+
+class CudaGenerator:
+    """A numpy twin of ``torch.Generator(device="cuda")`` for ``randn`` of float32.
+
+    What torch does (ATen ``native/cuda/DistributionTemplates.h`` ``distribution_nullary_kernel``
+    and ``normal_and_transform``, ``cuda/CUDAGeneratorImpl.cpp`` ``philox_cuda_state``, curand's
+    ``curand_kernel.h``/``curand_normal.h``/``curand_philox4x32_x.h``):
+
+    * The generator holds the full 64-bit seed and a Philox offset, 0 after ``manual_seed``.
+    * ``randn`` of ``numel`` elements launches 256-thread blocks, ``grid = min(ceil(numel /
+      256), SMs * (max threads per SM // 256))``; thread ``t`` of ``T = 256 * grid`` runs
+      ``curand_init(seed, t, offset)``: key ``(seed_lo, seed_hi)``, counter ``(offset / 4, 0,
+      t_lo, t_hi)``. Its k-th ``curand_normal4`` call uses counter ``x = offset / 4 + k`` and
+      turns the four Philox words into two Box-Muller pairs ``(w0, w1)``, ``(w2, w3)``, giving
+      ``(s sin, s cos)`` each. Element ``k * 4T + i * T + t`` takes the i-th of those four
+      values (the grid-stride loop unrolled 4 times). When ``grid`` covers ``numel`` (every
+      element its own thread) only the first value of each call is used: element ``t`` is
+      ``sqrt(-2 log u(w0)) * sin v(w1)`` of counter ``(offset / 4, 0, t, 0)``.
+    * Afterwards the offset grows by ``4 * ceil(numel / 4T)`` (``calc_execution_policy``).
+
+    The grid depends on the GPU only when ``numel > 256 * SMs * (max threads per SM // 256)``
+    (e.g. above 196,608 elements on an RTX 4090, 43,008 on an RTX 3060: an SDXL 1024x1024
+    latent has 65,536); pass ``max_blocks`` for such a GPU. The Philox words, their layout and
+    the uniforms are exact; the normals agree with the GPU's to about 1e-6 absolute, because
+    the device's ``__sincosf`` is a hardware approximation (see :func:`_box_muller_cuda`).
+    Not verified on a GPU yet.
+
+    Args:
+        seed: Any integer torch accepts, ``-2**63 <= seed < 2**64`` (all 64 bits count).
+        max_blocks: ``multiProcessorCount * (maxThreadsPerMultiProcessor // 256)`` of the GPU
+            to imitate; None for one large enough for every tensor drawn.
+    """
+
+    __slots__ = ("_offset", "max_blocks", "seed")
+
+    def __init__(self, seed: int, max_blocks: int | None = None) -> None:
+        if max_blocks is not None and int(max_blocks) < 1:
+            raise ValueError(f"max_blocks must be at least 1, got {max_blocks}")
+        self.max_blocks = None if max_blocks is None else int(max_blocks)
+        self.seed = 0
+        self._offset = 0
+        self.manual_seed(seed)
+
+    @property
+    def offset(self) -> int:
+        """torch's ``philox_offset_per_thread`` (``get_offset()``): a multiple of 4."""
+        return self._offset
+
+    def manual_seed(self, seed: int) -> CudaGenerator:
+        """Re-seed (``torch.Generator("cuda").manual_seed``): the offset goes back to 0.
+
+        Args:
+            seed: An integer in ``[-2**63, 2**64)``; a negative one is read as its 64-bit
+                two's complement, as torch does.
+
+        Returns:
+            self.
+
+        Raises:
+            TypeError: if ``seed`` is not an integer.
+            ValueError: if ``seed`` is outside the range torch accepts.
+        """
+        TorchGenerator(0).manual_seed(seed)  # the same checks and messages as the CPU twin
+        self.seed = int(seed) & _MASK64
+        self._offset = 0
+        return self
+
+    def randn(self, shape: int | Sequence[int]) -> np.ndarray:
+        """Standard normal float32 samples, as ``torch.randn(shape, device="cuda", generator=g)``.
+
+        Args:
+            shape: The output shape (an int or a sequence of ints).
+
+        Returns:
+            A C-contiguous float32 array of that shape.
+        """
+        dims = (
+            (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        )
+        if any(d < 0 for d in dims):
+            raise ValueError(f"randn got a negative dimension in shape {dims}")
+        numel = math.prod(dims)
+        out = np.empty(numel, dtype=np.float32)
+        if numel == 0:
+            # NOTE: the kernel returns before taking an offset from the generator.
+            return out.reshape(dims)
+        blocks = -(-numel // _CUDA_BLOCK)
+        if self.max_blocks is not None:
+            blocks = min(blocks, self.max_blocks)
+        threads = _CUDA_BLOCK * blocks
+        per_call = threads * _CUDA_UNROLL
+        calls = (numel - 1) // per_call + 1
+        base = self._offset // 4
+        self._offset += 4 * calls
+        thread = np.arange(threads, dtype=np.uint64)
+        counter = np.empty((4, threads), dtype=np.uint32)
+        counter[2] = (thread & np.uint64(_MASK32)).astype(np.uint32)
+        counter[3] = (thread >> np.uint64(32)).astype(np.uint32)
+        key = (self.seed & _MASK32, self.seed >> 32)
+        for k in range(calls):
+            start = k * per_call
+            # NOTE: only the values whose element exists are computed; with one call covering
+            # the tensor (the usual case) that is the first Box-Muller pair's sine alone.
+            used = min(_CUDA_UNROLL, -(-(numel - start) // threads))
+            # NOTE: counter words x, y hold the 64-bit call position (z, w the thread).
+            position = (base + k) & _MASK64
+            counter[0] = position & _MASK32
+            counter[1] = (position >> 32) & _MASK32
+            words = philox4x32_10(counter, key)
+            values: list[np.ndarray] = []
+            for pair in range((used + 1) // 2):
+                sin, cos = _box_muller_cuda(words[2 * pair], words[2 * pair + 1])
+                values += [sin, cos]
+            for i in range(used):
+                lo = start + i * threads
+                hi = min(lo + threads, numel)
+                out[lo:hi] = values[i][: hi - lo]
+        return out.reshape(dims)
+
+
+def check_noise_mode(mode: str) -> str:
+    """Validate a noise mode: where ComfyUI's sampler noise (beyond the initial noise) comes from.
+
+    * ``cpu``: ComfyUI sampling on a CPU (``--cpu``) since its pull request #11528: ancestral
+      noise (``default_noise_sampler``) from a CPU ``torch.Generator`` seeded ``seed + 1``.
+    * ``cpu-legacy``: ComfyUI on a CPU before #11528 (e.g. 0.3.64): the same, seeded ``seed``.
+    * ``cuda``: ComfyUI on an NVIDIA GPU: ancestral noise from torch's CUDA generator seeded
+      ``seed`` (:class:`CudaGenerator`), and the Brownian trees of the ``*_sde_gpu`` samplers
+      draw from it too (the plain SDE samplers keep their tree on the CPU on every device).
+
+    The initial latent noise is the CPU generator's in every mode, as in ComfyUI.
+
+    Args:
+        mode: One of :data:`NOISE_MODES`.
+
+    Returns:
+        The mode.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if mode not in NOISE_MODES:
+        raise ValueError(
+            f"unknown noise mode {mode!r}; expected one of {', '.join(NOISE_MODES)} (cpu: "
+            "ComfyUI on a CPU, cpu-legacy: ComfyUI on a CPU before its #11528, cuda: ComfyUI "
+            "on an NVIDIA GPU)"
+        )
+    return mode
+
+
+def sampler_noise_generator(mode: str, seed: int) -> TorchGenerator | CudaGenerator:
+    """The generator of ComfyUI's ``default_noise_sampler(x, seed)`` in noise mode ``mode``.
+
+    Each draw is ``generator.randn(x.shape)``.
+
+    Args:
+        mode: One of :data:`NOISE_MODES`.
+        seed: The sampler seed (``extra_args["seed"]``).
+
+    Returns:
+        A :class:`TorchGenerator` (``cpu``: seeded ``seed + 1``; ``cpu-legacy``: ``seed``) or a
+        :class:`CudaGenerator` seeded ``seed`` (``cuda``).
+    """
+    check_noise_mode(mode)
+    if mode == "cuda":
+        return CudaGenerator(seed)
+    if mode == "cpu":
+        # NOTE: torch would reject seed + 1 == 2**64; only its low 32 bits matter anyway.
+        return TorchGenerator((int(seed) + 1) & _MASK64)
+    return TorchGenerator(seed)
+
+
 def prepare_noise(
     shape: Sequence[int], seed: int, batch_index: Sequence[int] | None = None
 ) -> np.ndarray:
@@ -347,11 +624,17 @@ class BrownianTreeNoise:
     Calling it with ``(sigma, sigma_next)`` returns ``W(sigma_next, sigma) * sign /
     sqrt(|sigma_next - sigma|)``, a standard normal sample, as ComfyUI's noise sampler does.
 
+    ``device="cuda"`` is the tree of the ``*_sde_gpu`` samplers on an NVIDIA GPU
+    (``cpu=False``): torchsde then draws every ``randn`` on the tensor's device, that is from a
+    CUDA generator (:class:`CudaGenerator`) seeded with the same seeds; the tree's arithmetic
+    (float32 products and sums, one kernel each) rounds the same on both devices.
+
     Args:
         shape: Latent shape (the noise shape).
         sigma_min: Smallest positive sigma of the schedule.
         sigma_max: Largest sigma of the schedule.
         seed: The sampler seed (the tree's entropy).
+        device: ``"cpu"`` (torch's CPU generator) or ``"cuda"`` (torch's CUDA generator).
     """
 
     __slots__ = (
@@ -369,7 +652,16 @@ class BrownianTreeNoise:
     _NDIGITS = 6
     _CACHE_SIZE = 128
 
-    def __init__(self, shape: Sequence[int], sigma_min: float, sigma_max: float, seed: int):
+    def __init__(
+        self,
+        shape: Sequence[int],
+        sigma_min: float,
+        sigma_max: float,
+        seed: int,
+        device: str = "cpu",
+    ) -> None:
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"Brownian tree device must be 'cpu' or 'cuda', got {device!r}")
         self._shape = tuple(int(v) for v in shape)
         t0 = float(np.float32(sigma_min))
         t1 = float(np.float32(sigma_max))
@@ -388,7 +680,9 @@ class BrownianTreeNoise:
             entropy=self._entropy, pool_size=self._POOL_SIZE
         ).generate_state(3)[0]
         # NOTE: torchsde draws each randn from a fresh torch.Generator; reseeding one is the same.
-        self._generator = TorchGenerator(int(root_seed))
+        self._generator: TorchGenerator | CudaGenerator = (
+            CudaGenerator(int(root_seed)) if device == "cuda" else TorchGenerator(int(root_seed))
+        )
         self._root_w = self._generator.randn(self._shape) * np.float32(math.sqrt(t1 - t0))
         self._seeds: dict[tuple[int, int], int] = {}
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()

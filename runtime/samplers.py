@@ -26,18 +26,24 @@ call sees ``x * m + noise_scaling(sigma, noise, latent) * (1 - m)`` and returns 
 in a :class:`SamplerSpec`, built by the functions named after ComfyUI's sampler nodes
 (:func:`ksampler_select`, :func:`sampler_euler_ancestral`, ...).
 
-Stochastic samplers draw noise as ComfyUI does on a **CPU** sampling device:
+Stochastic samplers draw noise as ComfyUI does on the sampling device that ``noise_mode``
+names (:data:`~comfyc.runtime.noise.NOISE_MODES`; default
+:data:`~comfyc.runtime.noise.DEFAULT_NOISE_MODE`, ``cpu``):
 
-* ``default_noise_sampler`` samplers (ancestral, cfg_pp ancestral, ddpm, lcm, res_multistep
-  ancestral, er_sde, seeds, sa_solver, exp_heun_2_x0_sde, dpm_fast/adaptive with eta) use a
-  ``torch.Generator`` seeded with ``seed + 1`` (``if x.device == cpu: seed += 1``), one ``randn``
-  of the latent's shape per draw. On a CUDA device ComfyUI seeds a CUDA generator with ``seed``,
-  whose stream differs, so results match ComfyUI runs that sample on the CPU.
-* SDE samplers (dpmpp_sde, dpmpp_2m_sde, dpmpp_2m_sde_heun, dpmpp_3m_sde and their ``_gpu``
-  twins, which on a CPU device are identical) use a torchsde ``BrownianTree`` with entropy
-  ``seed``; :class:`comfyc.runtime.noise.BrownianTreeNoise` reproduces it without torch.
+* ``default_noise_sampler`` samplers (:data:`DEVICE_NOISE_SAMPLERS`: ancestral, cfg_pp
+  ancestral, ddpm, lcm, res_multistep ancestral, er_sde, seeds, sa_solver, exp_heun_2_x0_sde,
+  dpm_fast/adaptive with eta) draw one ``randn`` of the latent's shape per draw from a generator
+  on the latent's device: ``cpu``, a CPU ``torch.Generator`` seeded ``seed + 1`` (``if x.device
+  == cpu: seed += 1``, ComfyUI since its #11528); ``cpu-legacy``, seeded ``seed`` (before it);
+  ``cuda``, torch's CUDA generator seeded ``seed``
+  (:class:`comfyc.runtime.noise.CudaGenerator`).
+* SDE samplers (dpmpp_sde, dpmpp_2m_sde, dpmpp_2m_sde_heun, dpmpp_3m_sde) use a torchsde
+  ``BrownianTree`` with entropy ``seed`` kept on the CPU on every device
+  (:class:`comfyc.runtime.noise.BrownianTreeNoise`). Their ``_gpu`` twins build the tree on the
+  latent's device: the same on a CPU, drawn from the CUDA generator in ``cuda`` mode.
 * ``ddim`` is euler, except that with a ``noise_mask`` the re-noised unmasked area uses fresh
-  noise from ``manual_seed(seed + 1)`` (``sampler_object("ddim")``, ``inpaint_options random``).
+  noise from ``manual_seed(seed + 1)`` on the CPU in every mode (``sampler_object("ddim")``,
+  ``inpaint_options random``).
 
 Arithmetic is float32 like ComfyUI's: per-step scalar coefficients are evaluated in float32 in
 ComfyUI's operation order (numpy float32 scalars, or ``_f32`` roundings), array updates keep
@@ -70,10 +76,18 @@ from typing import Any
 import numpy as np
 
 from .model_sampling import ModelSampling, as_model_sampling
-from .noise import BrownianTreeNoise, TorchGenerator, prepare_noise
+from .noise import (
+    DEFAULT_NOISE_MODE,
+    BrownianTreeNoise,
+    TorchGenerator,
+    check_noise_mode,
+    prepare_noise,
+    sampler_noise_generator,
+)
 from .schedules import DiscreteSchedule, _torch_linspace
 
 __all__ = [
+    "DEVICE_NOISE_SAMPLERS",
     "SAMPLER_NAMES",
     "SUPPORTED_SAMPLERS",
     "CustomSampleResult",
@@ -86,6 +100,7 @@ __all__ = [
     "is_max_denoise",
     "ksampler",
     "ksampler_select",
+    "noise_mode_matters",
     "noise_scaling",
     "prepare_mask",
     "sample",
@@ -264,7 +279,7 @@ def _lerp(start: Any, end: Any, weight: float) -> Any:
 class _Run:
     """Per-call state shared by the sampler functions: model, callback, seed, noise streams."""
 
-    __slots__ = ("callback", "model", "model_uncond", "ms", "seed", "total")
+    __slots__ = ("callback", "model", "model_uncond", "ms", "noise_mode", "seed", "total")
 
     def __init__(
         self,
@@ -274,6 +289,7 @@ class _Run:
         seed: int,
         total: int,
         ms: ModelSampling,
+        noise_mode: str = DEFAULT_NOISE_MODE,
     ) -> None:
         self.model = model
         self.model_uncond = model_uncond
@@ -281,25 +297,29 @@ class _Run:
         self.seed = seed
         self.total = total
         self.ms = ms
+        self.noise_mode = noise_mode
 
     def report(self, step: int, denoised: np.ndarray, x: np.ndarray) -> None:
         if self.callback is not None:
             self.callback(step, denoised, x, self.total)
 
     def ancestral_noise(self, shape: tuple[int, ...]) -> Callable[[float, float], np.ndarray]:
-        """ComfyUI's ``default_noise_sampler`` on a CPU device: a generator seeded ``seed + 1``."""
-        # NOTE: torch would reject seed + 1 == 2**64; only its low 32 bits matter anyway.
-        generator = TorchGenerator((self.seed + 1) & 0xFFFFFFFFFFFFFFFF)
+        """ComfyUI's ``default_noise_sampler(x, seed)`` on the noise mode's device."""
+        generator = sampler_noise_generator(self.noise_mode, self.seed)
         return lambda sigma, sigma_next: generator.randn(shape)
 
     def brownian_noise(
-        self, shape: tuple[int, ...], sigmas: Sequence[float]
+        self, shape: tuple[int, ...], sigmas: Sequence[float], gpu_tree: bool = False
     ) -> Callable[[float, float], np.ndarray]:
-        """ComfyUI's ``BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed, cpu=True)``."""
+        """ComfyUI's ``BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed, cpu=not gpu_tree)``.
+
+        A ``_gpu`` sampler's tree lives on the latent's device: a CUDA tree in ``cuda`` mode.
+        """
         positive = [s for s in sigmas if s > 0]
         if not positive:
             raise SamplerError("an SDE sampler needs at least one positive sigma")
-        return BrownianTreeNoise(shape, min(positive), max(sigmas), self.seed)
+        device = "cuda" if gpu_tree and self.noise_mode == "cuda" else "cpu"
+        return BrownianTreeNoise(shape, min(positive), max(sigmas), self.seed, device=device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -798,12 +818,12 @@ def _dpmpp_2s_ancestral_rf(
 
 def _dpmpp_sde(
     run: _Run, x: np.ndarray, s: list[float], eta: float = 1.0, s_noise: float = 1.0,
-    r: float = 0.5,
+    r: float = 0.5, gpu_tree: bool = False,
 ) -> np.ndarray:
     """DPM-Solver++ (stochastic) with Brownian-tree noise, in half-log-SNR time."""
     if len(s) <= 1:
         return x
-    noise = run.brownian_noise(x.shape, s)
+    noise = run.brownian_noise(x.shape, s, gpu_tree)
     ms = run.ms
     s = ms.offset_first_sigma(s)
     fac = 1.0 / (2.0 * r)
@@ -873,14 +893,14 @@ def _sde_noise_scale(h: float, eta: float) -> float:
 
 def _dpmpp_2m_sde(
     run: _Run, x: np.ndarray, s: list[float], eta: float = 1.0, s_noise: float = 1.0,
-    solver_type: str = "midpoint",
+    solver_type: str = "midpoint", gpu_tree: bool = False,
 ) -> np.ndarray:
     """DPM-Solver++(2M) SDE (midpoint or heun correction) with Brownian-tree noise."""
     if len(s) <= 1:
         return x
     if solver_type not in ("heun", "midpoint"):
         raise SamplerError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
-    noise = run.brownian_noise(x.shape, s)
+    noise = run.brownian_noise(x.shape, s, gpu_tree)
     ms = run.ms
     s = ms.offset_first_sigma(s)
     old_denoised: np.ndarray | None = None
@@ -918,12 +938,13 @@ def _dpmpp_2m_sde(
 
 
 def _dpmpp_3m_sde(
-    run: _Run, x: np.ndarray, s: list[float], eta: float = 1.0, s_noise: float = 1.0
+    run: _Run, x: np.ndarray, s: list[float], eta: float = 1.0, s_noise: float = 1.0,
+    gpu_tree: bool = False,
 ) -> np.ndarray:
     """DPM-Solver++(3M) SDE with Brownian-tree noise."""
     if len(s) <= 1:
         return x
-    noise = run.brownian_noise(x.shape, s)
+    noise = run.brownian_noise(x.shape, s, gpu_tree)
     ms = run.ms
     s = ms.offset_first_sigma(s)
     denoised_1: np.ndarray | None = None
@@ -1896,18 +1917,18 @@ _SAMPLERS: dict[str, tuple[Callable[..., np.ndarray], dict[str, Any]]] = {
     "dpm_adaptive": _fixed(_dpm_adaptive),
     "dpmpp_2s_ancestral": _fixed(_dpmpp_2s_ancestral),
     "dpmpp_2s_ancestral_cfg_pp": _fixed(_dpmpp_2s_ancestral_cfg_pp),
-    "dpmpp_sde": _fixed(_dpmpp_sde),
-    # NOTE: the _gpu variants only move the Brownian tree to the sampling device; on a CPU
-    # device (what this runtime reproduces) they are the same sampler.
-    "dpmpp_sde_gpu": _fixed(_dpmpp_sde),
+    "dpmpp_sde": _fixed(_dpmpp_sde, gpu_tree=False),
+    # NOTE: the _gpu variants only move the Brownian tree to the sampling device: the same
+    # sampler on a CPU device, a tree drawn from the CUDA generator in noise mode cuda.
+    "dpmpp_sde_gpu": _fixed(_dpmpp_sde, gpu_tree=True),
     "dpmpp_2m": _fixed(_dpmpp_2m),
     "dpmpp_2m_cfg_pp": _fixed(_dpmpp_2m_cfg_pp),
-    "dpmpp_2m_sde": _fixed(_dpmpp_2m_sde),
-    "dpmpp_2m_sde_gpu": _fixed(_dpmpp_2m_sde),
-    "dpmpp_2m_sde_heun": _fixed(_dpmpp_2m_sde, solver_type="heun"),
-    "dpmpp_2m_sde_heun_gpu": _fixed(_dpmpp_2m_sde, solver_type="heun"),
-    "dpmpp_3m_sde": _fixed(_dpmpp_3m_sde),
-    "dpmpp_3m_sde_gpu": _fixed(_dpmpp_3m_sde),
+    "dpmpp_2m_sde": _fixed(_dpmpp_2m_sde, gpu_tree=False),
+    "dpmpp_2m_sde_gpu": _fixed(_dpmpp_2m_sde, gpu_tree=True),
+    "dpmpp_2m_sde_heun": _fixed(_dpmpp_2m_sde, solver_type="heun", gpu_tree=False),
+    "dpmpp_2m_sde_heun_gpu": _fixed(_dpmpp_2m_sde, solver_type="heun", gpu_tree=True),
+    "dpmpp_3m_sde": _fixed(_dpmpp_3m_sde, gpu_tree=False),
+    "dpmpp_3m_sde_gpu": _fixed(_dpmpp_3m_sde, gpu_tree=True),
     "ddpm": _fixed(_ddpm),
     "lcm": _fixed(_lcm),
     "ipndm": _fixed(_ipndm),
@@ -1932,6 +1953,40 @@ _SAMPLERS: dict[str, tuple[Callable[..., np.ndarray], dict[str, Any]]] = {
 
 #: Samplers this runtime implements, in ComfyUI's combo order (all of ComfyUI's names).
 SUPPORTED_SAMPLERS: tuple[str, ...] = tuple(n for n in SAMPLER_NAMES if n in _SAMPLERS)
+
+#: Samplers whose default options add noise from ``default_noise_sampler`` (the latent's device
+#: generator), so that their result depends on the noise mode. ``dpm_fast``/``dpm_adaptive`` do
+#: so only with ``eta > 0``; the ``*_sde_gpu`` samplers only in ``cuda`` mode (their tree).
+DEVICE_NOISE_SAMPLERS: frozenset[str] = frozenset({
+    "euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp", "ddpm", "lcm", "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp", "er_sde", "seeds_2", "seeds_3", "exp_heun_2_x0_sde",
+    "sa_solver", "sa_solver_pece",
+})
+_GPU_TREE_SAMPLERS = frozenset(
+    {"dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu"}
+)
+
+
+def noise_mode_matters(sampler: str | SamplerSpec) -> bool:
+    """Whether a sampler's result can change with the noise mode (for warnings and metadata).
+
+    Args:
+        sampler: A sampler name or :class:`SamplerSpec`.
+
+    Returns:
+        True for :data:`DEVICE_NOISE_SAMPLERS` (unless ``eta`` or ``s_noise`` is set to 0), the
+        ``*_sde_gpu`` samplers, and ``dpm_fast``/``dpm_adaptive`` with ``eta > 0``.
+    """
+    spec = _as_spec(sampler)
+    options = dict(spec.options)
+    if spec.name in _GPU_TREE_SAMPLERS:
+        return True
+    if spec.name in ("dpm_fast", "dpm_adaptive"):
+        return float(options.get("eta", 0.0)) > 0 and float(options.get("s_noise", 1.0)) != 0
+    if spec.name not in DEVICE_NOISE_SAMPLERS:
+        return False
+    return float(options.get("eta", 1.0)) != 0 and float(options.get("s_noise", 1.0)) != 0
 
 
 def _check_sampler(sampler_name: str) -> None:
@@ -1980,6 +2035,13 @@ class SamplerSpec:
     def option_names(self) -> tuple[str, ...]:
         """The option names this sampler accepts."""
         return _option_names(self.name)
+
+
+def _check_noise_mode(noise_mode: str) -> None:
+    try:
+        check_noise_mode(noise_mode)
+    except ValueError as exc:
+        raise SamplerError(str(exc)) from None
 
 
 def _as_spec(sampler: str | SamplerSpec) -> SamplerSpec:
@@ -2227,6 +2289,7 @@ def sample(
     schedule: DiscreteSchedule | ModelSampling | None = None,
     *,
     model_sampling: ModelSampling | None = None,
+    noise_mode: str = DEFAULT_NOISE_MODE,
 ) -> np.ndarray:
     """Run one ComfyUI sampler (``KSAMPLER.sample``) and return the model-space result.
 
@@ -2243,14 +2306,18 @@ def sample(
         callback: Optional ``callback(step, x0, x, total_steps)`` per step.
         schedule: Older spelling of ``model_sampling`` (a table is read as an EPS model).
         model_sampling: The model's sampling; defaults to SD1 eps.
+        noise_mode: Whose sampler noise to reproduce: ``cpu`` (ComfyUI on a CPU), ``cpu-legacy``
+            (ComfyUI on a CPU before its #11528) or ``cuda`` (ComfyUI on an NVIDIA GPU); see
+            :func:`comfyc.runtime.noise.check_noise_mode`.
 
     Returns:
         float32 model-space latent (through ``inverse_noise_scaling``).
 
     Raises:
-        SamplerError: for an unknown sampler or option, or mismatching shapes.
+        SamplerError: for an unknown sampler, option or noise mode, or mismatching shapes.
     """
     spec = _as_spec(sampler_name)
+    _check_noise_mode(noise_mode)
     ms = as_model_sampling(model_sampling if model_sampling is not None else schedule)
     latent = np.asarray(latent, dtype=np.float32)
     noise = np.asarray(noise, dtype=np.float32)
@@ -2296,7 +2363,7 @@ def sample(
         return out, uncond
 
     x = ms.noise_scaling(sig[0], noise, latent, ms.is_max_denoise(sig))
-    run = _Run(model, model_uncond, callback, int(seed), len(sig) - 1, ms)
+    run = _Run(model, model_uncond, callback, int(seed), len(sig) - 1, ms, noise_mode)
     fn, fixed = _SAMPLERS[spec.name]
     # NOTE: torch computes inf/nan silently where ComfyUI's formulas divide by zero on paths
     # whose result is unused or finite in the end (deis's coefficients for the last step, a
@@ -2343,6 +2410,7 @@ def ksampler(
     schedule: DiscreteSchedule | ModelSampling | None = None,
     latent_shift: float = 0.0,
     model_sampling: ModelSampling | None = None,
+    noise_mode: str = DEFAULT_NOISE_MODE,
 ) -> np.ndarray:
     """The KSampler / KSamplerAdvanced op on a raw LATENT (``nodes.common_ksampler``).
 
@@ -2366,10 +2434,13 @@ def ksampler(
         schedule: Older spelling of ``model_sampling``.
         latent_shift: The latent format's shift factor (0 SD1/SDXL, 0.0609 SD3, 0.1159 Flux).
         model_sampling: The model's sampling; defaults to SD1 eps.
+        noise_mode: ``cpu``, ``cpu-legacy`` or ``cuda``: the sampling device whose per-step
+            noise to reproduce (see :func:`sample`); the initial noise is the same in all.
 
     Returns:
         Raw LATENT samples (float32), same shape.
     """
+    _check_noise_mode(noise_mode)
     latent = np.asarray(latent, dtype=np.float32)
     if sigmas is None or len(sigmas) == 0:
         return latent.copy()
@@ -2381,7 +2452,7 @@ def ksampler(
     model_latent = _process_in(latent, latent_scale, latent_shift)
     out = sample(
         denoiser, model_latent, noise, sigmas, spec, seed, noise_mask, callback, schedule,
-        model_sampling=model_sampling,
+        model_sampling=model_sampling, noise_mode=noise_mode,
     )
     return _process_out(out, latent_scale, latent_shift)
 
@@ -2444,6 +2515,7 @@ def sample_custom(
     latent_scale: float = 0.18215,
     latent_shift: float = 0.0,
     callback: StepCallback | None = None,
+    noise_mode: str = DEFAULT_NOISE_MODE,
 ) -> CustomSampleResult:
     """SamplerCustomAdvanced: NOISE + guider (``denoiser``) + SAMPLER + SIGMAS + LATENT.
 
@@ -2467,10 +2539,12 @@ def sample_custom(
         latent_scale: Latent format scale factor.
         latent_shift: Latent format shift factor.
         callback: Optional per-step callback.
+        noise_mode: ``cpu``, ``cpu-legacy`` or ``cuda`` (see :func:`sample`).
 
     Returns:
         :class:`CustomSampleResult` with ``output`` and ``denoised_output``.
     """
+    _check_noise_mode(noise_mode)
     noise = RandomNoise(0) if noise is None else noise
     latent = np.asarray(latent, dtype=np.float32)
     sig = np.asarray(sigmas, dtype=np.float32).reshape(-1)
@@ -2491,7 +2565,7 @@ def sample_custom(
     model_latent = _process_in(latent, latent_scale, latent_shift)
     out = sample(
         denoiser, model_latent, initial, sig, _as_spec(sampler), noise.seed, noise_mask, hook,
-        model_sampling=ms,
+        model_sampling=ms, noise_mode=noise_mode,
     )
     output = _process_out(out, latent_scale, latent_shift)
     denoised = _process_out(last_x0[0], latent_scale, latent_shift) if last_x0 else output
