@@ -34,6 +34,8 @@ import os
 import platform
 import sys
 import tempfile
+import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,15 +45,23 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import redact
 from .engine import Engine, PromptRejected
 from .paths import UnsafePathError, safe_join
+from .web import TESTED_FRONTEND, PageError, WebPage, server_features, status_response
 
-__all__ = ["DEFAULT_MAX_BODY", "HubAccess", "ServerConfig", "create_app"]
+__all__ = ["DEFAULT_MAX_BODY", "UNAVAILABLE_SUFFIX", "HubAccess", "ServerConfig", "create_app",
+           "mark_unavailable"]
 
 _log = logging.getLogger(__name__)
 
@@ -64,6 +74,17 @@ _MAX_SUBFOLDER = 512
 _MAX_CLIENT_ID = 256
 #: Largest queue ``number`` a client may give (a float holds every integer up to 2**53).
 _MAX_NUMBER = 2**53
+#: ``extra_data`` keys ComfyUI never stores (the page sends its comfy.org credentials there).
+_SENSITIVE_EXTRA = ("auth_token_comfy_org", "api_key_comfy_org")
+#: The cookie that carries the token for the web page (set by ``POST /comfyc/login``).
+_TOKEN_COOKIE = "comfyc_token"
+_LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>comfyc serve</title></head><body style="font-family:sans-serif;margin:4em">
+<h1>comfyc serve</h1><p>This server needs its token (<code>comfyc serve --token</code>).</p>
+<form method="post" action="/comfyc/login"><input type="password" name="token" autofocus>
+<button type="submit">Open</button></form><p>{message}</p></body></html>"""
+#: The suffix of the page's name for node classes comfyc cannot run.
+UNAVAILABLE_SUFFIX = " (not available in comfyc)"
 
 
 class _Json(JSONResponse):
@@ -85,6 +106,7 @@ class ServerConfig:
         max_body: Request size limit in bytes.
         on_queued: Called with a prompt's model key after it is queued (starts its worker).
         info: Extra facts for ``/system_stats`` (``comfyc.replica`` …).
+        page: ComfyUI's web page and the routes it calls (None: the API only).
     """
 
     engine: Engine
@@ -94,6 +116,7 @@ class ServerConfig:
     max_body: int = DEFAULT_MAX_BODY
     on_queued: Callable[[str], None] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    page: WebPage | None = None
 
 
 class HubAccess:
@@ -193,6 +216,8 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
             try:
                 response = await handler(request)
+            except PageError as exc:
+                return status_response(exc)
             except _TooLarge:
                 return _bad("request_too_large",
                             f"the request body is larger than the server's limit of "
@@ -233,6 +258,10 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
                         f"{_MAX_CLIENT_ID} characters")
         if client_id:
             extra = {**extra, "client_id": client_id}
+        # NOTE: as ComfyUI: credentials are never kept (the queue and history are readable by
+        # every client), and the time of acceptance is (the page's queue panel sorts by it).
+        extra = {k: v for k, v in extra.items() if k not in _SENSITIVE_EXTRA}
+        extra["create_time"] = int(time.time() * 1000)
         number = body.get("number")
         if number is not None and (isinstance(number, bool)
                                    or not isinstance(number, (int, float))
@@ -343,6 +372,15 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         return FileResponse(path)
 
     async def upload_image(request: Request) -> Response:
+        return await upload(request, mask=False)
+
+    async def upload_mask(request: Request) -> Response:
+        """ComfyUI's ``/upload/mask``: the page's mask editor sends a picture whose alpha is
+        the mask, and ``original_ref`` (the picture it was drawn on); the original gets that
+        alpha and is stored under the upload's name."""
+        return await upload(request, mask=True)
+
+    async def upload(request: Request, *, mask: bool) -> Response:
         raw = await _body(request, config.max_body)
         try:
             fields, files = _parse_multipart(request.headers.get("content-type", ""), raw)
@@ -381,6 +419,12 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         if too_large:
             return _bad("image_too_large", f"the upload is too large: {too_large}",
                         "upload a smaller picture")
+        if mask:
+            composed = await asyncio.to_thread(_apply_mask, fields.get("original_ref", ""),
+                                               data, folder)
+            if isinstance(composed, Response):
+                return composed
+            data = composed
         try:
             stored = await asyncio.to_thread(_store_upload, target, data, overwrite)
         except OSError as exc:
@@ -394,6 +438,7 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         from comfyc.compiler.catalog import default_catalog
 
         data = await asyncio.to_thread(default_catalog().to_object_info, engine.list_files)
+        data = mark_unavailable(data)
         name = request.path_params.get("node_class")
         if name is not None:
             data = {name: data[name]} if name in data else {}
@@ -404,14 +449,21 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
 
         total, free = _memory()
         cache = await asyncio.to_thread(engine.cache_stats)
-        # NOTE: argv as ComfyUI reports it, but with the server's folders labelled.
+        # NOTE: argv as ComfyUI reports it, but with the server's folders labelled; and
+        # `--disable-api-nodes`, which is what comfyc is (no comfy.org API nodes): the page
+        # then makes no calls to api.comfy.org (release notes …) from a server's page.
+        argv = [*redactor.value(sys.argv), "--disable-api-nodes"]
+        versions = {}
+        if config.page is not None and config.page.web_root is not None:
+            versions = {"required_frontend_version": TESTED_FRONTEND}
         return _Json({
             "system": {"os": os.name, "ram_total": total, "ram_free": free,
-                       "comfyui_version": f"comfyc {__version__}",
+                       "comfyui_version": f"comfyc {__version__}", **versions,
                        "python_version": sys.version, "pytorch_version": "",
-                       "embedded_python": False, "argv": redactor.value(sys.argv),
+                       "embedded_python": False, "argv": argv,
                        "comfyc": {"backend": engine.backend, "pid": os.getpid(),
-                                  "cache": cache, "memory_budget": engine.memory_budget,
+                                  "cache": cache, "tiers": engine.tier_stats(),
+                                  "memory_budget": engine.memory_budget,
                                   "recovered": await hub.call("recovered"),
                                   **config.info}},
             "devices": [{"name": platform.processor() or "cpu", "type": "cpu", "index": None,
@@ -432,6 +484,53 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         if kind not in MODEL_KINDS:
             return _bad("not_found", f"no model folder {kind!r}", f"one of {MODEL_KINDS}", 404)
         return _Json(engine.list_files(kind))
+
+    # ------------------------------------------------------------------- jobs
+    async def get_jobs(request: Request) -> Response:
+        """ComfyUI's ``/api/jobs``: queue and history as jobs, filtered and paged."""
+        from .jobs import JOB_STATUSES
+
+        q = request.query_params
+        statuses = [s.strip().lower() for s in q.get("status", "").split(",") if s.strip()]
+        unknown = [s for s in statuses if s not in JOB_STATUSES]
+        if unknown:
+            return _Json({"error": f"Invalid status value(s): {', '.join(unknown)[:200]}. "
+                                   f"Valid values: {', '.join(JOB_STATUSES)}"}, status_code=400)
+        sort_by = q.get("sort_by", "created_at").lower()
+        sort_order = q.get("sort_order", "desc").lower()
+        if sort_by not in ("created_at", "execution_duration"):
+            return _Json({"error": "sort_by must be 'created_at' or 'execution_duration'"},
+                         status_code=400)
+        if sort_order not in ("asc", "desc"):
+            return _Json({"error": "sort_order must be 'asc' or 'desc'"}, status_code=400)
+        try:
+            limit = int(q["limit"]) if "limit" in q else None
+            offset = max(0, int(q.get("offset", 0)))
+        except ValueError:
+            return _Json({"error": "limit and offset must be integers"}, status_code=400)
+        if limit is not None and limit <= 0:
+            return _Json({"error": "limit must be a positive integer"}, status_code=400)
+        return _Json(await hub.call("jobs", statuses or None, q.get("workflow_id"), sort_by,
+                                    sort_order, limit, offset))
+
+    async def get_job(request: Request) -> Response:
+        job = await hub.call("job", request.path_params["job_id"])
+        if job is None:
+            return _Json({"error": "Job not found"}, status_code=404)
+        return _Json(job)
+
+    async def cancel_job(request: Request) -> Response:
+        return _Json({"cancelled": await hub.call("cancel", [request.path_params["job_id"]])})
+
+    async def cancel_jobs(request: Request) -> Response:
+        try:
+            body = await _json(request, config.max_body)
+        except ValueError as exc:
+            return _Json({"error": str(exc)}, status_code=400)
+        ids = body.get("job_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return _Json({"error": "job_ids must be a list of job ids"}, status_code=400)
+        return _Json({"cancelled": await hub.call("cancel", ids)})
 
     async def interrupt(request: Request) -> Response:
         try:
@@ -455,6 +554,40 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
     async def root(request: Request) -> Response:
         return _Json({"server": "comfyc", "api": "ComfyUI-compatible",
                              "see": ["/prompt", "/queue", "/history", "/object_info", "/ws"]})
+
+    # ------------------------------------------------------------------ login
+    def login_first(handler: Callable[[Request], Awaitable[Response]]
+                    ) -> Callable[[Request], Awaitable[Response]]:
+        """The page for a browser with the token (its cookie); others go to the form."""
+        async def wrapped(request: Request) -> Response:
+            if config.token is not None and not _authorised(request, config.token):
+                return RedirectResponse("/comfyc/login", status_code=303)
+            return await handler(request)
+        return wrapped
+
+    async def login_form(request: Request, failed: bool = False) -> Response:
+        """A browser cannot send a bearer header: it posts the token here once and gets it
+        back as a cookie (HttpOnly, SameSite=Strict) that every later request carries."""
+        return HTMLResponse(_LOGIN_PAGE.replace(
+            "{message}", "Wrong token." if failed else ""), status_code=401 if failed else 200)
+
+    async def login(request: Request) -> Response:
+        if config.token is None:
+            return RedirectResponse("/", status_code=303)
+        raw = await _body(request, 64 * 1024)
+        given = urllib.parse.parse_qs(raw.decode("utf-8", "replace")).get("token", [""])[0]
+        if not hmac.compare_digest(given.encode(), config.token.encode()):
+            return await login_form(request, failed=True)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(_TOKEN_COOKIE, given, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return response
+
+    # ---------------------------------------------------------------- metrics
+    async def metrics(request: Request) -> Response:
+        """Prometheus text: queue depth, prompts by outcome and tier, seconds per stage."""
+        return Response(await hub.call("metrics_text"),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # -------------------------------------------------------------- websocket
     async def ws(websocket: WebSocket) -> None:
@@ -487,12 +620,17 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
             hub.hub.add_waker(waker)
 
         async def drain() -> None:
-            # Client messages (ComfyUI's feature_flags …) are read and ignored; this also
-            # notices the disconnect.
+            # Client messages are read (this also notices the disconnect); the page's first
+            # one offers its feature flags, and ComfyUI answers with the server's.
+            first = True
             while True:
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     return
+                if first and _is_feature_flags(message.get("text")):
+                    await websocket.send_text(redact.dumps({
+                        "type": "feature_flags", "data": server_features(config.max_body)}))
+                first = False
 
         reader = asyncio.create_task(drain())
         try:
@@ -534,22 +672,77 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         ("/system_stats", system_stats, ["GET"]), ("/embeddings", embeddings, ["GET"]),
         ("/models", models, ["GET"]), ("/models/{kind}", models, ["GET"]),
         ("/interrupt", interrupt, ["POST"]), ("/free", free, ["POST"]),
+        ("/upload/mask", upload_mask, ["POST"]),
+        ("/jobs", get_jobs, ["GET"]), ("/jobs/cancel", cancel_jobs, ["POST"]),
+        ("/jobs/{job_id}", get_job, ["GET"]), ("/jobs/{job_id}/cancel", cancel_job, ["POST"]),
         ("/comfyc/prompts/{prompt_id}", prompt_state, ["GET"]),
     ]
-    routes: list[Any] = [Route("/", guard(root), methods=["GET"])]
+    page = config.page
+    if page is not None:
+        handlers += page.handlers()
+    routes: list[Any] = [
+        Route("/", login_first(page.index) if page is not None and page.web_root is not None
+              else guard(root), methods=["GET"]),
+        Route("/comfyc/login", login_form, methods=["GET"]),
+        Route("/comfyc/login", login, methods=["POST"]),
+    ]
+    routes.append(Route("/metrics", guard(metrics), methods=["GET"]))
     for prefix in ("", "/api"):
         for path, handler, methods in handlers:
             routes.append(Route(prefix + path, guard(handler), methods=methods))
         routes.append(WebSocketRoute(prefix + "/ws", ws))
+    if page is not None:
+        routes += [Route(path, guard(handler), methods=methods)
+                   for path, handler, methods in page.internal_handlers()]
+        if page.web_root is not None:
+            # NOTE: last: the page's own files (public package code) under every other path.
+            routes.append(Route("/{path:path}", page.static, methods=["GET", "HEAD"]))
     return Starlette(routes=routes)
 
 
+def mark_unavailable(object_info: dict[str, Any]) -> dict[str, Any]:
+    """``/object_info`` with the classes comfyc cannot run marked the page's own way.
+
+    Such a class is ``deprecated`` (the page hides it from search and the node library, and
+    badges it ``[DEPR]`` on the canvas), its name says "(not available in comfyc)", and its
+    description gives the reason; a prompt using it is refused at ``/prompt`` with that
+    reason on the node.
+    """
+    from comfyc.runtime.nodes import registry
+
+    nodes = registry()
+    out = {}
+    for name, entry in object_info.items():
+        node = nodes.get(name)
+        reason = node.check_only if node is not None else None
+        if reason:
+            entry = {**entry, "deprecated": True,
+                     "display_name": f"{entry.get('display_name') or name}{UNAVAILABLE_SUFFIX}",
+                     "description": f"Not available in comfyc: {reason}"}
+        out[name] = entry
+    return out
+
+
+def _is_feature_flags(text: Any) -> bool:
+    """Whether a websocket text frame is the page's ``feature_flags`` offer."""
+    if not isinstance(text, str) or len(text) > 65536:
+        return False
+    try:
+        message = redact.loads(text)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and message.get("type") == "feature_flags"
+
+
 def _authorised(conn: Any, token: str, *, query_ok: bool = False) -> bool:
-    """Whether the request carries the token: in the Authorization header, or (``query_ok``,
-    the websocket only) as ``?token=``."""
+    """Whether the request carries the token: in the Authorization header, in the web page's
+    login cookie, or (``query_ok``, the websocket only) as ``?token=``."""
     header = conn.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         given: str | None = header[7:]
+    elif _TOKEN_COOKIE in conn.cookies:
+        # NOTE: the web page's login (SameSite=Strict: no other site's page sends it).
+        given = conn.cookies[_TOKEN_COOKIE]
     else:
         given = conn.query_params.get("token") if query_ok else None
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
@@ -665,6 +858,55 @@ def _parse_multipart(content_type: str, raw: bytes
         else:
             fields[str(name)] = payload.decode("utf-8", "replace")
     return fields, files
+
+
+def _apply_mask(original_ref: str, data: bytes, folder: Callable[[str], Path | None]
+                ) -> bytes | Response:
+    """The original picture of a mask upload with the mask's alpha, as PNG bytes (its text
+    chunks kept); or the error answer.
+
+    ``original_ref`` is ``{"filename", "subfolder", "type"}`` (JSON); a file name may carry
+    the folder as ``"name [output]"``. Names are confined like ``/view``'s.
+    """
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    try:
+        ref = redact.loads(original_ref or "{}")
+    except ValueError:
+        ref = None
+    if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str):
+        return _bad("invalid_form", "original_ref must be JSON naming the picture the mask "
+                    "was drawn on: {\"filename\", \"subfolder\", \"type\"}")
+    name, kind = ref["filename"], ref.get("type") or "output"
+    for label in ("output", "input", "temp"):
+        if name.endswith(f" [{label}]"):
+            name, kind = name[: -len(label) - 3], label
+    root = folder(str(kind))
+    if root is None:
+        return _bad("invalid_form", "original_ref's type is not one of input, temp, output")
+    try:
+        path = safe_join(root, str(ref.get("subfolder") or ""), name)
+    except UnsafePathError as exc:
+        return _bad("invalid_path", str(exc), "", 403)
+    if not path.is_file() or any(p.startswith(".") for p in path.relative_to(
+            root.resolve()).parts):
+        return _bad("not_found", f"no picture {name[:200]!r} in the {kind} folder", "", 404)
+    try:
+        with Image.open(path) as original, Image.open(io.BytesIO(data)) as drawn:
+            info = PngInfo()
+            for key, value in (getattr(original, "text", None) or {}).items():
+                info.add_text(key, value)
+            picture = original.convert("RGBA")
+            alpha = drawn.convert("RGBA").getchannel("A")
+            if alpha.size != picture.size:
+                alpha = alpha.resize(picture.size)
+            picture.putalpha(alpha)
+            out = io.BytesIO()
+            picture.save(out, format="PNG", compress_level=4, pnginfo=info)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return _bad("invalid_image", f"the mask or its picture cannot be read: {exc}"[:300])
+    return out.getvalue()
 
 
 def _check_image(data: bytes) -> tuple[int, int, int] | str:

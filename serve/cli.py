@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "build_local", "default_memory_budget", "run", "store_path"]
+__all__ = ["add_arguments", "build_local", "default_memory_budget", "run", "show_prompt_log",
+           "store_path", "web_page"]
 
 
 def _default_cache() -> str:
@@ -72,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", dest="output_dir", help=argparse.SUPPRESS)
     parser.add_argument("--input-dir", default="input", metavar="DIR",
                         help="where uploads go and LoadImage reads (default ./input)")
+    parser.add_argument("--user-dir", default="user", metavar="DIR",
+                        help="the web page's user folder: saved workflows and settings "
+                             "(default ./user)")
+    parser.add_argument("--front-end-root", default=None, metavar="DIR",
+                        help="serve ComfyUI's web page from this folder (default: the "
+                             "installed comfyui-frontend-package)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="compiled artifacts by graph shape (default $COMFYC_SERVE_CACHE "
                              "or ~/.cache/comfyc/serve)")
@@ -105,6 +112,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the queue and history in memory only (lost on restart)")
     parser.add_argument("--no-compile", action="store_true",
                         help="serve only the given artifacts; refuse other prompts (400)")
+    parser.add_argument("--no-preload", action="store_true",
+                        help="do not import the PyTorch path when the server starts (the "
+                             "first prompt of a new graph shape then waits for it)")
+    parser.add_argument("--first-run", choices=("torch", "compile"), default="torch",
+                        help="a graph shape without an artifact: run it at once on PyTorch "
+                             "while its artifact compiles in the background (torch, the "
+                             "default), or compile it first (compile)")
     parser.add_argument("--lease-s", type=float, default=30.0, metavar="S",
                         help="seconds before a dead worker's prompt is run elsewhere "
                              "(default 30)")
@@ -127,7 +141,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Engine's bounds from the command line."""
     return {"max_cache_bytes": int(args.cache_max_gb * 2**30),
             "max_cache_artifacts": max(1, args.cache_max_artifacts),
-            "memory_budget": memory_budget(args)}
+            "memory_budget": memory_budget(args), "first_run": args.first_run}
 
 
 def hub_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,6 +149,20 @@ def hub_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"max_history": args.max_history, "lease_s": args.lease_s,
             "max_history_bytes": int(args.max_history_mb * 2**20),
             "max_pending": args.max_queue}
+
+
+def web_page(args: argparse.Namespace, engine: Any, output_dir: Path, input_dir: Path) -> Any:
+    """ComfyUI's web page for ``engine`` (its files, when the frontend is installed, and the
+    routes it calls)."""
+    from comfyc.runtime.model_paths import MODEL_KINDS
+
+    from .web import WebPage, find_frontend
+
+    user_dir = Path(args.user_dir).resolve()
+    user_dir.mkdir(parents=True, exist_ok=True)
+    return WebPage(find_frontend(args.front_end_root), user_dir, engine.list_files,
+                   tuple(MODEL_KINDS), engine.model_file, output_dir, input_dir,
+                   int(args.max_request_mb * 1024 * 1024))
 
 
 def build_local(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -157,11 +185,15 @@ def build_local(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                     output_dir=output_dir, backend=args.backend, artifacts=args.artifacts,
                     compile=not args.no_compile, **engine_options(args))
     engine.clean_leftovers()
+    if not args.no_preload:
+        engine.preload()
     hub = Hub(**hub_options(args), store_path=store_path(args, cache_dir))
+    engine.report = hub.record
     pool = WorkerPool(hub, engine, output_dir)
     config = ServerConfig(engine, output_dir, input_dir, token=args.token or None,
                           max_body=int(args.max_request_mb * 1024 * 1024),
-                          on_queued=pool.ensure)
+                          on_queued=pool.ensure,
+                          page=web_page(args, engine, output_dir, input_dir))
     # NOTE: prompts taken over from a previous server need their workers now; no POST will
     # start them.
     for key in hub.pending_keys():
@@ -219,6 +251,21 @@ def quiet_tokens() -> None:
     logging.setLogRecordFactory(factory)
 
 
+def show_prompt_log() -> None:
+    """Show the server's own log lines on stderr: one per finished prompt (id, graph hash,
+    tier, seconds, outcome) and the background compiles' (uvicorn's logging shows only
+    warnings)."""
+    logger = logging.getLogger("comfyc.serve")
+    if any(getattr(h, "_comfyc", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("comfyc serve: %(message)s"))
+    handler._comfyc = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc serve``."""
     try:
@@ -236,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"comfyc serve: warning: listening on {args.listen} without --token: anyone who "
               f"reaches this port can run prompts and read outputs", file=sys.stderr)
     quiet_tokens()
+    show_prompt_log()
     try:
         if args.ray:
             from .ray_serve import serve_ray
@@ -259,5 +307,6 @@ def run(args: argparse.Namespace) -> int:
                     ws_max_size=16 * 1024 * 1024, ws=_ws_protocol())
     finally:
         pool.shutdown()
+        pool.engine.close()
         hub.close()
     return 0

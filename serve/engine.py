@@ -36,10 +36,13 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
+import queue
 import re
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -52,10 +55,13 @@ from typing import Any
 
 from .redact import Redactor
 
-__all__ = ["BYTES_PER_PIXEL", "BYTES_PER_TOKEN_PAIR", "DEFAULT_CACHE_ARTIFACTS",
-           "DEFAULT_CACHE_BYTES", "DEFAULT_MEMORY_BUDGET", "FAILED_TTL_S", "RUNTIME_INPUTS",
-           "CompileFailed", "Engine", "Prepared", "PromptRejected", "Validated",
-           "estimate_memory", "graph_shape", "picture_memory", "shape_key"]
+_log = logging.getLogger(__name__)
+
+__all__ = ["BYTES_PER_PIXEL", "BYTES_PER_TOKEN_PAIR", "COMPILE_NICENESS",
+           "DEFAULT_CACHE_ARTIFACTS", "DEFAULT_CACHE_BYTES", "DEFAULT_MEMORY_BUDGET",
+           "FAILED_TTL_S", "FIRST_RUN_MODES", "RUNTIME_INPUTS", "CompileFailed", "Engine",
+           "Prepared", "PromptRejected", "Validated", "compile_prompt", "estimate_memory",
+           "graph_shape", "lower_torch", "picture_memory", "shape_key"]
 
 #: Inputs that become runtime params, by node class: changing them never recompiles.
 RUNTIME_INPUTS: dict[str, tuple[str, ...]] = {
@@ -66,8 +72,15 @@ RUNTIME_INPUTS: dict[str, tuple[str, ...]] = {
     # prefix compiled (and kept) another artifact.
     "SaveImage": ("filename_prefix",),
 }
-#: Programs kept loaded in memory (the artifacts stay on disk).
+#: Programs kept loaded in memory (the artifacts stay on disk), and torch-tier programs.
 MAX_LOADED = 8
+#: Distinct checkpoints the torch tier keeps loaded (more: the models are loaded again).
+MAX_TORCH_CHECKPOINTS = 2
+#: How a prompt of a shape without an artifact runs: ``torch`` at once while the artifact
+#: compiles in the background (ComfyUI starts sampling at once too), or ``compile`` first.
+FIRST_RUN_MODES = ("torch", "compile")
+#: Niceness of background compiles: the prompts running meanwhile get the CPU first.
+COMPILE_NICENESS = 10
 #: Compiled artifacts kept in the cache folder, by total size and by count (LRU beyond).
 DEFAULT_CACHE_BYTES = 10 * 1024**3
 DEFAULT_CACHE_ARTIFACTS = 64
@@ -309,8 +322,11 @@ class Prepared:
         program: The loaded program (one worker runs it at a time).
         params: Values for its runtime params, taken from the prompt.
         compiled: True when this call compiled the artifact.
-        artifact: The artifact directory.
+        artifact: The artifact directory (for the torch tier: where it is being compiled).
         cached_nodes: Prompt nodes that have no op in the program (folded at compile time).
+        tier: ``artifact`` (a compiled artifact runs it) or ``torch`` (the workflow lowered
+            onto PyTorch stages, while its artifact compiles in the background).
+        key: The graph shape's key (``shape_key``; the artifact's name for compiled shapes).
     """
 
     program: Any
@@ -319,6 +335,13 @@ class Prepared:
     artifact: Path
     cached_nodes: list[str]
     _release: Callable[[], None] = field(default=lambda: None, repr=False)
+    tier: str = "artifact"
+    key: str = ""
+
+    @property
+    def lock_key(self) -> str:
+        """What :meth:`Engine.run_lock` is keyed by: one program, one run at a time."""
+        return f"{self.tier}:{self.artifact}"
 
     def release(self) -> None:
         """Let the artifact go (it stays cached; it may now be evicted)."""
@@ -357,6 +380,63 @@ class _Served:
         return True
 
 
+def _bindings(prompt: dict[str, Any]) -> list[str]:
+    """The ``NODE.INPUT=NAME`` param bindings of a prompt's runtime inputs."""
+    return [f"{n}.{i}={_param_name(n, i)}" for n, i in _runtime_inputs(prompt)]
+
+
+def compile_prompt(prompt: dict[str, Any], path: Path, *, backend: str,
+                   models_dir: str | None, input_dir: Path, output_dir: Path | None,
+                   say: Callable[[str], None] | None = None) -> None:
+    """Compile a prompt's graph shape into the artifact ``path`` (its runtime inputs as
+    params; see the module docstring).
+
+    Raises:
+        WorkflowError: The workflow cannot be compiled.
+    """
+    from comfyc.compiler.catalog import default_catalog
+    from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
+    from comfyc.frontends.comfy_json.api import graph_from_api
+
+    graph = graph_from_api(_strip_meta(prompt), default_catalog(), "<prompt>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {}
+    if _compiler_reads_outputs() and output_dir is not None:
+        extra["output_dir"] = str(output_dir)
+    options = CompileOptions(backend=backend, param_bindings=_bindings(prompt),
+                             models_dir=models_dir, input_dir=str(input_dir), **extra)
+    # NOTE: compile_graph writes `.NAME.tmp-PID` and renames it into place, so a
+    # replica killed mid-compile leaves no half artifact under the cache key.
+    compile_graph(graph, path, options, progress=say)
+
+
+def lower_torch(prompt: dict[str, Any], models: Any) -> Any:
+    """The torch tier's program of a prompt's graph shape: the compile passes (with the
+    same runtime params as the artifact) lowered onto PyTorch stages, nothing exported.
+
+    Args:
+        prompt: The validated prompt.
+        models: The :class:`~comfyc.compiler.lowering.program.TorchModelCache` whose loaded
+            checkpoints the program uses (and keeps loaded).
+
+    Raises:
+        WorkflowError: The workflow cannot be lowered (a model does not load …).
+    """
+    from comfyc.compiler.catalog import default_catalog
+    from comfyc.compiler.lowering.program import lower_to_program
+    from comfyc.compiler.passes.base import PassContext, PassOptions
+    from comfyc.compiler.pipeline import run_pipeline
+    from comfyc.frontends.comfy_json.api import graph_from_api
+
+    catalog = default_catalog()
+    graph = graph_from_api(_strip_meta(prompt), catalog, "<prompt>")
+    context = PassContext(catalog, PassOptions(param_bindings=_bindings(prompt),
+                                               models_dir=models.models_dir), models=models)
+    run_pipeline(graph, context)
+    return lower_to_program(graph, catalog, cache=models,
+                            merged_into=context.changes.merged_into())
+
+
 class Engine:
     """Validates prompts and turns them into loaded programs, compiling on demand.
 
@@ -372,6 +452,11 @@ class Engine:
         max_cache_bytes: Compiled artifacts kept, by total size (least recently used go).
         max_cache_artifacts: Compiled artifacts kept, by count.
         memory_budget: Largest estimated run memory of one prompt, in bytes (None: no limit).
+        first_run: How the first prompts of a shape without an artifact run (one of
+            :data:`FIRST_RUN_MODES`): ``torch`` — at once on the torch tier, while the
+            artifact compiles in a background process; ``compile`` — after compiling.
+        report: ``report(kind, facts)`` for the server's metrics (``compile`` with
+            ``seconds`` and ``ok``).
     """
 
     def __init__(self, cache_dir: str | Path, *, models_dir: str | None = None,
@@ -379,8 +464,25 @@ class Engine:
                  backend: str = "ort-cpu", artifacts: list[str | Path] = (),
                  compile: bool = True, max_cache_bytes: int = DEFAULT_CACHE_BYTES,
                  max_cache_artifacts: int = DEFAULT_CACHE_ARTIFACTS,
-                 memory_budget: int | None = DEFAULT_MEMORY_BUDGET) -> None:
+                 memory_budget: int | None = DEFAULT_MEMORY_BUDGET, first_run: str = "torch",
+                 report: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         from comfyc import __version__
+
+        if first_run not in FIRST_RUN_MODES:
+            raise ValueError(f"first_run must be one of {FIRST_RUN_MODES}, not {first_run!r}")
+        self.first_run = first_run
+        self.report = report
+        # The torch tier: loaded checkpoints (kept, as ComfyUI keeps them), lowered programs
+        # by shape key, and the background compiles of those shapes.
+        self._models: Any = None
+        self._torch: OrderedDict[str, Any] = OrderedDict()
+        self._torch_lock = threading.Lock()
+        self._compiles: queue.Queue[tuple[str, Path, dict[str, Any]] | None] = queue.Queue()
+        self._compiling: dict[str, str] = {}  # key -> "queued" | "compiling" | "loading"
+        self._compile_failed: dict[str, str] = {}
+        self._compiler: threading.Thread | None = None
+        self._child: subprocess.Popen[bytes] | None = None
+        self._closed = False
 
         self.cache_dir = Path(cache_dir)
         self.models_dir = models_dir
@@ -666,11 +768,16 @@ class Engine:
     # -------------------------------------------------------------- prepare
     def prepare(self, prompt: dict[str, Any],
                 say: Callable[[str], None] | None = None) -> Prepared:
-        """The program for a validated prompt, compiling it on first sight of its shape.
+        """The program for a validated prompt.
+
+        A served or cached artifact runs it when there is one (loaded in this process). A
+        shape without one runs on the torch tier at once (``first_run="torch"``) while its
+        artifact compiles (and then loads) in the background; with ``first_run="compile"``
+        it is compiled here first.
 
         Raises:
-            CompileFailed: The shape failed to compile recently (not tried again).
-            WorkflowError: Compilation failed (remembered for FAILED_TTL_S).
+            CompileFailed: The shape failed to build recently (not tried again).
+            WorkflowError: Lowering or compilation failed (remembered for FAILED_TTL_S).
             ArtifactError: A cached artifact is damaged twice in a row.
         """
         served = self._served_for(prompt)
@@ -681,6 +788,9 @@ class Engine:
         if failure is not None:
             raise CompileFailed(f"this workflow failed to compile a moment ago: {failure}")
         path = self.cache_dir / f"{key}.comfyc"
+        if self._tiered() and not self._artifact_ready(key, path):
+            self._schedule(key, path, prompt)
+            return self._torch_prepared(key, prompt, path)
         compiled = False
         for attempt in range(2):
             compiled = self._ensure_compiled(key, path, prompt, say) or compiled
@@ -697,12 +807,224 @@ class Engine:
                 self._discard(key, path)
                 continue
             os.utime(path)  # Least recently used goes first.
-            return self._prepared(prompt, path, program, compiled, use)
+            with self._torch_lock:
+                # The artifact took over: the shape's torch program is not needed again.
+                self._torch.pop(key, None)
+            return self._prepared(prompt, path, program, compiled, use, key=key)
         raise AssertionError("unreachable")
 
+    def tier_for(self, prompt: dict[str, Any]) -> str:
+        """The tier a validated prompt would run on now (``artifact`` or ``torch``), without
+        preparing anything (``execution_start`` says it)."""
+        if self._served_for(prompt) is not None or not self._tiered():
+            return "artifact"
+        key = shape_key(prompt, self.salt)
+        return "artifact" if self._artifact_ready(key, self.cache_dir / f"{key}.comfyc") \
+            else "torch"
+
+    def _tiered(self) -> bool:
+        return self.first_run == "torch" and self.allow_compile
+
+    def _artifact_ready(self, key: str, path: Path) -> bool:
+        """Whether the artifact should run a shape: it exists, and is loaded in this process
+        or no torch program of the shape is (loading it then costs less than lowering)."""
+        if not (path / "manifest.json").is_file():
+            return False
+        with self._lock:
+            loaded = str(path) in self._loaded
+        with self._torch_lock:
+            return loaded or key not in self._torch
+
+    # ------------------------------------------------------------ torch tier
+    def _torch_prepared(self, key: str, prompt: dict[str, Any], path: Path) -> Prepared:
+        """The shape's torch-tier program (lowered on first use; checkpoints stay loaded).
+
+        Raises:
+            WorkflowError: The workflow cannot be lowered (remembered like a failed
+                compile: its prompts are refused for FAILED_TTL_S).
+        """
+        with self._torch_lock:
+            program = self._torch.get(key)
+            if program is None:
+                try:
+                    program = lower_torch(prompt, self._model_cache())
+                except Exception as exc:
+                    self._remember_failure(key, exc)
+                    raise
+                self._torch[key] = program
+                while len(self._torch) > MAX_LOADED:
+                    self._torch.popitem(last=False)
+            else:
+                self._torch.move_to_end(key)
+        return self._prepared(prompt, path, program, False, tier="torch", key=key)
+
+    def _model_cache(self) -> Any:
+        """The torch tier's checkpoint cache (lock held): a new one when it holds more than
+        :data:`MAX_TORCH_CHECKPOINTS` checkpoints (their programs are lowered again)."""
+        from comfyc.compiler.lowering.program import TorchModelCache
+
+        loaded = self._models.loaded if self._models is not None else {}
+        if self._models is None or sum(k.startswith("ckpt:") for k in loaded) \
+                >= MAX_TORCH_CHECKPOINTS + 1:
+            self._models = TorchModelCache(self.models_dir)
+            self._torch.clear()
+        return self._models
+
+    def preload(self) -> threading.Thread | None:
+        """Import the torch tier's code in the background (PyTorch, the diffusers and
+        transformers model classes: 10-15 s on two cores), so the first prompt of the
+        server does not pay for it; None when the torch tier is off.
+
+        NOTE: ComfyUI imports everything before it listens; here the server answers at once,
+        and a prompt that comes meanwhile waits only for what is still being imported.
+        """
+        if not self._tiered():
+            return None
+
+        def run() -> None:
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
+            try:
+                import torch  # noqa: F401
+                from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
+                from transformers import CLIPTextModel  # noqa: F401
+
+                import comfyc.compiler.lowering.program  # noqa: F401
+                import comfyc.compiler.models.single_file  # noqa: F401
+                import comfyc.compiler.pipeline  # noqa: F401
+            except Exception:  # noqa: BLE001 - the first prompt imports (and reports) it
+                _log.debug("preloading the torch tier failed", exc_info=True)
+
+        thread = threading.Thread(target=run, daemon=True, name="comfyc-preload")
+        thread.start()
+        return thread
+
+    # ---------------------------------------------------- background compiles
+    def _schedule(self, key: str, path: Path, prompt: dict[str, Any]) -> None:
+        """Compile (or load) a shape's artifact in the background, once."""
+        with self._lock:
+            if self._closed or key in self._compiling or key in self._compile_failed:
+                return
+            self._compiling[key] = "queued"
+            if self._compiler is None or not self._compiler.is_alive():
+                self._compiler = threading.Thread(target=self._compile_loop, daemon=True,
+                                                  name="comfyc-background-compile")
+                self._compiler.start()
+        self._compiles.put((key, path, prompt))
+
+    def _compile_loop(self) -> None:
+        """Compile and load queued shapes one at a time (two compiles at once would only
+        share the CPU with each other and with the prompts running meanwhile)."""
+        while True:
+            item = self._compiles.get()
+            if item is None:
+                return
+            key, path, prompt = item
+            started, ok = time.perf_counter(), False
+            try:
+                if not (path / "manifest.json").is_file():
+                    self._compiling[key] = "compiling"
+                    self._ensure_compiled(key, path, prompt, None, background=True)
+                self._compiling[key] = "loading"
+                release = self._use(key)
+                try:
+                    self._load(path)
+                finally:
+                    release()
+                ok = True
+            except Exception as exc:  # noqa: BLE001 - the torch tier keeps serving the shape
+                message = self.redactor.text(_first_line(exc))[:2000]
+                with self._lock:
+                    self._compile_failed[key] = message
+                _log.warning("background compile of graph %s failed (its prompts keep "
+                             "running on the torch tier): %s", key, message)
+            finally:
+                with self._lock:
+                    self._compiling.pop(key, None)
+                seconds = time.perf_counter() - started
+                _log.info("graph %s: artifact %s in %.1f s", key,
+                          "ready" if ok else "failed", seconds)
+                if self.report is not None:
+                    try:
+                        self.report("compile", {"seconds": seconds, "ok": ok})
+                    except Exception:  # noqa: BLE001 - metrics never stop the compiler
+                        _log.debug("reporting a compile failed", exc_info=True)
+
+    def _compile_in_child(self, prompt: dict[str, Any], path: Path) -> None:
+        """Compile in a child process at lower priority (:data:`COMPILE_NICENESS`).
+
+        NOTE: a child, not a thread: exporting holds the GIL for long stretches (a thread
+        would stall the prompts running on the torch tier), its memory goes back to the
+        system when it exits, and the server can stop it.
+
+        Raises:
+            WorkflowError: The compile failed (with the child's message).
+        """
+        from comfyc.compiler.errors import WorkflowError
+
+        request = {"prompt": prompt, "path": str(path), "backend": self.backend,
+                   "models_dir": self.models_dir, "input_dir": str(self.input_dir),
+                   "output_dir": str(self.output_dir) if self.output_dir else None,
+                   "nice": COMPILE_NICENESS, "parent": os.getpid()}
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        child = subprocess.Popen([sys.executable, "-m", "comfyc.serve.compile_job"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, env=env)
+        with self._lock:
+            self._child = child
+        try:
+            out, _ = child.communicate(json.dumps(request).encode())
+        finally:
+            with self._lock:
+                self._child = None
+        if child.returncode == 0:
+            return
+        message = f"the compile process exited with {child.returncode}"
+        for line in reversed(out.decode("utf-8", "replace").splitlines()):
+            if line.startswith('{"error":'):
+                with contextlib.suppress(ValueError):
+                    message = json.loads(line)["error"]
+                break
+        raise WorkflowError(message)
+
+    def tier_stats(self) -> dict[str, Any]:
+        """The tiers' state for ``/system_stats``: mode, torch programs, compiles."""
+        with self._lock:
+            compiling = dict(self._compiling)
+            failed = dict(self._compile_failed)
+        with self._torch_lock:
+            torch_programs = len(self._torch)
+        return {"first_run": self.first_run, "torch_programs": torch_programs,
+                "compiling": compiling, "compile_failed": failed}
+
+    def wait_compiles(self, timeout: float) -> bool:
+        """Wait until no background compile is queued or running; False on timeout."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                if not self._compiling:
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        """Stop the background compiler (and a compile process it runs)."""
+        with self._lock:
+            self._closed = True
+            child = self._child
+        self._compiles.put(None)
+        if child is not None and child.poll() is None:
+            child.kill()
+
     def _ensure_compiled(self, key: str, path: Path, prompt: dict[str, Any],
-                         say: Callable[[str], None] | None) -> bool:
-        """Compile the shape unless its artifact exists; True when this call compiled it."""
+                         say: Callable[[str], None] | None, *, background: bool = False
+                         ) -> bool:
+        """Compile the shape unless its artifact exists; True when this call compiled it.
+
+        ``background``: in a child process (a failure is the caller's to keep: the torch tier
+        goes on serving the shape); else here, and a failure refuses the shape's prompts for
+        :data:`FAILED_TTL_S`.
+        """
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
@@ -715,12 +1037,15 @@ class Engine:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 if (path / "manifest.json").is_file():
                     return False
-                try:
-                    self._compile(prompt, path, say)
-                except BaseException as exc:
-                    if isinstance(exc, Exception):
-                        self._remember_failure(key, exc)
-                    raise
+                if background:
+                    self._compile_in_child(prompt, path)
+                else:
+                    try:
+                        self._compile(prompt, path, say)
+                    except BaseException as exc:
+                        if isinstance(exc, Exception):
+                            self._remember_failure(key, exc)
+                        raise
         self._evict(keep=path)
         return True
 
@@ -734,7 +1059,8 @@ class Engine:
         return self.cache_dir / f".{key}.lock"
 
     def _prepared(self, prompt: dict[str, Any], path: Path, program: Any, compiled: bool,
-                  release: Callable[[], None] = lambda: None) -> Prepared:
+                  release: Callable[[], None] = lambda: None, *, tier: str = "artifact",
+                  key: str = "") -> Prepared:
         params = {}
         for name, uses in (program.meta.get("param_uses") or {}).items():
             node_id, input_name = uses[0]
@@ -743,26 +1069,13 @@ class Engine:
                 params[name] = value
         op_ids = {op.id for op in program.ops}
         cached = [n for n in prompt if n not in op_ids]
-        return Prepared(program, params, compiled, path, cached, release)
+        return Prepared(program, params, compiled, path, cached, release, tier,
+                        key or shape_key(prompt, self.salt))
 
     def _compile(self, prompt: dict[str, Any], path: Path,
                  say: Callable[[str], None] | None) -> None:
-        from comfyc.compiler.catalog import default_catalog
-        from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
-        from comfyc.frontends.comfy_json.api import graph_from_api
-
-        bindings = [f"{n}.{i}={_param_name(n, i)}" for n, i in _runtime_inputs(prompt)]
-        graph = graph_from_api(_strip_meta(prompt), default_catalog(), "<prompt>")
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        extra: dict[str, Any] = {}
-        if _compiler_reads_outputs() and self.output_dir is not None:
-            extra["output_dir"] = str(self.output_dir)
-        options = CompileOptions(backend=self.backend, param_bindings=bindings,
-                                 models_dir=self.models_dir, input_dir=str(self.input_dir),
-                                 **extra)
-        # NOTE: compile_graph writes `.NAME.tmp-PID` and renames it into place, so a
-        # replica killed mid-compile leaves no half artifact under the cache key.
-        compile_graph(graph, path, options, progress=say)
+        compile_prompt(prompt, path, backend=self.backend, models_dir=self.models_dir,
+                       input_dir=self.input_dir, output_dir=self.output_dir, say=say)
 
     # ---------------------------------------------------------------- cache
     def _evict(self, keep: Path) -> None:
@@ -863,11 +1176,25 @@ class Engine:
             return self._run_locks.setdefault(str(artifact), threading.Lock())
 
     def free(self) -> None:
-        """Drop loaded programs and remembered compile failures (``POST /free``); artifacts
-        stay on disk."""
+        """Drop loaded programs, the torch tier's models and remembered compile failures
+        (``POST /free``); artifacts stay on disk."""
         with self._lock:
             self._loaded.clear()
             self._failed.clear()
+            self._compile_failed.clear()
+        with self._torch_lock:
+            self._torch.clear()
+            self._models = None
+
+    def model_file(self, kind: str, name: str) -> Path | None:
+        """The file of a model by folder and name (the page reads its size and metadata),
+        or None when it does not resolve."""
+        from comfyc.runtime.model_paths import ModelPathError, resolve
+
+        try:
+            return resolve(kind, name, self.models_dir)
+        except (ModelPathError, ValueError, OSError):
+            return None
 
     def list_files(self, kind: str) -> list[str]:
         """File combo choices for ``/object_info``: model names, or the input folder."""
@@ -910,3 +1237,12 @@ def _rejection(errors: list[Any], prompt: dict[str, Any]) -> dict[str, Any]:
     return {"error": {"type": "prompt_outputs_failed_validation",
                       "message": "Prompt outputs failed validation", "details": details,
                       "extra_info": {}}, "node_errors": grouped}
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message (comfyc errors rendered with their location)."""
+    render = getattr(exc, "render", None)
+    if callable(render):
+        with contextlib.suppress(Exception):
+            return str(render())
+    return str(exc) or type(exc).__name__

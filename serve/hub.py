@@ -160,8 +160,12 @@ class Hub:
     _preview_clients: set[str] = field(default_factory=set)
     _store: Any = None
     _recovered: dict[str, int] = field(default_factory=dict)
+    _metrics: Any = None
 
     def __post_init__(self) -> None:
+        from .metrics import Metrics
+
+        self._metrics = Metrics()
         if self.store_path is not None:
             from .store import PromptStore
 
@@ -439,6 +443,60 @@ class Hub:
             if self._store is not None:
                 self._store.forget([p for p in prompt_ids if p not in self._running
                                     and not any(j.prompt_id == p for _, _, j in self._pending)])
+
+    # ---------------------------------------------------------------- metrics
+    def record(self, kind: str, facts: dict[str, Any]) -> None:
+        """Count a finished prompt or background compile (see :mod:`.metrics`)."""
+        self._metrics.record(kind, facts)
+
+    def metrics_text(self) -> str:
+        """``GET /metrics``: Prometheus text, with the queue depth now."""
+        with self._lock:
+            pending, running = len(self._pending), len(self._running)
+        return self._metrics.render(pending, running)
+
+    # ------------------------------------------------------------------- jobs
+    def jobs(self, statuses: list[str] | None = None, workflow_id: str | None = None,
+             sort_by: str = "created_at", sort_order: str = "desc", limit: int | None = None,
+             offset: int = 0) -> dict[str, Any]:
+        """``GET /api/jobs``: queue and history as jobs (:mod:`.jobs`), with pagination."""
+        from .jobs import list_jobs
+
+        with self._lock:
+            running = [lease.job.queue_item() for lease in self._running.values()]
+            pending = [job.queue_item() for _, _, job in sorted(self._pending,
+                                                                key=lambda e: e[:2])]
+            history = dict(self._history)
+        jobs, total = list_jobs(running, pending, history, statuses=statuses,
+                                workflow_id=workflow_id, sort_by=sort_by,
+                                sort_order=sort_order, limit=limit, offset=offset)
+        return {"jobs": jobs, "pagination": {"offset": offset, "limit": limit, "total": total,
+                                             "has_more": offset + len(jobs) < total}}
+
+    def job(self, prompt_id: str) -> dict[str, Any] | None:
+        """``GET /api/jobs/{id}``: one job with its details, or None."""
+        from .jobs import history_job, queue_job
+
+        with self._lock:
+            entry = self._history.get(prompt_id)
+            lease = self._running.get(prompt_id)
+            item = lease.job.queue_item() if lease is not None else None
+            pending = next((job.queue_item() for _, _, job in self._pending
+                            if job.prompt_id == prompt_id), None)
+        if entry is not None:
+            return history_job(prompt_id, entry, details=True)
+        if item is not None:
+            return queue_job(item, "in_progress")
+        return queue_job(pending, "pending") if pending is not None else None
+
+    def cancel(self, prompt_ids: list[str]) -> bool:
+        """Cancel prompts by id: a pending one leaves the queue, a running one is
+        interrupted; finished or unknown ids change nothing. True when one was cancelled."""
+        removed = self.delete_pending(prompt_ids)
+        with self._lock:
+            running = [pid for pid in prompt_ids if pid in self._running]
+            self._interrupts.update(running)
+        return bool(removed or running)
 
     # -------------------------------------------------------------- interrupt
     def interrupt(self, prompt_id: str | None = None) -> list[str]:

@@ -4,8 +4,9 @@ Messages of one prompt, to the client that queued it, in ComfyUI's order (``main
 ``prompt_worker`` and ``execution.py``'s ``PromptExecutor.execute``):
 
 1. ``execution_start`` ``{prompt_id, timestamp}``
-2. ``comfyc.compile`` ``{prompt_id, message}`` while a new graph shape compiles (comfyc's
-   own type; ComfyUI clients ignore types they do not know)
+2. ``comfyc.compile`` ``{prompt_id, message}`` while a new graph shape compiles before it
+   runs (``--first-run compile`` only: comfyc's own type; ComfyUI clients ignore types they
+   do not know)
 3. ``execution_cached`` ``{nodes, prompt_id, timestamp}`` — prompt nodes that have no op in
    the program (folded or merged at compile time: they never execute)
 4. per op: ``executing`` ``{node, display_node, prompt_id}``; sampler steps send
@@ -19,6 +20,11 @@ Messages of one prompt, to the client that queued it, in ComfyUI's order (``main
 6. the history entry is written and a ``status`` broadcast goes out (ComfyUI's task_done)
 7. ``executing`` ``{node: null, prompt_id}`` — the "done" signal clients wait for.
 
+Every message a prompt sends carries ``comfyc_tier`` (``torch`` or ``artifact``: which tier
+ran it; an extra field ComfyUI clients ignore), and so does its history entry's ``comfyc``.
+A finished prompt logs one line to ``comfyc.serve.prompts`` (id, graph hash, tier, seconds,
+outcome) and adds to the hub's metrics.
+
 A failing prompt never kills its worker: every error becomes ``execution_error`` and an
 ``error`` history entry, whose message and traceback name no server folder (the engine's
 :class:`~.redact.Redactor` labels them). One worker runs the prompts of one model key
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import threading
 import time
@@ -41,8 +48,13 @@ from typing import Any
 from .hub import Job, now_ms
 
 _log = logging.getLogger(__name__)
+#: One line per finished prompt (id, graph hash, tier, seconds, outcome); ``comfyc serve``
+#: shows it on stderr.
+PROMPT_LOG = logging.getLogger("comfyc.serve.prompts")
+_STAGE_KIND = re.compile(r"(unet|text_encoder_2|text_encoder|vae_decoder|vae_encoder)")
 
-__all__ = ["PNG", "PREVIEW_IMAGE", "Interrupted", "Worker", "WorkerPool", "run_job"]
+__all__ = ["PNG", "PREVIEW_IMAGE", "PROMPT_LOG", "Interrupted", "Worker", "WorkerPool",
+           "run_job"]
 
 #: Binary frame header fields (ComfyUI's ``BinaryEventTypes.PREVIEW_IMAGE``, format 2 = PNG).
 PREVIEW_IMAGE = 1
@@ -57,11 +69,21 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
     """Run one claimed prompt and report it; returns whether its result was recorded."""
     from comfyc.runtime.program import ProgramError
 
+    from .engine import shape_key
+
     pid, client = job.prompt_id, job.client_id
     messages: list[list[Any]] = []
+    claimed = time.time()
+    graph = shape_key(job.prompt, engine.salt)
+    try:
+        tier = engine.tier_for(job.prompt)
+    except Exception:  # noqa: BLE001 - only a label; prepare() reports what is wrong
+        tier = "artifact"
 
     def record(event: str, data: dict[str, Any]) -> None:
-        data = {**data, "timestamp": now_ms()}
+        # NOTE: `comfyc_tier` is comfyc's own field on ComfyUI's messages (clients ignore
+        # fields they do not know): which tier ran the prompt.
+        data = {**data, "comfyc_tier": tier, "timestamp": now_ms()}
         messages.append([event, data])
         hub.send(event, data, client)
 
@@ -94,7 +116,8 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
                     hub.send(None, struct.pack(">II", PREVIEW_IMAGE, PNG) + body, client,
                              preview=True)
             hub.send("executed", {"node": node_id, "display_node": node_id,
-                                  "output": outputs[node_id], "prompt_id": pid}, client)
+                                  "output": outputs[node_id], "prompt_id": pid,
+                                  "comfyc_tier": tier}, client)
 
     def on_op(op: Any, ctx: Any) -> None:
         flush_outputs(ctx.files)
@@ -121,16 +144,18 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
     def say(message: str) -> None:
         hub.send("comfyc.compile", {"prompt_id": pid, "message": redact(message)}, client)
 
-    status, ok = "success", True
+    status, ok, outcome = "success", True, "success"
     times: dict[str, float] = {}
+    stages: dict[str, float] = {}
     started = time.perf_counter()
     prepared = None
     try:
         prepared = engine.prepare(job.prompt, say)
+        tier = prepared.tier
         times["prepare_s"] = time.perf_counter() - started
         record("execution_cached", {"nodes": prepared.cached_nodes, "prompt_id": pid})
         program = prepared.program
-        with engine.run_lock(prepared.artifact):
+        with engine.run_lock(prepared.lock_key):
             # NOTE: SaveImage embeds the prompt as the client sent it (ComfyUI's hidden
             # PROMPT input) and the client's extra_pnginfo (the UI workflow).
             program.meta["prompt"] = job.prompt
@@ -139,6 +164,7 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
                                  input_dir=engine.input_dir, progress=progress, on_op=on_op,
                                  preview=preview if previews else None)
         times["run_s"] = result.timings["total_s"]
+        stages = _stage_seconds(result.timings.get("stages") or {})
         if current["node"] is not None:
             executed.append(current["node"])
         flush_outputs(result.files)  # the last op's outputs: no later op flushed them
@@ -150,8 +176,10 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
         base = {"prompt_id": pid, "node_id": current["node"], "node_type": current["type"],
                 "executed": executed}
         if isinstance(exc, Interrupted) or isinstance(cause, Interrupted):
+            outcome = "interrupted"
             record("execution_interrupted", base)
         else:
+            outcome = "error"
             record("execution_error", {
                 **base, "exception_message": redact(_message(exc)),
                 "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
@@ -169,15 +197,41 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
         "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n}
                  for n in outputs},
         # NOTE: comfyc's own facts, beside ComfyUI's keys (clients ignore unknown keys).
-        "comfyc": {"worker": owner, "attempt": job.attempts,
+        "comfyc": {"worker": owner, "attempt": job.attempts, "tier": tier, "graph": graph,
                    "total_s": time.perf_counter() - started, **times},
     }
     recorded = hub.finish(owner, pid, entry)
+    total = time.perf_counter() - started
     if recorded:
         # NOTE: a worker whose lease expired (it stalled and another took the prompt over)
         # stays quiet: the "done" signal comes from the worker whose result was recorded.
         hub.send("executing", {"node": None, "prompt_id": pid}, client)
+        # One line per prompt, in logfmt (what an operator greps and a log shipper parses).
+        PROMPT_LOG.info("prompt=%s graph=%s tier=%s seconds=%.3f outcome=%s attempt=%d",
+                        pid, graph, tier, total, outcome, job.attempts)
+        created = (job.extra_data or {}).get("create_time")
+        queued = max(0.0, claimed - created / 1000) if isinstance(created, (int, float)) \
+            else None
+        try:
+            hub.record("prompt", {"outcome": outcome, "tier": tier, "seconds": {
+                **({"queue": queued} if queued is not None else {}),
+                **({"prepare": times["prepare_s"]} if "prepare_s" in times else {}),
+                **({"run": times["run_s"]} if "run_s" in times else {}),
+                **stages, "total": total}})
+        except Exception:  # noqa: BLE001 - metrics never fail a prompt
+            _log.debug("recording metrics failed", exc_info=True)
     return recorded
+
+
+def _stage_seconds(stages: dict[str, Any]) -> dict[str, float]:
+    """Seconds per model stage kind (``unet``, ``text_encoder``, ``vae_decoder`` …) of a run's
+    stage timings, whose names carry a model hash (``unet_3fa2…``)."""
+    out: dict[str, float] = {}
+    for name, facts in stages.items():
+        kind = _STAGE_KIND.match(name)
+        label = kind.group(1) if kind else name.split("_")[0]
+        out[label] = out.get(label, 0.0) + float(facts.get("total_s", 0.0))
+    return out
 
 
 def _message(exc: BaseException) -> str:
