@@ -27,9 +27,17 @@ _SIZE_INPUTS = ("width", "height", "x", "y")
 
 @dataclass(frozen=True)
 class Template:
-    """A starter: the example it is, and whether it reads an input image."""
+    """A starter: the example it is.
+
+    Attributes:
+        example: The example's file name.
+        tiny: It runs on the embedded tiny model (``--ckpt`` rescales it for a 512-pixel
+            checkpoint); otherwise it names real checkpoints (SDXL) and ``--ckpt`` only
+            replaces the first one.
+    """
 
     example: str
+    tiny: bool = True
 
     def text(self) -> str:
         """The example's text."""
@@ -52,6 +60,10 @@ TEMPLATES: dict[str, Template] = {
     "hires-fix": Template("hires_fix.cfy"),
     "lora": Template("lora.cfy"),
     "area": Template("area.cfy"),
+    "custom-sampling": Template("custom_sampling.cfy"),
+    "sdxl": Template("sdxl_txt2img.cfy", tiny=False),
+    "sdxl-refiner": Template("sdxl_refiner.cfy", tiny=False),
+    "sdxl-turbo": Template("sdxl_turbo.cfy", tiny=False),
 }
 
 
@@ -76,13 +88,16 @@ def _body(text: str) -> str:
     return "".join(lines[index:])
 
 
-def _header(headline: str, model_note: str, file: str, input_dir: str | None) -> str:
+def _header(headline: str, model_note: str, file: str, input_dir: str | None,
+            models: bool = False) -> str:
     stem = PurePath(file).stem
     extra = f" --input-dir {input_dir}" if input_dir else ""
+    where = " --models-dir models" if models else ""
     return (f"# {headline}\n# {model_note}\n#\n"
-            f"#   comfyc check {file}\n"
-            f"#   comfyc run {file} --output output{extra}\n"
-            f"#   comfyc compile {file} -o {stem}.comfyc && comfyc run {stem}.comfyc{extra}\n"
+            f"#   comfyc check {file}{where}\n"
+            f"#   comfyc run {file}{where} --output output{extra}\n"
+            f"#   comfyc compile {file}{where} -o {stem}.comfyc && comfyc run {stem}.comfyc"
+            f"{extra}\n"
             f"#   comfyc viz {file} -o {stem}.html\n#\n"
             f"# Params (`param ...`) stay runtime inputs: `comfyc run ... --param seed=7`.\n\n")
 
@@ -121,7 +136,8 @@ def render(name: str, *, file: str = "workflow.cfy", ckpt: str | None = None,
     Args:
         name: A key of :data:`TEMPLATES`.
         file: The path it will be written to (named in its header's commands).
-        ckpt: A checkpoint in the models folder instead of the embedded tiny model.
+        ckpt: A checkpoint in the models folder instead of the embedded tiny model (for
+            the SDXL starters: instead of the first checkpoint they name).
         lora: The LoRA name (default: the tiny model's, or ``my-lora.safetensors`` with
             ``ckpt``).
         input_dir: The input folder its LoadImage reads from, for the header's commands.
@@ -129,7 +145,17 @@ def render(name: str, *, file: str = "workflow.cfy", ckpt: str | None = None,
     template = TEMPLATES[name]
     body = _body(template.text())
     image = uses_input_image(name)
-    if ckpt is None:
+    if not template.tiny:
+        note = template.text().splitlines()[1].lstrip("# ").strip()
+        if ckpt is not None:
+            first = _first_checkpoint(body, file)
+            body = _rewrite(body, lambda graph: _replace_files(graph, "checkpoints", first,
+                                                               ckpt), file)
+            note = f"For checkpoint {ckpt} from the models folder (--models-dir or\n" \
+                   f"# $COMFYC_MODELS)."
+        if lora is not None:
+            body = _rewrite(body, lambda graph: _set_files(graph, "loras", lora), file)
+    elif ckpt is None:
         note = "For comfyc's embedded tiny model: 64x64 handwritten digits, nothing to download."
         if lora is not None:
             body = _rewrite(body, lambda graph: _set_files(graph, "loras", lora), file)
@@ -138,13 +164,41 @@ def render(name: str, *, file: str = "workflow.cfy", ckpt: str | None = None,
                 f"# $COMFYC_MODELS): sizes are for a 512-pixel model; change the prompts.")
         body = _rewrite(body, _for_checkpoint(ckpt, lora or "my-lora.safetensors",
                                               "input.png"), file)
-    return _header(template.headline, note, file, input_dir if image else None) + body
+    return _header(template.headline, note, file, input_dir if image else None,
+                   models=not template.tiny or ckpt is not None) + body
 
 
 def _rewrite(text: str, edit: Callable[[object], None], file: str) -> str:
     from comfyc.frontends.dsl.format import rewrite_source
 
     return rewrite_source(text, edit, file)  # type: ignore[arg-type]
+
+
+def _first_checkpoint(text: str, file: str) -> str | None:
+    """The first checkpoint name a workflow loads."""
+    from comfyc.compiler.catalog import default_catalog
+    from comfyc.frontends.dsl import parse_dsl
+
+    catalog = default_catalog()
+    graph = parse_dsl(text, file, catalog)
+    for node in graph.nodes:
+        schema = catalog.get(node.class_type)
+        for spec in schema.inputs if schema is not None else []:
+            if spec.files == "checkpoints" and isinstance(node.inputs.get(spec.name), str):
+                return node.inputs[spec.name]
+    return None
+
+
+def _replace_files(graph: object, folder: str, old: str | None, new: str) -> None:
+    """Replace the file name ``old`` of one models folder by ``new``."""
+    from comfyc.compiler.catalog import default_catalog
+
+    catalog = default_catalog()
+    for node in graph.nodes:  # type: ignore[attr-defined]
+        schema = catalog.get(node.class_type)
+        for spec in schema.inputs if schema is not None else []:
+            if spec.files == folder and node.inputs.get(spec.name) == old:
+                graph.set_input(node, spec.name, new)  # type: ignore[attr-defined]
 
 
 def _set_files(graph: object, folder: str, value: str) -> None:
