@@ -337,6 +337,15 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
     kind = entry.kind
     info = dict(entry.info)
     _check_stage_source(name, entry, backend)
+    if not options.get("intra_op_threads") and info.get("threads"):
+        # NOTE: the autotuner's thread count, but never more than the cores free now.
+        from .backends.threads import free_cores
+
+        options = {**options, "intra_op_threads": min(int(info["threads"]), free_cores())}
+    if _is_torch(backend) and kind == "unet" and info.get("step_cache"):
+        raise BackendError(f"stage {name} caches steps, which runs on onnxruntime or OpenVINO "
+                           f"only; run it with --backend {name}=ort-cpu (or ov-cpu), or "
+                           f"compile without --step-cache")
     if _is_torch(backend):
         from .backends.threads import choose_threads, passive_openmp
 
@@ -368,18 +377,24 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
         providers = ort.providers_for_backend(backend)
         if providers[0] == "TensorrtExecutionProvider":
             providers = _tensorrt_ep(root, providers, entry)
+        if kind == "unet" and info.get("step_cache"):
+            return _step_cache_stage(root, name, entry, info, lambda path: ort.OrtSession(
+                path, providers=providers, **ort_options))
         return classes[kind](name, root / _stage_file(entry, backend, precision),
                              providers=providers, info=info, **ort_options)
     if backend.startswith("ov-"):
         if overrides:
             raise BackendError(f"stage {name} has runtime-mode LoRAs, which ov-cpu cannot "
                                f"merge; run it with --backend {name}=ort-cpu")
-        from .backends.openvino import make_ov_stage
+        from .backends.openvino import OvSession, make_ov_stage
 
         precision = options.get("precision")
-        return make_ov_stage(name, kind, root / str(entry.file), info=info,
-                             intra_op_threads=options.get("intra_op_threads"),
-                             precision=None if precision in (None, "fp32") else precision)
+        ov_options = {"intra_op_threads": options.get("intra_op_threads"),
+                      "precision": None if precision in (None, "fp32") else precision}
+        if kind == "unet" and info.get("step_cache"):
+            return _step_cache_stage(root, name, entry, info,
+                                     lambda path: OvSession(path, **ov_options))
+        return make_ov_stage(name, kind, root / str(entry.file), info=info, **ov_options)
     if backend == "trt":
         try:
             from .backends.trt import load_trt_stage  # type: ignore[import-not-found]
@@ -395,6 +410,21 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
         return stage
     raise BackendError(f"unknown backend {backend!r} for stage {name}; use one of "
                        f"{', '.join(BACKENDS)} or ort-<provider>")
+
+
+def _step_cache_stage(root: Path, name: str, entry: StageEntry, info: dict[str, Any],
+                      session: Any) -> Stage:
+    """A step-caching UNet over the entry's full and shallow graphs (compile
+    ``--step-cache``); ``session(path)`` opens one graph on the chosen backend."""
+    from .backends.step_cache import StepCacheUNet
+
+    shallow = entry.variants.get("step_cache_shallow")
+    settings = info.get("step_cache") or {}
+    if not shallow or not isinstance(settings, Mapping) or "interval" not in settings:
+        raise BackendError(f"stage {name} says it caches steps but the artifact has no "
+                           f"shallow graph or interval; compile it again")
+    return StepCacheUNet(name, session(root / str(entry.file)), session(root / shallow),
+                         interval=int(settings["interval"]), info=info)
 
 
 def _stage_file(entry: StageEntry, backend: str, precision: str | None) -> str:

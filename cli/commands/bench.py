@@ -2,11 +2,13 @@
 
     comfyc bench examples/txt2img.cfy --backends ort-cpu,torch,torch-compile -o bench-out
     comfyc bench NAME.comfyc --backends ort-cpu,ort-cuda --runs 10 --precisions fp32,int8
+    comfyc bench examples/txt2img.cfy --backends ort-cpu,ov-cpu,torch --step-cache 3 --quality 2
 
 A workflow is compiled first (the compile time is reported), with PyTorch weights stored
 beside the ONNX stages so that torch backends run the same weights; extra precisions
-(``fp16``: float16 stages, ``int8``: dynamic int8 UNet and text encoder) are compiled as
-further artifacts and run on the ``ort-*`` backends. Each row (backend x precision) runs in
+(``fp16``: float16 stages, ``int8``: dynamic int8 UNet and text encoder) and step caching
+(``--step-cache N``: DeepCache, approximate) are compiled as further artifacts and run on the
+``ort-*`` and ``ov-*`` backends. Each row (backend x precision) runs in
 its own process, so its peak memory (RSS; GPU memory where there is a GPU) is its own and a
 row that cannot start cannot disturb the others.
 
@@ -41,6 +43,14 @@ from .common import EXIT_INVALID, EXIT_OK, EXIT_UNREADABLE
 
 __all__ = ["TOLERANCE_PIXELS", "add_arguments", "agreement", "psnr", "render_table", "run"]
 
+#: Shown at the end of ``comfyc bench --help``.
+EXAMPLES = """\
+examples:
+  comfyc bench examples/txt2img.cfy --backends ort-cpu,ov-cpu,torch -o bench-out
+  comfyc bench examples/txt2img.cfy --backends ort-cpu,ov-cpu --step-cache 3,5 --quality 3
+  comfyc bench NAME.comfyc --backends ort-cpu --threads 1 --precisions fp32,int8
+"""
+
 #: fp32 rows must agree with the torch row within this many levels of 255 (max |diff|);
 #: float rounding between onnxruntime and PyTorch kernels moves pixels by < 1 level.
 TOLERANCE_PIXELS = 2.0
@@ -57,11 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a workflow (UI/API JSON, PNG, .cfy) or a compiled NAME.comfyc")
     parser.add_argument("--backends", default="ort-cpu,torch", metavar="LIST",
                         help="comma-separated backends to compare (default: ort-cpu,torch); "
-                             "ort-cpu, ort-cuda, ort-trt, ort-<provider>, torch, "
-                             "torch-compile, torch-cuda, trt")
+                             "ort-cpu, ort-cuda, ort-trt, ort-<provider>, ov-cpu (OpenVINO), "
+                             "torch, torch-compile, torch-cuda, trt")
     parser.add_argument("--precisions", default="fp32", metavar="LIST",
                         help="fp32, fp16, int8 (comma-separated): extra artifacts for the ort "
-                             "backends, with their size, speed and quality cost")
+                             "and ov backends, with their size, speed and quality cost")
+    parser.add_argument("--step-cache", default="", metavar="LIST",
+                        help="also bench step caching (DeepCache; approximate): an artifact "
+                             "per entry, N (refresh every N steps) or N:SKIP (shallow depth, "
+                             "default 1), e.g. 3,5:2; run on the ort/ov backends, with their "
+                             "PSNR against the exact torch row (and digits with --quality)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per row (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     parser.add_argument("--quality", type=int, default=0, metavar="N",
@@ -118,9 +133,18 @@ def _worker(spec_path: str) -> int:
                         f" ({Path(session.path).name})" if hasattr(session, "path") else "")
         params = dict(spec["params"])
         totals, per_stage, first = [], {}, None
-        for index in range(spec["warmup"] + spec["runs"]):
+        total_runs = spec["warmup"] + spec["runs"]
+        for index in range(total_runs):
+            if index == 0:
+                # NOTE: the first run can take minutes (torch.compile compiles every stage on
+                # its first call): say so before it starts, and show its sampling steps.
+                slow = " (torch.compile compiles each stage first: minutes on a CPU)" \
+                    if "compile" in spec["backend"] else ""
+                _progress(spec, f"run 1/{total_runs}"
+                                f"{' (warm-up)' if spec['warmup'] else ''} started{slow}")
             start = time.perf_counter()
-            run = program.run(params, save=False)
+            run = program.run(params, save=False,
+                              progress=_step_progress(spec) if index == 0 else None)
             elapsed = time.perf_counter() - start
             images = _first_images(run)
             if first is None:
@@ -182,6 +206,20 @@ def _progress(spec: dict[str, Any], message: str) -> None:
         print(f"[bench] {spec['label']}: {message}", file=sys.stderr, flush=True)
 
 
+def _step_progress(spec: dict[str, Any]) -> Any:
+    """A ``progress(label, step, total)`` for a run's sampling steps: a line at most every
+    5 s (the first step, and the steps of a slow warm-up), so a long first run shows life."""
+    last = [time.perf_counter()]
+
+    def progress(label: str, step: int, total: int) -> None:
+        now = time.perf_counter()
+        if step == 1 or now - last[0] >= 5.0:
+            last[0] = now
+            _progress(spec, f"{label}: step {step}/{total}")
+
+    return progress
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident memory. Linux: ``VmHWM``, which starts afresh at exec
     (``ru_maxrss`` would report the parent's peak: it survives fork and exec)."""
@@ -225,6 +263,25 @@ def _artifact_bytes(path: Path) -> dict[str, int]:
             "onnx_bytes": onnx, "torch_bytes": torch}
 
 
+def _step_caches(text: str) -> dict[str, tuple[int, int]]:
+    """``3,5:2`` → ``{"cache3": (3, 1), "cache5s2": (5, 2)}``.
+
+    Raises:
+        ValueError: An entry is not N or N:SKIP with N >= 2, SKIP >= 1.
+    """
+    out: dict[str, tuple[int, int]] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        interval, _, skip = part.partition(":")
+        try:
+            pair = (int(interval), int(skip or 1))
+        except ValueError:
+            raise ValueError(f"--step-cache entries are N or N:SKIP, got {part!r}") from None
+        if pair[0] < 2 or pair[1] < 1:
+            raise ValueError(f"--step-cache {part!r}: N must be >= 2 and SKIP >= 1")
+        out[f"cache{pair[0]}" + (f"s{pair[1]}" if pair[1] != 1 else "")] = pair
+    return out
+
+
 def _compile(args: argparse.Namespace, source: str, out: Path, precision: str,
              store_torch: bool, say: Any) -> dict[str, Any]:
     from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
@@ -232,14 +289,19 @@ def _compile(args: argparse.Namespace, source: str, out: Path, precision: str,
 
     from .common import catalog_from_args
 
+    cache = _step_caches(args.step_cache).get(precision)
     options = CompileOptions(models_dir=args.models_dir, store_torch=store_torch,
                              fp16=precision == "fp16",
-                             quantize="int8" if precision == "int8" else None)
+                             quantize="int8" if precision == "int8" else None,
+                             step_cache=cache[0] if cache else None,
+                             step_cache_skip=cache[1] if cache else 1)
     start = time.perf_counter()
     graph = load_workflow(source, catalog_from_args(args))
+    # NOTE: the writer's own "wrote … (N MB)" counts the PyTorch weights stored for the torch
+    # rows too; the size reported (the artifact a deployment ships) is said once, below.
     compile_graph(graph, out, options,
-                  progress=lambda m: say(f"compile {precision}: {m}") if "pass " not in m
-                  else None)
+                  progress=lambda m: say(f"compile {precision}: {m}")
+                  if not m.startswith(("pass ", "wrote ")) else None)
     return {"path": str(out), "compile_s": time.perf_counter() - start, **_artifact_bytes(out)}
 
 
@@ -247,7 +309,7 @@ def _rows(backends: list[str], precisions: list[str]) -> list[dict[str, str]]:
     rows = []
     for backend in backends:
         for precision in precisions:
-            if precision != "fp32" and not backend.startswith("ort"):
+            if precision != "fp32" and not backend.startswith(("ort", "ov-")):
                 continue  # torch and trt rows run the fp32 weights (trt builds its own fp16)
             label = backend if precision == "fp32" else f"{backend}+{precision}"
             rows.append({"label": label, "backend": backend, "precision": precision})
@@ -299,6 +361,13 @@ def run(args: argparse.Namespace) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
+    try:
+        # NOTE: a step-caching artifact is one more "precision": compiled, then run on the
+        # ort/ov backends and compared with the exact reference like fp16 and int8 are.
+        precisions += list(_step_caches(args.step_cache))
+    except ValueError as exc:
+        print(f"comfyc bench: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
     if bad or not backends:
         print(f"comfyc bench: --precisions takes fp32, fp16, int8 (got {bad}); --backends "
               f"needs at least one backend", file=sys.stderr)
@@ -353,8 +422,11 @@ def run(args: argparse.Namespace) -> int:
                 artifacts[precision] = _compile(args, str(source), out / "artifacts" /
                                                 f"{precision}.comfyc", precision,
                                                 precision == "fp32" and needs_torch, say)
-                say(f"compiled {precision} in {artifacts[precision]['compile_s']:.1f} s, "
-                    f"{artifacts[precision]['size_bytes'] / 1e6:.2f} MB")
+                sizes = artifacts[precision]
+                extra = (f" (+ {sizes['torch_bytes'] / 1e6:.2f} MB of PyTorch weights stored "
+                         f"for the torch rows only)" if sizes["torch_bytes"] else "")
+                say(f"compiled {precision} in {sizes['compile_s']:.1f} s: "
+                    f"{sizes['size_bytes'] / 1e6:.2f} MB{extra}")
     except WorkflowError as exc:
         print_error(exc, source_texts(args.file))
         return EXIT_INVALID

@@ -17,29 +17,37 @@ import sys
 
 from .common import EXIT_INVALID, EXIT_OK
 
-__all__ = ["add_arguments", "add_ort_arguments", "ort_options_from_args", "run"]
+__all__ = ["add_arguments", "add_ort_arguments", "describe_candidates", "ort_options_from_args",
+           "run"]
 
 #: Shown at the end of ``comfyc tune --help``.
 EXAMPLES = """\
 examples:
   comfyc tune txt2img.comfyc
   comfyc tune txt2img.comfyc --backends ort-cpu,torch --threads 1 --dry-run
+  comfyc tune txt2img.comfyc --backends ort-cpu,ov-cpu --thread-counts 1,2
 """
 
 
 def add_ort_arguments(parser: argparse.ArgumentParser) -> None:
     """onnxruntime tuning options shared by run, tune and bench."""
-    group = parser.add_argument_group("onnxruntime tuning")
+    group = parser.add_argument_group("threads and onnxruntime tuning")
     group.add_argument("--threads", type=int, default=None, metavar="N",
-                       help="intra-op threads per onnxruntime session (default: onnxruntime's)")
+                       help="intra-op threads of every stage (onnxruntime, OpenVINO, torch); "
+                       "default: the autotuned count if any, else the cores the 1-minute "
+                       "load average leaves free (at least 1), never more than the cores. "
+                       "Idle threads sleep instead of spinning (onnxruntime allow_spinning=0, "
+                       "OMP_WAIT_POLICY=PASSIVE for torch): on a busy machine more threads "
+                       "than free cores make every call slower")
     group.add_argument("--ort-opt-level", choices=("disable", "basic", "extended", "all"),
                        default=None, help="graph optimization level (default: all, or "
                        "extended for stages optimised at compile time)")
     group.add_argument("--io-binding", choices=("auto", "on", "off"), default="auto",
                        help="onnxruntime IO binding (auto: on for CUDA/TensorRT)")
-    group.add_argument("--precision", choices=("auto", "fp16", "fp32"), default="auto",
+    group.add_argument("--precision", choices=("auto", "fp16", "fp32", "bf16"), default="auto",
                        help="ONNX stage variant: auto runs fp16 variants (compile --gpu-fp16) "
-                       "on GPU providers, fp32 on the CPU")
+                       "on GPU providers, fp32 on the CPU; for ov-cpu, the compute precision "
+                       "(auto/fp32: float32, exact; bf16 or fp16: faster, approximate)")
 
 
 def ort_options_from_args(args: argparse.Namespace) -> dict[str, object]:
@@ -69,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amortize", type=int, default=1000, metavar="CALLS",
                         help="spread each backend's start-up time (load, torch.compile) over "
                              "this many calls when choosing (default 1000)")
+    parser.add_argument("--thread-counts", default=None, metavar="LIST",
+                        help="intra-op thread counts to measure for each backend (default: 1 "
+                             "and the free cores); the fastest is recorded with the plan")
     parser.add_argument("--dry-run", action="store_true",
                         help="measure and print, but leave the manifest unchanged")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -80,20 +91,61 @@ def print_autotune(result: dict[str, object], out: object = None) -> None:
     """The per-stage table of an autotune result (on standard output by default)."""
     out = out or sys.stdout
     stages = result.get("stages") or {}
-    print(f"{'stage':<32} {'backend':<20} {'median ms':>10} {'p90 ms':>9} {'load s':>7} "
-          f"{'1st call s':>10} {'score ms':>9}", file=out)  # type: ignore[arg-type]
+    print(f"{'stage':<32} {'backend':<20} {'threads':>7} {'median ms':>10} {'p90 ms':>9} "
+          f"{'load s':>7} {'1st call s':>10} {'score ms':>9}", file=out)  # type: ignore[arg-type]
     for name, row in stages.items():  # type: ignore[union-attr]
         for backend, m in row["measurements"].items():
             mark = " <- chosen" if backend == row["choice"] else ""
-            print(f"{name:<32} {backend:<20} {m['median_ms']:>10.3f} {m['p90_ms']:>9.3f} "
+            others = ", ".join(f"{n}: {r['median_ms']:.3f}" for n, r in
+                               (m.get("by_threads") or {}).items() if int(n) != m.get("threads"))
+            print(f"{name:<32} {backend:<20} {m.get('threads') or '-':>7} "
+                  f"{m['median_ms']:>10.3f} {m['p90_ms']:>9.3f} "
                   f"{m['load_s']:>7.2f} {m['first_call_ms'] / 1000:>10.2f} "
-                  f"{m['score_ms']:>9.3f}{mark}", file=out)  # type: ignore[arg-type]
+                  f"{m['score_ms']:>9.3f}{mark}"
+                  + (f" (other thread counts, median ms: {others})" if others else ""),
+                  file=out)  # type: ignore[arg-type]
         for backend, why in (row.get("skipped") or {}).items():
             print(f"{name:<32} {backend:<20} skipped: {why.split(';')[0]}",
                   file=out)  # type: ignore[arg-type]
         if row.get("margin"):
             print(f"{'':<32} margin {row['margin']:.2f}x over the runner-up (by score)",
                   file=out)  # type: ignore[arg-type]
+
+
+def describe_candidates(manifest: object, backends: list[str] | None) -> list[str]:
+    """What tune will try for each stage, and why the other backends are not tried."""
+    import importlib.util
+
+    from comfyc.compiler.lowering.autotune import candidate_backends
+
+    entries = manifest.stage_entries()  # type: ignore[attr-defined]
+    lines = []
+    for name, entry in entries.items():
+        if entry.lora:
+            continue
+        tried = candidate_backends(entry)
+        if backends is not None:
+            tried = [b for b in backends if b in tried or b.startswith("ort-") and entry.file]
+        lines.append(f"{name}: trying {', '.join(tried) or 'nothing'}")
+    reasons = []
+    if not any(entry.torch for entry in entries.values()):
+        reasons.append("torch and torch-compile: the artifact stores no PyTorch weights "
+                       "(compile with --store-torch or --backend auto to try them)")
+    elif importlib.util.find_spec("torch") is None:
+        reasons.append("torch and torch-compile: PyTorch is not installed here")
+    if importlib.util.find_spec("tensorrt") is None:
+        reasons.append("trt: TensorRT is not installed here")
+    try:
+        import onnxruntime
+
+        gpu = [p for p in onnxruntime.get_available_providers()
+               if p not in ("CPUExecutionProvider", "AzureExecutionProvider")]
+    except ImportError:
+        gpu = []
+    if not gpu:
+        reasons.append("ort-cuda, ort-trt: this onnxruntime has no GPU provider")
+    lines += [f"not tried: {why}" for why in reasons]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,9 +162,13 @@ def run(args: argparse.Namespace) -> int:
         else None
     try:
         manifest = read_manifest(args.artifact)
+        for line in describe_candidates(manifest, backends):
+            say(line)
+        counts = ([int(n) for n in args.thread_counts.split(",") if n.strip()]
+                  if args.thread_counts else None)
         tuned = autotune(args.artifact, manifest, backends=backends, calls=args.calls,
                          warmup=args.warmup, stage_options=ort_options_from_args(args),
-                         amortize=args.amortize, progress=say)
+                         amortize=args.amortize, threads=counts, progress=say)
         if not args.dry_run:
             write_manifest(args.artifact, tuned)
     except (ArtifactError, BackendError) as exc:

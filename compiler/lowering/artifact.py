@@ -86,6 +86,11 @@ class CompileOptions:
             file holds onnxruntime-only fused ops (other ONNX runtimes such as OpenVINO cannot
             read it), stores every folded weight in float32 (undoing ``compact_weights``),
             and costs a second copy of the weights while it is written.
+        step_cache: Step caching (DeepCache), approximate and never on by default: the
+            UNet's deep features are computed every ``step_cache`` steps and reused by a
+            shallow UNet in between (see :mod:`~.step_cache`); None (or 1): exact.
+        step_cache_skip: How many top-level skip connections the shallow UNet computes
+            (1 = the least work; larger = closer to exact).
     """
 
     backend: str | dict[str, str] = "ort-cpu"
@@ -105,6 +110,8 @@ class CompileOptions:
     autotune: dict[str, Any] = field(default_factory=dict)
     compact_weights: bool = True
     optimize_large: bool = False
+    step_cache: int | None = None
+    step_cache_skip: int = 1
 
 
 @dataclass
@@ -383,7 +390,13 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
             options={"fp16": options.fp16, "dynamic": options.dynamic,
                      "lora_runtime": options.lora_runtime, "quantize": options.quantize,
                      "gpu_fp16": options.gpu_fp16,
-                     "store_torch": options.store_torch or options.backend == "auto"},
+                     "store_torch": options.store_torch or options.backend == "auto",
+                     "compact_weights": options.compact_weights,
+                     # NOTE: results of a step-caching artifact approximate the workflow's.
+                     **({"step_cache": {"interval": options.step_cache,
+                                        "skip": options.step_cache_skip},
+                         "approximate": True}
+                        if (options.step_cache or 1) > 1 else {})},
         )
         hash_start = time.perf_counter()
         manifest.files = {p.relative_to(tmp).as_posix(): _sha(p)
@@ -609,8 +622,23 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         options.quantize and (kind in options.quantize_stages or name in options.quantize_stages))
     common = {"fp16": options.fp16, "compact": compact,
               "progress": lambda message: say(f"  {name}: {message}")}
+    caching = kind == "unet" and (options.step_cache or 1) > 1
+    if caching and lora:
+        raise ExportError(f"stage {name}: step caching and runtime-mode LoRAs cannot be "
+                          f"combined; fold the LoRA (constant strength) or drop --step-cache")
     try:
-        if kind == "unet":
+        if caching:
+            from .step_cache import export_unet_step_cache
+
+            (b, c, h, w), _, (_, t, _), *_extras = shapes[0]
+            shallow = path.with_suffix(".shallow.onnx")
+            facts = export_unet_step_cache(module, path, shallow, skip=options.step_cache_skip,
+                                           batch=b, height=h, width=w, context_len=t,
+                                           dynamic=dynamic, **common)
+            entry.variants["step_cache_shallow"] = f"stages/{shallow.name}"
+            entry.info["step_cache"] = {"interval": int(options.step_cache or 1),
+                                        "skip": options.step_cache_skip, "approximate": True}
+        elif kind == "unet":
             (b, c, h, w), _, (_, t, _), *_extras = shapes[0]
             facts = onnx_export.export_unet(module, path, batch=b, height=h, width=w,
                                             context_len=t, dynamic=dynamic,
@@ -643,7 +671,7 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
     entry.export_s = round(time.perf_counter() - t0, 3)
     entry.facts = _jsonable(facts)
     entry.dynamic = dynamic
-    if options.quantize and not lora and (kind in options.quantize_stages
+    if options.quantize and not lora and not caching and (kind in options.quantize_stages
                                           or name in options.quantize_stages):
         from .precision import quantize_int8
 
@@ -655,8 +683,9 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
 
         save_torch_stage(module, kind, root / "torch" / name)
         entry.torch = (Path("torch") / name).as_posix()
-    if lora:
-        # Offline optimisation folds and renames weights: overrides would no longer apply.
+    if lora or caching:
+        # Offline optimisation folds and renames weights: overrides would no longer apply,
+        # and the shallow graph of step caching reads the full graph's weight file.
         entry.optimized = False
     elif backend in ("trt", "ort-trt"):
         # onnxruntime's offline fusions (com.microsoft ops) would stop TensorRT's parser.

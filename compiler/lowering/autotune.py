@@ -21,17 +21,24 @@ A backend that cannot start (no GPU, no TensorRT, provider silently missing) is 
 backend's load time (``load_s``: session creation, or ``torch.compile``'s first call) and its
 largest difference from the first backend measured (``max_abs_diff``), so a fast but wrong
 backend shows.
+
+Thread counts are measured too (issue #22: on a shared 2-core box one thread beat the
+default several times over): each backend runs with every count in ``threads`` (default 1
+and the free cores, :func:`~comfyc.runtime.backends.threads.free_cores`); its row is the
+best count's, with ``threads`` and the per-count figures under ``by_threads``. The chosen
+count goes to the stage entry's ``info["threads"]``, which the runtime uses unless told a
+count, never above the cores free when the stage is made.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +46,17 @@ import numpy as np
 
 from comfyc.runtime.manifest import Manifest, StageEntry
 
-__all__ = ["autotune", "candidate_backends", "machine_info", "measure_stage"]
+__all__ = ["autotune", "candidate_backends", "machine_info", "measure_stage",
+           "thread_candidates"]
 
 #: onnxruntime providers worth measuring, by backend name (others are not compute devices).
+def thread_candidates() -> list[int]:
+    """The intra-op thread counts worth measuring here: 1 and the free cores."""
+    from comfyc.runtime.backends.threads import free_cores
+
+    return sorted({1, free_cores()})
+
+
 _ORT_BACKENDS = {"CUDAExecutionProvider": "ort-cuda", "TensorrtExecutionProvider": "ort-trt",
                  "ROCMExecutionProvider": "ort-rocm",
                  "OpenVINOExecutionProvider": "ort-openvino",
@@ -95,6 +110,8 @@ def candidate_backends(entry: StageEntry) -> list[str]:
         except ImportError:
             available = []
         out += [name for provider, name in _ORT_BACKENDS.items() if provider in available]
+        if importlib.util.find_spec("openvino") is not None:
+            out.append("ov-cpu")
         if importlib.util.find_spec("tensorrt") is not None:
             out.append("trt")
     if entry.torch and importlib.util.find_spec("torch") is not None:
@@ -157,6 +174,7 @@ def measure_stage(root: Path, name: str, entry: StageEntry, backend: str, *,
 def autotune(root: str | Path, manifest: Manifest, *,
              backends: Sequence[str] | None = None, calls: int = 10, warmup: int = 2,
              stage_options: Mapping[str, Any] | None = None, amortize: int = 1000,
+             threads: Sequence[int] | None = None,
              progress: Callable[[str], None] | None = None) -> Manifest:
     """Measure the backends of every stage and plan the fastest; returns the new manifest.
 
@@ -168,6 +186,8 @@ def autotune(root: str | Path, manifest: Manifest, *,
         warmup: Untimed calls before them (the first one includes torch.compile).
         stage_options: onnxruntime options for the ORT stages (threads …).
         amortize: Calls over which each backend's start-up time is spread when scoring.
+        threads: Thread counts to measure (default :func:`thread_candidates`; one count
+            when ``stage_options`` fixes ``intra_op_threads``).
         progress: ``progress(message)`` after each measurement.
 
     Raises:
@@ -177,8 +197,10 @@ def autotune(root: str | Path, manifest: Manifest, *,
 
     say = progress or (lambda message: None)
     root = Path(root)
-    manifest = replace(manifest)
+    manifest = copy.deepcopy(manifest)
     plan = dict(manifest.plan)
+    fixed = (stage_options or {}).get("intra_op_threads")
+    counts = [int(fixed)] if fixed else list(threads or thread_candidates())
     result: dict[str, Any] = {"machine": machine_info(), "calls": calls, "warmup": warmup,
                               "amortize": amortize, "stages": {}}
     rng = np.random.default_rng(0)
@@ -198,22 +220,35 @@ def autotune(root: str | Path, manifest: Manifest, *,
         skipped: dict[str, str] = {}
         reference: np.ndarray | None = None
         for backend in wanted:
-            try:
-                row, output = measure_stage(root, name, entry, backend, calls=calls,
-                                            warmup=warmup, inputs=inputs,
-                                            stage_options=stage_options)
-            except BackendError as exc:
-                skipped[backend] = str(exc)
-                say(f"{name}: {backend} skipped: {exc}")
+            by_threads: dict[str, Any] = {}
+            for count in counts:
+                options = {**(stage_options or {}), "intra_op_threads": count}
+                try:
+                    row, output = measure_stage(root, name, entry, backend, calls=calls,
+                                                warmup=warmup, inputs=inputs,
+                                                stage_options=options)
+                except BackendError as exc:
+                    skipped[backend] = str(exc)
+                    say(f"{name}: {backend} skipped: {exc}")
+                    break
+                if reference is None:
+                    reference = output
+                row["max_abs_diff"] = float(np.abs(output - reference).max())
+                startup_ms = (row["load_s"] * 1000
+                              + max(row["first_call_ms"] - row["median_ms"], 0))
+                row["score_ms"] = round(row["median_ms"] + startup_ms / max(amortize, 1), 4)
+                row["threads"] = count
+                by_threads[str(count)] = row
+                say(f"{name}: {backend} with {count} thread(s): median "
+                    f"{row['median_ms']:.2f} ms, p90 {row['p90_ms']:.2f} ms (load "
+                    f"{row['load_s']:.2f} s)")
+            if not by_threads:
                 continue
-            if reference is None:
-                reference = output
-            row["max_abs_diff"] = float(np.abs(output - reference).max())
-            startup_ms = row["load_s"] * 1000 + max(row["first_call_ms"] - row["median_ms"], 0)
-            row["score_ms"] = round(row["median_ms"] + startup_ms / max(amortize, 1), 4)
-            measurements[backend] = row
-            say(f"{name}: {backend} median {row['median_ms']:.2f} ms, p90 "
-                f"{row['p90_ms']:.2f} ms (load {row['load_s']:.2f} s)")
+            best = min(by_threads.values(), key=lambda r: r["score_ms"])
+            measurements[backend] = {**best, "by_threads": {
+                n: {k: r[k] for k in ("median_ms", "p90_ms", "score_ms")}
+                for n, r in by_threads.items()}}
+            skipped.pop(backend, None)
         if not measurements:
             reasons = "; ".join(f"{b}: {why}" for b, why in skipped.items()) or "none asked"
             raise BackendError(f"no backend could run stage {name} here ({reasons})")
@@ -225,8 +260,10 @@ def autotune(root: str | Path, manifest: Manifest, *,
                                   "margin": None if margin is None else round(margin, 3),
                                   "measurements": measurements, "skipped": skipped}
         plan[name] = choice
-        say(f"{name}: chose {choice}" + (f" ({margin:.2f}x faster than {ranked[1]})"
-                                         if margin else ""))
+        result["stages"][name]["threads"] = measurements[choice]["threads"]
+        entry.info["threads"] = measurements[choice]["threads"]
+        say(f"{name}: chose {choice} with {measurements[choice]['threads']} thread(s)"
+            + (f" ({margin:.2f}x faster than {ranked[1]})" if margin else ""))
     manifest.autotune = result
     manifest.plan = plan
     return manifest

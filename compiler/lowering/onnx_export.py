@@ -543,6 +543,7 @@ def _export(
     trace_example: tuple[Any, ...] | None = None,
     trace_axes: Mapping[str, Mapping[int, str]] | None = None,
     compact: bool = False,
+    shared: Path | None = None,
 ) -> dict[str, Any]:
     """Trace ``call(module, *inputs)``, export the graph, write the weights, check the file.
 
@@ -552,11 +553,12 @@ def _export(
       returns one tensor or a tuple, in the order of ``output_names``. It must be traceable
       by the legacy exporter (no data-dependent Python control flow on tensor values).
     * ``module`` is never copied and never left changed. While tracing, its floating
-      parameters are temporarily replaced by stride-0 zero tensors of the compute dtype
-      (float16 with ``fp16``), so the trace allocates no weights and the weights' values
-      cannot leak into the graph; the graph is exported without parameters
-      (``export_params=False``) and every weight is then streamed, one tensor at a time,
-      from the module into ``NAME.onnx.data`` (or into the file when small). Peak memory is
+      parameters are temporarily replaced by uninitialised tensors of the compute dtype
+      (float16 with ``fp16``; fresh pages that are never written, so the trace allocates no
+      weights) and the weights' values cannot leak into the graph; the graph is exported
+      without parameters (``export_params=False``) and every weight is then streamed, one
+      tensor at a time, from the module into ``NAME.onnx.data`` (or into the file when
+      small). Peak memory is
       the module plus one tensor, for any model size.
     * Weights are ONNX initializers named after ``module.state_dict()`` keys.
     * ``example`` is the shape the stage will be called with. It is only run on the meta
@@ -570,6 +572,9 @@ def _export(
       float32 weight that float16 holds exactly is stored as float16 and cast back to
       float32 in the graph (a checkpoint shipped in float16 then costs half the bytes, with
       bit-identical results); onnxruntime folds the casts when it creates the session.
+    * ``shared``: an ONNX file (in the same folder) exported from the same module: weights
+      it stores are not written again but referenced in its data file, so two graphs over
+      one module (step caching's full and shallow UNet) hold each weight once.
 
     Returns:
         The facts: ``kind``, ``path``, ``data_path`` (None for one file), ``inputs`` and
@@ -646,7 +651,7 @@ def _export(
     write_start = time.perf_counter()
     stored = _attach_weights(onnx, torch, model, weights, path, dtype=dtype,
                              compact=compact and not fp16, external_data=external_data,
-                             say=say)
+                             say=say, shared=shared)
     write_s = time.perf_counter() - write_start
     used = set(stored["names"])
     missing = [name for name, _ in module.named_parameters() if name not in used]
@@ -689,8 +694,8 @@ class _swapped_weights:  # noqa: N801 - a context manager used like a function
     """Temporarily replace a module's floating parameters (and, for a dtype change, its
     floating buffers) by tensors that hold no weights; the originals come back on exit.
 
-    ``mode="meta"``: meta tensors (shape propagation only). ``mode="zeros"``: one zero
-    element expanded to the shape (stride 0: no memory), which the tracer can run.
+    ``mode="meta"``: meta tensors (shape propagation only). ``mode="zeros"``: uninitialised
+    tensors the tracer can run (their pages stay unallocated until written).
     """
 
     def __init__(self, torch: Any, module: Any, mode: str, dtype: Any) -> None:
@@ -701,7 +706,11 @@ class _swapped_weights:  # noqa: N801 - a context manager used like a function
         dtype = self.dtype or tensor.dtype
         if self.mode == "meta":
             return self.torch.empty(tensor.shape, dtype=dtype, device="meta")
-        return self.torch.zeros((), dtype=dtype).expand(tensor.shape)
+        # NOTE: uninitialised memory: the values never reach the graph. A large allocation
+        # is fresh pages that only map the kernel's zero page when read, so the trace costs
+        # no memory per weight, and contiguous weights keep the kernels on their fast paths
+        # (stride-0 weights made each Linear several times slower).
+        return self.torch.empty(tensor.shape, dtype=dtype)
 
     def __enter__(self) -> None:
         torch = self.torch
@@ -775,7 +784,7 @@ _ALIGN_ABOVE = 64 * 1024
 
 def _attach_weights(onnx: Any, torch: Any, model: Any, weights: Mapping[str, Any], path: Path,
                     *, dtype: Any, compact: bool, external_data: bool | None,
-                    say: Progress) -> dict[str, Any]:
+                    say: Progress, shared: Path | None = None) -> dict[str, Any]:
     """Turn the graph's weight inputs into initializers and save the model.
 
     The exporter (``export_params=False``) leaves every weight as a graph input named
@@ -810,14 +819,34 @@ def _attach_weights(onnx: Any, torch: Any, model: Any, weights: Mapping[str, Any
         say(f"weights are {total / 2**30:.2f} GiB, over protobuf's 2 GiB: using external data")
         external = True
     _remove_model(path)
+    stock: dict[str, Any] = {}
+    if shared is not None:
+        if shared.parent.resolve() != path.parent.resolve():
+            raise ExportError(f"shared weights must be in the same folder: {shared} for {path}")
+        stock = {t.name: t for t in onnx.load(str(shared), load_external_data=False)
+                 .graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+        external = True
     renamed: dict[str, str] = {}
     casts = []
     written = halves = 0
-    handle = open(data_path(path), "wb") if external else None  # noqa: SIM115 - closed below
+    handle = None
     try:
         for value, name in zip(inputs, names, strict=True):
             tensor = weights[value.name].detach()
             use = name
+            if name in stock:
+                initializer = graph.initializer.add()
+                initializer.CopyFrom(stock[name])
+                wanted = onnx.helper.np_dtype_to_tensor_dtype(
+                    np.dtype(str(stored_dtype(tensor)).removeprefix("torch.")))
+                if initializer.data_type != wanted:
+                    use = f"{name}::{onnx.helper.tensor_dtype_to_np_dtype(wanted)}"
+                    casts.append(onnx.helper.make_node("Cast", [name], [use], to=wanted,
+                                                       name=f"{name}::cast"))
+                renamed[value.name] = use
+                continue
+            if external and handle is None:
+                handle = open(data_path(path), "wb")  # noqa: SIM115 - closed below
             target = stored_dtype(tensor)
             if target != tensor.dtype:
                 tensor = tensor.to(target)
@@ -861,7 +890,8 @@ def _attach_weights(onnx: Any, torch: Any, model: Any, weights: Mapping[str, Any
         del graph.node[:]
         graph.node.extend(casts + nodes)
     onnx.save_model(model, str(path))
-    return {"names": names, "bytes": written, "float16": halves, "external": external}
+    return {"names": names, "bytes": written, "float16": halves,
+            "external": data_path(path).is_file()}
 
 
 def _wrap(torch: Any, module: Any, call: Callable[..., Any]) -> Any:

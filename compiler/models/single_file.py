@@ -415,12 +415,81 @@ def _own(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     makes CPU kernels take other code paths (results differ in the last bits, and run slower);
     a fresh allocation is 64-byte aligned, so loaded modules compute exactly like the originals.
     """
+    source = tensor
     if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and not tensor.is_meta:
         tensor = tensor.float()  # NOTE: fp8 files are read exactly, then cast
     target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
     if tensor.is_meta:
         return tensor.to(target)
-    return torch.empty(tensor.shape, dtype=target).copy_(tensor)
+    owned = torch.empty(tensor.shape, dtype=target).copy_(tensor)
+    _release_mapped(source)
+    return owned
+
+
+# NOTE (issue #22, memory at scale): load_checkpoint reads safetensors files through a private
+# memory map; each tensor is a view of it until `_own` copies it, and then its pages are given
+# back (madvise DONTNEED). The file's weights are then never all resident at once next to their
+# float32 copies: for SDXL that is 7 GB less at the peak (21 GB, over this project's 24 GB box,
+# down to about the float32 modules). Unread or re-read pages come back from the page cache.
+_MAPPED: dict[int, tuple[Any, int, int]] = {}
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _read_mapped(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """A safetensors file's tensors as views of a private memory map, or None when the file
+    is not one this reader handles (then `read_state_dict` reads it and names any problem)."""
+    import mmap
+    import struct
+
+    try:
+        with open(file, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        metadata = dict(header.pop("__metadata__", None) or {})
+        base = 8 + size
+        tensors: dict[str, torch.Tensor] = {}
+        for key, spec in header.items():
+            dtype = _SAFETENSORS_DTYPES[spec["dtype"]]
+            start, end = (int(v) for v in spec["data_offsets"])
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            if end <= start:
+                tensors[key] = torch.empty(spec["shape"], dtype=dtype)
+                continue
+            tensor = torch.frombuffer(mapped, dtype=dtype, count=(end - start) // itemsize,
+                                      offset=base + start).reshape(spec["shape"])
+            _MAPPED[tensor.data_ptr()] = (mapped, base + start, end - start)
+            tensors[key] = tensor
+        return tensors, {str(k): str(v) for k, v in metadata.items()}
+    except (OSError, ValueError, KeyError, TypeError, struct.error, RuntimeError):
+        return None
+
+
+def _release_mapped(tensor: torch.Tensor) -> None:
+    """Give back the pages of a memory-mapped tensor that lie wholly inside it."""
+    import mmap
+
+    entry = _MAPPED.pop(tensor.data_ptr(), None) if not tensor.is_meta else None
+    if entry is None:
+        return
+    mapped, start, length = entry
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, (start + length) // page * page
+    if last > first and hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def _forget_mapped(state: Mapping[str, torch.Tensor]) -> None:
+    """Drop the map records of ``state``'s tensors (the map closes with its last view)."""
+    for tensor in state.values():
+        if not tensor.is_meta:
+            _MAPPED.pop(tensor.data_ptr(), None)
 
 
 def _populate(module: Any, weights: dict[str, torch.Tensor], what: str) -> Any:
@@ -991,10 +1060,14 @@ def load_checkpoint(
         from comfyc.compiler.models.diffusers_folder import load_diffusers_folder
 
         return load_diffusers_folder(file, dtype=dtype, prediction_type=prediction_type)
-    state, metadata = read_state_dict(file)
-    return checkpoint_from_state_dict(
-        state, metadata, dtype=dtype, prediction_type=prediction_type, source=file
-    )
+    mapped = _read_mapped(file) if file.suffix.lower() in SAFETENSORS_SUFFIXES else None
+    state, metadata = mapped if mapped is not None else read_state_dict(file)
+    try:
+        return checkpoint_from_state_dict(
+            state, metadata, dtype=dtype, prediction_type=prediction_type, source=file
+        )
+    finally:
+        _forget_mapped(state)
 
 
 def load_vae(
