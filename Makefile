@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.stamp-$(shell cat constraints.txt pyproject.toml setup.py 2>/dev/null | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo lint clean bench chromium
+.PHONY: install test test-fast demo lint clean bench chromium wheel-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +17,15 @@ $(PY):
 
 $(STAMP): $(PY) constraints.txt pyproject.toml setup.py
 	@echo "==> installing comfyc[compiler,cpu,serve,bench,dev] with pinned versions (constraints.txt)"
-	$(PIP) install --quiet -c constraints.txt -e '.[compiler,cpu,serve,bench,dev]'
-	@# Test oracles: k-diffusion's sampling module only installs without its dependencies
-	@# (it would pull a CUDA torch); see ../shared/reference/spikes.md §2.
-	$(PIP) install --quiet -c constraints.txt --no-deps k-diffusion
-	$(PIP) install --quiet -c constraints.txt torchsde torchdiffeq tqdm
-	@# spandrel (the upscale-model oracle) declares torchvision, which would pull a CUDA torch.
-	$(PIP) install --quiet -c constraints.txt --no-deps spandrel einops
+	@# torchsde, torchdiffeq, tqdm: what k-diffusion's sampling module (a test oracle) uses.
+	$(PIP) install --quiet -c constraints.txt -e '.[compiler,cpu,serve,bench,dev]' \
+	  torchsde torchdiffeq tqdm
+	@# Test oracles that install only without their declared dependencies, which would pull a
+	@# CUDA torch (../shared/reference/spikes.md §2): k-diffusion and spandrel (torchvision).
+	@# NOTE: this --no-deps step comes last. pip checks the whole environment after every
+	@# install that resolves dependencies, so any later such install would print a resolver
+	@# "ERROR" about k-diffusion's undeclared requirements (accelerate, clean-fid, wandb ...).
+	$(PIP) install --quiet -c constraints.txt --no-deps k-diffusion spandrel einops
 	@rm -f $(VENV)/.stamp-*
 	@touch $@
 
@@ -47,6 +49,12 @@ test-fast: $(STAMP)
 # ruff (rules in pyproject.toml); CI runs it before the tests.
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# The installs users do, in fresh venvs (pip's cache is reused): the wheel with [cpu] only
+# runs an artifact where `import torch` fails, and a regular (non-editable) install with
+# [compiler,cpu,bench] benchmarks from the repository root. CI runs it after the tests.
+wheel-check: $(STAMP)
+	.ci/wheel_check $(PY)
 
 demo: $(STAMP)
 	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/comfyc demo
