@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module and is imported only when it runs, so ``comfyc
 check`` starts in a fraction of a second and never imports torch. Exit codes: 0 success,
-1 an invalid workflow (or a failed run), 2 an unreadable input or a usage error.
+1 an invalid workflow (or a failed run or compile, a backend that cannot run here included),
+2 an unreadable input, a usage error, or an optional extra that is not installed (the message
+names it).
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is None:
         parser.print_help()
         return 2
+    from comfyc.cli.commands.common import EXIT_UNREADABLE, MissingExtra, missing_extra_for
+
     try:
         return int(run(args) or 0)
     except KeyboardInterrupt:
@@ -107,6 +111,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except MissingExtra as exc:
+        print(exc.render(args.command), file=sys.stderr)
+        return EXIT_UNREADABLE
+    except ModuleNotFoundError as exc:
+        # A lean install (comfyc[cpu] only) lacks the packages of the other extras: name the
+        # extra to install instead of a traceback. An import of anything else is a bug.
+        missing = missing_extra_for(exc)
+        if missing is None:
+            raise
+        print(missing.render(args.command), file=sys.stderr)
+        return EXIT_UNREADABLE
 
 
 if __name__ == "__main__":

@@ -19,9 +19,12 @@ server can answer in ComfyUI's ``node_errors`` shape.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .ir.core import SourceLoc
+
+if TYPE_CHECKING:
+    from .ir.core import Graph
 
 __all__ = [
     "WorkflowError",
@@ -44,7 +47,7 @@ COMFY_KINDS = frozenset({
     "invalid_input_type", "value_smaller_than_min", "value_bigger_than_max",
     "value_not_in_list", "prompt_no_outputs", "dependency_cycle", "custom_validation_failed",
     "exception_during_validation", "unreadable_file", "default_filled", "unsupported_node",
-    "model_not_found",
+    "model_not_found", "unknown_input",
 })
 
 
@@ -87,16 +90,18 @@ class WorkflowError(Exception):
         self.extra = dict(extra or {})
 
     # ----------------------------------------------------------------- render
-    def render(self, sources: Mapping[str, str] | None = None) -> str:
+    def render(self, sources: Mapping[str, str] | None = None, *,
+               severity: str = "error") -> str:
         """Format the error for a terminal.
 
         Args:
             sources: File texts by path, for the source line and caret of DSL locations.
+            severity: ``error``, or ``warning`` for a problem that does not stop the run.
         """
         head = f"{self.loc}: " if self.loc is not None else ""
         # ComfyUI's validation vocabulary is shown (people search for it); comfyc's own
         # kinds would only be noise.
-        label = f"error[{self.kind}]" if self.kind in COMFY_KINDS else "error"
+        label = f"{severity}[{self.kind}]" if self.kind in COMFY_KINDS else severity
         lines = [f"{head}{label}: {self.message}"]
         snippet = _snippet(self.loc, sources)
         if snippet:
@@ -124,9 +129,19 @@ class WorkflowError(Exception):
 
 
 class WorkflowErrors(WorkflowError):
-    """Several problems found in one run (validation reports all of them at once)."""
+    """Several problems found in one run (validation reports all of them at once).
 
-    def __init__(self, errors: list[WorkflowError]) -> None:
+    Args:
+        errors: The problems, in the order to show them.
+        partial: A frontend that kept going past its errors (the DSL's lowering) leaves the
+            graph it built from the rest of the file here, so that ``comfyc check`` can
+            validate that too and report every problem of the file at once.
+        failed: Nodes of ``partial`` that lack inputs because of these errors: node id ->
+            the inputs lost (``"*"``: any may be; a missing input there is no news).
+    """
+
+    def __init__(self, errors: list[WorkflowError], *, partial: Graph | None = None,
+                 failed: Mapping[str, frozenset[str]] | None = None) -> None:
         first = errors[0]
         count = len(errors)
         super().__init__(
@@ -134,8 +149,11 @@ class WorkflowErrors(WorkflowError):
             first.loc, kind=first.kind,
         )
         self.errors = errors
+        self.partial = partial
+        self.failed = dict(failed or {})
 
-    def render(self, sources: Mapping[str, str] | None = None) -> str:
+    def render(self, sources: Mapping[str, str] | None = None, *,
+               severity: str = "error") -> str:
         return render_errors(self.errors, sources)
 
 

@@ -16,22 +16,48 @@ from pathlib import Path, PurePosixPath
 from .errors import Error
 
 __all__ = ["UnsafeName", "atomic_write", "default_mode", "is_inside", "make_readable",
-           "relative_name"]
+           "make_tree_readable", "relative_name"]
 
 _LOCK = threading.Lock()
 
 
 def default_mode() -> int:
     """0666 less the process umask (what ``open(path, "w")`` creates)."""
-    with _LOCK:  # Reading the umask means setting it; keep other threads out meanwhile.
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
 
 
 def make_readable(path: str | os.PathLike[str]) -> None:
     """Give a file made by ``mkstemp`` the ordinary mode."""
     os.chmod(path, default_mode())
+
+
+def make_tree_readable(root: str | os.PathLike[str]) -> None:
+    """Give every file under ``root`` the ordinary mode (0666 less the umask, executable bits
+    kept) and every folder 0777 less the umask.
+
+    An artifact is written by several libraries, and some create owner-only files (safetensors'
+    ``save_file`` writes 0600, ``mkdtemp`` makes 0700 folders): compiled by one user and run by
+    a service account, such an artifact would not load. Links are left alone.
+    """
+    files = default_mode()
+    folders = files | (0o111 & ~_umask())
+    base = Path(root)
+    for path in [base, *base.rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            os.chmod(path, folders)
+        elif path.is_file():
+            executable = path.stat().st_mode & 0o111
+            os.chmod(path, files | (executable & folders))
+
+
+def _umask() -> int:
+    """The process umask. Reading it means setting it: other threads are kept out meanwhile."""
+    with _LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:

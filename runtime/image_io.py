@@ -55,6 +55,7 @@ __all__ = [
     "SaveResult",
     "load_image",
     "load_image_mask",
+    "png_metadata",
     "resolve_image_path",
     "save_image_path",
     "save_images",
@@ -470,6 +471,12 @@ def _to_pil(picture: np.ndarray) -> Image.Image:
             "",
         )
     return Image.fromarray(pixels)
+
+
+def png_metadata(prompt: Any, extra_pnginfo: Mapping[str, Any] | None) -> PngInfo:
+    """The tEXt chunks SaveImage writes, for pictures saved another way (``comfyc demo``'s
+    digits): ``prompt`` and one per ``extra_pnginfo`` key; pass it as PIL's ``pnginfo``."""
+    return _metadata(prompt, extra_pnginfo)
 
 
 def _metadata(prompt: Any, extra_pnginfo: Mapping[str, Any] | None) -> PngInfo:

@@ -256,18 +256,29 @@ class Program:
         return resolved
 
     def executed_prompt(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The API prompt with these param values, as SaveImage embeds it in PNGs."""
-        import copy
+        """The user's workflow as an API prompt with these param values (resolved, as
+        :meth:`resolve_params` gives them): SaveImage's ``prompt`` chunk. See
+        :mod:`comfyc.runtime.provenance`."""
+        from .provenance import executed_prompt
 
         prompt = self.meta.get("prompt")
         if prompt is None:
             return None
-        prompt = copy.deepcopy(prompt)
-        for name, uses in (self.meta.get("param_uses") or {}).items():
-            for node_id, input_name in uses:
-                if node_id in prompt and name in params:
-                    prompt[node_id]["inputs"][input_name] = params[name]
-        return prompt
+        return executed_prompt(prompt, self.meta.get("param_uses") or {}, params)
+
+    def executed_extra_pnginfo(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The further PNG chunks (``{"workflow": UI workflow}``) with these param values in
+        the widgets they came from; None when the input carried no UI workflow."""
+        from .provenance import executed_workflow
+
+        extra = self.meta.get("extra_pnginfo")
+        if not isinstance(extra, Mapping):
+            return None
+        out = dict(extra)
+        if isinstance(out.get("workflow"), Mapping):
+            out["workflow"] = executed_workflow(out["workflow"],
+                                                self.meta.get("param_uses") or {}, params)
+        return out
 
     def run(self, params: Mapping[str, Any] | None = None, *,
             output_dir: str | Path | None = None, input_dir: str | Path = "input",
@@ -304,7 +315,8 @@ class Program:
         writes = save and output_dir is not None
         ctx = RunContext(Path(output_dir) if output_dir is not None else Path("."),
                          Path(input_dir), self.timer, progress,
-                         self.executed_prompt(resolved), self.meta.get("extra_pnginfo"), writes,
+                         self.executed_prompt(resolved), self.executed_extra_pnginfo(resolved),
+                         writes,
                          self.meta.get("vocab_path"), preview=preview)
         values: dict[tuple[str, int], Any] = {}
         started = time.perf_counter()

@@ -107,13 +107,16 @@ def run(args: argparse.Namespace) -> int:
         results = build_engines(root, options,
                                 progress=lambda m: print(m, file=sys.stderr, flush=True))
     except TensorRTError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"comfyc build-engines: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    except BackendError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
+    except BackendError as exc:  # No TensorRT or no GPU here: a failed build, as in `run`.
+        print(f"comfyc build-engines: error: {exc}", file=sys.stderr)
+        print("help: build the engines on the machine with the NVIDIA GPU that will run "
+              "them; here the artifact runs with `comfyc run ARTIFACT --backend ort-cpu`",
+              file=sys.stderr)
+        return EXIT_INVALID
     except ArtifactError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"comfyc build-engines: error: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
     if args.json:
         print(json.dumps(results, indent=2))

@@ -12,10 +12,91 @@ from comfyc.compiler.errors import InputFileError, WorkflowError, WorkflowErrors
 
 __all__ = [
     "add_catalog_arguments", "catalog_from_args", "print_error", "write_output", "source_texts",
-    "EXIT_OK", "EXIT_INVALID", "EXIT_UNREADABLE",
+    "EXIT_OK", "EXIT_INVALID", "EXIT_UNREADABLE", "EXTRAS", "MissingExtra", "require_extra",
+    "missing_extra_for", "backend_help",
 ]
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+
+#: The optional extras (pyproject.toml's ``optional-dependencies``) and the import names each
+#: brings, in the order a message lists them.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "cpu": ("onnxruntime", "PIL", "safetensors"),
+    "dsl": ("lark",),
+    "compiler": ("torch", "diffusers", "transformers", "onnx", "onnxscript", "lark", "PIL",
+                 "safetensors"),
+    "serve": ("starlette", "uvicorn", "websockets"),
+    "bench": ("matplotlib",),
+    "tensorrt": ("tensorrt", "polygraphy"),
+    "ray": ("ray",),
+}
+#: What each extra is for, in a message ("… needs the dsl extra (reading .cfy files)").
+_EXTRA_PURPOSE = {
+    "cpu": "the lean runtime", "dsl": "reading .cfy files", "compiler": "the compiler",
+    "serve": "the server", "bench": "charts", "tensorrt": "TensorRT engines",
+    "ray": "Ray Serve",
+}
+#: The smallest extra that brings an import name.
+_MODULE_EXTRA = {module: extra for extra in reversed(EXTRAS) for module in EXTRAS[extra]}
+
+
+class MissingExtra(Exception):
+    """A command needs an optional extra that is not installed.
+
+    Args:
+        extra: The extra (``compiler`` …).
+        missing: The import names of that extra that are absent here.
+    """
+
+    def __init__(self, extra: str, missing: list[str]) -> None:
+        super().__init__(extra)
+        self.extra = extra
+        self.missing = missing
+
+    def render(self, command: str) -> str:
+        """``comfyc CMD: error: …`` plus a ``help:`` line with the install command."""
+        from comfyc import __version__
+
+        wheel = f"comfyc-{__version__}-py3-none-any.whl"
+        # NOTE: comfyc is not on a package index: the help names the forms that work (a
+        # clone, a built wheel) besides the plain `comfyc[extra]` requirement.
+        also = " (or comfyc[gpu] on a CUDA machine; never both)" if self.extra == "cpu" else ""
+        return (f"comfyc {command}: error: this needs comfyc's {self.extra} extra "
+                f"({_EXTRA_PURPOSE[self.extra]}); not installed here: "
+                f"{', '.join(self.missing)}\n"
+                f"help: install it with pip install 'comfyc[{self.extra}]'{also}: from a clone "
+                f"pip install -e '.[{self.extra}]', from a wheel pip install "
+                f"'dist/{wheel}[{self.extra}]'")
+
+
+def _absent(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def require_extra(extra: str) -> None:
+    """Fail before any work when an extra's packages are absent.
+
+    Raises:
+        MissingExtra: Naming the extra and the absent packages.
+    """
+    missing = [module for module in EXTRAS[extra] if _absent(module)]
+    if missing:
+        raise MissingExtra(extra, missing)
+
+
+def missing_extra_for(error: ModuleNotFoundError) -> MissingExtra | None:
+    """The extra that brings the module an import failed on; None for a module that no
+    extra brings (comfyc's own, or an unexpected one: a bug to report)."""
+    top = (error.name or "").split(".")[0]
+    extra = _MODULE_EXTRA.get(top)
+    if extra is None:
+        return None
+    return MissingExtra(extra, [m for m in EXTRAS[extra] if _absent(m)] or [top])
 
 
 def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,3 +173,18 @@ def dump_json(data: Any) -> str:
     import json
 
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def backend_help(error: BaseException) -> str | None:
+    """A ``help:`` line for a backend that cannot run here, naming one that can (None for
+    other errors)."""
+    from comfyc.runtime.backends.base import BackendError
+
+    if not isinstance(error, BackendError):
+        return None
+    # NOTE: onnxruntime's CPU provider is in every build; GPU providers and PyTorch are not
+    # offered here: they fail on the machines where this error happens, or may not hold the
+    # artifact's stages.
+    if _absent("onnxruntime"):
+        return "help: install the lean runtime (comfyc[cpu]) and use --backend ort-cpu"
+    return "help: on this machine, use --backend ort-cpu (onnxruntime on the CPU)"

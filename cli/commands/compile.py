@@ -13,14 +13,19 @@ import argparse
 import sys
 
 from comfyc.compiler.errors import WorkflowError
+from comfyc.runtime.errors import Error as RuntimeFailure
+from comfyc.runtime.files import make_tree_readable
 
 from .common import (
     EXIT_INVALID,
     EXIT_OK,
+    EXIT_UNREADABLE,
     add_catalog_arguments,
+    backend_help,
     catalog_from_args,
     exit_code_for,
     print_error,
+    require_extra,
     source_texts,
 )
 
@@ -84,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``comfyc compile``."""
     from pathlib import Path
 
+    require_extra("compiler")
     from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph, parse_backend_map
     from comfyc.frontends.load import load_workflow
 
@@ -94,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         backend = parse_backend_map(args.backend)
     except ValueError as exc:
-        print(f"comfyc compile: {exc}", file=sys.stderr)
-        return 2
+        print(f"comfyc compile: error: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
     output = args.output or (Path(args.file).stem.split(".")[0] + ".comfyc")
     trt_stages = _trt_stages(backend)
     if trt_stages is not None and not args.no_engines:
@@ -109,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
         except BackendError as exc:
             print(f"comfyc compile: error: {exc}", file=sys.stderr)
             print("help: to compile here and build the engines on the GPU machine, add "
-                  "--no-engines, then run `comfyc build-engines ARTIFACT` there",
-                  file=sys.stderr)
-            return 2
+                  "--no-engines, then run `comfyc build-engines ARTIFACT` there; to run on "
+                  "this machine's CPU, compile with --backend ort-cpu", file=sys.stderr)
+            return EXIT_INVALID
     tune: dict[str, object] = {}
     if args.tune_backends:
         tune["backends"] = [b.strip() for b in args.tune_backends.split(",") if b.strip()]
@@ -129,16 +135,18 @@ def run(args: argparse.Namespace) -> int:
         graph = load_workflow(args.file, catalog)
         say(f"loaded {args.file} ({graph.source.kind}, {len(graph.nodes)} nodes)")
         report = compile_graph(graph, output, options, catalog=catalog, progress=say)
+        # Every file gets the mode any file made here gets (the umask's): some writers make
+        # owner-only files, which a service account running the artifact could not read.
+        # TODO(compiler/lowering): done by the writer before its rename, this is a no-op.
+        make_tree_readable(report.path)
     except WorkflowError as exc:
         print_error(exc, source_texts(args.file))
         return exit_code_for(exc)
-    except Exception as exc:  # noqa: BLE001
-        from comfyc.runtime.backends.base import BackendError
-
-        if isinstance(exc, BackendError):
-            print(f"comfyc compile: error: {exc}", file=sys.stderr)
-            return EXIT_INVALID
-        raise
+    except RuntimeFailure as exc:  # A backend that cannot run here, an image, a param ...
+        print(f"comfyc compile: error: {exc}", file=sys.stderr)
+        if (hint := backend_help(exc)) is not None:
+            print(hint, file=sys.stderr)
+        return EXIT_INVALID
     if trt_stages is not None and not args.no_engines:
         from comfyc.compiler.lowering.tensorrt import BuildOptions, TensorRTError, build_engines
 

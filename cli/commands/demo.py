@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from .common import require_extra
+
 __all__ = ["DIGITS", "add_arguments", "run"]
 
 #: Shown at the end of ``comfyc demo --help``.
@@ -43,6 +45,7 @@ def _workflow_text() -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc demo``."""
+    require_extra("compiler")
     import numpy as np
     from PIL import Image
 
@@ -53,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from comfyc.compiler.pipeline import run_pipeline
     from comfyc.frontends.dsl import parse_dsl
     from comfyc.runtime import load
+    from comfyc.runtime.files import make_tree_readable
+    from comfyc.runtime.image_io import png_metadata
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,21 +70,26 @@ def run(args: argparse.Namespace) -> int:
     artifact = out / "txt2img.comfyc"
     compile_graph(parse_dsl(text, "txt2img.cfy", default_catalog()), artifact,
                   CompileOptions(), progress=say)
+    make_tree_readable(artifact)
     compile_s = time.perf_counter() - start
     program = load(artifact)
     images, times, stage_ms = [], [], {}
     for index, word in enumerate(DIGITS):
-        prompt = f"a handwritten digit {word}"
+        params = program.resolve_params({"seed": args.seed,
+                                         "prompt": f"a handwritten digit {word}"})
         t0 = time.perf_counter()
-        result = program.run({"seed": args.seed, "prompt": prompt}, output_dir=out, save=False)
+        result = program.run(params, output_dir=out, save=False)
         times.append(time.perf_counter() - t0)
         for name, row in result.timings.get("stages", {}).items():
             stage_ms.setdefault(name, []).append(1000 * float(row["median_s"]))
         image = next(iter(result.images.values()))
+        # SaveImage's pixels (truncation) and chunks: each digit carries the workflow with
+        # its own prompt and seed, so ComfyUI or `comfyc run digit_N.png` redraws it.
         pixels = (np.clip(image[0], 0, 1) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(out / f"digit_{index}.png")
+        Image.fromarray(pixels).save(out / f"digit_{index}.png", pnginfo=png_metadata(
+            program.executed_prompt(params), program.executed_extra_pnginfo(params)))
         images.append(pixels)
-        say(f"{prompt!r}: {times[-1] * 1000:.0f} ms -> {out / f'digit_{index}.png'}")
+        say(f"{params['prompt']!r}: {times[-1] * 1000:.0f} ms -> {out / f'digit_{index}.png'}")
     sheet = np.concatenate(images, axis=1)
     Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2),
                                   Image.NEAREST).save(out / "contact_sheet.png")

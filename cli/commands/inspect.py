@@ -17,11 +17,14 @@ from typing import Any
 from comfyc.compiler.errors import WorkflowError
 
 from .common import (
+    EXIT_INVALID,
     EXIT_OK,
+    EXIT_UNREADABLE,
     add_catalog_arguments,
     catalog_from_args,
     exit_code_for,
     print_error,
+    require_extra,
     source_texts,
 )
 
@@ -121,15 +124,23 @@ def inspect_workflow(args: argparse.Namespace, out: Any = sys.stdout) -> dict[st
 
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc inspect``."""
+    from comfyc.runtime.artifact import ArtifactError
+    from comfyc.runtime.errors import Error as RuntimeFailure
+
     path = Path(args.file)
+    if not path.is_dir():
+        require_extra("compiler")  # A workflow runs through the passes and the lowering.
     try:
         summary = (inspect_artifact(path) if path.is_dir() else inspect_workflow(args))
     except WorkflowError as exc:
         print_error(exc, source_texts(args.file))
         return exit_code_for(exc)
-    except ValueError as exc:
+    except ArtifactError as exc:  # Not an artifact, or a damaged one.
         print(f"comfyc inspect: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_UNREADABLE
+    except (RuntimeFailure, ValueError) as exc:  # A bad --backend map, an unusable image ...
+        print(f"comfyc inspect: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return EXIT_OK

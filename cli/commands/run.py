@@ -20,10 +20,13 @@ from comfyc.compiler.errors import WorkflowError
 from .common import (
     EXIT_INVALID,
     EXIT_OK,
+    EXIT_UNREADABLE,
     add_catalog_arguments,
+    backend_help,
     catalog_from_args,
     exit_code_for,
     print_error,
+    require_extra,
     source_texts,
 )
 
@@ -123,14 +126,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from comfyc.runtime.artifact import ArtifactError
-    from comfyc.runtime.program import ParamError, ProgramError
+    from comfyc.runtime.errors import Error as RuntimeFailure
 
     progress = Progress(not args.quiet)
     try:
         params = parse_params(args.param)
     except ValueError as exc:
-        print(f"comfyc run: {exc}", file=sys.stderr)
-        return 2
+        print(f"comfyc run: error: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
     started = time.perf_counter()
     try:
         if Path(args.file).is_dir():
@@ -148,16 +151,14 @@ def run(args: argparse.Namespace) -> int:
     except WorkflowError as exc:
         print_error(exc, source_texts(args.file))
         return exit_code_for(exc)
-    except (ParamError, ProgramError, ArtifactError) as exc:
+    except ArtifactError as exc:  # Not an artifact, or a damaged one: unreadable input.
         print(f"comfyc run: error: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    except RuntimeFailure as exc:  # A bad param, a failed op, a backend that cannot run here.
+        print(f"comfyc run: error: {exc}", file=sys.stderr)
+        if (hint := backend_help(exc)) is not None:
+            print(hint, file=sys.stderr)
         return EXIT_INVALID
-    except Exception as exc:  # noqa: BLE001 - backends raise their own error types
-        from comfyc.runtime.backends.base import BackendError
-
-        if isinstance(exc, BackendError):
-            print(f"comfyc run: error: {exc}", file=sys.stderr)
-            return EXIT_INVALID
-        raise
     files = [f for entries in result.files.values() for f in entries]
     summary = {
         "outputs": {k: [str(Path(args.output) / ("temp" if f.get("type") == "temp" else "")
@@ -183,6 +184,7 @@ def _compile_in_memory(args: argparse.Namespace, progress: Progress) -> Any:
     from comfyc.compiler.passes.validate import ValidatePass
     from comfyc.frontends.load import load_workflow
 
+    require_extra("compiler")
     if args.backend not in (None, "torch", "torch-compile"):
         raise WorkflowError(f"a workflow runs on the torch backend; --backend {args.backend} "
                             f"needs a compiled artifact (comfyc compile)")

@@ -9,6 +9,22 @@ Like ComfyUI's ``validate_prompt`` it checks what the outputs need: the nodes th
 output node or a declared output. DSL programs validate every node (``all_nodes=True``), since
 a user who wrote a node wants to hear about it.
 
+A required input that is missing is ``required_input_missing``, as ComfyUI's server says: the
+only inputs given their defaults are the widgets a UI workflow lacks because it was saved
+before its node gained them, which ComfyUI's frontend fills when it loads the file
+(:func:`~comfyc.frontends.comfy_json.ui.ui_defaults_filled` names them).
+
+Beyond ComfyUI's checks, what a run would refuse is found here too, before any work starts:
+
+* a model name that leaves its folder (``../../x``, an absolute path) — always;
+* a model file that is not there — when the models folder is known (``models`` checks);
+* a node comfyc cannot run, with the registry's reason (``runnable``);
+* an input key the node class does not have, a misspelling ComfyUI would ignore
+  (``strict_inputs``, for ``comfyc check``).
+
+The pass turns on the model and runnable checks when its context has a model store (it is
+compiling); the server validates with a bare context and checks files its own way.
+
 Before (DSL)::
 
     latent = EmptyLatentImage(width=64, height=64, batch_size=0)
@@ -22,7 +38,17 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from comfyc.runtime.model_paths import (
+    EMBEDDED_MODELS,
+    MODEL_KINDS,
+    ModelPathError,
+    get_models_dir,
+    resolve,
+)
 
 from ..catalog import InputSpec, NodeSchema
 from ..errors import SchemaError, TypeMismatchError, WorkflowError, WorkflowErrors
@@ -30,7 +56,36 @@ from ..ir.core import MISSING, Graph, Node, Param, SourceLoc, Value
 from ..ir.types import COMBO, WIDGET_TYPES, is_compatible, python_type_name
 from .base import InPlacePass, PassResult
 
-__all__ = ["ValidatePass", "validate_graph", "coerce_literal", "reachable_nodes"]
+__all__ = ["ValidatePass", "ValidateOptions", "validate_graph", "validate_partial",
+           "coerce_literal", "reachable_nodes"]
+
+#: Input keys ComfyUI's own frontends send that no node class declares (the legacy
+#: frontend's upload button); never reported as unknown.
+FRONTEND_EXTRA_INPUTS = frozenset({"choose file to upload", "upload"})
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateOptions:
+    """What to check beyond ComfyUI's own validation (see the module docstring).
+
+    Attributes:
+        all_nodes: Every node, not only those an output needs (DSL files).
+        runnable: A node comfyc cannot run is an error (``unsupported_node``).
+        check_models: Resolve model file names (a missing file is ``value_not_in_list``).
+        models_dir: The models folder for those checks (None: ``$COMFYC_MODELS``, else only
+            the models that ship with comfyc are found).
+        strict_inputs: An input key the class does not declare is an error.
+        incomplete: Nodes that lack inputs because of errors already reported (a DSL file
+            that lowered in part): node id -> the inputs lost (``"*"``: any); those are not
+            reported missing, and a graph with such nodes may lack its outputs too.
+    """
+
+    all_nodes: bool = False
+    runnable: bool = False
+    check_models: bool = False
+    models_dir: str | None = None
+    strict_inputs: bool = False
+    incomplete: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 def reachable_nodes(graph: Graph, catalog: Any) -> list[Node]:
@@ -86,12 +141,14 @@ def _fmt(value: Any) -> str:
 
 
 class _Validator:
-    def __init__(self, graph: Graph, catalog: Any, all_nodes: bool) -> None:
+    def __init__(self, graph: Graph, catalog: Any, options: ValidateOptions) -> None:
         self.graph = graph
         self.catalog = catalog
-        self.all_nodes = all_nodes
+        self.options = options
         self.errors: list[WorkflowError] = []
         self.warnings: list[WorkflowError] = []
+        #: Model names not looked for (no models folder is known): kind -> names.
+        self.unchecked: dict[str, list[str]] = {}
 
     def error(self, cls: type[WorkflowError], node: Node, name: str | None, message: str,
               kind: str, **kw: Any) -> None:
@@ -99,12 +156,15 @@ class _Validator:
         self.errors.append(cls(message, loc, kind=kind, class_type=node.class_type, **kw))
 
     def run(self) -> list[WorkflowError]:
-        nodes = self.graph.nodes if self.all_nodes else reachable_nodes(self.graph, self.catalog)
+        options = self.options
+        nodes = self.graph.nodes if options.all_nodes else reachable_nodes(self.graph,
+                                                                           self.catalog)
         has_output = any(
             (s := self.catalog.get(n.class_type)) is not None and s.output_node
             for n in self.graph.nodes
         ) or bool(self.graph.outputs)
-        if not has_output:
+        # NOTE: a graph that lost nodes to errors (``incomplete``) may have lost its outputs.
+        if not has_output and not options.incomplete:
             self.errors.append(SchemaError(
                 "the workflow has no outputs: nothing would be computed",
                 SourceLoc(file=self.graph.source.file), kind="prompt_no_outputs",
@@ -116,29 +176,87 @@ class _Validator:
                 self.error(SchemaError, node, None,
                            f"unknown node type {node.class_type!r}", "invalid_prompt")
                 continue
+            if options.runnable:
+                self.check_runnable(node)
+            if options.strict_inputs:
+                self.check_input_names(node, schema)
             self.check_node(node, schema)
         for param in self.graph.params.values():
             self.check_param(param)
+        if self.unchecked:
+            names = "; ".join(f"{kind}: {', '.join(map(repr, found))}"
+                              for kind, found in self.unchecked.items())
+            self.warnings.append(SchemaError(
+                f"model files not looked for ({names}): no models folder is known",
+                SourceLoc(file=self.graph.source.file), kind="models_not_checked",
+                help="pass --models-dir MODELS (ComfyUI's layout) or set COMFYC_MODELS to "
+                     "check that they are there"))
         return self.errors
 
+    def check_runnable(self, node: Node) -> None:
+        reason = self.catalog.unrunnable_reason(node.class_type)
+        if reason is not None:
+            self.error(SchemaError, node, None, f"{node.display()} cannot run: {reason}",
+                       "unsupported_node",
+                       help="remove the node, or run this workflow in ComfyUI (comfyc check "
+                            "--comfyui checks it as ComfyUI would)")
+
+    def check_input_names(self, node: Node, schema: NodeSchema) -> None:
+        extra = node.meta.get("extra_inputs")
+        if not isinstance(extra, dict):
+            return
+        names = schema.input_names()
+        for name in extra:
+            if name in FRONTEND_EXTRA_INPUTS:
+                continue
+            close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+            self.error(SchemaError, node, str(name),
+                       f"{node.display()} has no input {str(name)!r}; ComfyUI ignores it, so "
+                       f"its value would be lost", "unknown_input",
+                       help=(f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+                             else f"{schema.class_type} takes "
+                                  f"{', '.join(names) or 'no inputs'}"),
+                       extra={"input_name": str(name)})
+
+    def check_model_file(self, node: Node, spec: InputSpec, value: str) -> None:
+        """A model name stays inside its folder and, when the folder is known, is there."""
+        from comfyc.runtime.files import UnsafeName, relative_name
+
+        kind = spec.files or ""
+        options = self.options
+        try:
+            relative_name(value)
+        except UnsafeName:
+            # The resolver's own words for the problem (absolute, '..', NUL, empty).
+            self.model_error(node, spec, value, _resolve_message(kind, value))
+            return
+        if options.check_models:
+            try:
+                resolve(kind, value, options.models_dir)
+            except ModelPathError as exc:
+                self.model_error(node, spec, value, str(exc))
+        elif value not in EMBEDDED_MODELS.get(kind, {}) and \
+                get_models_dir(options.models_dir) is None:
+            self.unchecked.setdefault(kind, []).append(value)
+
+    def model_error(self, node: Node, spec: InputSpec, value: str, message: str) -> None:
+        self.error(SchemaError, node, spec.name, f"{spec.name} {value!r}: {message}",
+                   "value_not_in_list",
+                   details=f"{spec.name}: {value!r} not in the {spec.files} folder",
+                   help=f"put the file in the models folder's {spec.files}/ (ComfyUI's "
+                        f"layout; --models-dir or $COMFYC_MODELS) and use its name there",
+                   extra={"input_name": spec.name, "received_value": value})
+
     def check_node(self, node: Node, schema: NodeSchema) -> None:
+        lost = self.options.incomplete.get(node.id, frozenset())
         for spec in schema.inputs:
             value = node.inputs.get(spec.name, MISSING)
             if value is MISSING:
-                if not spec.required:
-                    continue
-                default = spec.effective_default()
-                if spec.is_widget and default is not MISSING:
-                    # NOTE: deliberate deviation from ComfyUI's server, which rejects this:
-                    # workflows saved by older ComfyUI versions lack widgets that newer node
-                    # versions added (VAEEncodeForInpaint.grow_mask_by …). The frontend fills
-                    # them with defaults when it loads such a file; so do we, with a warning.
-                    self.warnings.append(SchemaError(
-                        f"input '{spec.name}' of {node.display()} is missing; using its "
-                        f"default {_fmt(default)}", node.input_loc(spec.name),
-                        kind="default_filled", class_type=node.class_type))
-                    continue
-                self.missing(node, spec)
+                # NOTE: as ComfyUI's server: a required input is never defaulted here. The
+                # widgets its frontend fills (those an old UI file lacks) were filled by the
+                # UI converter already.
+                if spec.required and spec.name not in lost and "*" not in lost:
+                    self.missing(node, spec)
             elif isinstance(value, Value):
                 self.check_link(node, spec, value)
             elif isinstance(value, Param):
@@ -232,7 +350,9 @@ class _Validator:
                        extra={"input_name": name, "received_value": value})
             return
         if spec.files:
-            return  # File names are checked when the model folder is resolved.
+            if spec.files in MODEL_KINDS and isinstance(value, str):
+                self.check_model_file(node, spec, value)
+            return  # Pictures (LoadImage) are looked for when the run reads them.
         choices = spec.choices or []
         if value in choices:
             return
@@ -270,26 +390,77 @@ class _Validator:
                     f"{_fmt(param.max)}", param.loc, kind="value_bigger_than_max"))
 
 
-def validate_graph(graph: Graph, catalog: Any, *, all_nodes: bool = False
-                   ) -> list[WorkflowError]:
+def _resolve_message(kind: str, name: str) -> str:
+    """The resolver's message for an unsafe name (it refuses those before any file access)."""
+    try:
+        resolve(kind, name, None)
+    except ModelPathError as exc:
+        return str(exc)
+    return f"{kind} name {name!r} is not allowed"  # pragma: no cover - resolve refused it
+
+
+def validate_graph(graph: Graph, catalog: Any, options: ValidateOptions | None = None, *,
+                   all_nodes: bool = False) -> list[WorkflowError]:
     """Validate a graph; raise :class:`WorkflowErrors` with every problem found.
 
+    Args:
+        graph: The graph (not changed).
+        catalog: The node schemas.
+        options: What to check beyond ComfyUI's validation (default: nothing more).
+        all_nodes: Shorthand for ``ValidateOptions(all_nodes=True)`` when ``options`` is None.
+
     Returns:
-        Warnings (inputs filled with defaults), when there is no error.
+        Warnings (model files not looked for), when there is no error.
     """
-    validator = _Validator(graph, catalog, all_nodes)
+    options = options or ValidateOptions(all_nodes=all_nodes)
+    validator = _Validator(graph, catalog, options)
     errors = validator.run()
     if errors:
         raise WorkflowErrors(errors)
     return validator.warnings
 
 
+def validate_partial(failure: WorkflowErrors, catalog: Any,
+                     options: ValidateOptions) -> WorkflowErrors:
+    """Every problem of a file a frontend could not finish: its errors, and what validating
+    the rest of it finds (the DSL lowers every statement it can; see ``WorkflowErrors``).
+
+    Returns:
+        ``failure`` itself when there is nothing more, else a new WorkflowErrors with all of
+        the problems in file order.
+    """
+    if failure.partial is None:
+        return failure
+    options = replace(options, incomplete={**options.incomplete, **failure.failed})
+    try:
+        validate_graph(failure.partial, catalog, options)
+    except WorkflowErrors as more:
+        seen = {(str(e.loc), e.message) for e in failure.errors}
+        extra = [e for e in more.errors if (str(e.loc), e.message) not in seen]
+        if extra:
+            return WorkflowErrors(_in_file_order([*failure.errors, *extra]))
+    return failure
+
+
+def _in_file_order(errors: Iterable[WorkflowError]) -> list[WorkflowError]:
+    def key(error: WorkflowError) -> tuple[int, int]:
+        loc = error.loc
+        return (loc.line or 0, loc.col or 0) if loc is not None else (0, 0)
+
+    return sorted(errors, key=key)
+
+
 class ValidatePass(InPlacePass):
-    """Checks required inputs, link types, literal types, ranges and combos."""
+    """Checks required inputs, link types, literal types, ranges and combos — and, when the
+    context has a model store (compiling), model files and that every node can run."""
 
     name = "validate"
 
     def call(self, graph: Graph) -> PassResult:
-        all_nodes = graph.source.kind == "dsl" or graph.source.format == "dsl"
-        validate_graph(graph, self.context.catalog, all_nodes=all_nodes)
+        context = self.context
+        compiling = context.models is not None
+        models_dir = context.options.models_dir or getattr(context.models, "models_dir", None)
+        validate_graph(graph, context.catalog, ValidateOptions(
+            all_nodes=graph.source.kind == "dsl" or graph.source.format == "dsl",
+            runnable=compiling, check_models=compiling, models_dir=models_dir))
         return PassResult(graph, False)

@@ -26,7 +26,7 @@ from comfyc.compiler.ir import MISSING, SourceLoc, is_compatible
 
 from .api import unknown_node_error
 
-__all__ = ["is_ui_workflow", "ui_to_api"]
+__all__ = ["is_ui_workflow", "ui_defaults_filled", "ui_to_api"]
 
 _VIRTUAL = {"Reroute", "PrimitiveNode", "Note", "MarkdownNote"}
 _MUTED, _BYPASSED = 2, 4
@@ -179,6 +179,9 @@ class _Converter:
         self.root = _Context(_node_map(data["nodes"], "nodes", self.errors, file),
                              _read_links(data.get("links"), "links", self.errors, file))
         self.prompt: dict[str, Any] = {}
+        #: Widgets the file lacks that were given their defaults, as ComfyUI's frontend fills
+        #: them when it loads a workflow saved before a node gained those widgets.
+        self.filled: list[WorkflowError] = []
         # NOTE: files saved before the frontend split (no extra.frontendVersion) were queued
         # by the legacy litegraph frontend, which serialised the upload button as the input
         # "choose file to upload" and sent no widget values for a node saved without
@@ -224,7 +227,7 @@ class _Converter:
                 self.unknown.setdefault(node_type, []).append(exec_id)
                 self.first_unknown = self.first_unknown or self._loc(exec_id, node)
                 continue
-            inputs = self._widget_inputs(ctx, node, schema)
+            inputs = self._widget_inputs(ctx, node, schema, exec_id)
             for socket in _as_list(node.get("inputs")):
                 if not isinstance(socket, dict):
                     continue
@@ -249,7 +252,7 @@ class _Converter:
                 "_meta": {"title": title or schema.display_name},
             }
 
-    def _widget_inputs(self, ctx: _Context, node: dict[str, Any], schema: Any
+    def _widget_inputs(self, ctx: _Context, node: dict[str, Any], schema: Any, exec_id: str
                        ) -> dict[str, Any]:
         values = node.get("widgets_values")
         inputs: dict[str, Any] = {}
@@ -257,9 +260,11 @@ class _Converter:
         if isinstance(values, dict):  # Some packs save widgets by name.
             for slot in layout:
                 if slot.kind == "value" and slot.input is not None:
-                    value = values.get(slot.input.name, slot.input.effective_default())
-                    if value is not MISSING:
-                        inputs[slot.input.name] = value
+                    name = slot.input.name
+                    if name in values:
+                        inputs[name] = values[name]
+                    else:
+                        self._fill(inputs, exec_id, node, schema, slot.input)
             return inputs
         if values is None and self.legacy:
             return inputs
@@ -276,10 +281,22 @@ class _Converter:
             elif index < len(values):
                 inputs[name] = values[index]
             else:
-                default = slot.input.effective_default()
-                if default is not MISSING:
-                    inputs[name] = default
+                self._fill(inputs, exec_id, node, schema, slot.input)
         return inputs
+
+    def _fill(self, inputs: dict[str, Any], exec_id: str, node: dict[str, Any], schema: Any,
+              spec: Any) -> None:
+        """Give a widget the file lacks its default (the frontend's rule), and note it."""
+        default = spec.effective_default()
+        if default is MISSING:
+            return
+        inputs[spec.name] = default
+        self.filled.append(SchemaError(
+            f"widget '{spec.name}' of #{exec_id} ({schema.class_type}) is missing from the "
+            f"saved workflow; it takes its default {default!r}, as ComfyUI's frontend fills it "
+            f"when it loads a workflow saved before the node had this widget",
+            self._loc(exec_id, node, spec.name), kind="default_filled",
+            class_type=schema.class_type))
 
     # ------------------------------------------------------------ subgraphs
     def _child(self, ctx: _Context, instance: dict[str, Any]) -> _Context:
@@ -413,6 +430,18 @@ class _Converter:
             if ok(cand.get("type"), consumer_type):
                 return cand.get("link")
         return None
+
+
+def ui_defaults_filled(data: dict[str, Any], catalog: Catalog | None = None,
+                       file: str | None = None) -> list[WorkflowError]:
+    """The widgets :func:`ui_to_api` gave their defaults because the file lacks them, one
+    ``default_filled`` note each (``comfyc check`` shows them as warnings); empty for a file
+    that does not convert."""
+    if not is_ui_workflow(data):
+        return []
+    converter = _Converter(data, catalog or default_catalog(), file)
+    converter.run()
+    return [] if converter.errors else converter.filled
 
 
 def ui_to_api(data: dict[str, Any], catalog: Catalog | None = None, file: str | None = None

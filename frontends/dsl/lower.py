@@ -129,6 +129,11 @@ class Lowering:
         self.check_types = check_types
         self.graph = Graph(source=GraphSource(file=file, format="dsl"))
         self.errors: list[WorkflowError] = []
+        #: Nodes lowered without some of their inputs because of an error (theirs or one
+        #: they depend on): node id -> those inputs ("*": unknown or positional arguments,
+        #: so any input may be the one meant); see :class:`WorkflowErrors`'s ``failed``.
+        self._failed: dict[str, set[str]] = {}
+        self._lost: set[str] = set()
         self.warnings: list[WorkflowError] = []
         self.env: dict[str, _Binding] = {}
         #: One key per statement, aligned with ``module.statements``.
@@ -179,7 +184,10 @@ class Lowering:
                     help=f"use it as an input value (e.g. seed={param.name}) or remove it"))
         if self.errors:
             self.errors.sort(key=lambda e: (e.loc.line or 0, e.loc.col or 0) if e.loc else (0, 0))
-            raise WorkflowErrors(self.errors)
+            # The graph of the statements that did lower rides along: `comfyc check`
+            # validates it too, so a file's every problem is reported at once.
+            raise WorkflowErrors(self.errors, partial=self.graph, failed={
+                node_id: frozenset(names) for node_id, names in self._failed.items()})
         self.graph.warnings = self.warnings
         return self.graph
 
@@ -332,6 +340,7 @@ class Lowering:
             self._next_id += 1
         class_type = stmt.callee.text
         schema = self.catalog.get(class_type)
+        self._lost = set()
         if schema is None:
             close = self.catalog.close_names(class_type)
             if not close:
@@ -368,6 +377,8 @@ class Lowering:
             node.meta["extra_inputs"] = extra
         if api_meta:
             node.meta["api_meta"] = api_meta
+        if self._lost:
+            self._failed[node_id] = self._lost
         return node_id
 
     def decorators(self, stmt: ast.NodeStmt
@@ -440,6 +451,7 @@ class Lowering:
                 guess = free[positional] if positional < len(free) else None
                 positional += 1
                 text = self.source_text(arg.value.span)
+                self._lost.add("*")
                 self.error(WorkflowError, "positional argument not allowed: inputs are passed "
                            "by name", arg.value.span,
                            help=f"write {guess}={text}" if guess else
@@ -450,6 +462,7 @@ class Lowering:
             name = arg.key.text
             spec = schema.input(name)
             if spec is None:
+                self._lost.add("*")
                 close = _close(name, schema.input_names())
                 self.error(SchemaError, f"unknown input '{name}' for {schema.class_type}",
                            arg.key.span, help=_did_you_mean(close) or
@@ -465,6 +478,8 @@ class Lowering:
             value = self.input_value(arg.value, schema, name)
             if value is not _POISON:
                 inputs[name] = (value, arg.value.span)
+            else:
+                self._lost.add(name)
         return inputs
 
     def input_value(self, expr: ast.Expr, schema: NodeSchema | None, name: str | None) -> Any:

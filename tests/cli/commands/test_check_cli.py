@@ -150,7 +150,7 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
     """A missing path and a directory are unreadable (exit 2)."""
     assert _run("check", str(tmp_path / "nope.json")).returncode == 2
     result = _run("check", str(tmp_path))
-    assert result.returncode == 2 and "is a directory" in result.stderr
+    assert result.returncode == 2 and "is a folder, not a workflow file" in result.stderr
 
 
 def test_png_with_prompt_chunk_checks_and_converts(tmp_path: Path) -> None:
@@ -192,11 +192,16 @@ def test_check_json_report_has_comfyui_node_errors(tmp_path: Path) -> None:
 
 
 def test_object_info_extends_the_catalogue(corpus: Path) -> None:
-    """--object-info makes workflows with other nodes check and convert."""
+    """--object-info makes workflows with other nodes check (as ComfyUI would: --comfyui;
+    comfyc cannot run them, and says so) and convert."""
     gligen = str(corpus / "gligen__gligen_textbox_example.ui.json")
     assert _run("check", gligen).returncode == 1
     extra = str(DATA / "comfy" / "object_info_extra.json")
-    assert _run("check", "--object-info", extra, gligen).returncode == 0
+    result = _run("check", "--object-info", extra, gligen)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error[unsupported_node]" in result.stderr and "GLIGENLoader" in result.stderr
+    assert "comfyc has no implementation of GLIGENLoader" in result.stderr
+    assert _run("check", "--object-info", extra, "--comfyui", gligen).returncode == 0
     result = _run("convert", gligen, "--to", "api", "--object-info", extra)
     assert result.returncode == 0
     expected = json.loads((corpus / "gligen__gligen_textbox_example.api.json").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from comfyc.compiler.errors import WorkflowErrors
 from comfyc.frontends.comfy_json.ui import ui_to_api
 
