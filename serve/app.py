@@ -276,9 +276,13 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
             valid = await asyncio.to_thread(engine.validate, prompt)
         except PromptRejected as exc:
             return rejected(exc.body)
+        # NOTE: the id (unless the client chose one) and a request id are made here, so a
+        # submit that Ray retries after the hub's process died cannot queue the prompt twice.
         queued = await hub.call(
             "submit", valid.prompt, extra, valid.outputs, client_id, valid.key,
-            front=bool(body.get("front")), number=number, prompt_id=prompt_id, size=len(raw))
+            front=bool(body.get("front")), number=number,
+            prompt_id=prompt_id or str(uuid.uuid4()), size=len(raw),
+            request_id=uuid.uuid4().hex)
         if "error" in queued:
             status = 429 if queued["error"] == "queue_full" else 400
             return _bad(queued["error"], queued["message"], "", status)

@@ -477,6 +477,8 @@ class Engine:
         self._models: Any = None
         self._torch: OrderedDict[str, Any] = OrderedDict()
         self._torch_lock = threading.Lock()
+        # Held while lowering onto PyTorch (and importing it): one build at a time.
+        self._build_lock = threading.Lock()
         self._compiles: queue.Queue[tuple[str, Path, dict[str, Any]] | None] = queue.Queue()
         self._compiling: dict[str, str] = {}  # key -> "queued" | "compiling" | "loading"
         self._compile_failed: dict[str, str] = {}
@@ -845,29 +847,35 @@ class Engine:
         """
         with self._torch_lock:
             program = self._torch.get(key)
-            if program is None:
-                try:
-                    program = lower_torch(prompt, self._model_cache())
-                except Exception as exc:
-                    self._remember_failure(key, exc)
-                    raise
-                self._torch[key] = program
-                while len(self._torch) > MAX_LOADED:
-                    self._torch.popitem(last=False)
-            else:
+            if program is not None:
                 self._torch.move_to_end(key)
+        if program is None:
+            with self._build_lock:
+                with self._torch_lock:
+                    program = self._torch.get(key)
+                if program is None:
+                    try:
+                        program = lower_torch(prompt, self._model_cache())
+                    except Exception as exc:
+                        self._remember_failure(key, exc)
+                        raise
+                    with self._torch_lock:
+                        self._torch[key] = program
+                        while len(self._torch) > MAX_LOADED:
+                            self._torch.popitem(last=False)
         return self._prepared(prompt, path, program, False, tier="torch", key=key)
 
     def _model_cache(self) -> Any:
-        """The torch tier's checkpoint cache (lock held): a new one when it holds more than
-        :data:`MAX_TORCH_CHECKPOINTS` checkpoints (their programs are lowered again)."""
+        """The torch tier's checkpoint cache (build lock held): a new one when it holds more
+        than :data:`MAX_TORCH_CHECKPOINTS` checkpoints (their programs are lowered again)."""
         from comfyc.compiler.lowering.program import TorchModelCache
 
         loaded = self._models.loaded if self._models is not None else {}
         if self._models is None or sum(k.startswith("ckpt:") for k in loaded) \
                 >= MAX_TORCH_CHECKPOINTS + 1:
             self._models = TorchModelCache(self.models_dir)
-            self._torch.clear()
+            with self._torch_lock:
+                self._torch.clear()
         return self._models
 
     def preload(self) -> threading.Thread | None:
@@ -884,16 +892,10 @@ class Engine:
         def run() -> None:
             with contextlib.suppress(OSError, AttributeError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
-            try:
-                import torch  # noqa: F401
-                from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
-                from transformers import CLIPTextModel  # noqa: F401
-
-                import comfyc.compiler.lowering.program  # noqa: F401
-                import comfyc.compiler.models.single_file  # noqa: F401
-                import comfyc.compiler.pipeline  # noqa: F401
-            except Exception:  # noqa: BLE001 - the first prompt imports (and reports) it
-                _log.debug("preloading the torch tier failed", exc_info=True)
+            # NOTE: under the torch tier's lock: diffusers' lazy module table is not safe
+            # to import from two threads at once (the first prompt's lowering waits).
+            with self._build_lock:
+                _import_torch_tier()
 
         thread = threading.Thread(target=run, daemon=True, name="comfyc-preload")
         thread.start()
@@ -1184,7 +1186,9 @@ class Engine:
             self._compile_failed.clear()
         with self._torch_lock:
             self._torch.clear()
-            self._models = None
+        # NOTE: not under the build lock (a build may hold it for seconds): the next build
+        # starts a new cache; one running now finishes with the old.
+        self._models = None
 
     def model_file(self, kind: str, name: str) -> Path | None:
         """The file of a model by folder and name (the page reads its size and metadata),
@@ -1246,3 +1250,17 @@ def _first_line(exc: BaseException) -> str:
         with contextlib.suppress(Exception):
             return str(render())
     return str(exc) or type(exc).__name__
+
+
+def _import_torch_tier() -> None:
+    """Import what lowering a workflow onto PyTorch imports (see :meth:`Engine.preload`)."""
+    try:
+        import torch  # noqa: F401
+        from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
+        from transformers import CLIPTextModel  # noqa: F401
+
+        import comfyc.compiler.lowering.program  # noqa: F401
+        import comfyc.compiler.models.single_file  # noqa: F401
+        import comfyc.compiler.pipeline  # noqa: F401
+    except Exception:  # noqa: BLE001 - the first prompt imports (and reports) it
+        _log.debug("preloading the torch tier failed", exc_info=True)

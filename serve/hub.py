@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import os
 import threading
 import time
 import uuid
@@ -77,6 +78,8 @@ class Job:
         seq: Arrival order, the tie-breaker.
         attempts: How often a worker claimed it (more than once after a worker died).
         size: Its size as sent, in bytes (the pending queue is bounded by bytes).
+        request_id: The submitting request's id: a retried submit (Ray retries a call whose
+            actor died) is answered with the first one's result instead of queued twice.
     """
 
     number: float
@@ -89,6 +92,7 @@ class Job:
     seq: int = 0
     attempts: int = 0
     size: int = 0
+    request_id: str = ""
 
     def queue_item(self) -> list[Any]:
         """ComfyUI's 5-element queue item ``[number, prompt_id, prompt, extra_data, outputs]``."""
@@ -110,6 +114,7 @@ class _Lease:
     job: Job
     owner: str
     deadline: float
+    claim: str = ""
 
 
 @dataclass
@@ -133,6 +138,11 @@ class Hub:
         max_pending_bytes: Pending prompt bytes accepted.
         store_path: The durable store (None: the queue lives in memory only). A hub given a
             store takes over the prompts and history a previous server left in it.
+        adopt_running: Take over the running prompts' leases from the store as they were
+            (the hub of ``--ray``, restarted by Ray while the workers live on); without it a
+            prompt running at the previous hub's end is queued again (its worker died too).
+        lock_wait_s: Seconds to wait for the store's lock (a restarted hub's predecessor
+            may still be going away).
     """
 
     max_history: int = MAX_HISTORY
@@ -141,6 +151,8 @@ class Hub:
     max_pending: int = MAX_PENDING
     max_pending_bytes: int = MAX_PENDING_BYTES
     store_path: str | None = None
+    adopt_running: bool = False
+    lock_wait_s: float = 0.0
     _lock: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _pending: list[tuple[float, int, Job]] = field(default_factory=list)
     _pending_bytes: int = 0
@@ -166,15 +178,24 @@ class Hub:
         from .metrics import Metrics
 
         self._metrics = Metrics()
+        # NOTE: cursors from the wall clock (microseconds): a connection that read from a
+        # hub before it restarted keeps a cursor below every message of the new one.
+        self._event_seq = time.time_ns() // 1000
         if self.store_path is not None:
             from .store import PromptStore
 
-            self._store = PromptStore(self.store_path)
+            self._store = PromptStore(self.store_path, self.lock_wait_s)
             self._recover()
 
     def _recover(self) -> None:
         """Queue again what the store holds from a previous server; restore its history."""
-        recovered = self._store.recover(self.max_history)
+        recovered = self._store.recover(self.max_history, adopt=self.adopt_running)
+        deadline = time.monotonic() + self.lease_s
+        for data, owner, claim in recovered.running:
+            job = Job.from_json(data)
+            # NOTE: a fresh lease: a live owner heart-beats it; a dead one lets it expire
+            # and the prompt is queued again, as when a worker dies under a running hub.
+            self._running[job.prompt_id] = _Lease(job, owner, deadline, claim)
         for pid, entry, size in recovered.history:
             self._remember(pid, entry, size, persist=False)
         for data in recovered.lost:
@@ -190,12 +211,20 @@ class Hub:
             self._pending.append((job.number, job.seq, job))
             self._pending_bytes += job.size
         heapq.heapify(self._pending)
-        numbers = [int(j.number) for _, _, j in self._pending if j.number >= 0]
-        seqs = [j.seq for _, _, j in self._pending]
+        jobs = [j for _, _, j in self._pending] + [lease.job for lease in
+                                                   self._running.values()]
+        numbers = [int(j.number) for j in jobs if j.number >= 0]
+        seqs = [j.seq for j in jobs]
         self._number = max(numbers, default=-1) + 1
         self._arrivals = max(seqs, default=0)
         self._recovered = {"queued": len(recovered.queued), "restarted": recovered.interrupted,
                            "lost": len(recovered.lost), "history": len(recovered.history)}
+        if recovered.running:
+            self._recovered["adopted"] = len(recovered.running)
+
+    def pid(self) -> int:
+        """The hub's process id (the Ray test kills it)."""
+        return os.getpid()
 
     def recovered(self) -> dict[str, int]:
         """What this hub took over from its store: queued, restarted, lost, history."""
@@ -219,8 +248,12 @@ class Hub:
     def submit(self, prompt: dict[str, Any], extra_data: dict[str, Any], outputs: list[str],
                client_id: str | None, model_key: str, *, front: bool = False,
                number: float | None = None, prompt_id: str | None = None,
-               size: int = 0) -> dict[str, Any]:
+               size: int = 0, request_id: str = "") -> dict[str, Any]:
         """Queue a validated prompt.
+
+        ``request_id`` makes the call idempotent: a submit with the id and request of a
+        prompt already accepted (the same call, retried after the hub's process died) is
+        answered as the first time.
 
         Returns:
             ``{"number", "prompt_id"}`` as ComfyUI answers; or ``{"error": kind, "message"}``
@@ -228,6 +261,10 @@ class Hub:
             (``queue_full``).
         """
         with self._lock:
+            if prompt_id is not None and request_id:
+                earlier = self._job_of(prompt_id)
+                if earlier is not None and earlier.request_id == request_id:
+                    return {"number": earlier.number, "prompt_id": prompt_id}
             if prompt_id is not None and self._known(prompt_id):
                 return {"error": "duplicate_prompt_id", "message": (
                     f"prompt_id {prompt_id!r} is already queued or in the history; each "
@@ -242,7 +279,7 @@ class Hub:
                 self._number += 1
             self._arrivals += 1
             job = Job(number, prompt_id or str(uuid.uuid4()), prompt, extra_data, outputs,
-                      client_id, model_key, self._arrivals, size=size)
+                      client_id, model_key, self._arrivals, size=size, request_id=request_id)
             if self._store is not None:
                 # NOTE: on disk before the client hears "queued": a kill now loses nothing.
                 self._store.add(job.to_json())
@@ -251,6 +288,17 @@ class Hub:
             self._queue_updated()
             self._lock.notify_all()
             return {"number": job.number, "prompt_id": job.prompt_id}
+
+    def _job_of(self, prompt_id: str) -> Job | None:
+        """The accepted job of an id: pending, running, or in the store; lock held."""
+        lease = self._running.get(prompt_id)
+        if lease is not None:
+            return lease.job
+        found = next((job for _, _, job in self._pending if job.prompt_id == prompt_id), None)
+        if found is None and self._store is not None:
+            data = self._store.job(prompt_id)
+            found = Job.from_json(data) if data is not None else None
+        return found
 
     def _known(self, prompt_id: str) -> bool:
         """Whether an id is pending, running or in the history (or the store); lock held."""
@@ -279,14 +327,21 @@ class Hub:
         with self._lock:
             return sorted({job.model_key for _, _, job in self._pending})
 
-    def claim(self, owner: str, key: str | None = None, timeout: float = 1.0) -> Job | None:
+    def claim(self, owner: str, key: str | None = None, timeout: float = 1.0,
+              request_id: str = "") -> Job | None:
         """Take the first pending prompt (of ``key``, when given) and lease it to ``owner``.
 
-        Waits up to ``timeout`` seconds for one; None when nothing came.
+        Waits up to ``timeout`` seconds for one; None when nothing came. ``request_id``
+        makes the call idempotent: the same claim retried (after the hub's process died
+        before answering) gets the prompt the first one leased.
         """
         end = time.monotonic() + timeout
         with self._lock:
             self._owners[owner] = time.monotonic()
+            if request_id:
+                for lease in self._running.values():
+                    if lease.owner == owner and lease.claim == request_id:
+                        return lease.job
             while True:
                 self._expire()
                 for _, _, job in sorted(self._pending, key=lambda e: e[:2]):
@@ -295,10 +350,11 @@ class Hub:
                         heapq.heapify(self._pending)
                         self._pending_bytes -= job.size
                         job.attempts += 1
-                        self._running[job.prompt_id] = _Lease(job, owner,
-                                                              time.monotonic() + self.lease_s)
+                        self._running[job.prompt_id] = _Lease(
+                            job, owner, time.monotonic() + self.lease_s, request_id)
                         if self._store is not None:
-                            self._store.set_state(job.prompt_id, "running")
+                            self._store.set_state(job.prompt_id, "running", owner,
+                                                  request_id)
                         self._queue_updated()
                         return job
                 left = end - time.monotonic()
@@ -339,7 +395,10 @@ class Hub:
         with self._lock:
             lease = self._running.get(prompt_id)
             if lease is None or lease.owner != owner:
-                return False
+                # The same finish retried after the hub's process died having recorded it
+                # is answered as the first time.
+                recorded = self._history.get(prompt_id)
+                return bool(recorded and (recorded.get("comfyc") or {}).get("worker") == owner)
             del self._running[prompt_id]
             self._interrupts.discard(prompt_id)
             self._remember(prompt_id, entry, size)

@@ -17,9 +17,14 @@ So a client can always tell the state of a prompt it was given an id for: pendin
 one carries an ``execution_error`` of type ``comfyc.lost``), or unknown (never accepted, or
 aged out of the history).
 
+With ``adopt=True`` (the hub of ``comfyc serve --ray``, restarted by Ray after its process
+died while the replicas' workers live on) a ``running`` prompt is *not* a death: it keeps its
+lease owner and claim (both are in its row), so the worker that runs it finishes it, once.
+
 SQLite in WAL mode: a committed transaction survives the process being killed at any point.
-One process owns a store at a time (an exclusive lock on ``FILE.lock``); a second server
-started on the same store refuses to start instead of running the same prompts twice.
+One process owns a store at a time (an exclusive lock on ``FILE.lock``, which the kernel
+drops when its owner dies); a second server started on the same store refuses to start
+instead of running the same prompts twice (a restarted hub waits for the lock instead).
 """
 
 from __future__ import annotations
@@ -48,10 +53,14 @@ CREATE TABLE IF NOT EXISTS prompts (
     entry_bytes INTEGER NOT NULL DEFAULT 0,
     restarts INTEGER NOT NULL DEFAULT 0,
     accepted REAL NOT NULL,
-    finished REAL
+    finished REAL,
+    owner TEXT,                     -- the worker holding the lease, while running
+    claim TEXT                      -- the claim request that leased it (a retried claim)
 );
 CREATE INDEX IF NOT EXISTS prompts_state ON prompts (state, seq);
 """
+#: Columns added after the first layout (a store written by an older server gains them).
+_ADDED_COLUMNS = (("owner", "TEXT"), ("claim", "TEXT"))
 
 
 class StoreLockedError(RuntimeError):
@@ -67,6 +76,7 @@ class Recovered:
         history: ``(prompt_id, entry, entry_bytes)`` of finished prompts, oldest first.
         lost: Jobs that were running at too many deaths; the caller records them as errors.
         interrupted: How many of ``queued`` were running when the server died.
+        running: ``(job, owner, claim)`` of prompts still leased to live workers (``adopt``).
     """
 
     def __init__(self) -> None:
@@ -74,6 +84,7 @@ class Recovered:
         self.history: list[tuple[str, dict[str, Any], int]] = []
         self.lost: list[dict[str, Any]] = []
         self.interrupted = 0
+        self.running: list[tuple[dict[str, Any], str, str]] = []
 
 
 class PromptStore:
@@ -81,23 +92,31 @@ class PromptStore:
 
     Args:
         path: The SQLite file (created with its folder).
+        lock_wait_s: Seconds to wait for the store's lock (a restarted hub waits for its
+            dead predecessor's to be dropped); 0: refuse at once.
 
     Raises:
         StoreLockedError: Another process has the store open.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, lock_wait_s: float = 0.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._owner = open(self.path.with_name(self.path.name + ".lock"), "a+b")  # noqa: SIM115
-        try:
-            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._owner.close()
-            raise StoreLockedError(
-                f"another comfyc serve is using the prompt store {self.path.name} in this "
-                f"cache folder; stop it, or give this server another --port or --cache-dir"
-            ) from None
+        end = time.monotonic() + lock_wait_s
+        while True:
+            try:
+                fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() < end:
+                    time.sleep(0.1)
+                    continue
+                self._owner.close()
+                raise StoreLockedError(
+                    f"another comfyc serve is using the prompt store {self.path.name} in "
+                    f"this cache folder; stop it, or give this server another --port or "
+                    f"--cache-dir") from None
         self._lock = threading.Lock()
         # NOTE: one connection shared by the server's threads under a lock; autocommit mode
         # (isolation_level None) with explicit transactions where several rows change.
@@ -107,6 +126,10 @@ class PromptStore:
         # (the WAL is in the OS's cache); only a power cut could lose the last commits.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(prompts)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in present:
+                self._db.execute(f"ALTER TABLE prompts ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         """Close the database and give up ownership."""
@@ -124,11 +147,13 @@ class PromptStore:
                 (job["prompt_id"], job["seq"], float(job["number"]), json.dumps(job),
                  time.time()))
 
-    def set_state(self, prompt_id: str, state: str) -> None:
-        """Mark a prompt ``pending`` (given back) or ``running`` (claimed by a worker)."""
+    def set_state(self, prompt_id: str, state: str, owner: str | None = None,
+                  claim: str | None = None) -> None:
+        """Mark a prompt ``pending`` (given back) or ``running`` (claimed by ``owner`` with
+        the claim request ``claim``)."""
         with self._lock:
-            self._db.execute("UPDATE prompts SET state = ? WHERE prompt_id = ?",
-                             (state, prompt_id))
+            self._db.execute("UPDATE prompts SET state = ?, owner = ?, claim = ? "
+                             "WHERE prompt_id = ?", (state, owner, claim, prompt_id))
 
     def finish(self, prompt_id: str, entry: dict[str, Any], size: int) -> None:
         """Record a prompt's history entry (it will not run again)."""
@@ -156,26 +181,35 @@ class PromptStore:
     # ------------------------------------------------------------------ reads
     def known(self, prompt_id: str) -> bool:
         """Whether a prompt with this id was accepted and not forgotten."""
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM prompts WHERE prompt_id = ?",
-                                   (prompt_id,)).fetchone()
-            return row is not None
+        return self.job(prompt_id) is not None
 
-    def recover(self, max_history: int) -> Recovered:
+    def job(self, prompt_id: str) -> dict[str, Any] | None:
+        """The accepted job of a prompt id (as :meth:`add` stored it), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT job FROM prompts WHERE prompt_id = ?",
+                                   (prompt_id,)).fetchone()
+        return json.loads(row[0]) if row is not None else None
+
+    def recover(self, max_history: int, *, adopt: bool = False) -> Recovered:
         """Take over what a previous server left: see the module docstring.
 
         Rows of running prompts get one more restart counted; prompts past
         :data:`MAX_RESTARTS` are returned in :attr:`Recovered.lost` (the caller records their
-        error entries with :meth:`finish`).
+        error entries with :meth:`finish`). With ``adopt``, running prompts with a lease
+        owner stay running (:attr:`Recovered.running`): their workers outlived the hub.
         """
         out = Recovered()
         with self._lock:
             self._db.execute("BEGIN")
             running = self._db.execute(
-                "SELECT prompt_id, job, restarts FROM prompts WHERE state = 'running' "
-                "ORDER BY seq").fetchall()
-            for prompt_id, job, restarts in running:
+                "SELECT prompt_id, job, restarts, owner, claim FROM prompts "
+                "WHERE state = 'running' ORDER BY seq").fetchall()
+            for prompt_id, job, restarts, owner, claim in running:
                 data = json.loads(job)
+                if adopt and owner:
+                    data["attempts"] = max(int(data.get("attempts") or 0), 1)
+                    out.running.append((data, owner, claim or ""))
+                    continue
                 # NOTE: the claim that died counts as an attempt (the history entry of the
                 # re-run then says attempt 2).
                 data["attempts"] = int(data.get("attempts") or 0) + restarts + 1

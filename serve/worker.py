@@ -42,6 +42,7 @@ import struct
 import threading
 import time
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +272,9 @@ class Worker(threading.Thread):
         beat.start()
         try:
             while not self.stop.is_set():
-                job = self.hub.claim(self.owner, self.key, 1.0)
+                # NOTE: a request id per claim: retried after the hub's process died, the
+                # claim gets the prompt it leased instead of leaving that one stranded.
+                job = self.hub.claim(self.owner, self.key, 1.0, uuid.uuid4().hex)
                 if job is None:
                     if self.idle_exit_s and time.monotonic() - idle_since > self.idle_exit_s:
                         return

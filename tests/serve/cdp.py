@@ -208,10 +208,13 @@ class Browser:
         raise CdpError(f"waited {timeout:.0f} s for {what or expression}; last value {value!r}")
 
     def click(self, x: float, y: float) -> None:
-        """A real mouse click (press and release) at page coordinates."""
+        """A real mouse click at page coordinates (the pointer moves there, then presses
+        and releases)."""
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        time.sleep(0.1)
         for kind in ("mousePressed", "mouseReleased"):
             self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
-                      clickCount=1)
+                      buttons=1 if kind == "mousePressed" else 0, clickCount=1)
 
     def screenshot(self, path: Path) -> None:
         """Save a PNG of the page."""

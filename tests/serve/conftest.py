@@ -1,7 +1,9 @@
 """A real `comfyc serve` subprocess on loopback, shared by the server tests.
 
 One server (and one compile of the tiny-model workflow into a session cache folder, which
-the Ray test reuses) for the whole session; outputs and inputs live under pytest's tmp dirs.
+the restart, fuzz and Ray tests reuse) for the whole session; outputs and inputs live under
+pytest's tmp dirs. The first prompt of a graph shape runs on the torch tier while its artifact
+compiles in the background (:meth:`Server.wait_compiled` waits for that).
 """
 
 from __future__ import annotations
@@ -90,6 +92,18 @@ class Server:
         """Folders of this server that no answer may reveal."""
         return [str(p) for p in (self.output_dir, self.input_dir, self.cache_dir,
                                  self.log.parent, REPO)]
+
+    def wait_compiled(self, timeout: float = 240) -> None:
+        """Wait until the server's background compiles (of shapes that ran on the torch
+        tier) are done."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            status, stats = self.request("GET", "/system_stats")
+            if status == 200 and not stats["system"]["comfyc"]["tiers"]["compiling"]:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"background compiles not done in {timeout} s; server log:\n"
+                             + self.log.read_text()[-3000:])
 
     def wait_history(self, prompt_id: str, timeout: float = 120) -> dict[str, Any]:
         """The history entry of a prompt, once it finished."""
@@ -184,6 +198,19 @@ def server(tmp_path_factory: pytest.TempPathFactory, serve_cache: Path) -> Itera
         yield srv
     finally:
         stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def artifact(server: Server, serve_cache: Path) -> Path:
+    """The compiled artifact of the tiny-model txt2img shape in the session cache (its first
+    prompt runs on the torch tier; this waits for the background compile)."""
+    status, body = server.request("POST", "/prompt", {"prompt": workflow(seed=7)})
+    assert status == 200, body
+    entry = server.wait_history(body["prompt_id"])
+    server.wait_compiled()
+    path = serve_cache / f"{entry['comfyc']['graph']}.comfyc"
+    assert (path / "manifest.json").is_file(), sorted(p.name for p in serve_cache.iterdir())
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -183,9 +183,10 @@ def test_filename_prefix_is_a_runtime_param(server: Server) -> None:
                                                 "filename_prefix": prefix}}}})
         assert status == 200, payload
         ids.append(strict_json(payload)["prompt_id"])
-    names = []
+    names, shapes = [], set()
     for prompt_id in ids:
         entry = server.wait_history(prompt_id)
+        shapes.add(entry["comfyc"]["graph"])
         assert entry["status"]["status_str"] == "success", entry["status"]
         (image,) = _images(entry)
         names.append((image["subfolder"], image["filename"]))
@@ -194,7 +195,9 @@ def test_filename_prefix_is_a_runtime_param(server: Server) -> None:
         assert status == 200 and png[:4] == b"\x89PNG"
     assert names == [("prefixes", "one_00001_.png"), ("prefixes", "two_00001_.png"),
                      ("prefixes", "three_00001_.png")]
-    assert len(list(server.cache_dir.glob("*.comfyc"))) == 1
+    (shape,) = shapes
+    server.wait_compiled()
+    assert (server.cache_dir / f"{shape}.comfyc" / "manifest.json").is_file()
 
 
 # ----------------------------------------------------------------------------- item 7
@@ -369,20 +372,24 @@ def test_large_pictures_are_refused_at_upload_and_load(bounded: Server) -> None:
 
 
 def test_artifact_cache_is_bounded_lru(bounded: Server) -> None:
-    """Three shapes with room for two: the least recently used artifact goes."""
+    """Three shapes with room for two: the least recently used artifact goes (each compiled in
+    the background after its first prompt ran on the torch tier)."""
     def cached() -> set[str]:
         return {p.name for p in bounded.cache_dir.glob("*.comfyc")}
 
     seen = []
     for size in (8, 16, 24):
         assert _run(bounded, _empty_image(size))["status"]["status_str"] == "success"
+        bounded.wait_compiled()  # Each shape's first prompt ran on the torch tier.
         seen.append(cached())
         assert len(seen[-1]) <= 2
     first, second, third = (next(iter(seen[i] - (seen[i - 1] if i else set())))
                             for i in range(3))
     assert seen[-1] == {second, third}
-    _run(bounded, _empty_image(16, prefix="again"))  # Uses the second: it becomes recent.
+    again = _run(bounded, _empty_image(16, prefix="again"))  # The second becomes recent.
+    assert again["comfyc"]["tier"] == "artifact"
     _run(bounded, _empty_image(32))
+    bounded.wait_compiled()
     assert second in cached() and third not in cached() and len(cached()) == 2
     stats = bounded.request("GET", "/system_stats")[1]["system"]["comfyc"]["cache"]
     assert stats["artifacts"] == 2 and stats["evicted"] >= 2

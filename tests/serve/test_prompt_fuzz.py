@@ -46,13 +46,8 @@ _CLASSES = ["KSampler", "VAEDecode", "SaveImage", "LoadImage", "EmptyLatentImage
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(server: Server, serve_cache: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def fuzz_server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`comfyc serve --no-compile` on the session's txt2img artifact."""
-    status, body = server.request("POST", "/prompt", {"prompt": workflow(seed=7)})
-    assert status == 200
-    server.wait_history(body["prompt_id"])  # The session cache now holds the artifact.
-    (artifact,) = serve_cache.glob("*.comfyc")
     tmp = tmp_path_factory.mktemp("fuzz")
     srv = start_server(tmp, tmp / "cache", "--no-compile", "--max-request-mb", "1",
                        str(artifact))

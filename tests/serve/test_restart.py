@@ -25,12 +25,10 @@ def _finished(server: Server, ids: list[str]) -> list[str]:
     return [pid for pid in ids if pid in history]
 
 
-def test_prompts_accepted_before_kill_9_finish_after_restart(server: Server, serve_cache: Path,
+def test_prompts_accepted_before_kill_9_finish_after_restart(artifact: Path, serve_cache: Path,
                                                              tmp_path: Path) -> None:
     """10 prompts, SIGKILL after two finished: all 10 succeed, the rest after the restart."""
-    body = server.request("POST", "/prompt", {"prompt": workflow(seed=7)})[1]
-    server.wait_history(body["prompt_id"])  # The shared cache holds the compiled artifact.
-    port = free_port()
+    port = free_port()  # The shared cache holds the compiled artifact (the fixture).
     first = start_server(tmp_path, serve_cache, port=port)
     try:
         ids = []
