@@ -315,7 +315,10 @@ class Program:
         writes = save and output_dir is not None
         ctx = RunContext(Path(output_dir) if output_dir is not None else Path("."),
                          Path(input_dir), self.timer, progress,
-                         self.executed_prompt(resolved), self.executed_extra_pnginfo(resolved),
+                         # NOTE: only saved PNGs embed these; building them (deep copies of
+                         # the workflow) per run was a measurable part of the overhead.
+                         self.executed_prompt(resolved) if writes else None,
+                         self.executed_extra_pnginfo(resolved) if writes else None,
                          writes,
                          self.meta.get("vocab_path"), preview=preview)
         values: dict[tuple[str, int], Any] = {}
