@@ -16,9 +16,9 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): $(PY) constraints.txt pyproject.toml setup.py
-	@echo "==> installing comfyc[compiler,cpu,serve,bench,dev] with pinned versions (constraints.txt)"
+	@echo "==> installing comfyc[compiler,cpu,serve,web,bench,dev] with pinned versions (constraints.txt)"
 	@# torchsde, torchdiffeq, tqdm: what k-diffusion's sampling module (a test oracle) uses.
-	$(PIP) install --quiet -c constraints.txt -e '.[compiler,cpu,serve,bench,dev]' \
+	$(PIP) install --quiet -c constraints.txt -e '.[compiler,cpu,serve,web,bench,dev]' \
 	  torchsde torchdiffeq tqdm
 	@# Test oracles that install only without their declared dependencies, which would pull a
 	@# CUDA torch (../shared/reference/spikes.md §2): k-diffusion and spandrel (torchvision).

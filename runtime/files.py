@@ -32,8 +32,8 @@ def make_readable(path: str | os.PathLike[str]) -> None:
 
 
 def make_tree_readable(root: str | os.PathLike[str]) -> None:
-    """Give every file under ``root`` the ordinary mode (0666 less the umask, executable bits
-    kept) and every folder 0777 less the umask.
+    """Give every file under ``root`` the ordinary mode (0666 less the umask; 0777 less the
+    umask for an executable) and every folder 0777 less the umask.
 
     An artifact is written by several libraries, and some create owner-only files (safetensors'
     ``save_file`` writes 0600, ``mkdtemp`` makes 0700 folders): compiled by one user and run by
@@ -49,7 +49,7 @@ def make_tree_readable(root: str | os.PathLike[str]) -> None:
             os.chmod(path, folders)
         elif path.is_file():
             executable = path.stat().st_mode & 0o111
-            os.chmod(path, files | (executable & folders))
+            os.chmod(path, folders if executable else files)
 
 
 def _umask() -> int:

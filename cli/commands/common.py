@@ -26,6 +26,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "compiler": ("torch", "diffusers", "transformers", "onnx", "onnxscript", "lark", "PIL",
                  "safetensors"),
     "serve": ("starlette", "uvicorn", "websockets"),
+    "web": ("comfyui_frontend_package",),
     "bench": ("matplotlib",),
     "tensorrt": ("tensorrt", "polygraphy"),
     "ray": ("ray",),
@@ -33,8 +34,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 #: What each extra is for, in a message ("… needs the dsl extra (reading .cfy files)").
 _EXTRA_PURPOSE = {
     "cpu": "the lean runtime", "dsl": "reading .cfy files", "compiler": "the compiler",
-    "serve": "the server", "bench": "charts", "tensorrt": "TensorRT engines",
-    "ray": "Ray Serve",
+    "serve": "the server", "web": "the server's web page", "bench": "charts",
+    "tensorrt": "TensorRT engines", "ray": "Ray Serve",
 }
 #: The smallest extra that brings an import name.
 _MODULE_EXTRA = {module: extra for extra in reversed(EXTRAS) for module in EXTRAS[extra]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import struct
 import subprocess
@@ -79,6 +80,26 @@ JSON_CASES = [
     ("unknown_node", lambda d: d["8"].update(class_type="VAEDecod"), 1,
      ["unknown node type 'VAEDecod'", "did you mean 'VAEDecode'", "--object-info"]),
     ("no_outputs", lambda d: d.pop("9"), 1, ["error[prompt_no_outputs]", "SaveImage"]),
+    # What `run` would refuse, found at check time (issue #18 item 4).
+    ("model_leaves_its_folder", lambda d: d["4"]["inputs"].update(ckpt_name="../../etc/passwd"),
+     1, ["node #4, input 'ckpt_name': error[value_not_in_list]", "contains '..'",
+         "may not leave it"]),
+    ("model_absolute_path", lambda d: d["4"]["inputs"].update(ckpt_name="/etc/passwd"), 1,
+     ["error[value_not_in_list]", "is an absolute path"]),
+    ("required_widget_missing", lambda d: d["3"]["inputs"].pop("cfg"), 1,
+     ["error[required_input_missing]", "required input 'cfg' (FLOAT)",
+      "help: set cfg=8.0 (the default)"]),
+    ("misspelt_input_key", lambda d: d["3"]["inputs"].update(stpes=d["3"]["inputs"].pop("steps")),
+     1, ["input 'stpes': error[unknown_input]", "has no input 'stpes'; ComfyUI ignores it",
+         "did you mean 'steps'?", "error[required_input_missing]: required input 'steps'"]),
+    ("node_comfyc_cannot_run", lambda d: d.update({
+        "20": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "x4.pth"}},
+        "21": {"class_type": "ImageUpscaleWithModel",
+               "inputs": {"upscale_model": ["20", 0], "image": ["8", 0]}},
+        "22": {"class_type": "SaveImage", "inputs": {"images": ["21", 0],
+                                                     "filename_prefix": "up"}}}), 1,
+     ["node #21: error[unsupported_node]", "(ImageUpscaleWithModel) cannot run: ",
+      "node #20: error[unsupported_node]", "--comfyui"]),
     ("missing_class_type", lambda d: d["8"].pop("class_type"), 1,
      ["node #8", "missing the class_type property"]),
 ]
@@ -256,3 +277,86 @@ def test_examples_are_package_data() -> None:
     assert examples.names() == sorted(p.name for p in folder.glob("*.cfy"))
     assert examples.read_text("txt2img.cfy") == (folder / "txt2img.cfy").read_text()
     assert examples.read_bytes("input/digit.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_model_files_are_looked_for_when_a_models_folder_is_known(tmp_path: Path) -> None:
+    """--models-dir (or $COMFYC_MODELS): a missing file is value_not_in_list naming what is
+    there; a present one passes. Without a folder the check says what it did not look for."""
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(_edit(lambda d: d["4"]["inputs"].update(
+        ckpt_name="sd15/model.safetensors"))))
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    result = _run("check", str(path), "--models-dir", str(models))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error[value_not_in_list]: ckpt_name 'sd15/model.safetensors'" in result.stderr
+    assert "not found; put the file at" in result.stderr
+    (models / "checkpoints" / "sd15").mkdir()
+    (models / "checkpoints" / "sd15" / "model.safetensors").write_bytes(b"")
+    assert _run("check", str(path), "--models-dir", str(models)).returncode == 0
+    result = subprocess.run([sys.executable, "-m", "comfyc.cli.main", "check", str(path)],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COMFYC_MODELS": str(models)})
+    assert result.returncode == 0, result.stderr
+    env = {k: v for k, v in os.environ.items() if k != "COMFYC_MODELS"}
+    result = subprocess.run([sys.executable, "-m", "comfyc.cli.main", "check", str(path)],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0
+    assert "warning[models_not_checked]" not in result.stderr  # comfyc's own kind: no tag
+    assert "warning: model files not looked for (checkpoints: 'sd15/model.safetensors')" in (
+        result.stderr)
+
+
+def test_comfyui_mode_checks_as_comfyui_would(tmp_path: Path) -> None:
+    """--comfyui: a misspelt key is ignored (as ComfyUI does), a missing input is not."""
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(_edit(lambda d: d["3"]["inputs"].update(
+        stpes=d["3"]["inputs"].pop("steps")))))
+    result = _run("check", "--comfyui", str(path))
+    assert result.returncode == 1 and "unknown_input" not in result.stderr
+    assert "required input 'steps'" in result.stderr
+    path.write_text(json.dumps(_edit(lambda d: d["3"]["inputs"].update(extra_key=1))))
+    assert _run("check", "--comfyui", str(path)).returncode == 0
+    assert _run("check", str(path)).returncode == 1
+
+
+def test_dsl_reports_every_error_of_the_file(tmp_path: Path) -> None:
+    """Name errors and validation errors together, in file order; a node that lost an input
+    to an earlier error is not reported again for it."""
+    path = tmp_path / "multi.cfy"
+    path.write_text(
+        'ckpt = CheckpointLoaderSimple(ckpt_name="tiny-digits.safetensors")\n'
+        'positive = CLIPTextEncode(txt="a digit", clip=ckpt.CLIP)\n'
+        'negative = CLIPTextEncod(text="", clip=ckpt.CLIP)\n'
+        "latent = EmptyLatentImage(width=64, height=64, batch_size=0)\n"
+        "sampler = KSampler(model=ckpt.MODEL, seed=1, steps=0, sampler_name=\"eulr\",\n"
+        "    scheduler=\"normal\", positive=positive, negative=negative, latent_image=latent,\n"
+        "    denoise=1.0)\n"
+        "image = VAEDecode(samples=sampler, vae=ckpt.VAE)\n"
+        'SaveImage(images=image, filename_prefix="x")\n')
+    result = _run("check", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    heads = [line for line in result.stderr.splitlines() if line.startswith(str(path))]
+    assert [h.split(": ", 2)[1] for h in heads] == [
+        "error", "error", "error[value_smaller_than_min]", "error[required_input_missing]",
+        "error[value_smaller_than_min]", "error[value_not_in_list]"], heads
+    assert "unknown input 'txt'" in heads[0] and "unknown node type 'CLIPTextEncod'" in heads[1]
+    assert "required input 'cfg'" in heads[3] and "'text'" not in result.stderr.split("\n\n", 1)[1]
+    assert "6 errors" in result.stderr
+
+
+def test_ui_widgets_filled_as_comfyui_frontend_fills_them(tmp_path: Path) -> None:
+    """A UI workflow saved before a node had some widgets: they take their defaults (as
+    ComfyUI's frontend does) and check names each one in a warning."""
+    from tests.frontends.comfy_json.test_ui_features import _base, _by_id
+
+    data = _base()
+    _by_id(data, 3)["widgets_values"] = [7, "fixed", 10, 5.0, "euler"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    result = _run("check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "node #3 'Sampler A', input 'scheduler': warning[default_filled]: widget " \
+           "'scheduler' of #3 (KSampler) is missing from the saved workflow; it takes its " \
+           "default 'simple'" in result.stderr
+    assert "input 'denoise': warning[default_filled]" in result.stderr

@@ -66,3 +66,26 @@ def test_timing_table_and_graph_page(demo: tuple[Path, str]) -> None:
         assert re.search(kind + r" · ort-cpu · \d+\.\d ms", page), kind
     assert "FOLDED" in page and "examples/txt2img.cfy" in page
     assert (out / "txt2img.comfyc" / "manifest.json").is_file()
+
+
+def test_each_digit_carries_its_workflow(demo: tuple[Path, str]) -> None:
+    """digit_N.png holds the txt2img prompt with its own text and the demo's seed, and
+    `comfyc check` reads it as a workflow."""
+    import json
+
+    from PIL import Image
+
+    from comfyc.cli.commands.check import check_file
+    from comfyc.cli.commands.demo import DIGITS
+    from comfyc.compiler.catalog import default_catalog
+
+    out, _ = demo
+    for index, word in enumerate(DIGITS):
+        path = out / f"digit_{index}.png"
+        prompt = json.loads(Image.open(path).text["prompt"])
+        texts = {v["inputs"]["text"] for v in prompt.values()
+                 if v["class_type"] == "CLIPTextEncode"}
+        assert f"a handwritten digit {word}" in texts
+        [sampler] = [v for v in prompt.values() if v["class_type"] == "KSampler"]
+        assert sampler["inputs"]["seed"] == 42
+    assert check_file(str(out / "digit_3.png"), default_catalog())[0] == 0

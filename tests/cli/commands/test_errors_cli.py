@@ -191,3 +191,27 @@ def test_artifact_png_carries_the_workflow_and_reruns(artifact: Path, tmp_path: 
     [again] = (tmp_path / "b").glob("*.png")
     a, b = (np.asarray(Image.open(p), dtype=np.int16) for p in (first, again))
     assert np.abs(a - b).max() <= 2
+
+
+def test_tune_says_what_it_tries(artifact: Path) -> None:
+    """tune names the backends it measures per stage and why the others are left out."""
+    from comfyc.cli.commands.tune import describe_candidates
+    from comfyc.runtime.artifact import read_manifest
+
+    lines = describe_candidates(read_manifest(artifact), None)
+    assert any(line.endswith(": trying ort-cpu") or ": trying ort-cpu," in line
+               for line in lines), lines
+    assert "not tried: torch and torch-compile: the artifact stores no PyTorch weights " \
+           "(compile with --store-torch or --backend auto to try them)" in lines
+
+
+def test_bench_first_run_shows_its_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bench row's first run (minutes under torch.compile) prints its sampling steps, at
+    most one line every 5 s after the first."""
+    from comfyc.cli.commands.bench import _step_progress
+
+    progress = _step_progress({"label": "torch-compile", "progress": True})
+    for step in range(1, 21):
+        progress("KSampler", step, 20)
+    err = capsys.readouterr().err
+    assert err == "[bench] torch-compile: KSampler: step 1/20\n"

@@ -35,6 +35,14 @@ def test_every_template_validates(tmp_path: Path, template: str, ckpt: str | Non
     assert image.is_file() == ("LoadImage(" in text and ckpt is None)
 
 
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_every_template_is_formatted(tmp_path: Path, template: str) -> None:
+    """What init writes is what `comfyc fmt` would write: `fmt --check` accepts it."""
+    target = tmp_path / f"{template}.cfy"
+    assert main(["init", "--template", template, "-o", str(target)]) == 0
+    assert main(["fmt", "--check", str(target)]) == 0
+
+
 def test_existing_file_is_kept_without_force(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """A second init refuses to overwrite; --force replaces the file."""
