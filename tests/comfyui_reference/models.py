@@ -1,0 +1,108 @@
+"""The seeded model files and input pictures of the recorded references (never stored).
+
+``write_models(models_dir, input_dir)`` writes, as pure functions of fixed seeds:
+
+* ``checkpoints/sd15-ref.safetensors``: random weights at SD1.5's exact architecture
+  (``comfyc.compiler.models.synthetic.write_checkpoint("sd15", "full", seed=2101)``, float16,
+  about 2.1 GB), which ComfyUI's model detection takes for SD1.5;
+* ``loras/sd15-ref-lora.safetensors``: a random kohya LoRA for it (rank 4, UNet attention,
+  feed-forward and resnet convolutions, text-encoder attention and MLP; float16);
+* ``ref-input.png`` and ``ref-input-masked.png`` (an RGBA picture whose alpha is the inpainting
+  mask, as LoadImage reads it) in ``input_dir``.
+
+``record.py`` stores the SHA-256 of each file with the recording, and the tests regenerate them
+and compare the hashes before trusting a comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from .cases import CHECKPOINT, INPUT_IMAGE, INPUT_MASKED, LORA, SIZE
+
+__all__ = ["CHECKPOINT_SEED", "LORA_SEED", "file_sha256", "write_inputs", "write_models"]
+
+CHECKPOINT_SEED = 2101
+LORA_SEED = 2102
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checkpoint(models_dir: Path) -> Path:
+    """Write the SD1.5-architecture random checkpoint into ``models_dir/checkpoints``."""
+    import torch
+
+    from comfyc.compiler.models.synthetic import write_checkpoint as write
+
+    path = Path(models_dir) / "checkpoints" / CHECKPOINT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write(path, "sd15", "full", seed=CHECKPOINT_SEED, dtype=torch.float16)
+
+
+def write_lora(models_dir: Path) -> Path:
+    """Write the random kohya LoRA for the SD1.5 architecture into ``models_dir/loras``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from comfyc.compiler.models.lora import make_random_lora
+    from comfyc.compiler.models.synthetic import FAMILIES, model_spec
+
+    # NOTE: only the shapes and names matter, so the modules are built on the meta device
+    # (no memory, no random initialisation); the factors come from the LoRA's own generator.
+    with torch.device("meta"):
+        modules = FAMILIES["sd15"].build(model_spec("sd15", "full"))
+    factors = make_random_lora(modules["unet"], modules["text_encoder"], rank=4, seed=LORA_SEED,
+                               key_format="kohya", include_convs=True, scale=0.05)
+    tensors = {k: v.to(torch.float16).contiguous() for k, v in sorted(factors.items())}
+    path = Path(models_dir) / "loras" / LORA
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+def _picture() -> np.ndarray:
+    """A 64x64 RGB test picture: gradients, a disc and stripes (uint8)."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / (SIZE - 1)
+    r = 0.2 + 0.6 * x
+    g = 0.3 + 0.5 * y
+    b = 0.5 + 0.4 * np.sin(6.0 * np.pi * x) * 0.5
+    disc = (x - 0.6) ** 2 + (y - 0.4) ** 2 < 0.05
+    r = np.where(disc, 0.9, r)
+    g = np.where(disc, 0.2, g)
+    b = np.where(disc, 0.1, b)
+    rgb = np.stack([r, g, b], axis=-1)
+    return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_inputs(input_dir: Path) -> list[Path]:
+    """Write the LoadImage pictures (pixels are a pure function of this code)."""
+    from PIL import Image
+
+    input_dir = Path(input_dir)
+    input_dir.mkdir(parents=True, exist_ok=True)
+    rgb = _picture()
+    plain = input_dir / INPUT_IMAGE
+    Image.fromarray(rgb, "RGB").save(plain)
+    # NOTE: LoadImage's MASK is 1 - alpha: alpha 0 (transparent) marks the area to repaint.
+    alpha = np.full((SIZE, SIZE), 255, np.uint8)
+    alpha[16:48, 8:40] = 0
+    masked = input_dir / INPUT_MASKED
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(masked)
+    return [plain, masked]
+
+
+def write_models(models_dir: Path) -> dict[str, Path]:
+    """Write the checkpoint and the LoRA; returns ComfyUI-relative name -> path."""
+    checkpoint = write_checkpoint(models_dir)
+    lora = write_lora(models_dir)
+    return {f"checkpoints/{CHECKPOINT}": checkpoint, f"loras/{LORA}": lora}
