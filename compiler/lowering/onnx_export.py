@@ -606,7 +606,9 @@ def _export(
     shapes = ", ".join("x".join(map(str, t.shape)) for t in example)
     say(f"exporting {kind} ({'dynamic' if axes else 'static'}, {'fp16' if fp16 else 'fp32'}"
         f"{', compact weights' if compact and not fp16 else ''}, example {shapes}) to {path}")
-    dtype = torch.float16 if fp16 else None
+    # NOTE: the compute dtype of every floating weight: a module stored in float16 (compile's
+    # lean load of a float16 checkpoint) still computes in float32 unless ``fp16``.
+    dtype = torch.float16 if fp16 else torch.float32
     wrapper = _wrap(torch, module, call)
     # NOTE: the real tensors by the names the exporter gives graph inputs ("m.<state key>").
     weights = dict(wrapper.state_dict(keep_vars=True))
@@ -847,18 +849,20 @@ def _attach_weights(onnx: Any, torch: Any, model: Any, weights: Mapping[str, Any
                 continue
             if external and handle is None:
                 handle = open(data_path(path), "wb")  # noqa: SIM115 - closed below
-            target = stored_dtype(tensor)
-            if target != tensor.dtype:
-                tensor = tensor.to(target)
-            elif compact and tensor.dtype == torch.float32:
-                half = tensor.to(torch.float16)
-                if torch.equal(half.to(torch.float32), tensor):
+            source = tensor
+            target = stored_dtype(source)
+            tensor = source if target == source.dtype else source.to(target)
+            if compact and target == torch.float32 and source.is_floating_point():
+                # A float16 weight is stored as it is; a float32 one when float16 holds it.
+                half = source if source.dtype == torch.float16 else source.to(torch.float16)
+                if source.dtype == torch.float16 or torch.equal(half.to(torch.float32), tensor):
                     tensor = half
                     use = f"{name}::float32"
                     casts.append(onnx.helper.make_node(
                         "Cast", [name], [use], to=onnx.TensorProto.FLOAT, name=f"{name}::cast"))
                     halves += 1
                 del half
+            del source
             array = np.ascontiguousarray(tensor.cpu().numpy())
             initializer = onnx.TensorProto()
             initializer.name = name
