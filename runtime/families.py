@@ -105,11 +105,49 @@ def _refiner_conds(entry: Mapping[str, Any], side: str, latent_shape: Sequence[i
     return {"y": sdxl_adm(_pooled(entry, side), sizes)}
 
 
+def _sd3_conds(entry: Mapping[str, Any], side: str, latent_shape: Sequence[int]
+               ) -> dict[str, np.ndarray]:
+    """SD3's ``y`` is the pooled output itself (``SD3.encode_adm``)."""
+    pooled = entry.get("pooled_output")
+    if pooled is None:
+        raise FamilyError(
+            f"a {side} conditioning entry has no pooled_output, which SD3 models need; encode "
+            f"the prompt with an SD3 CLIP (TripleCLIPLoader / CLIPTextEncode)")
+    pooled = np.asarray(pooled, dtype=_F32)
+    return {"y": pooled.reshape(1, -1) if pooled.ndim == 1 else pooled}
+
+
+#: Flux's pooled width (``vec_in_dim``): its ``y`` is zeros of it when a conditioning has none.
+FLUX_POOLED_WIDTH = 768
+#: Flux-dev's guidance when a conditioning does not set one (``Flux.extra_conds``).
+FLUX_DEFAULT_GUIDANCE = 3.5
+
+
+def _flux_conds(entry: Mapping[str, Any], side: str, latent_shape: Sequence[int]
+                ) -> dict[str, np.ndarray]:
+    """Flux: ``y`` = the pooled CLIP-L output (zeros without one, as the model fills them) and
+    ``guidance`` = the entry's guidance (FluxGuidance / CLIPTextEncodeFlux), 3.5 by default;
+    ``FluxDisableGuidance``'s None leaves it out (a dev model then refuses to run)."""
+    pooled = entry.get("pooled_output")
+    if pooled is None:
+        y = np.zeros((1, FLUX_POOLED_WIDTH), _F32)
+    else:
+        y = np.asarray(pooled, dtype=_F32)
+        y = y.reshape(1, -1) if y.ndim == 1 else y
+    out = {"y": y}
+    guidance = entry.get("guidance", FLUX_DEFAULT_GUIDANCE)
+    if guidance is not None:
+        out["guidance"] = np.array([guidance], dtype=_F32)
+    return out
+
+
 _FAMILIES: dict[str, ModelCondsFn | None] = {
     "sd1": None,
     "sd2": None,
     "sdxl": _sdxl_conds,
     "sdxl_refiner": _refiner_conds,
+    "sd3": _sd3_conds,
+    "flux": _flux_conds,
 }
 
 

@@ -3,6 +3,10 @@
 A models folder has one subfolder per kind, as in ComfyUI::
 
     MODELS/checkpoints/  loras/  vae/  embeddings/  upscale_models/  controlnet/
+           diffusion_models/ (or unet/)  text_encoders/ (or clip/)
+
+As in ComfyUI's ``folder_paths``, ``diffusion_models`` also searches the older ``unet`` folder
+and ``text_encoders`` the older ``clip`` folder (the new name first).
 
 The folder comes from the ``--models-dir`` argument, else the ``COMFYC_MODELS`` environment
 variable, else there is none. Names are resolved inside the kind's folder only: subfolders work
@@ -28,6 +32,7 @@ __all__ = [
     "ENV_VAR",
     "MODEL_EXTENSIONS",
     "MODEL_KINDS",
+    "KIND_FOLDERS",
     "ModelPathError",
     "find_embedding",
     "get_models_dir",
@@ -36,7 +41,13 @@ __all__ = [
 ]
 
 #: The kinds of model folders, named as in ComfyUI.
-MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "upscale_models", "controlnet")
+MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "upscale_models", "controlnet",
+               "diffusion_models", "text_encoders")
+#: The folders searched for a kind, in order (ComfyUI's legacy names after the new ones).
+KIND_FOLDERS: dict[str, tuple[str, ...]] = {
+    "diffusion_models": ("diffusion_models", "unet"),
+    "text_encoders": ("text_encoders", "clip"),
+}
 #: Environment variable naming the models folder when ``--models-dir`` is not given.
 ENV_VAR = "COMFYC_MODELS"
 #: File extensions listed by `list_models` (ComfyUI's `supported_pt_extensions`).
@@ -159,12 +170,13 @@ def resolve(kind: str, name: str, models_dir: str | os.PathLike[str] | None = No
     root = get_models_dir(models_dir)
     searched: list[Path] = []
     if root is not None:
-        folder = root / kind
-        searched.append(folder)
-        if folder.is_dir():
-            found = _resolve_in(kind, name, rel, folder)
-            if found is not None:
-                return found
+        for sub in _folders(kind):
+            folder = root / sub
+            searched.append(folder)
+            if folder.is_dir():
+                found = _resolve_in(kind, name, rel, folder)
+                if found is not None:
+                    return found
     embedded = EMBEDDED_MODELS.get(kind, {}).get(rel.as_posix())
     if embedded is not None and embedded.is_file():
         return embedded
@@ -173,7 +185,7 @@ def resolve(kind: str, name: str, models_dir: str | os.PathLike[str] | None = No
             f"no models folder is set: pass --models-dir MODELS or set {ENV_VAR}=MODELS, with "
             f"the file at MODELS/{kind}/{rel.as_posix()}"
         )
-    elif not (root / kind).is_dir():
+    elif not any((root / sub).is_dir() for sub in _folders(kind)):
         hint = (
             f"the folder {str(root / kind)!r} does not exist; create it (ComfyUI layout: "
             f"{', '.join(MODEL_KINDS)}) and put the file there"
@@ -189,6 +201,10 @@ def resolve(kind: str, name: str, models_dir: str | os.PathLike[str] | None = No
     if embedded is not None:
         hint += f"; the packaged copy {str(embedded)!r} is missing too (reinstall comfyc)"
     raise ModelPathError(f"{kind} model {name!r} not found; {hint}", kind, name, searched)
+
+
+def _folders(kind: str) -> tuple[str, ...]:
+    return KIND_FOLDERS.get(kind, (kind,))
 
 
 def _walk_files(folder: Path) -> Iterator[Path]:
@@ -218,8 +234,10 @@ def list_models(kind: str, models_dir: str | os.PathLike[str] | None = None) -> 
     _check_kind(kind, kind)
     names: set[str] = set()
     root = get_models_dir(models_dir)
-    if root is not None and (root / kind).is_dir():
-        base = (root / kind).resolve()
+    for sub in _folders(kind) if root is not None else ():
+        if not (root / sub).is_dir():
+            continue
+        base = (root / sub).resolve()
         for path in _walk_files(base):
             if path.suffix.lower() in MODEL_EXTENSIONS:
                 names.add(path.relative_to(base).as_posix())

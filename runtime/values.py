@@ -23,7 +23,7 @@ __all__ = ["ModelRef", "ClipRef", "TextEncoderRef", "VaeRef", "replace", "FAMILI
            "model_sampling_from_json"]
 
 #: Model families the runtime knows how to condition (their UNet inputs and prompt rules).
-FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
+FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux")
 
 
 def model_sampling_from_json(spec: Mapping[str, Any] | str | None) -> Any:
@@ -31,9 +31,11 @@ def model_sampling_from_json(spec: Mapping[str, Any] | str | None) -> Any:
 
     Args:
         spec: ``{"kind": "discrete", "prediction": "eps" | "v_prediction", "zsnr": False}``,
-            ``{"kind": "sd3", "shift": 3.0}``, ``{"kind": "flux", "max_shift", "base_shift",
-            "width", "height"}``, ``{"kind": "aura_flow", "shift"}``, or the older plain
-            prediction type string (``"epsilon"`` / ``"v_prediction"``); None is SD1's.
+            ``{"kind": "sd3", "shift": 3.0, "multiplier": 1000}``, ``{"kind": "flux",
+            "max_shift", "base_shift", "width", "height"}`` (the ModelSamplingFlux node) or
+            ``{"kind": "flux", "shift": mu}`` (a Flux checkpoint's own),
+            ``{"kind": "aura_flow", "shift"}``, or the older plain prediction type string
+            (``"epsilon"`` / ``"v_prediction"``); None is SD1's.
     """
     from . import model_sampling as ms
 
@@ -49,6 +51,8 @@ def model_sampling_from_json(spec: Mapping[str, Any] | str | None) -> Any:
                                      float(spec.get("multiplier", 1000)))
     if kind == "aura_flow":
         return ms.model_sampling_aura_flow(float(spec.get("shift", 1.73)))
+    if kind == "flux" and "shift" in spec:  # A checkpoint's own: mu given directly.
+        return ms.FluxModelSampling(shift=float(spec["shift"]))
     if kind == "flux":
         return ms.model_sampling_flux(float(spec.get("max_shift", 1.15)),
                                       float(spec.get("base_shift", 0.5)),
@@ -112,6 +116,10 @@ class TextEncoderRef:
         pad_token: The tokenizer's pad id (49407 pads with the end token; 0 with ``!``).
         default_layer: The layer used without CLIPSetLastLayer.
         pooled: This encoder gives the conditioning's pooled output.
+        tokenizer: ``clip`` (77-token chunks with start and end tokens) or ``t5`` (one
+            sequence ending in ``</s>``, padded to ``min_length``).
+        min_length: T5's minimum padded length (77 SD3, 256 Flux).
+        width: The hidden width (for the zeros ComfyUI puts in place of a missing encoder).
     """
 
     name: str
@@ -119,6 +127,9 @@ class TextEncoderRef:
     pad_token: int = 49407
     default_layer: int = -1
     pooled: bool = True
+    tokenizer: str = "clip"
+    min_length: int = 77
+    width: int = 0
 
 
 @dataclass(frozen=True)

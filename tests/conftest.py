@@ -119,3 +119,44 @@ def sdxl_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          dtype=torch.float32, jitter=0.02,
                          diffusers_dir=root / "diffusers" / family)
     return root
+
+
+#: File names the SD3/Flux tests give the tiny random models (the published files' names, so
+#: ComfyUI's own example workflows run on them unchanged).
+FLUX_NAMES = {"diffusion_model": "diffusion_models/flux1-dev.safetensors",
+              "clip_l": "text_encoders/clip_l.safetensors",
+              "t5xxl": "text_encoders/t5xxl_fp16.safetensors", "vae": "vae/ae.safetensors"}
+SD3_CHECKPOINT = "sd3.5_medium.safetensors"
+FLUX_CHECKPOINT = "flux1-dev-fp8.safetensors"
+
+
+@pytest.fixture(scope="session")
+def flow_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with tiny seeded Flux-dev and SD3.5-medium models (the published
+    architectures' structure, random weights): Flux as separate files under the published names
+    (``diffusion_models/flux1-dev.safetensors``, ``text_encoders/clip_l.safetensors``,
+    ``text_encoders/t5xxl_fp16.safetensors``, ``vae/ae.safetensors``), all-in-one checkpoints
+    ``checkpoints/flux1-dev-fp8.safetensors`` and ``checkpoints/sd3.5_medium.safetensors``
+    (same seed, same weights), and diffusers folders ``diffusers/flux_dev`` and
+    ``diffusers/sd35_medium`` for the pipelines."""
+    import os
+
+    import torch
+
+    from comfyc.compiler.models.synthetic import write_checkpoint, write_split_files
+
+    root = tmp_path_factory.mktemp("flow-models")
+    written = write_split_files(root, "flux_dev", "tiny", seed=1, dtype=torch.float32,
+                                jitter=0.02, stem="flux")
+    for role, path in written.items():
+        target = root / FLUX_NAMES[role]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    (root / "checkpoints").mkdir()
+    write_checkpoint(root / "checkpoints" / FLUX_CHECKPOINT, "flux_dev", "tiny", seed=1,
+                     dtype=torch.float32, jitter=0.02,
+                     diffusers_dir=root / "diffusers" / "flux_dev")
+    write_checkpoint(root / "checkpoints" / SD3_CHECKPOINT, "sd35_medium", "tiny", seed=2,
+                     dtype=torch.float32, jitter=0.02,
+                     diffusers_dir=root / "diffusers" / "sd35_medium")
+    return root

@@ -178,16 +178,56 @@ class TorchModelCache:
     loaded: dict[str, Any] = field(default_factory=dict)
 
     def checkpoint(self, name: str) -> Any:
-        """A loaded checkpoint by ComfyUI name."""
+        """A loaded model by weights key (:mod:`comfyc.compiler.models.store`): a checkpoint's
+        ComfyUI name, or a UNETLoader / CLIP loader key.
+
+        Returns:
+            A :class:`~comfyc.compiler.models.single_file.LoadedCheckpoint` (SD1/SD2/SDXL)
+            or a :class:`~comfyc.compiler.models.store.FlowLoaded` (SD3, Flux).
+        """
         from comfyc.runtime.model_paths import resolve
 
-        from ..models.single_file import load_checkpoint
+        from ..models.store import parse_weights_key
 
-        path = resolve("checkpoints", name, self.models_dir)
-        key = f"ckpt:{path}"
+        kind, option, names = parse_weights_key(name)
+        if kind == "unet":
+            path = resolve("diffusion_models", names[0], self.models_dir)
+            key = f"unet:{option}:{path}"
+        elif kind == "clip":
+            paths = [resolve("text_encoders", n, self.models_dir) for n in names]
+            key = f"clip:{option}:{paths}"
+        else:
+            path = resolve("checkpoints", names[0], self.models_dir)
+            key = f"ckpt:{path}"
         if key not in self.loaded:
-            self.loaded[key] = load_checkpoint(path)
+            self.loaded[key] = (self._load_clip(paths, option) if kind == "clip" else
+                                self._load_unet(path, option) if kind == "unet" else
+                                self._load_checkpoint(path))
         return self.loaded[key]
+
+    @staticmethod
+    def _load_checkpoint(path: Any) -> Any:
+        from ..models.flow import FLOW_FAMILIES, checkpoint_family, load_flow_checkpoint
+        from ..models.single_file import load_checkpoint
+        from ..models.store import flow_from_checkpoint
+
+        if checkpoint_family(path) in FLOW_FAMILIES:
+            return flow_from_checkpoint(load_flow_checkpoint(path))
+        return load_checkpoint(path)
+
+    @staticmethod
+    def _load_unet(path: Any, weight_dtype: str) -> Any:
+        from ..models.flow import load_diffusion_model
+        from ..models.store import flow_from_diffusion_model
+
+        return flow_from_diffusion_model(load_diffusion_model(path, weight_dtype=weight_dtype))
+
+    @staticmethod
+    def _load_clip(paths: list[Any], clip_type: str) -> Any:
+        from ..models.store import flow_from_text_encoders
+        from ..models.text_encoders import load_clip
+
+        return flow_from_text_encoders(load_clip(paths, clip_type), paths[0])
 
     def vae(self, name: str) -> Any:
         """A separately loaded VAE by ComfyUI name."""
@@ -212,9 +252,16 @@ class TorchModelCache:
         loras = tuple((str(n), float(sm), float(sc)) for n, sm, sc in loras)
         key = f"merged:{checkpoint}:{loras!r}"
         if key not in self.loaded:
+            loaded = self.checkpoint(checkpoint)
+            components = getattr(loaded, "components", _COMPONENTS)
             if not loras:
-                loaded = self.checkpoint(checkpoint)
-                self.loaded[key] = {name: getattr(loaded, name, None) for name in _COMPONENTS}
+                self.loaded[key] = {name: getattr(loaded, name, None) for name in components}
+            elif components != _COMPONENTS:
+                from ..models.errors import ModelFormatError
+
+                raise ModelFormatError(
+                    f"LoRAs on {loaded.family.upper()} models are not supported by comfyc yet "
+                    f"({loras[-1][0]!r} on {checkpoint!r}); remove the LoRA loader")
             else:
                 parts = dict(self.merged(checkpoint, loras[:-1]))
                 name, strength_model, strength_clip = loras[-1]
@@ -279,7 +326,8 @@ class _LayerEncoders(Mapping[int, Any]):
         self.info = dict(info or {})
         self.made: dict[int, Any] = {}
         self.timer: Any = None
-        self.layers = int(module.config.num_hidden_layers)
+        config = module.config
+        self.layers = int(getattr(config, "num_hidden_layers", None) or config.num_layers)
 
     def __getitem__(self, layer: int) -> Any:
         from comfyc.runtime.backends.torch import TorchTextEncoder
@@ -342,7 +390,10 @@ class TorchLoraStage(LoraVariants):
 
 
 def unet_info(loaded: Any) -> dict[str, Any]:
-    """The UNet stage's facts: prediction type, family, extra inputs (SDXL's ``y``)."""
+    """The UNet stage's facts: prediction type, family, extra inputs (SDXL's ``y``; a flow
+    transformer's ``y`` and ``guidance``)."""
+    if hasattr(loaded, "unet_info"):
+        return loaded.unet_info()
     info: dict[str, Any] = {"prediction_type": loaded.prediction_type,
                             "family": loaded.family,
                             "out_channels": int(loaded.unet.config.out_channels)}
@@ -354,8 +405,31 @@ def unet_info(loaded: Any) -> dict[str, Any]:
 
 def model_sampling_spec(loaded: Any) -> dict[str, Any]:
     """A checkpoint's model sampling as a program describes it (``LoadCheckpoint``)."""
+    if hasattr(loaded, "model_sampling_spec"):
+        return loaded.model_sampling_spec()
     prediction = "v_prediction" if loaded.prediction_type == "v_prediction" else "eps"
     return {"kind": "discrete", "prediction": prediction}
+
+
+def encoder_info(spec: Any) -> dict[str, Any]:
+    """A text-encoder stage's facts from its spec (layer-norm rule, pooled projection,
+    tokenizer)."""
+    info: dict[str, Any] = {"layer_norm": bool(spec.layer_norm_hidden_state),
+                            "encoder": spec.name}
+    if getattr(spec, "tokenizer", "clip") != "clip":
+        info["tokenizer"] = spec.tokenizer
+    if hasattr(spec, "projected"):
+        info["projected"] = bool(spec.projected)
+    return info
+
+
+def encoder_fields(spec: Any) -> dict[str, Any]:
+    """The tokenizer rules of an encoder as a ``clip`` program argument (and
+    :class:`~comfyc.runtime.values.TextEncoderRef`) holds them."""
+    return {"pad_token": int(spec.pad_token), "default_layer": int(spec.default_layer),
+            "pooled": bool(spec.pooled), "tokenizer": str(getattr(spec, "tokenizer", "clip")),
+            "min_length": int(getattr(spec, "min_length", 77)),
+            "width": int(getattr(spec, "width", 0))}
 
 
 class Lowering:
@@ -464,7 +538,7 @@ class Lowering:
                 continue
             module = self.cache.component_with_loras(desc.checkpoint, spec.attribute,
                                                      desc.loras)
-            info = {"layer_norm": bool(spec.layer_norm_hidden_state), "encoder": spec.name}
+            info = encoder_info(spec)
             if desc.runtime:
                 self.stages[name] = TorchLoraStage(
                     name, "text_encoder", module, self._slots(desc, spec.attribute),

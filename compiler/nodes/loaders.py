@@ -22,6 +22,40 @@ def _checkpoint_origin(node: Node, output: str) -> tuple[str, ...] | None:
     return ("checkpoint", name) if isinstance(name, str) else None
 
 
+def _unet_origin(node: Node, output: str) -> tuple[str, ...] | None:
+    from ..models.store import unet_key
+
+    name = node.inputs.get("unet_name")
+    dtype = node.inputs.get("weight_dtype", "default")
+    if not isinstance(name, str) or not isinstance(dtype, str):
+        return None
+    return ("checkpoint", unet_key(name, dtype))
+
+
+#: The file inputs of each CLIP loader, in order, and its fixed type (None: its ``type``).
+_CLIP_LOADERS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "CLIPLoader": (("clip_name",), None),
+    "DualCLIPLoader": (("clip_name1", "clip_name2"), None),
+    "TripleCLIPLoader": (("clip_name1", "clip_name2", "clip_name3"), "sd3"),
+}
+
+
+def _clip_loader_key(node: Node) -> str | None:
+    from ..models.store import clip_key
+
+    names, fixed = _CLIP_LOADERS[node.class_type]
+    files = [node.inputs.get(n) for n in names]
+    clip_type = fixed or node.inputs.get("type", "stable_diffusion")
+    if not all(isinstance(f, str) for f in files) or not isinstance(clip_type, str):
+        return None
+    return clip_key(files, clip_type)  # type: ignore[arg-type]
+
+
+def _clip_origin(node: Node, output: str) -> tuple[str, ...] | None:
+    key = _clip_loader_key(node)
+    return ("checkpoint", key) if key is not None else None
+
+
 def _vae_origin(node: Node, output: str) -> tuple[str, ...] | None:
     name = node.inputs.get("vae_name")
     return ("vae", name) if isinstance(name, str) else None
@@ -29,13 +63,12 @@ def _vae_origin(node: Node, output: str) -> tuple[str, ...] | None:
 
 def clip_arg(lowering: Any, desc: Any, stages: dict[str, str]) -> dict[str, Any]:
     """The ``clip`` argument of ``LoadCheckpoint``: each text encoder's stages and rules."""
+    from ..lowering.program import encoder_fields
+
     loaded = lowering.cache.checkpoint(desc.checkpoint)
     encoders = {}
     for spec in loaded.text_encoders:
-        encoders[spec.name] = {"stages": {"$stage": stages[spec.name]},
-                               "pad_token": int(spec.pad_token),
-                               "default_layer": int(spec.default_layer),
-                               "pooled": bool(spec.pooled)}
+        encoders[spec.name] = {"stages": {"$stage": stages[spec.name]}, **encoder_fields(spec)}
     return {"order": [spec.name for spec in loaded.text_encoders], "encoders": encoders}
 
 
@@ -43,21 +76,73 @@ def _lower_checkpoint(node: Node, lowering: Any) -> list[Any]:
     """``CheckpointLoaderSimple`` → UNet, text-encoder and VAE stages + ``LoadCheckpoint``."""
     from comfyc.runtime.program import Op
 
-    from ..lowering.program import ModelDesc, model_sampling_spec
+    from ..lowering.program import ModelDesc
 
     name = lowering.const_input(node, "ckpt_name")
     loaded = lowering.load(node, "ckpt_name", lowering.cache.checkpoint)
     desc = ModelDesc(name)
-    dec, enc = lowering.vae_stages(desc.key(), loaded.vae)
+    vae = {}
+    if loaded.vae is not None:
+        dec, enc = lowering.vae_stages(desc.key(), loaded.vae)
+        vae = {"vae_decoder": {"$stage": dec}, "vae_encoder": {"$stage": enc}}
     return [Op(node.id, "LoadCheckpoint", {
         "unet": {"$stage": lowering.unet_stage(desc)},
         "clip": clip_arg(lowering, desc, lowering.text_stages(desc)),
-        "vae_decoder": {"$stage": dec}, "vae_encoder": {"$stage": enc},
-        "model_sampling": model_sampling_spec(loaded),
-        "latent_scale": float(loaded.latent_scale),
-        "in_channels": int(loaded.unet.config.in_channels),
-        "family": loaded.family,
+        **vae,
+        **_model_facts(loaded),
         "name": name,
+    }, node.title)]
+
+
+def _model_facts(loaded: Any) -> dict[str, Any]:
+    """The MODEL handle's facts a loader op carries (sampling, latent format, family)."""
+    from ..lowering.program import model_sampling_spec
+
+    in_channels = getattr(loaded, "in_channels", None)
+    if in_channels is None or not isinstance(in_channels, int):
+        in_channels = int(loaded.unet.config.in_channels)
+    return {"model_sampling": model_sampling_spec(loaded),
+            "latent_scale": float(loaded.latent_scale),
+            "latent_shift": float(getattr(loaded, "latent_shift", 0.0)),
+            "latent_channels": int(getattr(loaded, "latent_channels", 4)),
+            "in_channels": int(in_channels), "family": loaded.family}
+
+
+def _lower_unet(node: Node, lowering: Any) -> list[Any]:
+    """``UNETLoader`` → the diffusion-model stage + ``LoadDiffusionModel``."""
+    from comfyc.runtime.program import Op
+
+    from ..lowering.program import ModelDesc
+    from ..models.store import unet_key
+
+    name = lowering.const_input(node, "unet_name")
+    dtype = lowering.const_input(node, "weight_dtype")
+    key = unet_key(name, dtype)
+    loaded = lowering.load(node, "unet_name", lambda _: lowering.cache.checkpoint(key))
+    desc = ModelDesc(key)
+    return [Op(node.id, "LoadDiffusionModel", {
+        "unet": {"$stage": lowering.unet_stage(desc)}, **_model_facts(loaded), "name": name,
+    }, node.title)]
+
+
+def _lower_clip(node: Node, lowering: Any) -> list[Any]:
+    """``CLIPLoader`` / ``DualCLIPLoader`` / ``TripleCLIPLoader`` → text-encoder stages +
+    ``LoadCLIP``."""
+    from comfyc.runtime.program import Op
+
+    from ..lowering.program import ModelDesc
+
+    names, _ = _CLIP_LOADERS[node.class_type]
+    for input_name in names:
+        lowering.const_input(node, input_name)
+    key = _clip_loader_key(node)
+    if key is None:
+        lowering.const_input(node, "type")
+    loaded = lowering.load(node, names[0], lambda _: lowering.cache.checkpoint(key))
+    desc = ModelDesc(key)
+    return [Op(node.id, "LoadCLIP", {
+        "clip": clip_arg(lowering, desc, lowering.text_stages(desc)),
+        "family": loaded.family, "name": " + ".join(node.inputs[n] for n in names),
     }, node.title)]
 
 
@@ -118,6 +203,10 @@ _CLIP = LoraSide("clip", "CLIP", "clip", "strength_clip")
 RULES: dict[str, CompileRule] = {
     "CheckpointLoaderSimple": CompileRule(lower=_lower_checkpoint, origin=_checkpoint_origin),
     "VAELoader": CompileRule(lower=_lower_vae, origin=_vae_origin),
+    "UNETLoader": CompileRule(lower=_lower_unet, origin=_unet_origin),
+    "CLIPLoader": CompileRule(lower=_lower_clip, origin=_clip_origin),
+    "DualCLIPLoader": CompileRule(lower=_lower_clip, origin=_clip_origin),
+    "TripleCLIPLoader": CompileRule(lower=_lower_clip, origin=_clip_origin),
     "LoraLoader": CompileRule(lower=_lower_lora, lora_sides=(_MODEL, _CLIP)),
     "LoraLoaderModelOnly": CompileRule(lower=_lower_lora, lora_sides=(_MODEL,)),
 }

@@ -84,6 +84,8 @@ class ConstantFoldingPass(InPlacePass):
         from comfyc.runtime.backends.torch import TorchTextEncoder
         from comfyc.runtime.values import ClipRef, TextEncoderRef
 
+        from ..lowering.program import encoder_fields, encoder_info
+
         store = self.context.model_store()
         loaded = store.checkpoint(clip["checkpoint"])
         encoders = []
@@ -91,10 +93,12 @@ class ConstantFoldingPass(InPlacePass):
             module = store.component_with_loras(clip["checkpoint"], spec.attribute,
                                                 clip["loras"])
             layer = clip["layer"] if clip["layer"] is not None else spec.default_layer
-            stage = TorchTextEncoder(spec.name, module, layer,
-                                     {"layer_norm": bool(spec.layer_norm_hidden_state)})
-            encoders.append(TextEncoderRef(spec.name, {layer: stage}, int(spec.pad_token),
-                                           int(spec.default_layer), bool(spec.pooled)))
+            stage = TorchTextEncoder(spec.name, module, layer, encoder_info(spec))
+            fields = encoder_fields(spec)
+            encoders.append(TextEncoderRef(spec.name, {layer: stage}, fields["pad_token"],
+                                           fields["default_layer"], fields["pooled"],
+                                           fields["tokenizer"], fields["min_length"],
+                                           fields["width"]))
         return ClipRef(tuple(encoders), clip["layer"], family=loaded.family)
 
     def replace_with_constant(self, node: Node, value: Any, detail: str) -> bool:

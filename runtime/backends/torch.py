@@ -118,15 +118,18 @@ def adm_unet(unet: Any) -> Any:
 
 
 class TorchUNet(_TorchStage):
-    """``unet(sample, timestep, context, **extras) -> eps|v`` on a diffusers
+    """``unet(sample, timestep, context, **extras) -> eps|v|flow`` on a diffusers
     UNet2DConditionModel; an SDXL UNet (``info["extra_inputs"] == ["y"]``) takes the ADM
-    vector ``y`` as ComfyUI's does (:func:`adm_unet`)."""
+    vector ``y`` as ComfyUI's does (:func:`adm_unet`). A diffusion transformer
+    (``info["arch"] == "dit"``: SD3's MMDiT, Flux) is a module already called as ComfyUI
+    calls it, ``(x, timestep, context, y[, guidance])``."""
 
     def __init__(self, name: str, module: Any, info: dict[str, Any] | None = None,
                  compile: bool = False, device: str = "cpu") -> None:
         info = dict(info or {})
         self.extra_inputs = tuple(info.get("extra_inputs") or ())
-        if "y" in self.extra_inputs and not hasattr(module, "adm_in_channels"):
+        if ("y" in self.extra_inputs and info.get("arch") != "dit"
+                and not hasattr(module, "adm_in_channels")):
             module = adm_unet(module)
         super().__init__(name, "unet", module, info, compile, device)
 
@@ -162,13 +165,22 @@ class TorchTextEncoder(_TorchStage):
         super().__init__(name, "text_encoder", module, {**(info or {}), "layer": layer},
                          compile, device)
         self.layer = layer
+        self.t5 = hasattr(module.config, "d_model")
+        if self.t5:
+            encoder = module.encoder
+            self.final_norm = encoder.final_layer_norm
+            self.blocks = encoder.block
+            return
         # transformers 4 nests the layers under .text_model; transformers 5 does not.
         inner = getattr(module, "text_model", module)
         self.final_norm = inner.final_layer_norm if self.info.get("layer_norm", True) else None
+        self.projected = bool(self.info.get("projected", True))
 
     def forward(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(self.device)
+        if self.t5:
+            return self._t5(ids)
         with torch.inference_mode():
             out = self.call(input_ids=ids, output_hidden_states=True, return_dict=True)
             layers = len(out.hidden_states) - 1
@@ -176,10 +188,35 @@ class TorchTextEncoder(_TorchStage):
             hidden = out.hidden_states[index]
             if self.final_norm is not None:
                 hidden = self.final_norm(hidden)
-            pooled = getattr(out, "text_embeds", None)
+            pooled = getattr(out, "text_embeds", None) if self.projected else None
             if pooled is None:
-                pooled = out.pooler_output
+                # NOTE: CLIP pools the final-norm last layer at the first end token (49407).
+                first_end = (ids == 49407).int().argmax(dim=-1)
+                pooled = out.last_hidden_state[torch.arange(ids.shape[0]), first_end]
         return self._numpy(hidden), self._numpy(pooled)
+
+    def _t5(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """T5: the last layer after the final norm; CLIPSetLastLayer(-n) takes block -n's
+        output through the final norm (ComfyUI's ``layer_norm_hidden_state``). No pooled
+        output (zeros ``[B, 1]``); no attention mask, as ComfyUI's SD3 and Flux encoders."""
+        torch = self.torch
+        depth = len(self.blocks)
+        with torch.inference_mode():
+            if self.layer == -1 or abs(self.layer) > depth:
+                hidden = self.call(input_ids=ids).last_hidden_state
+            else:
+                captured: dict[str, Any] = {}
+
+                def keep(_module: Any, _args: Any, output: Any) -> None:
+                    captured["hidden"] = output[0] if isinstance(output, tuple) else output
+
+                handle = self.blocks[depth + self.layer].register_forward_hook(keep)
+                try:
+                    self.call(input_ids=ids)
+                finally:
+                    handle.remove()
+                hidden = self.final_norm(captured["hidden"])
+        return self._numpy(hidden), np.zeros((ids.shape[0], 1), np.float32)
 
 
 class TorchVaeDecoder(_TorchStage):

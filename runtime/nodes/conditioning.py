@@ -51,24 +51,47 @@ def _tokenizer(pad_token: int, vocab_path: str | None) -> Any:
 
 
 def _tokens(encoder: TextEncoderRef, text: str, vocab_path: str | None) -> list[Any]:
-    """``SDTokenizer.tokenize_with_weights``: 77-token chunks of ``(token, weight)``."""
+    """ComfyUI's ``tokenize_with_weights`` for one encoder: CLIP's 77-token chunks of
+    ``(token, weight)``, or T5's single sequence (``</s>`` then pads to ``min_length``)."""
     from ..tokenizer import EmbeddingRef
 
-    chunks = _tokenizer(encoder.pad_token, vocab_path).tokenize_weighted(text)
-    if any(isinstance(t, EmbeddingRef) for chunk in chunks for t, _ in chunk):
+    if encoder.tokenizer == "t5":
+        chunks = _t5_tokenizer(encoder.min_length).tokenize_weighted(text)
+    else:
+        chunks = _tokenizer(encoder.pad_token, vocab_path).tokenize_weighted(text)
+    if any(isinstance(t, EmbeddingRef) or not isinstance(t, int) for chunk in chunks
+           for t, _ in chunk):
         raise ProgramError("textual-inversion embeddings (embedding:NAME) are not supported by "
                            "this runtime path yet; remove them from the prompt")
     return chunks
+
+
+_T5_TOKENIZERS: dict[int, Any] = {}
+
+
+def _t5_tokenizer(min_length: int) -> Any:
+    from ..t5_tokenizer import T5Tokenizer
+
+    tokenizer = _T5_TOKENIZERS.get(min_length)
+    if tokenizer is None:
+        tokenizer = _T5_TOKENIZERS[min_length] = T5Tokenizer(min_length=min_length)
+    return tokenizer
+
+
+def _empty_tokens(encoder: TextEncoderRef, length: int) -> list[int]:
+    """ComfyUI's ``gen_empty_tokens``: (start,) end, then pads up to ``length``."""
+    out = [1] if encoder.tokenizer == "t5" else [49406, 49407]
+    return out + [encoder.pad_token] * (length - len(out))
 
 
 def _encode_chunks(clip: ClipRef, encoder: TextEncoderRef, chunks: list[Any]
                    ) -> tuple[np.ndarray, np.ndarray]:
     """One encoder's ``encode_token_weights`` (``comfy/sd1_clip.py``): ``(cond, pooled)``.
 
-    All 77-token chunks are encoded in one batch; when any weight differs from 1 an
-    all-padding "empty" sequence is encoded too and each token becomes
-    ``z_empty + w · (z − z_empty)``; chunks are concatenated along the token axis; the pooled
-    output comes from the first chunk.
+    All chunks are encoded in one batch; when any weight differs from 1 (or there is no
+    chunk) an "empty" sequence of the longest chunk's length is encoded too and each weighted
+    token becomes ``z_empty + w · (z − z_empty)``; chunks are concatenated along the token
+    axis; the pooled output comes from the first sequence.
     """
     import numpy as np
 
@@ -77,39 +100,106 @@ def _encode_chunks(clip: ClipRef, encoder: TextEncoderRef, chunks: list[Any]
     if stage is None:
         raise ProgramError(f"no {encoder.name} text encoder for CLIP layer {layer}; this "
                            f"program has layers {sorted(encoder.stages)}")
-    ids = np.array([[t for t, _ in chunk] for chunk in chunks], dtype=np.int64)
+    longest = max((len(chunk) for chunk in chunks), default=0)
+    rows = [[t for t, _ in chunk] for chunk in chunks]
     weights = np.array([[w for _, w in chunk] for chunk in chunks], dtype=np.float32)
-    has_weights = bool(np.any(weights != 1.0))
-    if has_weights:
-        empty = np.full((1, ids.shape[1]), encoder.pad_token, dtype=np.int64)
-        empty[0, 0], empty[0, 1] = 49406, 49407
-        ids = np.concatenate([ids, empty])
-    hidden, pooled = stage(ids)
+    has_weights = bool(weights.size and np.any(weights != 1.0))
+    if has_weights or not chunks:
+        rows.append(_empty_tokens(encoder, longest))
+    hidden, pooled = stage(np.array(rows, dtype=np.int64))
     hidden = np.asarray(hidden, dtype=np.float32)
+    pooled = np.asarray(pooled[:1], dtype=np.float32)
+    if not chunks:
+        return hidden[-1:], pooled
     if has_weights:
         z_empty = hidden[-1]
         hidden = hidden[:-1]
-        hidden = z_empty[None] + weights[:, :, None] * (hidden - z_empty[None])
+        w = weights[:, :, None]
+        weighted = (hidden - z_empty[None]) * w + z_empty[None]
+        hidden = np.where(w != 1.0, weighted, hidden)
     cond = hidden.reshape(1, -1, hidden.shape[-1]).astype(np.float32)
-    return cond, np.asarray(pooled[:1], dtype=np.float32)
+    return cond, pooled
+
+
+def _encoder(clip: ClipRef, name: str) -> TextEncoderRef | None:
+    return next((e for e in clip.encoders if e.name == name), None)
+
+
+def _encode_sd3(clip: ClipRef, chunks: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    """``SD3ClipModel.encode_token_weights`` (``comfy/text_encoders/sd3_clip.py``):
+    ``[CLIP-L | CLIP-G | 0 … 4096] ++ T5`` on the token axis, pooled ``[L 768 | G 1280]``;
+    a missing encoder contributes ComfyUI's zeros."""
+    import numpy as np
+
+    clip_l, clip_g, t5 = (_encoder(clip, n) for n in ("clip_l", "clip_g", "t5xxl"))
+    width_l = clip_l.width if clip_l is not None and clip_l.width else 768
+    width_g = clip_g.width if clip_g is not None and clip_g.width else 1280
+    context_dim = t5.width if t5 is not None and t5.width else 4096
+    tokens_l, tokens_g = chunks.get("clip_l", []), chunks.get("clip_g", [])
+    part = pooled = None
+    if tokens_l or tokens_g:
+        l_pooled = np.zeros((1, width_l), np.float32)
+        g_pooled = np.zeros((1, width_g), np.float32)
+        if clip_l is not None:
+            part, l_pooled = _encode_chunks(clip, clip_l, tokens_l)
+        if clip_g is not None:
+            g_out, g_pooled = _encode_chunks(clip, clip_g, tokens_g)
+            if part is not None:
+                cut = min(part.shape[1], g_out.shape[1])
+                part = np.concatenate([part[:, :cut], g_out[:, :cut]], axis=-1)
+            else:
+                part = np.pad(g_out, ((0, 0), (0, 0), (width_l, 0)))
+        if part is not None:
+            if part.shape[-1] > context_dim:
+                raise ProgramError(f"the CLIP part of the SD3 context is {part.shape[-1]} wide, "
+                                   f"more than T5's {context_dim}")
+            part = np.pad(part, ((0, 0), (0, 0), (0, context_dim - part.shape[-1])))
+        pooled = np.concatenate([l_pooled, g_pooled], axis=-1)
+    context = part
+    if t5 is not None:
+        t5_out, _ = _encode_chunks(clip, t5, chunks.get("t5xxl", []))
+        context = t5_out if part is None else np.concatenate([part, t5_out], axis=1)
+    if context is None:
+        context = np.zeros((1, 77, context_dim), np.float32)
+    if pooled is None:
+        pooled = np.zeros((1, width_l + width_g), np.float32)
+    return [{"cond": np.ascontiguousarray(context, dtype=np.float32),
+             "pooled_output": np.asarray(pooled, dtype=np.float32)}]
+
+
+def _encode_flux(clip: ClipRef, chunks: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    """``FluxClipModel``: T5's output is the context, CLIP-L's unprojected pooled output the
+    pooled vector."""
+    import numpy as np
+
+    clip_l, t5 = _encoder(clip, "clip_l"), _encoder(clip, "t5xxl")
+    if clip_l is None or t5 is None:
+        raise ProgramError("Flux encodes prompts with clip_l and t5xxl; load both "
+                           "(DualCLIPLoader with type flux)")
+    context, _ = _encode_chunks(clip, t5, chunks.get("t5xxl", []))
+    _, pooled = _encode_chunks(clip, clip_l, chunks.get("clip_l", []))
+    return [{"cond": np.ascontiguousarray(context, dtype=np.float32), "pooled_output": pooled}]
 
 
 def encode_text(clip: ClipRef, text: str, vocab_path: str | None = None, *,
-                texts: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+                texts: Mapping[str, str] | None = None,
+                chunks: Mapping[str, list[Any]] | None = None) -> list[dict[str, Any]]:
     """ComfyUI's CLIPTextEncode: weighted, chunked, batched encoding by every encoder.
 
-    Each encoder encodes the prompt with its own tokenizer rules (pad token) at the CLIP
-    layer; their outputs are concatenated along the feature axis (SDXL: clip_l's 768 then
-    clip_g's 1280, cut to the shorter token count, as ``SDXLClipModel``); the pooled output is
-    the pooled encoder's (SDXL: clip_g's projected pooled output).
+    SD1/SD2/SDXL: each encoder encodes the prompt with its own tokenizer rules (pad token) at
+    the CLIP layer; their outputs are concatenated along the feature axis (SDXL: clip_l's 768
+    then clip_g's 1280, cut to the shorter token count, as ``SDXLClipModel``); the pooled
+    output is the pooled encoder's (SDXL: clip_g's projected pooled output). SD3 and Flux
+    combine CLIP-L, CLIP-G and T5 as :func:`_encode_sd3` and :func:`_encode_flux` say.
 
     Args:
         clip: The CLIP.
         text: The prompt.
         vocab_path: The CLIP vocabulary (None: the packaged one).
         texts: Per-encoder prompts by encoder name (``CLIPTextEncodeSDXL``'s ``text_g`` and
-            ``text_l``); an encoder whose chunks are fewer gets empty chunks appended, as
-            ComfyUI pads them.
+            ``text_l``, ``CLIPTextEncodeFlux``'s ``clip_l`` and ``t5xxl``); for SD1/SD2/SDXL an
+            encoder whose chunks are fewer gets empty chunks appended, as ComfyUI pads them.
+        chunks: Token chunks by encoder name, given instead of text (``CLIPTextEncodeSD3``).
 
     Raises:
         ProgramError: The CLIP has no encoder for its layer, or the prompt uses a
@@ -120,16 +210,22 @@ def encode_text(clip: ClipRef, text: str, vocab_path: str | None = None, *,
     if not clip.encoders:
         raise ProgramError("this CLIP has no text encoder stage (it was not compiled in); "
                            "compile the workflow again")
-    chunks = {e.name: _tokens(e, (texts or {}).get(e.name, text), vocab_path)
-              for e in clip.encoders}
-    longest = max(len(c) for c in chunks.values())
+    tokens = dict(chunks) if chunks is not None else {}
+    for e in clip.encoders:
+        if e.name not in tokens:
+            tokens[e.name] = _tokens(e, (texts or {}).get(e.name, text), vocab_path)
+    if clip.family == "sd3":
+        return _encode_sd3(clip, tokens)
+    if clip.family == "flux":
+        return _encode_flux(clip, tokens)
+    longest = max(len(c) for c in tokens.values())
     for encoder in clip.encoders:
-        missing = longest - len(chunks[encoder.name])
+        missing = longest - len(tokens[encoder.name])
         if missing:
-            chunks[encoder.name] = chunks[encoder.name] + _tokens(encoder, "", vocab_path) * missing
-    outputs = [_encode_chunks(clip, e, chunks[e.name]) for e in clip.encoders]
-    tokens = min(cond.shape[1] for cond, _ in outputs)
-    cond = np.concatenate([c[:, :tokens] for c, _ in outputs], axis=-1)
+            tokens[encoder.name] = tokens[encoder.name] + _tokens(encoder, "", vocab_path) * missing
+    outputs = [_encode_chunks(clip, e, tokens[e.name]) for e in clip.encoders]
+    count = min(cond.shape[1] for cond, _ in outputs)
+    cond = np.concatenate([c[:, :count] for c, _ in outputs], axis=-1)
     pooled = next((p for (_, p), e in zip(reversed(outputs), reversed(clip.encoders))
                    if e.pooled), outputs[-1][1])
     return [{"cond": np.ascontiguousarray(cond, dtype=np.float32), "pooled_output": pooled}]
@@ -165,15 +261,46 @@ def _clip_text_encode_refiner(ctx: Any, *, clip: ClipRef, ascore: float = 6.0,
     return ([{**e, **extra} for e in entries],)
 
 
+def _clip_text_encode_flux(ctx: Any, *, clip: ClipRef, clip_l: str = "", t5xxl: str = "",
+                           guidance: float = 3.5) -> tuple[Any, ...]:
+    """``CLIPTextEncodeFlux``: clip_l's text to CLIP-L, t5xxl's to T5, and the guidance."""
+    entries = encode_text(clip, clip_l, _vocab(ctx), texts={"clip_l": clip_l, "t5xxl": t5xxl})
+    return ([{**e, "guidance": float(guidance)} for e in entries],)
+
+
+def _clip_text_encode_sd3(ctx: Any, *, clip: ClipRef, clip_l: str = "", clip_g: str = "",
+                          t5xxl: str = "", empty_padding: str = "none") -> tuple[Any, ...]:
+    """``CLIPTextEncodeSD3``: a prompt per encoder; with ``empty_padding`` "none" an empty
+    prompt gives its encoder no tokens (ComfyUI's zeros), and CLIP-L and CLIP-G are padded
+    with empty chunks to the same count."""
+    vocab = _vocab(ctx)
+    no_padding = empty_padding == "none"
+    chunks: dict[str, list[Any]] = {}
+    for name, text in (("clip_l", clip_l), ("clip_g", clip_g), ("t5xxl", t5xxl)):
+        encoder = _encoder(clip, name)
+        if encoder is None:
+            continue
+        chunks[name] = [] if (no_padding and len(text) == 0) else _tokens(encoder, text, vocab)
+    l_enc, g_enc = _encoder(clip, "clip_l"), _encoder(clip, "clip_g")
+    if l_enc is not None and g_enc is not None:
+        tl, tg = chunks["clip_l"], chunks["clip_g"]
+        while len(tl) < len(tg):
+            tl = tl + _tokens(l_enc, "", vocab)
+        while len(tg) < len(tl):
+            tg = tg + _tokens(g_enc, "", vocab)
+        chunks["clip_l"], chunks["clip_g"] = tl, tg
+    return (encode_text(clip, "", vocab, chunks=chunks),)
+
+
 def _clip_set_last_layer(ctx: Any, *, clip: ClipRef, stop_at_clip_layer: int
                          ) -> tuple[Any, ...]:
     return (replace(clip, layer=int(stop_at_clip_layer)),)
 
 
 def _cond_op(class_type: str, inputs: list[Any], function: str, display: str,
-             category: str = "conditioning") -> NodeDef:
+             category: str = "conditioning", **schema_kw: Any) -> NodeDef:
     """A pure conditioning op, folded at compile time when its inputs are constants."""
-    return NodeDef(schema(class_type, inputs, outputs(_COND), display, category),
+    return NodeDef(schema(class_type, inputs, outputs(_COND), display, category, **schema_kw),
                    run=lazy_op("conditioning", function), fold=True)
 
 
@@ -204,6 +331,28 @@ NODES: list[NodeDef] = [
     ], outputs(_COND), "CLIP Text Encode (SDXL Refiner)", "advanced/conditioning",
         python_module="comfy_extras.nodes_clip_sdxl"),
         run=_clip_text_encode_refiner, calls=(StageCall("text_encoder", "clip"),)),
+    NodeDef(schema("CLIPTextEncodeFlux", [
+        link("clip", "CLIP"), string("clip_l", multiline=True, dynamic_prompts=True),
+        string("t5xxl", multiline=True, dynamic_prompts=True),
+        float_input("guidance", 3.5, 0.0, 100.0, 0.1),
+    ], outputs(_COND), "CLIPTextEncodeFlux", "model/conditioning/flux",
+        python_module="comfy_extras.nodes_flux"),
+        run=_clip_text_encode_flux, calls=(StageCall("text_encoder", "clip"),)),
+    NodeDef(schema("CLIPTextEncodeSD3", [
+        link("clip", "CLIP"), string("clip_l", multiline=True, dynamic_prompts=True),
+        string("clip_g", multiline=True, dynamic_prompts=True),
+        string("t5xxl", multiline=True, dynamic_prompts=True),
+        combo("empty_padding", ["none", "empty_prompt"]),
+    ], outputs(_COND), "CLIP Text Encode (SD3)", "model/conditioning/stable diffusion",
+        python_module="comfy_extras.nodes_sd3"),
+        run=_clip_text_encode_sd3, calls=(StageCall("text_encoder", "clip"),)),
+    _cond_op("FluxGuidance", [link("conditioning", _COND),
+                              float_input("guidance", 3.5, 0.0, 100.0, 0.1)],
+             "flux_guidance", "FluxGuidance", "model/conditioning/flux",
+             python_module="comfy_extras.nodes_flux"),
+    _cond_op("FluxDisableGuidance", [link("conditioning", _COND)], "flux_disable_guidance",
+             "FluxDisableGuidance", "model/conditioning/flux",
+             python_module="comfy_extras.nodes_flux"),
     _cond_op("ConditioningCombine", [link("conditioning_1", _COND),
                                      link("conditioning_2", _COND)],
              "conditioning_combine", "Conditioning (Combine)"),

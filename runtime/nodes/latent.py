@@ -85,6 +85,12 @@ NODES: list[NodeDef] = [
         int_input("height", 512, 16, MAX_RESOLUTION, 8), int_input("batch_size", 1, 1, 4096),
     ], outputs("LATENT"), "Empty Latent Image", "latent"),
         run=lazy_op("latent", "empty_latent_image"), binding="latent"),
+    NodeDef(schema("EmptySD3LatentImage", [
+        int_input("width", 1024, 16, MAX_RESOLUTION, 16),
+        int_input("height", 1024, 16, MAX_RESOLUTION, 16), int_input("batch_size", 1, 1, 4096),
+    ], outputs("LATENT"), "EmptySD3LatentImage", "model/latent/stable diffusion",
+        python_module="comfy_extras.nodes_sd3"),
+        run=lazy_op("latent", "empty_sd3_latent_image"), binding="latent"),
     NodeDef(schema("LatentUpscale", [
         link("samples", "LATENT"), combo("upscale_method", LATENT_UPSCALE_METHODS),
         int_input("width", 512, 0, MAX_RESOLUTION, 8),

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..values import ClipRef, ModelRef, TextEncoderRef, VaeRef
 from .registry import NodeDef, OpFn
-from .schema import files, float_input, link, outputs, schema
+from .schema import combo, files, float_input, link, outputs, schema
 
 __all__ = ["NODES", "PROGRAM_OPS", "clip_from_args"]
 
@@ -37,7 +37,7 @@ def clip_from_args(clip: Mapping[str, Any], name: str = "", family: str = "sd1")
     """A :class:`ClipRef` from a ``LoadCheckpoint`` op's ``clip`` argument.
 
     ``{"order": ["clip_l", "clip_g"], "encoders": {"clip_l": {"stages": …, "pad_token",
-    "default_layer", "pooled"}, …}}``.
+    "default_layer", "pooled", "tokenizer", "min_length", "width"}, …}}``.
     """
     encoders = clip.get("encoders") or {}
     order = clip.get("order") or list(encoders)
@@ -47,15 +47,24 @@ def clip_from_args(clip: Mapping[str, Any], name: str = "", family: str = "sd1")
         refs.append(TextEncoderRef(str(key), _layers(spec.get("stages")),
                                    int(spec.get("pad_token", 49407)),
                                    int(spec.get("default_layer", -1)),
-                                   bool(spec.get("pooled", True))))
+                                   bool(spec.get("pooled", True)),
+                                   str(spec.get("tokenizer", "clip")),
+                                   int(spec.get("min_length", 77)),
+                                   int(spec.get("width", 0))))
     return ClipRef(tuple(refs), None, {}, name, family)
+
+
+def _model_ref(unet: Any, model_sampling: Any, latent_scale: float, latent_shift: float,
+               in_channels: int, latent_channels: int, family: str, name: str) -> ModelRef:
+    return ModelRef(unet, model_sampling, float(latent_scale), int(in_channels), name, family,
+                    float(latent_shift), int(latent_channels))
 
 
 def load_checkpoint(ctx: Any, *, unet: Any, clip: Mapping[str, Any], vae_decoder: Any = None,
                     vae_encoder: Any = None, model_sampling: Any = None,
                     latent_scale: float = 0.18215, latent_shift: float = 0.0,
-                    in_channels: int = 4, family: str = "sd1", name: str = ""
-                    ) -> tuple[Any, ...]:
+                    in_channels: int = 4, latent_channels: int = 4, family: str = "sd1",
+                    name: str = "") -> tuple[Any, ...]:
     """``LoadCheckpoint``: MODEL, CLIP and VAE handles over a checkpoint's stages.
 
     A stage the workflow never calls directly is None (an artifact ships no file for it),
@@ -63,11 +72,26 @@ def load_checkpoint(ctx: Any, *, unet: Any, clip: Mapping[str, Any], vae_decoder
     the model's facts for ApplyLoRA, which swaps in its stages.
     """
     return (
-        ModelRef(unet, model_sampling, float(latent_scale), int(in_channels), name, family,
-                 float(latent_shift)),
+        _model_ref(unet, model_sampling, latent_scale, latent_shift, in_channels,
+                   latent_channels, family, name),
         clip_from_args(clip, name, family),
         VaeRef(vae_decoder, vae_encoder, name),
     )
+
+
+def load_diffusion_model(ctx: Any, *, unet: Any, model_sampling: Any = None,
+                         latent_scale: float = 1.0, latent_shift: float = 0.0,
+                         in_channels: int = 16, latent_channels: int = 16,
+                         family: str = "flux", name: str = "") -> tuple[Any, ...]:
+    """``LoadDiffusionModel`` (UNETLoader): a MODEL handle over a diffusion-model stage."""
+    return (_model_ref(unet, model_sampling, latent_scale, latent_shift, in_channels,
+                       latent_channels, family, name),)
+
+
+def load_clip(ctx: Any, *, clip: Mapping[str, Any], family: str = "flux", name: str = ""
+              ) -> tuple[Any, ...]:
+    """``LoadCLIP`` (CLIPLoader, DualCLIPLoader, TripleCLIPLoader): a CLIP handle."""
+    return (clip_from_args(clip, name, family),)
 
 
 def load_vae(ctx: Any, *, vae_decoder: Any = None, vae_encoder: Any = None, name: str = ""
@@ -114,8 +138,24 @@ def apply_lora(ctx: Any, *, model: ModelRef | None = None, clip: ClipRef | None 
 PROGRAM_OPS: dict[str, OpFn] = {
     "LoadCheckpoint": load_checkpoint,
     "LoadVAE": load_vae,
+    "LoadDiffusionModel": load_diffusion_model,
+    "LoadCLIP": load_clip,
     "ApplyLoRA": apply_lora,
 }
+
+#: ``UNETLoader``'s weight_dtype choices (fp8 storage: weights rounded through fp8).
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+#: ``CLIPLoader``'s types in ComfyUI's order; comfyc runs sd3, flux and stable_diffusion.
+CLIP_LOADER_TYPES = (
+    "stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart",
+    "cosmos", "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image",
+    "hunyuan_image", "flux2", "ovis", "longcat_image", "cogvideox", "lens", "pixeldit",
+    "ideogram4", "boogu", "krea2", "joyimage", "mage")
+#: ``DualCLIPLoader``'s types in ComfyUI's order.
+DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image",
+                   "hunyuan_video_15", "kandinsky5", "kandinsky5_image", "ltxv", "newbie",
+                   "ace")
+_DEVICE = combo("device", ["default", "cpu"], required=False)
 
 # ---------------------------------------------------------------------------- classes
 NODES: list[NodeDef] = [
@@ -125,6 +165,25 @@ NODES: list[NodeDef] = [
     NodeDef(schema("VAELoader", [files("vae_name", "vae")], outputs("VAE"), "Load VAE",
                    "loaders"),
             lowered_to="LoadVAE"),
+    NodeDef(schema("UNETLoader", [files("unet_name", "diffusion_models"),
+                                  combo("weight_dtype", WEIGHT_DTYPES)],
+                   outputs("MODEL"), "Load Diffusion Model", "model/loaders"),
+            lowered_to="LoadDiffusionModel", binding="model"),
+    NodeDef(schema("CLIPLoader", [files("clip_name", "text_encoders"),
+                                  combo("type", CLIP_LOADER_TYPES), _DEVICE],
+                   outputs("CLIP"), "Load CLIP", "model/loaders"),
+            lowered_to="LoadCLIP", binding="clip"),
+    NodeDef(schema("DualCLIPLoader", [files("clip_name1", "text_encoders"),
+                                      files("clip_name2", "text_encoders"),
+                                      combo("type", DUAL_CLIP_TYPES), _DEVICE],
+                   outputs("CLIP"), "DualCLIPLoader", "model/loaders"),
+            lowered_to="LoadCLIP", binding="clip"),
+    NodeDef(schema("TripleCLIPLoader", [files("clip_name1", "text_encoders"),
+                                        files("clip_name2", "text_encoders"),
+                                        files("clip_name3", "text_encoders")],
+                   outputs("CLIP"), "Load CLIP (Triple)", "model/loaders",
+                   python_module="comfy_extras.nodes_sd3"),
+            lowered_to="LoadCLIP", binding="clip"),
     NodeDef(schema("LoraLoader", [
         link("model", "MODEL"), link("clip", "CLIP"), files("lora_name", "loras"),
         float_input("strength_model", 1.0, -100.0, 100.0),

@@ -256,3 +256,13 @@ def set_timestep_range(conditioning: Any, start: float, end: float) -> Condition
     # NOTE: nodes.ConditioningSetTimestepRange.set_range (ComfyUI stores them as given; very
     # old releases stored 1 - start).
     return _set_values(conditioning, {"start_percent": float(start), "end_percent": float(end)})
+
+
+def flux_guidance(conditioning: Any, guidance: float) -> Conditioning:
+    """FluxGuidance: the ``guidance`` Flux-dev's guidance embedding reads (default 3.5)."""
+    return _set_values(conditioning, {"guidance": float(guidance)})
+
+
+def flux_disable_guidance(conditioning: Any) -> Conditioning:
+    """FluxDisableGuidance: ``guidance`` None, so the model gets no guidance input."""
+    return _set_values(conditioning, {"guidance": None})

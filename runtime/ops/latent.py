@@ -32,6 +32,7 @@ __all__ = [
     "LATENT_CHANNELS",
     "LATENT_UPSCALE_METHODS",
     "empty_latent_image",
+    "empty_sd3_latent_image",
     "latent_composite",
     "latent_from_batch",
     "latent_upscale",
@@ -69,6 +70,24 @@ def empty_latent_image(width: int, height: int, batch_size: int = 1) -> Latent:
     # NOTE: nodes.EmptyLatentImage.generate: torch.zeros([batch, 4, height // 8, width // 8]).
     shape = (batch_size, LATENT_CHANNELS, height // 8, width // 8)
     return {"samples": np.zeros(shape, dtype=np.float32)}
+
+
+def empty_sd3_latent_image(width: int, height: int, batch_size: int = 1) -> Latent:
+    """EmptySD3LatentImage: zeros ``[batch_size, 16, height // 8, width // 8]`` (SD3, Flux).
+
+    Args:
+        width: Image width in pixels (floor-divided by 8).
+        height: Image height in pixels (floor-divided by 8).
+        batch_size: Number of latents.
+
+    Returns:
+        ``{"samples": zeros}``.
+    """
+    width = _positive_int(width, "width", 8)
+    height = _positive_int(height, "height", 8)
+    batch_size = _positive_int(batch_size, "batch_size", 1)
+    # NOTE: comfy_extras/nodes_sd3.py EmptySD3LatentImage: torch.zeros([batch, 16, h // 8, w // 8]).
+    return {"samples": np.zeros((batch_size, 16, height // 8, width // 8), dtype=np.float32)}
 
 
 def latent_upscale(

@@ -152,7 +152,7 @@ def test_dual_cfg_prediction_is_comfyuis_formula(cache: TorchModelCache, style: 
 
     text = HEAD + """
 middle = CLIPTextEncode(text="a handwritten digit five", clip=ckpt.CLIP)
-model = ModelSamplingDiscrete(model=ckpt.MODEL, sampling="eps")
+model = ModelSamplingDiscrete(model=ckpt.MODEL, sampling="eps", zsnr=false)
 output model
 output positive
 output negative
@@ -207,7 +207,7 @@ def test_constant_schedules_fold_and_follow_the_model_sampling(cache: TorchModel
 patched = ModelSamplingDiscrete(model=ckpt.MODEL, sampling="v_prediction", zsnr=true)
 plain = BasicScheduler(model=ckpt.MODEL, scheduler="karras", steps={STEPS}, denoise=1.0)
 zsnr = BasicScheduler(model=patched, scheduler="karras", steps={STEPS}, denoise=1.0)
-karras = KarrasScheduler(steps=4)
+karras = KarrasScheduler(steps=4, sigma_max=14.614642, sigma_min=0.0291675, rho=7.0)
 flipped = FlipSigmas(sigmas=karras)
 result = KSampler(model=patched, seed=seed, steps={STEPS}, cfg=5.0, sampler_name="euler",
     scheduler="normal", positive=positive, negative=negative, latent_image=latent, denoise=1.0)
