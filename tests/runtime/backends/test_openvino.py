@@ -1,0 +1,75 @@
+"""The ov-cpu backend: OpenVINO runs the artifact's ONNX stages and agrees with onnxruntime.
+
+Skipped where openvino is not installed (an optional extra); the unavailability reason is
+tested either way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comfyc.runtime.artifact import BACKENDS, backend_unavailable_reason
+
+REPO = Path(__file__).resolve().parents[3]
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+
+
+def test_ov_cpu_is_a_backend_name() -> None:
+    """ov-cpu is listed, and its unavailability says what to install."""
+    assert "ov-cpu" in BACKENDS
+    reason = backend_unavailable_reason("ov-cpu")
+    assert (reason is None) == HAS_OPENVINO
+    if reason is not None:
+        assert "pip install" in reason
+    assert "unknown OpenVINO backend" in str(backend_unavailable_reason("ov-gpu")) or \
+        not HAS_OPENVINO
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    from comfyc.compiler.catalog import default_catalog
+    from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
+    from comfyc.frontends.dsl import parse_dsl
+
+    text = re.sub(r"steps=\d+", "steps=3", (REPO / "examples" / "txt2img.cfy").read_text())
+    root = tmp_path_factory.mktemp("ov") / "a.comfyc"
+    compile_graph(parse_dsl(text, "t.cfy", default_catalog()), root, CompileOptions())
+    return root
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
+def test_ov_cpu_agrees_with_ort_cpu(artifact: Path) -> None:
+    """The same image within the fp32 bench tolerance (2 levels of 255); bf16 runs too."""
+    from comfyc.runtime.artifact import load
+
+    images = {}
+    for backend, options in (("ort-cpu", {}), ("ov-cpu", {}), ("ov-bf16", {"precision": "bf16"})):
+        program = load(artifact, backend=backend.replace("-bf16", "-cpu"), **options)
+        stages = [s for s in program.stages.values() if hasattr(s, "backend")]
+        assert {s.backend for s in stages} == {backend.replace("-bf16", "-cpu")}
+        images[backend] = next(iter(program.run({"seed": 4}, save=False).images.values()))
+    assert np.abs(images["ov-cpu"] - images["ort-cpu"]).max() * 255 < 2.0
+    assert np.isfinite(images["ov-bf16"]).all()
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
+def test_ov_session_interface_and_threads(artifact: Path) -> None:
+    """OvSession names its graph's inputs and outputs, takes a thread count, and fails
+    clearly on a bad precision."""
+    from comfyc.runtime.backends.base import BackendError
+    from comfyc.runtime.backends.openvino import OvSession
+
+    path = next((artifact / "stages").glob("vae_decoder_*.onnx"))
+    session = OvSession(path, intra_op_threads=1)
+    assert list(session.inputs) == ["latent"] and session.output_names == ["image"]
+    assert session.threads == 1 and session.precision == "f32"
+    (image,) = session.run({"latent": np.zeros((1, 4, 8, 8), np.float32)})
+    assert image.dtype == np.float32 and image.shape == (1, 3, 64, 64)
+    with pytest.raises(BackendError, match="precision"):
+        OvSession(path, precision="int4")

@@ -1,0 +1,67 @@
+"""Threads chosen deliberately: never more than the free cores by default, no spinning."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from comfyc.runtime.backends import threads
+
+
+@pytest.mark.parametrize("load,cores,free", [(0.0, 2, 2), (0.9, 2, 1), (1.4, 2, 1),
+                                             (9.0, 2, 1), (2.6, 8, 5), (0.2, 1, 1)])
+def test_free_cores_leave_the_busy_ones(monkeypatch: pytest.MonkeyPatch, load: float,
+                                        cores: int, free: int) -> None:
+    """cores - round(load), at least 1."""
+    monkeypatch.setattr(threads, "cores", lambda: cores)
+    assert threads.free_cores(load) == free
+
+
+def test_choose_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit count is honoured up to the cores; none means the free cores."""
+    monkeypatch.setattr(threads, "cores", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 0.0, 0.0))
+    assert threads.choose_threads() == 1 and threads.choose_threads(0) == 1
+    assert threads.choose_threads(2) == 2 and threads.choose_threads(16) == 4
+
+
+def test_passive_openmp_keeps_an_explicit_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    threads.passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    threads.passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_ort_session_threads_and_no_spinning(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """OrtSession takes the chosen count and turns spinning off (its session options)."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from comfyc.runtime.backends import ort as ort_backend
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    seen = []
+    real = ort.InferenceSession
+
+    def spy(model: str, options: object, **kwargs: object) -> object:
+        seen.append(options)
+        return real(model, options, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 0.0, 0.0))
+    session = ort_backend.OrtSession(path)
+    assert session.threads == 1 and seen[-1].intra_op_num_threads == 1
+    config = seen[-1].get_session_config_entry("session.intra_op.allow_spinning")
+    assert config == "0"
+    assert ort_backend.OrtSession(path, intra_op_threads=2).threads == 2
