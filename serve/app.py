@@ -1,22 +1,32 @@
 """The ASGI app: ComfyUI's HTTP and websocket routes on a hub and an engine.
 
 Routes (each also under ``/api``): ``POST/GET /prompt``, ``GET/POST /queue``, ``GET/POST
-/history``, ``GET /history/{prompt_id}``, ``GET /view``, ``POST /upload/image``, ``GET
-/object_info[/{class}]``, ``GET /system_stats``, ``GET /embeddings``, ``GET /models[/{kind}]``,
-``POST /interrupt``, ``POST /free``, ``GET /ws?clientId=…``, and comfyc's own ``GET
-/comfyc/prompts/{prompt_id}`` (``pending``, ``running``, ``success``, ``error``, ``lost`` or
-``unknown``). Shapes follow ComfyUI's ``server.py``; see the package docstring for what
-differs.
+/history``, ``GET /history/{prompt_id}``, ``GET /view``, ``POST /upload/image``, ``POST
+/upload/mask``, ``GET /object_info[/{class}]``, ``GET /system_stats``, ``GET /embeddings``,
+``GET /models[/{kind}]``, ``POST /interrupt``, ``POST /free``, ``GET /jobs``, ``GET
+/jobs/{id}``, ``POST /jobs/{id}/cancel``, ``POST /jobs/cancel``, ``GET /ws?clientId=…``, and
+comfyc's own ``GET /comfyc/prompts/{prompt_id}`` (``pending``, ``running``, ``success``,
+``error``, ``lost`` or ``unknown``). ``GET /metrics`` (Prometheus text) is at the root only.
+With ComfyUI's web page (:mod:`.web`), ``/`` is the page, its files are served under their own
+paths, and the routes the page calls besides these are added (users, settings, user data,
+model library, templates …). Shapes follow ComfyUI's ``server.py``; see the package docstring
+for what differs.
+
+``/object_info`` comes from comfyc's catalogue; classes the node registry marks check-only
+(comfyc cannot run them) are ``deprecated`` there, named "(not available in comfyc)" and
+described with the reason (:func:`mark_unavailable`), so the page hides them from search and
+badges them on the canvas.
 
 Safety: an optional bearer token (``Authorization: Bearer T``; ``?token=T`` only on the
 websocket, whose browser clients cannot set headers — a token in any other URL is refused, and
-log lines never show one); a request body limit (413); ``/view`` and ``/upload/image``
-confined to their folders (:mod:`.paths`), hidden files never served; malformed JSON,
-non-finite numbers, unknown nodes, bad values, duplicate prompt ids, unusable upload names and
-prompts over the memory budget answer 4xx in ComfyUI's ``{"error", "node_errors"}`` shape
-(429 when the queue is full). Every body is standard JSON (no NaN) and names no server folder
-(:mod:`.redact`). An unexpected failure in a handler answers a JSON 500 naming it; the server
-and its workers keep running.
+log lines never show one; the web page logs in once at ``/comfyc/login`` and sends the token
+as an HttpOnly, SameSite=Strict cookie); a request body limit (413); ``/view``,
+``/upload/image`` and the user's files confined to their folders (:mod:`.paths`), hidden
+files never served; malformed JSON, non-finite numbers, unknown nodes, bad values, duplicate
+prompt ids, unusable upload names and prompts over the memory budget answer 4xx in ComfyUI's
+``{"error", "node_errors"}`` shape (429 when the queue is full). Every body is standard JSON
+(no NaN) and names no server folder (:mod:`.redact`). An unexpected failure in a handler
+answers a JSON 500 naming it; the server and its workers keep running.
 
 The same app runs under uvicorn (``comfyc serve``: the hub is in-process) and inside Ray Serve
 replicas (``--ray``: the hub is one shared actor); :class:`HubAccess` hides the difference.
@@ -272,6 +282,12 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
         if prompt_id is not None and (not isinstance(prompt_id, str) or not prompt_id
                                       or len(prompt_id) > 200):
             return _bad("invalid_prompt", "prompt_id must be a non-empty string")
+        targets = body.get("partial_execution_targets")
+        if targets is not None:
+            if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+                return _bad("invalid_prompt", "partial_execution_targets must be a list of "
+                            "output node ids")
+            prompt = engine.only_outputs(prompt, targets)
         try:
             valid = await asyncio.to_thread(engine.validate, prompt)
         except PromptRejected as exc:
@@ -469,6 +485,7 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
                                   "cache": cache, "tiers": engine.tier_stats(),
                                   "memory_budget": engine.memory_budget,
                                   "recovered": await hub.call("recovered"),
+                                  "hub_pid": await hub.call("pid"),
                                   **config.info}},
             "devices": [{"name": platform.processor() or "cpu", "type": "cpu", "index": None,
                          "vram_total": total, "vram_free": free, "torch_vram_total": 0,

@@ -1,20 +1,22 @@
-"""Serve ComfyUI's HTTP/websocket API, compiling what it is sent.
+"""Serve ComfyUI's web page and HTTP/websocket API, compiling what it is sent.
 
-Tools that talk to ComfyUI (its web client excepted) can point at this server: POST /prompt
-with an API-format workflow; the first prompt of each graph shape is compiled into an
-artifact (kept in --cache-dir), and later ones — other seeds, sampler settings, prompt
-texts — reuse it. ARTIFACT arguments serve precompiled artifacts to the prompts they were
-compiled from.
+Open http://127.0.0.1:8188 in a browser for ComfyUI's own page (with the frontend package,
+``pip install comfyc[web]``), or point tools that talk to ComfyUI at it: POST /prompt with an
+API-format workflow. The first prompt of each graph shape runs at once on PyTorch while it is
+compiled into an artifact in the background (kept in --cache-dir); later ones — other seeds,
+sampler settings, prompt texts — run the artifact (--first-run compile: compile first).
+ARTIFACT arguments serve precompiled artifacts to the prompts they were compiled from.
 
   comfyc serve                                  # http://127.0.0.1:8188
   comfyc serve txt2img.comfyc --port 8189 --token SECRET
   comfyc serve --ray --replicas 2               # the same API as a Ray Serve deployment
 
-The server binds 127.0.0.1 unless --listen says otherwise; expose it only with --token.
-Accepted prompts are kept in a small store in the cache folder (one per address), so a server
-restarted after a crash or a kill runs what it had accepted; resources a client can fill are
-bounded (--max-queue, --max-history, --max-history-mb, --cache-max-gb, --cache-max-artifacts,
---max-prompt-memory-mb).
+The server binds 127.0.0.1 unless --listen says otherwise; expose it only with --token (the
+page then asks for it once). Accepted prompts are kept in a small store in the cache folder
+(one per address), so a server restarted after a crash or a kill runs what it had accepted;
+resources a client can fill are bounded (--max-queue, --max-history, --max-history-mb,
+--cache-max-gb, --cache-max-artifacts, --max-prompt-memory-mb). One log line per prompt
+(id, graph hash, tier, seconds, outcome) goes to stderr; /metrics is in Prometheus' format.
 """
 
 from __future__ import annotations

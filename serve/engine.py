@@ -9,6 +9,17 @@ NODE.INPUT=NAME`` mechanism) into ``CACHE/<key>.comfyc``; every later prompt of 
 any seed, any text, any prefix — loads that artifact (from memory after the first load) and
 only sets params. Node titles (``_meta``) are not part of the shape.
 
+Tiered execution (``first_run="torch"``, the default): a shape with no artifact yet does not
+wait for its compile. Its first prompt runs at once on the *torch tier* — the same passes and
+params lowered onto PyTorch stages (:func:`lower_torch`), checkpoints kept loaded across
+prompts as ComfyUI keeps them, the torch tier's imports preloaded when the server starts
+(:meth:`Engine.preload`) — and when that run is over the artifact compiles in a background
+process at lower priority (:mod:`.compile_job`), one shape at a time, and is loaded; until it
+is, the shape's prompts stay on the torch tier, after it they run the artifact. The pictures
+agree within the documented torch/artifact tolerance (2/255). A shape whose compile fails
+keeps running on the torch tier; one whose lowering fails is refused like a failed compile.
+``first_run="compile"`` compiles first, as before.
+
 Validation rejects what the run would reject, before anything is queued: ComfyUI's checks
 (the compiler's validate pass), then run-time types — an INT must be an integer (``20`` or
 ``20.0``, not ``true`` or ``3.5``), a FLOAT a finite number, a STRING text, a BOOLEAN a
@@ -485,6 +496,8 @@ class Engine:
         self._compiler: threading.Thread | None = None
         self._child: subprocess.Popen[bytes] | None = None
         self._closed = False
+        #: Whether :meth:`preload` has imported the torch tier's code.
+        self.preloaded = False
 
         self.cache_dir = Path(cache_dir)
         self.models_dir = models_dir
@@ -578,6 +591,24 @@ class Engine:
                          if (s := catalog.get(n.class_type)) and (i := s.input(name))
                          and i.files and i.files != "input"})
         return Validated(prompt, outputs, "models:" + ",".join(models), memory)
+
+    @staticmethod
+    def only_outputs(prompt: Any, targets: list[str]) -> Any:
+        """The prompt with only the output nodes in ``targets`` (the page's "run selected
+        outputs": ComfyUI's ``partial_execution_targets``); the others' branches are left
+        to dead-node elimination. Anything but a dict of nodes is returned as it is."""
+        from comfyc.compiler.catalog import default_catalog
+
+        if not isinstance(prompt, dict):
+            return prompt
+        catalog = default_catalog()
+        out = {}
+        for node_id, node in prompt.items():
+            schema = catalog.get(node.get("class_type")) if isinstance(node, dict) else None
+            if schema is not None and schema.output_node and node_id not in targets:
+                continue
+            out[node_id] = node
+        return out
 
     def _graph(self, prompt: dict[str, Any], catalog: Any) -> Any:
         from comfyc.compiler.passes.base import PassContext
@@ -773,9 +804,10 @@ class Engine:
         """The program for a validated prompt.
 
         A served or cached artifact runs it when there is one (loaded in this process). A
-        shape without one runs on the torch tier at once (``first_run="torch"``) while its
-        artifact compiles (and then loads) in the background; with ``first_run="compile"``
-        it is compiled here first.
+        shape without one runs on the torch tier at once (``first_run="torch"``); when that
+        run is over its artifact compiles (and then loads) in the background, and the
+        shape's prompts run on the torch tier until it is ready. With
+        ``first_run="compile"`` it is compiled here first.
 
         Raises:
             CompileFailed: The shape failed to build recently (not tried again).
@@ -791,7 +823,6 @@ class Engine:
             raise CompileFailed(f"this workflow failed to compile a moment ago: {failure}")
         path = self.cache_dir / f"{key}.comfyc"
         if self._tiered() and not self._artifact_ready(key, path):
-            self._schedule(key, path, prompt)
             return self._torch_prepared(key, prompt, path)
         compiled = False
         for attempt in range(2):
@@ -839,7 +870,8 @@ class Engine:
 
     # ------------------------------------------------------------ torch tier
     def _torch_prepared(self, key: str, prompt: dict[str, Any], path: Path) -> Prepared:
-        """The shape's torch-tier program (lowered on first use; checkpoints stay loaded).
+        """The shape's torch-tier program (lowered on first use; checkpoints stay loaded); its
+        release queues the shape's background compile.
 
         Raises:
             WorkflowError: The workflow cannot be lowered (remembered like a failed
@@ -863,7 +895,11 @@ class Engine:
                         self._torch[key] = program
                         while len(self._torch) > MAX_LOADED:
                             self._torch.popitem(last=False)
-        return self._prepared(prompt, path, program, False, tier="torch", key=key)
+        # NOTE: the artifact's compile is queued when this run is over (its release), not
+        # before: on a small machine the compile's own imports and export would otherwise
+        # share the CPU with the very prompt the torch tier is there to answer at once.
+        return self._prepared(prompt, path, program, False,
+                              lambda: self._schedule(key, path, prompt), tier="torch", key=key)
 
     def _model_cache(self) -> Any:
         """The torch tier's checkpoint cache (build lock held): a new one when it holds more
@@ -896,6 +932,7 @@ class Engine:
             # to import from two threads at once (the first prompt's lowering waits).
             with self._build_lock:
                 _import_torch_tier()
+            self.preloaded = True
 
         thread = threading.Thread(target=run, daemon=True, name="comfyc-preload")
         thread.start()
@@ -996,8 +1033,9 @@ class Engine:
             failed = dict(self._compile_failed)
         with self._torch_lock:
             torch_programs = len(self._torch)
-        return {"first_run": self.first_run, "torch_programs": torch_programs,
-                "compiling": compiling, "compile_failed": failed}
+        return {"first_run": self.first_run, "preloaded": self.preloaded,
+                "torch_programs": torch_programs, "compiling": compiling,
+                "compile_failed": failed}
 
     def wait_compiles(self, timeout: float) -> bool:
         """Wait until no background compile is queued or running; False on timeout."""

@@ -92,7 +92,11 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
     outputs: dict[str, Any] = {}
     executed: list[str] = []
     current: dict[str, Any] = {"node": None, "type": None, "files_seen": set()}
-    previews = client is not None and hub.wants_previews(client)
+    # NOTE: previews for connections that asked (?preview=png), and for prompts whose
+    # page asked (ComfyUI's extra_data.preview_method, set from the page's settings).
+    method = (job.extra_data or {}).get("preview_method")
+    previews = client is not None and (hub.wants_previews(client) or method in (
+        "auto", "latent2rgb", "taesd"))
     redact = engine.redactor.text
 
     def check_interrupt() -> None:

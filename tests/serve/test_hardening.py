@@ -423,3 +423,43 @@ def test_load_image_from_the_output_folder(bounded: Server) -> None:
     else:
         body = _clean(bounded, *_post(bounded, {"prompt": prompt}))
         assert "upload the picture" in body["node_errors"]["1"]["errors"][0]["message"]
+
+
+def test_web_page_logs_in_with_the_token_as_a_cookie(bounded: Server) -> None:
+    """With --token the page asks for it once (a form), then the browser's cookie (HttpOnly,
+    SameSite=Strict) authenticates its requests; a wrong token gets the form again."""
+    import http.client
+
+    host, port = bounded.host.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/")
+    answer = conn.getresponse()
+    answer.read()
+    if answer.status == 200 and answer.getheader("content-type", "").startswith(
+            "application/json"):
+        pytest.skip("the web page (comfyui-frontend-package) is not installed")
+    assert answer.status == 303 and answer.getheader("location") == "/comfyc/login"
+    conn.request("GET", "/comfyc/login")
+    answer = conn.getresponse()
+    assert answer.status == 200 and b'name="token"' in answer.read()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    conn.request("POST", "/comfyc/login", body="token=wrong", headers=form)
+    answer = conn.getresponse()
+    assert answer.status == 401 and b"Wrong token" in answer.read()
+    conn.request("POST", "/comfyc/login", body=urllib.parse.urlencode({"token": TOKEN}),
+                 headers=form)
+    answer = conn.getresponse()
+    answer.read()
+    cookie = answer.getheader("set-cookie", "")
+    assert answer.status == 303 and "HttpOnly" in cookie and "SameSite=strict" in cookie, cookie
+    jar = {"Cookie": cookie.split(";")[0]}
+    for path in ("/", "/api/settings", "/api/queue"):
+        conn.request("GET", path, headers=jar)
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == 200, path
+    conn.request("GET", "/api/queue", headers={"Cookie": "comfyc_token=nope"})
+    answer = conn.getresponse()
+    answer.read()
+    assert answer.status == 401
+    assert TOKEN not in bounded.log.read_text()

@@ -193,6 +193,82 @@ def test_one_store_one_server(tmp_path: Path) -> None:
     Hub(store_path=str(path)).close()
 
 
+def test_retried_calls_are_idempotent() -> None:
+    """What Ray retries after the hub's process died answers as the first call: the same
+    submit queues once, the same claim leases one prompt, the same finish records once."""
+    hub = Hub()
+    prompt = {"1": {"class_type": "X", "inputs": {}}}
+    first = hub.submit(prompt, {}, ["1"], None, "k", prompt_id="p1", request_id="r1")
+    assert hub.submit(prompt, {}, ["1"], None, "k", prompt_id="p1", request_id="r1") == first
+    assert hub.submit(prompt, {}, ["1"], None, "k", prompt_id="p1",
+                      request_id="r2")["error"] == "duplicate_prompt_id"
+    hub.submit(prompt, {}, ["1"], None, "k", prompt_id="p2", request_id="r3")
+    job = hub.claim("w", timeout=0, request_id="c1")
+    assert job is not None and hub.claim("w", timeout=0, request_id="c1") is job
+    assert hub.queue_remaining() == 2 and len(hub.queue()["queue_running"]) == 1
+    entry = {"status": {"status_str": "success"}, "comfyc": {"worker": "w"}}
+    assert hub.finish("w", job.prompt_id, entry) and hub.finish("w", job.prompt_id, entry)
+    assert not hub.finish("other", job.prompt_id, entry)
+    assert list(hub.history()) == [job.prompt_id]
+
+
+def test_a_restarted_hub_adopts_the_leases_of_live_workers(tmp_path: Path) -> None:
+    """A hub restarted on its store (Ray restarting its actor) keeps running prompts with
+    their workers: the worker's retried claim and its finish are accepted, nothing runs
+    twice; a lease whose worker is gone too expires and its prompt queues again."""
+    path = tmp_path / "queue.sqlite3"
+    hub = Hub(store_path=str(path), lease_s=0.5, adopt_running=True)
+    for name in ("a", "b", "c"):
+        hub.submit({"1": {"class_type": "X", "inputs": {}}}, {}, ["1"], None, "k",
+                   prompt_id=name, request_id=f"r-{name}")
+    alive = hub.claim("alive", timeout=0, request_id="claim-1")
+    gone = hub.claim("gone", timeout=0, request_id="claim-2")
+    assert alive is not None and gone is not None
+    _crash(hub)
+
+    again = Hub(store_path=str(path), lease_s=0.5, adopt_running=True, lock_wait_s=5)
+    assert again.recovered()["adopted"] == 2 and again.recovered()["restarted"] == 0
+    assert again.state(alive.prompt_id) == "running"
+    retried = again.claim("alive", timeout=0, request_id="claim-1")
+    assert retried is not None and retried.prompt_id == alive.prompt_id
+    again.heartbeat("alive")
+    assert again.finish("alive", alive.prompt_id, {"comfyc": {"worker": "alive"}})
+    # The other worker died with the hub: its lease runs out, its prompt is pending again.
+    import time
+
+    time.sleep(0.7)
+    taken = [again.claim("new", timeout=0) for _ in range(2)]
+    assert {j.prompt_id for j in taken if j is not None} == {gone.prompt_id, "c"}
+    assert again.history_of(alive.prompt_id)
+    # A submit retried after its prompt finished (the store remembers the request).
+    assert again.submit({}, {}, ["1"], None, "k", prompt_id=alive.prompt_id,
+                        request_id=f"r-{alive.prompt_id}")["prompt_id"] == alive.prompt_id
+    again.close()
+
+
+def test_a_store_of_an_older_server_gains_the_lease_columns(tmp_path: Path) -> None:
+    """A store written before leases were kept opens, and its prompts recover."""
+    import sqlite3
+
+    path = tmp_path / "queue.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE prompts (prompt_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,
+            number REAL NOT NULL, state TEXT NOT NULL, job TEXT NOT NULL, entry TEXT,
+            entry_bytes INTEGER NOT NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0,
+            accepted REAL NOT NULL, finished REAL);""")
+    job = {"number": 0, "prompt_id": "old", "prompt": {}, "extra_data": {}, "outputs": [],
+           "client_id": None, "model_key": "k", "seq": 1}
+    db.execute("INSERT INTO prompts VALUES ('old', 1, 0, 'pending', ?, NULL, 0, 0, 0, NULL)",
+               (json.dumps(job),))
+    db.commit()
+    db.close()
+    hub = Hub(store_path=str(path))
+    assert hub.state("old") == "pending"
+    assert hub.claim("w", timeout=0) is not None
+    hub.close()
+
+
 def test_strict_json_in_and_out() -> None:
     """NaN, Infinity and overflowing numbers are refused; output is always standard JSON."""
     for raw in [b'{"cfg": NaN}', b'{"cfg": -Infinity}', b'{"w": 1e400}', b"[Infinity]"]:

@@ -1,8 +1,15 @@
-"""`comfyc serve --ray`: two Ray Serve replicas on loopback share one queue and history.
+"""`comfyc serve --ray`: two Ray Serve replicas on loopback share one queue and history, and no
+one process holds anything accepted that its death would lose (issue #20, item 4).
 
-Prompts are queued from concurrent clients; while both replicas are running prompts, one
-replica's process is killed. Every prompt whose POST was answered 200 must still finish
-(another replica takes over the dead one's lease), each with its own output file.
+One Ray deployment for the module (replicas run the session's compiled artifact):
+
+* prompts are queued from concurrent clients; while both replicas run prompts, one replica's
+  process is killed: every prompt whose POST was answered 200 still finishes (another replica
+  takes over the dead one's lease), each with its own output file;
+* prompts are queued, and the hub actor's process — the one that holds the queue, the leases
+  and the history — is killed mid-load while clients keep posting: Ray restarts it, it reads
+  its store, and every accepted prompt finishes exactly once (one success in the history,
+  one output file, first attempt), including those posted while the hub was down.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ import signal
 import threading
 import time
 import urllib.error
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,81 +31,147 @@ pytest.importorskip("ray.serve")
 
 
 def _request(server: Server, method: str, path: str, body=None):  # type: ignore[no-untyped-def]
-    """A request that treats a connection dropped by a dying replica as a 503."""
+    """A request that treats a connection dropped by a dying process as a 503."""
     try:
         return server.request(method, path, body)
     except (urllib.error.URLError, ConnectionError, OSError):
         return 503, None
 
 
-def test_two_replicas_lose_no_accepted_prompt(server: Server, serve_cache: Path,
-                                              tmp_path: Path) -> None:
-    """8 prompts over 2 replicas; one replica is killed mid-load; all 8 succeed."""
-    # The session server compiles the workflow's shape into the shared cache (once), while
-    # Ray starts.
-    body = server.request("POST", "/prompt", {"prompt": workflow(seed=70)})[1]
-    ray_server = start_server(tmp_path, serve_cache, "--ray", "--replicas", "2",
-                              "--lease-s", "3", ready_timeout=180)
+@pytest.fixture(scope="module")
+def ray_server(artifact: Path, serve_cache: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`comfyc serve --ray --replicas 2` on the session cache (its artifact is compiled)."""
+    srv = start_server(tmp_path_factory.mktemp("ray"), serve_cache, "--ray", "--replicas",
+                       "2", "--lease-s", "3", "--no-preload", ready_timeout=180)
     try:
-        server.wait_history(body["prompt_id"])
-        pids: set[int] = set()
-        end = time.monotonic() + 60
-        while len(pids) < 2 and time.monotonic() < end:
-            status, stats = _request(ray_server, "GET", "/system_stats")
-            if status == 200:
-                pids.add(stats["system"]["comfyc"]["replica_pid"])
-            time.sleep(0.1)
-        assert len(pids) == 2, "requests did not reach two replicas"
-
-        accepted: list[str] = []
-        lock = threading.Lock()
-
-        def client(index: int) -> None:
-            for k in range(2):
-                status, answer = _request(ray_server, "POST", "/prompt", {
-                    "prompt": workflow(seed=500 + 2 * index + k, steps=40)})
-                if status == 200:
-                    with lock:
-                        accepted.append(answer["prompt_id"])
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert len(accepted) == 8
-
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            status, queue = _request(ray_server, "GET", "/queue")
-            if status == 200 and len(queue["queue_running"]) == 2:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the two replicas never ran prompts at the same time")
-        victim = min(pids)
-        os.kill(victim, signal.SIGKILL)
-
-        files, workers, attempts = set(), set(), []
-        end = time.monotonic() + 120
-        for prompt_id in accepted:
-            entry = None
-            while entry is None and time.monotonic() < end:
-                status, found = _request(ray_server, "GET", f"/history/{prompt_id}")
-                entry = found.get(prompt_id) if status == 200 and found else None
-                if entry is None:
-                    time.sleep(0.3)
-            assert entry is not None, f"accepted prompt {prompt_id} was lost:\n" + \
-                ray_server.log.read_text()[-3000:]
-            assert entry["status"]["status_str"] == "success", entry["status"]
-            (image,) = entry["outputs"]["7"]["images"]
-            path = ray_server.output_dir / image["subfolder"] / image["filename"]
-            assert path.is_file()
-            files.add(path)
-            workers.add(entry["comfyc"]["worker"])
-            attempts.append(entry["comfyc"]["attempt"])
-        print(f"attempts per prompt: {attempts} (2 = taken over from the killed replica)")
-        assert len(files) == 8
-        assert len(workers) >= 2, "both replicas ran prompts"
+        yield srv
     finally:
-        stop_server(ray_server)
+        stop_server(srv)
+
+
+def _replica_pids(server: Server) -> set[int]:
+    pids: set[int] = set()
+    end = time.monotonic() + 60
+    while len(pids) < 2 and time.monotonic() < end:
+        status, stats = _request(server, "GET", "/system_stats")
+        if status == 200:
+            pids.add(stats["system"]["comfyc"]["replica_pid"])
+        time.sleep(0.1)
+    assert len(pids) == 2, "requests did not reach two replicas"
+    return pids
+
+
+def _submit_all(server: Server, prompts: list[dict[str, Any]], clients: int = 4) -> list[str]:
+    """Post prompts from concurrent clients; the ids of those answered 200, in order."""
+    accepted: dict[int, str] = {}
+    lock = threading.Lock()
+
+    def client(start: int) -> None:
+        for index in range(start, len(prompts), clients):
+            status, answer = _request(server, "POST", "/prompt", {"prompt": prompts[index]})
+            if status == 200:
+                with lock:
+                    accepted[index] = answer["prompt_id"]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return [accepted[i] for i in sorted(accepted)]
+
+
+def _wait_entries(server: Server, ids: list[str], timeout: float = 180) -> dict[str, Any]:
+    entries: dict[str, Any] = {}
+    end = time.monotonic() + timeout
+    for prompt_id in ids:
+        while prompt_id not in entries and time.monotonic() < end:
+            status, found = _request(server, "GET", f"/history/{prompt_id}")
+            if status == 200 and found:
+                entries[prompt_id] = found[prompt_id]
+            else:
+                time.sleep(0.3)
+        assert prompt_id in entries, f"accepted prompt {prompt_id} was lost:\n" + \
+            server.log.read_text()[-3000:]
+    return entries
+
+
+def _wait_running(server: Server, count: int) -> None:
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        status, queue = _request(server, "GET", "/queue")
+        if status == 200 and len(queue["queue_running"]) >= count:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"{count} prompts never ran at the same time")
+
+
+def test_two_replicas_lose_no_accepted_prompt(ray_server: Server) -> None:
+    """8 prompts over 2 replicas; one replica is killed mid-load; all 8 succeed."""
+    pids = _replica_pids(ray_server)
+    accepted = _submit_all(ray_server, [workflow(seed=500 + i, steps=40) for i in range(8)])
+    assert len(accepted) == 8
+    _wait_running(ray_server, 2)
+    os.kill(min(pids), signal.SIGKILL)
+
+    entries = _wait_entries(ray_server, accepted)
+    files, workers, attempts = set(), set(), []
+    for entry in entries.values():
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        (image,) = entry["outputs"]["7"]["images"]
+        path = ray_server.output_dir / image["subfolder"] / image["filename"]
+        assert path.is_file()
+        files.add(path)
+        workers.add(entry["comfyc"]["worker"])
+        attempts.append(entry["comfyc"]["attempt"])
+    print(f"attempts per prompt: {attempts} (2 = taken over from the killed replica)")
+    assert len(files) == 8
+    assert len(workers) >= 2, "both replicas ran prompts"
+
+
+def test_killing_the_hub_loses_nothing_and_runs_nothing_twice(ray_server: Server) -> None:
+    """The hub actor's process is killed with prompts running, pending and arriving: Ray
+    restarts it from its store; every accepted prompt finishes exactly once."""
+    status, stats = _request(ray_server, "GET", "/system_stats")
+    assert status == 200
+    hub_pid = stats["system"]["comfyc"]["hub_pid"]
+
+    def prompt(index: int) -> dict[str, Any]:
+        body = workflow(seed=900 + index, steps=60)
+        body["7"]["inputs"]["filename_prefix"] = f"hubkill/p{index}"
+        return body
+
+    accepted = _submit_all(ray_server, [prompt(i) for i in range(8)])
+    assert len(accepted) == 8
+    _wait_running(ray_server, 1)
+    late: list[str] = []
+    poster = threading.Thread(target=lambda: late.extend(
+        _submit_all(ray_server, [prompt(i) for i in range(8, 12)], clients=2)))
+    os.kill(hub_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    poster.start()
+    poster.join(180)
+    accepted += late
+    assert len(late) >= 1, "no prompt was accepted while the hub restarted"
+
+    entries = _wait_entries(ray_server, accepted)
+    recovered_after = time.monotonic() - killed
+    status, stats = _request(ray_server, "GET", "/system_stats")
+    assert stats["system"]["comfyc"]["hub_pid"] != hub_pid, "the hub was not restarted"
+    for prompt_id, entry in entries.items():
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        assert entry["comfyc"]["attempt"] == 1, (prompt_id, entry["comfyc"])
+    # Exactly once: one output file per accepted prompt, none written twice.
+    folder = ray_server.output_dir / "hubkill"
+    prefixes = [entry["prompt"][2]["7"]["inputs"]["filename_prefix"].split("/")[1]
+                for entry in entries.values()]
+    assert len(set(prefixes)) == len(accepted)
+    for prefix in prefixes:
+        assert len(list(folder.glob(f"{prefix}_*.png"))) == 1, prefix
+    assert len(list(folder.glob("*.png"))) == len(accepted)
+    status, queue = _request(ray_server, "GET", "/queue")
+    assert queue == {"queue_running": [], "queue_pending": []}
+    print(f"hub killed with {len(accepted) - len(late)} prompts queued and {len(late)} posted "
+          f"while it restarted; all {len(accepted)} finished once within "
+          f"{recovered_after:.1f} s ({stats['system']['comfyc']['recovered']})")
