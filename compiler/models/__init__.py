@@ -19,6 +19,11 @@ Main entry points:
   `load_text_encoder(path)`, `load_clip(paths, clip_type)` -> `TextEncoders`; prompt encodings
   `sd3_text_conditioning(...)`, `flux_text_conditioning(...)`; VAEs `load_vae(path, family=...)`;
   diffusers folders `load_flow_folder` / `write_flow_folder`
+* ControlNets and T2I-Adapters (`comfyc.compiler.models.controlnet`): `load_controlnet(path,
+  unet=...)` (ControlNetLoader / DiffControlNetLoader) -> `LoadedControlNet` (`.stage()`:
+  `ControlNetStage`) or `LoadedT2IAdapter` (`.stage()`: `T2IAdapterStage`),
+  `detect_control_model(state)`; seeded files `write_controlnet(...)`, `write_t2i_adapter(...)`
+  (`comfyc.compiler.models.controlnet_synthetic`)
 * Seeded random-weight checkpoints: `write_checkpoint(path, family, size, seed=...)`,
   `write_split_files(directory, family, size)`, `tiny_checkpoint(family)`
   (`comfyc.compiler.models.synthetic`)
@@ -29,6 +34,14 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "ControlNetStage",
+    "LoadedControlNet",
+    "LoadedT2IAdapter",
+    "T2IAdapterStage",
+    "detect_control_model",
+    "load_controlnet",
+    "write_controlnet",
+    "write_t2i_adapter",
     "DiffusionModel",
     "EmbeddingLibrary",
     "FlowCheckpoint",
@@ -72,6 +85,14 @@ __all__ = [
 ]
 
 _HOMES = {
+    "ControlNetStage": "controlnet",
+    "LoadedControlNet": "controlnet",
+    "LoadedT2IAdapter": "controlnet",
+    "T2IAdapterStage": "controlnet",
+    "detect_control_model": "controlnet",
+    "load_controlnet": "controlnet",
+    "write_controlnet": "controlnet_synthetic",
+    "write_t2i_adapter": "controlnet_synthetic",
     "DiffusionModel": "flow",
     "FlowCheckpoint": "flow",
     "LatentFormat": "flow",
