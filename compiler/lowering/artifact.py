@@ -342,6 +342,7 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
                                merged_into=context.changes.merged_into())
     say("probing stage shapes")
     recorders = _probe(program, options.input_dir, options.output_dir)
+    _release_unused(program, recorders, cache)
 
     parent = output.parent if str(output.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
@@ -420,6 +421,40 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
     return CompileReport(output, stats, stages_manifest, seconds, size)
 
 
+def _release_unused(program: Any, recorders: Mapping[str, Any], cache: Any) -> None:
+    """Drop the modules of stages the workflow never calls (text encoders whose prompts were
+    folded) before exporting, so their weights are not held while the UNet is written
+    (SDXL: 3.3 GB of float32 CLIP-L and OpenCLIP-bigG)."""
+    import gc
+
+    import torch
+
+    dropped: set[int] = set()
+    for name, rec in recorders.items():
+        unused = not rec.used if isinstance(rec, _RecordingLayers) else not rec.shapes
+        holder = getattr(rec, "layers", None) if isinstance(rec, _RecordingLayers) \
+            else getattr(rec, "stage", None)
+        if not unused or holder is None:
+            continue
+        # NOTE: the torch modules the stage holds (one CLIP, or SDXL's two).
+        modules = [v for v in vars(holder).values() if isinstance(v, torch.nn.Module)]
+        if modules:
+            dropped.update(id(m) for m in modules)
+            program.stages[name] = None
+    if not dropped:
+        return
+    for value in list(cache.loaded.values()):
+        if isinstance(value, dict):
+            for part, module in list(value.items()):
+                if id(module) in dropped:
+                    value[part] = None
+        else:
+            for part in ("text_encoder", "text_encoder_2", "vae", "unet"):
+                if id(getattr(value, part, None)) in dropped:
+                    setattr(value, part, None)
+    gc.collect()
+
+
 def _lean_load(graph: Graph, options: CompileOptions) -> bool:
     """Whether the compile may keep a float16 checkpoint's UNet in float16 (see
     :class:`_LeanModelCache`): only ONNX stages are written, and no LoRA changes the UNet."""
@@ -450,12 +485,17 @@ def _make_lean_cache() -> type:
         def checkpoint(self, name: str) -> Any:
             from comfyc.runtime.model_paths import resolve
 
+            from ..models.flow import FLOW_FAMILIES, checkpoint_family
             from ..models.single_file import load_checkpoint
+            from ..models.store import parse_weights_key
 
+            if parse_weights_key(name)[0] != "checkpoint":  # UNETLoader / CLIP loader files
+                return super().checkpoint(name)
             path = resolve("checkpoints", name, self.models_dir)
             key = f"ckpt:{path}"
             if key not in self.loaded:
-                if not _unet_is_float16(Path(path)):
+                if (not _unet_is_float16(Path(path))
+                        or checkpoint_family(path) in FLOW_FAMILIES):
                     return super().checkpoint(name)
                 loaded = load_checkpoint(path, dtype=None)
                 for part in ("text_encoder", "text_encoder_2", "vae", "text_projection"):
@@ -692,7 +732,10 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         options.quantize and (kind in options.quantize_stages or name in options.quantize_stages))
     common = {"fp16": options.fp16, "compact": compact,
               "progress": lambda message: say(f"  {name}: {message}")}
-    caching = kind == "unet" and (options.step_cache or 1) > 1
+    from .dit_export import export_dit, export_flow_text_encoder, info_wants_flow_export
+
+    caching = (kind == "unet" and (options.step_cache or 1) > 1
+               and not info_wants_flow_export(kind, rec.info))
     if caching and lora:
         raise ExportError(f"stage {name}: step caching and runtime-mode LoRAs cannot be "
                           f"combined; fold the LoRA (constant strength) or drop --step-cache")
@@ -708,6 +751,18 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
             entry.variants["step_cache_shallow"] = f"stages/{shallow.name}"
             entry.info["step_cache"] = {"interval": int(options.step_cache or 1),
                                         "skip": options.step_cache_skip, "approximate": True}
+        elif info_wants_flow_export(kind, rec.info):
+            # SD3 / Flux transformers and their text encoders (compiler/lowering/dit_export).
+            if kind == "unet":
+                facts = export_dit(module, path, shape=shapes[0], dynamic=dynamic,
+                                   extra_inputs=list(rec.info.get("extra_inputs") or ()),
+                                   external_data=external, **common)
+            else:
+                facts = export_flow_text_encoder(
+                    module, path, layer=layer if layer else -1,
+                    layer_norm=bool(rec.info.get("layer_norm", True)),
+                    projected=bool(rec.info.get("projected", True)),
+                    t5=rec.info.get("tokenizer") == "t5", external_data=external, **common)
         elif kind == "unet":
             (b, c, h, w), _, (_, t, _), *_extras = shapes[0]
             facts = onnx_export.export_unet(module, path, batch=b, height=h, width=w,

@@ -553,9 +553,9 @@ def _export(
       returns one tensor or a tuple, in the order of ``output_names``. It must be traceable
       by the legacy exporter (no data-dependent Python control flow on tensor values).
     * ``module`` is never copied and never left changed. While tracing, its floating
-      parameters are temporarily replaced by uninitialised tensors of the compute dtype
-      (float16 with ``fp16``; fresh pages that are never written, so the trace allocates no
-      weights) and the weights' values cannot leak into the graph; the graph is exported
+      parameters are temporarily replaced by stride-0 zero tensors of the compute dtype
+      (float16 with ``fp16``), so the trace allocates no weights and the weights' values
+      cannot leak into the graph; the graph is exported
       without parameters (``export_params=False``) and every weight is then streamed, one
       tensor at a time, from the module into ``NAME.onnx.data`` (or into the file when
       small). Peak memory is
@@ -696,8 +696,8 @@ class _swapped_weights:  # noqa: N801 - a context manager used like a function
     """Temporarily replace a module's floating parameters (and, for a dtype change, its
     floating buffers) by tensors that hold no weights; the originals come back on exit.
 
-    ``mode="meta"``: meta tensors (shape propagation only). ``mode="zeros"``: uninitialised
-    tensors the tracer can run (their pages stay unallocated until written).
+    ``mode="meta"``: meta tensors (shape propagation only). ``mode="zeros"``: one zero
+    element expanded to the shape (stride 0: no memory), which the tracer can run.
     """
 
     def __init__(self, torch: Any, module: Any, mode: str, dtype: Any) -> None:
@@ -708,11 +708,10 @@ class _swapped_weights:  # noqa: N801 - a context manager used like a function
         dtype = self.dtype or tensor.dtype
         if self.mode == "meta":
             return self.torch.empty(tensor.shape, dtype=dtype, device="meta")
-        # NOTE: uninitialised memory: the values never reach the graph. A large allocation
-        # is fresh pages that only map the kernel's zero page when read, so the trace costs
-        # no memory per weight, and contiguous weights keep the kernels on their fast paths
-        # (stride-0 weights made each Linear several times slower).
-        return self.torch.empty(tensor.shape, dtype=dtype)
+        # NOTE: one zero expanded to the shape (stride 0): no memory at all. (Uninitialised
+        # tensors were tried: an SDXL trace touched enough of their pages to add 3.9 GB.)
+        # Kernels that need contiguous weights copy one weight at a time, transiently.
+        return self.torch.zeros((), dtype=dtype).expand(tensor.shape)
 
     def __enter__(self) -> None:
         torch = self.torch
