@@ -441,6 +441,11 @@ def _release_unused(program: Any, recorders: Mapping[str, Any], cache: Any) -> N
         if modules:
             dropped.update(id(m) for m in modules)
             program.stages[name] = None
+            # NOTE: the recorder held the stage too; an unused one only needs its kind.
+            if isinstance(rec, _RecordingLayers):
+                rec.layers = {}
+            else:
+                rec.stage = None
     if not dropped:
         return
     for value in list(cache.loaded.values()):
