@@ -33,7 +33,7 @@ class Template:
         example: The example's file name.
         tiny: It runs on the embedded tiny model (``--ckpt`` rescales it for a 512-pixel
             checkpoint); otherwise it names real checkpoints (SDXL) and ``--ckpt`` only
-            replaces the first one.
+            replaces the first one (SDXL, Flux, SD3.5).
     """
 
     example: str
@@ -64,6 +64,9 @@ TEMPLATES: dict[str, Template] = {
     "sdxl": Template("sdxl_txt2img.cfy", tiny=False),
     "sdxl-refiner": Template("sdxl_refiner.cfy", tiny=False),
     "sdxl-turbo": Template("sdxl_turbo.cfy", tiny=False),
+    "flux": Template("flux_dev.cfy", tiny=False),
+    "flux-schnell": Template("flux_schnell.cfy", tiny=False),
+    "sd3": Template("sd35.cfy", tiny=False),
 }
 
 

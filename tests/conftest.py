@@ -127,7 +127,11 @@ FLUX_NAMES = {"diffusion_model": "diffusion_models/flux1-dev.safetensors",
               "clip_l": "text_encoders/clip_l.safetensors",
               "t5xxl": "text_encoders/t5xxl_fp16.safetensors", "vae": "vae/ae.safetensors"}
 SD3_CHECKPOINT = "sd3.5_medium.safetensors"
+SD3_TEXT_NAMES = {"clip_l": "text_encoders/clip_l.safetensors",
+                  "clip_g": "text_encoders/clip_g.safetensors",
+                  "t5xxl": "text_encoders/t5xxl_fp16.safetensors"}
 FLUX_CHECKPOINT = "flux1-dev-fp8.safetensors"
+FLUX_SCHNELL_CHECKPOINT = "flux1-schnell-fp8.safetensors"
 
 
 @pytest.fixture(scope="session")
@@ -136,9 +140,11 @@ def flow_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     architectures' structure, random weights): Flux as separate files under the published names
     (``diffusion_models/flux1-dev.safetensors``, ``text_encoders/clip_l.safetensors``,
     ``text_encoders/t5xxl_fp16.safetensors``, ``vae/ae.safetensors``), all-in-one checkpoints
-    ``checkpoints/flux1-dev-fp8.safetensors`` and ``checkpoints/sd3.5_medium.safetensors``
-    (same seed, same weights), and diffusers folders ``diffusers/flux_dev`` and
-    ``diffusers/sd35_medium`` for the pipelines."""
+    ``checkpoints/flux1-dev-fp8.safetensors`` (same seed, same weights),
+    ``checkpoints/sd3.5_medium.safetensors`` and ``checkpoints/flux1-schnell-fp8.safetensors``,
+    diffusers folders ``diffusers/flux_dev`` and ``diffusers/sd35_medium`` for the pipelines,
+    and ``sd3/``: a models folder with the SD3.5 checkpoint and its text encoders as separate
+    files (``text_encoders/clip_l``, ``clip_g``, ``t5xxl_fp16``)."""
     import os
 
     import torch
@@ -159,4 +165,18 @@ def flow_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_checkpoint(root / "checkpoints" / SD3_CHECKPOINT, "sd35_medium", "tiny", seed=2,
                      dtype=torch.float32, jitter=0.02,
                      diffusers_dir=root / "diffusers" / "sd35_medium")
+    write_checkpoint(root / "checkpoints" / FLUX_SCHNELL_CHECKPOINT, "flux_schnell", "tiny",
+                     seed=3, dtype=torch.float32, jitter=0.02)
+    # SD3's own text encoders (the tiny SD3's widths differ from the tiny Flux's), under the
+    # published names in a models folder of their own: sd3/.
+    sd3 = root / "sd3"
+    (sd3 / "checkpoints").mkdir(parents=True)
+    os.link(root / "checkpoints" / SD3_CHECKPOINT, sd3 / "checkpoints" / SD3_CHECKPOINT)
+    written = write_split_files(sd3, "sd35_medium", "tiny", seed=2, dtype=torch.float32,
+                                jitter=0.02, stem="sd35")
+    for role, path in written.items():
+        if role in SD3_TEXT_NAMES:
+            os.replace(path, sd3 / SD3_TEXT_NAMES[role])
+        else:
+            path.unlink()
     return root

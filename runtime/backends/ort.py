@@ -84,10 +84,12 @@ _DTYPES: dict[str, Any] = {
     "tensor(uint8)": np.uint8,
 }
 
+#: Inputs a stage kind may take beyond its own: SDXL's ADM vector ``y`` (SD3's and Flux's
+#: pooled vector), Flux-dev's ``guidance``.
+_EXTRA_INPUTS: dict[str, tuple[str, ...]] = {"unet": ("y", "guidance")}
+
 #: Input and output names per stage kind (the exporter's ``STAGE_IO``; kept here too because
 #: the runtime never imports the compiler).
-#: Inputs a stage kind may take beyond its own: SDXL's ADM vector ``y``.
-_EXTRA_INPUTS: dict[str, tuple[str, ...]] = {"unet": ("y",)}
 
 _STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "unet": (("sample", "timestep", "encoder_hidden_states"), ("out_sample",)),

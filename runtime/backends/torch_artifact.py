@@ -30,6 +30,8 @@ TORCH_STAGE_CLASSES: dict[str, tuple[str, str]] = {
     "T5EncoderModel": ("transformers", "T5EncoderModel"),
     "UNet2DConditionModel": ("diffusers", "UNet2DConditionModel"),
     "AutoencoderKL": ("diffusers", "AutoencoderKL"),
+    "SD3Transformer2DModel": ("diffusers", "SD3Transformer2DModel"),
+    "FluxTransformer2DModel": ("diffusers", "FluxTransformer2DModel"),
 }
 
 
@@ -80,6 +82,10 @@ def load_torch_stage(folder: Path, name: str, kind: str, info: dict[str, Any],
             f"pip install 'comfyc[compiler,cpu]'") from None
     module.load_state_dict(load_file(str(folder / "model.safetensors")))
     module.eval()
+    if payload.get("wrapper") is not None:
+        from .torch_dit import wrap_transformer
+
+        module = wrap_transformer(module)
     if kind == "unet":
         return TorchUNet(name, module, info, compile=compile, device=device)
     if kind == "text_encoder":
