@@ -151,9 +151,9 @@ def render(name: str, *, file: str = "workflow.cfy", ckpt: str | None = None,
     if not template.tiny:
         note = template.text().splitlines()[1].lstrip("# ").strip()
         if ckpt is not None:
-            first = _first_checkpoint(body, file)
-            body = _rewrite(body, lambda graph: _replace_files(graph, "checkpoints", first,
-                                                               ckpt), file)
+            folder, first = _first_checkpoint(body, file)
+            body = _rewrite(body, lambda graph: _replace_files(graph, folder, first, ckpt),
+                            file)
             note = f"For checkpoint {ckpt} from the models folder (--models-dir or\n" \
                    f"# $COMFYC_MODELS)."
         if lora is not None:
@@ -177,19 +177,21 @@ def _rewrite(text: str, edit: Callable[[object], None], file: str) -> str:
     return rewrite_source(text, edit, file)  # type: ignore[arg-type]
 
 
-def _first_checkpoint(text: str, file: str) -> str | None:
-    """The first checkpoint name a workflow loads."""
+def _first_checkpoint(text: str, file: str) -> tuple[str, str | None]:
+    """The models folder and name of the first checkpoint a workflow loads (its diffusion
+    model when it loads no checkpoint: UNETLoader)."""
     from comfyc.compiler.catalog import default_catalog
     from comfyc.frontends.dsl import parse_dsl
 
     catalog = default_catalog()
     graph = parse_dsl(text, file, catalog)
-    for node in graph.nodes:
-        schema = catalog.get(node.class_type)
-        for spec in schema.inputs if schema is not None else []:
-            if spec.files == "checkpoints" and isinstance(node.inputs.get(spec.name), str):
-                return node.inputs[spec.name]
-    return None
+    for folder in ("checkpoints", "diffusion_models"):
+        for node in graph.nodes:
+            schema = catalog.get(node.class_type)
+            for spec in schema.inputs if schema is not None else []:
+                if spec.files == folder and isinstance(node.inputs.get(spec.name), str):
+                    return folder, node.inputs[spec.name]
+    return "checkpoints", None
 
 
 def _replace_files(graph: object, folder: str, old: str | None, new: str) -> None:
