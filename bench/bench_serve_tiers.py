@@ -90,7 +90,7 @@ class Server:
         raise RuntimeError("the server did not start:\n" + self.log.read_text()[-2000:])
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+        with urllib.request.urlopen(self.url + path, timeout=120) as response:
             return json.load(response)
 
     def tiers(self) -> dict[str, Any]:

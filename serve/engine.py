@@ -68,7 +68,7 @@ from .redact import Redactor
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["BYTES_PER_PIXEL", "BYTES_PER_TOKEN_PAIR", "COMPILE_NICENESS",
+__all__ = ["BYTES_PER_PIXEL", "BYTES_PER_TOKEN_PAIR", "COMPILE_IDLE_S", "COMPILE_NICENESS",
            "DEFAULT_CACHE_ARTIFACTS", "DEFAULT_CACHE_BYTES", "DEFAULT_MEMORY_BUDGET",
            "FAILED_TTL_S", "FIRST_RUN_MODES", "RUNTIME_INPUTS", "CompileFailed", "Engine",
            "Prepared", "PromptRejected", "Validated", "compile_prompt", "estimate_memory",
@@ -92,6 +92,8 @@ MAX_TORCH_CHECKPOINTS = 2
 FIRST_RUN_MODES = ("torch", "compile")
 #: Niceness of background compiles: the prompts running meanwhile get the CPU first.
 COMPILE_NICENESS = 10
+#: Seconds the compile process waits for another shape before it exits (freeing its memory).
+COMPILE_IDLE_S = 300.0
 #: Compiled artifacts kept in the cache folder, by total size and by count (LRU beyond).
 DEFAULT_CACHE_BYTES = 10 * 1024**3
 DEFAULT_CACHE_ARTIFACTS = 64
@@ -990,41 +992,64 @@ class Engine:
                         _log.debug("reporting a compile failed", exc_info=True)
 
     def _compile_in_child(self, prompt: dict[str, Any], path: Path) -> None:
-        """Compile in a child process at lower priority (:data:`COMPILE_NICENESS`).
+        """Compile in the compile process (:mod:`.compile_job`), started on first use at
+        lower priority (:data:`COMPILE_NICENESS`) and kept for the next shapes until it has
+        been idle for :data:`COMPILE_IDLE_S`.
 
-        NOTE: a child, not a thread: exporting holds the GIL for long stretches (a thread
-        would stall the prompts running on the torch tier), its memory goes back to the
-        system when it exits, and the server can stop it.
+        NOTE: a process, not a thread: exporting holds the GIL for long stretches (a thread
+        would stall the prompts running on the torch tier meanwhile), its memory goes back
+        to the system when it exits, and the server can stop it. One process for many
+        compiles: its imports (PyTorch, diffusers, onnx: seconds) are paid once.
 
         Raises:
-            WorkflowError: The compile failed (with the child's message).
+            WorkflowError: The compile failed (with the compile process's message).
         """
         from comfyc.compiler.errors import WorkflowError
 
         request = {"prompt": prompt, "path": str(path), "backend": self.backend,
                    "models_dir": self.models_dir, "input_dir": str(self.input_dir),
-                   "output_dir": str(self.output_dir) if self.output_dir else None,
-                   "nice": COMPILE_NICENESS, "parent": os.getpid()}
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        child = subprocess.Popen([sys.executable, "-m", "comfyc.serve.compile_job"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, env=env)
-        with self._lock:
-            self._child = child
-        try:
-            out, _ = child.communicate(json.dumps(request).encode())
-        finally:
-            with self._lock:
-                self._child = None
-        if child.returncode == 0:
+                   "output_dir": str(self.output_dir) if self.output_dir else None}
+        for attempt in range(2):
+            child = self._compile_process()
+            try:
+                assert child.stdin is not None and child.stdout is not None
+                child.stdin.write((json.dumps(request) + "\n").encode())
+                child.stdin.flush()
+                answer = None
+                for raw in child.stdout:
+                    line = raw.decode("utf-8", "replace").strip()
+                    if line.startswith('{"done":'):
+                        answer = json.loads(line)
+                        break
+                    _log.debug("compile %s: %s", path.name, line)
+            except (OSError, ValueError):
+                answer = None
+            if answer is None:
+                # The process died (or idled out as the request was sent): once more in a
+                # new one; a second death is this compile's doing.
+                child.kill()
+                child.wait()
+                if attempt or self._closed:
+                    raise WorkflowError(f"the compile process exited with {child.returncode}")
+                continue
+            if answer.get("error"):
+                raise WorkflowError(str(answer["error"]))
             return
-        message = f"the compile process exited with {child.returncode}"
-        for line in reversed(out.decode("utf-8", "replace").splitlines()):
-            if line.startswith('{"error":'):
-                with contextlib.suppress(ValueError):
-                    message = json.loads(line)["error"]
-                break
-        raise WorkflowError(message)
+
+    def _compile_process(self) -> subprocess.Popen[bytes]:
+        """The running compile process, or a new one."""
+        with self._lock:
+            child = self._child
+            if child is not None and child.poll() is None:
+                return child
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            child = subprocess.Popen(
+                [sys.executable, "-m", "comfyc.serve.compile_job", "--parent", str(os.getpid()),
+                 "--nice", str(COMPILE_NICENESS), "--idle-exit", str(COMPILE_IDLE_S)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=env)
+            self._child = child
+            return child
 
     def tier_stats(self) -> dict[str, Any]:
         """The tiers' state for ``/system_stats``: mode, torch programs, compiles."""
