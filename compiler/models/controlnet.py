@@ -129,8 +129,10 @@ What the runtime must do around the stages (ComfyUI's behaviour; ``comfy/control
    (SD1: after the last resnet of each of the 4 levels; SDXL: after level 0's downsampler, after
    the last resnets of levels 1 and 2, and to the mid-block output), which is where diffusers adds
    them *only* for UNets with 2 resnets per level (all published SD1/SD2/SDXL UNets);
-   `check_adapter_fits` refuses other UNets. A hint of batch 1 gives features of batch 1 that
-   broadcast over the UNet batch.
+   `check_adapter_fits` refuses other UNets. A hint of batch 1 gives features of batch 1, which
+   ComfyUI broadcasts over the UNet batch; **expand them to the UNet's batch** before diffusers'
+   UNet: it adds the SDXL adapter's mid feature only when its shape, batch included, equals the
+   mid-block output's (otherwise it silently skips it).
 9. **Dtypes.** ComfyUI runs the ControlNet in its own dtype (fp16 on GPUs) and adds the
    residuals to the UNet's activations; on the CPU everything is float32.
 

@@ -589,3 +589,59 @@ def test_control_lora(files: dict[str, Path], tmp_path: Path) -> None:
         assert torch.allclose(value, want, atol=1e-6), name
     assert checked > 20
     assert float(loaded.stage()(**_inputs(loaded))[0].abs().mean()) > 0
+
+
+def test_sdxl_adapter_features_need_the_unet_batch(tmp_path: Path, files: dict[str, Path]) -> None:
+    """diffusers adds the SDXL adapter's mid feature only at the UNet's batch (docstring, 8)."""
+    from comfyc.compiler.models.sdxl import SdxlUNet
+    from comfyc.compiler.models.single_file import load_checkpoint
+
+    path = write_adapter_host_checkpoint(tmp_path / "host_xl.safetensors", "sdxl",
+                                         dtype=torch.float32)
+    unet = SdxlUNet(load_checkpoint(path).unet)
+    generator = torch.Generator().manual_seed(5)
+    x, context = torch.randn(2, 4, 5, 7, generator=generator), torch.randn(2, 9, 192)
+    y, t = torch.randn(2, 1664, generator=generator), torch.tensor([500.0, 20.0])
+    features = load_controlnet(files["t2i_sdxl_full_comfy"]).stage()(torch.rand(1, 3, 48, 64))
+    with torch.no_grad():
+        expanded = unet(x, t, context, y, down_intrablock_additional_residuals=[
+            f.expand(2, -1, -1, -1) for f in features])
+        no_mid = unet(x, t, context, y, down_intrablock_additional_residuals=[
+            *(f.expand(2, -1, -1, -1) for f in features[:3]), torch.zeros(1)])
+        batch_one = unet(x, t, context, y, down_intrablock_additional_residuals=list(features))
+    assert not torch.allclose(expanded, no_mid)
+    assert torch.equal(batch_one, no_mid)
+
+
+def test_stages_export_to_onnx(files: dict[str, Path], tmp_path: Path) -> None:
+    """Both stages export (legacy exporter, dynamic sizes) and run at other sizes in ORT."""
+    import warnings
+
+    ort = pytest.importorskip("onnxruntime")
+    controlnet = load_controlnet(files["cn_sd1_comfy"])
+    adapter = load_controlnet(files["t2i_sd1_full_comfy"])
+    cases = [
+        (controlnet.stage(), ["x", "hint", "timestep", "context"],
+         lambda h, w: list(_inputs(controlnet, height=h, width=w, seed=h).values())),
+        (adapter.stage(), ["hint"], lambda h, w: [torch.rand(1, 3, 8 * h, 8 * w)]),
+    ]
+    for stage, names, make in cases:
+        outputs = stage.output_names()
+        axes = {n: {0: f"{n}_b", 2: f"{n}_h", 3: f"{n}_w"} for n in (*names, *outputs)
+                if n not in ("timestep", "context")}
+        axes["context"] = {0: "context_b"}
+        axes["timestep"] = {0: "timestep_b"}
+        path = tmp_path / f"{names[0]}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(stage, tuple(make(5, 7)), str(path), dynamo=False,
+                              opset_version=18, input_names=names, output_names=outputs,
+                              dynamic_axes={k: v for k, v in axes.items() if k in
+                                            (*names, *outputs)})
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for height, width in ((5, 7), (8, 6)):
+            args = make(height, width)
+            with torch.no_grad():
+                want = stage(*args)
+            got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+            assert max(float(abs(g - w.numpy()).max()) for g, w in zip(got, want)) < 1e-4
