@@ -61,6 +61,7 @@ TEMPLATES: dict[str, Template] = {
     "lora": Template("lora.cfy"),
     "area": Template("area.cfy"),
     "custom-sampling": Template("custom_sampling.cfy"),
+    "upscale": Template("esrgan_hires_fix.cfy"),
     "sdxl": Template("sdxl_txt2img.cfy", tiny=False),
     "sdxl-refiner": Template("sdxl_refiner.cfy", tiny=False),
     "sdxl-turbo": Template("sdxl_turbo.cfy", tiny=False),

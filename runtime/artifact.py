@@ -366,7 +366,8 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
         from .backends import ort
 
         classes = {"unet": ort.OrtUNet, "text_encoder": ort.OrtTextEncoder,
-                   "vae_decoder": ort.OrtVaeDecoder, "vae_encoder": ort.OrtVaeEncoder}
+                   "vae_decoder": ort.OrtVaeDecoder, "vae_encoder": ort.OrtVaeEncoder,
+                   "upscale": ort.OrtUpscale}
         ort_options = {key: value for key, value in options.items() if key in _ORT_OPTIONS}
         precision = ort_options.pop("precision", None)
         if entry.optimized:

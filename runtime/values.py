@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .backends.base import Stage
 
-__all__ = ["ModelRef", "ClipRef", "TextEncoderRef", "VaeRef", "replace", "FAMILIES",
-           "model_sampling_from_json"]
+__all__ = ["ModelRef", "ClipRef", "TextEncoderRef", "VaeRef", "UpscaleModelRef", "replace",
+           "FAMILIES", "model_sampling_from_json"]
 
 #: Model families the runtime knows how to condition (their UNet inputs and prompt rules).
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux")
@@ -167,4 +167,31 @@ class VaeRef:
 
     decoder: Stage | None
     encoder: Stage | None
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class UpscaleModelRef:
+    """An UPSCALE_MODEL: the bare network stage and spandrel's facts ComfyUI's node uses.
+
+    Attributes:
+        stage: ``upscale(image [1,C,h,w]) -> [1,C',h·s,w·s]`` (no padding, no clamp).
+        scale: Output pixels per input pixel.
+        in_channels: Input channels.
+        out_channels: Output channels.
+        size_minimum: Smallest input side (smaller tiles are padded).
+        size_multiple: Sides are padded to a multiple of this.
+        network_multiple: A multiple the network pads to itself (SwinIR's window).
+        architecture: ``ESRGAN``, ``Compact`` or ``SwinIR``.
+        name: The file, for messages.
+    """
+
+    stage: Stage | None
+    scale: int
+    in_channels: int = 3
+    out_channels: int = 3
+    size_minimum: int = 0
+    size_multiple: int = 1
+    network_multiple: int = 1
+    architecture: str = ""
     name: str = ""

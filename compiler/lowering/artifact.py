@@ -167,13 +167,17 @@ class _Recorder:
 #: Stage kinds the probe does not run: their outputs' shapes follow from the inputs', and
 #: their values cannot change which stages run or with which shapes. (A real VAE decode of a
 #: 512 px SD1.5 image took 112 s of a 411 s compile on this 2-core box.)
-_FAKE_KINDS = ("unet", "vae_decoder", "vae_encoder")
+_FAKE_KINDS = ("unet", "vae_decoder", "vae_encoder", "upscale")
 
 
 def _fake_output(kind: str, stage: Any, info: Mapping[str, Any], first: np.ndarray
                  ) -> np.ndarray:
     """Zeros of the shape a ``kind`` stage returns for input ``first``."""
     batch = first.shape[0]
+    if kind == "upscale":
+        scale = int(info.get("scale", 1))
+        return np.zeros((batch, int(info.get("out_channels", first.shape[1])),
+                         first.shape[2] * scale, first.shape[3] * scale), dtype=np.float32)
     if kind == "unet":
         channels = int(info.get("out_channels", 4))
         return np.zeros((batch, channels, *first.shape[2:]), dtype=np.float32)
@@ -241,7 +245,7 @@ def _probe(program: Any, input_dir: str, output_dir: str | None = None) -> dict[
         else:
             rec = _Recorder(stage, fake=stage.kind in _FAKE_KINDS
                             and hasattr(getattr(stage, "module", None), "config")
-                            or stage.kind == "unet")
+                            or stage.kind in ("unet", "upscale"))
         recorders[name] = rec
         program.stages[name] = rec
     try:
@@ -756,6 +760,10 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
             entry.variants["step_cache_shallow"] = f"stages/{shallow.name}"
             entry.info["step_cache"] = {"interval": int(options.step_cache or 1),
                                         "skip": options.step_cache_skip, "approximate": True}
+        elif kind == "upscale":
+            from .dit_export import export_upscale
+
+            facts = export_upscale(module, path, rec.info)
         elif info_wants_flow_export(kind, rec.info):
             # SD3 / Flux transformers and their text encoders (compiler/lowering/dit_export).
             if kind == "unet":

@@ -1,5 +1,5 @@
-"""ONNX export of the flow-matching families' stages: SD3's MMDiT and Flux as the diffusion
-stage, and their text encoders (CLIP with ComfyUI's unprojected pooled output, T5).
+"""ONNX export of the newer stage kinds: SD3's MMDiT and Flux as the diffusion stage, their
+text encoders (CLIP with ComfyUI's unprojected pooled output, T5), and upscale networks.
 
 Both go through :func:`comfyc.compiler.lowering.onnx_export._export` (weights streamed one
 tensor at a time, external data above 100 MB, float16 storage options), with the inputs the
@@ -17,6 +17,8 @@ T5             ``input_ids [B,L]`` (L free: 77/256 or longer) → ``last_hidden_
                pooled_output`` (zeros ``[B,1]``: T5 has none)
 =============  ===================================================================
 
+Upscale models (ESRGAN, Compact, SwinIR) are exported here too, by their loader's function.
+
 A transformer is exported at one latent size: Flux's rotary position table and both models'
 patch padding are computed from the shape while tracing, so the graph holds them for that
 size. A workflow sampling at several sizes keeps this stage on PyTorch (the artifact says why).
@@ -30,7 +32,7 @@ from typing import Any
 
 from .onnx_export import ExportError, Progress, _export, _require_torch
 
-__all__ = ["export_dit", "export_flow_text_encoder"]
+__all__ = ["export_dit", "export_flow_text_encoder", "export_upscale"]
 
 
 def export_dit(
@@ -207,3 +209,16 @@ def info_wants_flow_export(kind: str, info: Mapping[str, Any]) -> bool:
     if kind == "text_encoder":
         return "projected" in info or info.get("tokenizer") == "t5"
     return False
+
+
+def export_upscale(network: Any, path: str | Path, info: Mapping[str, Any]) -> dict[str, Any]:
+    """An upscale model's bare network as the ``upscale`` stage (dynamic height and width;
+    :func:`comfyc.compiler.models.upscale.export_upscale_onnx`), from the stage's facts."""
+    from comfyc.compiler.models.upscale import UpscaleModel, UpscaleSpec, export_upscale_onnx
+
+    spec = UpscaleSpec(str(info.get("architecture", "")), int(info.get("scale", 1)),
+                       int(info.get("in_channels", 3)), int(info.get("out_channels", 3)),
+                       int(info.get("size_minimum", 0)), int(info.get("size_multiple", 1)),
+                       int(info.get("network_multiple", 1)))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return export_upscale_onnx(UpscaleModel(network, spec), path)

@@ -241,6 +241,19 @@ class TorchModelCache:
             self.loaded[key] = load_vae(path)
         return self.loaded[key]
 
+    def upscale(self, name: str) -> Any:
+        """An upscale model by ComfyUI name (:class:`~comfyc.compiler.models.upscale.
+        UpscaleModel`: the network and spandrel's facts)."""
+        from comfyc.runtime.model_paths import resolve
+
+        from ..models.upscale import load_upscale_model
+
+        path = resolve("upscale_models", name, self.models_dir)
+        key = f"upscale:{path}"
+        if key not in self.loaded:
+            self.loaded[key] = load_upscale_model(path)
+        return self.loaded[key]
+
     def merged(self, checkpoint: str, loras: tuple[tuple[str, float, float], ...] | list[Any]
                ) -> dict[str, Any]:
         """The components of a checkpoint (``unet``, ``text_encoder``, ``text_encoder_2``)
@@ -547,6 +560,21 @@ class Lowering:
             else:
                 self.stages[name] = _LayerEncoders(name, module, info)
         return out
+
+    def upscale_stage(self, key: str, model: Any) -> str:
+        """The network stage of an upscale model (made once per file)."""
+        from comfyc.runtime.backends.torch import TorchUpscale
+
+        name = f"upscale_{key}"
+        if name not in self.stages:
+            spec = model.spec
+            info = {"architecture": spec.architecture, "scale": int(spec.scale),
+                    "in_channels": int(spec.in_channels), "out_channels": int(spec.out_channels),
+                    "size_minimum": int(spec.size_minimum),
+                    "size_multiple": int(spec.size_multiple),
+                    "network_multiple": int(spec.network_multiple)}
+            self.stages[name] = TorchUpscale(name, model.network, info)
+        return name
 
     def vae_stages(self, key: str, vae: Any) -> tuple[str, str]:
         """Decoder and encoder stages of a VAE module (made once per key)."""

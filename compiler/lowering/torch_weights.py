@@ -20,6 +20,11 @@ def save_torch_stage(module: Any, kind: str, folder: Path) -> None:
     """
     from safetensors.torch import save_file
 
+    if kind == "upscale":
+        from .onnx_export import ExportError
+
+        raise ExportError("upscale models run as ONNX stages only (no stored torch stage); "
+                          "compile for an onnxruntime backend")
     folder.mkdir(parents=True, exist_ok=True)
     wrapper = None
     if kind == "unet" and hasattr(module, "transformer") and not hasattr(module, "config"):

@@ -157,6 +157,22 @@ def _lower_vae(node: Node, lowering: Any) -> list[Any]:
                                     "vae_encoder": {"$stage": enc}, "name": name}, node.title)]
 
 
+def _lower_upscale(node: Node, lowering: Any) -> list[Any]:
+    """``UpscaleModelLoader`` → the network stage + ``LoadUpscaleModel``."""
+    from comfyc.runtime.program import Op
+
+    name = lowering.const_input(node, "model_name")
+    model = lowering.load(node, "model_name", lowering.cache.upscale)
+    stage = lowering.upscale_stage(hashlib.sha1(name.encode()).hexdigest()[:10], model)
+    spec = model.spec
+    return [Op(node.id, "LoadUpscaleModel", {
+        "stage": {"$stage": stage}, "scale": int(spec.scale),
+        "in_channels": int(spec.in_channels), "out_channels": int(spec.out_channels),
+        "size_minimum": int(spec.size_minimum), "size_multiple": int(spec.size_multiple),
+        "network_multiple": int(spec.network_multiple), "architecture": spec.architecture,
+        "name": name}, node.title)]
+
+
 def _lower_lora(node: Node, lowering: Any) -> list[Any]:
     """A LoRA loader → an ``ApplyLoRA`` op that swaps in new UNet / text-encoder stages.
 
@@ -207,6 +223,7 @@ RULES: dict[str, CompileRule] = {
     "CLIPLoader": CompileRule(lower=_lower_clip, origin=_clip_origin),
     "DualCLIPLoader": CompileRule(lower=_lower_clip, origin=_clip_origin),
     "TripleCLIPLoader": CompileRule(lower=_lower_clip, origin=_clip_origin),
+    "UpscaleModelLoader": CompileRule(lower=_lower_upscale),
     "LoraLoader": CompileRule(lower=_lower_lora, lora_sides=(_MODEL, _CLIP)),
     "LoraLoaderModelOnly": CompileRule(lower=_lower_lora, lora_sides=(_MODEL,)),
 }

@@ -37,6 +37,7 @@ __all__ = [
     "OrtSession",
     "OrtTextEncoder",
     "OrtUNet",
+    "OrtUpscale",
     "OrtVaeDecoder",
     "OrtVaeEncoder",
     "ProviderSpec",
@@ -95,6 +96,7 @@ _STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "unet": (("sample", "timestep", "encoder_hidden_states"), ("out_sample",)),
     "text_encoder": (("input_ids",), ("last_hidden_state", "pooled_output")),
     "vae_decoder": (("latent",), ("image",)),
+    "upscale": (("image",), ("upscaled",)),
     "vae_encoder": (("image",), ("latent",)),
 }
 
@@ -543,6 +545,23 @@ class OrtVaeEncoder(_OrtStage):
 
     def forward(self, image: np.ndarray) -> np.ndarray:
         return self._run(image)[0]
+
+
+class OrtUpscale(_OrtStage):
+    """``upscale(image [1,C,h,w]) -> [1,C',h·s,w·s]``: an upscale model's bare network
+    (dynamic height and width; the caller pads and clamps).
+
+    Args:
+        name: The stage name in the program.
+        model: The ``.onnx`` path or an :class:`OrtSession`.
+        **options: As for :class:`OrtUNet`.
+    """
+
+    def __init__(self, name: str, model: str | Path | OrtSession, **options: Any) -> None:
+        super().__init__(name, "upscale", model, **options)
+
+    def forward(self, image: np.ndarray) -> np.ndarray:
+        return self._run(np.asarray(image, dtype=np.float32))[0]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -15,7 +15,7 @@ import numpy as np
 from .base import BackendError, Stage
 
 __all__ = ["require_torch", "require_cuda", "TorchUNet", "TorchTextEncoder", "TorchVaeDecoder",
-           "TorchVaeEncoder", "adm_unet", "ADM_TIME_EMBED_DIM"]
+           "TorchVaeEncoder", "TorchUpscale", "adm_unet", "ADM_TIME_EMBED_DIM"]
 
 #: Width of each sinusoidal size embedding in SDXL's ADM vector ``y``.
 ADM_TIME_EMBED_DIM = 256
@@ -249,3 +249,18 @@ class TorchVaeEncoder(_TorchStage):
         with self.torch.inference_mode():
             dist = self.method(self._tensor(image), return_dict=False)[0]
         return self._numpy(dist.mean)
+
+
+class TorchUpscale(_TorchStage):
+    """``upscale(image [1,C,h,w] in [0,1]) -> [1,C',h·s,w·s]``: an upscale network's
+    ``forward_unpadded`` (the caller pads and clamps, as for the ONNX stage)."""
+
+    def __init__(self, name: str, module: Any, info: dict[str, Any] | None = None,
+                 compile: bool = False, device: str = "cpu") -> None:
+        super().__init__(name, "upscale", module, info, compile, device)
+        self.method = getattr(self.module, "forward_unpadded", self.module)
+
+    def forward(self, image: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            out = self.method(self._tensor(image))
+        return self._numpy(out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .registry import NodeDef, lazy_op
+from .registry import NodeDef, StageCall, lazy_op
 from .schema import (
     MAX_RESOLUTION,
     combo,
@@ -29,8 +29,23 @@ __all__ = ["NODES", "IMAGE_UPSCALE_METHODS"]
 
 #: ``upscale_method`` choices of the ImageScale nodes, in ComfyUI's order.
 IMAGE_UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
-_NOT_YET_UPSCALE = ("upscale models (ESRGAN, SwinIR …) are not supported by comfyc yet; use "
-                    "ImageScale/ImageScaleBy or run this workflow in ComfyUI")
+
+
+def _image_upscale_with_model(ctx: Any, *, upscale_model: Any, image: np.ndarray
+                              ) -> tuple[Any, ...]:
+    """``ImageUpscaleWithModel``: ComfyUI's 512-pixel tiles (overlap 32) through the model's
+    network stage, each tile padded as spandrel pads it (:mod:`comfyc.runtime.ops.tiles`)."""
+    from ..errors import ProgramError
+    from ..ops.tiles import upscale_with_model
+
+    model = upscale_model
+    if getattr(model, "stage", None) is None:
+        raise ProgramError("ImageUpscaleWithModel's upscale_model has no network stage in this "
+                           "program; compile the workflow again")
+    return (upscale_with_model(image, model.stage, model.scale, minimum=model.size_minimum,
+                               multiple_of=model.size_multiple,
+                               network_multiple=model.network_multiple,
+                               out_channels=model.out_channels),)
 
 
 def _load_image(ctx: Any, *, image: str, **_: Any) -> tuple[Any, ...]:
@@ -206,5 +221,6 @@ NODES: list[NodeDef] = [
         link("upscale_model", "UPSCALE_MODEL"), link("image", "IMAGE"),
     ], outputs("IMAGE"), "Upscale Image (using Model)", "image/upscaling",
         python_module="comfy_extras.nodes_upscale_model"),
-        check_only=_NOT_YET_UPSCALE, binding="upscaled"),
+        run=_image_upscale_with_model, calls=(StageCall("upscale", "upscale_model"),),
+        binding="upscaled"),
 ]

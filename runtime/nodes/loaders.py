@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..values import ClipRef, ModelRef, TextEncoderRef, VaeRef
+from ..values import ClipRef, ModelRef, TextEncoderRef, UpscaleModelRef, VaeRef
 from .registry import NodeDef, OpFn
 from .schema import combo, files, float_input, link, outputs, schema
 
@@ -20,8 +20,6 @@ __all__ = ["NODES", "PROGRAM_OPS", "clip_from_args"]
 
 _NOT_YET_CONTROL = ("ControlNet and T2I-Adapter models are not supported by comfyc yet; run "
                     "this workflow in ComfyUI or remove the ControlNet nodes")
-_NOT_YET_UPSCALE = ("upscale models (ESRGAN, SwinIR …) are not supported by comfyc yet; use "
-                    "ImageScale/ImageScaleBy or run this workflow in ComfyUI")
 
 
 # ------------------------------------------------------------------------ program ops
@@ -88,6 +86,16 @@ def load_diffusion_model(ctx: Any, *, unet: Any, model_sampling: Any = None,
                        latent_channels, family, name),)
 
 
+def load_upscale_model(ctx: Any, *, stage: Any, scale: int, in_channels: int = 3,
+                       out_channels: int = 3, size_minimum: int = 0, size_multiple: int = 1,
+                       network_multiple: int = 1, architecture: str = "", name: str = ""
+                       ) -> tuple[Any, ...]:
+    """``LoadUpscaleModel`` (UpscaleModelLoader): an UPSCALE_MODEL over its network stage."""
+    return (UpscaleModelRef(stage, int(scale), int(in_channels), int(out_channels),
+                            int(size_minimum), int(size_multiple), int(network_multiple),
+                            str(architecture), name),)
+
+
 def load_clip(ctx: Any, *, clip: Mapping[str, Any], family: str = "flux", name: str = ""
               ) -> tuple[Any, ...]:
     """``LoadCLIP`` (CLIPLoader, DualCLIPLoader, TripleCLIPLoader): a CLIP handle."""
@@ -140,6 +148,7 @@ PROGRAM_OPS: dict[str, OpFn] = {
     "LoadVAE": load_vae,
     "LoadDiffusionModel": load_diffusion_model,
     "LoadCLIP": load_clip,
+    "LoadUpscaleModel": load_upscale_model,
     "ApplyLoRA": apply_lora,
 }
 
@@ -205,5 +214,5 @@ NODES: list[NodeDef] = [
     NodeDef(schema("UpscaleModelLoader", [files("model_name", "upscale_models")],
                    outputs("UPSCALE_MODEL"), "Load Upscale Model", "loaders",
                    python_module="comfy_extras.nodes_upscale_model"),
-            check_only=_NOT_YET_UPSCALE),
+            lowered_to="LoadUpscaleModel", binding="upscaler"),
 ]
