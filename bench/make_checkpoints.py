@@ -11,7 +11,13 @@ named ``synthetic-<family>-<size>-s<seed>.safetensors``. ``--diffusers`` writes 
 folder beside each file (same weights; ``<file stem>-diffusers/``). ``--split`` (SD3/Flux) writes
 the separate files users keep instead of one checkpoint, into ComfyUI's ``models/`` layout under
 ``-o``: ``diffusion_models/``, ``text_encoders/``, ``vae/``. ``large`` (SD3.5 large, Flux) is the
-published width with fewer blocks. Each line of output gives the parameter count, the write time
+published width with fewer blocks. ``--control controlnet|t2i|t2i-light`` writes ControlNets or
+T2I-Adapters instead, for the families ``sd1`` and ``sdxl`` (``tiny`` ones fit the tiny checkpoints;
+``--layout comfy|diffusers|folder``; ``comfyc.compiler.models.controlnet_synthetic``):
+
+    python bench/make_checkpoints.py sd1 sdxl --control controlnet --size tiny -o models/controlnet/
+
+Each line of output gives the parameter count, the write time
 and the size; ``--json`` prints them as JSON too. The weights are a pure function of the seed
 (``comfyc.compiler.models.synthetic``).
 """
@@ -63,9 +69,60 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", action="store_true",
                         help="SD3/Flux: write the diffusion model, text encoders and VAE as "
                              "separate files in a models/ folder layout under -o")
+    parser.add_argument("--control", choices=("controlnet", "t2i", "t2i-light"),
+                        help="write ControlNets / T2I-Adapters for the families sd1, sdxl")
+    parser.add_argument("--layout", choices=("comfy", "diffusers", "folder"), default="comfy",
+                        help="--control files: ComfyUI names, diffusers names, or a folder")
     parser.add_argument("--list", action="store_true", help="list the families and exit")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     return parser.parse_args(argv)
+
+
+def dtype_of(torch: Any, name: str) -> Any:
+    """The torch dtype of a --dtype choice."""
+    return {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16,
+            "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[name]
+
+
+def _write_controls(args: argparse.Namespace, dtype: Any) -> int:
+    """--control: seeded ControlNets / T2I-Adapters (one file or folder per family)."""
+    from comfyc.compiler.models.controlnet_synthetic import (
+        CONTROL_FAMILIES,
+        write_controlnet,
+        write_t2i_adapter,
+    )
+
+    names = list(CONTROL_FAMILIES) if args.families == ["all"] else args.families
+    if not names or any(n not in CONTROL_FAMILIES for n in names) or args.size == "large":
+        print(f"error: --control takes the families {list(CONTROL_FAMILIES)} (or 'all') and "
+              f"the sizes tiny, full; got {names} {args.size}", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    single = len(names) == 1 and (output.suffix == ".safetensors" or args.layout == "folder"
+                                  and not output.is_dir())
+    results: list[dict[str, Any]] = []
+    for name in names:
+        stem = f"synthetic-{args.control}-{name}-{args.size}-s{args.seed}"
+        path = output if single else output / (
+            stem if args.layout == "folder" else stem + ".safetensors")
+        start = time.perf_counter()
+        if args.control == "controlnet":
+            written = write_controlnet(path, name, args.size, seed=args.seed, dtype=dtype,
+                                       jitter=args.jitter, layout=args.layout)
+        else:
+            written = write_t2i_adapter(path, name, args.size, seed=args.seed, dtype=dtype,
+                                        jitter=args.jitter, layout=args.layout,
+                                        kind="light" if args.control == "t2i-light" else "full")
+        seconds = time.perf_counter() - start
+        size = _folder_size(written) if written.is_dir() else os.path.getsize(written)
+        results.append({"family": name, "control": args.control, "size": args.size,
+                        "layout": args.layout, "path": str(written), "bytes": size,
+                        "seconds": seconds})
+        print(f"{name:14} {args.control} {args.size}: {written} {size / 1e6:.1f} MB in "
+              f"{seconds:.1f} s", flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         write_split_files,
     )
 
+    if args.control and not args.list:
+        return _write_controls(args, dtype_of(torch, args.dtype))
     if args.list:
         for name, family in FAMILIES.items():
             print(f"{name:14} {family.description} (sizes: {', '.join(family.specs)})")
@@ -92,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown or missing family {unknown or names}; expected some of "
               f"{family_names()} or 'all'", file=sys.stderr)
         return 2
-    dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16,
-             "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[args.dtype]
+    dtype = dtype_of(torch, args.dtype)
     missing = [n for n in names if args.size not in FAMILIES[n].specs]
     if missing:
         print(f"error: {missing} have no size {args.size!r}", file=sys.stderr)

@@ -143,6 +143,7 @@ VAE-encoded hints (``latent_format``: SD3/Flux/Cascade ControlNets), union Contr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -382,9 +383,10 @@ class DetectedControl:
         variant: None, ``"diff"`` (weights are deltas to the MODEL's UNet) or
             ``"control_lora"`` (built on the MODEL's UNet).
         config: Constructor arguments of the diffusers module (``ControlNetModel`` or
-            ``T2IAdapter``); None for a Control-LoRA (it takes the UNet's).
+            ``T2IAdapter``); for a Control-LoRA None until loaded on a UNet (the UNet's).
         family: ``"sd1"``, ``"sd2"``, ``"sdxl"`` or ``"sdxl_refiner"``: the models it combines
-            with (from context width, ``proj_in`` kind and ADM width, or the adapter type).
+            with (from context width, ``proj_in`` kind and ADM width, or the adapter type; a
+            Control-LoRA's is a guess until it is loaded on the MODEL's UNet).
         facts: Detection facts in ComfyUI's vocabulary (``context_dim``, ``model_channels``,
             ``transformer_depth``, ``transformer_depth_middle``, ``adm_in_channels``,
             ``hint_channels``, ``num_heads``/``num_head_channels``, ...; for adapters
@@ -1040,6 +1042,11 @@ def controlnet_from_state_dict(
                 "UNet>))"
             )
         module = _control_lora(state, unet, dtype, detected)
+        adm = getattr(unet.config, "projection_class_embeddings_input_dim", None)
+        # NOTE: the architecture and family are the MODEL's.
+        detected = dataclasses.replace(detected, config=_module_config(module), family=_family(
+            int(unet.config.cross_attention_dim), bool(unet.config.use_linear_projection),
+            adm if unet.config.addition_embed_type == "text_time" else None))
         return LoadedControlNet(module, detected, pooling)
     if detected.layout == "diffusers":
         ldm = _controlnet_to_ldm(state)
@@ -1079,8 +1086,7 @@ def _load_folder(folder: Path, dtype: torch.dtype | None,
     _refuse_other(state)
     if kind == "T2IAdapter":
         module = _build_adapter(config)
-        _, facts = infer_t2i_config(_t2i_to_ldm(state)[0]) if config.get(
-            "adapter_type") != "light_adapter" else ({}, {"xl": False})
+        _, facts = infer_t2i_config(_t2i_to_ldm(state)[0])
         family = "sdxl" if config.get("adapter_type") == "full_adapter_xl" else "sd1"
         module = _populate(module, {k: _own(v, dtype) for k, v in state.items()}, "T2I-Adapter")
         detected = DetectedControl("t2i_adapter", "folder", None, _module_config(module),
@@ -1123,12 +1129,25 @@ def load_controlnet(
     Raises:
         ModelFormatError: Missing, unsupported or damaged files, with what to do about them.
     """
+    from comfyc.compiler.models.single_file import (
+        SAFETENSORS_SUFFIXES,
+        _forget_mapped,
+        _read_mapped,
+    )
+
     file = Path(path)
     if file.is_dir():
         return _load_folder(file, dtype, global_average_pooling)
-    state, metadata = read_control_weights(file)
-    return controlnet_from_state_dict(state, metadata, name=file, unet=unet,
-                                      global_average_pooling=global_average_pooling, dtype=dtype)
+    # NOTE: as load_checkpoint: a private memory map whose pages are given back as each tensor
+    # is copied (an SDXL ControlNet's fp16 file is not held next to its float32 module).
+    mapped = _read_mapped(file) if file.suffix.lower() in SAFETENSORS_SUFFIXES else None
+    state, metadata = mapped if mapped is not None else read_control_weights(file)
+    try:
+        return controlnet_from_state_dict(state, metadata, name=file, unet=unet,
+                                          global_average_pooling=global_average_pooling,
+                                          dtype=dtype)
+    finally:
+        _forget_mapped(state)
 
 
 # -- the stages ----------------------------------------------------------------------------------

@@ -243,8 +243,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         kinds = ("full", "light") if family == "sd1" else ("full",)
         for kind in kinds:
             for layout in ("comfy", "diffusers", "folder"):
-                if kind == "light" and layout == "diffusers":
-                    continue
                 suffix = "" if layout == "folder" else ".safetensors"
                 out[f"t2i_{family}_{kind}_{layout}"] = write_t2i_adapter(
                     root / f"t2i_{family}_{kind}_{layout}{suffix}", family, "tiny", seed=4,
@@ -302,13 +300,12 @@ def test_comfy_layout_names(files: dict[str, Path]) -> None:
                                               ("sdxl", "full")])
 def test_adapter_layouts_hold_the_same_values(files: dict[str, Path], family: str,
                                               kind: str) -> None:
-    """TencentARC names, diffusers names, a {"adapter": ...} pickle and the folder load equal."""
+    """TencentARC names, diffusers names (ComfyUI: full adapters only), a {"adapter": ...}
+    pickle and the folder load equal."""
     reference = load_controlnet(files[f"t2i_{family}_{kind}_comfy"])
     assert isinstance(reference, LoadedT2IAdapter) and reference.family == family
     want = _values(reference)
-    paths = [files[f"t2i_{family}_{kind}_folder"]]
-    if kind == "full":
-        paths.append(files[f"t2i_{family}_{kind}_diffusers"])
+    paths = [files[f"t2i_{family}_{kind}_folder"], files[f"t2i_{family}_{kind}_diffusers"]]
     from safetensors.torch import load_file
 
     pickle = files[f"t2i_{family}_{kind}_comfy"].with_suffix(".pth")
@@ -572,6 +569,7 @@ def test_control_lora(files: dict[str, Path], tmp_path: Path) -> None:
     unet = load_checkpoint(files["ckpt_sdxl"]).unet
     loaded = load_controlnet(path, unet=unet)
     assert loaded.detected.variant == "control_lora" and loaded.adm_in_channels == 1664
+    assert loaded.family == "sdxl" and loaded.detected.config is not None
     state = load_file(str(path))
     base = {unet_diffusers_to_ldm_map(unet.state_dict().keys())[k]: v
             for k, v in unet.state_dict().items()}
@@ -645,3 +643,25 @@ def test_stages_export_to_onnx(files: dict[str, Path], tmp_path: Path) -> None:
                 want = stage(*args)
             got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
             assert max(float(abs(g - w.numpy()).max()) for g, w in zip(got, want)) < 1e-4
+
+
+def test_make_checkpoints_control(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/make_checkpoints.py --control writes ControlNets and adapters that load."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_checkpoints", Path(__file__).parents[3] / "bench" / "make_checkpoints.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["sd1", "sdxl", "--control", "controlnet", "-o", str(tmp_path),
+                        "--json"]) == 0
+    out = capsys.readouterr().out
+    results = json.loads(out[out.index("["):])
+    assert [r["family"] for r in results] == ["sd1", "sdxl"]
+    assert load_controlnet(results[1]["path"]).family == "sdxl"
+    assert module.main(["sd1", "--control", "t2i", "--layout", "folder", "-o",
+                        str(tmp_path / "t2i")]) == 0
+    assert isinstance(load_controlnet(tmp_path / "t2i"), LoadedT2IAdapter)
+    assert module.main(["sd15", "--control", "controlnet"]) == 2
+    assert "--control takes the families" in capsys.readouterr().err
