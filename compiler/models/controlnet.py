@@ -136,6 +136,12 @@ What the runtime must do around the stages (ComfyUI's behaviour; ``comfy/control
 9. **Dtypes.** ComfyUI runs the ControlNet in its own dtype (fp16 on GPUs) and adds the
    residuals to the UNet's activations; on the CPU everything is float32.
 
+T2I-Adapters are ``ControlBase`` objects too: the apply nodes, strength, timestep range, chaining
+and cond/uncond rules above hold for them unchanged. Points 1-5, 7 and 8 are checked against
+ComfyUI's ``get_control`` and ``UNetModel`` by
+``tests/compiler/models/test_controlnet_comfyui_reference.py`` (with the lean runtime's
+``common_upscale`` and ``model_sampling``).
+
 Not covered here: ``extra_concat``/``concat_mask`` (only SD3/Flux inpainting ControlNets use them,
 through ``ControlNetInpaintingAliMamaApply``; SD1/SDXL ControlNets have no extra channels),
 VAE-encoded hints (``latent_format``: SD3/Flux/Cascade ControlNets), union ControlNets.
@@ -505,7 +511,7 @@ def infer_controlnet_config(state: Mapping[str, Any]) -> tuple[dict[str, Any], d
         raise ModelFormatError("the ControlNet has no middle block (middle_block.0); ComfyUI's "
                                "ControlNet always has one")
     linear = bool(linear)
-    if depths[-1] and mid_depth != depths[-1]:
+    if mid_depth >= 0 and depths[-1] and mid_depth != depths[-1]:
         raise ModelFormatError(
             f"the ControlNet's last level has transformer depth {depths[-1]} but its middle block "
             f"{mid_depth}; diffusers' ControlNetModel uses one value for both"
