@@ -2,9 +2,8 @@
 
 Each subcommand lives in its own module and is imported only when it runs, so ``comfyc
 check`` starts in a fraction of a second and never imports torch. Exit codes: 0 success,
-1 an invalid workflow (or a failed run or compile, a backend that cannot run here included),
-2 an unreadable input, a usage error, or an optional extra that is not installed (the message
-names it).
+1 an invalid workflow (or a failed run or compile), 2 an unreadable input, a usage error, or
+something this machine lacks: an optional extra, TensorRT, a GPU (the message names it).
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .nodes.schema import MISSING
+
 __all__ = ["executed_prompt", "executed_workflow"]
 
 #: ``_meta`` keys that only comfyc reads (the DSL's params, bindings and outputs).
@@ -166,11 +168,29 @@ def _set_own_widget(node: dict[str, Any], name: str, value: Any) -> None:
     entry = registry().get(str(node.get("type")))
     if entry is None:
         return
-    for index, slot in enumerate(entry.schema.widget_layout()):
+    layout = entry.schema.widget_layout()
+    for index, slot in enumerate(layout):
         if slot.kind == "value" and slot.input is not None and slot.input.name == name:
+            # A file saved before the node had this widget: fill the slots up to it the way
+            # the frontend does when it loads the file (defaults), then set it.
+            while len(values) < index:
+                values.append(_slot_default(layout[len(values)]))
             if index < len(values):
                 values[index] = value
+            else:
+                values.append(value)
             return
+
+
+def _slot_default(slot: Any) -> Any:
+    """What the frontend puts in a widget slot it adds: the input's default, "fixed" for a
+    seed's control, "image" for an upload button."""
+    if slot.kind == "control":
+        return "fixed"
+    if slot.kind == "upload":
+        return "image"
+    default = slot.input.effective_default() if slot.input is not None else None
+    return None if default is MISSING else default
 
 
 def _set_link_source(level: _Level, link_id: Any, value: Any, depth: int) -> None:

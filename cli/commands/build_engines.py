@@ -109,12 +109,12 @@ def run(args: argparse.Namespace) -> int:
     except TensorRTError as exc:
         print(f"comfyc build-engines: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    except BackendError as exc:  # No TensorRT or no GPU here: a failed build, as in `run`.
+    except BackendError as exc:  # No TensorRT or no GPU here: as in `run` and `compile`.
         print(f"comfyc build-engines: error: {exc}", file=sys.stderr)
         print("help: build the engines on the machine with the NVIDIA GPU that will run "
               "them; here the artifact runs with `comfyc run ARTIFACT --backend ort-cpu`",
               file=sys.stderr)
-        return EXIT_INVALID
+        return EXIT_UNREADABLE
     except ArtifactError as exc:
         print(f"comfyc build-engines: error: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE

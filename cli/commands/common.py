@@ -13,7 +13,7 @@ from comfyc.compiler.errors import InputFileError, WorkflowError, WorkflowErrors
 __all__ = [
     "add_catalog_arguments", "catalog_from_args", "print_error", "write_output", "source_texts",
     "EXIT_OK", "EXIT_INVALID", "EXIT_UNREADABLE", "EXTRAS", "MissingExtra", "require_extra",
-    "missing_extra_for", "backend_help",
+    "missing_extra_for", "backend_help", "exit_code_for_runtime",
 ]
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
@@ -174,6 +174,14 @@ def dump_json(data: Any) -> str:
     import json
 
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def exit_code_for_runtime(error: BaseException) -> int:
+    """2 when this machine lacks what a backend needs (TensorRT, a GPU, a provider: like a
+    missing extra), 1 for any other runtime failure."""
+    from comfyc.runtime.backends.base import BackendError
+
+    return EXIT_UNREADABLE if isinstance(error, BackendError) else EXIT_INVALID
 
 
 def backend_help(error: BaseException) -> str | None:

@@ -24,6 +24,7 @@ from .common import (
     backend_help,
     catalog_from_args,
     exit_code_for,
+    exit_code_for_runtime,
     print_error,
     require_extra,
     source_texts,
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             print("help: to compile here and build the engines on the GPU machine, add "
                   "--no-engines, then run `comfyc build-engines ARTIFACT` there; to run on "
                   "this machine's CPU, compile with --backend ort-cpu", file=sys.stderr)
-            return EXIT_INVALID
+            return EXIT_UNREADABLE  # As in run and build-engines: this machine lacks it.
     tune: dict[str, object] = {}
     if args.tune_backends:
         tune["backends"] = [b.strip() for b in args.tune_backends.split(",") if b.strip()]
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"comfyc compile: error: {exc}", file=sys.stderr)
         if (hint := backend_help(exc)) is not None:
             print(hint, file=sys.stderr)
-        return EXIT_INVALID
+        return exit_code_for_runtime(exc)
     if trt_stages is not None and not args.no_engines:
         from comfyc.compiler.lowering.tensorrt import BuildOptions, TensorRTError, build_engines
 

@@ -25,6 +25,7 @@ from .common import (
     backend_help,
     catalog_from_args,
     exit_code_for,
+    exit_code_for_runtime,
     print_error,
     require_extra,
     source_texts,
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"comfyc run: error: {exc}", file=sys.stderr)
         if (hint := backend_help(exc)) is not None:
             print(hint, file=sys.stderr)
-        return EXIT_INVALID
+        return exit_code_for_runtime(exc)
     files = [f for entries in result.files.values() for f in entries]
     summary = {
         "outputs": {k: [str(Path(args.output) / ("temp" if f.get("type") == "temp" else "")

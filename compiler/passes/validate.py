@@ -9,10 +9,11 @@ Like ComfyUI's ``validate_prompt`` it checks what the outputs need: the nodes th
 output node or a declared output. DSL programs validate every node (``all_nodes=True``), since
 a user who wrote a node wants to hear about it.
 
-A required input that is missing is ``required_input_missing``, as ComfyUI's server says: the
-only inputs given their defaults are the widgets a UI workflow lacks because it was saved
-before its node gained them, which ComfyUI's frontend fills when it loads the file
-(:func:`~comfyc.frontends.comfy_json.ui.ui_defaults_filled` names them).
+A required input missing from an API prompt is ``required_input_missing``, as ComfyUI's server
+says. Only widgets ComfyUI's frontend would fill take their defaults (with a ``default_filled``
+warning): the widgets of a DSL statement that leaves them out (the frontend gives a new node's
+widgets their defaults) and of a UI workflow saved before its node had them (the converter
+fills those; :func:`~comfyc.frontends.comfy_json.ui.ui_defaults_filled` names them).
 
 Beyond ComfyUI's checks, what a run would refuse is found here too, before any work starts:
 
@@ -78,6 +79,10 @@ class ValidateOptions:
         incomplete: Nodes that lack inputs because of errors already reported (a DSL file
             that lowered in part): node id -> the inputs lost (``"*"``: any); those are not
             reported missing, and a graph with such nodes may lack its outputs too.
+        fill_widgets: A missing widget that has a default takes it, with a ``default_filled``
+            warning, instead of being ``required_input_missing``; None: for DSL and UI
+            workflows (ComfyUI's frontend gives every widget of a node its default), not for
+            API prompts (ComfyUI's server refuses them).
     """
 
     all_nodes: bool = False
@@ -86,6 +91,7 @@ class ValidateOptions:
     models_dir: str | None = None
     strict_inputs: bool = False
     incomplete: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    fill_widgets: bool | None = None
 
 
 def reachable_nodes(graph: Graph, catalog: Any) -> list[Node]:
@@ -157,8 +163,14 @@ class _Validator:
 
     def run(self) -> list[WorkflowError]:
         options = self.options
-        nodes = self.graph.nodes if options.all_nodes else reachable_nodes(self.graph,
-                                                                           self.catalog)
+        needed = reachable_nodes(self.graph, self.catalog)
+        nodes = self.graph.nodes if options.all_nodes else needed
+        # NOTE: what only a run needs (the node can run, its model files are there) is asked
+        # of the nodes an output needs: a DSL file's unused node is checked, not loaded.
+        self.needed = {id(n) for n in needed}
+        fill = options.fill_widgets
+        self.fill = (self.graph.source.kind in ("dsl", "ui") or self.graph.source.format == "dsl"
+                     ) if fill is None else fill
         has_output = any(
             (s := self.catalog.get(n.class_type)) is not None and s.output_node
             for n in self.graph.nodes
@@ -176,7 +188,7 @@ class _Validator:
                 self.error(SchemaError, node, None,
                            f"unknown node type {node.class_type!r}", "invalid_prompt")
                 continue
-            if options.runnable:
+            if options.runnable and id(node) in self.needed:
                 self.check_runnable(node)
             if options.strict_inputs:
                 self.check_input_names(node, schema)
@@ -230,6 +242,8 @@ class _Validator:
             # The resolver's own words for the problem (absolute, '..', NUL, empty).
             self.model_error(node, spec, value, _resolve_message(kind, value))
             return
+        if id(node) not in self.needed:
+            return
         if options.check_models:
             try:
                 resolve(kind, value, options.models_dir)
@@ -252,11 +266,23 @@ class _Validator:
         for spec in schema.inputs:
             value = node.inputs.get(spec.name, MISSING)
             if value is MISSING:
-                # NOTE: as ComfyUI's server: a required input is never defaulted here. The
-                # widgets its frontend fills (those an old UI file lacks) were filled by the
-                # UI converter already.
-                if spec.required and spec.name not in lost and "*" not in lost:
-                    self.missing(node, spec)
+                if not spec.required or spec.name in lost or "*" in lost:
+                    continue
+                default = spec.effective_default()
+                if self.fill and spec.is_widget and default is not MISSING:
+                    # NOTE: ComfyUI's frontend gives every widget of a node its default (and
+                    # the widgets an old UI file lacks); a DSL statement that leaves a widget
+                    # out means the same. An API prompt goes to ComfyUI's server as it is,
+                    # which refuses it: required_input_missing below.
+                    self.warnings.append(SchemaError(
+                        f"widget '{spec.name}' of {node.display()} is not set; it takes its "
+                        f"default {_fmt(default)}, as in ComfyUI's frontend",
+                        node.input_loc(spec.name), kind="default_filled",
+                        class_type=node.class_type,
+                        help=f"write {spec.name}={_fmt(default)} to say so; an API prompt "
+                             f"without it is refused (required_input_missing)"))
+                    continue
+                self.missing(node, spec)
             elif isinstance(value, Value):
                 self.check_link(node, spec, value)
             elif isinstance(value, Param):

@@ -199,7 +199,8 @@ def test_bad_artifacts_are_clear_errors(artifact: Path, tmp_path: Path, how: str
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "comfyc.cli.main", "run", str(bad),
                              "--output", str(out)], capture_output=True, text=True)
-    assert result.returncode == 1 and message in result.stderr
+    # NOTE: exit 2: a damaged artifact is an unreadable input (README: Exit codes).
+    assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
 
 

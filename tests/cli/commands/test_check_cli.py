@@ -92,14 +92,6 @@ JSON_CASES = [
     ("misspelt_input_key", lambda d: d["3"]["inputs"].update(stpes=d["3"]["inputs"].pop("steps")),
      1, ["input 'stpes': error[unknown_input]", "has no input 'stpes'; ComfyUI ignores it",
          "did you mean 'steps'?", "error[required_input_missing]: required input 'steps'"]),
-    ("node_comfyc_cannot_run", lambda d: d.update({
-        "20": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "x4.pth"}},
-        "21": {"class_type": "ImageUpscaleWithModel",
-               "inputs": {"upscale_model": ["20", 0], "image": ["8", 0]}},
-        "22": {"class_type": "SaveImage", "inputs": {"images": ["21", 0],
-                                                     "filename_prefix": "up"}}}), 1,
-     ["node #21: error[unsupported_node]", "(ImageUpscaleWithModel) cannot run: ",
-      "node #20: error[unsupported_node]", "--comfyui"]),
     ("missing_class_type", lambda d: d["8"].pop("class_type"), 1,
      ["node #8", "missing the class_type property"]),
 ]
@@ -330,8 +322,7 @@ def test_dsl_reports_every_error_of_the_file(tmp_path: Path) -> None:
         'negative = CLIPTextEncod(text="", clip=ckpt.CLIP)\n'
         "latent = EmptyLatentImage(width=64, height=64, batch_size=0)\n"
         "sampler = KSampler(model=ckpt.MODEL, seed=1, steps=0, sampler_name=\"eulr\",\n"
-        "    scheduler=\"normal\", positive=positive, negative=negative, latent_image=latent,\n"
-        "    denoise=1.0)\n"
+        "    scheduler=\"normal\", positive=positive, negative=negative, denoise=1.0)\n"
         "image = VAEDecode(samples=sampler, vae=ckpt.VAE)\n"
         'SaveImage(images=image, filename_prefix="x")\n')
     result = _run("check", str(path))
@@ -341,8 +332,23 @@ def test_dsl_reports_every_error_of_the_file(tmp_path: Path) -> None:
         "error", "error", "error[value_smaller_than_min]", "error[required_input_missing]",
         "error[value_smaller_than_min]", "error[value_not_in_list]"], heads
     assert "unknown input 'txt'" in heads[0] and "unknown node type 'CLIPTextEncod'" in heads[1]
-    assert "required input 'cfg'" in heads[3] and "'text'" not in result.stderr.split("\n\n", 1)[1]
+    assert "required input 'latent_image' (LATENT)" in heads[3]
+    assert "'text'" not in result.stderr.split("\n\n", 1)[1]  # Lost to 'txt': not repeated.
+    assert "'cfg'" not in result.stderr  # A widget left out takes its default (a warning).
     assert "6 errors" in result.stderr
+
+
+def test_dsl_widget_left_out_takes_its_default(tmp_path: Path) -> None:
+    """A DSL statement without a widget gets the default ComfyUI's frontend gives a new
+    node's widget, and check says so; the same widget missing from an API prompt is
+    required_input_missing (see JSON_CASES)."""
+    path = tmp_path / "short.cfy"
+    text = (DATA.parents[1] / "examples" / "txt2img.cfy").read_text()
+    path.write_text(text.replace("    cfg=5.0,\n", ""))
+    result = _run("check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "warning[default_filled]: widget 'cfg' of #5 (KSampler) is not set; it takes its " \
+           "default 8.0" in result.stderr
 
 
 def test_ui_widgets_filled_as_comfyui_frontend_fills_them(tmp_path: Path) -> None:
@@ -360,3 +366,20 @@ def test_ui_widgets_filled_as_comfyui_frontend_fills_them(tmp_path: Path) -> Non
            "'scheduler' of #3 (KSampler) is missing from the saved workflow; it takes its " \
            "default 'simple'" in result.stderr
     assert "input 'denoise': warning[default_filled]" in result.stderr
+
+
+def test_node_comfyc_cannot_run_is_an_error(tmp_path: Path) -> None:
+    """A node the catalogue defines (here from --object-info) but comfyc cannot run is
+    unsupported_node with the reason; --comfyui accepts it, as ComfyUI would."""
+    path = tmp_path / "merge.json"
+    path.write_text(json.dumps(_edit(lambda d: d.update({
+        "20": {"class_type": "ModelMergeSimple",
+               "inputs": {"model1": ["4", 0], "model2": ["4", 0], "ratio": 0.5}},
+        "3": {**d["3"], "inputs": {**d["3"]["inputs"], "model": ["20", 0]}}}))))
+    extra = str(DATA / "comfy" / "object_info_extra.json")
+    result = _run("check", "--object-info", extra, str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "node #20: error[unsupported_node]: #20 (ModelMergeSimple) cannot run: comfyc has " \
+           "no implementation of ModelMergeSimple" in result.stderr
+    assert "--comfyui" in result.stderr
+    assert _run("check", "--object-info", extra, "--comfyui", str(path)).returncode == 0

@@ -73,16 +73,15 @@ def test_missing_checkpoint_is_a_workflow_error(tmp_path: Path, command: str) ->
 
 
 def test_node_comfyc_cannot_run_stops_compile_before_any_work(tmp_path: Path) -> None:
-    """An unimplemented node is named with the registry's reason, at validation."""
-    path = _workflow(tmp_path, {"30": {"class_type": "UpscaleModelLoader",
-                                       "inputs": {"model_name": "x4.pth"}},
-                                "31": {"class_type": "ImageUpscaleWithModel",
-                                       "inputs": {"upscale_model": ["30", 0],
-                                                  "image": ["8", 0]}},
-                                "9": {"inputs": {"images": ["31", 0],
-                                                 "filename_prefix": "up"}}})
-    err = _clean(_run("compile", str(path), "-o", str(tmp_path / "x.comfyc")), 1)
-    assert "error[unsupported_node]" in err and "#31 (ImageUpscaleWithModel) cannot run" in err
+    """A node without an implementation (here one an --object-info file defines) is named
+    with the catalogue's reason, at validation, before any model is loaded."""
+    path = _workflow(tmp_path, {"30": {"class_type": "ModelMergeSimple", "inputs": {
+        "model1": ["4", 0], "model2": ["4", 0], "ratio": 0.5}},
+        "3": {"inputs": {**BASE["3"]["inputs"], "model": ["30", 0]}}})
+    err = _clean(_run("compile", str(path), "-o", str(tmp_path / "x.comfyc"), "--object-info",
+                      str(DATA / "comfy" / "object_info_extra.json")), 1)
+    assert "node #30: error[unsupported_node]: #30 (ModelMergeSimple) cannot run: comfyc " \
+           "has no implementation of ModelMergeSimple" in err
     assert "[compile] lowering" not in err
 
 
@@ -96,13 +95,13 @@ def test_folders_that_are_not_artifacts(tmp_path: Path) -> None:
 
 
 def test_missing_tensorrt_at_compile_names_a_backend_that_runs_here(tmp_path: Path) -> None:
-    """compile --backend trt without TensorRT: exit 1 (as run and build-engines), and the
-    help names ort-cpu."""
+    """compile --backend trt without TensorRT: exit 2 (as run and build-engines: this machine
+    lacks it, like an extra), and the help names ort-cpu."""
     pytest.importorskip("onnxruntime")
     if subprocess.run([sys.executable, "-c", "import tensorrt"]).returncode == 0:
         pytest.skip("TensorRT is installed here")
     err = _clean(_run("compile", str(EXAMPLES / "txt2img.cfy"), "--backend", "trt", "-o",
-                      str(tmp_path / "x.comfyc")), 1)
+                      str(tmp_path / "x.comfyc")), 2)
     assert "needs NVIDIA TensorRT" in err and "--backend ort-cpu" in err
 
 
@@ -151,12 +150,12 @@ def test_artifact_files_have_the_umask_mode(artifact: Path) -> None:
 
 
 def test_missing_tensorrt_at_run_and_build_engines(artifact: Path) -> None:
-    """run --backend trt and build-engines without TensorRT: exit 1, a backend that runs."""
+    """run --backend trt and build-engines without TensorRT: exit 2, a backend that runs."""
     if subprocess.run([sys.executable, "-c", "import tensorrt"]).returncode == 0:
         pytest.skip("TensorRT is installed here")
-    err = _clean(_run("run", str(artifact), "--backend", "trt", "-q"), 1)
+    err = _clean(_run("run", str(artifact), "--backend", "trt", "-q"), 2)
     assert "help: on this machine, use --backend ort-cpu" in err
-    err = _clean(_run("build-engines", str(artifact)), 1)
+    err = _clean(_run("build-engines", str(artifact)), 2)
     assert "comfyc run ARTIFACT --backend ort-cpu" in err
 
 
