@@ -225,6 +225,10 @@ class Program:
                 if member is not None:
                     member.timer = self.timer
         self._last_use = self._compute_last_use()
+        # NOTE: per-run costs paid once: each op's references, and the op table (the
+        # registry builds a fresh dict on every ``OPS`` lookup).
+        self._op_refs = [_refs(op.args) for op in self.ops]
+        self._op_table: Mapping[str, Any] | None = None
 
     def _compute_last_use(self) -> dict[tuple[str, int], int]:
         last: dict[tuple[str, int], int] = {}
@@ -304,7 +308,11 @@ class Program:
             ParamError: Bad params (before any work starts).
             ProgramError: An op failed.
         """
-        from .nodes import OPS  # The op table imports every op module; load it once, here.
+        if self._op_table is None:
+            from .nodes import OPS  # The op table imports every op module; load it once.
+
+            self._op_table = OPS
+        OPS = self._op_table  # noqa: N806 - the table's usual name
 
         resolved = self.resolve_params(params or {})
         missing = sorted({op.op for op in self.ops if op.op not in OPS})
@@ -342,7 +350,7 @@ class Program:
             for out_index, value in enumerate(outputs or ()):
                 if self._last_use.get((op.id, out_index), -1) > index:
                     values[(op.id, out_index)] = value
-            for ref in _refs(op.args):
+            for ref in self._op_refs[index]:
                 if self._last_use.get(ref) == index:
                     values.pop(ref, None)
         total = time.perf_counter() - started
