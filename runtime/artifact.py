@@ -367,7 +367,8 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
 
         classes = {"unet": ort.OrtUNet, "text_encoder": ort.OrtTextEncoder,
                    "vae_decoder": ort.OrtVaeDecoder, "vae_encoder": ort.OrtVaeEncoder,
-                   "upscale": ort.OrtUpscale}
+                   "upscale": ort.OrtUpscale, "controlnet": ort.OrtControlNet,
+                   "t2i_adapter": ort.OrtT2IAdapter}
         ort_options = {key: value for key, value in options.items() if key in _ORT_OPTIONS}
         precision = ort_options.pop("precision", None)
         if entry.optimized:

@@ -56,7 +56,6 @@ UNetFn = Callable[..., np.ndarray]
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
 
 _UNSUPPORTED_KEYS = {
-    "control": "ControlNet",
     "gligen": "GLIGEN",
     "hooks": "hook keyframes",
     "default": "default conds",
@@ -82,6 +81,7 @@ def apply_model(
     *,
     model_sampling: Any = None,
     extras: Mapping[str, np.ndarray] | None = None,
+    control: Callable[..., Mapping[str, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """One model evaluation: x0 prediction for noisy ``x`` at ``sigma`` (no CFG).
 
@@ -98,6 +98,9 @@ def apply_model(
         model_sampling: The model's :class:`~comfyc.runtime.model_sampling.ModelSampling`
             (input scaling, timestep, x0 from the output).
         extras: Further model inputs by name (SDXL's ``y``), one row per latent row.
+        control: ``control(x_in, timestep, context, extras) -> inputs``: the rows'
+            ControlNet / T2I-Adapter inputs (:func:`comfyc.runtime.control.control_inputs`),
+            computed from the UNet's own input (the latent channels only).
 
     Returns:
         float32 x0 ``[B, C, h, w]``.
@@ -106,10 +109,13 @@ def apply_model(
                                                                         schedule)
     x = np.asarray(x, dtype=np.float32)
     x_in = ms.calculate_input(sigma, x)
+    timestep = np.full((x.shape[0],), ms.timestep(float(np.float32(sigma))), dtype=np.float32)
+    inputs = dict(extras or {})
+    if control is not None:
+        inputs.update(control(np.ascontiguousarray(x_in), timestep, context, inputs))
     if concat is not None:
         x_in = np.concatenate([x_in, np.asarray(concat, dtype=np.float32)], axis=1)
-    timestep = np.full((x.shape[0],), ms.timestep(float(np.float32(sigma))), dtype=np.float32)
-    out = unet(np.ascontiguousarray(x_in), timestep, context, **(extras or {}))
+    out = unet(np.ascontiguousarray(x_in), timestep, context, **inputs)
     out = np.asarray(out, dtype=np.float32)
     if out.shape != x.shape:
         raise ConditioningError(
@@ -142,6 +148,7 @@ class _Entry:
     __slots__ = (
         "area",
         "cond",
+        "control",
         "extras",
         "mask",
         "mask_strength",
@@ -159,6 +166,7 @@ class _Entry:
         self.mask_strength = 1.0
         self.timestep_start: float | None = None
         self.timestep_end: float | None = None
+        self.control: Any = None
 
     def copy(self) -> _Entry:
         out = _Entry()
@@ -221,6 +229,12 @@ def _resolve(
         if model_conds is not None:
             e.extras = {k: np.asarray(v, dtype=np.float32)
                         for k, v in model_conds(d, side, latent_shape).items()}
+        e.control = d.get("control")
+        if e.control is not None and not hasattr(e.control, "links"):
+            raise ConditioningError(
+                f"{side} conditioning entry {index}: 'control' holds a "
+                f"{type(e.control).__name__}, not a ControlNet applied by ControlNetApply / "
+                f"ControlNetApplyAdvanced")
         e.strength = float(d.get("strength", 1.0))
         e.mask_strength = float(d.get("mask_strength", 1.0))
         area = d.get("area")
@@ -298,7 +312,7 @@ def _add_same_area(others: list[_Entry], c: _Entry) -> None:
 class _Prepared:
     """One entry evaluated for one step (``get_area_and_mult``'s cond_obj)."""
 
-    __slots__ = ("area", "cond", "extras", "input_x", "mult", "side")
+    __slots__ = ("area", "cond", "control", "extras", "input_x", "mult", "side")
 
     def __init__(
         self,
@@ -308,6 +322,7 @@ class _Prepared:
         area: tuple[int, int, int, int] | None,
         side: int,
         extras: dict[str, np.ndarray],
+        control: Any = None,
     ) -> None:
         self.input_x: np.ndarray = input_x
         self.mult: np.ndarray = mult
@@ -315,6 +330,7 @@ class _Prepared:
         self.area: tuple[int, int, int, int] | None = area
         self.side: int = side
         self.extras = extras
+        self.control = control
 
 
 def _area_and_mult(e: _Entry, x: np.ndarray, sigma: float, side: int) -> _Prepared | None:
@@ -356,7 +372,8 @@ def _area_and_mult(e: _Entry, x: np.ndarray, sigma: float, side: int) -> _Prepar
                     _axis_slice(mult, i, size - 1 - t)[...] *= factor
     # NOTE: CONDCrossAttn.process_cond: repeat_to_batch_size(cond, batch); CONDRegular too.
     extras = {k: _repeat_to_batch(v, batch) for k, v in e.extras.items()}
-    return _Prepared(input_x, mult, _repeat_to_batch(e.cond, batch), area, side, extras)
+    return _Prepared(input_x, mult, _repeat_to_batch(e.cond, batch), area, side, extras,
+                     e.control)
 
 
 def _axis_slice(array: np.ndarray, spatial_axis: int, index: int) -> np.ndarray:
@@ -367,6 +384,8 @@ def _axis_slice(array: np.ndarray, spatial_axis: int, index: int) -> np.ndarray:
 
 def _can_concat(a: _Prepared, b: _Prepared) -> bool:
     if a.input_x.shape != b.input_x.shape:
+        return False
+    if a.control is not b.control:  # ComfyUI's can_concat: the same control object only.
         return False
     # NOTE: CONDRegular.can_concat: the extra inputs (SDXL's y) must have the same shapes.
     if a.extras.keys() != b.extras.keys() or any(
@@ -427,10 +446,19 @@ class CFGDenoiser:
 
     def _run_unet(
         self, x_rows: np.ndarray, sigma: float, context: np.ndarray, concat: np.ndarray | None,
-        extras: Mapping[str, np.ndarray],
+        extras: Mapping[str, np.ndarray], control: Any = None, chunks: int = 1,
     ) -> np.ndarray:
         """apply_model over rows, split to at most ``max_batch_size`` rows per call."""
         limit = self.max_batch_size or x_rows.shape[0]
+        hook = None
+        if control is not None:
+            from .control import control_inputs
+
+            def hook(x_in: np.ndarray, timestep: np.ndarray, ctx: np.ndarray,
+                     inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+                return control_inputs(control, x_in, timestep, ctx, inputs, sigma, chunks,
+                                      self.model_sampling)
+
         outs = []
         for start in range(0, x_rows.shape[0], limit):
             stop = start + limit
@@ -445,6 +473,7 @@ class CFGDenoiser:
                     concat=None if concat is None else concat[start:stop],
                     model_sampling=self.model_sampling,
                     extras={k: v[start:stop] for k, v in extras.items()},
+                    control=hook,
                 )
             )
         return np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
@@ -494,7 +523,8 @@ class CFGDenoiser:
                 concat = np.concatenate(parts, axis=0)
             extras = {k: np.concatenate([p.extras[k] for p in batch], axis=0)
                       for k in batch[0].extras}
-            output = self._run_unet(input_x, sigma, context, concat, extras)
+            output = self._run_unet(input_x, sigma, context, concat, extras, batch[0].control,
+                                    len(batch))
             for k, p in enumerate(batch):
                 o = output[k * rows : (k + 1) * rows]
                 if p.area is None:
@@ -551,7 +581,8 @@ class CFGDenoiser:
         simple = (self.concat is None and self.max_batch_size is None
                   and all(len(side) == 1 for side in sides)
                   and all(e.area is None and e.mask is None and e.timestep_start is None
-                          and e.timestep_end is None for side in sides for e in side))
+                          and e.timestep_end is None and e.control is None
+                          for side in sides for e in side))
         found = None
         if simple:
             batch = x.shape[0]
@@ -621,6 +652,33 @@ class CFGDenoiser:
         return uncond_pred + (cond_pred - uncond_pred) * np.float32(self.cfg), uncond_pred
 
 
+def _controls_to_uncond(positive: Sequence[Any], negative: Sequence[Any]) -> list[Any]:
+    """ComfyUI's ``apply_empty_x_to_equal_area`` for the deprecated ``ControlNetApply``: the
+    controls of positive entries marked ``control_apply_to_uncond`` (and without an area) are
+    put on negative entries without an area and without a control, cycling over them; nothing
+    changes when a negative entry already has a control."""
+    marked = [_as_dict(e, "positive", i) for i, e in enumerate(positive)]
+    controls = [d["control"] for d in marked if d.get("control_apply_to_uncond")
+                and d.get("area") is None and d.get("control") is not None]
+    out = [e for e in negative]
+    if not controls:
+        return out
+    plain: list[tuple[Mapping[str, Any], int]] = []
+    for index, entry in enumerate(negative):
+        d = _as_dict(entry, "negative", index)
+        if d.get("area") is not None:
+            continue
+        if d.get("control") is not None:
+            return out
+        plain.append((d, index))
+    if not plain:
+        return out
+    for i, control in enumerate(controls):
+        original, index = plain[i % len(plain)]
+        out[index] = {**original, "control": control}
+    return out
+
+
 def make_denoiser(
     unet: UNetFn,
     positive: Sequence[Any],
@@ -668,8 +726,9 @@ def make_denoiser(
     if not positive:
         raise ConditioningError("the positive conditioning is empty; connect a text encoding")
     h, w = int(latent_shape[2]), int(latent_shape[3])
+    negative = _controls_to_uncond(positive, negative or [])
     pos = _resolve(positive, "positive", h, w, ms, model_conds, latent_shape)
-    neg = _resolve(negative or [], "negative", h, w, ms, model_conds, latent_shape)
+    neg = _resolve(negative, "negative", h, w, ms, model_conds, latent_shape)
     if not neg and not math.isclose(cfg, 1.0):
         raise ConditioningError(
             f"cfg is {cfg} but the negative conditioning is empty; connect a negative prompt or "

@@ -30,7 +30,8 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "STAGE_KINDS", "Manifest", "ManifestError
 FORMAT = "comfyc-artifact"
 FORMAT_VERSION = 2
 #: The kinds of model stage an artifact holds.
-STAGE_KINDS = ("unet", "text_encoder", "vae_decoder", "vae_encoder", "upscale")
+STAGE_KINDS = ("unet", "text_encoder", "vae_decoder", "vae_encoder", "upscale", "controlnet",
+               "t2i_adapter")
 #: A CLIP's stages, one per layer the workflow uses.
 _LAYERS_KIND = "text_encoder_layers"
 

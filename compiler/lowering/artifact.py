@@ -151,6 +151,8 @@ class _Recorder:
         self.stage = stage
         self.fake = fake
         self.shapes: list[tuple[tuple[int, ...], ...]] = []
+        #: The keyword inputs of each call, in order (SDXL's y, control residuals …).
+        self.names: list[tuple[str, ...]] = []
         self.timer = None
         self.name = stage.name
         self.kind = stage.kind
@@ -159,6 +161,7 @@ class _Recorder:
     def __call__(self, *args: np.ndarray, **extras: np.ndarray) -> Any:
         arrays = (*args, *extras.values())
         self.shapes.append(tuple(tuple(np.shape(a)) for a in arrays))
+        self.names.append(tuple(extras))
         if self.fake:
             return _fake_output(self.kind, self.stage, self.info, args[0])
         return self.stage(*args, **extras)
@@ -167,13 +170,22 @@ class _Recorder:
 #: Stage kinds the probe does not run: their outputs' shapes follow from the inputs', and
 #: their values cannot change which stages run or with which shapes. (A real VAE decode of a
 #: 512 px SD1.5 image took 112 s of a 411 s compile on this 2-core box.)
-_FAKE_KINDS = ("unet", "vae_decoder", "vae_encoder", "upscale")
+_FAKE_KINDS = ("unet", "vae_decoder", "vae_encoder", "upscale", "controlnet")
 
 
 def _fake_output(kind: str, stage: Any, info: Mapping[str, Any], first: np.ndarray
                  ) -> np.ndarray:
     """Zeros of the shape a ``kind`` stage returns for input ``first``."""
     batch = first.shape[0]
+    if kind == "controlnet":
+        outs = []
+        for channels, halvings in zip(info["residual_channels"], info["residual_halvings"],
+                                      strict=True):
+            height, width = first.shape[2], first.shape[3]
+            for _ in range(int(halvings)):
+                height, width = -(-height // 2), -(-width // 2)
+            outs.append(np.zeros((batch, int(channels), height, width), dtype=np.float32))
+        return tuple(outs)
     if kind == "upscale":
         scale = int(info.get("scale", 1))
         return np.zeros((batch, int(info.get("out_channels", first.shape[1])),
@@ -245,7 +257,7 @@ def _probe(program: Any, input_dir: str, output_dir: str | None = None) -> dict[
         else:
             rec = _Recorder(stage, fake=stage.kind in _FAKE_KINDS
                             and hasattr(getattr(stage, "module", None), "config")
-                            or stage.kind in ("unet", "upscale"))
+                            or stage.kind in ("unet", "upscale", "controlnet"))
         recorders[name] = rec
         program.stages[name] = rec
     try:
@@ -741,7 +753,7 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         options.quantize and (kind in options.quantize_stages or name in options.quantize_stages))
     common = {"fp16": options.fp16, "compact": compact,
               "progress": lambda message: say(f"  {name}: {message}")}
-    from .dit_export import export_dit, export_flow_text_encoder, info_wants_flow_export
+    from .stage_exports import export_dit, export_flow_text_encoder, info_wants_flow_export
 
     caching = (kind == "unet" and (options.step_cache or 1) > 1
                and not info_wants_flow_export(kind, rec.info))
@@ -761,11 +773,21 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
             entry.info["step_cache"] = {"interval": int(options.step_cache or 1),
                                         "skip": options.step_cache_skip, "approximate": True}
         elif kind == "upscale":
-            from .dit_export import export_upscale
+            from .stage_exports import export_upscale
 
             facts = export_upscale(module, path, rec.info)
+        elif kind in ("controlnet", "t2i_adapter") or (
+                kind == "unet" and any(n.startswith("control_") for ns in rec.names
+                                       for n in ns)):
+            # ControlNets, T2I-Adapters and UNets taking their residuals (stage_exports).
+            from .stage_exports import export_control_stage
+
+            facts = export_control_stage(kind, module, path, rec, dynamic=dynamic,
+                                         external_data=external, **common)
+            if facts.get("control_inputs"):
+                entry.info["control_inputs"] = facts["control_inputs"]
         elif info_wants_flow_export(kind, rec.info):
-            # SD3 / Flux transformers and their text encoders (compiler/lowering/dit_export).
+            # SD3 / Flux transformers and their text encoders (compiler/lowering/stage_exports).
             if kind == "unet":
                 facts = export_dit(module, path, shape=shapes[0], dynamic=dynamic,
                                    extra_inputs=list(rec.info.get("extra_inputs") or ()),

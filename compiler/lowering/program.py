@@ -254,6 +254,19 @@ class TorchModelCache:
             self.loaded[key] = load_upscale_model(path)
         return self.loaded[key]
 
+    def controlnet(self, name: str, unet: Any = None, unet_key: str = "") -> Any:
+        """A ControlNet or T2I-Adapter by ComfyUI name (``unet``: the MODEL's UNet, for a
+        diff ControlNet or Control-LoRA: DiffControlNetLoader)."""
+        from comfyc.runtime.model_paths import resolve
+
+        from ..models.controlnet import load_controlnet
+
+        path = resolve("controlnet", name, self.models_dir)
+        key = f"controlnet:{path}:{unet_key}"
+        if key not in self.loaded:
+            self.loaded[key] = load_controlnet(path, unet=unet)
+        return self.loaded[key]
+
     def merged(self, checkpoint: str, loras: tuple[tuple[str, float, float], ...] | list[Any]
                ) -> dict[str, Any]:
         """The components of a checkpoint (``unet``, ``text_encoder``, ``text_encoder_2``)
@@ -575,6 +588,29 @@ class Lowering:
                     "network_multiple": int(spec.network_multiple)}
             self.stages[name] = TorchUpscale(name, model.network, info)
         return name
+
+    def control_stage(self, key: str, loaded: Any) -> tuple[str, dict[str, Any]]:
+        """The stage of a ControlNet (``controlnet``) or T2I-Adapter (``t2i_adapter``) and the
+        facts its ``LoadControlNet`` op carries."""
+        import math
+
+        from comfyc.runtime.backends.torch import TorchControlNet, TorchT2IAdapter
+
+        adapter = hasattr(loaded, "hint_size")
+        kind = "t2i_adapter" if adapter else "controlnet"
+        facts: dict[str, Any] = {"kind": kind, "family": str(loaded.family)}
+        if adapter:
+            facts["hint_multiple"] = int(loaded.unshuffle_amount)
+        else:
+            shapes = loaded.residual_shapes(1, 64, 64)
+            facts["takes_y"] = loaded.adm_in_channels is not None
+            facts["residual_channels"] = [int(s[1]) for s in shapes]
+            facts["residual_halvings"] = [round(math.log2(64 / s[2])) for s in shapes]
+        name = f"{kind}_{key}"
+        if name not in self.stages:
+            cls = TorchT2IAdapter if adapter else TorchControlNet
+            self.stages[name] = cls(name, loaded.stage(), dict(facts))
+        return name, facts
 
     def vae_stages(self, key: str, vae: Any) -> tuple[str, str]:
         """Decoder and encoder stages of a VAE module (made once per key)."""

@@ -8,7 +8,7 @@ folds through the text encoder, a sampler's schedule is precomputed. See :mod:`.
 
 from __future__ import annotations
 
-from . import conditioning, internal, loaders, sampling
+from . import conditioning, controlnet, internal, loaders, sampling
 from .rules import CompileRule, LoraSide
 from .weights import LoraUse, Weights, trace_weights
 
@@ -17,7 +17,8 @@ __all__ = ["compile_rule", "RULES", "CompileRule", "LoraSide", "LoraUse", "Weigh
 
 #: Every compile rule by class name.
 RULES: dict[str, CompileRule] = {
-    **loaders.RULES, **conditioning.RULES, **sampling.RULES, **internal.RULES,
+    **loaders.RULES, **conditioning.RULES, **controlnet.RULES, **sampling.RULES,
+    **internal.RULES,
 }
 
 _DEFAULT = CompileRule()

@@ -36,6 +36,8 @@ __all__ = [
     "PROVIDER_ALIASES",
     "OrtSession",
     "OrtTextEncoder",
+    "OrtControlNet",
+    "OrtT2IAdapter",
     "OrtUNet",
     "OrtUpscale",
     "OrtVaeDecoder",
@@ -87,7 +89,7 @@ _DTYPES: dict[str, Any] = {
 
 #: Inputs a stage kind may take beyond its own: SDXL's ADM vector ``y`` (SD3's and Flux's
 #: pooled vector), Flux-dev's ``guidance``.
-_EXTRA_INPUTS: dict[str, tuple[str, ...]] = {"unet": ("y", "guidance")}
+_EXTRA_INPUTS: dict[str, tuple[str, ...]] = {"unet": ("y", "guidance"), "controlnet": ("y",)}
 
 #: Input and output names per stage kind (the exporter's ``STAGE_IO``; kept here too because
 #: the runtime never imports the compiler).
@@ -97,6 +99,9 @@ _STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "text_encoder": (("input_ids",), ("last_hidden_state", "pooled_output")),
     "vae_decoder": (("latent",), ("image",)),
     "upscale": (("image",), ("upscaled",)),
+    # Outputs: every output of the file, in order (down_0 … mid; feature_0 …).
+    "controlnet": (("sample", "hint", "timestep", "encoder_hidden_states"), ()),
+    "t2i_adapter": (("hint",), ()),
     "vae_encoder": (("image",), ("latent",)),
 }
 
@@ -444,7 +449,10 @@ class _OrtStage(Stage):
                                f"is loaded as the {kind} stage {name!r}")
         inputs, outputs = _STAGE_IO[kind]
         extra = [name for name in session.inputs if name not in inputs]
-        if (set(inputs) - set(session.inputs) or set(extra) - set(_EXTRA_INPUTS.get(kind, ()))
+        allowed = set(_EXTRA_INPUTS.get(kind, ()))
+        if kind == "unet":  # ControlNet / T2I-Adapter inputs (comfyc.runtime.control).
+            allowed |= {name for name in extra if name.startswith("control_")}
+        if (set(inputs) - set(session.inputs) or set(extra) - allowed
                 or set(outputs) - set(session.output_names)):
             raise BackendError(
                 f"{session.path.name} has inputs {list(session.inputs)} and outputs "
@@ -462,11 +470,30 @@ class _OrtStage(Stage):
         feed = dict(zip(names, arrays, strict=True))
         for name in self.extra_inputs:
             if name not in extras:
+                if name.startswith("control_"):  # No (active) control on these rows.
+                    feed[name] = self._zero_control(name, arrays[0])
+                    continue
                 raise BackendError(f"stage {self.name!r} needs input {name!r}; the program "
                                    f"gave none")
             feed[name] = np.ascontiguousarray(extras[name], dtype=np.float32)
         outputs = self.session.run(feed)
+        if not _STAGE_IO[self.kind][1]:  # A free output list: every output, in order.
+            return list(outputs)
         return [outputs[i] for i in self._outputs]
+
+
+    def _zero_control(self, name: str, sample: np.ndarray) -> np.ndarray:
+        """Zeros for a control input of a UNet exported with them (``info["control_inputs"]``:
+        channels and how often the size is halved, rounding up)."""
+        spec = (self.info.get("control_inputs") or {}).get(name)
+        if spec is None:
+            raise BackendError(f"stage {self.name!r} needs input {name!r}; the program gave "
+                               f"none and the stage does not say its shape")
+        channels, halvings = int(spec[0]), int(spec[1])
+        height, width = sample.shape[2], sample.shape[3]
+        for _ in range(halvings):
+            height, width = -(-height // 2), -(-width // 2)
+        return np.zeros((sample.shape[0], channels, height, width), dtype=np.float32)
 
 
 class OrtUNet(_OrtStage):
@@ -562,6 +589,44 @@ class OrtUpscale(_OrtStage):
 
     def forward(self, image: np.ndarray) -> np.ndarray:
         return self._run(np.asarray(image, dtype=np.float32))[0]
+
+
+class OrtControlNet(_OrtStage):
+    """``controlnet(sample, hint, timestep, context[, y]) -> (down_0, …, mid)``.
+
+    Args:
+        name: The stage name in the program.
+        model: The ``.onnx`` path or an :class:`OrtSession`.
+        **options: As for :class:`OrtUNet`.
+    """
+
+    def __init__(self, name: str, model: str | Path | OrtSession, **options: Any) -> None:
+        super().__init__(name, "controlnet", model, **options)
+
+    def forward(self, sample: np.ndarray, hint: np.ndarray, timestep: np.ndarray,
+                context: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        extras = {} if y is None else {"y": y}
+        steps = np.asarray(timestep, dtype=np.float32).reshape(-1)
+        if steps.size == 1:
+            steps = np.full((sample.shape[0],), steps[0], dtype=np.float32)
+        return tuple(self._run(sample, np.asarray(hint, dtype=np.float32), steps, context,
+                               **extras))
+
+
+class OrtT2IAdapter(_OrtStage):
+    """``t2i_adapter(hint) -> (feature_0, …)``.
+
+    Args:
+        name: The stage name in the program.
+        model: The ``.onnx`` path or an :class:`OrtSession`.
+        **options: As for :class:`OrtUNet`.
+    """
+
+    def __init__(self, name: str, model: str | Path | OrtSession, **options: Any) -> None:
+        super().__init__(name, "t2i_adapter", model, **options)
+
+    def forward(self, hint: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(self._run(np.asarray(hint, dtype=np.float32)))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -15,7 +15,8 @@ import numpy as np
 from .base import BackendError, Stage
 
 __all__ = ["require_torch", "require_cuda", "TorchUNet", "TorchTextEncoder", "TorchVaeDecoder",
-           "TorchVaeEncoder", "TorchUpscale", "adm_unet", "ADM_TIME_EMBED_DIM"]
+           "TorchVaeEncoder", "TorchUpscale", "TorchControlNet", "TorchT2IAdapter", "adm_unet",
+           "ADM_TIME_EMBED_DIM"]
 
 #: Width of each sinusoidal size embedding in SDXL's ADM vector ``y``.
 ADM_TIME_EMBED_DIM = 256
@@ -141,13 +142,43 @@ class TorchUNet(_TorchStage):
                                f"conditioning has no pooled output for them")
         with self.torch.inference_mode():
             t = self.torch.from_numpy(np.asarray(timestep, dtype=np.float32)).to(self.device)
+            control = self._control(extras)
             if self.extra_inputs:
                 more = {name: self._tensor(extras[name]) for name in self.extra_inputs}
-                out = self.call(self._tensor(sample), t, self._tensor(context), **more)
+                out = self.call(self._tensor(sample), t, self._tensor(context), **more,
+                                **control)
             else:
                 out = self.call(self._tensor(sample), t,
-                                encoder_hidden_states=self._tensor(context), return_dict=False)[0]
+                                encoder_hidden_states=self._tensor(context), return_dict=False,
+                                **control)[0]
         return self._numpy(out)
+
+    def _control(self, extras: dict[str, np.ndarray]) -> dict[str, Any]:
+        """ControlNet / T2I-Adapter inputs (``control_down_*``, ``control_mid``,
+        ``control_intra_*``) as diffusers' UNet keywords."""
+        names = [n for n in extras if n.startswith("control_")]
+        if not names:
+            return {}
+        if self.info.get("arch") == "dit":
+            raise BackendError(f"stage {self.name!r}: ControlNets for SD3/Flux transformers are "
+                               f"not supported")
+
+        def ordered(prefix: str) -> list[Any]:
+            keys = sorted((n for n in names if n.startswith(prefix)),
+                          key=lambda n: int(n[len(prefix):]))
+            return [self._tensor(extras[k]) for k in keys]
+
+        out: dict[str, Any] = {}
+        down = ordered("control_down_")
+        if down:
+            out["down_block_additional_residuals"] = tuple(down)
+        if "control_mid" in extras:
+            out["mid_block_additional_residual"] = self._tensor(extras["control_mid"])
+        intra = ordered("control_intra_")
+        if intra:
+            # NOTE: diffusers pops from this list: a fresh one per call.
+            out["down_intrablock_additional_residuals"] = intra
+        return out
 
 
 class TorchTextEncoder(_TorchStage):
@@ -264,3 +295,38 @@ class TorchUpscale(_TorchStage):
         with self.torch.inference_mode():
             out = self.method(self._tensor(image))
         return self._numpy(out)
+
+
+class TorchControlNet(_TorchStage):
+    """``controlnet(sample, hint, timestep, context[, y]) -> (down_0, …, mid)``: a ControlNet
+    module called as ComfyUI calls its ``cldm.ControlNet`` (the compiler's
+    ``ControlNetStage``; ``info["takes_y"]`` for SDXL's)."""
+
+    def __init__(self, name: str, module: Any, info: dict[str, Any] | None = None,
+                 compile: bool = False, device: str = "cpu") -> None:
+        super().__init__(name, "controlnet", module, info, compile, device)
+
+    def forward(self, sample: np.ndarray, hint: np.ndarray, timestep: np.ndarray,
+                context: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        torch = self.torch
+        with torch.inference_mode():
+            t = torch.from_numpy(np.asarray(timestep, dtype=np.float32)).to(self.device)
+            args = [self._tensor(sample), self._tensor(hint), t, self._tensor(context)]
+            if y is not None:
+                args.append(self._tensor(y))
+            out = self.call(*args)
+        return tuple(self._numpy(o) for o in out)
+
+
+class TorchT2IAdapter(_TorchStage):
+    """``t2i_adapter(hint) -> (feature_0, …)``: a T2I-Adapter computed as ComfyUI computes it
+    (the compiler's ``T2IAdapterStage``)."""
+
+    def __init__(self, name: str, module: Any, info: dict[str, Any] | None = None,
+                 compile: bool = False, device: str = "cpu") -> None:
+        super().__init__(name, "t2i_adapter", module, info, compile, device)
+
+    def forward(self, hint: np.ndarray) -> tuple[np.ndarray, ...]:
+        with self.torch.inference_mode():
+            out = self.call(self._tensor(hint))
+        return tuple(self._numpy(o) for o in out)

@@ -3,7 +3,7 @@
 :class:`Sd3Model` and :class:`FluxModel` wrap a diffusers ``SD3Transformer2DModel`` /
 ``FluxTransformer2DModel`` (weights shared) with ComfyUI's signature, which is what a flow
 model's diffusion stage is: the compiler exports them to ONNX
-(:mod:`comfyc.compiler.lowering.dit_export`) and an artifact's PyTorch stage rebuilds them
+(:mod:`comfyc.compiler.lowering.stage_exports`) and an artifact's PyTorch stage rebuilds them
 (:mod:`comfyc.runtime.backends.torch_artifact`). The signatures are in
 :mod:`comfyc.compiler.models.flow`'s docstring.
 """

@@ -5,6 +5,7 @@ family                   ComfyUI's counterpart
 =======================  ====================================================================
 :mod:`.loaders`          ``nodes.py`` loaders (checkpoints, VAEs, LoRAs, ControlNets …)
 :mod:`.conditioning`     CLIP text encoding, CLIP skip, conditioning ops
+:mod:`.controlnet`       ControlNet / T2I-Adapter loaders and apply nodes
 :mod:`.latent`           empty latents, latent scaling and batches, VAE encode/decode
 :mod:`.sampling`         KSampler, KSamplerAdvanced, model-sampling patches
 :mod:`.custom_sampling`  ``nodes_custom_sampler.py``: samplers, schedules, noise, guiders
@@ -30,6 +31,7 @@ from . import (
     canny,
     compositing,
     conditioning,
+    controlnet,
     custom_sampling,
     image,
     internal,
@@ -49,8 +51,8 @@ __all__ = ["registry", "NodeDef", "NodeRegistry", "StageCall", "OpFn", "lazy_op"
            "SCHEDULER_NAMES", "FAMILIES"]
 
 #: The family modules in catalogue order (the order ``/object_info`` lists classes in).
-FAMILIES = (loaders, conditioning, latent, sampling, custom_sampling, image, mask, compositing,
-            canny, primitives, internal)
+FAMILIES = (loaders, conditioning, controlnet, latent, sampling, custom_sampling, image, mask,
+            compositing, canny, primitives, internal)
 
 _REGISTRY: NodeRegistry | None = None
 

@@ -21,7 +21,6 @@ from .schema import (
     float_input,
     int_input,
     link,
-    optional_link,
     outputs,
     schema,
 )
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["NODES", "encode_text"]
 
 _COND = "CONDITIONING"
-_NOT_YET_CONTROL = ("ControlNet and T2I-Adapter models are not supported by comfyc yet; run "
-                    "this workflow in ComfyUI or remove the ControlNet nodes")
 
 # By (pad token, vocabulary file): the vocabulary is read once per process.
 _TOKENIZERS: dict[tuple[int, str | None], Any] = {}
@@ -389,19 +386,4 @@ NODES: list[NodeDef] = [
     ], "set_timestep_range", "ConditioningSetTimestepRange", "advanced/conditioning"),
     _cond_op("ConditioningZeroOut", [link("conditioning", _COND)], "zero_out",
              "ConditioningZeroOut", "advanced/conditioning"),
-    NodeDef(schema("ControlNetApply", [
-        link("conditioning", _COND), link("control_net", "CONTROL_NET"),
-        link("image", "IMAGE"), float_input("strength", 1.0, 0.0, 10.0),
-    ], outputs(_COND), "Apply ControlNet (OLD)", "conditioning/controlnet", deprecated=True),
-        check_only=_NOT_YET_CONTROL),
-    NodeDef(schema("ControlNetApplyAdvanced", [
-        link("positive", _COND), link("negative", _COND),
-        link("control_net", "CONTROL_NET"), link("image", "IMAGE"),
-        float_input("strength", 1.0, 0.0, 10.0),
-        float_input("start_percent", 0.0, 0.0, 1.0, 0.001),
-        float_input("end_percent", 1.0, 0.0, 1.0, 0.001),
-        optional_link("vae", "VAE"),
-    ], outputs("positive:CONDITIONING", "negative:CONDITIONING"), "Apply ControlNet",
-        "conditioning/controlnet"),
-        check_only=_NOT_YET_CONTROL, binding="control"),
 ]

@@ -18,8 +18,6 @@ from .schema import combo, files, float_input, link, outputs, schema
 
 __all__ = ["NODES", "PROGRAM_OPS", "clip_from_args"]
 
-_NOT_YET_CONTROL = ("ControlNet and T2I-Adapter models are not supported by comfyc yet; run "
-                    "this workflow in ComfyUI or remove the ControlNet nodes")
 
 
 # ------------------------------------------------------------------------ program ops
@@ -204,13 +202,6 @@ NODES: list[NodeDef] = [
         float_input("strength_model", 1.0, -100.0, 100.0),
     ], outputs("MODEL"), "LoraLoaderModelOnly", "loaders"),
         lowered_to="ApplyLoRA"),
-    NodeDef(schema("ControlNetLoader", [files("control_net_name", "controlnet")],
-                   outputs("CONTROL_NET"), "Load ControlNet Model", "loaders"),
-            check_only=_NOT_YET_CONTROL),
-    NodeDef(schema("DiffControlNetLoader", [
-        link("model", "MODEL"), files("control_net_name", "controlnet"),
-    ], outputs("CONTROL_NET"), "Load ControlNet Model (diff)", "loaders"),
-        check_only=_NOT_YET_CONTROL),
     NodeDef(schema("UpscaleModelLoader", [files("model_name", "upscale_models")],
                    outputs("UPSCALE_MODEL"), "Load Upscale Model", "loaders",
                    python_module="comfy_extras.nodes_upscale_model"),

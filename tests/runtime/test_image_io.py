@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageOps
+
 from comfyc.runtime import image_io
 from comfyc.runtime.image_io import (
     ImageIOError,
@@ -19,7 +21,6 @@ from comfyc.runtime.image_io import (
     save_images,
     save_preview,
 )
-from PIL import Image, ImageOps
 
 
 def _rgb(h: int = 6, w: int = 10, seed: int = 0) -> np.ndarray:

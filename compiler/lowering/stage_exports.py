@@ -222,3 +222,133 @@ def export_upscale(network: Any, path: str | Path, info: Mapping[str, Any]) -> d
                        int(info.get("network_multiple", 1)))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return export_upscale_onnx(UpscaleModel(network, spec), path)
+
+
+def _call_with_most_inputs(rec: Any) -> tuple[tuple[tuple[int, ...], ...], tuple[str, ...]]:
+    """The recorded call with the most inputs (a UNet call with control residuals) and its
+    keyword names."""
+    index = max(range(len(rec.shapes)), key=lambda i: len(rec.shapes[i]))
+    names = rec.names[index] if getattr(rec, "names", None) else ()
+    return rec.shapes[index], tuple(names)
+
+
+def _halvings(size: int, target: int) -> int:
+    count = 0
+    while size > target:
+        size = -(-size // 2)
+        count += 1
+    return count
+
+
+def export_control_stage(kind: str, module: Any, path: str | Path, rec: Any, *,
+                         fp16: bool = False, dynamic: bool = False,
+                         external_data: bool | None = None, progress: Progress | None = None,
+                         compact: bool = False) -> dict[str, Any]:
+    """A ControlNet (``controlnet``), a T2I-Adapter (``t2i_adapter``) or a UNet that takes
+    their residuals (``unet`` with ``control_*`` inputs) as an ONNX stage.
+
+    The UNet's extra inputs are the recorded call's keywords (SDXL's ``y``, then
+    ``control_down_0 … control_mid``, ``control_intra_0 …``); the facts' ``control_inputs``
+    (channels, size halvings) let the runtime feed zeros on rows without an active control.
+
+    Raises:
+        ExportError: The module or the recorded call does not fit.
+    """
+    torch = _require_torch()
+    dtype = torch.float16 if fp16 else torch.float32
+    shapes, names = _call_with_most_inputs(rec)
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(shape: Sequence[int], index: int) -> Any:
+        if index == 2 and kind == "controlnet" or index == 1 and kind == "unet":
+            return torch.full(tuple(shape), 500.0)
+        return torch.rand(*shape, generator=generator)
+
+    example = tuple(tensor(shape, i) for i, shape in enumerate(shapes))
+    batch_axes: dict[str, dict[int, str]] = {}
+    facts_extra: dict[str, Any] = {}
+    if kind == "t2i_adapter":
+        input_names: tuple[str, ...] = ("hint",)
+        output_names = tuple(module.output_names())
+
+        def call(m: Any, hint: Any) -> Any:
+            return tuple(o.float() for o in m(hint.to(dtype)))
+
+        batch_axes = {"hint": {0: "batch", 2: "height", 3: "width"},
+                      **{n: {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in output_names}}
+    elif kind == "controlnet":
+        input_names = ("sample", "hint", "timestep", "encoder_hidden_states")
+        if len(shapes) == 5:
+            input_names = (*input_names, "y")
+        output_names = tuple(module.output_names())
+
+        def call(m: Any, *inputs: Any) -> Any:  # type: ignore[misc]
+            cast = [x.to(dtype) if i != 2 else x for i, x in enumerate(inputs)]
+            return tuple(o.float() for o in m(*cast))
+
+        batch_axes = {"sample": {0: "batch", 2: "height", 3: "width"},
+                      "hint": {0: "batch", 2: "hint_height", 3: "hint_width"},
+                      "timestep": {0: "batch"}, "encoder_hidden_states": {0: "batch"},
+                      **({"y": {0: "batch"}} if "y" in input_names else {}),
+                      **{n: {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in output_names}}
+    else:
+        config = getattr(getattr(module, "unet", module), "config", None)
+        if config is None or not hasattr(config, "cross_attention_dim"):
+            raise ExportError(f"a UNet with ControlNet inputs must be a diffusers UNet; got "
+                              f"{type(module).__name__}")
+        extras = names
+        if len(shapes) != 3 + len(extras):
+            raise ExportError("the recorded UNet call does not match its keyword inputs")
+        input_names = ("sample", "timestep", "encoder_hidden_states", *extras)
+        output_names = ("out_sample",)
+        sdxl = getattr(config, "addition_embed_type", None) == "text_time"
+        source = module
+        split = 0
+        if sdxl:
+            from comfyc.runtime.backends.torch import ADM_TIME_EMBED_DIM, adm_unet
+
+            source = adm_unet(getattr(module, "unet", module)).unet
+            split = int(config.projection_class_embeddings_input_dim) - ADM_TIME_EMBED_DIM
+        module = source
+        downs = sorted((n for n in extras if n.startswith("control_down_")),
+                       key=lambda n: int(n.rsplit("_", 1)[1]))
+        intras = sorted((n for n in extras if n.startswith("control_intra_")),
+                        key=lambda n: int(n.rsplit("_", 1)[1]))
+
+        def call(m: Any, sample: Any, timestep: Any, context: Any,  # type: ignore[misc]
+                 *more: Any) -> Any:
+            named = dict(zip(extras, more, strict=True))
+            kwargs: dict[str, Any] = {}
+            if downs:
+                kwargs["down_block_additional_residuals"] = tuple(named[n].to(dtype)
+                                                                  for n in downs)
+            if "control_mid" in named:
+                kwargs["mid_block_additional_residual"] = named["control_mid"].to(dtype)
+            if intras:
+                kwargs["down_intrablock_additional_residuals"] = [named[n].to(dtype)
+                                                                  for n in intras]
+            if sdxl:
+                y = named["y"].to(dtype)
+                kwargs["added_cond_kwargs"] = {"text_embeds": y[:, :split],
+                                               "time_ids": y[:, split:]}
+            out = m(sample.to(dtype), timestep, encoder_hidden_states=context.to(dtype),
+                    return_dict=False, **kwargs)[0]
+            return out.float()
+
+        sample_h = shapes[0][2]
+        facts_extra["control_inputs"] = {
+            n: [int(shapes[3 + i][1]), _halvings(int(sample_h), int(shapes[3 + i][2]))]
+            for i, n in enumerate(extras) if n.startswith("control_")}
+        batch_axes = {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+                      "encoder_hidden_states": {0: "batch", 1: "context_len"},
+                      "out_sample": {0: "batch", 2: "height", 3: "width"},
+                      **{n: {0: "batch"} for n in extras if not n.startswith("control_")},
+                      **{n: {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in extras
+                         if n.startswith("control_")}}
+    facts = _export(module, call, example, path, kind=kind, fp16=fp16,
+                    axes=batch_axes if dynamic else None, external_data=external_data,
+                    progress=progress, metadata={}, input_names=input_names,
+                    output_names=output_names, trace_axes=batch_axes if dynamic else None,
+                    compact=compact)
+    facts.update(facts_extra)
+    return facts
