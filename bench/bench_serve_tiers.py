@@ -21,6 +21,7 @@ fresh process with a fresh cache; they run one after another on the same box, wh
 load average is recorded before each measurement.
 
     python bench/bench_serve_tiers.py [--models tiny,sd15] [--sd15-size 256] [--steps 8]
+        [--sd15-ckpt MODELS/checkpoints/FILE]  (an SD1.5-size checkpoint already written)
 """
 
 from __future__ import annotations
@@ -217,6 +218,9 @@ def main() -> int:
     parser.add_argument("--sd15-size", type=int, default=256,
                         help="picture size of the SD1.5 runs (default 256: CPU minutes)")
     parser.add_argument("--sd15-steps", type=int, default=4)
+    parser.add_argument("--sd15-ckpt", type=Path, default=None,
+                        help="an SD1.5-size checkpoint to use instead of writing one "
+                             "(make_checkpoints.py sd15 --size full)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--name", default="serve-tiers")
     args = parser.parse_args()
@@ -228,17 +232,22 @@ def main() -> int:
                 results["tiny"] = measure("tiny", "tiny-digits.safetensors", None, 64,
                                           args.steps, work)
             elif model == "sd15":
-                models = work / "models"
-                (models / "checkpoints").mkdir(parents=True, exist_ok=True)
-                started = time.perf_counter()
-                subprocess.run([sys.executable, str(REPO / "bench" / "make_checkpoints.py"),
-                                "sd15", "--size", "full", "-o",
-                                str(models / "checkpoints" / "sd15-random.safetensors")],
-                               check=True, env=_env())
-                print(f"sd15 checkpoint written in {time.perf_counter() - started:.1f} s",
-                      flush=True)
-                results["sd15"] = measure("sd15", "sd15-random.safetensors", models,
-                                          args.sd15_size, args.sd15_steps, work)
+                if args.sd15_ckpt is not None:
+                    # NOTE: its own models folder (a link out of one is refused, as ComfyUI
+                    # confines model names).
+                    ckpt = args.sd15_ckpt.resolve()
+                    models, name = ckpt.parent.parent, ckpt.name
+                else:
+                    models, name = work / "models", "sd15-random.safetensors"
+                    (models / "checkpoints").mkdir(parents=True, exist_ok=True)
+                    started = time.perf_counter()
+                    subprocess.run([sys.executable, str(REPO / "bench" / "make_checkpoints.py"),
+                                    "sd15", "--size", "full", "-o",
+                                    str(models / "checkpoints" / name)], check=True, env=_env())
+                    print(f"sd15 checkpoint written in {time.perf_counter() - started:.1f} s",
+                          flush=True)
+                results["sd15"] = measure("sd15", name, models, args.sd15_size,
+                                          args.sd15_steps, work)
             else:
                 parser.error(f"unknown model {model!r}")
             save(args.name, {"results": results})

@@ -3,11 +3,12 @@
 A prompt's *graph shape* is the prompt with its run-time inputs taken out: sampler seeds and
 settings (KSampler ``seed``, ``steps``, ``cfg``, ``sampler_name``, ``scheduler``,
 ``denoise``; KSamplerAdvanced ``noise_seed``, ``cfg``), prompt texts (``CLIPTextEncode``
-``text``) and where outputs go (SaveImage ``filename_prefix``). The first prompt of a shape is
+``text``: only their count of 77-token chunks stays in the shape, the compiled UNet's context
+length) and where outputs go (SaveImage ``filename_prefix``). The first prompt of a shape is
 compiled with exactly those inputs as runtime params (the compiler's ``--param
 NODE.INPUT=NAME`` mechanism) into ``CACHE/<key>.comfyc``; every later prompt of the shape —
-any seed, any text, any prefix — loads that artifact (from memory after the first load) and
-only sets params. Node titles (``_meta``) are not part of the shape.
+any seed, any text of as many chunks, any prefix — loads that artifact (from memory after the
+first load) and only sets params. Node titles (``_meta``) are not part of the shape.
 
 Tiered execution (``first_run="torch"``, the default): a shape with no artifact yet does not
 wait for its compile. Its first prompt runs at once on the *torch tier* — the same passes and
@@ -72,7 +73,7 @@ __all__ = ["BYTES_PER_PIXEL", "BYTES_PER_TOKEN_PAIR", "COMPILE_IDLE_S", "COMPILE
            "DEFAULT_CACHE_ARTIFACTS", "DEFAULT_CACHE_BYTES", "DEFAULT_MEMORY_BUDGET",
            "FAILED_TTL_S", "FIRST_RUN_MODES", "RUNTIME_INPUTS", "CompileFailed", "Engine",
            "Prepared", "PromptRejected", "Validated", "compile_prompt", "estimate_memory",
-           "graph_shape", "lower_torch", "picture_memory", "shape_key"]
+           "graph_shape", "lower_torch", "picture_memory", "prompt_chunks", "shape_key"]
 
 #: Inputs that become runtime params, by node class: changing them never recompiles.
 RUNTIME_INPUTS: dict[str, tuple[str, ...]] = {
@@ -113,6 +114,8 @@ DEFAULT_MEMORY_BUDGET = 8 * 1024**3
 #: Longest node id accepted (ComfyUI's are short numbers, "12:3" for subgraph nodes).
 MAX_NODE_ID = 256
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
+#: What a compile stopped by a kill leaves in the cache folder (compile_graph's temporaries).
+_LEFTOVER = re.compile(r"\.(?P<key>[0-9a-f]+)\.comfyc\.(?:tmp|old)-[0-9]+")
 _WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
 
@@ -157,14 +160,38 @@ def _runtime_inputs(prompt: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _clip_tokenizer() -> Any:
+    from comfyc.runtime.tokenizer import ClipTokenizer
+
+    return ClipTokenizer()
+
+
+@functools.lru_cache(maxsize=512)
+def prompt_chunks(text: str) -> int:
+    """How many 77-token chunks CLIP makes of a prompt text (ComfyUI's weighted chunks)."""
+    return len(_clip_tokenizer().tokenize_weighted(text))
+
+
 def graph_shape(prompt: dict[str, Any]) -> dict[str, Any]:
-    """The prompt without titles and with runtime inputs replaced by their param names."""
+    """The prompt without titles and with runtime inputs replaced by their param names.
+
+    A prompt text's param also records its number of 77-token chunks: a compiled UNet takes
+    the context length it was compiled for (77 per chunk, issue #19 item 2), so texts of
+    another length are another shape — compiled once per chunk count (a bucket), and until
+    then run on the torch tier like any new shape.
+    """
     bound = set(_runtime_inputs(prompt))
     shape = {}
     for node_id, node in prompt.items():
-        inputs = {name: ({"$param": _param_name(node_id, name)}
-                         if (node_id, name) in bound else value)
-                  for name, value in node.get("inputs", {}).items()}
+        inputs = {}
+        for name, value in node.get("inputs", {}).items():
+            if (node_id, name) not in bound:
+                inputs[name] = value
+                continue
+            inputs[name] = {"$param": _param_name(node_id, name)}
+            if name == "text" and isinstance(value, str):
+                inputs[name]["chunks"] = prompt_chunks(value)
         shape[node_id] = {"class_type": node.get("class_type"), "inputs": inputs}
     return shape
 
@@ -375,6 +402,14 @@ class _Served:
         # embed in their images.
         self.reference: dict[str, Any] | None = (manifest.source.prompt
                                                  or manifest.run_meta.prompt)
+        # NOTE: a UNet exported for one context length takes prompt texts of as many 77-token
+        # chunks as the texts it was compiled with (issue #19 item 2); other texts do not
+        # match it (they compile, or are refused with --no-compile, instead of failing).
+        self.fixed_context = any(
+            inp.get("name") == "encoder_hidden_states" and len(inp.get("shape") or ()) > 1
+            and isinstance(inp["shape"][1], int)
+            for entry in manifest.stages.values() if entry.kind == "unet"
+            for inp in (entry.facts or {}).get("inputs") or ())
 
     def matches(self, prompt: dict[str, Any]) -> bool:
         ref = self.reference
@@ -388,7 +423,12 @@ class _Served:
             if set(mine) != set(theirs):
                 return False
             for name, value in mine.items():
-                if (node_id, name) not in self.uses and value != theirs[name]:
+                if (node_id, name) not in self.uses:
+                    if value != theirs[name]:
+                        return False
+                elif (self.fixed_context and name == "text" and isinstance(value, str)
+                      and isinstance(theirs[name], str)
+                      and prompt_chunks(value) != prompt_chunks(theirs[name])):
                     return False
         return True
 
@@ -1102,6 +1142,11 @@ class Engine:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 if (path / "manifest.json").is_file():
                     return False
+                # NOTE: no one compiles the key but us: its temporaries are a killed
+                # compile's (compile_graph only reuses one of its own process id).
+                for left in self.cache_dir.glob(f".{key}.comfyc.*-*"):
+                    if _LEFTOVER.fullmatch(left.name):
+                        shutil.rmtree(left, ignore_errors=True)
                 if background:
                     self._compile_in_child(prompt, path)
                 else:
@@ -1214,10 +1259,33 @@ class Engine:
                 "evicted": self.evicted}
 
     def clean_leftovers(self) -> None:
-        """Remove what an eviction interrupted by a kill left (``.evicted-*``)."""
-        if self.cache_dir.is_dir():
-            for trash in self.cache_dir.glob(".evicted-*"):
-                shutil.rmtree(trash, ignore_errors=True)
+        """Remove what kills left in the cache folder: evictions cut short (``.evicted-*``)
+        and compiles cut short (the compiler's ``.KEY.comfyc.tmp-PID`` and ``.old-PID``
+        folders, issue #19 item 10).
+
+        A compile's folder is removed only while no one compiles its key: the key's file
+        lock (held by every compile, in this process or another replica sharing the folder)
+        is taken without waiting first, so a compile still running elsewhere keeps its work.
+        """
+        if not self.cache_dir.is_dir():
+            return
+        for trash in self.cache_dir.glob(".evicted-*"):
+            shutil.rmtree(trash, ignore_errors=True)
+        for left in self.cache_dir.glob(".*.comfyc.*-*"):
+            match = _LEFTOVER.fullmatch(left.name)
+            if match is None or not left.is_dir():
+                continue
+            try:
+                handle = open(self._lock_file(match["key"]), "a+b")  # noqa: SIM115
+            except OSError:
+                continue
+            with handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # Being compiled now.
+                shutil.rmtree(left, ignore_errors=True)
+                _log.info("removed %s, left by a compile that was stopped", left.name)
 
     def _load(self, path: Path) -> Any:
         from comfyc.runtime.artifact import load

@@ -121,3 +121,36 @@ def test_metrics_in_prometheus_text_format(server: Server) -> None:
     assert "comfyc_compile_seconds" in families
     assert server.request("GET", "/api/metrics")[0] == 404  # Prometheus' path only.
 
+
+
+def test_long_prompt_runs_on_an_artifact_of_its_chunk_count(server: Server) -> None:
+    """Issue #19 item 2: a prompt text longer than 75 tokens (two CLIP chunks: a 154-token
+    context) runs on an artifact compiled for that context length — first on the torch tier,
+    then on its own artifact, the same pictures within 2/255 — where a compiled UNet of one
+    chunk failed with 'exported for [2, 77, 64]'. Texts of the same chunk count share it."""
+    from comfyc.serve.engine import prompt_chunks
+
+    long_text = ", ".join(["a handwritten digit seven drawn in black ink"] * 12)
+    assert prompt_chunks(long_text) == 2 and prompt_chunks("a handwritten digit seven") == 1
+    short, _ = _run(server, workflow(seed=5))
+    prompt = workflow(seed=5, text=long_text)
+    prompt["7"]["inputs"]["filename_prefix"] = "long_torch"
+    first, _ = _run(server, prompt)
+    assert first["status"]["status_str"] == "success", first["status"]
+    assert first["comfyc"]["tier"] == "torch"
+    assert first["comfyc"]["graph"] != short["comfyc"]["graph"]
+
+    server.wait_compiled()
+    other = ", ".join(["a handwritten digit one in blue ink"] * 12)
+    assert prompt_chunks(other) == 2
+    for text, prefix in ((long_text, "long_artifact"), (other, "long_other")):
+        prompt = workflow(seed=5, text=text)
+        prompt["7"]["inputs"]["filename_prefix"] = prefix
+        entry, _ = _run(server, prompt)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        assert entry["comfyc"]["tier"] == "artifact", entry["comfyc"]
+        assert entry["comfyc"]["graph"] == first["comfyc"]["graph"]
+        if prefix == "long_artifact":
+            second = entry
+    worst = int(np.abs(_pictures(server, first) - _pictures(server, second)).max())
+    assert worst <= 2, worst
