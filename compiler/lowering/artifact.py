@@ -18,9 +18,12 @@ offset of each targeted weight in the external-data file (see :mod:`comfyc.runti
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -363,6 +366,7 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
     parent = output.parent if str(output.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{output.name}.tmp-{os.getpid()}"
+    _remove_stale(parent, output.name)
     if tmp.exists():
         shutil.rmtree(tmp)
     (tmp / "stages").mkdir(parents=True)
@@ -557,14 +561,84 @@ def _sha(path: Path) -> str:
 
 
 def _replace_dir(tmp: Path, output: Path) -> None:
-    """Move ``tmp`` to ``output``, replacing an existing artifact without a gap of garbage."""
-    if output.exists():
+    """Move ``tmp`` to ``output``; an existing artifact there is replaced in one step.
+
+    On Linux the two folders are swapped by ``renameat2(RENAME_EXCHANGE)``, so a reader
+    finds a whole artifact at ``output`` at every moment (the old one or the new one), and two
+    compiles to one ``output`` both finish (the last one wins); the old artifact, now at
+    ``tmp``, is deleted after. Elsewhere the old one is moved aside first (a moment without
+    an artifact).
+    """
+    for _ in range(100):
+        if not output.exists():
+            try:
+                os.rename(tmp, output)
+                return
+            except OSError as exc:
+                # Another compile put its artifact there first: swap with it instead.
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                continue
+        try:
+            swapped = _exchange(tmp, output)
+        except FileNotFoundError:
+            continue  # Moved away meanwhile (another compile's fallback): rename instead.
+        if swapped:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         old = output.with_name(f".{output.name}.old-{os.getpid()}")
         os.replace(output, old)
         os.replace(tmp, output)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, output)
+        return
+    raise ExportError(f"could not put the artifact at {output}: other processes keep "
+                      "replacing it")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``);
+    False where the system or filesystem cannot.
+
+    Raises:
+        FileNotFoundError: One of them does not exist.
+    """
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _remove_stale(parent: Path, name: str) -> None:
+    """Delete the ``.NAME.tmp-PID`` / ``.NAME.old-PID`` folders that compiles to ``NAME``
+    left when they were killed (their process is gone); a live compile's are kept."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.(?:tmp|old)-(\d+)")
+    for left in parent.glob(f".{glob.escape(name)}.*-*"):
+        match = pattern.fullmatch(left.name)
+        if match is None or int(match[1]) == os.getpid() or _alive(int(match[1])):
+            continue
+        shutil.rmtree(left, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this id exists (a reused id keeps a leftover: the safe side)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _export_stages(program: Any, recorders: dict[str, Any], root: Path,
