@@ -2,20 +2,23 @@
 
 Every template is one of the examples that ship with comfyc (:mod:`comfyc.examples`), so a
 starter is exactly a workflow the tests run. ``init`` replaces the example's leading comment
-block with commands for the file it writes; with ``--ckpt`` it also switches the workflow from
-the embedded tiny model to a Stable Diffusion 1.x/2.x checkpoint through the IR (checkpoint
-and LoRA names, sizes ×8 for a 512-pixel model, the input image's name), keeping every other
-comment as written.
+block with the example's description, the model files the workflow reads (computed from the
+workflow, so they stay true after ``--ckpt``) and commands for the file it writes. With
+``--ckpt`` a tiny-model starter is switched to a Stable Diffusion 1.x/2.x checkpoint through the
+IR (checkpoint and LoRA names, sizes ×8 for a 512-pixel model, the input image's name); an
+SDXL, Flux or SD3 starter gets the checkpoint in place of the first model it loads. Every other
+comment stays as written.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePath
 
 __all__ = ["TEMPLATES", "Template", "descriptions", "render", "uses_input_image",
-           "TINY_CKPT", "INPUT_IMAGE"]
+           "model_files", "replaced_by_ckpt", "TINY_CKPT", "INPUT_IMAGE"]
 
 #: The embedded tiny model and its sample input image.
 TINY_CKPT = "tiny-digits.safetensors"
@@ -46,10 +49,24 @@ class Template:
         return examples.read_text(self.example)
 
     @property
+    def description(self) -> list[str]:
+        """The example's description: its first comment paragraph, lines without ``# ``
+        (up to the first empty comment line, blank line or statement)."""
+        lines = []
+        for line in self.text().splitlines():
+            text = line[1:].strip() if line.startswith("#") else ""
+            if not text:
+                break
+            lines.append(text)
+        return lines
+
+    @property
     def headline(self) -> str:
-        """The first line of the example's header comment."""
-        first = self.text().splitlines()[0]
-        return first.lstrip("# ").strip() if first.startswith("#") else self.example
+        """The first sentence of the example's description, as written (capitals kept)."""
+        text = " ".join(self.description)
+        # NOTE: a sentence ends at a full stop before a space: "Flux.1", "3.5" and "1..4" do not.
+        end = re.search(r"\.(\s|$)", text)
+        return (text[:end.start() + 1] if end else text) or self.example
 
 
 #: ``comfyc init --template NAME`` → the example it writes.
@@ -92,12 +109,17 @@ def _body(text: str) -> str:
     return "".join(lines[index:])
 
 
-def _header(headline: str, model_note: str, file: str, input_dir: str | None,
-            models: bool = False) -> str:
+def _header(description: list[str], file: str, input_dir: str | None,
+            files: list[tuple[str, str]]) -> str:
     stem = PurePath(file).stem
     extra = f" --input-dir {input_dir}" if input_dir else ""
-    where = " --models-dir models" if models else ""
-    return (f"# {headline}\n# {model_note}\n#\n"
+    where = " --models-dir models" if files else ""
+    needs = ""
+    if files:
+        needs = ("# Model files it reads from the models folder (--models-dir or "
+                 "$COMFYC_MODELS):\n" + "".join(f"#   {folder}/{name}\n"
+                                                for folder, name in files) + "#\n")
+    return ("".join(f"# {line}\n" for line in description) + "#\n" + needs +
             f"#   comfyc check {file}{where}\n"
             f"#   comfyc run {file}{where} --output output{extra}\n"
             f"#   comfyc compile {file}{where} -o {stem}.comfyc && comfyc run {stem}.comfyc"
@@ -149,27 +171,63 @@ def render(name: str, *, file: str = "workflow.cfy", ckpt: str | None = None,
     template = TEMPLATES[name]
     body = _body(template.text())
     image = uses_input_image(name)
+    description = template.description
     if not template.tiny:
-        note = template.text().splitlines()[1].lstrip("# ").strip()
         if ckpt is not None:
             folder, first = _first_checkpoint(body, file)
             body = _rewrite(body, lambda graph: _replace_files(graph, folder, first, ckpt),
                             file)
-            note = f"For checkpoint {ckpt} from the models folder (--models-dir or\n" \
-                   f"# $COMFYC_MODELS)."
+            description = [template.headline,
+                           f"For {ckpt} in place of {folder}/{first}."]
         if lora is not None:
             body = _rewrite(body, lambda graph: _set_files(graph, "loras", lora), file)
     elif ckpt is None:
-        note = "For comfyc's embedded tiny model: 64x64 handwritten digits, nothing to download."
+        if not any("tiny model" in line for line in description):
+            description = [*description, "For comfyc's embedded tiny model: 64x64 handwritten "
+                                         "digits, nothing to download."]
         if lora is not None:
             body = _rewrite(body, lambda graph: _set_files(graph, "loras", lora), file)
     else:
-        note = (f"For checkpoint {ckpt} from the models folder (--models-dir or\n"
-                f"# $COMFYC_MODELS): sizes are for a 512-pixel model; change the prompts.")
+        description = [template.headline,
+                       f"For checkpoint {ckpt}: sizes are for a 512-pixel model; change the "
+                       f"prompts."]
         body = _rewrite(body, _for_checkpoint(ckpt, lora or "my-lora.safetensors",
                                               "input.png"), file)
-    return _header(template.headline, note, file, input_dir if image else None,
-                   models=not template.tiny or ckpt is not None) + body
+    return _header(description, file, input_dir if image else None,
+                   model_files(body, file)) + body
+
+
+def model_files(text: str, file: str = "workflow.cfy") -> list[tuple[str, str]]:
+    """The model files a DSL workflow reads from the models folder, in order, once each.
+
+    Returns:
+        ``(folder, name)`` pairs, e.g. ``("checkpoints", "sd_xl_base_1.0.safetensors")``;
+        the models that ship with comfyc (the tiny model and its LoRA) and input images are
+        left out.
+    """
+    from comfyc.compiler.catalog import default_catalog
+    from comfyc.frontends.dsl import parse_dsl
+    from comfyc.runtime.model_paths import EMBEDDED_MODELS, MODEL_KINDS
+
+    catalog = default_catalog()
+    found: list[tuple[str, str]] = []
+    for node in parse_dsl(text, file, catalog).nodes:
+        schema = catalog.get(node.class_type)
+        for spec in schema.inputs if schema is not None else []:
+            value = node.inputs.get(spec.name)
+            if (spec.files in MODEL_KINDS and isinstance(value, str)
+                    and value not in EMBEDDED_MODELS.get(spec.files, {})
+                    and (spec.files, value) not in found):
+                found.append((spec.files, value))
+    return found
+
+
+def replaced_by_ckpt(name: str) -> tuple[str, str | None]:
+    """The models folder and file that ``--ckpt`` replaces in template ``name``."""
+    template = TEMPLATES[name]
+    if template.tiny:
+        return "checkpoints", TINY_CKPT
+    return _first_checkpoint(_body(template.text()), template.example)
 
 
 def _rewrite(text: str, edit: Callable[[object], None], file: str) -> str:

@@ -382,13 +382,14 @@ def run(args: argparse.Namespace) -> int:
     for backend, why in missing.items():
         print(f"comfyc bench: {'warning' if args.skip_unavailable else 'error'}: backend "
               f"{backend} cannot run on this machine: {why}", file=sys.stderr)
+    # NOTE: exit 2, as compile and run do for a backend this machine lacks (README: exit codes).
     if missing and not args.skip_unavailable:
         print("comfyc bench: leave those backends out, or pass --skip-unavailable",
               file=sys.stderr)
-        return EXIT_INVALID
+        return EXIT_UNREADABLE
     backends = [b for b in backends if b not in missing]
     if not backends:
-        return EXIT_INVALID
+        return EXIT_UNREADABLE
 
     out = Path(args.output)
     (out / "images").mkdir(parents=True, exist_ok=True)

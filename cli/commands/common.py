@@ -189,8 +189,8 @@ def backend_help(error: BaseException) -> str | None:
     other errors)."""
     from comfyc.runtime.backends.base import BackendError
 
-    if not isinstance(error, BackendError):
-        return None
+    if not isinstance(error, BackendError) or "--backend ort-cpu" in str(error):
+        return None  # not a backend error, or the message names what runs here already
     # NOTE: onnxruntime's CPU provider is in every build; GPU providers and PyTorch are not
     # offered here: they fail on the machines where this error happens, or may not hold the
     # artifact's stages.

@@ -2,12 +2,16 @@
 
   comfyc init --template txt2img -o digits.cfy
   comfyc init --template hires-fix -o hires.cfy --ckpt v1-5-pruned-emaonly.safetensors
+  comfyc init --template sdxl -o sdxl.cfy --ckpt my-sdxl-finetune.safetensors
 
-Templates: txt2img, img2img, inpaint, hires-fix, lora, area. By default they use the
-embedded tiny model (64x64 handwritten digits; nothing to download); --ckpt names a Stable
+Every template is one of the examples that ship with comfyc (listed below). Most run on the
+embedded tiny model (64x64 handwritten digits; nothing to download), and --ckpt names a Stable
 Diffusion 1.x/2.x checkpoint from the models folder instead (512x512, a photographic prompt).
-The img2img and inpaint starters for the tiny model also get their input image,
-input/digit.png beside the workflow. An existing file is never overwritten without --force.
+The SDXL, Flux and SD3 templates name the published model files, which you put in the models
+folder (--models-dir DIR or $COMFYC_MODELS); --ckpt replaces the first one they load. The
+file's header and the message init prints list the model files the workflow reads. Starters
+that read an input image also get one for the tiny model: input/digit.png beside the workflow.
+An existing file is never overwritten without --force.
 """
 
 from __future__ import annotations
@@ -15,26 +19,42 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from .common import EXIT_INVALID, EXIT_OK, EXIT_UNREADABLE, write_output
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "template_list"]
+
+
+def template_list() -> str:
+    """The templates, one per line with the example's first sentence (``--help``'s list)."""
+    from comfyc.cli.templates import TEMPLATES
+
+    width = max(len(name) for name in TEMPLATES) + 2
+    lines = ["templates:"]
+    for name, template in TEMPLATES.items():
+        model = "tiny model" if template.tiny else "your model files"
+        text = f"{template.headline} ({model}; examples/{template.example})"
+        wrapped = textwrap.wrap(text, 96 - width - 2)
+        lines.append(f"  {name:<{width}}{wrapped[0]}")
+        lines.extend(f"  {'':<{width}}{rest}" for rest in wrapped[1:])
+    return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``comfyc init``."""
-    from comfyc.cli.templates import TEMPLATES, descriptions
+    from comfyc.cli.templates import TEMPLATES
 
-    names = ", ".join(f"{name} ({text[0].lower()}{text[1:].rstrip('.')})" for name, text in
-                      descriptions().items())
+    parser.epilog = template_list()
     parser.add_argument("--template", "-t", required=True, choices=list(TEMPLATES),
-                        metavar="NAME", help=f"one of: {names}")
+                        metavar="NAME", help=f"one of: {', '.join(TEMPLATES)} (listed below)")
     parser.add_argument("-o", "--output", required=True, metavar="FILE.cfy",
                         help="the workflow file to write ('-' for standard output)")
     parser.add_argument("--ckpt", metavar="NAME",
                         help="a checkpoint in the models folder instead of the embedded tiny "
-                             "model")
+                             "model (SDXL/Flux/SD3 templates: instead of the first model "
+                             "file they load)")
     parser.add_argument("--lora", metavar="NAME",
                         help="the LoRA the lora template loads (default: the tiny model's, "
                              "or my-lora.safetensors with --ckpt)")
@@ -44,7 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc init``."""
     from comfyc import examples
-    from comfyc.cli.templates import INPUT_IMAGE, render, uses_input_image
+    from comfyc.cli.templates import (
+        INPUT_IMAGE,
+        TEMPLATES,
+        model_files,
+        render,
+        replaced_by_ckpt,
+        uses_input_image,
+    )
 
     if args.ckpt is not None and not args.ckpt.strip():
         print("comfyc init: error: --ckpt needs a checkpoint name, e.g. "
@@ -63,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
                   f"it, or choose another name with -o", file=sys.stderr)
             return EXIT_INVALID
     reads_image = uses_input_image(args.template)
-    text = render(args.template, file=args.output if not to_stdout else
-                  f"{args.template}.cfy", ckpt=args.ckpt, lora=args.lora,
+    file = args.output if not to_stdout else f"{args.template}.cfy"
+    text = render(args.template, file=file, ckpt=args.ckpt, lora=args.lora,
                   input_dir=os.fspath(input_dir) if reads_image else None)
     try:
         write_output(text, args.output)
@@ -74,8 +101,23 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNREADABLE
     if to_stdout:
         return EXIT_OK
-    print(f"wrote {target} ({args.template}, {args.ckpt or 'the embedded tiny model'})",
-          file=sys.stderr)
+    template = TEMPLATES[args.template]
+    files = model_files(text, file)
+    print(f"wrote {target}: {template.headline}", file=sys.stderr)
+    if template.tiny and args.ckpt is None:
+        print("it runs on comfyc's embedded tiny model" +
+              (", and" if files else ": nothing to download"), file=sys.stderr)
+    if files:
+        print("it reads these files from the models folder (--models-dir DIR or "
+              "$COMFYC_MODELS):", file=sys.stderr)
+        for folder, name in files:
+            print(f"  {folder}/{name}", file=sys.stderr)
+    if args.ckpt is None:
+        folder, first = replaced_by_ckpt(args.template)
+        what = ("a Stable Diffusion 1.x/2.x checkpoint of yours" if template.tiny else
+                f"your own file in place of {folder}/{first}")
+        print(f"for {what}: comfyc init -t {args.template} -o {target} --ckpt NAME --force",
+              file=sys.stderr)
     if reads_image:
         image = input_dir / (INPUT_IMAGE if args.ckpt is None else "input.png")
         if args.ckpt is None and not image.exists():
@@ -89,5 +131,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"put the input image at {image} (or change LoadImage's image name)",
                   file=sys.stderr)
     extra = f" --input-dir {input_dir}" if reads_image else ""
-    print(f"next: comfyc run {target} --output output{extra}", file=sys.stderr)
+    where = " --models-dir models" if files else ""
+    print(f"next: comfyc run {target}{where} --output output{extra}" +
+          ("   (models: your models folder, e.g. ComfyUI/models)" if files else ""),
+          file=sys.stderr)
     return EXIT_OK

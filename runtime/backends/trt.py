@@ -55,8 +55,23 @@ INDEX_FORMAT = 1
 _MISSING_TENSORRT = (
     "the trt backend needs NVIDIA TensorRT's Python package ('tensorrt'), which is not "
     "installed here. Install it with the tensorrt extra on a machine with an NVIDIA GPU and "
-    "CUDA 12: pip install 'comfyc[tensorrt]' (it also brings polygraphy). Or run the stages "
-    "with --backend ort-cuda, ort-trt (onnxruntime's TensorRT provider) or torch")
+    "CUDA 12: pip install 'comfyc[tensorrt]' (it also brings polygraphy)")
+
+
+def _backends_that_run_here() -> list[str]:
+    """onnxruntime backends this machine has, GPU ones first (for the missing-TensorRT hint)."""
+    try:
+        import onnxruntime
+
+        providers = set(onnxruntime.get_available_providers())
+    except ImportError:
+        return []
+    # NOTE: only what can run here is suggested: ort-cuda or ort-trt on a CPU-only build would
+    # fail just the same (issue #18).
+    found = [name for name, provider in (("ort-trt", "TensorrtExecutionProvider"),
+                                         ("ort-cuda", "CUDAExecutionProvider"))
+             if provider in providers]
+    return found + ["ort-cpu"]
 
 
 def require_tensorrt() -> Any:
@@ -64,7 +79,10 @@ def require_tensorrt() -> Any:
     try:
         import tensorrt  # type: ignore[import-not-found]
     except ImportError as exc:
-        raise BackendError(_MISSING_TENSORRT) from exc
+        here = _backends_that_run_here()
+        hint = (f". On this machine the stages run with --backend {' or '.join(here)}"
+                if here else "")
+        raise BackendError(_MISSING_TENSORRT + hint) from exc
     return tensorrt
 
 

@@ -327,11 +327,15 @@ def test_fp16_stage_passes_the_checks(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ missing TensorRT
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
 def test_require_tensorrt_names_the_package_and_extra() -> None:
+    """The package, the extra, and only backends this onnxruntime build can run."""
     with pytest.raises(BackendError) as info:
         require_tensorrt()
     message = str(info.value)
     assert "'tensorrt'" in message and "pip install 'comfyc[tensorrt]'" in message
-    assert "--backend ort-cuda" in message
+    assert "--backend" in message and message.endswith("ort-cpu")
+    providers = ort.get_available_providers()
+    assert ("ort-cuda" in message) == ("CUDAExecutionProvider" in providers)
+    assert ("ort-trt" in message) == ("TensorrtExecutionProvider" in providers)
 
 
 def _comfyc(*args: str) -> subprocess.CompletedProcess[str]:
@@ -341,16 +345,24 @@ def _comfyc(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
 def test_cli_without_tensorrt_fails_clearly(artifact: Path) -> None:
+    """build-engines and run --backend trt: exit 2 (what this machine lacks, like an extra),
+    the extra to install, and a backend that runs here - not GPU providers that would fail
+    just the same (issue #18)."""
     result = _comfyc("build-engines", str(artifact))
     assert result.returncode == 2, result.stderr
     assert "pip install 'comfyc[tensorrt]'" in result.stderr
+    assert "--backend ort-cpu" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (artifact / ENGINE_DIR).exists()
     result = _comfyc("run", str(artifact), "--backend", "trt", "--output",
                      str(artifact.parent / "out"))
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr
     assert "pip install 'comfyc[tensorrt]'" in result.stderr
+    assert "--backend ort-cpu" in result.stderr
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "ort-cuda" not in result.stderr and "or torch" not in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (artifact.parent / "out").exists()
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
