@@ -94,6 +94,9 @@ class CompileOptions:
             shallow UNet in between (see :mod:`~.step_cache`); None (or 1): exact.
         step_cache_skip: How many top-level skip connections the shallow UNet computes
             (1 = the least work; larger = closer to exact).
+        noise_mode: The artifact's noise mode (``cpu``, ``cpu-legacy``, ``cuda``: whose
+            per-step sampler noise runs reproduce unless ``run`` is given another); None: the
+            runtime's default.
     """
 
     backend: str | dict[str, str] = "ort-cpu"
@@ -115,6 +118,7 @@ class CompileOptions:
     optimize_large: bool = False
     step_cache: int | None = None
     step_cache_skip: int = 1
+    noise_mode: str | None = None
 
 
 @dataclass
@@ -334,6 +338,13 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
     from .program import TorchModelCache, lower_to_program
 
     options = options or CompileOptions()
+    if options.noise_mode is not None:
+        from comfyc.runtime.noise import check_noise_mode
+
+        try:
+            check_noise_mode(options.noise_mode)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
     if options.quantize not in (None, "int8"):
         raise ExportError(f"--quantize {options.quantize!r} is not supported; expected int8")
     if options.quantize and options.fp16:
@@ -404,7 +415,7 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
             plan=plan,
             constants=ConstantsIndex("constants.safetensors", entries),
             run_meta=RunMeta(program.meta.get("prompt"), program.meta.get("param_uses") or {},
-                             program.meta.get("extra_pnginfo")),
+                             program.meta.get("extra_pnginfo"), options.noise_mode),
             stats=stats,
             changes=context.changes.to_json(),
             # The optimised graph as DSL (`comfyc viz` draws it beside the source).
@@ -903,7 +914,7 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         return entry
     entry.file = f"stages/{name}.onnx"
     entry.export_s = round(time.perf_counter() - t0, 3)
-    entry.facts = _jsonable(facts)
+    entry.facts = _jsonable(_relative_paths(facts, root))
     entry.dynamic = dynamic
     if options.quantize and not lora and not caching and (kind in options.quantize_stages
                                           or name in options.quantize_stages):
@@ -948,6 +959,23 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         to_fp16(path, variant)
         entry.variants = {"fp16": f"stages/{variant.name}"}
     return entry
+
+
+def _relative_paths(facts: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The export facts with their file paths relative to the artifact (``stages/…``).
+
+    NOTE: the exporters report where they wrote, which is inside the temporary folder the
+    artifact is built in; the manifest must not keep that name (issue #18).
+    """
+    out = dict(facts)
+    for key in ("path", "data_path"):
+        value = out.get(key)
+        if isinstance(value, str):
+            try:
+                out[key] = Path(value).resolve().relative_to(root.resolve()).as_posix()
+            except ValueError:
+                del out[key]  # written elsewhere: no place in the artifact's record
+    return out
 
 
 def _jsonable(value: Any) -> Any:

@@ -149,12 +149,25 @@ def test_artifact_files_have_the_umask_mode(artifact: Path) -> None:
     assert not wrong, wrong
 
 
+def test_manifest_names_no_temporary_folder(artifact: Path) -> None:
+    """The manifest records stage files relative to the artifact: neither the temporary
+    folder it was built in (``.NAME.comfyc.tmp-PID``) nor any absolute path of this machine."""
+    text = (artifact / "manifest.json").read_text(encoding="utf-8")
+    assert ".tmp-" not in text and str(artifact.parent) not in text
+    stages = json.loads(text)["stages"]
+    paths = [entry["facts"]["path"] for entry in stages.values()
+             if "path" in entry.get("facts", {})]
+    assert paths and all(path.startswith("stages/") and (artifact / path).is_file()
+                         for path in paths), paths
+
+
 def test_missing_tensorrt_at_run_and_build_engines(artifact: Path) -> None:
     """run --backend trt and build-engines without TensorRT: exit 2, a backend that runs."""
     if subprocess.run([sys.executable, "-c", "import tensorrt"]).returncode == 0:
         pytest.skip("TensorRT is installed here")
     err = _clean(_run("run", str(artifact), "--backend", "trt", "-q"), 2)
-    assert "help: on this machine, use --backend ort-cpu" in err
+    assert "On this machine the stages run with --backend ort-cpu" in err
+    assert "ort-cuda" not in err or "CUDAExecutionProvider" in err
     err = _clean(_run("build-engines", str(artifact)), 2)
     assert "comfyc run ARTIFACT --backend ort-cpu" in err
 
