@@ -73,3 +73,42 @@ def test_ov_session_interface_and_threads(artifact: Path) -> None:
     assert image.dtype == np.float32 and image.shape == (1, 3, 64, 64)
     with pytest.raises(BackendError, match="precision"):
         OvSession(path, precision="int4")
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
+def test_ov_cpu_in_a_per_stage_map(artifact: Path) -> None:
+    """A backend map puts the UNet on OpenVINO and the rest on onnxruntime; the image agrees
+    with all-onnxruntime within the fp32 tolerance."""
+    from comfyc.runtime.artifact import load
+    from comfyc.runtime.backends.openvino import OvSession
+
+    mixed = load(artifact, backend="unet=ov-cpu,*=ort-cpu")
+    by_kind = {name.split("_")[0]: stage.backend for name, stage in mixed.stages.items()
+               if hasattr(stage, "backend")}
+    assert by_kind["unet"] == "ov-cpu" and by_kind["vae"] == "ort-cpu"
+    unet = next(s for n, s in mixed.stages.items() if n.startswith("unet"))
+    assert isinstance(unet.session, OvSession)
+    image = next(iter(mixed.run({"seed": 4}, save=False).images.values()))
+    plain = next(iter(load(artifact, backend="ort-cpu").run({"seed": 4},
+                                                           save=False).images.values()))
+    assert np.abs(image - plain).max() * 255 < 2.0
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
+def test_autotuner_measures_ov_cpu(artifact: Path) -> None:
+    """The autotuner times ov-cpu beside ort-cpu for every ONNX stage, checks its output
+    against the first backend's, and may choose it."""
+    from comfyc.compiler.lowering.autotune import autotune, candidate_backends
+    from comfyc.runtime.artifact import read_manifest
+
+    manifest = read_manifest(artifact)
+    assert all("ov-cpu" in candidate_backends(entry)
+               for entry in manifest.stage_entries().values() if entry.file)
+    tuned = autotune(artifact, manifest, backends=["ort-cpu", "ov-cpu"], calls=2, warmup=1,
+                     threads=[1])
+    for row in tuned.autotune["stages"].values():
+        assert set(row["measurements"]) == {"ort-cpu", "ov-cpu"}
+        measured = row["measurements"]["ov-cpu"]
+        assert measured["median_ms"] > 0 and measured["threads"] == 1
+        assert measured["max_abs_diff"] < 1e-3
+        assert row["choice"] in ("ort-cpu", "ov-cpu")
