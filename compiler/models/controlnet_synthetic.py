@@ -67,6 +67,7 @@ from comfyc.compiler.models.synthetic import (
     model_spec,
     single_file_layout,
     synthetic_tensor,
+    write_diffusers_layout,
     write_safetensors_stream,
 )
 
@@ -316,6 +317,7 @@ def write_adapter_host_checkpoint(
     seed: int = 0,
     dtype: torch.dtype = torch.float16,
     jitter: float = 0.0,
+    diffusers_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Writes a tiny single-file checkpoint whose UNet fits the tiny T2I-Adapters
     (`adapter_host_unet_config`); VAE and text encoders are the tiny family's.
@@ -326,6 +328,7 @@ def write_adapter_host_checkpoint(
         seed: Weight seed.
         dtype: Floating dtype.
         jitter: Std of noise on norm weights and biases.
+        diffusers_dir: Also write a diffusers pipeline folder here (same weights), if given.
 
     Returns:
         The written file.
@@ -343,5 +346,8 @@ def write_adapter_host_checkpoint(
         variant=host.variant, family=host.family)
     metadata["comfyc.synthetic"] = _synthetic_metadata("adapter_host", family, "tiny", seed,
                                                        jitter)
-    return write_safetensors_stream(path, single_file_layout(modules, host, seed, jitter),
-                                    dtype=dtype, metadata=metadata)
+    written = write_safetensors_stream(path, single_file_layout(modules, host, seed, jitter),
+                                       dtype=dtype, metadata=metadata)
+    if diffusers_dir is not None:
+        write_diffusers_layout(modules, host, seed, jitter, dtype, Path(diffusers_dir))
+    return written

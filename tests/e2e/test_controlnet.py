@@ -16,6 +16,7 @@ against ComfyUI's own code in tests/compiler/models/test_controlnet_comfyui_refe
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -231,3 +232,53 @@ def test_comfyui_controlnet_example_compiles_and_runs(corpus: Path, models: Path
                                                        save=False).images.values()
     assert ours.shape == want.shape == (1, SIZE, SIZE, 3) and ours.std() > 0.01
     assert float(np.abs(ours - want).max()) <= 2 / 255
+
+
+@pytest.fixture(scope="module")
+def example_models(models: Path) -> Path:
+    """The examples' ControlNet names in a models folder (the embedded tiny model has the
+    tiny SD1 architecture the fixture's ControlNets were made for)."""
+    root = models / "examples-models"
+    (root / "controlnet").mkdir(parents=True, exist_ok=True)
+    for theirs, ours in ((CONTROL, "control_digits_scribble.safetensors"),
+                         (CONTROL_2, "control_digits_depth.safetensors")):
+        target = root / "controlnet" / ours
+        if not target.exists():
+            os.link(models / "controlnet" / theirs, target)
+    return root
+
+
+@pytest.mark.parametrize("name", ["controlnet", "controlnet_mix"])
+def test_controlnet_examples(example_models: Path, name: str, tmp_path: Path) -> None:
+    """examples/controlnet.cfy and controlnet_mix.cfy check, compile (each ControlNet an ONNX
+    stage) and run on the artifact as on the torch path; the strengths are runtime params."""
+    path = REPO / "examples" / f"{name}.cfy"
+    inputs = REPO / "examples" / "input"
+    result = subprocess.run([sys.executable, "-m", "comfyc.cli.main", "check", str(path),
+                             "--models-dir", str(example_models)],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    artifact = tmp_path / f"{name}.comfyc"
+    compile_graph(load_workflow(path), artifact,
+                  CompileOptions(models_dir=str(example_models), input_dir=str(inputs)))
+    stages = read_manifest(artifact, verify=False).stage_entries().values()
+    controls = [e for e in stages if e.kind == "controlnet"]
+    assert len(controls) == (2 if name == "controlnet_mix" else 1)
+    assert all(e.file.endswith(".onnx") and not e.fallback for e in controls)
+    program = load(artifact)
+    strengths = [p for p in program.params if p.endswith("strength")]
+    assert strengths
+    cache = TorchModelCache(str(example_models))
+    graph = load_workflow(path)
+    run_pipeline(graph, PassContext(options=PassOptions(models_dir=str(example_models)),
+                                    models=cache))
+    torch_program = lower_to_program(graph, cache=cache)
+    images = []
+    for params in ({"seed": 5}, {"seed": 5, **{p: 0.0 for p in strengths}}):
+        ours = program.run(params, input_dir=inputs, save=False).images["image"]
+        want = torch_program.run(params, input_dir=inputs, save=False).images["image"]
+        assert ours.shape == (1, 64, 64, 3) and ours.std() > 0.01
+        diff = float(np.abs(ours - want).max())
+        assert diff <= 2 / 255, f"{name} {params}: {diff * 255:.2f}/255"
+        images.append(ours)
+    assert float(np.abs(images[0] - images[1]).max()) > 2 / 255, "the ControlNet changed nothing"
