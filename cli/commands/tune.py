@@ -29,12 +29,25 @@ examples:
 """
 
 
+def _thread_count(text: str) -> int:
+    """``--threads``: a whole number, 1 or more; 0 leaves the choice to comfyc."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a thread count: give a whole number, 1 or more (0 or leaving "
+            f"--threads out lets comfyc choose)")
+    return count
+
+
 def add_ort_arguments(parser: argparse.ArgumentParser) -> None:
     """onnxruntime tuning options shared by run, tune and bench."""
     group = parser.add_argument_group("threads and onnxruntime tuning")
-    group.add_argument("--threads", type=int, default=None, metavar="N",
+    group.add_argument("--threads", type=_thread_count, default=None, metavar="N",
                        help="intra-op threads of every stage (onnxruntime, OpenVINO, torch); "
-                       "default: the autotuned count if any, else the cores the 1-minute "
+                       "default (or 0): the autotuned count if any, else the cores the 1-minute "
                        "load average leaves free (at least 1), never more than the cores. "
                        "Idle threads sleep instead of spinning (onnxruntime allow_spinning=0, "
                        "OMP_WAIT_POLICY=PASSIVE for torch): on a busy machine more threads "

@@ -237,3 +237,31 @@ def test_compile_backend_auto_plans_the_fastest(tmp_path: Path, random_models: P
         assert manifest.plan[name] == row["choice"]
     program = load(artifact)
     assert next(iter(program.run({"seed": 1}, save=False).images.values())).shape == (1, 64, 64, 3)
+
+
+def test_bench_says_one_size_per_artifact(tmp_path: Path, random_models: Path) -> None:
+    """As a user runs it (a subprocess): the compile message and the table give the same
+    artifact size, the PyTorch weights stored for the torch row are counted apart, the first
+    run shows its steps, and nothing is a traceback (issue #18 item 7)."""
+    import subprocess
+    import sys
+
+    workflow = small_txt2img(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "comfyc.cli.main", "bench", str(workflow), "--backends",
+         "ort-cpu", "--runs", "1", "--warmup", "0", "-o", str(tmp_path / "out"),
+         "--models-dir", str(random_models)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    compiled = re.search(r"compiled fp32 in [\d.]+ s: ([\d.]+) MB \(\+ [\d.]+ MB of PyTorch "
+                         r"weights stored for the torch rows only\)", result.stderr)
+    assert compiled, result.stderr
+    assert "compile fp32: wrote" not in result.stderr  # the writer's size, torch included
+    assert re.search(r"ort-cpu: .*KSampler: step 1/2", result.stderr), result.stderr
+    header, row = result.stdout.splitlines()[:2]
+    column = header.index("size MB")  # columns are left-aligned under their headers
+    assert row[column:].split()[0] == compiled.group(1), (header, row)
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert f"{report['rows'][0]['size_bytes'] / 1e6:.2f}" == compiled.group(1)

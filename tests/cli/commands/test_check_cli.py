@@ -383,3 +383,40 @@ def test_node_comfyc_cannot_run_is_an_error(tmp_path: Path) -> None:
            "no implementation of ModelMergeSimple" in result.stderr
     assert "--comfyui" in result.stderr
     assert _run("check", "--object-info", extra, "--comfyui", str(path)).returncode == 0
+
+
+def test_what_run_would_refuse_is_found_all_at_once(tmp_path: Path) -> None:
+    """Issue #18 item 4 in one `comfyc check`: a model name leaving its folder, a model file
+    missing from the models folder, a node comfyc cannot run, a missing required input and a
+    misspelt key are all reported, each at its node, exit 1, no traceback."""
+    def edit(d: dict[str, Any]) -> None:
+        d["10"] = {"class_type": "VAELoader", "inputs": {"vae_name": "../../etc/passwd"}}
+        d["11"] = {"class_type": "LoraLoader", "inputs": {
+            "lora_name": "missing-lora.safetensors", "strength_model": 1.0,
+            "strength_clip": 1.0, "model": ["4", 0], "clip": ["4", 1]}}
+        d["20"] = {"class_type": "ModelMergeSimple",
+                   "inputs": {"model1": ["11", 0], "model2": ["4", 0], "ratio": 0.5}}
+        d["3"]["inputs"].update(model=["20", 0])
+        d["3"]["inputs"].pop("cfg")
+        d["3"]["inputs"]["stpes"] = d["3"]["inputs"].pop("steps")
+        d["8"]["inputs"].update(vae=["10", 0])
+
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps(_edit(edit)))
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "loras").mkdir()
+    (models / "checkpoints" / "tiny-digits.safetensors").write_bytes(b"")
+    result = _run("check", "--object-info", str(DATA / "comfy" / "object_info_extra.json"),
+                  "--models-dir", str(models), str(path))
+    err = result.stderr
+    assert result.returncode == 1 and "Traceback" not in err and "bug in comfyc" not in err
+    for text in ("node #10, input 'vae_name': error[value_not_in_list]",
+                 "may not leave it",
+                 "node #11, input 'lora_name': error[value_not_in_list]",
+                 "'missing-lora.safetensors' not found",
+                 "node #20: error[unsupported_node]",
+                 "error[required_input_missing]: required input 'cfg' (FLOAT)",
+                 "input 'stpes': error[unknown_input]", "did you mean 'steps'?"):
+        assert text in err, f"{text!r} not in:\n{err}"
+    assert "6 errors" in err, err

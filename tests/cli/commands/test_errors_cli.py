@@ -227,3 +227,15 @@ def test_bench_first_run_shows_its_steps(capsys: pytest.CaptureFixture[str]) -> 
         progress("KSampler", step, 20)
     err = capsys.readouterr().err
     assert err == "[bench] torch-compile: KSampler: step 1/20\n"
+
+
+def test_threads_flag_as_a_user_passes_it(artifact: Path, tmp_path: Path) -> None:
+    """`--threads 1` runs the artifact on one thread (issue #18 item 6: the fast setting on a
+    busy 2-core box); a count that is not one is a usage error (exit 2) saying what to give."""
+    _clean(_run("run", str(artifact), "--threads", "1", "-o", str(tmp_path / "one"), "-q"), 0)
+    assert list((tmp_path / "one").glob("*.png"))
+    for bad in ("-2", "two"):
+        err = _clean(_run("run", str(artifact), "--threads", bad, "-o", str(tmp_path / "x")), 2)
+        assert f"argument --threads: '{bad}' is not a thread count" in err
+        assert "1 or more" in err
+    assert not (tmp_path / "x").exists()
