@@ -71,8 +71,9 @@ _log = logging.getLogger(__name__)
 
 __all__ = ["BYTES_PER_PIXEL", "BYTES_PER_TOKEN_PAIR", "COMPILE_IDLE_S", "COMPILE_NICENESS",
            "DEFAULT_CACHE_ARTIFACTS", "DEFAULT_CACHE_BYTES", "DEFAULT_MEMORY_BUDGET",
-           "FAILED_TTL_S", "FIRST_RUN_MODES", "RUNTIME_INPUTS", "CompileFailed", "Engine",
-           "Prepared", "PromptRejected", "Validated", "compile_prompt", "estimate_memory",
+           "FAILED_TTL_S", "FIRST_RUN_MODES", "MAX_PROMPT_CHUNKS", "MAX_TEXT_CHARS",
+           "RUNTIME_INPUTS", "CompileFailed", "Engine", "Prepared", "PromptRejected",
+           "Validated", "compile_prompt", "estimate_memory",
            "graph_shape", "lower_torch", "picture_memory", "prompt_chunks", "shape_key"]
 
 #: Inputs that become runtime params, by node class: changing them never recompiles.
@@ -113,6 +114,11 @@ BYTES_PER_TOKEN_PAIR = 9
 DEFAULT_MEMORY_BUDGET = 8 * 1024**3
 #: Longest node id accepted (ComfyUI's are short numbers, "12:3" for subgraph nodes).
 MAX_NODE_ID = 256
+#: Longest text a STRING input may hold (a long prompt is a few thousand characters).
+MAX_TEXT_CHARS = 32768
+#: Most 77-token CLIP chunks a prompt text may make (2,464 tokens): each is a text-encoder
+#: run, and the UNet's cross-attention grows with their total; a 1 MB text made 6,645.
+MAX_PROMPT_CHUNKS = 32
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 #: What a compile stopped by a kill leaves in the cache folder (compile_graph's temporaries).
 _LEFTOVER = re.compile(r"\.(?P<key>[0-9a-f]+)\.comfyc\.(?:tmp|old)-[0-9]+")
@@ -167,10 +173,27 @@ def _clip_tokenizer() -> Any:
     return ClipTokenizer()
 
 
-@functools.lru_cache(maxsize=512)
+_CHUNKS: OrderedDict[bytes, int] = OrderedDict()
+_CHUNKS_LOCK = threading.Lock()
+
+
 def prompt_chunks(text: str) -> int:
-    """How many 77-token chunks CLIP makes of a prompt text (ComfyUI's weighted chunks)."""
-    return len(_clip_tokenizer().tokenize_weighted(text))
+    """How many 77-token chunks CLIP makes of a prompt text (ComfyUI's weighted chunks).
+
+    Remembered for the last 512 texts by their digest (not the texts: they may be long).
+    """
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    with _CHUNKS_LOCK:
+        if digest in _CHUNKS:
+            _CHUNKS.move_to_end(digest)
+            return _CHUNKS[digest]
+    tokenizer = _clip_tokenizer()
+    with _CHUNKS_LOCK:  # NOTE: the tokenizer's word cache is a plain dict.
+        count = len(tokenizer.tokenize_weighted(text))
+        _CHUNKS[digest] = count
+        while len(_CHUNKS) > 512:
+            _CHUNKS.popitem(last=False)
+    return count
 
 
 def graph_shape(prompt: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +294,24 @@ def _strict(kind: str, value: Any) -> Any:
             return bool(value)
         raise ValueError(f"a {_type_name(value)}, not true or false")
     return value
+
+
+def _check_text(class_type: str, name: str, value: Any) -> None:
+    """Refuse a text too long to take (see :data:`MAX_TEXT_CHARS`, :data:`MAX_PROMPT_CHUNKS`).
+
+    Raises:
+        ValueError: With what is wrong.
+    """
+    if not isinstance(value, str):
+        return
+    if len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"text of {len(value):,} characters, longer than this server takes "
+                         f"({MAX_TEXT_CHARS:,})")
+    if name in RUNTIME_INPUTS.get(class_type, ()) and name == "text":
+        chunks = prompt_chunks(value)
+        if chunks > MAX_PROMPT_CHUNKS:
+            raise ValueError(f"a prompt of {chunks} chunks of 75 tokens, more than this "
+                             f"server takes ({MAX_PROMPT_CHUNKS})")
 
 
 def _type_name(value: Any) -> str:
@@ -689,6 +730,7 @@ class Engine:
                     continue
                 try:
                     strict = _strict(spec.type, value)
+                    _check_text(node.class_type, name, strict)
                 except ValueError as exc:
                     errors.append(SchemaError(
                         f"input '{name}' expects {spec.type}, but {_shown(value)!r} is {exc}",

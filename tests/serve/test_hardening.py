@@ -110,6 +110,10 @@ def test_history_and_queue_stay_valid_json(server: Server) -> None:
     ("cfg", "5", "NaN", "not a finite number"),
     ("seed", "5", "abc", "expects INT"),
     ("filename_prefix", "7", 5, "not text"),
+    # Texts too long to take: refused before any tokenizing (a 1 MB prompt took 55 s to
+    # split into 6,645 chunks), and prompts of more chunks than the server runs.
+    ("text", "2", "x " * 20000, "40,000 characters, longer than this server takes"),
+    ("text", "2", "cat, " * 1250, "a prompt of 34 chunks of 75 tokens"),
 ])
 def test_validation_rejects_what_the_run_would(server: Server, field: str, node: str,
                                                value: Any, fragment: str) -> None:
