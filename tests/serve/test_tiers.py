@@ -154,3 +154,56 @@ def test_long_prompt_runs_on_an_artifact_of_its_chunk_count(server: Server) -> N
             second = entry
     worst = int(np.abs(_pictures(server, first) - _pictures(server, second)).max())
     assert worst <= 2, worst
+
+
+def _compile_processes(server: Server) -> list[int]:
+    """Process ids of the server's compile process(es) (children running compile_job)."""
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == server.process.pid and b"comfyc.serve.compile_job" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_killed_compile_process_is_replaced(server: Server) -> None:
+    """The background compile process killed mid-compile: the compile runs again in a new
+    process, the artifact arrives, nothing half-written is left, and the shape's next prompt
+    runs on it (the torch tier served it meanwhile)."""
+    import os
+    import signal
+    import time
+
+    prompt = workflow(seed=9)
+    prompt["4"]["inputs"]["width"] = 72  # A new shape.
+    first, _ = _run(server, prompt)
+    assert first["comfyc"]["tier"] == "torch"
+    key = first["comfyc"]["graph"]
+    end = time.monotonic() + 120
+    victims: list[int] = []
+    while not victims and time.monotonic() < end:
+        tiers = server.request("GET", "/system_stats")[1]["system"]["comfyc"]["tiers"]
+        if tiers["compiling"].get(key) == "compiling":
+            victims = _compile_processes(server)
+        time.sleep(0.1)
+    assert victims, "the shape's background compile never started"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+
+    server.wait_compiled()
+    tiers = server.request("GET", "/system_stats")[1]["system"]["comfyc"]["tiers"]
+    assert key not in tiers["compile_failed"], tiers
+    assert (server.cache_dir / f"{key}.comfyc" / "manifest.json").is_file()
+    assert not list(server.cache_dir.glob(f".{key}.comfyc.*")), "a killed compile's folder"
+    assert not set(_compile_processes(server)) & set(victims)
+    second, _ = _run(server, prompt)
+    assert second["comfyc"]["tier"] == "artifact" and second["comfyc"]["graph"] == key
