@@ -190,7 +190,7 @@ def _example_rows(work: Path, runs: int) -> dict[str, Any]:
 
     models = work / "models"
     (models / "controlnet").mkdir(parents=True, exist_ok=True)
-    write_controlnet(models / "controlnet" / "control_digits_scribble.safetensors", "sd1",
+    write_controlnet(models / "controlnet" / "control_digits_canny.safetensors", "sd1",
                      "tiny", seed=6, layout="comfy", dtype=torch.float32, jitter=0.02)
     example = REPO / "examples" / "controlnet.cfy"
     inputs = REPO / "examples" / "input"

@@ -241,6 +241,7 @@ def example_models(models: Path) -> Path:
     root = models / "examples-models"
     (root / "controlnet").mkdir(parents=True, exist_ok=True)
     for theirs, ours in ((CONTROL, "control_digits_scribble.safetensors"),
+                         (CONTROL, "control_digits_canny.safetensors"),
                          (CONTROL_2, "control_digits_depth.safetensors")):
         target = root / "controlnet" / ours
         if not target.exists():
@@ -250,8 +251,9 @@ def example_models(models: Path) -> Path:
 
 @pytest.mark.parametrize("name", ["controlnet", "controlnet_mix"])
 def test_controlnet_examples(example_models: Path, name: str, tmp_path: Path) -> None:
-    """examples/controlnet.cfy and controlnet_mix.cfy check, compile (each ControlNet an ONNX
-    stage) and run on the artifact as on the torch path; the strengths are runtime params."""
+    """examples/controlnet.cfy (Canny hint) and controlnet_mix.cfy check, compile (each
+    ControlNet an ONNX stage) and run on the artifact as on the torch path; the strengths
+    are runtime params."""
     path = REPO / "examples" / f"{name}.cfy"
     inputs = REPO / "examples" / "input"
     result = subprocess.run([sys.executable, "-m", "comfyc.cli.main", "check", str(path),
