@@ -18,7 +18,11 @@ $(PY):
 $(STAMP): $(PY) constraints.txt pyproject.toml setup.py
 	@echo "==> installing comfyc[compiler,cpu,serve,web,bench,dev] with pinned versions (constraints.txt)"
 	@# torchsde, torchdiffeq, tqdm: what k-diffusion's sampling module (a test oracle) uses.
-	$(PIP) install --quiet -c constraints.txt -e '.[compiler,cpu,serve,web,bench,dev]' \
+	@# NOTE: setuptools tells every editable install with a package_dir mapping to "be careful
+	@# with folders in your working directory with the same name as your package". comfyc has
+	@# none (the package's root is pkg/, issue #14), so that notice is silenced (issue #18).
+	PYTHONWARNINGS="ignore::Warning:setuptools.command.editable_wheel" \
+	  $(PIP) install --quiet -c constraints.txt -e '.[compiler,cpu,serve,web,bench,dev]' \
 	  torchsde torchdiffeq tqdm
 	@# Test oracles that install only without their declared dependencies, which would pull a
 	@# CUDA torch (../shared/reference/spikes.md §2): k-diffusion and spandrel (torchvision).

@@ -114,6 +114,7 @@ def test_missing_tensorrt_at_compile_names_a_backend_that_runs_here(tmp_path: Pa
     (["convert", "examples/txt2img.cfy", "--to", "api"], "dsl"),
     (["fmt", "--check", "examples/txt2img.cfy"], "dsl"),
     (["viz", "examples/txt2img.cfy", "-o", "g.html"], "dsl"),
+    (["init", "-t", "sdxl", "-o", "sdxl.cfy"], "dsl"),
 ])
 def test_lean_install_names_the_extra(tmp_path: Path, command: list[str], extra: str) -> None:
     """Without the compiler's packages (a comfyc[cpu] install) each command says which extra
