@@ -79,6 +79,7 @@ TEMPLATES: dict[str, Template] = {
     "area": Template("area.cfy"),
     "custom-sampling": Template("custom_sampling.cfy"),
     "upscale": Template("esrgan_hires_fix.cfy"),
+    "controlnet": Template("controlnet.cfy"),
     "sdxl": Template("sdxl_txt2img.cfy", tiny=False),
     "sdxl-refiner": Template("sdxl_refiner.cfy", tiny=False),
     "sdxl-turbo": Template("sdxl_turbo.cfy", tiny=False),
