@@ -257,17 +257,23 @@ class RunMeta:
             embed it with each run's param values substituted.
         param_uses: Per param, the ``[node id, input]`` places its value goes in ``prompt``.
         extra_pnginfo: Further PNG chunks (``{"workflow": UI workflow}``).
+        noise_mode: The noise mode runs use unless told another (``comfyc compile
+            --noise-mode``; None: the runtime's default). See
+            :func:`comfyc.runtime.noise.check_noise_mode`.
     """
 
     prompt: dict[str, Any] | None = None
     param_uses: dict[str, list[list[str]]] = field(default_factory=dict)
     extra_pnginfo: dict[str, Any] | None = None
+    noise_mode: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as manifest JSON."""
         out: dict[str, Any] = {"prompt": self.prompt, "param_uses": self.param_uses}
         if self.extra_pnginfo is not None:
             out["extra_pnginfo"] = self.extra_pnginfo
+        if self.noise_mode is not None:
+            out["noise_mode"] = self.noise_mode
         return out
 
     @classmethod
@@ -282,7 +288,8 @@ class RunMeta:
                     for p in places):
                 raise ManifestError(f"{where}.param_uses.{name} must be [[node, input], …]")
         return cls(_get(data, "prompt", dict, where, None, allow_none=True), dict(uses),
-                   _get(data, "extra_pnginfo", dict, where, None, allow_none=True))
+                   _get(data, "extra_pnginfo", dict, where, None, allow_none=True),
+                   _get(data, "noise_mode", str, where, None, allow_none=True))
 
 
 @dataclass

@@ -143,6 +143,16 @@ class RunContext:
     current: Op | None = None
     #: ``preview(x0)`` once per sampling step with the step's x0 prediction (raw latents).
     preview: Callable[[np.ndarray], None] | None = None
+    #: Whose per-step sampler noise to reproduce (:data:`comfyc.runtime.noise.NOISE_MODES`).
+    noise_mode: str = "cpu"
+
+    def noise_mode_used(self) -> None:
+        """Note in the PNGs still to be saved that this run's noise mode shaped the image
+        (a ``comfyc`` text chunk ``{"noise_mode": …}``; ComfyUI ignores it, ``comfyc run
+        PNG`` reads it back)."""
+        if self.save and self.prompt is not None:
+            self.extra_pnginfo = {**(self.extra_pnginfo or {}),
+                                  "comfyc": {"noise_mode": self.noise_mode}}
 
 
 @dataclass
@@ -178,6 +188,16 @@ def decode_arg(value: Any, values: Mapping[tuple[str, int], Any], params: Mappin
     if isinstance(value, dict):
         return {k: decode_arg(v, values, params, constants, stages) for k, v in value.items()}
     return value
+
+
+def _noise_mode(mode: str | None) -> str:
+    """A checked noise mode (None: the default); a bad one is a :class:`ParamError`."""
+    from .noise import DEFAULT_NOISE_MODE, check_noise_mode
+
+    try:
+        return check_noise_mode(mode or DEFAULT_NOISE_MODE)
+    except ValueError as exc:
+        raise ParamError(str(exc)) from None
 
 
 def _refs(value: Any) -> list[tuple[str, int]]:
@@ -289,7 +309,8 @@ class Program:
             save: bool = True,
             progress: Callable[[str, int, int], None] | None = None,
             on_op: Callable[[Op, RunContext], None] | None = None,
-            preview: Callable[[np.ndarray], None] | None = None) -> RunResult:
+            preview: Callable[[np.ndarray], None] | None = None,
+            noise_mode: str | None = None) -> RunResult:
         """Run the program.
 
         Args:
@@ -303,6 +324,11 @@ class Program:
                 an exception it raises stops the run, unwrapped).
             preview: ``preview(x0)`` after each sampling step with its x0 prediction
                 ``[B, 4, h, w]`` (raw latents; :mod:`comfyc.runtime.preview` draws them).
+            noise_mode: Whose per-step sampler noise to reproduce: ``cpu`` (ComfyUI on a CPU),
+                ``cpu-legacy`` (ComfyUI on a CPU before its #11528) or ``cuda`` (ComfyUI on
+                an NVIDIA GPU); None: the program's own (``meta["noise_mode"]``), else
+                :data:`~comfyc.runtime.noise.DEFAULT_NOISE_MODE`. Saved PNGs whose sampler
+                it affected record it (:meth:`RunContext.noise_mode_used`).
 
         Raises:
             ParamError: Bad params (before any work starts).
@@ -315,6 +341,7 @@ class Program:
         OPS = self._op_table  # noqa: N806 - the table's usual name
 
         resolved = self.resolve_params(params or {})
+        mode = _noise_mode(noise_mode or self.meta.get("noise_mode"))
         missing = sorted({op.op for op in self.ops if op.op not in OPS})
         if missing:
             raise ProgramError(f"this runtime cannot run the op(s) {', '.join(missing)}; "
@@ -328,7 +355,7 @@ class Program:
                          self.executed_prompt(resolved) if writes else None,
                          self.executed_extra_pnginfo(resolved) if writes else None,
                          writes,
-                         self.meta.get("vocab_path"), preview=preview)
+                         self.meta.get("vocab_path"), preview=preview, noise_mode=mode)
         values: dict[tuple[str, int], Any] = {}
         started = time.perf_counter()
         op_times: dict[str, float] = {}

@@ -82,6 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-dir", default="input", metavar="DIR",
                         help="LoadImage's folder while compiling (default: ./input)")
     parser.add_argument("--no-fold", action="store_true", help="skip constant folding")
+    parser.add_argument("--noise-mode", choices=("cpu", "cpu-legacy", "cuda"), default=None,
+                        help="whose per-step noise ancestral/SDE samplers reproduce by default "
+                             "(comfyc run --noise-mode overrides): ComfyUI on a CPU (cpu), on a "
+                             "CPU before its #11528 (cpu-legacy), on an NVIDIA GPU (cuda); "
+                             "default: the runtime's (cpu)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     add_catalog_arguments(parser)
 
@@ -130,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                                                    args.quantize_stages.split(",")),
                              gpu_fp16=args.gpu_fp16, store_torch=args.store_torch,
                              optimize=args.ort_optimize,
-                             autotune=tune)
+                             autotune=tune, noise_mode=args.noise_mode)
     try:
         catalog = catalog_from_args(args)
         graph = load_workflow(args.file, catalog)

@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print a JSON summary (outputs, timings) on standard output")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--noise-mode", choices=("cpu", "cpu-legacy", "cuda"), default=None,
+                        help="whose per-step noise ancestral/SDE samplers reproduce: ComfyUI on "
+                             "a CPU (cpu, the default), on a CPU before its #11528 "
+                             "(cpu-legacy), or on an NVIDIA GPU (cuda); default: the one a "
+                             "PNG input records, else cpu")
     add_catalog_arguments(parser)
     from .tune import add_ort_arguments
 
@@ -148,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             program = _compile_in_memory(args, progress)
         build_s = time.perf_counter() - started
         result = program.run(params, output_dir=args.output, input_dir=args.input_dir,
-                             progress=progress)
+                             progress=progress, noise_mode=_noise_mode(args))
     except WorkflowError as exc:
         print_error(exc, source_texts(args.file))
         return exit_code_for(exc)
@@ -175,6 +180,25 @@ def run(args: argparse.Namespace) -> int:
         print_timings(result.timings)
         print(f"{'(load / compile)':<32} {'':>6} {build_s:>9.3f}", file=sys.stderr)
     return EXIT_OK if files or result.images else EXIT_INVALID
+
+
+def _noise_mode(args: argparse.Namespace) -> str | None:
+    """``--noise-mode``, else the one a PNG input records (its ``comfyc`` chunk), else None."""
+    from pathlib import Path
+
+    if getattr(args, "noise_mode", None) or not Path(args.file).is_file():
+        return getattr(args, "noise_mode", None)
+    from comfyc.frontends.comfy_json.png import PngError, is_png, read_text_chunks
+
+    data = Path(args.file).read_bytes()
+    if not is_png(data):
+        return None
+    try:
+        record = json.loads(read_text_chunks(data).get("comfyc", "{}"))
+    except (PngError, ValueError):
+        return None
+    mode = record.get("noise_mode") if isinstance(record, dict) else None
+    return mode if isinstance(mode, str) else None
 
 
 def _compile_in_memory(args: argparse.Namespace, progress: Progress) -> Any:

@@ -73,12 +73,13 @@ def _sigmas_array(sigmas: Any, node: str) -> Any:
 def _sample_custom(ctx: Any, model: ModelRef, denoiser: Any, noise: Any, sampler: Any,
                    sigmas: Any, latent: dict[str, Any], node: str) -> tuple[Any, ...]:
     from ..samplers import sample_custom
+    from .sampling import run_noise_mode
 
     res = sample_custom(denoiser, latent["samples"], sampler, _sigmas_array(sigmas, node), noise,
                         batch_index=latent.get("batch_index"),
                         noise_mask=latent.get("noise_mask"), model_sampling=model.sampling,
                         latent_scale=model.latent_scale, latent_shift=model.latent_shift,
-                        callback=progress_callback(ctx))
+                        callback=progress_callback(ctx), noise_mode=run_noise_mode(ctx, sampler))
     out = dict(latent)
     out["samples"] = res.output
     denoised = dict(latent)

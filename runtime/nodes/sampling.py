@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..values import ModelRef
 
 __all__ = ["NODES", "MODEL_SAMPLING_SPECS", "SAMPLER_NAMES", "SCHEDULER_NAMES",
-           "advanced_schedule", "denoiser_for", "progress_callback"]
+           "advanced_schedule", "denoiser_for", "progress_callback", "run_noise_mode"]
 
 #: ``KSampler.SAMPLERS`` in ComfyUI's combo order (``comfy/samplers.py``).
 SAMPLER_NAMES: tuple[str, ...] = (
@@ -77,6 +77,18 @@ def denoiser_for(model: ModelRef, positive: list[dict[str, Any]],
                          model_sampling=model.sampling, model_conds=model_conds(model.family))
 
 
+def run_noise_mode(ctx: Any, sampler: Any) -> str:
+    """The run's noise mode for a sampler (a name or a SamplerSpec); notes it for the saved
+    PNGs when it changes what the sampler draws."""
+    from ..noise import DEFAULT_NOISE_MODE
+    from ..samplers import noise_mode_matters
+
+    mode = getattr(ctx, "noise_mode", DEFAULT_NOISE_MODE)
+    if noise_mode_matters(sampler) and hasattr(ctx, "noise_mode_used"):
+        ctx.noise_mode_used()
+    return mode
+
+
 def progress_callback(ctx: Any) -> Any:
     """``callback(step, x0, x, total)`` reporting a sampler's steps and previews to ``ctx``."""
     op = ctx.current
@@ -104,7 +116,8 @@ def _sample(ctx: Any, model: ModelRef, seed: int, cfg: float, sampler_name: str,
     out = ksampler(denoiser, samples, int(seed), sigmas, sampler_name, add_noise=add_noise,
                    batch_index=latent.get("batch_index"), noise_mask=latent.get("noise_mask"),
                    latent_scale=model.latent_scale, latent_shift=model.latent_shift,
-                   model_sampling=model.sampling, callback=progress_callback(ctx))
+                   model_sampling=model.sampling, callback=progress_callback(ctx),
+                   noise_mode=run_noise_mode(ctx, sampler_name))
     result = dict(latent)
     result["samples"] = out
     return (result,)

@@ -150,3 +150,127 @@ def test_noise_mode_matters() -> None:
     assert not S.noise_mode_matters(S.sampler_euler_ancestral(eta=0.0))
     assert not S.noise_mode_matters("ddim")
     assert set(S.SAMPLER_NAMES) >= S.DEVICE_NOISE_SAMPLERS
+
+
+# --- the noise mode of a whole run: Program.run, `comfyc run --noise-mode`, the PNG record ---
+
+_TINY_WORKFLOW = """\
+ckpt = CheckpointLoaderSimple(ckpt_name="tiny-digits.safetensors")
+positive = CLIPTextEncode(text="a handwritten digit three", clip=ckpt.CLIP)
+negative = CLIPTextEncode(text="", clip=ckpt.CLIP)
+latent = EmptyLatentImage(width=32, height=32, batch_size=1)
+sampler = KSampler(model=ckpt.MODEL, seed=5, steps=4, cfg=5.0, sampler_name="{sampler}",
+                   scheduler="normal", positive=positive, negative=negative,
+                   latent_image=latent, denoise=1.0)
+image = VAEDecode(samples=sampler, vae=ckpt.VAE)
+SaveImage(images=image, filename_prefix="nm")
+"""
+
+
+def _tiny_model_or_skip() -> None:
+    from tests.conftest import REPO
+
+    if not (REPO / "runtime" / "models" / "tiny-digits.safetensors").is_file():
+        pytest.skip("the tiny model is not built yet")
+
+
+def _cli_run(tmp_path, sampler: str, out: str, *extra: str):
+    """`comfyc run` on a tiny-model workflow; returns (pixels, PNG text chunks, PNG path)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from comfyc.cli.main import main
+
+    source = Path(extra[0]) if extra and extra[0].endswith((".png", ".comfyc")) else None
+    if source is None:
+        source = tmp_path / f"{sampler}.cfy"
+        source.write_text(_TINY_WORKFLOW.format(sampler=sampler))
+    else:
+        extra = extra[1:]
+    assert main(["run", str(source), "-o", str(tmp_path / out), "-q", *extra]) == 0
+    [png] = sorted((tmp_path / out).glob("*.png"))
+    with Image.open(png) as image:
+        return np.asarray(image.convert("RGB")), dict(image.text), png
+
+
+def test_run_noise_mode_option_reaches_the_sampler_and_the_png(tmp_path) -> None:
+    """`comfyc run --noise-mode cpu-legacy` draws ComfyUI-before-#11528's ancestral noise (another
+    image than the default cpu), the PNG records the mode in a `comfyc` chunk, and `comfyc run
+    PNG` reproduces that image without the option (a given option still wins)."""
+    import json
+
+    _tiny_model_or_skip()
+    cpu, cpu_chunks, _ = _cli_run(tmp_path, "euler_ancestral", "cpu")
+    legacy, chunks, png = _cli_run(tmp_path, "euler_ancestral", "legacy",
+                                   "--noise-mode", "cpu-legacy")
+    assert not np.array_equal(cpu, legacy)
+    assert json.loads(chunks["comfyc"]) == {"noise_mode": "cpu-legacy"}
+    assert json.loads(cpu_chunks["comfyc"]) == {"noise_mode": "cpu"}
+    assert "comfyc" not in json.loads(chunks["prompt"])  # the prompt chunk stays ComfyUI's
+    again, again_chunks, _ = _cli_run(tmp_path, "euler_ancestral", "again", str(png))
+    assert np.array_equal(again, legacy)
+    assert json.loads(again_chunks["comfyc"]) == {"noise_mode": "cpu-legacy"}
+    forced, _, _ = _cli_run(tmp_path, "euler_ancestral", "forced", str(png),
+                            "--noise-mode", "cpu")
+    assert np.array_equal(forced, cpu)
+
+
+def test_noise_mode_free_sampler_png_has_no_record(tmp_path) -> None:
+    """euler draws no per-step noise: any mode gives the same image, and the PNG carries only
+    ComfyUI's own chunks."""
+    _tiny_model_or_skip()
+    cpu, chunks, _ = _cli_run(tmp_path, "euler", "cpu")
+    cuda, cuda_chunks, _ = _cli_run(tmp_path, "euler", "cuda", "--noise-mode", "cuda")
+    assert np.array_equal(cpu, cuda)
+    assert set(chunks) == set(cuda_chunks) == {"prompt"}
+
+
+def test_program_run_checks_the_noise_mode(tmp_path) -> None:
+    """A bad mode is a ParamError before any work; a program's meta gives its default."""
+    from comfyc.runtime.errors import ParamError
+    from comfyc.runtime.program import Op, Program
+
+    seen: list[str] = []
+    program = Program([Op("1", "Probe", {})], {})
+    from comfyc.runtime import nodes
+
+    table = dict(nodes.OPS)
+    table["Probe"] = lambda ctx: seen.append(ctx.noise_mode) or ()
+    program._op_table = table
+    with pytest.raises(ParamError, match="unknown noise mode 'gpu'"):
+        program.run(noise_mode="gpu")
+    assert seen == []
+    program.run()
+    program.run(noise_mode="cuda")
+    program.meta["noise_mode"] = "cpu-legacy"
+    program.run()
+    program.run(noise_mode="cpu")
+    assert seen == ["cpu", "cuda", "cpu-legacy", "cpu"]
+
+
+def test_compile_noise_mode_is_the_artifacts_default(tmp_path) -> None:
+    """`comfyc compile --noise-mode cpu-legacy`: the manifest records it, the artifact's runs
+    use it (the same image as `comfyc run --noise-mode cpu-legacy` on the workflow) and record
+    it in their PNGs; `run --noise-mode cpu` on the artifact overrides it."""
+    import json
+
+    from comfyc.cli.main import main
+
+    _tiny_model_or_skip()
+    source = tmp_path / "euler_ancestral.cfy"
+    source.write_text(_TINY_WORKFLOW.format(sampler="euler_ancestral"))
+    artifact = tmp_path / "legacy.comfyc"
+    assert main(["compile", str(source), "-o", str(artifact), "--backend", "torch",
+                 "--noise-mode", "cpu-legacy", "-q"]) == 0
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["run_meta"]["noise_mode"] == "cpu-legacy"
+    legacy, _, _ = _cli_run(tmp_path, "euler_ancestral", "workflow-legacy",
+                            "--noise-mode", "cpu-legacy")
+    cpu, _, _ = _cli_run(tmp_path, "euler_ancestral", "workflow-cpu")
+    got, chunks, _ = _cli_run(tmp_path, "euler_ancestral", "artifact", str(artifact))
+    assert np.array_equal(got, legacy)
+    assert json.loads(chunks["comfyc"]) == {"noise_mode": "cpu-legacy"}
+    got, _, _ = _cli_run(tmp_path, "euler_ancestral", "artifact-cpu", str(artifact),
+                         "--noise-mode", "cpu")
+    assert np.array_equal(got, cpu)
