@@ -70,6 +70,7 @@ from .redact import Redactor
 _log = logging.getLogger(__name__)
 
 __all__ = ["BYTES_PER_PIXEL", "BYTES_PER_TOKEN_PAIR", "COMPILE_IDLE_S", "COMPILE_NICENESS",
+           "CONCAT_CHUNKS",
            "DEFAULT_CACHE_ARTIFACTS", "DEFAULT_CACHE_BYTES", "DEFAULT_MEMORY_BUDGET",
            "FAILED_TTL_S", "FIRST_RUN_MODES", "MAX_PROMPT_CHUNKS", "MAX_TEXT_CHARS",
            "RUNTIME_INPUTS", "CompileFailed", "Engine", "Prepared", "PromptRejected",
@@ -119,6 +120,13 @@ MAX_TEXT_CHARS = 32768
 #: Most 77-token CLIP chunks a prompt text may make (2,464 tokens): each is a text-encoder
 #: run, and the UNet's cross-attention grows with their total; a 1 MB text made 6,645.
 MAX_PROMPT_CHUNKS = 32
+#: Prompt texts of at most this many chunks share one artifact when its UNet's context is free:
+#: any two such contexts are batched together by CFG (their common length is at most 4 times
+#: the shorter), as the artifact was compiled.
+CONCAT_CHUNKS = 4
+#: Backends whose compiled UNets keep the traced context length (their prompts are keyed by
+#: exact chunk counts).
+_PINNED_CONTEXT = ("trt", "ort-trt", "auto")
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 #: What a compile stopped by a kill leaves in the cache folder (compile_graph's temporaries).
 _LEFTOVER = re.compile(r"\.(?P<key>[0-9a-f]+)\.comfyc\.(?:tmp|old)-[0-9]+")
@@ -196,15 +204,26 @@ def prompt_chunks(text: str) -> int:
     return count
 
 
-def graph_shape(prompt: dict[str, Any]) -> dict[str, Any]:
+def graph_shape(prompt: dict[str, Any], *, free_context: bool = False) -> dict[str, Any]:
     """The prompt without titles and with runtime inputs replaced by their param names.
 
-    A prompt text's param also records its number of 77-token chunks: a compiled UNet takes
-    the context length it was compiled for (77 per chunk, issue #19 item 2), so texts of
-    another length are another shape — compiled once per chunk count (a bucket), and until
-    then run on the torch tier like any new shape.
+    A prompt text's param also records how many 77-token chunks it makes (issue #19 item 2):
+
+    * ``free_context`` (the backend's compiled UNets take any context length, as onnxruntime
+      and OpenVINO artifacts do): prompts whose texts all make at most
+      :data:`CONCAT_CHUNKS` chunks are one shape — CFG batches any two of them together
+      (ComfyUI pads contexts to a common length when it is at most 4 times the shorter), so
+      the UNet is called as it was compiled. A longer text runs cond and uncond apart (batch 1
+      each), which a UNet compiled with batch 2 refuses: its exact chunk counts are a shape.
+    * otherwise (TensorRT: the context is pinned) the exact chunk counts are the shape.
+
+    A new shape runs on the torch tier until its artifact is compiled, like any other.
     """
     bound = set(_runtime_inputs(prompt))
+    texts = {(n, i): prompt_chunks(prompt[n]["inputs"][i]) for n, i in bound
+             if i == "text" and isinstance(prompt[n]["inputs"][i], str)}
+    if free_context and all(c <= CONCAT_CHUNKS for c in texts.values()):
+        texts = dict.fromkeys(texts, f"1-{CONCAT_CHUNKS}")
     shape = {}
     for node_id, node in prompt.items():
         inputs = {}
@@ -213,16 +232,16 @@ def graph_shape(prompt: dict[str, Any]) -> dict[str, Any]:
                 inputs[name] = value
                 continue
             inputs[name] = {"$param": _param_name(node_id, name)}
-            if name == "text" and isinstance(value, str):
-                inputs[name]["chunks"] = prompt_chunks(value)
+            if (node_id, name) in texts:
+                inputs[name]["chunks"] = texts[(node_id, name)]
         shape[node_id] = {"class_type": node.get("class_type"), "inputs": inputs}
     return shape
 
 
-def shape_key(prompt: dict[str, Any], salt: str = "") -> str:
+def shape_key(prompt: dict[str, Any], salt: str = "", *, free_context: bool = False) -> str:
     """A short hash of the graph shape (plus ``salt``: comfyc version, backend)."""
-    text = json.dumps({"shape": graph_shape(prompt), "salt": salt}, sort_keys=True,
-                      default=str)
+    text = json.dumps({"shape": graph_shape(prompt, free_context=free_context),
+                       "salt": salt}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -443,9 +462,11 @@ class _Served:
         # embed in their images.
         self.reference: dict[str, Any] | None = (manifest.source.prompt
                                                  or manifest.run_meta.prompt)
-        # NOTE: a UNet exported for one context length takes prompt texts of as many 77-token
-        # chunks as the texts it was compiled with (issue #19 item 2); other texts do not
-        # match it (they compile, or are refused with --no-compile, instead of failing).
+        # NOTE: a UNet exported for one context length (artifacts of an older comfyc, or
+        # TensorRT's) takes prompt texts of as many 77-token chunks as the texts it was
+        # compiled with (issue #19 item 2); others take texts of up to CONCAT_CHUNKS chunks
+        # (see graph_shape). Other texts do not match it: they compile, or are refused with
+        # --no-compile, instead of failing in the run.
         self.fixed_context = any(
             inp.get("name") == "encoder_hidden_states" and len(inp.get("shape") or ()) > 1
             and isinstance(inp["shape"][1], int)
@@ -467,10 +488,12 @@ class _Served:
                 if (node_id, name) not in self.uses:
                     if value != theirs[name]:
                         return False
-                elif (self.fixed_context and name == "text" and isinstance(value, str)
-                      and isinstance(theirs[name], str)
-                      and prompt_chunks(value) != prompt_chunks(theirs[name])):
-                    return False
+                elif name == "text" and isinstance(value, str) \
+                        and isinstance(theirs[name], str):
+                    mine_n, theirs_n = prompt_chunks(value), prompt_chunks(theirs[name])
+                    if mine_n != theirs_n and (self.fixed_context or max(
+                            mine_n, theirs_n) > CONCAT_CHUNKS):
+                        return False
         return True
 
 
@@ -614,6 +637,12 @@ class Engine:
                 "models": models, "comfyc": Path(__file__).resolve().parents[1],
                 "python": sys.prefix, "python-lib": sys.base_prefix, "home": Path.home()}
 
+    def shape_key(self, prompt: dict[str, Any]) -> str:
+        """The key of a prompt's graph shape on this server (:func:`shape_key` with the
+        server's salt and whether its backend's UNets take any context length)."""
+        return shape_key(prompt, self.salt,
+                         free_context=self.backend not in _PINNED_CONTEXT)
+
     # ------------------------------------------------------------- validate
     def validate(self, prompt: Any) -> Validated:
         """Check a prompt as ComfyUI's ``validate_prompt`` does, and as strictly as the run.
@@ -663,7 +692,7 @@ class Engine:
                 "prompt matches none of them", "send one of the served workflows (seeds, "
                 "sampler settings and prompt texts may change), or start the server without "
                 "--no-compile"))
-        failure = self._failure(shape_key(prompt, self.salt))
+        failure = self._failure(self.shape_key(prompt))
         if failure is not None:
             raise PromptRejected(_error(
                 "compile_failed", f"this workflow failed to compile a moment ago: {failure}",
@@ -901,7 +930,7 @@ class Engine:
         served = self._served_for(prompt)
         if served is not None:
             return self._prepared(prompt, served.path, self._load(served.path), False)
-        key = shape_key(prompt, self.salt)
+        key = self.shape_key(prompt)
         failure = self._failure(key)
         if failure is not None:
             raise CompileFailed(f"this workflow failed to compile a moment ago: {failure}")
@@ -935,7 +964,7 @@ class Engine:
         preparing anything (``execution_start`` says it)."""
         if self._served_for(prompt) is not None or not self._tiered():
             return "artifact"
-        key = shape_key(prompt, self.salt)
+        key = self.shape_key(prompt)
         return "artifact" if self._artifact_ready(key, self.cache_dir / f"{key}.comfyc") \
             else "torch"
 
@@ -1222,7 +1251,7 @@ class Engine:
         op_ids = {op.id for op in program.ops}
         cached = [n for n in prompt if n not in op_ids]
         return Prepared(program, params, compiled, path, cached, release, tier,
-                        key or shape_key(prompt, self.salt))
+                        key or self.shape_key(prompt))
 
     def _compile(self, prompt: dict[str, Any], path: Path,
                  say: Callable[[str], None] | None) -> None:

@@ -70,12 +70,10 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
     """Run one claimed prompt and report it; returns whether its result was recorded."""
     from comfyc.runtime.program import ProgramError
 
-    from .engine import shape_key
-
     pid, client = job.prompt_id, job.client_id
     messages: list[list[Any]] = []
     claimed = time.time()
-    graph = shape_key(job.prompt, engine.salt)
+    graph = engine.shape_key(job.prompt)
     try:
         tier = engine.tier_for(job.prompt)
     except Exception:  # noqa: BLE001 - only a label; prepare() reports what is wrong

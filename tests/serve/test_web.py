@@ -255,13 +255,13 @@ def test_page_in_chromium_runs_a_dropped_workflow(page_server: Server, classifie
             browser.call("Input.dispatchDragEvent", type=kind, x=800, y=500, data={
                 "items": [], "files": [str(png)], "dragOperationsMask": 1})
         browser.wait_for("window.app.graph.nodes.some(n => n.type === 'SaveImage') && "
-                         "window.app.graph.nodes.length === 7", 30, "the workflow to load")
+                         "window.app.graph.nodes.length === 7", 90, "the workflow to load")
         ckpt = browser.evaluate("window.app.graph.nodes.find(n => n.type === "
                                 "'CheckpointLoaderSimple').widgets[0].value")
         assert ckpt == "tiny-digits.safetensors"
         # Press the page's Run button (a real mouse click at its place on screen).
         button = "document.querySelector('[data-testid=queue-button]')"
-        browser.wait_for(f"{button} && !{button}.disabled", 30, "the Run button")
+        browser.wait_for(f"{button} && !{button}.disabled", 90, "the Run button")
         x, y = browser.evaluate(
             f"(() => {{ const r = {button}.getBoundingClientRect();"
             " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
