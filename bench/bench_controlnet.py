@@ -61,14 +61,14 @@ def _graphs(work: Path) -> dict[str, Any]:
     """Exports the three graphs; returns their paths and an example input."""
     import torch
 
-    from comfyc.compiler.models.controlnet import ControlNetStage, load_controlnet
+    from comfyc.compiler.models.controlnet import load_controlnet
     from comfyc.compiler.models.controlnet_synthetic import write_controlnet
     from comfyc.compiler.models.single_file import load_checkpoint
 
     unet = load_checkpoint(REPO / "runtime" / "models" / "tiny-digits.safetensors").unet.eval()
     path = write_controlnet(work / "cn.safetensors", "sd1", "tiny", seed=6, layout="comfy",
                             dtype=torch.float32, jitter=0.02)
-    control = ControlNetStage(load_controlnet(path)).eval()
+    control = load_controlnet(path).stage().eval()
     names = control.output_names()
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(2, 4, 8, 8, generator=generator)

@@ -817,7 +817,10 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         from .torch_weights import save_torch_stage
 
         folder = Path("torch") / name
-        save_torch_stage(module, kind, root / folder)
+        if not save_torch_stage(module, kind, root / folder):
+            raise ExportError(f"stage {name}: {kind} stages run as ONNX stages only (no stored "
+                              f"torch stage); compile it for an onnxruntime backend, e.g. "
+                              f"--backend {name}=ort-cpu")
         entry.torch = folder.as_posix()
         say(f"stored {name} for the torch backend")
         return entry
@@ -930,8 +933,8 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
     if options.store_torch or options.backend == "auto":
         from .torch_weights import save_torch_stage
 
-        save_torch_stage(module, kind, root / "torch" / name)
-        entry.torch = (Path("torch") / name).as_posix()
+        if save_torch_stage(module, kind, root / "torch" / name):
+            entry.torch = (Path("torch") / name).as_posix()
     if lora or caching:
         # Offline optimisation folds and renames weights: overrides would no longer apply,
         # and the shallow graph of step caching reads the full graph's weight file.

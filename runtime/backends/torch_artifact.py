@@ -12,6 +12,8 @@ from typing import Any
 
 from .base import BackendError, Stage
 from .torch import (
+    TorchControlNet,
+    TorchT2IAdapter,
     TorchTextEncoder,
     TorchUNet,
     TorchVaeDecoder,
@@ -32,6 +34,8 @@ TORCH_STAGE_CLASSES: dict[str, tuple[str, str]] = {
     "AutoencoderKL": ("diffusers", "AutoencoderKL"),
     "SD3Transformer2DModel": ("diffusers", "SD3Transformer2DModel"),
     "FluxTransformer2DModel": ("diffusers", "FluxTransformer2DModel"),
+    "ControlNetModel": ("diffusers", "ControlNetModel"),
+    "T2IAdapter": ("diffusers", "T2IAdapter"),
 }
 
 
@@ -86,6 +90,15 @@ def load_torch_stage(folder: Path, name: str, kind: str, info: dict[str, Any],
         from .torch_dit import wrap_transformer
 
         module = wrap_transformer(module)
+    if kind in ("controlnet", "t2i_adapter"):
+        from .torch_control import ControlNetStage, T2IAdapterStage
+
+        if kind == "controlnet":
+            pooling = bool((payload.get("stage") or {}).get("global_average_pooling", False))
+            return TorchControlNet(name, ControlNetStage(module, pooling), info,
+                                   compile=compile, device=device)
+        return TorchT2IAdapter(name, T2IAdapterStage(module), info, compile=compile,
+                               device=device)
     if kind == "unet":
         return TorchUNet(name, module, info, compile=compile, device=device)
     if kind == "text_encoder":

@@ -188,17 +188,20 @@ def test_artifact_strength_is_a_runtime_param(models: Path, cache: TorchModelCac
     artifact = tmp_path / "cn.comfyc"
     text = _workflow(0, 5.0, "0.9")
     compile_graph(parse_dsl(text, "cn.cfy", default_catalog()), artifact,
-                  CompileOptions(models_dir=str(models), input_dir=str(models / "input")))
+                  CompileOptions(models_dir=str(models), input_dir=str(models / "input"),
+                                 store_torch=True))
     manifest = read_manifest(artifact, verify=False)
     kinds = {e.kind: e for e in manifest.stage_entries().values()}
     assert kinds["controlnet"].file.endswith(".onnx") and not kinds["controlnet"].fallback
     assert not kinds["unet"].fallback
-    program = load(artifact)
+    assert kinds["controlnet"].torch  # Stored for the torch backend too (comfyc bench).
+    program, on_torch = load(artifact), load(artifact, backend="torch")
     for strength in (0.9, 0.3, 0.0):
-        ours = program.run({"strength": strength}, input_dir=models / "input",
-                           save=False).images["image"]
         want = _ours(text, models, cache, {"strength": strength})
-        _close(f"strength {strength}", ours, want, 2 / 255)
+        for name, runner in (("ort", program), ("stored torch", on_torch)):
+            ours = runner.run({"strength": strength}, input_dir=models / "input",
+                              save=False).images["image"]
+            _close(f"{name}, strength {strength}", ours, want, 2 / 255)
 
 
 @pytest.mark.parametrize("form", ["ui", "api"])

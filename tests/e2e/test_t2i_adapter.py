@@ -133,13 +133,16 @@ def test_t2i_adapter_artifact(models: Path, cache: TorchModelCache, tmp_path: Pa
     artifact = tmp_path / "t2i.comfyc"
     text = _workflow(2, 5.0, "1.0")
     compile_graph(parse_dsl(text, "t2i.cfy", default_catalog()), artifact,
-                  CompileOptions(models_dir=str(models), input_dir=str(models / "input")))
+                  CompileOptions(models_dir=str(models), input_dir=str(models / "input"),
+                                 store_torch=True))
     manifest = read_manifest(artifact, verify=False)
     kinds = {e.kind: e for e in manifest.stage_entries().values()}
     assert kinds["t2i_adapter"].file.endswith(".onnx") and not kinds["t2i_adapter"].fallback
-    program = load(artifact)
+    assert kinds["t2i_adapter"].torch  # Stored for the torch backend too (comfyc bench).
+    program, on_torch = load(artifact), load(artifact, backend="torch")
     for strength in (1.0, 0.0):
-        ours = program.run({"strength": strength}, input_dir=models / "input",
-                           save=False).images["image"]
-        _close(f"strength {strength}", ours,
-               _ours(text, models, cache, {"strength": strength}), 2 / 255)
+        want = _ours(text, models, cache, {"strength": strength})
+        for name, runner in (("ort", program), ("stored torch", on_torch)):
+            ours = runner.run({"strength": strength}, input_dir=models / "input",
+                              save=False).images["image"]
+            _close(f"{name}, strength {strength}", ours, want, 2 / 255)
