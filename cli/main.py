@@ -43,7 +43,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("comfyc.cli.commands.viz",
             "draw a workflow or artifact as a graph page (HTML, SVG or DOT)"),
     "init": ("comfyc.cli.commands.init",
-             "write a commented starter workflow (txt2img, img2img, inpaint, ...)"),
+             "write a commented starter workflow (tiny model, SDXL, Flux, SD3, ControlNet, "
+             "upscale ...; --help lists them)"),
     "model": ("comfyc.cli.commands.model", "model tools: convert checkpoints to diffusers"),
 }
 
