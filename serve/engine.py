@@ -70,7 +70,6 @@ from .redact import Redactor
 _log = logging.getLogger(__name__)
 
 __all__ = ["BYTES_PER_PIXEL", "BYTES_PER_TOKEN_PAIR", "COMPILE_IDLE_S", "COMPILE_NICENESS",
-           "CONCAT_CHUNKS",
            "DEFAULT_CACHE_ARTIFACTS", "DEFAULT_CACHE_BYTES", "DEFAULT_MEMORY_BUDGET",
            "FAILED_TTL_S", "FIRST_RUN_MODES", "MAX_PROMPT_CHUNKS", "MAX_TEXT_CHARS",
            "RUNTIME_INPUTS", "CompileFailed", "Engine", "Prepared", "PromptRejected",
@@ -120,12 +119,8 @@ MAX_TEXT_CHARS = 32768
 #: Most 77-token CLIP chunks a prompt text may make (2,464 tokens): each is a text-encoder
 #: run, and the UNet's cross-attention grows with their total; a 1 MB text made 6,645.
 MAX_PROMPT_CHUNKS = 32
-#: Prompt texts of at most this many chunks share one artifact when its UNet's context is free:
-#: any two such contexts are batched together by CFG (their common length is at most 4 times
-#: the shorter), as the artifact was compiled.
-CONCAT_CHUNKS = 4
-#: Backends whose compiled UNets keep the traced context length (their prompts are keyed by
-#: exact chunk counts).
+#: Backends whose compiled UNets keep the traced context length and batch (their prompts are
+#: keyed by exact chunk counts).
 _PINNED_CONTEXT = ("trt", "ort-trt", "auto")
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 #: What a compile stopped by a kill leaves in the cache folder (compile_graph's temporaries).
@@ -207,23 +202,13 @@ def prompt_chunks(text: str) -> int:
 def graph_shape(prompt: dict[str, Any], *, free_context: bool = False) -> dict[str, Any]:
     """The prompt without titles and with runtime inputs replaced by their param names.
 
-    A prompt text's param also records how many 77-token chunks it makes (issue #19 item 2):
-
-    * ``free_context`` (the backend's compiled UNets take any context length, as onnxruntime
-      and OpenVINO artifacts do): prompts whose texts all make at most
-      :data:`CONCAT_CHUNKS` chunks are one shape — CFG batches any two of them together
-      (ComfyUI pads contexts to a common length when it is at most 4 times the shorter), so
-      the UNet is called as it was compiled. A longer text runs cond and uncond apart (batch 1
-      each), which a UNet compiled with batch 2 refuses: its exact chunk counts are a shape.
-    * otherwise (TensorRT: the context is pinned) the exact chunk counts are the shape.
-
-    A new shape runs on the torch tier until its artifact is compiled, like any other.
+    ``free_context``: the backend's compiled UNets take any context length and batch (as
+    onnxruntime and OpenVINO artifacts do), so prompt texts of any length are one shape.
+    Otherwise (TensorRT keeps the traced shapes) a text's param records how many 77-token
+    chunks it makes (issue #19 item 2): texts of another length are another shape, compiled
+    once per chunk count and run on the torch tier until then, like any new shape.
     """
     bound = set(_runtime_inputs(prompt))
-    texts = {(n, i): prompt_chunks(prompt[n]["inputs"][i]) for n, i in bound
-             if i == "text" and isinstance(prompt[n]["inputs"][i], str)}
-    if free_context and all(c <= CONCAT_CHUNKS for c in texts.values()):
-        texts = dict.fromkeys(texts, f"1-{CONCAT_CHUNKS}")
     shape = {}
     for node_id, node in prompt.items():
         inputs = {}
@@ -232,8 +217,8 @@ def graph_shape(prompt: dict[str, Any], *, free_context: bool = False) -> dict[s
                 inputs[name] = value
                 continue
             inputs[name] = {"$param": _param_name(node_id, name)}
-            if (node_id, name) in texts:
-                inputs[name]["chunks"] = texts[(node_id, name)]
+            if not free_context and name == "text" and isinstance(value, str):
+                inputs[name]["chunks"] = prompt_chunks(value)
         shape[node_id] = {"class_type": node.get("class_type"), "inputs": inputs}
     return shape
 
@@ -462,14 +447,13 @@ class _Served:
         # embed in their images.
         self.reference: dict[str, Any] | None = (manifest.source.prompt
                                                  or manifest.run_meta.prompt)
-        # NOTE: a UNet exported for one context length (artifacts of an older comfyc, or
-        # TensorRT's) takes prompt texts of as many 77-token chunks as the texts it was
-        # compiled with (issue #19 item 2); others take texts of up to CONCAT_CHUNKS chunks
-        # (see graph_shape). Other texts do not match it: they compile, or are refused with
-        # --no-compile, instead of failing in the run.
+        # NOTE: a UNet exported with a fixed context length or batch (artifacts of an older
+        # comfyc, or TensorRT's) takes prompt texts of as many 77-token chunks as the texts it
+        # was compiled with (issue #19 item 2). Other texts do not match it: they compile, or
+        # are refused with --no-compile, instead of failing in the run.
         self.fixed_context = any(
             inp.get("name") == "encoder_hidden_states" and len(inp.get("shape") or ()) > 1
-            and isinstance(inp["shape"][1], int)
+            and not (isinstance(inp["shape"][0], str) and isinstance(inp["shape"][1], str))
             for entry in manifest.stages.values() if entry.kind == "unet"
             for inp in (entry.facts or {}).get("inputs") or ())
 
@@ -488,12 +472,10 @@ class _Served:
                 if (node_id, name) not in self.uses:
                     if value != theirs[name]:
                         return False
-                elif name == "text" and isinstance(value, str) \
-                        and isinstance(theirs[name], str):
-                    mine_n, theirs_n = prompt_chunks(value), prompt_chunks(theirs[name])
-                    if mine_n != theirs_n and (self.fixed_context or max(
-                            mine_n, theirs_n) > CONCAT_CHUNKS):
-                        return False
+                elif (self.fixed_context and name == "text" and isinstance(value, str)
+                      and isinstance(theirs[name], str)
+                      and prompt_chunks(value) != prompt_chunks(theirs[name])):
+                    return False
         return True
 
 

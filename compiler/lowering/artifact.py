@@ -889,12 +889,11 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         elif kind == "unet":
             (b, c, h, w), _, (_, t, _), *_extras = shapes[0]
             # NOTE: prompts of any number of 77-token chunks (issue #19 item 2); TensorRT
-            # engines keep the traced context (their profiles would need a range).
-            facts = onnx_export.export_unet(module, path, batch=b, height=h, width=w,
-                                            context_len=t, dynamic=dynamic,
-                                            external_data=external,
-                                            free_context=backend not in ("trt", "ort-trt"),
-                                            **common)
+            # engines keep the traced shapes (their profiles would need ranges).
+            facts = onnx_export.export_unet(
+                module, path, batch=b, height=h, width=w, context_len=t, dynamic=dynamic,
+                external_data=external, free_prompt_axes=backend not in ("trt", "ort-trt"),
+                **common)
         elif kind == "text_encoder":
             facts = onnx_export.export_text_encoder(module, path, layer=layer if layer else -1,
                                                     layer_norm=bool(rec.info.get("layer_norm",

@@ -125,7 +125,7 @@ def export_unet(
     external_data: bool | None = None,
     progress: Progress | None = None,
     compact: bool = False,
-    free_context: bool = False,
+    free_prompt_axes: bool = False,
 ) -> dict[str, Any]:
     """Export a diffusers ``UNet2DConditionModel`` (SD1.x/SD2.x) as the ``unet`` stage.
 
@@ -149,8 +149,10 @@ def export_unet(
         compact: Store every float32 weight that float16 holds exactly as float16, cast
             back to float32 in the graph (same results, about half the bytes for a
             checkpoint shipped in float16); ignored with ``fp16``.
-        free_context: Without ``dynamic``, still leave the context length free (prompts of
-            any number of 77-token chunks; batch and latent size stay fixed).
+        free_prompt_axes: Without ``dynamic``, still leave free the axes a prompt's length
+            changes: the context length (77 tokens per chunk) and the batch (CFG runs cond
+            and uncond apart when one context is more than 4 times the other, as ComfyUI
+            does); the latent size stays fixed.
 
     Returns:
         The export facts (see :func:`_facts`).
@@ -217,9 +219,10 @@ def export_unet(
                     return_dict=False)[0]
             return out.float()
 
-    fixed = {"encoder_hidden_states": {1: "context_len"}} if free_context else None
+    prompt_axes = ({name: ({0: "batch", 1: "context_len"} if name == "encoder_hidden_states"
+                           else {0: "batch"}) for name in axes} if free_prompt_axes else None)
     return _export(source, call, example, path, kind="unet", fp16=fp16,
-                   axes=axes if dynamic else fixed, external_data=external_data,
+                   axes=axes if dynamic else prompt_axes, external_data=external_data,
                    progress=progress, metadata={}, input_names=input_names,
                    trace_example=trace, trace_axes=axes, compact=compact)
 
