@@ -48,21 +48,45 @@ def _image_upscale_with_model(ctx: Any, *, upscale_model: Any, image: np.ndarray
                                out_channels=model.out_channels),)
 
 
+def _note_is_changed(ctx: Any, image: str) -> None:
+    """Put the loaded file's SHA-256 in the prompt the PNGs embed, as ComfyUI does.
+
+    ComfyUI's cache calls LoadImage's (and LoadImageMask's) ``IS_CHANGED`` - the hex SHA-256 of
+    the file - and stores it in the prompt's node as ``"is_changed": [digest]``; that prompt is
+    the ``prompt`` chunk of every image it saves (``execution.py`` ``IsChangedCache``).
+    """
+    import hashlib
+
+    from ..image_io import resolve_image_path
+
+    op = getattr(ctx, "current", None)
+    prompt = getattr(ctx, "prompt", None)
+    if op is None or not isinstance(prompt, dict) or not isinstance(prompt.get(op.id), dict):
+        return
+    path = resolve_image_path(image, ctx.input_dir, output_dir=ctx.output_dir,
+                              temp_dir=ctx.output_dir / "temp")
+    prompt[op.id]["is_changed"] = [hashlib.sha256(path.read_bytes()).hexdigest()]
+
+
 def _load_image(ctx: Any, *, image: str, **_: Any) -> tuple[Any, ...]:
     from ..image_io import load_image
 
     # NOTE: "name [output]" / "name [temp]" read a previous run's output (the temp folder is
     # `temp/` inside the output folder, where PreviewImage writes).
-    return load_image(image, ctx.input_dir, output_dir=ctx.output_dir,
-                      temp_dir=ctx.output_dir / "temp")
+    out = load_image(image, ctx.input_dir, output_dir=ctx.output_dir,
+                     temp_dir=ctx.output_dir / "temp")
+    _note_is_changed(ctx, image)
+    return out
 
 
 def _load_image_mask(ctx: Any, *, image: str, channel: str = "alpha", **_: Any
                      ) -> tuple[Any, ...]:
     from ..image_io import load_image_mask
 
-    return (load_image_mask(image, ctx.input_dir, channel, output_dir=ctx.output_dir,
-                            temp_dir=ctx.output_dir / "temp"),)
+    out = (load_image_mask(image, ctx.input_dir, channel, output_dir=ctx.output_dir,
+                           temp_dir=ctx.output_dir / "temp"),)
+    _note_is_changed(ctx, image)
+    return out
 
 
 def _save_image(ctx: Any, *, images: np.ndarray, filename_prefix: str = "ComfyUI"

@@ -8,25 +8,27 @@
   with one :class:`~comfyc.compiler.lowering.program.TorchModelCache` for every case, and
   through compiled artifacts (``compile_graph`` with ``--backend torch``, then
   :func:`comfyc.runtime.load`). To keep the SD1.5-size cost down, the artifact path compiles
-  two artifacts for all cases: the txt2img workflow with ``sampler``, ``scheduler``, ``seed``
-  as runtime params (every sampler and scheduler case, legacy ones included), and one workflow
-  that holds every other case side by side (their nodes renumbered; the checkpoint and equal
-  prompts are shared by common-subexpression elimination as in any workflow).
+  few artifacts: the txt2img workflow with ``sampler``, ``scheduler``, ``seed`` as runtime
+  params (every sampler and scheduler case, legacy ones included), and per noise mode one
+  workflow that holds every other chosen case side by side (their nodes renumbered; the
+  checkpoint and equal prompts are shared by common-subexpression elimination as in any
+  workflow). :meth:`Runner.run_cases` orders the work so that one SD1.5-size model set is
+  loaded at a time (about 9 GB at the peak, while a LoRA variant is merged).
 * Pixels are compared as 8-bit values, the PNGs comfyc writes against ComfyUI's.
 
-Noise mode: until ``run``/``compile`` take a noise-mode param, a legacy case runs with
-:func:`comfyc.runtime.samplers.sampler_noise_generator` swapped for the ``cpu-legacy`` one
-(:func:`noise_mode`), the only draw that differs between ``cpu`` and ``cpu-legacy``.
+Noise mode: each case runs with ``program.run(..., noise_mode=case.noise_mode)`` (what
+``comfyc run --noise-mode`` passes): ``cpu`` for the current set, ``cpu-legacy`` for the set
+recorded with ComfyUI before its #11528.
 """
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import json
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +38,12 @@ import numpy as np
 from .cases import CASES, LEGACY_CASES, Case
 from .models import file_sha256, write_inputs, write_models
 
-__all__ = ["RECORDINGS", "Diff", "Models", "Reference", "Runner", "compare", "noise_mode"]
+__all__ = ["RECORDINGS", "Diff", "Models", "Reference", "Runner", "compare"]
 
 RECORDINGS = Path(__file__).resolve().parent / "recordings"
 _TXT2IMG_KINDS = ("sampler", "scheduler")
+#: The SaveLatent node record.py adds to every recorded workflow.
+_LATENT_NODE = "90"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,14 @@ def read_png(path: Path) -> np.ndarray:
 
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_png_text(path: Path) -> dict[str, str]:
+    """A PNG's text chunks (ComfyUI's ``prompt``, ``workflow``; comfyc's ``comfyc``)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return dict(image.text)
 
 
 def compare(got: list[np.ndarray], expected: list[np.ndarray]) -> Diff:
@@ -95,6 +107,14 @@ class Reference:
         """ComfyUI's images of a case."""
         return [read_png(self.root / name) for name in self.manifest["cases"][case.name]["images"]]
 
+    def png_prompt(self, case: Case) -> dict[str, Any]:
+        """The ``prompt`` chunk of ComfyUI's first PNG of a case, without record.py's
+        SaveLatent node: what comfyc's PNG of the same workflow must carry."""
+        name = self.manifest["cases"][case.name]["images"][0]
+        prompt = json.loads(read_png_text(self.root / name)["prompt"])
+        prompt.pop(_LATENT_NODE, None)
+        return prompt
+
     def latent(self, case: Case) -> np.ndarray:
         """ComfyUI's sampled LATENT of a case."""
         with np.load(self.root / "latents.npz") as z:
@@ -103,7 +123,7 @@ class Reference:
     def check_workflow(self, case: Case) -> None:
         """The recorded workflow is the case's (the case code was not changed since)."""
         recorded = dict(self.manifest["cases"][case.name]["prompt"])
-        recorded.pop("90", None)  # NOTE: the SaveLatent node record.py added
+        recorded.pop(_LATENT_NODE, None)
         if recorded != case.workflow():
             raise AssertionError(f"{case.name}: the workflow differs from the recorded one; "
                                  "re-record (tests/comfyui_reference/record.py)")
@@ -112,42 +132,31 @@ class Reference:
 class Models:
     """The seeded model files, regenerated into ``root`` and checked against the recording."""
 
-    def __init__(self, root: Path, expected: dict[str, str]) -> None:
+    def __init__(self, root: Path, expected: dict[str, str], reuse: bool = False) -> None:
         self.root = Path(root)
         self.models_dir = self.root / "models"
         self.input_dir = self.root / "input"
+        self.write_s = 0.0
+        got: dict[str, str] = {}
+        existing = {name: self.models_dir / name for name in expected}
         started = time.perf_counter()
-        paths = write_models(self.models_dir)
-        self.write_s = time.perf_counter() - started
-        write_inputs(self.input_dir)
-        started = time.perf_counter()
-        got = {name: file_sha256(path) for name, path in paths.items()}
+        if reuse and all(p.is_file() for p in existing.values()):
+            # NOTE: files left by an earlier run are used when their hashes still match.
+            got = {name: file_sha256(path) for name, path in existing.items()}
         self.hash_s = time.perf_counter() - started
+        if got != expected:
+            started = time.perf_counter()
+            paths = write_models(self.models_dir)
+            self.write_s = time.perf_counter() - started
+            started = time.perf_counter()
+            got = {name: file_sha256(path) for name, path in paths.items()}
+            self.hash_s = time.perf_counter() - started
+        write_inputs(self.input_dir)
         if got != expected:
             raise AssertionError(
                 "the regenerated model files differ from the recorded ones "
                 f"(got {got}, recorded {expected}); the synthetic-weight generator changed: "
                 "re-record with tests/comfyui_reference/record.py")
-
-
-@contextlib.contextmanager
-def noise_mode(mode: str) -> Iterator[None]:
-    """Run the enclosed comfyc calls with ``mode``'s ancestral noise (see the module docstring).
-
-    NOTE: a stand-in until the program takes a noise-mode param; then pass it there instead.
-    """
-    from comfyc.runtime import samplers
-    from comfyc.runtime.noise import sampler_noise_generator
-
-    if mode == "cpu":
-        yield
-        return
-    original = samplers.sampler_noise_generator
-    samplers.sampler_noise_generator = lambda _mode, seed: sampler_noise_generator(mode, seed)
-    try:
-        yield
-    finally:
-        samplers.sampler_noise_generator = original
 
 
 def _renumber(prompt: dict[str, Any], offset: int) -> dict[str, Any]:
@@ -166,13 +175,19 @@ class Runner:
 
     models: Models
     work: Path
+    #: Cases that may go through artifacts: the non-txt2img ones of each noise mode share one
+    #: merged artifact, compiled for exactly these cases (pick the ones you will run).
+    artifact_cases: tuple[Case, ...] = (*CASES, *LEGACY_CASES)
     timings: dict[str, float] = field(default_factory=dict)
+    #: The text chunks of the first PNG each case wrote on the torch path (provenance checks).
+    png_text: dict[str, dict[str, str]] = field(default_factory=dict)
     _cache: Any = None
     _artifacts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from comfyc.compiler.lowering.program import TorchModelCache
 
+        self.work.mkdir(parents=True, exist_ok=True)
         self._cache = TorchModelCache(str(self.models.models_dir))
 
     def _graph(self, prompt: dict[str, Any], name: str) -> Any:
@@ -206,48 +221,86 @@ class Runner:
         started = time.perf_counter()
         program = lower_to_program(graph, catalog, cache=self._cache)
         out = Path(tempfile.mkdtemp(prefix=f"{case.name}-", dir=self.work))
-        with noise_mode(case.noise_mode):
-            program.run({}, output_dir=str(out), input_dir=str(self.models.input_dir))
+        program.run({}, output_dir=str(out), input_dir=str(self.models.input_dir),
+                    noise_mode=case.noise_mode)
         self.timings[f"torch:{case.name}"] = time.perf_counter() - started
+        self.png_text[case.name] = read_png_text(sorted(out.glob(f"{case.name}_*.png"))[0])
         return self._images(out, case.name)
 
     def _compile(self, key: str, prompt: dict[str, Any], params: list[str]) -> Any:
-        """Compile once per key (torch stages), sharing this runner's loaded checkpoint."""
+        """Compile once per key (torch stages) and load the artifact.
+
+        NOTE: compile_graph loads the checkpoint with a model cache of its own, which is gone
+        when it returns (sharing the runner's saved a load, but the compile lets go of the
+        modules of folded stages in the cache it is given, and holding both at once was more
+        memory than a 2-core CI machine has).
+        """
         if key in self._artifacts:
             return self._artifacts[key]
-        from comfyc.compiler.lowering import program as program_module
         from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
         from comfyc.runtime import load
 
         graph = self._graph(prompt, key)
         options = CompileOptions(backend="torch", models_dir=str(self.models.models_dir),
                                  input_dir=str(self.models.input_dir),
-                                 param_bindings=tuple(params))
+                                 param_bindings=list(params))
         started = time.perf_counter()
-        # NOTE: compile_graph makes its own model cache; handing it this runner's (the same
-        # files) avoids loading the SD1.5-size checkpoint once more per artifact.
-        original = program_module.TorchModelCache
-        shared = self._cache
-        program_module.TorchModelCache = lambda models_dir=None: shared  # type: ignore[assignment]
-        try:
-            compile_graph(graph, self.work / f"{key}.comfyc", options)
-        finally:
-            program_module.TorchModelCache = original  # type: ignore[assignment]
-        program = load(str(self.work / f"{key}.comfyc"))
+        path = self.work / f"{key}.comfyc"
+        compile_graph(graph, path, options)
+        gc.collect()
+        program = load(str(path))
         self.timings[f"compile:{key}"] = time.perf_counter() - started
         self._artifacts[key] = program
         return program
+
+    def release(self) -> None:
+        """Let go of the loaded checkpoint and artifacts, and delete the artifact folders
+        (gigabytes each: torch stages store the weights); the next call loads what it needs."""
+        self._cache.loaded.clear()
+        for key in [k for k, v in self._artifacts.items() if not isinstance(v, Path)]:
+            self._drop_artifact(key)
+        gc.collect()
+
+    def _drop_artifact(self, key: str) -> None:
+        self._artifacts.pop(key, None)
+        shutil.rmtree(self.work / f"{key}.comfyc", ignore_errors=True)
+
+    def run_cases(self, cases: list[Case], paths: tuple[str, ...] = ("torch", "artifact")
+                  ) -> dict[tuple[str, str], list[np.ndarray]]:
+        """Every case on each path, in the order that holds the fewest models at once: all
+        torch-path cases on one loaded checkpoint, then the artifacts one at a time.
+
+        Returns:
+            Images by ``(case name, path)``.
+        """
+        out: dict[tuple[str, str], list[np.ndarray]] = {}
+        if "torch" in paths:
+            for case in cases:
+                out[(case.name, "torch")] = self.torch_path(case)
+            self.release()
+        if "artifact" in paths:
+            txt2img = [c for c in cases if c.kind in _TXT2IMG_KINDS]
+            for case in txt2img:
+                out[(case.name, "artifact")] = self.artifact_path(case)
+            self.release()
+            for case in sorted((c for c in cases if c.kind not in _TXT2IMG_KINDS),
+                               key=lambda c: c.noise_mode):
+                out[(case.name, "artifact")] = self.artifact_path(case)
+            self.release()
+        return out
 
     def _txt2img_artifact(self) -> Any:
         template = next(c for c in CASES if c.kind == "sampler").workflow()
         return self._compile("txt2img", template, ["5.sampler_name=sampler",
                                                    "5.scheduler=scheduler", "5.seed=seed"])
 
-    def _others_artifact(self) -> Any:
+    def _others_artifact(self, mode: str) -> Any:
         merged: dict[str, Any] = {}
-        for index, case in enumerate(c for c in CASES if c.kind not in _TXT2IMG_KINDS):
+        chosen = [c for c in self.artifact_cases
+                  if c.kind not in _TXT2IMG_KINDS and c.noise_mode == mode]
+        for index, case in enumerate(chosen):
             merged.update(_renumber(case.workflow(), 1000 * (index + 1)))
-        return self._compile("others", merged, [])
+        return self._compile(f"others-{mode}", merged, [])
 
     def artifact_path(self, case: Case) -> list[np.ndarray]:
         """The case's images from a compiled artifact (``comfyc.runtime.load(...).run``)."""
@@ -257,24 +310,26 @@ class Runner:
             node = case.prompt["5"]["inputs"]
             params = {"sampler": node["sampler_name"], "scheduler": node["scheduler"],
                       "seed": node["seed"]}
-            saved = case.prompt["9"]["inputs"]["filename_prefix"]
             started = time.perf_counter()
-            with noise_mode(case.noise_mode):
-                program.run(params, output_dir=str(out), input_dir=str(self.models.input_dir),
-                            )
+            program.run(params, output_dir=str(out), input_dir=str(self.models.input_dir),
+                        noise_mode=case.noise_mode)
             self.timings[f"artifact:{case.name}"] = time.perf_counter() - started
             # NOTE: the template's SaveImage prefix is the first sampler case's name.
             template_prefix = next(c for c in CASES if c.kind == "sampler").name
-            images = self._images(out, template_prefix)
-            del saved
-            return images
-        key = "others-run"
+            return self._images(out, template_prefix)
+        if case not in self.artifact_cases:
+            raise ValueError(f"{case.name} is not among the runner's artifact_cases")
+        key = f"others-{case.noise_mode}-run"
         if key not in self._artifacts:
-            program = self._others_artifact()
-            all_out = self.work / "others-out"
+            program = self._others_artifact(case.noise_mode)
+            all_out = self.work / f"others-{case.noise_mode}-out"
             started = time.perf_counter()
-            program.run({}, output_dir=str(all_out), input_dir=str(self.models.input_dir))
-            self.timings["artifact:others"] = time.perf_counter() - started
+            program.run({}, output_dir=str(all_out), input_dir=str(self.models.input_dir),
+                        noise_mode=case.noise_mode)
+            self.timings[f"artifact:others-{case.noise_mode}"] = time.perf_counter() - started
+            # NOTE: its images are on disk; the program (its models) is not needed any more.
+            self._drop_artifact(f"others-{case.noise_mode}")
+            gc.collect()
             self._artifacts[key] = all_out
         return self._images(self._artifacts[key], case.name)
 

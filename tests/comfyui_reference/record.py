@@ -71,7 +71,7 @@ def _request(url: str, body: dict[str, Any] | None = None, timeout: float = 30.0
         return json.loads(response.read().decode())
 
 
-def _wait_for_server(base: str, process: subprocess.Popen[bytes], limit: float = 300) -> None:
+def _wait_for_server(base: str, process: subprocess.Popen[bytes], limit: float = 1800) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -99,11 +99,24 @@ def _with_save_latent(case: Case) -> dict[str, Any]:
 def _run_case(base: str, case: Case, output_dir: Path, limit: float = 1800) -> dict[str, Any]:
     prompt = _with_save_latent(case)
     started = time.monotonic()
-    queued = _request(f"{base}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
-    prompt_id = queued["prompt_id"]
+    # NOTE: the prompt id is chosen here, so that a POST whose answer timed out on a busy
+    # machine can be told apart from one that never arrived (ComfyUI accepts "prompt_id").
+    prompt_id = str(uuid.uuid4())  # NOTE: current ComfyUI insists on the dashed UUID form
+    body = {"prompt": prompt, "client_id": uuid.uuid4().hex, "prompt_id": prompt_id}
+    for _attempt in range(5):
+        try:
+            _request(f"{base}/prompt", body, timeout=300)
+            break
+        except urllib.error.HTTPError:
+            raise  # NOTE: ComfyUI answered (e.g. 400, a node it does not have): no retry
+        except (TimeoutError, urllib.error.URLError):
+            if _known(base, prompt_id):
+                break
     while True:
-        history = _request(f"{base}/history/{prompt_id}")
-        entry = history.get(prompt_id)
+        try:
+            entry = _request(f"{base}/history/{prompt_id}", timeout=120).get(prompt_id)
+        except (TimeoutError, urllib.error.URLError):
+            entry = None
         if entry and entry.get("status", {}).get("completed"):
             break
         if entry and entry.get("status", {}).get("status_str") == "error":
@@ -121,6 +134,20 @@ def _run_case(base: str, case: Case, output_dir: Path, limit: float = 1800) -> d
             "latents": latent_files}
 
 
+def _known(base: str, prompt_id: str) -> bool:
+    """Whether ComfyUI has the prompt queued, running or done."""
+    for _attempt in range(10):
+        try:
+            queue = _request(f"{base}/queue", timeout=120)
+            history = _request(f"{base}/history/{prompt_id}", timeout=120)
+        except (TimeoutError, urllib.error.URLError):
+            time.sleep(5.0)
+            continue
+        items = queue.get("queue_running", []) + queue.get("queue_pending", [])
+        return prompt_id in history or any(item[1] == prompt_id for item in items)
+    return False
+
+
 def _read_latent(path: Path) -> np.ndarray:
     from safetensors.numpy import load_file
 
@@ -128,16 +155,27 @@ def _read_latent(path: Path) -> np.ndarray:
 
 
 def record(comfyui: Path, python: str, which: str, work: Path, port: int,
-           only: list[str] | None = None) -> Path:
+           only: list[str] | None = None, reuse_models: bool = False) -> Path:
     """Record one set of cases; returns the recording folder."""
     cases = {"current": CASES, "legacy": LEGACY_CASES}[which]
     if only:
         # NOTE: in the order given, so that a long recording can do the important ones first.
         by_name = {c.name: c for c in cases}
         cases = tuple(by_name[name] for name in only if name in by_name)
-    models = write_models(work / "models")
+    models_dir = work / "models"
+    known = RECORDINGS / "current" / "manifest.json"
+    hashes: dict[str, str] = {}
+    if reuse_models and known.is_file():
+        # NOTE: reuse files an earlier recording wrote when they still hash as recorded.
+        expected = json.loads(known.read_text()).get("model_sha256", {})
+        if all((models_dir / name).is_file() for name in expected):
+            hashes = {name: file_sha256(models_dir / name) for name in expected}
+            if hashes != expected:
+                hashes = {}
+    if not hashes:
+        models = write_models(models_dir)
+        hashes = {name: file_sha256(path) for name, path in models.items()}
     write_inputs(work / "input")
-    hashes = {name: file_sha256(path) for name, path in models.items()}
     commit = (comfyui / "COMFYUI_COMMIT").read_text().strip()
     version_text = (comfyui / "comfyui_version.py").read_text()
     version = version_text.rsplit("=", 1)[-1].strip().strip('"')
@@ -218,14 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None,
                         help="work folder for models/input/output (default: a temporary one)")
     parser.add_argument("--port", type=int, default=18188)
-    parser.add_argument("--only", nargs="*", default=None, help="re-record these cases only")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="record these cases only, in this order (others are kept)")
+    parser.add_argument("--reuse-models", action="store_true",
+                        help="keep model files in --work whose hashes match the recording")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="comfyc-reference-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # NOTE: SIGTERM ends the recording through the normal exit path, which stops ComfyUI.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    out = record(args.comfyui.resolve(), args.python, args.which, work, args.port, args.only)
+    out = record(args.comfyui.resolve(), args.python, args.which, work, args.port, args.only,
+                 args.reuse_models)
     print(f"wrote {out}")
     return 0
 
