@@ -86,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="bench-out", metavar="DIR",
                         help="report folder (default: ./bench-out)")
     parser.add_argument("--models-dir", metavar="DIR", help="models folder (ComfyUI layout)")
+    parser.add_argument("--input-dir", default="input", metavar="DIR",
+                        help="where LoadImage finds its files (default: ./input)")
     parser.add_argument("--skip-unavailable", action="store_true",
                         help="leave out backends that cannot run here instead of failing")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -143,7 +145,7 @@ def _worker(spec_path: str) -> int:
                 _progress(spec, f"run 1/{total_runs}"
                                 f"{' (warm-up)' if spec['warmup'] else ''} started{slow}")
             start = time.perf_counter()
-            run = program.run(params, save=False,
+            run = program.run(params, save=False, input_dir=spec.get("input_dir", "input"),
                               progress=_step_progress(spec) if index == 0 else None)
             elapsed = time.perf_counter() - start
             images = _first_images(run)
@@ -170,7 +172,8 @@ def _worker(spec_path: str) -> int:
             for digit in range(10):
                 for seed in range(spec["quality"]):
                     run = program.run({**params, "prompt": f"a handwritten digit "
-                                       f"{DIGIT_WORDS[digit]}", "seed": seed}, save=False)
+                                       f"{DIGIT_WORDS[digit]}", "seed": seed}, save=False,
+                                      input_dir=spec.get("input_dir", "input"))
                     drawn.append(_first_images(run)[:1])
                 _progress(spec, f"quality: digit {digit} drawn")
             np.save(out / "quality.npy", np.concatenate(drawn))
@@ -290,7 +293,8 @@ def _compile(args: argparse.Namespace, source: str, out: Path, precision: str,
     from .common import catalog_from_args
 
     cache = _step_caches(args.step_cache).get(precision)
-    options = CompileOptions(models_dir=args.models_dir, store_torch=store_torch,
+    options = CompileOptions(models_dir=args.models_dir, input_dir=args.input_dir,
+                             store_torch=store_torch,
                              fp16=precision == "fp16",
                              quantize="int8" if precision == "int8" else None,
                              step_cache=cache[0] if cache else None,
@@ -349,8 +353,9 @@ def run(args: argparse.Namespace) -> int:
         backend_unavailable_reason,
         read_manifest,
     )
+    from comfyc.runtime.errors import Error as RuntimeFailure
 
-    from .common import print_error, source_texts
+    from .common import backend_help, exit_code_for_runtime, print_error, source_texts
     from .run import parse_params
     from .tune import ort_options_from_args
 
@@ -434,6 +439,11 @@ def run(args: argparse.Namespace) -> int:
     except ArtifactError as exc:
         print(f"comfyc bench: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except RuntimeFailure as exc:  # An input image, a param, a backend while compiling ...
+        print(f"comfyc bench: error: {exc}", file=sys.stderr)
+        if (hint := backend_help(exc)) is not None:
+            print(hint, file=sys.stderr)
+        return exit_code_for_runtime(exc)
 
     rows = _rows(backends, precisions)
     # The reference: the torch row, measured anyway (1 run) when not asked for, if it can run.
@@ -455,6 +465,7 @@ def run(args: argparse.Namespace) -> int:
                     "runs": 1 if only_ref else args.runs,
                     "warmup": 0 if only_ref else args.warmup,
                     "quality": args.quality, "stage_options": stage_options,
+                    "input_dir": str(Path(args.input_dir).resolve()),
                     "progress": not args.quiet}
             (folder / "spec.json").write_text(json.dumps(spec))
             say(f"[{number}/{len(rows)}] {row['label']}"

@@ -265,3 +265,29 @@ def test_bench_says_one_size_per_artifact(tmp_path: Path, random_models: Path) -
     assert row[column:].split()[0] == compiled.group(1), (header, row)
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert f"{report['rows'][0]['size_bytes'] / 1e6:.2f}" == compiled.group(1)
+
+
+def test_bench_reads_input_images_from_input_dir(tmp_path: Path, random_models: Path) -> None:
+    """A workflow with LoadImage: --input-dir is where its images are (compile and every row);
+    without it, ./input is looked in and a missing image is a clear error, not a traceback."""
+    import subprocess
+    import sys
+
+    text = (REPO / "examples" / "img2img.cfy").read_text()
+    text = re.sub(r"steps=\d+", "steps=2", text).replace("tiny-digits.safetensors",
+                                                          "random-sd1.safetensors")
+    workflow = tmp_path / "img2img.cfy"
+    workflow.write_text(text)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "comfyc.cli.main", "bench", str(workflow), "--backends",
+               "ort-cpu", "--runs", "1", "--warmup", "0", "--models-dir", str(random_models)]
+    missing = subprocess.run([*command, "-o", str(tmp_path / "a")], capture_output=True,
+                             text=True, timeout=600, env=env, cwd=tmp_path)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr, missing.stderr
+    assert "digit.png" in missing.stderr and "input folder" in missing.stderr, missing.stderr
+    found = subprocess.run([*command, "-o", str(tmp_path / "b"), "--input-dir",
+                            str(REPO / "examples" / "input")], capture_output=True, text=True,
+                           timeout=600, env=env, cwd=tmp_path)
+    assert found.returncode == 0 and "Traceback" not in found.stderr, found.stderr
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert all("error" not in row for row in report["rows"]), report["rows"]
