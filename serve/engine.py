@@ -3,12 +3,13 @@
 A prompt's *graph shape* is the prompt with its run-time inputs taken out: sampler seeds and
 settings (KSampler ``seed``, ``steps``, ``cfg``, ``sampler_name``, ``scheduler``,
 ``denoise``; KSamplerAdvanced ``noise_seed``, ``cfg``), prompt texts (``CLIPTextEncode``
-``text``: only their count of 77-token chunks stays in the shape, the compiled UNet's context
-length) and where outputs go (SaveImage ``filename_prefix``). The first prompt of a shape is
-compiled with exactly those inputs as runtime params (the compiler's ``--param
-NODE.INPUT=NAME`` mechanism) into ``CACHE/<key>.comfyc``; every later prompt of the shape —
-any seed, any text of as many chunks, any prefix — loads that artifact (from memory after the
-first load) and only sets params. Node titles (``_meta``) are not part of the shape.
+``text``, of any length: compiled UNets take any number of 77-token chunks; with TensorRT, whose
+engines keep their traced shapes, the texts' chunk counts stay in the shape) and where outputs
+go (SaveImage ``filename_prefix``). The first prompt of a shape is compiled with exactly those
+inputs as runtime params (the compiler's ``--param NODE.INPUT=NAME`` mechanism) into
+``CACHE/<key>.comfyc``; every later prompt of the shape — any seed, any text, any prefix —
+loads that artifact (from memory after the first load) and only sets params. Node titles
+(``_meta``) are not part of the shape.
 
 Tiered execution (``first_run="torch"``, the default): a shape with no artifact yet does not
 wait for its compile. Its first prompt runs at once on the *torch tier* — the same passes and
