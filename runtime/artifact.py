@@ -348,9 +348,10 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
                            f"compile without --step-cache")
     if _is_torch(backend):
         from .backends.threads import choose_threads, passive_openmp
+        from .backends.torch import require_torch
 
         passive_openmp()  # before torch loads: OpenMP reads it once
-        import torch
+        torch = require_torch()  # names the extra to install when torch is missing
 
         # NOTE: the same rule as every backend: the free cores unless told otherwise.
         torch.set_num_threads(choose_threads(options.get("intra_op_threads")))
