@@ -58,8 +58,14 @@ def measure(sets: list[str], cases: list[str] | None, paths: list[str], work: Pa
         reference.check_workflow(case)
     runner = Runner(models, work, artifact_cases=tuple(c for _, c in chosen))
     started = time.perf_counter()
+    references_of = {c.name: reference for reference, c in chosen}
+
+    def done(case: Any, path: str, images: Any) -> None:
+        diff = compare(images, references_of[case.name].images(case))
+        say(f"  {case.name} ({path}): {diff}")
+
     # NOTE: all torch-path cases first, then the artifacts (one model set in memory at once).
-    got = runner.run_cases([c for _, c in chosen], tuple(paths))
+    got = runner.run_cases([c for _, c in chosen], tuple(paths), done)
     say(f"  ran {len(chosen)} cases in {time.perf_counter() - started:.0f} s")
     rows: list[dict[str, Any]] = []
     for reference, case in chosen:

@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,27 +266,39 @@ class Runner:
         self._artifacts.pop(key, None)
         shutil.rmtree(self.work / f"{key}.comfyc", ignore_errors=True)
 
-    def run_cases(self, cases: list[Case], paths: tuple[str, ...] = ("torch", "artifact")
+    def run_cases(self, cases: list[Case], paths: tuple[str, ...] = ("torch", "artifact"),
+                  done: Callable[[Case, str, list[np.ndarray]], None] | None = None
                   ) -> dict[tuple[str, str], list[np.ndarray]]:
         """Every case on each path, in the order that holds the fewest models at once: all
         torch-path cases on one loaded checkpoint, then the artifacts one at a time.
+
+        Args:
+            cases: The cases.
+            paths: ``torch`` and/or ``artifact``.
+            done: ``done(case, path, images)`` after each case (progress reports).
 
         Returns:
             Images by ``(case name, path)``.
         """
         out: dict[tuple[str, str], list[np.ndarray]] = {}
+
+        def one(case: Case, path: str) -> None:
+            run = self.torch_path if path == "torch" else self.artifact_path
+            out[(case.name, path)] = run(case)
+            if done is not None:
+                done(case, path, out[(case.name, path)])
+
         if "torch" in paths:
             for case in cases:
-                out[(case.name, "torch")] = self.torch_path(case)
+                one(case, "torch")
             self.release()
         if "artifact" in paths:
-            txt2img = [c for c in cases if c.kind in _TXT2IMG_KINDS]
-            for case in txt2img:
-                out[(case.name, "artifact")] = self.artifact_path(case)
+            for case in (c for c in cases if c.kind in _TXT2IMG_KINDS):
+                one(case, "artifact")
             self.release()
             for case in sorted((c for c in cases if c.kind not in _TXT2IMG_KINDS),
                                key=lambda c: c.noise_mode):
-                out[(case.name, "artifact")] = self.artifact_path(case)
+                one(case, "artifact")
             self.release()
         return out
 

@@ -31,8 +31,17 @@ Recorded with::
         --python /work/comfyui-server-venv/bin/python --set legacy
 
 (run from the repository root with comfyc's own venv, which writes the model files; ComfyUI runs
-in its venv as a separate process). Both ComfyUIs ran on the CPU (``--cpu``: float32 UNet and
-VAE, float16 text encoder, sub-quadratic attention) with torch 2.14.1.
+in its venv as a separate process). To add or redo cases, keeping the others of the set::
+
+    .venv/bin/python -m tests.comfyui_reference.record --comfyui /work/comfyui \
+        --python /work/comfyui-server-venv/bin/python --set current --work /tmp/comfyc-ref \
+        --reuse-models --only sampler_lcm hires
+
+(``--reuse-models``: model files left in ``--work`` by an earlier recording are used when they
+hash as recorded; about 20-120 s per case on a busy 2-core machine, dpm_adaptive 450 s.)
+
+Both ComfyUIs ran on the CPU (``--cpu``: float32 UNet and VAE, float16 text encoder,
+sub-quadratic attention) with torch 2.14.1.
 """
 
 from __future__ import annotations
