@@ -80,22 +80,24 @@ def test_seed_changes_the_image_and_is_reproducible(tmp_path: Path,
 
 
 def test_unsupported_nodes_fail_before_any_work(tmp_path: Path, random_models: Path) -> None:
-    """A ControlNet node is named in the error and nothing is written."""
+    """Nodes comfyc has no implementation of (here two an --object-info file defines) are
+    named in the error, before any model is loaded, and nothing is written."""
     data = copy.deepcopy(BASE)
     data["4"]["inputs"]["ckpt_name"] = "random-sd1.safetensors"
-    data["20"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "c.pth"}}
-    data["21"] = {"class_type": "LoadImage", "inputs": {"image": "x.png"}}
-    data["22"] = {"class_type": "ControlNetApply", "inputs": {
-        "conditioning": ["6", 0], "control_net": ["20", 0], "image": ["21", 0],
-        "strength": 1.0}}
-    data["3"]["inputs"]["positive"] = ["22", 0]
-    wf = tmp_path / "cn.json"
+    data["20"] = {"class_type": "ModelMergeSimple", "inputs": {
+        "model1": ["4", 0], "model2": ["4", 0], "ratio": 0.5}}
+    data["21"] = {"class_type": "ModelMergeSimple", "inputs": {
+        "model1": ["20", 0], "model2": ["4", 0], "ratio": 0.25}}
+    data["3"]["inputs"]["model"] = ["21", 0]
+    wf = tmp_path / "merge.json"
     wf.write_text(json.dumps(data))
     out = tmp_path / "out"
-    result = _cli("run", str(wf), "--models-dir", str(random_models), "--output", str(out))
+    result = _cli("run", str(wf), "--models-dir", str(random_models), "--output", str(out),
+                  "--object-info", str(DATA / "comfy" / "object_info_extra.json"))
     assert result.returncode == 1
-    assert "#20 (ControlNetLoader) cannot run" in result.stderr
-    assert "#22 (ControlNetApply) cannot run" in result.stderr
+    assert "#20 (ModelMergeSimple) cannot run" in result.stderr
+    assert "#21 (ModelMergeSimple) cannot run" in result.stderr
+    assert "Traceback" not in result.stderr
     assert not out.exists()
 
 
