@@ -166,27 +166,36 @@ def comfyc_run(prompt: dict[str, Any], models: Path | None, root: Path) -> list[
     return times
 
 
+VARIANTS = ("before", "after_at_start", "after_preloaded")
+
+
 def measure(name: str, ckpt: str, models: Path | None, size: int, steps: int,
-            work: Path) -> dict[str, Any]:
-    """Every figure of one model (see the module docstring)."""
+            work: Path, variants: tuple[str, ...] = VARIANTS, artifact: bool = True
+            ) -> dict[str, Any]:
+    """Every figure of one model (see the module docstring); ``variants`` of the server, and
+    (``artifact``) whether the tiered servers wait for their artifact and run a prompt on it
+    (False: stopped after two torch-tier prompts, before the compile holds its memory)."""
     out: dict[str, Any] = {"ckpt": ckpt, "size": size, "steps": steps}
     prompt = _prompt(ckpt, size, steps, seed=1)
     out["load_before_run"] = _load()
     out["comfyc_run_s"] = comfyc_run(prompt, models, work / f"{name}-run")
     print(f"{name}: comfyc run {out['comfyc_run_s']}", flush=True)
 
-    out["load_before_compile_first"] = _load()
-    server = Server(work / f"{name}-before", models, "--first-run", "compile")
-    try:
-        latency, entry = server.run(prompt)
-        out["before"] = {"first_s": latency, "prepare_s": entry["comfyc"]["prepare_s"],
-                         "run_s": entry["comfyc"]["run_s"],
-                         "second_s": server.run(_prompt(ckpt, size, steps, seed=2))[0]}
-    finally:
-        server.stop()
-    print(f"{name}: before {out['before']}", flush=True)
+    if "before" in variants:
+        out["load_before_compile_first"] = _load()
+        server = Server(work / f"{name}-before", models, "--first-run", "compile")
+        try:
+            latency, entry = server.run(prompt)
+            out["before"] = {"first_s": latency, "prepare_s": entry["comfyc"]["prepare_s"],
+                             "run_s": entry["comfyc"]["run_s"],
+                             "second_s": server.run(_prompt(ckpt, size, steps, seed=2))[0]}
+        finally:
+            server.stop()
+        print(f"{name}: before {out['before']}", flush=True)
 
     for variant, wait in (("after_at_start", False), ("after_preloaded", True)):
+        if variant not in variants:
+            continue
         out[f"load_before_{variant}"] = _load()
         server = Server(work / f"{name}-{variant}", models)
         try:
@@ -198,16 +207,16 @@ def measure(name: str, ckpt: str, models: Path | None, size: int, steps: int,
                          prepare_s=entry["comfyc"]["prepare_s"], run_s=entry["comfyc"]["run_s"])
             second, entry = server.run(_prompt(ckpt, size, steps, seed=2))
             facts.update(second_s=second, second_tier=entry["comfyc"]["tier"])
-            facts["compile_done_after_s"] = server.wait("compile")
-            third, entry = server.run(_prompt(ckpt, size, steps, seed=3))
-            facts.update(artifact_s=third, artifact_tier=entry["comfyc"]["tier"])
+            if artifact:
+                facts["compile_done_after_s"] = server.wait("compile")
+                third, entry = server.run(_prompt(ckpt, size, steps, seed=3))
+                facts.update(artifact_s=third, artifact_tier=entry["comfyc"]["tier"])
             out[variant] = facts
         finally:
             server.stop()
         print(f"{name}: {variant} {out[variant]}", flush=True)
     warm = out["comfyc_run_s"][-1]
-    out["first_over_warm_run"] = {v: out[v]["first_s"] / warm
-                                  for v in ("before", "after_at_start", "after_preloaded")}
+    out["first_over_warm_run"] = {v: out[v]["first_s"] / warm for v in variants}
     return out
 
 
@@ -221,16 +230,24 @@ def main() -> int:
     parser.add_argument("--sd15-ckpt", type=Path, default=None,
                         help="an SD1.5-size checkpoint to use instead of writing one "
                              "(make_checkpoints.py sd15 --size full)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"server variants to measure (default {','.join(VARIANTS)})")
+    parser.add_argument("--no-artifact", action="store_true",
+                        help="stop tiered servers after two torch-tier prompts (no compile "
+                             "wait: for a box without memory for the compile beside them)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--name", default="serve-tiers")
     args = parser.parse_args()
+    variants = tuple(v for v in args.variants.split(",") if v)
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     work = Path(tempfile.mkdtemp(prefix="bench-tiers-"))
     results: dict[str, Any] = {}
     try:
         for model in args.models.split(","):
             if model == "tiny":
                 results["tiny"] = measure("tiny", "tiny-digits.safetensors", None, 64,
-                                          args.steps, work)
+                                          args.steps, work, variants, not args.no_artifact)
             elif model == "sd15":
                 if args.sd15_ckpt is not None:
                     # NOTE: its own models folder (a link out of one is refused, as ComfyUI
@@ -247,7 +264,8 @@ def main() -> int:
                     print(f"sd15 checkpoint written in {time.perf_counter() - started:.1f} s",
                           flush=True)
                 results["sd15"] = measure("sd15", name, models, args.sd15_size,
-                                          args.sd15_steps, work)
+                                          args.sd15_steps, work, variants,
+                                          not args.no_artifact)
             else:
                 parser.error(f"unknown model {model!r}")
             save(args.name, {"results": results})
