@@ -28,9 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from comfyc.runtime.errors import Error as RuntimeFailure
 from comfyc.runtime.nodes import registry
 from comfyc.runtime.nodes.internal import FOLDED_CLASSES
 
+from ..errors import WorkflowError
 from ..ir.core import MISSING, Graph, Node, Param, Value
 from ..nodes import compile_rule
 from .base import InPlacePass, PassResult
@@ -54,13 +56,15 @@ class ConstantFoldingPass(InPlacePass):
         for node in list(graph.nodes):
             if node.graph is not graph:
                 continue
-            rule = compile_rule(node.class_type)
-            if rule.fold is not None:
-                modified |= bool(rule.fold(node, self))
-                continue
-            definition = registry().get(node.class_type)
-            if definition is not None and definition.fold:
-                modified |= self._fold_with_op(node, definition.run)
+            try:
+                modified |= self._fold(node)
+            except RuntimeFailure as exc:
+                # What the run would refuse (an unusable prompt, image or param value) is the
+                # workflow's problem, said at its node, not a failed pass.
+                raise WorkflowError(f"#{node.id} ({node.class_type}): {exc}", node.loc,
+                                    kind="invalid_input", class_type=node.class_type,
+                                    help="change the node's inputs; `comfyc check` finds "
+                                         "the same") from exc
         modified |= self._remove_freed(graph)
         return PassResult(graph, modified)
 
@@ -149,6 +153,15 @@ class ConstantFoldingPass(InPlacePass):
         return True
 
     # --------------------------------------------------------------------- helpers
+    def _fold(self, node: Node) -> bool:
+        rule = compile_rule(node.class_type)
+        if rule.fold is not None:
+            return bool(rule.fold(node, self))
+        definition = registry().get(node.class_type)
+        if definition is not None and definition.fold:
+            return self._fold_with_op(node, definition.run)
+        return False
+
     def _fold_with_op(self, node: Node, op: Any) -> bool:
         args = self._constant_args(node)
         if args is None:

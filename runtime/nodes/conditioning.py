@@ -8,6 +8,7 @@ prompts are fixed ships stored tensors instead of a text encoder.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["NODES", "encode_text"]
 
 _COND = "CONDITIONING"
+#: ComfyUI's ``embedding:NAME`` word (a word of the prompt, after weights' parentheses).
+_EMBEDDING_WORD = re.compile(r"(?:^|[\s(])embedding:([^\s,():]+)")
 
 # By (pad token, vocabulary file): the vocabulary is read once per process.
 _TOKENIZERS: dict[tuple[int, str | None], Any] = {}
@@ -52,6 +55,15 @@ def _tokens(encoder: TextEncoderRef, text: str, vocab_path: str | None) -> list[
     ``(token, weight)``, or T5's single sequence (``</s>`` then pads to ``min_length``)."""
     from ..tokenizer import EmbeddingRef
 
+    used = _EMBEDDING_WORD.search(text)
+    if used is not None:
+        # NOTE: the vectors are read (compiler/models/embeddings.py) but the text encoder
+        # stages take token ids only; drawing the word as plain text would silently differ
+        # from ComfyUI's picture.
+        raise ProgramError(
+            f"the prompt uses the textual-inversion embedding 'embedding:{used.group(1)}', "
+            f"which comfyc does not apply yet; remove it from the prompt (or run this "
+            f"workflow in ComfyUI)")
     if encoder.tokenizer == "t5":
         chunks = _t5_tokenizer(encoder.min_length).tokenize_weighted(text)
     else:

@@ -240,3 +240,17 @@ def test_threads_flag_as_a_user_passes_it(artifact: Path, tmp_path: Path) -> Non
         assert f"argument --threads: '{bad}' is not a thread count" in err
         assert "1 or more" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_embedding_in_a_prompt_is_refused_not_drawn_as_text(tmp_path: Path) -> None:
+    """`embedding:NAME` is not applied by comfyc yet (issue #19 item 3): compile and run say
+    so at the prompt, instead of drawing the words as plain text as a different picture from
+    ComfyUI's; nothing is written."""
+    path = _workflow(tmp_path, {"6": {"inputs": {
+        "text": "(embedding:EasyNegative:1.2), a handwritten digit seven", "clip": ["4", 1]}}})
+    err = _clean(_run("compile", str(path), "-o", str(tmp_path / "x.comfyc"), cwd=tmp_path), 1)
+    assert "'embedding:EasyNegative'" in err and "does not apply yet" in err, err
+    assert not (tmp_path / "x.comfyc").exists()
+    err = _clean(_run("run", str(path), "-o", str(tmp_path / "out"), "-q", cwd=tmp_path), 1)
+    assert "'embedding:EasyNegative'" in err, err
+    assert not (tmp_path / "out").exists()
