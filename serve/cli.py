@@ -268,6 +268,34 @@ def show_prompt_log() -> None:
     logger.propagate = False
 
 
+def _port_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on ``host:port`` (in use, not allowed, no such
+    address), found before any model is loaded; None when it can."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on {host!r}: {exc.strerror}; give an address of this machine " \
+               f"with --listen (e.g. 127.0.0.1)"
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # NOTE: as uvicorn binds (SO_REUSEADDR), so a port in TIME_WAIT is not "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is in use (another server?); stop it or "
+                        f"choose another port with --port")
+            if exc.errno == errno.EACCES:
+                return (f"port {port} on {host} needs more privileges than this user has; "
+                        f"choose a port above 1023 with --port")
+            return f"cannot listen on {host}:{port}: {exc.strerror}; check --listen and --port"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``comfyc serve``."""
     try:
@@ -284,6 +312,10 @@ def run(args: argparse.Namespace) -> int:
     if args.listen not in ("127.0.0.1", "localhost", "::1") and not args.token:
         print(f"comfyc serve: warning: listening on {args.listen} without --token: anyone who "
               f"reaches this port can run prompts and read outputs", file=sys.stderr)
+    problem = _port_problem(args.listen, args.port)
+    if problem is not None:
+        print(f"comfyc serve: error: {problem}", file=sys.stderr)
+        return 2
     quiet_tokens()
     show_prompt_log()
     try:

@@ -508,3 +508,23 @@ def test_leftovers_of_a_killed_compile_are_removed(tmp_path: Path) -> None:
     assert not killed.exists() and not old.exists()
     assert busy.is_dir()
     assert not (cache / f"{key}.comfyc").exists()
+
+
+def test_busy_port_is_a_clear_error_before_any_work(tmp_path: Path) -> None:
+    """`comfyc serve --port P` with P taken: exit 2 with a --port hint, before 'listening'
+    is printed or any model is loaded, and no traceback (issue #18 item 3)."""
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "comfyc.cli.main", "serve", "--port", str(port),
+             "--output", str(tmp_path / "out"), "--input-dir", str(tmp_path / "in")],
+            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr
+    assert "--port" in result.stderr and "listening on" not in result.stderr
+    assert "Traceback" not in result.stderr
