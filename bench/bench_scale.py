@@ -5,7 +5,8 @@ Rows (each in its own process, one after the other, so each peak RSS is its own)
 * ``comfyc-ort``, ``comfyc-ov``: the comfyc artifact (exact, float16-stored weights) on
   onnxruntime and OpenVINO (float32); ``comfyc-ov-bf16``: OpenVINO computing in bfloat16
   (approximate); ``comfyc-int8``: the int8 artifact on onnxruntime; ``comfyc-cacheN``: the
-  step-caching artifact (approximate) on onnxruntime.
+  step-caching artifact (approximate) on onnxruntime. A ``-tN`` suffix (``comfyc-ort-t2``)
+  runs the row with N intra-op threads instead of comfyc's rule.
 * ``comfyc-torch``: the workflow on comfyc's PyTorch path (what ``comfyc run wf.cfy`` does).
 * ``diffusers``: diffusers' ``StableDiffusionPipeline`` (float32, torch).
 * ``optimum-ort`` / ``optimum-ov``: optimum-onnx's ``ORTStableDiffusionPipeline`` and
@@ -55,6 +56,23 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def wait_for_memory(gigabytes: float, say: Any, limit_s: float = 1800) -> None:
+    """Wait (up to ``limit_s``) until MemAvailable is at least ``gigabytes``: on a shared
+    box a row started into a full memory is OOM-killed, or gets someone else's job killed."""
+    start = time.monotonic()
+    while gigabytes > 0 and time.monotonic() - start < limit_s:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) / 2**20
+                break
+        else:
+            return
+        if free >= gigabytes:
+            return
+        say(f"waiting for {gigabytes:.0f} GB free ({free:.1f} GB now)")
+        time.sleep(30)
+
+
 def workflow(ckpt: str, size: int, steps: int) -> str:
     return textwrap.dedent(TXT2IMG.format(ckpt=ckpt, prompt=PROMPT, size=size, steps=steps,
                                           cfg=CFG))
@@ -67,6 +85,8 @@ def _comfyc_worker(spec: dict[str, Any]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if spec.get("precision"):
         options["precision"] = spec["precision"]
+    if spec.get("threads"):
+        options["intra_op_threads"] = spec["threads"]
     start = time.perf_counter()
     program = load(spec["artifact"], backend=spec["backend"], **options)
     load_s = time.perf_counter() - start
@@ -274,8 +294,13 @@ def run_peer_row(kind: str, python: str, folder: Path, size: int, steps: int, no
 
 def export_peer(kind: str, python: str, folder: Path, out: Path) -> dict[str, Any]:
     """``optimum-cli export onnx|openvino`` of the diffusers folder (timed, peak RSS)."""
-    if out.is_dir():
+    if (out / ".complete").is_file():
         return {"cached": True}
+    if out.is_dir():
+        # NOTE: an export that died (a full disk) leaves a folder that looks usable.
+        import shutil
+
+        shutil.rmtree(out)
     cli = str(Path(python).parent / "optimum-cli")
     cmd = ([cli, "export", "onnx", "-m", str(folder), "--task", "text-to-image", str(out)]
            if kind == "optimum-ort" else
@@ -287,6 +312,7 @@ def export_peer(kind: str, python: str, folder: Path, out: Path) -> dict[str, An
     if done.returncode != 0:
         lines = (done.stderr or "?").strip().splitlines()
         return {"error": lines[-1] if lines else "?"}
+    (out / ".complete").write_text("")
     return {"export_s": time.perf_counter() - start, "peak_rss_mb": peak,
             "size_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
 
@@ -346,6 +372,12 @@ def main() -> int:
     parser.add_argument("--work", default="/work/scale/bench")
     parser.add_argument("-o", "--output", default=str(REPO / "bench" / "results" /
                                                       "scale.json"))
+    parser.add_argument("--reuse", action="store_true",
+                        help="use artifacts already compiled under --work (their compile "
+                             "figures taken from --output when it has them) instead of "
+                             "compiling again")
+    parser.add_argument("--wait-free-gb", type=float, default=0,
+                        help="before each row, wait until this much memory is available")
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker)
@@ -361,6 +393,9 @@ def main() -> int:
                               "ckpt": args.ckpt, "rows": rows, "sizes": {}}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    previous: dict[str, Any] = {}
+    if args.reuse and output.is_file():
+        previous = json.loads(output.read_text()).get("sizes", {})
 
     def save() -> None:
         output.write_text(json.dumps(report, indent=1))
@@ -370,6 +405,14 @@ def main() -> int:
         say = lambda m, size=size: print(f"[{time.strftime('%H:%M:%S')} {size}px] {m}",  # noqa: E731
                                           flush=True)
         entry: dict[str, Any] = {"steps": steps, "compile": {}, "exports": {}, "rows": {}}
+        before = previous.get(str(size), {})
+        if before.get("steps") == steps:
+            # NOTE: --reuse keeps the rows (and peer exports) of earlier runs that this run
+            # does not repeat; each row says when it ran (``ran``).
+            entry["rows"] = {r: v for r, v in before.get("rows", {}).items()
+                             if r not in rows and "error" not in v}
+            entry["exports"] = dict(before.get("exports", {}))
+            entry["compile"] = dict(before.get("compile", {}))
         report["sizes"][str(size)] = entry
         noise_path = work / f"noise-{size}.npy"
         np.save(noise_path, prepare_noise((1, 4, size // 8, size // 8), 42))
@@ -378,32 +421,42 @@ def main() -> int:
         if "comfyc-int8" in rows:
             variants["int8"] = {"quantize": "int8"}
         for row in rows:
-            found = re.fullmatch(r"comfyc-cache(\d+)", row)
+            found = re.match(r"comfyc-cache(\d+)", row)
             if found:
                 variants[f"cache{found[1]}"] = {"step_cache": int(found[1])}
         for name, options in variants.items():
             path = work / f"{Path(args.ckpt).stem}-{size}-{steps}-{name}.comfyc"
+            if args.reuse and (path / "manifest.json").is_file():
+                # NOTE: figures of the run that compiled it, when the output file kept them.
+                old = previous.get(str(size), {}).get("compile", {}).get(name)
+                entry["compile"][name] = {**(old or {}), "reused": True}
+                say(f"reusing {path}")
+                artifacts[name] = path
+                continue
             say(f"compiling {name}")
             entry["compile"][name] = compile_artifact(args.models_dir, args.ckpt, size, steps,
                                                       path, **options)
             say(f"compiled {name}: {entry['compile'][name]}"[:300])
             artifacts[name] = path
             save()
-        images: dict[str, Any] = {}
         for row in rows:
+            wait_for_memory(args.wait_free_gb, say)
             say(f"row {row} (load {os.getloadavg()[0]:.1f})")
             spec: dict[str, Any] = {"models_dir": args.models_dir,
                                     "workflow": workflow(args.ckpt, size, steps)}
             if row == "comfyc-torch":
                 result = run_comfyc_row(row, spec, work)
             elif row.startswith("comfyc-"):
-                name = {"comfyc-int8": "int8"}.get(row, "exact")
-                found = re.fullmatch(r"comfyc-(cache\d+)", row)
+                name = "int8" if row.startswith("comfyc-int8") else "exact"
+                found = re.match(r"comfyc-(cache\d+)", row)
                 name = found[1] if found else name
                 backend = "ov-cpu" if row.startswith("comfyc-ov") else "ort-cpu"
+                threads = re.search(r"-t(\d+)$", row)
                 result = run_comfyc_row(row, {**spec, "artifact": str(artifacts[name]),
                                               "backend": backend,
-                                              "precision": "bf16" if row.endswith("bf16")
+                                              "precision": "bf16" if "bf16" in row
+                                              else None,
+                                              "threads": int(threads[1]) if threads
                                               else None}, work)
             elif row == "diffusers":
                 result = run_peer_row("diffusers", sys.executable, Path(args.diffusers), size,
@@ -417,12 +470,16 @@ def main() -> int:
                 result = run_peer_row(row, peers_python, folder, size, steps, noise_path,
                                       work)
             result["load_avg_after"] = os.getloadavg()[0]
+            result["ran"] = time.strftime("%Y-%m-%d %H:%M:%S")
             if "image" in result:
-                images[row] = result["image"]
-            cached = re.fullmatch(r"comfyc-cache(\d+)", row)
+                np.save(work / f"image-{row}-{size}-{steps}.npy",
+                        np.asarray(result["image"], np.float32))
+            cached = re.match(r"comfyc-cache(\d+)", row)
             entry["rows"][row] = summarise(result, steps, int(cached[1]) if cached else 1)
             say(f"{row}: " + json.dumps(entry["rows"][row])[:400])
             save()
+        images = {row: np.load(path) for row in entry["rows"]
+                  if (path := work / f"image-{row}-{size}-{steps}.npy").is_file()}
         for row, image in images.items():
             reference = images.get("comfyc-torch" if row.startswith("comfyc") else "diffusers")
             if reference is not None:
