@@ -16,9 +16,10 @@ artifact exists; both freed afterwards). Every recorded case, both paths, runs w
 ``bench/fidelity.py`` prints the full table.
 
 Bounds, in 8-bit levels: max 1 (the issue's 1/255) for every case (``bound_for``), including
-the ancestral and SDE samplers, whose noise comfyc reproduces exactly; mean 0.01
+the ancestral and SDE samplers, whose noise comfyc reproduces exactly; mean 0.002
 (``mean_bound_for``: ComfyUI against itself with another attention kernel differs by a mean of
-0.0001-0.0003, the measured cases by at most 0.0002 apart from the ones in ``WIDER_MEANS``).
+0.0001-0.0003; all 77 recorded cases measured at most 0.0004 on the torch path, apart from the
+ones in ``WIDER_MEANS``; sigmas that were off in the last bits gave 0.0008-0.0018).
 Each check also compares the PNG's ``prompt`` chunk with ComfyUI's for the same workflow.
 """
 
@@ -72,7 +73,7 @@ def bound_for(case: Case) -> float:
 
 def mean_bound_for(case: Case) -> float:
     """The allowed mean pixel difference (8-bit levels) for a case."""
-    return WIDER_MEANS.get(case.name, 0.01)
+    return WIDER_MEANS.get(case.name, 0.002)
 
 
 @pytest.fixture(scope="module")
