@@ -49,7 +49,15 @@ class _EmptyTorchvision(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec: Any) -> types.ModuleType:
         module = types.ModuleType(spec.name)
         module.__path__ = []
-        module.__getattr__ = lambda attr: (lambda *a, **k: None)  # type: ignore[method-assign]
+
+        def attribute(name: str) -> Any:
+            # NOTE: dunder lookups (``__file__`` …) must fail as on a real module: tools that
+            # walk sys.modules (hypothesis' constant collection) read them.
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return lambda *a, **k: None
+
+        module.__getattr__ = attribute  # type: ignore[method-assign]
         return module
 
     def exec_module(self, module: types.ModuleType) -> None:
@@ -60,11 +68,17 @@ class _EmptyTorchvision(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def spandrel() -> Any:
     if importlib.util.find_spec("spandrel") is None:
         pytest.skip("spandrel is not installed (pip install spandrel --no-deps)")
+    finder = None
     if importlib.util.find_spec("torchvision") is None:
-        sys.meta_path.insert(0, _EmptyTorchvision())
+        finder = _EmptyTorchvision()
+        sys.meta_path.insert(0, finder)
     import spandrel as module
 
-    return module
+    yield module
+    if finder is not None:  # Later tests see no torchvision again.
+        sys.meta_path.remove(finder)
+        for name in [n for n in sys.modules if n.split(".")[0] == "torchvision"]:
+            del sys.modules[name]
 
 
 def _spandrel_model(spandrel: Any, sd: dict[str, Any]) -> Any:

@@ -78,17 +78,23 @@ def test_families_define_disjoint_classes() -> None:
 
 
 def test_an_unrunnable_class_names_its_reason_to_users(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """A workflow with a check-only class fails before any work with the registry's reason."""
+    """A workflow with a class comfyc has no implementation of (every built-in class runs
+    today: here one an object_info file adds) fails before any work, saying so."""
     from comfyc.compiler.errors import WorkflowErrors
     from comfyc.compiler.lowering.program import lower_to_program
     from comfyc.frontends.dsl import parse_dsl
+    from tests.conftest import DATA
 
-    graph = parse_dsl('m = UpscaleModelLoader(model_name="x.pth")\noutput m\n', "t.cfy",
-                      default_catalog())
+    catalog = default_catalog().copy()
+    catalog.load_object_info(DATA / "comfy" / "object_info_extra.json")
+    graph = parse_dsl('c = CheckpointLoaderSimple(ckpt_name="tiny-digits.safetensors")\n'
+                      'm = ModelMergeSimple(model1=c.MODEL, model2=c.MODEL, ratio=0.5)\n'
+                      'output m\n', "t.cfy", catalog)
     with pytest.raises(WorkflowErrors) as info:
         lower_to_program(graph)
     message = str(info.value)
-    assert "#1 (UpscaleModelLoader) cannot run" in message and "upscale models" in message
+    assert "#2 (ModelMergeSimple) cannot run" in message, message
+    assert "no implementation of ModelMergeSimple" in message, message
 
 
 def test_registry_loads_without_the_compiler_numpy_or_torch() -> None:
