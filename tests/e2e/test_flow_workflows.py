@@ -162,3 +162,25 @@ def test_flux_transformer_as_a_torch_stage(corpus: Path, flow_models: Path, tmp_
     (a,) = load(torch_artifact).run({}, save=False).images.values()
     (b,) = load(onnx_artifact).run({}, save=False).images.values()
     assert float(np.abs(a - b).max()) <= 2 / 255
+
+
+def test_flux_fp16_artifact(corpus: Path, flow_models: Path, cache: TorchModelCache,
+                            tmp_path: Path) -> None:
+    """`compile --fp16` on Flux: float16 ONNX stages (transformer and VAE decoder) that run
+    and stay close to the torch path (float16 rounding: a looser bound than fp32's 2/255)."""
+    import onnx
+
+    artifact = tmp_path / "flux16.comfyc"
+    graph = _small(load_workflow(corpus / f"{CORPUS_NAME}.ui.json"))
+    compile_graph(graph, artifact, CompileOptions(models_dir=str(flow_models), fp16=True))
+    manifest = read_manifest(artifact, verify=False)
+    unet = next(e for e in manifest.stage_entries().values() if e.kind == "unet")
+    model = onnx.load(str(artifact / unet.file), load_external_data=False)
+    halves = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert halves, "no float16 weights in the fp16 transformer stage"
+    (image,) = load(artifact).run({}, save=False).images.values()
+    reference = _torch(_small(load_workflow(corpus / f"{CORPUS_NAME}.api.json")), flow_models,
+                       cache)
+    (want,) = reference.values()
+    assert image.shape == want.shape and np.isfinite(image).all() and image.std() > 0.01
+    assert float(np.abs(image - want).mean()) <= 2 / 255
