@@ -17,13 +17,14 @@ from .rules import CompileRule
 __all__ = ["RULES"]
 
 
-def _lower_controlnet(node: Node, lowering: Any) -> list[Any]:
+def _lower_controlnet(node: Node, lowering: Any, with_model: bool = False) -> list[Any]:
+    """``with_model``: the loader takes the MODEL (DiffControlNetLoader)."""
     from comfyc.runtime.program import Op
 
     name = lowering.const_input(node, "control_net_name")
     unet = None
     key = ""
-    if node.class_type == "DiffControlNetLoader":
+    if with_model:
         desc = lowering.desc(node, "model", "model")
         key = desc.key()
         unet = lowering.cache.unet_with_loras(desc.checkpoint, desc.loras)
@@ -37,5 +38,6 @@ def _lower_controlnet(node: Node, lowering: Any) -> list[Any]:
 
 RULES: dict[str, CompileRule] = {
     "ControlNetLoader": CompileRule(lower=_lower_controlnet),
-    "DiffControlNetLoader": CompileRule(lower=_lower_controlnet),
+    "DiffControlNetLoader": CompileRule(
+        lower=lambda node, lowering: _lower_controlnet(node, lowering, with_model=True)),
 }
