@@ -145,6 +145,9 @@ class RunContext:
     preview: Callable[[np.ndarray], None] | None = None
     #: Whose per-step sampler noise to reproduce (:data:`comfyc.runtime.noise.NOISE_MODES`).
     noise_mode: str = "cpu"
+    #: Textual-inversion embeddings for ``embedding:NAME``
+    #: (:class:`~comfyc.runtime.embeddings.Embeddings`).
+    embeddings: Any = None
 
     def noise_mode_used(self) -> None:
         """Note in the PNGs still to be saved that this run's noise mode shaped the image
@@ -249,6 +252,11 @@ class Program:
         # registry builds a fresh dict on every ``OPS`` lookup).
         self._op_refs = [_refs(op.args) for op in self.ops]
         self._op_table: Mapping[str, Any] | None = None
+        #: Where ``embedding:NAME`` in a runtime prompt is looked up when :meth:`run` is given
+        #: no models folder (the torch path sets the one it loaded from; None:
+        #: ``$COMFYC_MODELS``). Not stored in artifacts.
+        self.models_dir: str | None = None
+        self._embeddings: dict[str | None, Any] = {}
 
     def _compute_last_use(self) -> dict[tuple[str, int], int]:
         last: dict[tuple[str, int], int] = {}
@@ -278,6 +286,15 @@ class Program:
                 raise ParamError(f"param '{name}' ({spec.type}) has no default; pass a value "
                                  f"with --param {name}=VALUE")
         return resolved
+
+    def _embeddings_for(self, models_dir: str | Path | None) -> Any:
+        """The textual-inversion embeddings of a models folder, kept between runs."""
+        from .embeddings import Embeddings
+
+        key = str(models_dir) if models_dir is not None else self.models_dir
+        if key not in self._embeddings:
+            self._embeddings[key] = Embeddings(key)
+        return self._embeddings[key]
 
     def executed_prompt(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """The user's workflow as an API prompt with these param values (resolved, as
@@ -310,7 +327,8 @@ class Program:
             progress: Callable[[str, int, int], None] | None = None,
             on_op: Callable[[Op, RunContext], None] | None = None,
             preview: Callable[[np.ndarray], None] | None = None,
-            noise_mode: str | None = None) -> RunResult:
+            noise_mode: str | None = None,
+            models_dir: str | Path | None = None) -> RunResult:
         """Run the program.
 
         Args:
@@ -329,6 +347,9 @@ class Program:
                 an NVIDIA GPU); None: the program's own (``meta["noise_mode"]``), else
                 :data:`~comfyc.runtime.noise.DEFAULT_NOISE_MODE`. Saved PNGs whose sampler
                 it affected record it (:meth:`RunContext.noise_mode_used`).
+            models_dir: The models folder whose ``embeddings`` serve ``embedding:NAME`` in
+                prompts encoded while running (None: :attr:`models_dir`, else
+                ``$COMFYC_MODELS``); prompts folded at compile time already hold theirs.
 
         Raises:
             ParamError: Bad params (before any work starts).
@@ -355,7 +376,8 @@ class Program:
                          self.executed_prompt(resolved) if writes else None,
                          self.executed_extra_pnginfo(resolved) if writes else None,
                          writes,
-                         self.meta.get("vocab_path"), preview=preview, noise_mode=mode)
+                         self.meta.get("vocab_path"), preview=preview, noise_mode=mode,
+                         embeddings=self._embeddings_for(models_dir))
         values: dict[tuple[str, int], Any] = {}
         started = time.perf_counter()
         op_times: dict[str, float] = {}

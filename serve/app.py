@@ -158,6 +158,22 @@ class HubAccess:
                 return [], cursor
 
 
+def _noise_choice_problem(extra: dict[str, Any]) -> str | None:
+    """What is wrong with a prompt's own noise mode (``extra_data.comfyc.noise_mode``)."""
+    from comfyc.runtime.noise import NOISE_MODES
+
+    own = extra.get("comfyc")
+    if own is None:
+        return None
+    if not isinstance(own, dict):
+        return "extra_data.comfyc must be a JSON object such as {\"noise_mode\": \"cuda\"}"
+    mode = own.get("noise_mode")
+    if mode is not None and mode not in NOISE_MODES:
+        return (f"extra_data.comfyc.noise_mode is {mode!r}; expected one of "
+                f"{', '.join(NOISE_MODES)}")
+    return None
+
+
 def _bad(kind: str, message: str, details: str = "", status: int = 400) -> JSONResponse:
     return _Json({"error": {"type": kind, "message": message, "details": details,
                             "extra_info": {}}, "node_errors": {}}, status_code=status)
@@ -268,6 +284,8 @@ def create_app(hub: HubAccess, config: ServerConfig) -> Starlette:
                         f"{_MAX_CLIENT_ID} characters")
         if client_id:
             extra = {**extra, "client_id": client_id}
+        if (problem := _noise_choice_problem(extra)) is not None:
+            return _bad("invalid_prompt", problem)
         # NOTE: as ComfyUI: credentials are never kept (the queue and history are readable by
         # every client), and the time of acceptance is (the page's queue panel sorts by it).
         extra = {k: v for k, v in extra.items() if k not in _SENSITIVE_EXTRA}

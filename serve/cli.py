@@ -88,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="models folder in ComfyUI's layout (default: $COMFYC_MODELS)")
     parser.add_argument("--backend", default="ort-cpu",
                         help="stage backend of compiled artifacts (default ort-cpu)")
+    parser.add_argument("--noise-mode", choices=("cpu", "cpu-legacy", "cuda"), default=None,
+                        help="whose per-step noise ancestral/SDE samplers reproduce: ComfyUI on "
+                             "a CPU (cpu), on a CPU before its #11528 (cpu-legacy) or on an "
+                             "NVIDIA GPU (cuda); default: each artifact's own, else cpu. A "
+                             "prompt may choose with extra_data {\"comfyc\": {\"noise_mode\": "
+                             "...}}")
     parser.add_argument("--token", default=os.environ.get("COMFYC_SERVE_TOKEN"),
                         help="require 'Authorization: Bearer TOKEN' (default "
                              "$COMFYC_SERVE_TOKEN; none)")
@@ -143,7 +149,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Engine's bounds from the command line."""
     return {"max_cache_bytes": int(args.cache_max_gb * 2**30),
             "max_cache_artifacts": max(1, args.cache_max_artifacts),
-            "memory_budget": memory_budget(args), "first_run": args.first_run}
+            "memory_budget": memory_budget(args), "first_run": args.first_run,
+            "noise_mode": getattr(args, "noise_mode", None)}
 
 
 def hub_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -557,6 +557,8 @@ class Engine:
             artifact compiles in a background process; ``compile`` — after compiling.
         report: ``report(kind, facts)`` for the server's metrics (``compile`` with
             ``seconds`` and ``ok``).
+        noise_mode: Whose per-step sampler noise prompts reproduce unless they choose
+            (:data:`comfyc.runtime.noise.NOISE_MODES`; None: each program's own default).
     """
 
     def __init__(self, cache_dir: str | Path, *, models_dir: str | None = None,
@@ -565,13 +567,16 @@ class Engine:
                  compile: bool = True, max_cache_bytes: int = DEFAULT_CACHE_BYTES,
                  max_cache_artifacts: int = DEFAULT_CACHE_ARTIFACTS,
                  memory_budget: int | None = DEFAULT_MEMORY_BUDGET, first_run: str = "torch",
-                 report: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 report: Callable[[str, dict[str, Any]], None] | None = None,
+                 noise_mode: str | None = None) -> None:
         from comfyc import __version__
+        from comfyc.runtime.noise import check_noise_mode
 
         if first_run not in FIRST_RUN_MODES:
             raise ValueError(f"first_run must be one of {FIRST_RUN_MODES}, not {first_run!r}")
         self.first_run = first_run
         self.report = report
+        self.noise_mode = check_noise_mode(noise_mode) if noise_mode is not None else None
         # The torch tier: loaded checkpoints (kept, as ComfyUI keeps them), lowered programs
         # by shape key, and the background compiles of those shapes.
         self._models: Any = None

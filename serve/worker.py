@@ -163,9 +163,13 @@ def run_job(job: Job, hub: Any, engine: Any, output_dir: Path, owner: str) -> bo
             # PROMPT input) and the client's extra_pnginfo (the UI workflow).
             program.meta["prompt"] = job.prompt
             program.meta["extra_pnginfo"] = (job.extra_data or {}).get("extra_pnginfo")
+            own = (job.extra_data or {}).get("comfyc")
+            mode = own.get("noise_mode") if isinstance(own, dict) else None
             result = program.run(prepared.params, output_dir=output_dir,
                                  input_dir=engine.input_dir, progress=progress, on_op=on_op,
-                                 preview=preview if previews else None)
+                                 preview=preview if previews else None,
+                                 noise_mode=mode or engine.noise_mode,
+                                 models_dir=engine.models_dir)
         times["run_s"] = result.timings["total_s"]
         stages = _stage_seconds(result.timings.get("stages") or {})
         if current["node"] is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,12 @@ def flow_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             path.unlink()
     return root
+
+
+@pytest.fixture(scope="session")
+def classifier():  # type: ignore[no-untyped-def]
+    """The independent scikit-learn digit classifier of examples/tiny_model."""
+    sys.path.insert(0, str(REPO / "examples" / "tiny_model"))
+    from classifier import train_classifier
+
+    return train_classifier()

@@ -11,6 +11,7 @@ from comfyc.compiler.catalog import Catalog, ObjectInfoError, default_catalog
 from comfyc.compiler.errors import InputFileError, WorkflowError, WorkflowErrors, render_errors
 
 __all__ = [
+    "noise_mode_of",
     "add_catalog_arguments", "catalog_from_args", "print_error", "write_output", "source_texts",
     "EXIT_OK", "EXIT_INVALID", "EXIT_UNREADABLE", "EXTRAS", "MissingExtra", "require_extra",
     "missing_extra_for", "backend_help", "exit_code_for_runtime",
@@ -197,3 +198,29 @@ def backend_help(error: BaseException) -> str | None:
     if _absent("onnxruntime"):
         return "help: install the lean runtime (comfyc[cpu]) and use --backend ort-cpu"
     return "help: on this machine, use --backend ort-cpu (onnxruntime on the CPU)"
+
+
+def noise_mode_of(args: argparse.Namespace) -> str | None:
+    """``--noise-mode``, else the one a PNG input records (its ``comfyc`` chunk), else None
+    (``comfyc run`` and ``comfyc compile``)."""
+    import json
+
+    if getattr(args, "noise_mode", None) or not Path(args.file).is_file():
+        return getattr(args, "noise_mode", None)
+    from comfyc.frontends.comfy_json.png import PngError, is_png, read_text_chunks
+    from comfyc.frontends.load import MAX_BYTES
+
+    path = Path(args.file)
+    try:
+        with path.open("rb") as handle:
+            if not is_png(handle.read(8)) or path.stat().st_size > MAX_BYTES:
+                return None  # Not a PNG, or one the loader refuses with its own message.
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        record = json.loads(read_text_chunks(data).get("comfyc", "{}"))
+    except (PngError, ValueError):
+        return None
+    mode = record.get("noise_mode") if isinstance(record, dict) else None
+    return mode if isinstance(mode, str) else None

@@ -25,6 +25,7 @@ from .common import (
     catalog_from_args,
     exit_code_for,
     exit_code_for_runtime,
+    noise_mode_of,
     print_error,
     require_extra,
     source_texts,
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                                                    args.quantize_stages.split(",")),
                              gpu_fp16=args.gpu_fp16, store_torch=args.store_torch,
                              optimize=args.ort_optimize,
-                             autotune=tune, noise_mode=args.noise_mode)
+                             autotune=tune, noise_mode=noise_mode_of(args))
     try:
         catalog = catalog_from_args(args)
         graph = load_workflow(args.file, catalog)

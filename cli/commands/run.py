@@ -26,6 +26,7 @@ from .common import (
     catalog_from_args,
     exit_code_for,
     exit_code_for_runtime,
+    noise_mode_of,
     print_error,
     require_extra,
     source_texts,
@@ -153,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
             program = _compile_in_memory(args, progress)
         build_s = time.perf_counter() - started
         result = program.run(params, output_dir=args.output, input_dir=args.input_dir,
-                             progress=progress, noise_mode=_noise_mode(args))
+                             progress=progress, noise_mode=noise_mode_of(args),
+                             models_dir=args.models_dir)
     except WorkflowError as exc:
         print_error(exc, source_texts(args.file))
         return exit_code_for(exc)
@@ -180,25 +182,6 @@ def run(args: argparse.Namespace) -> int:
         print_timings(result.timings)
         print(f"{'(load / compile)':<32} {'':>6} {build_s:>9.3f}", file=sys.stderr)
     return EXIT_OK if files or result.images else EXIT_INVALID
-
-
-def _noise_mode(args: argparse.Namespace) -> str | None:
-    """``--noise-mode``, else the one a PNG input records (its ``comfyc`` chunk), else None."""
-    from pathlib import Path
-
-    if getattr(args, "noise_mode", None) or not Path(args.file).is_file():
-        return getattr(args, "noise_mode", None)
-    from comfyc.frontends.comfy_json.png import PngError, is_png, read_text_chunks
-
-    data = Path(args.file).read_bytes()
-    if not is_png(data):
-        return None
-    try:
-        record = json.loads(read_text_chunks(data).get("comfyc", "{}"))
-    except (PngError, ValueError):
-        return None
-    mode = record.get("noise_mode") if isinstance(record, dict) else None
-    return mode if isinstance(mode, str) else None
 
 
 def _compile_in_memory(args: argparse.Namespace, progress: Progress) -> Any:

@@ -8,7 +8,9 @@ for the manifest. The ONNX graphs compute exactly what the PyTorch stages of
 
     unet          sample[B,C,h,w] f32, timestep[B] f32, encoder_hidden_states[B,T,D] f32
                   -> out_sample[B,C,h,w] f32
-    text_encoder  input_ids[B,77] int64 -> last_hidden_state[B,77,D], pooled_output[B,D] f32
+    text_encoder  input_ids[B,77] int64, embeds[B,77,D] f32
+                  -> last_hidden_state[B,77,D], pooled_output[B,D] f32
+                  (embeds: textual-inversion vectors, used where input_ids is -1)
     vae_decoder   latent[B,4,h,w] f32 (raw) -> image[B,3,H,W] f32 in [-1, 1]
     vae_encoder   image[B,3,H,W] f32 in [-1, 1] -> latent[B,4,h,w] f32 (posterior mean, raw)
 
@@ -82,10 +84,37 @@ _PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
 #: Input and output names of each stage kind, in call order.
 STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "unet": (("sample", "timestep", "encoder_hidden_states"), ("out_sample",)),
-    "text_encoder": (("input_ids",), ("last_hidden_state", "pooled_output")),
+    "text_encoder": (("input_ids", "embeds"), ("last_hidden_state", "pooled_output")),
     "vae_decoder": (("latent",), ("image",)),
     "vae_encoder": (("image",), ("latent",)),
 }
+
+
+def splice_embeddings(call: Callable[[Any, Any], Any]) -> Callable[[Any, Any, Any], Any]:
+    """A CLIP text encoder's ``call(m, input_ids)`` as ``call(m, input_ids, embeds)``:
+    where an id is -1 the token embedding is replaced by that position of ``embeds``
+    (textual-inversion vectors, ComfyUI's ``embedding:NAME``; position embeddings are added
+    as for any token), the same rule as :class:`~comfyc.runtime.backends.torch.
+    TorchTextEncoder`; the pooled output stays at the first end token."""
+    torch = _require_torch()
+
+    def spliced(m: Any, input_ids: Any, embeds: Any) -> Any:
+        where = input_ids < 0
+        handle = m.get_input_embeddings().register_forward_hook(
+            lambda _m, _args, out: torch.where(where.unsqueeze(-1), embeds.to(out.dtype), out))
+        try:
+            return call(m, torch.where(where, torch.zeros_like(input_ids), input_ids))
+        finally:
+            handle.remove()
+
+    return spliced
+
+
+def no_embeddings(ids: Any, width: int) -> Any:
+    """The ``embeds`` example beside token ids: zeros ``[*ids.shape, width]``."""
+    torch = _require_torch()
+    return torch.zeros(*ids.shape, int(width), dtype=torch.float32)
+
 
 #: The prefix the export wrapper puts before the module's own parameter names.
 _PREFIX = "m."
@@ -297,13 +326,16 @@ def export_text_encoder(
         ids[:, 1:4] = torch.tensor([320, 1125, 539])
         return ids
 
-    axes = {"input_ids": {0: "batch"}, "last_hidden_state": {0: "batch"},
-            "pooled_output": {0: "batch"}}
-    facts = _export(module, call, (prompt(batch),), path, kind="text_encoder", fp16=fp16,
-                    axes=axes if dynamic else None, external_data=external_data,
-                    progress=progress, metadata={"clip_layer": str(index)},
-                    prepare_fp16=_eager_attention, trace_example=(prompt(max(batch, 2)),),
-                    trace_axes=axes, compact=compact)
+    width = int(config.hidden_size)
+    axes = {"input_ids": {0: "batch"}, "embeds": {0: "batch"},
+            "last_hidden_state": {0: "batch"}, "pooled_output": {0: "batch"}}
+    example, traced = prompt(batch), prompt(max(batch, 2))
+    facts = _export(module, splice_embeddings(call), (example, no_embeddings(example, width)),
+                    path, kind="text_encoder", fp16=fp16, axes=axes if dynamic else None,
+                    external_data=external_data, progress=progress,
+                    metadata={"clip_layer": str(index)}, prepare_fp16=_eager_attention,
+                    trace_example=(traced, no_embeddings(traced, width)), trace_axes=axes,
+                    compact=compact)
     facts["layer"] = index
     return facts
 

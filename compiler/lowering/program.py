@@ -666,7 +666,9 @@ def lower_to_program(graph: Graph, catalog: Catalog | None = None, *,
                             "param_uses": param_uses(graph, merged_into or {})}
     if graph.source.workflow is not None:
         meta["extra_pnginfo"] = {"workflow": graph.source.workflow}
-    return Program(ops, lowering.stages, graph.constants, params, meta)
+    program = Program(ops, lowering.stages, graph.constants, params, meta)
+    program.models_dir = lowering.cache.models_dir  # embedding:NAME in runtime prompts
+    return program
 
 
 def param_uses(graph: Graph, merged_into: Mapping[str, str]) -> dict[str, list[list[str]]]:

@@ -30,7 +30,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .onnx_export import ExportError, Progress, _export, _require_torch
+from .onnx_export import (
+    ExportError,
+    Progress,
+    _export,
+    _require_torch,
+    no_embeddings,
+    splice_embeddings,
+)
 
 __all__ = ["export_dit", "export_flow_text_encoder", "export_upscale"]
 
@@ -175,7 +182,7 @@ def export_flow_text_encoder(
         return _export(module, call, (ids,), path, kind="text_encoder", fp16=fp16, axes=axes,
                        external_data=external_data, progress=progress,
                        metadata={"clip_layer": str(layer), "encoder": "t5"},
-                       compact=compact)
+                       input_names=("input_ids",), compact=compact)
 
     layers = int(config.num_hidden_layers)
     index = layer if -layers <= layer < 0 else -1
@@ -195,9 +202,10 @@ def export_flow_text_encoder(
     ids = torch.full((2, seq), 49407, dtype=torch.int64)
     ids[:, 0] = 49406
     ids[:, 1:4] = torch.tensor([320, 1125, 539])
-    axes = {"input_ids": {0: "batch"}, "last_hidden_state": {0: "batch"},
-            "pooled_output": {0: "batch"}}
-    return _export(module, call, (ids,), path, kind="text_encoder", fp16=fp16, axes=axes,
+    axes = {"input_ids": {0: "batch"}, "embeds": {0: "batch"},
+            "last_hidden_state": {0: "batch"}, "pooled_output": {0: "batch"}}
+    return _export(module, splice_embeddings(call), (ids, no_embeddings(ids, config.hidden_size)),
+                   path, kind="text_encoder", fp16=fp16, axes=axes,
                    external_data=external_data, progress=progress,
                    metadata={"clip_layer": str(index)}, compact=compact)
 

@@ -28,6 +28,7 @@ import torch
 
 from comfyc.compiler.models.errors import ModelFormatError
 from comfyc.compiler.models.single_file import load_pickle_weights
+from comfyc.runtime.embeddings import EmbeddingError, select_vectors
 from comfyc.runtime.model_paths import find_embedding
 
 __all__ = ["EmbeddingLibrary", "embedding_libraries", "load_embedding", "load_sdxl_embedding"]
@@ -36,32 +37,11 @@ _log = logging.getLogger(__name__)
 
 
 def _select(loaded: Any, embedding_size: int | None, key: str | None, path: Path) -> torch.Tensor:
-    if isinstance(loaded, torch.Tensor):
-        return loaded
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("string_to_param"), Mapping):
-        return next(iter(loaded["string_to_param"].values()))
-    if isinstance(loaded, list):
-        parts = [
-            t.reshape(-1, t.shape[-1])
-            for item in loaded if isinstance(item, Mapping)
-            for t in item.values()
-            if isinstance(t, torch.Tensor)
-            and (embedding_size is None or t.shape[-1] == embedding_size)
-        ]
-        if parts:
-            return torch.cat(parts, dim=0)
-    if isinstance(loaded, Mapping):
-        if key is not None and isinstance(loaded.get(key), torch.Tensor):
-            return loaded[key]
-        if isinstance(loaded.get("emb_params"), torch.Tensor):
-            return loaded["emb_params"]
-        tensors = [v for v in loaded.values() if isinstance(v, torch.Tensor)]
-        if tensors:
-            return tensors[0]
-    raise ModelFormatError(
-        f"{str(path)!r} holds no embedding tensor; expected string_to_param, emb_params, "
-        f"{key or 'clip_l'} or a tensor"
-    )
+    """ComfyUI's choice of tensor (:func:`comfyc.runtime.embeddings.select_vectors`)."""
+    try:
+        return torch.from_numpy(select_vectors(loaded, embedding_size, key, repr(str(path))))
+    except EmbeddingError as exc:
+        raise ModelFormatError(str(exc)) from None
 
 
 def load_embedding(

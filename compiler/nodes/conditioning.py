@@ -58,7 +58,8 @@ def _fold_text_encode(node: Node, folding: Any) -> bool:
             if default is MISSING:
                 return False
             args[spec.name] = default
-    (value,) = registry().op(node.class_type)(None, clip=folding.clip_ref(clip), **args)
+    (value,) = registry().op(node.class_type)(folding.encode_context(),
+                                              clip=folding.clip_ref(clip), **args)
     return folding.replace_with_constant(node, value,
                                          f"{node.class_type} → constant conditioning")
 

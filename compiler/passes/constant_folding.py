@@ -105,6 +105,22 @@ class ConstantFoldingPass(InPlacePass):
                                            fields["width"]))
         return ClipRef(tuple(encoders), clip["layer"], family=loaded.family)
 
+    def encode_context(self) -> Any:
+        """What a prompt-encoding op sees as its run context while folding: the
+        ``embeddings`` of the compile's models folder (``embedding:NAME``), or none when the
+        context folds with stand-ins (``comfyc viz``)."""
+        if self.context.folding_clip is not None:
+            return None
+        if getattr(self, "_encode_context", None) is None:
+            from types import SimpleNamespace
+
+            from comfyc.runtime.embeddings import Embeddings
+
+            models_dir = getattr(self.context.model_store(), "models_dir", None)
+            self._encode_context = SimpleNamespace(vocab_path=None,
+                                                   embeddings=Embeddings(models_dir))
+        return self._encode_context
+
     def replace_with_constant(self, node: Node, value: Any, detail: str) -> bool:
         """Replace ``node`` (one output) by a folded node reading ``value``; True if done."""
         graph = self.graph

@@ -89,7 +89,11 @@ _DTYPES: dict[str, Any] = {
 
 #: Inputs a stage kind may take beyond its own: SDXL's ADM vector ``y`` (SD3's and Flux's
 #: pooled vector), Flux-dev's ``guidance``.
-_EXTRA_INPUTS: dict[str, tuple[str, ...]] = {"unet": ("y", "guidance"), "controlnet": ("y",)}
+_EXTRA_INPUTS: dict[str, tuple[str, ...]] = {
+    "unet": ("y", "guidance"), "controlnet": ("y",),
+    # Textual-inversion vectors where input_ids is -1 (artifacts older than embeddings lack it).
+    "text_encoder": ("embeds",),
+}
 
 #: Input and output names per stage kind (the exporter's ``STAGE_IO``; kept here too because
 #: the runtime never imports the compiler).
@@ -524,9 +528,12 @@ class OrtUNet(_OrtStage):
 
 
 class OrtTextEncoder(_OrtStage):
-    """``text_encoder(input_ids) -> (hidden, pooled)`` at the CLIP layer fixed at export.
+    """``text_encoder(input_ids[, embeds]) -> (hidden, pooled)`` at the CLIP layer fixed at
+    export.
 
-    ``info["clip_layer"]`` is that layer (from the file's metadata).
+    ``info["clip_layer"]`` is that layer (from the file's metadata). ``embeds`` holds
+    textual-inversion vectors used where ``input_ids`` is -1 (zeros are fed when there are
+    none); a stage exported before comfyc applied embeddings has no such input.
 
     Args:
         name: The stage name in the program.
@@ -537,9 +544,27 @@ class OrtTextEncoder(_OrtStage):
     def __init__(self, name: str, model: str | Path | OrtSession, **options: Any) -> None:
         super().__init__(name, "text_encoder", model, **options)
 
-    def forward(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hidden, pooled = self._run(np.asarray(input_ids, dtype=np.int64))
+    def forward(self, input_ids: np.ndarray, embeds: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(input_ids, dtype=np.int64)
+        extras = {}
+        if "embeds" in self.extra_inputs:
+            extras["embeds"] = (embeds if embeds is not None else
+                                np.zeros((*ids.shape, self._width()), np.float32))
+        elif embeds is not None:
+            raise BackendError(
+                f"stage {self.name!r} was compiled before comfyc applied textual-inversion "
+                f"embeddings (embedding:NAME); compile the workflow again with this comfyc")
+        hidden, pooled = self._run(ids, **extras)
         return hidden, pooled
+
+    def _width(self) -> int:
+        """The hidden width (the ``embeds`` input's last dimension)."""
+        shape = self.session.inputs["embeds"][1]
+        if not shape or not isinstance(shape[-1], int):
+            raise BackendError(f"stage {self.name!r}: its embeds input has no fixed width "
+                               f"({shape}); export it with comfyc's onnx_export")
+        return shape[-1]
 
 
 class OrtVaeDecoder(_OrtStage):

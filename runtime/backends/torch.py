@@ -207,23 +207,40 @@ class TorchTextEncoder(_TorchStage):
         self.final_norm = inner.final_layer_norm if self.info.get("layer_norm", True) else None
         self.projected = bool(self.info.get("projected", True))
 
-    def forward(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def forward(self, input_ids: np.ndarray, embeds: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``embeds``: ``[B, T, width]`` textual-inversion vectors used where ``input_ids``
+        is -1 (in place of the token embedding; positions are added as for any token)."""
         torch = self.torch
         ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(self.device)
         if self.t5:
+            if embeds is not None:
+                raise BackendError(f"stage {self.name!r}: T5 takes no textual-inversion "
+                                   f"vectors")
             return self._t5(ids)
-        with torch.inference_mode():
-            out = self.call(input_ids=ids, output_hidden_states=True, return_dict=True)
-            layers = len(out.hidden_states) - 1
-            index = self.layer if -layers <= self.layer < 0 else -1
-            hidden = out.hidden_states[index]
-            if self.final_norm is not None:
-                hidden = self.final_norm(hidden)
-            pooled = getattr(out, "text_embeds", None) if self.projected else None
-            if pooled is None:
-                # NOTE: CLIP pools the final-norm last layer at the first end token (49407).
-                first_end = (ids == 49407).int().argmax(dim=-1)
-                pooled = out.last_hidden_state[torch.arange(ids.shape[0]), first_end]
+        handle = None
+        if embeds is not None:
+            spliced = torch.from_numpy(np.asarray(embeds, dtype=np.float32)).to(self.device)
+            where = (ids < 0)[..., None]
+            ids = ids.clamp(min=0)
+            handle = self.module.get_input_embeddings().register_forward_hook(
+                lambda _m, _args, out: torch.where(where, spliced.to(out.dtype), out))
+        try:
+            with torch.inference_mode():
+                out = self.call(input_ids=ids, output_hidden_states=True, return_dict=True)
+                layers = len(out.hidden_states) - 1
+                index = self.layer if -layers <= self.layer < 0 else -1
+                hidden = out.hidden_states[index]
+                if self.final_norm is not None:
+                    hidden = self.final_norm(hidden)
+                pooled = getattr(out, "text_embeds", None) if self.projected else None
+                if pooled is None:
+                    # NOTE: CLIP pools the final-norm last layer at the first end token.
+                    first_end = (ids == 49407).int().argmax(dim=-1)
+                    pooled = out.last_hidden_state[torch.arange(ids.shape[0]), first_end]
+        finally:
+            if handle is not None:
+                handle.remove()
         return self._numpy(hidden), self._numpy(pooled)
 
     def _t5(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -334,6 +334,10 @@ class TrtStage(Stage):
         # NOTE: extra inputs (SDXL's y) follow the kind's own in the engine's input order.
         arrays = (*arrays, *(extras[name] for name in self.input_names[len(arrays):]
                              if name in extras))
+        if self.kind == "text_encoder" and len(arrays) == 1 and len(self.input_names) == 2:
+            # No textual-inversion vectors: zeros for the engine's embeds input.
+            width = int(self.engine.get_tensor_shape(self.input_names[1])[-1])
+            arrays = (arrays[0], np.zeros((*np.shape(arrays[0]), width), np.float32))
         if len(arrays) != len(self.input_names):
             raise BackendError(f"stage {self.name}: {len(arrays)} inputs given, the engine "
                                f"takes {len(self.input_names)} ({', '.join(self.input_names)})")

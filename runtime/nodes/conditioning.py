@@ -8,7 +8,7 @@ prompts are fixed ships stored tensors instead of a text encoder.
 
 from __future__ import annotations
 
-import re
+import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -30,11 +30,12 @@ from .schema import string_input as string
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..embeddings import Embeddings
+
 __all__ = ["NODES", "encode_text"]
 
 _COND = "CONDITIONING"
-#: ComfyUI's ``embedding:NAME`` word (a word of the prompt, after weights' parentheses).
-_EMBEDDING_WORD = re.compile(r"(?:^|[\s(])embedding:([^\s,():]+)")
+_log = logging.getLogger(__name__)
 
 # By (pad token, vocabulary file): the vocabulary is read once per process.
 _TOKENIZERS: dict[tuple[int, str | None], Any] = {}
@@ -50,29 +51,18 @@ def _tokenizer(pad_token: int, vocab_path: str | None) -> Any:
     return tokenizer
 
 
-def _tokens(encoder: TextEncoderRef, text: str, vocab_path: str | None) -> list[Any]:
+def _tokens(encoder: TextEncoderRef, text: str, vocab_path: str | None,
+            embeddings: Embeddings | None = None) -> list[Any]:
     """ComfyUI's ``tokenize_with_weights`` for one encoder: CLIP's 77-token chunks of
-    ``(token, weight)``, or T5's single sequence (``</s>`` then pads to ``min_length``)."""
-    from ..tokenizer import EmbeddingRef
-
-    used = _EMBEDDING_WORD.search(text)
-    if used is not None:
-        # NOTE: the vectors are read (compiler/models/embeddings.py) but the text encoder
-        # stages take token ids only; drawing the word as plain text would silently differ
-        # from ComfyUI's picture.
-        raise ProgramError(
-            f"the prompt uses the textual-inversion embedding 'embedding:{used.group(1)}', "
-            f"which comfyc does not apply yet; remove it from the prompt (or run this "
-            f"workflow in ComfyUI)")
+    ``(token, weight)``, or T5's single sequence (``</s>`` then pads to ``min_length``);
+    ``embedding:NAME`` becomes one `EmbeddingRef` per vector of the file in ``embeddings``
+    (without them it is plain text, as in ComfyUI without an embeddings folder)."""
+    lookup = (embeddings.lookup(encoder.name, encoder.width or None)
+              if embeddings is not None else None)
     if encoder.tokenizer == "t5":
-        chunks = _t5_tokenizer(encoder.min_length).tokenize_weighted(text)
-    else:
-        chunks = _tokenizer(encoder.pad_token, vocab_path).tokenize_weighted(text)
-    if any(isinstance(t, EmbeddingRef) or not isinstance(t, int) for chunk in chunks
-           for t, _ in chunk):
-        raise ProgramError("textual-inversion embeddings (embedding:NAME) are not supported by "
-                           "this runtime path yet; remove them from the prompt")
-    return chunks
+        return _t5_tokenizer(encoder.min_length).tokenize_weighted(text, embedding_lookup=lookup)
+    return _tokenizer(encoder.pad_token, vocab_path).tokenize_weighted(
+        text, embedding_lookup=lookup)
 
 
 _T5_TOKENIZERS: dict[int, Any] = {}
@@ -93,14 +83,77 @@ def _empty_tokens(encoder: TextEncoderRef, length: int) -> list[int]:
     return out + [encoder.pad_token] * (length - len(out))
 
 
-def _encode_chunks(clip: ClipRef, encoder: TextEncoderRef, chunks: list[Any]
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _splice(encoder: TextEncoderRef, chunks: list[Any], embeddings: Embeddings | None
+            ) -> tuple[list[list[int]], np.ndarray, np.ndarray | None]:
+    """Token rows, weights and the textual-inversion vectors for one encoder's chunks.
+
+    An `EmbeddingRef` becomes id -1 with its vector at the same place of the returned
+    ``[rows, tokens, width]`` array (None when the prompt has none). A vector whose width is
+    not the encoder's is dropped and the row padded at its end, as ComfyUI's encoder does
+    (with a warning).
+    """
+    import numpy as np
+
+    from ..tokenizer import EmbeddingRef
+
+    if not any(isinstance(t, EmbeddingRef) for chunk in chunks for t, _ in chunk):
+        return ([[t for t, _ in chunk] for chunk in chunks],
+                np.array([[w for _, w in chunk] for chunk in chunks], dtype=np.float32), None)
+    if embeddings is None:  # NOTE: the tokenizer only makes refs from a lookup.
+        raise ProgramError("the prompt's tokens hold textual-inversion vectors but no "
+                           "embeddings folder was given")
+    rows: list[list[int]] = []
+    weights: list[list[float]] = []
+    placed: list[list[tuple[int, np.ndarray]]] = []
+    width = encoder.width or None
+    dropped: set[str] = set()
+    for chunk in chunks:
+        row: list[int] = []
+        row_weights: list[float] = []
+        vectors: list[tuple[int, np.ndarray]] = []
+        for token, weight in chunk:
+            if isinstance(token, EmbeddingRef):
+                table = embeddings.vectors(token.name, encoder.name, width)
+                if table is None or (width is not None and table.shape[-1] != width):
+                    dropped.add(token.name if table is None else
+                                f"{token.name} (width {table.shape[-1]})")
+                    continue
+                width = width or int(table.shape[-1])
+                vectors.append((len(row), table[token.index]))
+                row.append(-1)
+            else:
+                row.append(int(token))
+            row_weights.append(float(weight))
+        missing = len(chunk) - len(row)
+        row += [encoder.pad_token] * missing
+        row_weights += [1.0] * missing
+        rows.append(row)
+        weights.append(row_weights)
+        placed.append(vectors)
+    for name in sorted(dropped):
+        _log.warning("embedding:%s does not fit the %s text encoder (width %s); ignoring it "
+                     "there, as ComfyUI does", name, encoder.name, encoder.width or "?")
+    if width is None or not any(placed):
+        return rows, np.array(weights, dtype=np.float32), None
+    if encoder.tokenizer == "t5":
+        raise ProgramError(f"textual-inversion embeddings for the {encoder.name} (T5) encoder "
+                           f"are not supported; remove the embedding from that prompt")
+    embeds = np.zeros((len(rows), len(rows[0]), width), dtype=np.float32)
+    for r, vectors in enumerate(placed):
+        for position, vector in vectors:
+            embeds[r, position] = vector
+    return rows, np.array(weights, dtype=np.float32), embeds
+
+
+def _encode_chunks(clip: ClipRef, encoder: TextEncoderRef, chunks: list[Any],
+                   embeddings: Embeddings | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One encoder's ``encode_token_weights`` (``comfy/sd1_clip.py``): ``(cond, pooled)``.
 
     All chunks are encoded in one batch; when any weight differs from 1 (or there is no
     chunk) an "empty" sequence of the longest chunk's length is encoded too and each weighted
     token becomes ``z_empty + w · (z − z_empty)``; chunks are concatenated along the token
-    axis; the pooled output comes from the first sequence.
+    axis; the pooled output comes from the first sequence. Textual-inversion vectors go to
+    the stage as ``embeds`` beside ids of -1 (:func:`_splice`).
     """
     import numpy as np
 
@@ -110,12 +163,14 @@ def _encode_chunks(clip: ClipRef, encoder: TextEncoderRef, chunks: list[Any]
         raise ProgramError(f"no {encoder.name} text encoder for CLIP layer {layer}; this "
                            f"program has layers {sorted(encoder.stages)}")
     longest = max((len(chunk) for chunk in chunks), default=0)
-    rows = [[t for t, _ in chunk] for chunk in chunks]
-    weights = np.array([[w for _, w in chunk] for chunk in chunks], dtype=np.float32)
+    rows, weights, embeds = _splice(encoder, chunks, embeddings)
     has_weights = bool(weights.size and np.any(weights != 1.0))
     if has_weights or not chunks:
         rows.append(_empty_tokens(encoder, longest))
-    hidden, pooled = stage(np.array(rows, dtype=np.int64))
+        if embeds is not None:
+            embeds = np.concatenate([embeds, np.zeros_like(embeds[:1])])
+    ids = np.array(rows, dtype=np.int64)
+    hidden, pooled = stage(ids) if embeds is None else stage(ids, embeds)
     hidden = np.asarray(hidden, dtype=np.float32)
     pooled = np.asarray(pooled[:1], dtype=np.float32)
     if not chunks:
@@ -134,7 +189,8 @@ def _encoder(clip: ClipRef, name: str) -> TextEncoderRef | None:
     return next((e for e in clip.encoders if e.name == name), None)
 
 
-def _encode_sd3(clip: ClipRef, chunks: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+def _encode_sd3(clip: ClipRef, chunks: Mapping[str, list[Any]],
+                embeddings: Embeddings | None = None) -> list[dict[str, Any]]:
     """``SD3ClipModel.encode_token_weights`` (``comfy/text_encoders/sd3_clip.py``):
     ``[CLIP-L | CLIP-G | 0 … 4096] ++ T5`` on the token axis, pooled ``[L 768 | G 1280]``;
     a missing encoder contributes ComfyUI's zeros."""
@@ -150,9 +206,9 @@ def _encode_sd3(clip: ClipRef, chunks: Mapping[str, list[Any]]) -> list[dict[str
         l_pooled = np.zeros((1, width_l), np.float32)
         g_pooled = np.zeros((1, width_g), np.float32)
         if clip_l is not None:
-            part, l_pooled = _encode_chunks(clip, clip_l, tokens_l)
+            part, l_pooled = _encode_chunks(clip, clip_l, tokens_l, embeddings)
         if clip_g is not None:
-            g_out, g_pooled = _encode_chunks(clip, clip_g, tokens_g)
+            g_out, g_pooled = _encode_chunks(clip, clip_g, tokens_g, embeddings)
             if part is not None:
                 cut = min(part.shape[1], g_out.shape[1])
                 part = np.concatenate([part[:, :cut], g_out[:, :cut]], axis=-1)
@@ -166,7 +222,7 @@ def _encode_sd3(clip: ClipRef, chunks: Mapping[str, list[Any]]) -> list[dict[str
         pooled = np.concatenate([l_pooled, g_pooled], axis=-1)
     context = part
     if t5 is not None:
-        t5_out, _ = _encode_chunks(clip, t5, chunks.get("t5xxl", []))
+        t5_out, _ = _encode_chunks(clip, t5, chunks.get("t5xxl", []), embeddings)
         context = t5_out if part is None else np.concatenate([part, t5_out], axis=1)
     if context is None:
         context = np.zeros((1, 77, context_dim), np.float32)
@@ -176,7 +232,8 @@ def _encode_sd3(clip: ClipRef, chunks: Mapping[str, list[Any]]) -> list[dict[str
              "pooled_output": np.asarray(pooled, dtype=np.float32)}]
 
 
-def _encode_flux(clip: ClipRef, chunks: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+def _encode_flux(clip: ClipRef, chunks: Mapping[str, list[Any]],
+                 embeddings: Embeddings | None = None) -> list[dict[str, Any]]:
     """``FluxClipModel``: T5's output is the context, CLIP-L's unprojected pooled output the
     pooled vector."""
     import numpy as np
@@ -185,14 +242,15 @@ def _encode_flux(clip: ClipRef, chunks: Mapping[str, list[Any]]) -> list[dict[st
     if clip_l is None or t5 is None:
         raise ProgramError("Flux encodes prompts with clip_l and t5xxl; load both "
                            "(DualCLIPLoader with type flux)")
-    context, _ = _encode_chunks(clip, t5, chunks.get("t5xxl", []))
-    _, pooled = _encode_chunks(clip, clip_l, chunks.get("clip_l", []))
+    context, _ = _encode_chunks(clip, t5, chunks.get("t5xxl", []), embeddings)
+    _, pooled = _encode_chunks(clip, clip_l, chunks.get("clip_l", []), embeddings)
     return [{"cond": np.ascontiguousarray(context, dtype=np.float32), "pooled_output": pooled}]
 
 
 def encode_text(clip: ClipRef, text: str, vocab_path: str | None = None, *,
                 texts: Mapping[str, str] | None = None,
-                chunks: Mapping[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+                chunks: Mapping[str, list[Any]] | None = None,
+                embeddings: Embeddings | None = None) -> list[dict[str, Any]]:
     """ComfyUI's CLIPTextEncode: weighted, chunked, batched encoding by every encoder.
 
     SD1/SD2/SDXL: each encoder encodes the prompt with its own tokenizer rules (pad token) at
@@ -209,10 +267,12 @@ def encode_text(clip: ClipRef, text: str, vocab_path: str | None = None, *,
             ``text_l``, ``CLIPTextEncodeFlux``'s ``clip_l`` and ``t5xxl``); for SD1/SD2/SDXL an
             encoder whose chunks are fewer gets empty chunks appended, as ComfyUI pads them.
         chunks: Token chunks by encoder name, given instead of text (``CLIPTextEncodeSD3``).
+        embeddings: Where ``embedding:NAME`` is looked up (None: it is plain text).
 
     Raises:
-        ProgramError: The CLIP has no encoder for its layer, or the prompt uses a
-            textual-inversion embedding this path cannot apply.
+        ProgramError: The CLIP has no encoder for its layer, or a T5 prompt holds an
+            embedding of T5's width.
+        EmbeddingError: An embedding file cannot be read.
     """
     import numpy as np
 
@@ -222,17 +282,18 @@ def encode_text(clip: ClipRef, text: str, vocab_path: str | None = None, *,
     tokens = dict(chunks) if chunks is not None else {}
     for e in clip.encoders:
         if e.name not in tokens:
-            tokens[e.name] = _tokens(e, (texts or {}).get(e.name, text), vocab_path)
+            tokens[e.name] = _tokens(e, (texts or {}).get(e.name, text), vocab_path,
+                                    embeddings)
     if clip.family == "sd3":
-        return _encode_sd3(clip, tokens)
+        return _encode_sd3(clip, tokens, embeddings)
     if clip.family == "flux":
-        return _encode_flux(clip, tokens)
+        return _encode_flux(clip, tokens, embeddings)
     longest = max(len(c) for c in tokens.values())
     for encoder in clip.encoders:
         missing = longest - len(tokens[encoder.name])
         if missing:
             tokens[encoder.name] = tokens[encoder.name] + _tokens(encoder, "", vocab_path) * missing
-    outputs = [_encode_chunks(clip, e, tokens[e.name]) for e in clip.encoders]
+    outputs = [_encode_chunks(clip, e, tokens[e.name], embeddings) for e in clip.encoders]
     count = min(cond.shape[1] for cond, _ in outputs)
     cond = np.concatenate([c[:, :count] for c, _ in outputs], axis=-1)
     pooled = next((p for (_, p), e in zip(reversed(outputs), reversed(clip.encoders))
@@ -244,8 +305,13 @@ def _vocab(ctx: Any) -> str | None:
     return ctx.vocab_path if ctx is not None else None
 
 
+def _embeddings(ctx: Any) -> Embeddings | None:
+    """The run's textual-inversion embeddings (its models folder's), if it has any."""
+    return getattr(ctx, "embeddings", None)
+
+
 def _clip_text_encode(ctx: Any, *, text: str, clip: ClipRef) -> tuple[Any, ...]:
-    return (encode_text(clip, text, _vocab(ctx)),)
+    return (encode_text(clip, text, _vocab(ctx), embeddings=_embeddings(ctx)),)
 
 
 def _clip_text_encode_sdxl(ctx: Any, *, clip: ClipRef, width: int = 1024, height: int = 1024,
@@ -254,7 +320,8 @@ def _clip_text_encode_sdxl(ctx: Any, *, clip: ClipRef, width: int = 1024, height
                            ) -> tuple[Any, ...]:
     """``CLIPTextEncodeSDXL``: text_g to clip_g, text_l to clip_l, and the size conditioning
     (``comfy_extras/nodes_clip_sdxl.py``)."""
-    entries = encode_text(clip, text_g, _vocab(ctx), texts={"clip_g": text_g, "clip_l": text_l})
+    entries = encode_text(clip, text_g, _vocab(ctx), texts={"clip_g": text_g, "clip_l": text_l},
+                          embeddings=_embeddings(ctx))
     sizes = {"width": int(width), "height": int(height), "crop_w": int(crop_w),
              "crop_h": int(crop_h), "target_width": int(target_width),
              "target_height": int(target_height)}
@@ -265,7 +332,7 @@ def _clip_text_encode_refiner(ctx: Any, *, clip: ClipRef, ascore: float = 6.0,
                               width: int = 1024, height: int = 1024, text: str = ""
                               ) -> tuple[Any, ...]:
     """``CLIPTextEncodeSDXLRefiner``: the prompt and the aesthetic score and size."""
-    entries = encode_text(clip, text, _vocab(ctx))
+    entries = encode_text(clip, text, _vocab(ctx), embeddings=_embeddings(ctx))
     extra = {"aesthetic_score": float(ascore), "width": int(width), "height": int(height)}
     return ([{**e, **extra} for e in entries],)
 
@@ -273,7 +340,8 @@ def _clip_text_encode_refiner(ctx: Any, *, clip: ClipRef, ascore: float = 6.0,
 def _clip_text_encode_flux(ctx: Any, *, clip: ClipRef, clip_l: str = "", t5xxl: str = "",
                            guidance: float = 3.5) -> tuple[Any, ...]:
     """``CLIPTextEncodeFlux``: clip_l's text to CLIP-L, t5xxl's to T5, and the guidance."""
-    entries = encode_text(clip, clip_l, _vocab(ctx), texts={"clip_l": clip_l, "t5xxl": t5xxl})
+    entries = encode_text(clip, clip_l, _vocab(ctx), texts={"clip_l": clip_l, "t5xxl": t5xxl},
+                          embeddings=_embeddings(ctx))
     return ([{**e, "guidance": float(guidance)} for e in entries],)
 
 
@@ -282,14 +350,15 @@ def _clip_text_encode_sd3(ctx: Any, *, clip: ClipRef, clip_l: str = "", clip_g: 
     """``CLIPTextEncodeSD3``: a prompt per encoder; with ``empty_padding`` "none" an empty
     prompt gives its encoder no tokens (ComfyUI's zeros), and CLIP-L and CLIP-G are padded
     with empty chunks to the same count."""
-    vocab = _vocab(ctx)
+    vocab, embeddings = _vocab(ctx), _embeddings(ctx)
     no_padding = empty_padding == "none"
     chunks: dict[str, list[Any]] = {}
     for name, text in (("clip_l", clip_l), ("clip_g", clip_g), ("t5xxl", t5xxl)):
         encoder = _encoder(clip, name)
         if encoder is None:
             continue
-        chunks[name] = [] if (no_padding and len(text) == 0) else _tokens(encoder, text, vocab)
+        chunks[name] = [] if (no_padding and len(text) == 0) else _tokens(encoder, text, vocab,
+                                                                          embeddings)
     l_enc, g_enc = _encoder(clip, "clip_l"), _encoder(clip, "clip_g")
     if l_enc is not None and g_enc is not None:
         tl, tg = chunks["clip_l"], chunks["clip_g"]
@@ -298,7 +367,7 @@ def _clip_text_encode_sd3(ctx: Any, *, clip: ClipRef, clip_l: str = "", clip_g: 
         while len(tg) < len(tl):
             tg = tg + _tokens(g_enc, "", vocab)
         chunks["clip_l"], chunks["clip_g"] = tl, tg
-    return (encode_text(clip, "", vocab, chunks=chunks),)
+    return (encode_text(clip, "", vocab, chunks=chunks, embeddings=embeddings),)
 
 
 def _clip_set_last_layer(ctx: Any, *, clip: ClipRef, stop_at_clip_layer: int

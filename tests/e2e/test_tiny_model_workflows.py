@@ -8,7 +8,6 @@ area composition) must run, and img2img/inpaint must keep the digit.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,6 @@ EXAMPLES = REPO / "examples"
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 pytestmark = pytest.mark.skipif(not TINY.is_file(), reason="the tiny model is not built yet")
-
-
-@pytest.fixture(scope="module")
-def classifier():  # type: ignore[no-untyped-def]
-    """The scikit-learn digit classifier (trained on the digits dataset, not on our images)."""
-    sys.path.insert(0, str(EXAMPLES / "tiny_model"))
-    from classifier import train_classifier
-
-    return train_classifier()
 
 
 @pytest.fixture(scope="module")

@@ -212,11 +212,3 @@ def artifact(server: Server, serve_cache: Path) -> Path:
     assert (path / "manifest.json").is_file(), sorted(p.name for p in serve_cache.iterdir())
     return path
 
-
-@pytest.fixture(scope="session")
-def classifier():  # type: ignore[no-untyped-def]
-    """The independent scikit-learn digit classifier of examples/tiny_model."""
-    sys.path.insert(0, str(REPO / "examples" / "tiny_model"))
-    from classifier import train_classifier
-
-    return train_classifier()

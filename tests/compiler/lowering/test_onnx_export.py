@@ -220,8 +220,9 @@ def test_text_encoder_layers(clip: Any, out: Path) -> None:
     for layer in (-1, -2):
         facts = export_text_encoder(clip, out / f"clip{layer}.onnx", layer=layer)
         assert facts["layer"] == layer
-        assert facts["inputs"] == [{"name": "input_ids", "shape": ["batch", 77],
-                                    "dtype": "int64"}]
+        assert facts["inputs"] == [
+            {"name": "input_ids", "shape": ["batch", 77], "dtype": "int64"},
+            {"name": "embeds", "shape": ["batch", 77, 32], "dtype": "float32"}]
         assert [o["shape"] for o in facts["outputs"]] == [["batch", 77, 32], ["batch", 32]]
         stage = OrtTextEncoder("clip", facts["path"], **ORT)
         assert stage.info["clip_layer"] == str(layer)
@@ -230,6 +231,31 @@ def test_text_encoder_layers(clip: Any, out: Path) -> None:
         assert max_diff(got, want) < FP32_TOL and max_diff(pooled, want_pooled) < FP32_TOL
         hidden[layer] = got
     assert np.abs(hidden[-1] - hidden[-2]).max() > 0.1
+
+
+def test_text_encoder_splices_textual_inversion_vectors(clip: Any, out: Path) -> None:
+    """Where an id is -1 the exported encoder takes the ``embeds`` vector instead of the
+    token embedding: a vector equal to a token's embedding row gives that token's output
+    (last and pooled), another vector changes it, and ONNX equals the torch stage."""
+    facts = export_text_encoder(clip, out / "clip_ti.onnx", layer=-1)
+    stage = OrtTextEncoder("clip", facts["path"], **ORT)
+    torch_stage = TorchTextEncoder("clip", clip, layer=-1)
+    table = clip.get_input_embeddings().weight.detach().numpy()
+    ids = prompt_ids(2)
+    spliced = ids.copy()
+    spliced[:, 2] = -1  # "photo" and the second prompt's token at 2 come from embeds
+    embeds = np.zeros((2, 77, 32), np.float32)
+    embeds[:, 2] = table[ids[:, 2]]
+    plain, plain_pooled = stage(ids)
+    got, got_pooled = stage(spliced, embeds)
+    assert max_diff(got, plain) < FP32_TOL and max_diff(got_pooled, plain_pooled) < FP32_TOL
+    want, want_pooled = torch_stage(spliced, embeds)
+    assert max_diff(got, want) < FP32_TOL and max_diff(got_pooled, want_pooled) < FP32_TOL
+    embeds[0, 2] = table[2368]  # "cat" in place of "photo" in the first row only
+    other, _ = stage(spliced, embeds)
+    assert np.abs(other[0, 2:] - plain[0, 2:]).max() > 1e-3  # later tokens attend to it
+    assert max_diff(other[0, :2], plain[0, :2]) < FP32_TOL  # causal: earlier ones do not
+    assert max_diff(other[1], plain[1]) < FP32_TOL
 
 
 def test_text_encoder_fp16(clip: Any, out: Path) -> None:

@@ -123,9 +123,13 @@ def test_static_stage_profile_is_its_shapes(artifact: Path) -> None:
 
 def test_dynamic_batch_text_encoder_gets_a_range(artifact: Path) -> None:
     _, entry = _stage(artifact, "text_encoder")
-    assert stage_profile(entry) == {"input_ids": ShapeRange((1, 77), (1, 77), (2, 77))}
+    # embeds: textual-inversion vectors beside the ids (same batch range).
+    assert stage_profile(entry) == {"input_ids": ShapeRange((1, 77), (1, 77), (2, 77)),
+                                    "embeds": ShapeRange((1, 77, 64), (1, 77, 64), (2, 77, 64))}
     spec = ProfileSpec.parse("batch=1:2:8")
-    assert stage_profile(entry, spec) == {"input_ids": ShapeRange((1, 77), (2, 77), (8, 77))}
+    assert stage_profile(entry, spec) == {
+        "input_ids": ShapeRange((1, 77), (2, 77), (8, 77)),
+        "embeds": ShapeRange((1, 77, 64), (2, 77, 64), (8, 77, 64))}
 
 
 def test_dynamic_unet_profile_scales_images_to_latents_and_doubles_batch() -> None:
