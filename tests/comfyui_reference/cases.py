@@ -5,8 +5,9 @@ random-weight checkpoint of :mod:`.models`. The set covers each of ComfyUI's 44 
 once (txt2img), each scheduler once (euler), img2img, inpainting (VAEEncodeForInpaint, and
 SetLatentNoiseMask with ddim's random inpaint noise), hires fix (LatentUpscale + a second
 KSampler), a random kohya LoRA, area composition with CLIP skip, a KSamplerAdvanced hand-over,
-batch 2 and seeds above 2**32. ``LEGACY_CASES`` are the samplers whose noise depends on
-ComfyUI's noise device, recorded again with a ComfyUI from before its pull request #11528.
+a textual-inversion embedding, batch 2 and seeds above 2**32. ``LEGACY_CASES`` are the
+samplers whose noise depends on ComfyUI's noise device, recorded again with a ComfyUI from
+before its pull request #11528.
 
 The workflows contain only nodes comfyc runs; ``record.py`` adds a SaveLatent node for
 ComfyUI (the sampled LATENT is stored beside the PNG, for diagnosis).
@@ -21,6 +22,7 @@ from typing import Any
 __all__ = [
     "CASES",
     "CHECKPOINT",
+    "EMBEDDING",
     "LEGACY_CASES",
     "LORA",
     "SAMPLERS",
@@ -31,6 +33,8 @@ __all__ = [
 
 CHECKPOINT = "sd15-ref.safetensors"
 LORA = "sd15-ref-lora.safetensors"
+#: A textual-inversion embedding (``embeddings/``; used as ``embedding:sd15-ref-emb``).
+EMBEDDING = "sd15-ref-emb.safetensors"
 INPUT_IMAGE = "ref-input.png"
 INPUT_MASKED = "ref-input-masked.png"
 SIZE = 64
@@ -80,7 +84,7 @@ class Case:
         name: Unique name (also the SaveImage prefix and the recording's file stem).
         prompt: ComfyUI API JSON (node id -> ``{"class_type", "inputs"}``).
         kind: ``sampler``, ``scheduler``, ``img2img``, ``inpaint``, ``hires``, ``lora``, ``area``,
-            ``advanced`` or ``batch``: what the case is about.
+            ``advanced``, ``embedding`` or ``batch``: what the case is about.
         sampler: The (first) sampler name.
         slow: Only in the full test tier.
         noise_mode: comfyc's noise mode that reproduces the ComfyUI it was recorded with.
@@ -218,6 +222,18 @@ def _advanced(name: str) -> dict[str, Any]:
     return _finish(p, ["6", 0], name)
 
 
+def _embedding(name: str) -> dict[str, Any]:
+    """Textual inversion: the three vectors of the embedding inside the prompt, once plain and
+    once weighted, and once in the negative prompt (ComfyUI's ``embedding:NAME``)."""
+    p = _base(name)
+    stem = EMBEDDING.removesuffix(".safetensors")
+    p["2"]["inputs"]["text"] = (f"a photo of a embedding:{stem} cat sitting on a table, "
+                                f"(embedding:{stem}:1.2)")
+    p["3"]["inputs"]["text"] = f"blurry, embedding:{stem}.safetensors"
+    out = _ksampler(p, "5", ["4", 0], sampler="euler", scheduler="normal")
+    return _finish(p, out, name)
+
+
 def _cases() -> list[Case]:
     out: list[Case] = []
     # NOTE: the fast tier (make test-fast) runs a few representative cases; the rest are slow.
@@ -239,6 +255,7 @@ def _cases() -> list[Case]:
     out.append(Case("lora", _lora("lora"), "lora", "euler"))
     out.append(Case("area_clip_skip", _area("area_clip_skip"), "area", "dpmpp_2m"))
     out.append(Case("advanced_handover", _advanced("advanced_handover"), "advanced", "euler"))
+    out.append(Case("embedding", _embedding("embedding"), "embedding", "euler", slow=False))
     big = 2**32 + 12345
     out.append(Case("batch2_large_seed", _txt2img("batch2_large_seed", "euler", seed=big,
                                                   batch=2), "batch", "euler"))

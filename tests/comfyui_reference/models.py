@@ -7,6 +7,9 @@
   about 2.1 GB), which ComfyUI's model detection takes for SD1.5;
 * ``loras/sd15-ref-lora.safetensors``: a random kohya LoRA for it (rank 4, UNet attention,
   feed-forward and resnet convolutions, text-encoder attention and MLP; float16);
+* ``embeddings/sd15-ref-emb.safetensors``: a random A1111-style textual-inversion embedding
+  (``emb_params``, 3 vectors of width 768, normal(0, 0.02) like CLIP's token embeddings;
+  float16);
 * ``ref-input.png`` and ``ref-input-masked.png`` (an RGBA picture whose alpha is the inpainting
   mask, as LoadImage reads it) in ``input_dir``.
 
@@ -21,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .cases import CHECKPOINT, INPUT_IMAGE, INPUT_MASKED, LORA, SIZE
+from .cases import CHECKPOINT, EMBEDDING, INPUT_IMAGE, INPUT_MASKED, LORA, SIZE
 
-__all__ = ["CHECKPOINT_SEED", "LORA_SEED", "file_sha256", "write_inputs", "write_models"]
+__all__ = ["CHECKPOINT_SEED", "EMBEDDING_SEED", "LORA_SEED", "file_sha256", "write_embedding",
+           "write_inputs", "write_models"]
 
 CHECKPOINT_SEED = 2101
 LORA_SEED = 2102
+EMBEDDING_SEED = 2103
 
 
 def file_sha256(path: Path) -> str:
@@ -70,6 +75,17 @@ def write_lora(models_dir: Path) -> Path:
     return path
 
 
+def write_embedding(models_dir: Path) -> Path:
+    """Write the random textual-inversion embedding into ``models_dir/embeddings``."""
+    from safetensors.numpy import save_file
+
+    vectors = np.random.default_rng(EMBEDDING_SEED).normal(0.0, 0.02, (3, 768))
+    path = Path(models_dir) / "embeddings" / EMBEDDING
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": vectors.astype(np.float16)}, str(path))
+    return path
+
+
 def _picture() -> np.ndarray:
     """A 64x64 RGB test picture: gradients, a disc and stripes (uint8)."""
     y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / (SIZE - 1)
@@ -102,7 +118,9 @@ def write_inputs(input_dir: Path) -> list[Path]:
 
 
 def write_models(models_dir: Path) -> dict[str, Path]:
-    """Write the checkpoint and the LoRA; returns ComfyUI-relative name -> path."""
+    """Write the checkpoint, the LoRA and the embedding; returns ComfyUI-relative name ->
+    path."""
     checkpoint = write_checkpoint(models_dir)
     lora = write_lora(models_dir)
-    return {f"checkpoints/{CHECKPOINT}": checkpoint, f"loras/{LORA}": lora}
+    return {f"checkpoints/{CHECKPOINT}": checkpoint, f"loras/{LORA}": lora,
+            f"embeddings/{EMBEDDING}": write_embedding(models_dir)}

@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 
 from .cases import CASES, LEGACY_CASES, Case
-from .models import file_sha256, write_inputs, write_models
+from .models import file_sha256, write_embedding, write_inputs, write_models
 
 __all__ = ["RECORDINGS", "main", "record"]
 
@@ -184,6 +184,9 @@ def record(comfyui: Path, python: str, which: str, work: Path, port: int,
     if not hashes:
         models = write_models(models_dir)
         hashes = {name: file_sha256(path) for name, path in models.items()}
+    else:  # NOTE: small files added to the set since that recording (cheap to write)
+        path = write_embedding(models_dir)
+        hashes[path.relative_to(models_dir).as_posix()] = file_sha256(path)
     write_inputs(work / "input")
     commit = (comfyui / "COMFYUI_COMMIT").read_text().strip()
     version_text = (comfyui / "comfyui_version.py").read_text()

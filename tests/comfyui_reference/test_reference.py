@@ -44,17 +44,19 @@ pytestmark = pytest.mark.skipif(not HAVE_RECORDINGS, reason="no recordings (run 
 
 #: Cases the default test item runs on the torch path: ancestral noise of both ComfyUI versions
 #: (with a batch and a seed above 2**63), an SDE sampler, img2img (LoadImage, VAEEncode, the
-#: prompt chunk's is_changed) and a LoRA.
+#: prompt chunk's is_changed), a LoRA and a textual-inversion embedding.
 CI_CASES: tuple[str, ...] = (
     "sampler_dpmpp_2m_sde",
     "img2img",
     "lora",
+    "embedding",
     "batch2_ancestral_large_seed",
     "legacy_euler_ancestral",
 )
 #: The CI cases that also run through a compiled artifact (one compile: they are side by side
 #: in one workflow).
-CI_ARTIFACT_CASES: tuple[str, ...] = ("img2img", "lora", "batch2_ancestral_large_seed")
+CI_ARTIFACT_CASES: tuple[str, ...] = ("img2img", "lora", "embedding",
+                                      "batch2_ancestral_large_seed")
 
 #: Cases allowed a wider max difference than 1/255 (levels), with the measured cause.
 WIDER_BOUNDS: dict[str, float] = {}
@@ -145,6 +147,25 @@ def test_matches_comfyui(runner: Runner) -> None:
     assert cases, "no CI case is recorded"
     failures = _check(runner, cases, _cases(CI_ARTIFACT_CASES))
     assert not failures, "differences from ComfyUI:\n" + "\n".join(failures)
+    if any(c.name == "embedding" for c in cases):
+        _embedding_matters(runner)
+
+
+def _embedding_matters(runner: Runner) -> None:
+    """The control of the ``embedding`` case: with the ``embedding:NAME`` words taken out of
+    its prompts, comfyc no longer gives ComfyUI's picture (the vectors decide pixels)."""
+    import dataclasses
+    import re
+
+    case = next(c for c in CASES if c.name == "embedding")
+    prompt = case.workflow()
+    for node_id in ("2", "3"):
+        text = prompt[node_id]["inputs"]["text"]
+        prompt[node_id]["inputs"]["text"] = re.sub(r"\(?embedding:[^\s,)]+\)?", "", text)
+    images = runner.torch_path(dataclasses.replace(case, prompt=prompt))
+    diff = compare(images, _reference_of(case).images(case))
+    print(f"embedding words removed (torch): {diff}")
+    assert diff.max > 8, f"the embedding case does not depend on its embedding: {diff}"
 
 
 @pytest.mark.slow
