@@ -6,7 +6,7 @@ Rows (each in its own process, one after the other, so each peak RSS is its own)
   onnxruntime and OpenVINO (float32); ``comfyc-ov-bf16``: OpenVINO computing in bfloat16
   (approximate); ``comfyc-int8``: the int8 artifact on onnxruntime; ``comfyc-cacheN``: the
   step-caching artifact (approximate) on onnxruntime. A ``-tN`` suffix (``comfyc-ort-t2``)
-  runs the row with N intra-op threads instead of comfyc's rule.
+  runs the row with N intra-op threads instead of comfyc's rule (``comfyc-torch-t2`` too).
 * ``comfyc-torch``: the workflow on comfyc's PyTorch path (what ``comfyc run wf.cfy`` does).
 * ``diffusers``: diffusers' ``StableDiffusionPipeline`` (float32, torch).
 * ``optimum-ort`` / ``optimum-ov``: optimum-onnx's ``ORTStableDiffusionPipeline`` and
@@ -107,7 +107,7 @@ def _torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
     passive_openmp()
     import torch
 
-    torch.set_num_threads(choose_threads())
+    torch.set_num_threads(spec.get("threads") or choose_threads())
     from comfyc.compiler.catalog import default_catalog
     from comfyc.compiler.lowering.program import lower_to_program
     from comfyc.compiler.passes.base import PassContext, PassManager
@@ -190,7 +190,7 @@ print("RESULT " + json.dumps({"load_s": load_s, "image_s": image_s, "unet_calls"
 def worker(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     try:
-        result = (_torch_worker(spec) if spec["row"] == "comfyc-torch"
+        result = (_torch_worker(spec) if spec["row"].startswith("comfyc-torch")
                   else _comfyc_worker(spec))
     except Exception as exc:  # noqa: BLE001 - the row reports its failure
         result = {"error": f"{type(exc).__name__}: {exc}"}
@@ -444,8 +444,10 @@ def main() -> int:
             say(f"row {row} (load {os.getloadavg()[0]:.1f})")
             spec: dict[str, Any] = {"models_dir": args.models_dir,
                                     "workflow": workflow(args.ckpt, size, steps)}
-            if row == "comfyc-torch":
-                result = run_comfyc_row(row, spec, work)
+            if row.startswith("comfyc-torch"):
+                threads = re.search(r"-t(\d+)$", row)
+                result = run_comfyc_row(row, {**spec, "threads": int(threads[1]) if threads
+                                              else None}, work)
             elif row.startswith("comfyc-"):
                 name = "int8" if row.startswith("comfyc-int8") else "exact"
                 found = re.match(r"comfyc-(cache\d+)", row)

@@ -45,10 +45,11 @@ def measure(sets: list[str], cases: list[str] | None, paths: list[str], work: Pa
             say: Any = print) -> list[dict[str, Any]]:
     """Run the chosen cases and return one row per case (differences per path)."""
     references = [Reference(which) for which in sets]
-    hashes = references[0].manifest["model_sha256"]
-    for reference in references[1:]:
-        if reference.manifest["model_sha256"] != hashes:
-            raise SystemExit("the recording sets were made with different model files")
+    hashes: dict[str, str] = {}
+    for reference in references:  # NOTE: a later set may use files an earlier one did not
+        for name, digest in reference.manifest["model_sha256"].items():
+            if hashes.setdefault(name, digest) != digest:
+                raise SystemExit("the recording sets were made with different model files")
     say(f"regenerating the model files in {work} ...")
     models = Models(work, hashes, reuse=True)
     say(f"  written in {models.write_s:.1f} s, hashed in {models.hash_s:.1f} s")

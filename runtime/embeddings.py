@@ -137,7 +137,11 @@ def read_embedding(path: str | os.PathLike[str], *, width: int | None = None,
 
 
 class Embeddings:
-    """The embeddings of one models folder, read on demand and kept.
+    """The embeddings of one models folder, read on demand.
+
+    Names are looked up afresh each time (a file added to the folder while a server runs is
+    found by its next prompt, as in ComfyUI); vectors are kept while their file is unchanged
+    (same size and modification time).
 
     Args:
         models_dir: The models folder (``--models-dir``); None: ``$COMFYC_MODELS``.
@@ -145,14 +149,11 @@ class Embeddings:
 
     def __init__(self, models_dir: str | os.PathLike[str] | None = None) -> None:
         self.models_dir = models_dir
-        self._files: dict[str, Path | None] = {}
-        self._vectors: dict[tuple[Path, str | None, int | None], np.ndarray] = {}
+        self._vectors: dict[tuple[Path, int, int, str | None, int | None], np.ndarray] = {}
 
     def path(self, name: str) -> Path | None:
         """The file for ``embedding:NAME`` (None when there is none)."""
-        if name not in self._files:
-            self._files[name] = find_embedding(name, self.models_dir)
-        return self._files[name]
+        return find_embedding(name, self.models_dir)
 
     def vectors(self, name: str, key: str | None, width: int | None) -> np.ndarray | None:
         """The vectors of ``embedding:NAME`` for the encoder with this key and width (None
@@ -160,8 +161,14 @@ class Embeddings:
         file = self.path(name)
         if file is None:
             return None
-        cache = (file, key, width)
+        try:
+            stat = file.stat()
+        except OSError:
+            return None
+        cache = (file, stat.st_size, stat.st_mtime_ns, key, width)
         if cache not in self._vectors:
+            if len(self._vectors) >= 256:
+                self._vectors.clear()
             self._vectors[cache] = read_embedding(file, width=width, key=key)
         return self._vectors[cache]
 

@@ -144,7 +144,7 @@ class DiscreteSchedule:
         sigma_max: ``sigmas[-1]`` as a Python float.
     """
 
-    __slots__ = ("log_sigmas", "sigma_max", "sigma_min", "sigmas")
+    __slots__ = ("_timesteps", "log_sigmas", "sigma_max", "sigma_min", "sigmas")
 
     def __init__(self, sigmas: np.ndarray, log_sigmas: np.ndarray | None = None) -> None:
         sigmas64 = np.asarray(sigmas, dtype=np.float64)
@@ -160,6 +160,9 @@ class DiscreteSchedule:
         self.log_sigmas = np.asarray(log_sigmas).astype(np.float32)
         self.sigma_min = float(self.sigmas[0])
         self.sigma_max = float(self.sigmas[-1])
+        # Scalar sigma -> timestep, remembered: a sampler asks for the same few sigmas every
+        # image (a 1000-entry argmin each time was a measurable part of the tiny model's run).
+        self._timesteps: dict[float, float] = {}
 
     @classmethod
     def linear(
@@ -198,6 +201,12 @@ class DiscreteSchedule:
         Returns:
             Integer-valued timesteps as float(s), same shape as ``sigma``.
         """
+        scalar = np.ndim(sigma) == 0
+        if scalar:
+            key = float(np.float32(sigma))
+            hit = self._timesteps.get(key)
+            if hit is not None:
+                return hit
         arr = np.asarray(sigma, dtype=np.float32)
         # NOTE: a correctly rounded float32 log (via float64), so that argmin ties between two
         # table entries resolve like torch's scalar path; numpy's float32 log can be 1 ulp off.
@@ -205,7 +214,11 @@ class DiscreteSchedule:
             log_sigma = np.log(arr.astype(np.float64)).astype(np.float32)
         dists = np.abs(log_sigma.reshape(1, -1) - self.log_sigmas.reshape(-1, 1))
         t = np.argmin(dists, axis=0).astype(np.float32).reshape(arr.shape)
-        return float(t) if np.ndim(sigma) == 0 else t
+        if scalar:
+            if len(self._timesteps) < 4096:
+                self._timesteps[key] = float(t)
+            return float(t)
+        return t
 
     def sigma(self, timestep: float | np.ndarray) -> np.ndarray | float:
         """Sigma at a (fractional) timestep: log-linear interpolation of the table.

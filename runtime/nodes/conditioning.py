@@ -107,13 +107,17 @@ def _splice(encoder: TextEncoderRef, chunks: list[Any], embeddings: Embeddings |
     placed: list[list[tuple[int, np.ndarray]]] = []
     width = encoder.width or None
     dropped: set[str] = set()
+    tables: dict[str, np.ndarray | None] = {}
     for chunk in chunks:
         row: list[int] = []
         row_weights: list[float] = []
         vectors: list[tuple[int, np.ndarray]] = []
         for token, weight in chunk:
             if isinstance(token, EmbeddingRef):
-                table = embeddings.vectors(token.name, encoder.name, width)
+                if token.name not in tables:
+                    tables[token.name] = embeddings.vectors(token.name, encoder.name,
+                                                            encoder.width or None)
+                table = tables[token.name]
                 if table is None or (width is not None and table.shape[-1] != width):
                     dropped.add(token.name if table is None else
                                 f"{token.name} (width {table.shape[-1]})")
