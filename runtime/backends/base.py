@@ -3,8 +3,9 @@
 Stage signatures (all float32 unless noted; the same for every backend):
 
 * ``unet(sample[B,C,h,w], timestep[B], context[B,T,D]) -> [B,4,h,w]`` (eps or v, by model)
-* ``text_encoder(input_ids int64[B,77]) -> (hidden[B,77,D], pooled[B,D])`` at the model's
-  CLIP layer (fixed when the stage is made)
+* ``text_encoder(input_ids int64[B,77][, embeds[B,77,D]]) -> (hidden[B,77,D], pooled[B,D])``
+  at the model's CLIP layer (fixed when the stage is made); ``embeds`` holds textual-inversion
+  vectors, used where ``input_ids`` is -1 (``embedding:NAME``)
 * ``vae_decoder(latent[B,4,h,w]) -> image[B,3,H,W]`` in [-1, 1] (raw, unscaled latents)
 * ``vae_encoder(image[B,3,H,W] in [-1, 1]) -> latent mean[B,4,h,w]`` (raw)
 """

@@ -242,15 +242,24 @@ def test_threads_flag_as_a_user_passes_it(artifact: Path, tmp_path: Path) -> Non
     assert not (tmp_path / "x").exists()
 
 
-def test_embedding_in_a_prompt_is_refused_not_drawn_as_text(tmp_path: Path) -> None:
-    """`embedding:NAME` is not applied by comfyc yet (issue #19 item 3): compile and run say
-    so at the prompt, instead of drawing the words as plain text as a different picture from
-    ComfyUI's; nothing is written."""
+def test_missing_embedding_is_ignored_and_a_broken_one_refused(tmp_path: Path) -> None:
+    """`embedding:NAME` (issue #19 item 3): a name with no file is ignored with a warning, as
+    ComfyUI ignores it; a file that cannot be read stops compile and run with a clear error at
+    the prompt (no traceback) and nothing is written."""
     path = _workflow(tmp_path, {"6": {"inputs": {
         "text": "(embedding:EasyNegative:1.2), a handwritten digit seven", "clip": ["4", 1]}}})
-    err = _clean(_run("compile", str(path), "-o", str(tmp_path / "x.comfyc"), cwd=tmp_path), 1)
-    assert "'embedding:EasyNegative'" in err and "does not apply yet" in err, err
+    models = tmp_path / "models"
+    (models / "embeddings").mkdir(parents=True)
+    done = _run("compile", str(path), "-o", str(tmp_path / "ok.comfyc"), "--models-dir",
+                str(models), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "embedding:EasyNegative does not exist; ignoring it" in done.stderr, done.stderr
+    (models / "embeddings" / "EasyNegative.safetensors").write_bytes(b"not safetensors")
+    err = _clean(_run("compile", str(path), "-o", str(tmp_path / "x.comfyc"), "--models-dir",
+                      str(models), cwd=tmp_path), 1)
+    assert "cannot read embedding" in err and "EasyNegative" in err, err
     assert not (tmp_path / "x.comfyc").exists()
-    err = _clean(_run("run", str(path), "-o", str(tmp_path / "out"), "-q", cwd=tmp_path), 1)
-    assert "'embedding:EasyNegative'" in err, err
+    err = _clean(_run("run", str(path), "-o", str(tmp_path / "out"), "-q", "--models-dir",
+                      str(models), cwd=tmp_path), 1)
+    assert "cannot read embedding" in err, err
     assert not (tmp_path / "out").exists()
