@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .errors import Error
-from .model_paths import find_embedding
+from .model_paths import ModelPathError, find_embedding
 
 __all__ = ["EmbeddingError", "Embeddings", "read_embedding", "select_vectors"]
 
@@ -152,8 +152,13 @@ class Embeddings:
         self._vectors: dict[tuple[Path, int, int, str | None, int | None], np.ndarray] = {}
 
     def path(self, name: str) -> Path | None:
-        """The file for ``embedding:NAME`` (None when there is none)."""
-        return find_embedding(name, self.models_dir)
+        """The file for ``embedding:NAME`` (None when there is none, and for a name that
+        would leave the embeddings folder: ComfyUI skips those too, with a warning)."""
+        try:
+            return find_embedding(name, self.models_dir)
+        except ModelPathError as exc:
+            _log.warning("ignoring embedding:%s: %s", name, exc)
+            return None
 
     def vectors(self, name: str, key: str | None, width: int | None) -> np.ndarray | None:
         """The vectors of ``embedding:NAME`` for the encoder with this key and width (None

@@ -10,7 +10,6 @@ import pytest
 from safetensors.numpy import save_file
 
 from comfyc.runtime.embeddings import EmbeddingError, Embeddings, read_embedding
-from comfyc.runtime.model_paths import ModelPathError
 
 
 def _vectors(n: int, width: int, seed: int = 0) -> np.ndarray:
@@ -49,5 +48,7 @@ def test_lookup_counts_vectors_and_keeps_names_inside(tmp_path: Path) -> None:
     library = Embeddings(tmp_path)
     count = library.lookup("clip_l", 64)
     assert count("s") == 4 and count("sub/s.safetensors") == 4 and count("missing") is None
-    with pytest.raises(ModelPathError):
-        count("../../etc/passwd")
+    # A name that would leave the folder is never read: ignored, as ComfyUI ignores it.
+    (tmp_path / "secret.safetensors").write_bytes((tmp_path / "embeddings" / "sub" /
+                                                   "s.safetensors").read_bytes())
+    assert count("../secret") is None and count("/etc/passwd") is None
