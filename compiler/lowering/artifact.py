@@ -44,6 +44,7 @@ from comfyc.runtime.manifest import (
 from ..catalog import Catalog, default_catalog
 from ..errors import ExportError
 from ..ir.core import Graph
+from ..nodes import compile_rule
 
 __all__ = ["CompileOptions", "CompileReport", "compile_graph", "parse_backend_map",
            "STAGE_BACKENDS"]
@@ -497,9 +498,8 @@ def _lean_load(graph: Graph, options: CompileOptions) -> bool:
     backends = (list(options.backend.values()) if isinstance(options.backend, dict)
                 else [options.backend])
     onnx_only = all(b.startswith(("ort", "ov-")) or b == "trt" for b in backends)
-    # NOTE: LoRA nodes are recognised by name here only to stay on the safe side: a merged
-    # UNet must be merged in float32, which the ordinary cache does.
-    loras = any("lora" in node.class_type.lower() for node in graph.nodes)
+    # NOTE: a UNet with LoRAs must be merged in float32, which the ordinary cache does.
+    loras = any(compile_rule(node.class_type).is_lora for node in graph.nodes)
     return (onnx_only and not options.store_torch and not options.lora_runtime
             and not loras and options.compact_weights and not options.quantize)
 

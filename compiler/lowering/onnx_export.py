@@ -96,16 +96,11 @@ def splice_embeddings(call: Callable[[Any, Any], Any]) -> Callable[[Any, Any, An
     (textual-inversion vectors, ComfyUI's ``embedding:NAME``; position embeddings are added
     as for any token), the same rule as :class:`~comfyc.runtime.backends.torch.
     TorchTextEncoder`; the pooled output stays at the first end token."""
-    torch = _require_torch()
+    from comfyc.runtime.backends.torch import spliced_token_embeddings
 
     def spliced(m: Any, input_ids: Any, embeds: Any) -> Any:
-        where = input_ids < 0
-        handle = m.get_input_embeddings().register_forward_hook(
-            lambda _m, _args, out: torch.where(where.unsqueeze(-1), embeds.to(out.dtype), out))
-        try:
-            return call(m, torch.where(where, torch.zeros_like(input_ids), input_ids))
-        finally:
-            handle.remove()
+        with spliced_token_embeddings(m, input_ids, embeds) as ids:
+            return call(m, ids)
 
     return spliced
 

@@ -7,14 +7,17 @@ a stage without torch installed raises a :class:`BackendError` that says what to
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from .base import BackendError, Stage
 
-__all__ = ["require_torch", "require_cuda", "TorchUNet", "TorchTextEncoder", "TorchVaeDecoder",
+__all__ = ["require_torch", "require_cuda", "spliced_token_embeddings", "TorchUNet",
+           "TorchTextEncoder", "TorchVaeDecoder",
            "TorchVaeEncoder", "TorchUpscale", "TorchControlNet", "TorchT2IAdapter", "adm_unet",
            "ADM_TIME_EMBED_DIM"]
 
@@ -181,6 +184,25 @@ class TorchUNet(_TorchStage):
         return out
 
 
+@contextlib.contextmanager
+def spliced_token_embeddings(module: Any, input_ids: Any, embeds: Any) -> Iterator[Any]:
+    """Textual-inversion vectors in a CLIP text encoder (ComfyUI's ``embedding:NAME``): while
+    open, where ``input_ids`` is -1 the module's token embedding gives that position of
+    ``embeds`` ``[B, T, width]`` instead (position embeddings are added as for any token).
+    Yields the ids to call the module with (-1 replaced by 0; the pooled output still finds
+    the first end token). Used by :class:`TorchTextEncoder` and by the ONNX exporter, which
+    traces it."""
+    import torch
+
+    where = input_ids < 0
+    handle = module.get_input_embeddings().register_forward_hook(
+        lambda _m, _args, out: torch.where(where.unsqueeze(-1), embeds.to(out.dtype), out))
+    try:
+        yield torch.where(where, torch.zeros_like(input_ids), input_ids)
+    finally:
+        handle.remove()
+
+
 class TorchTextEncoder(_TorchStage):
     """``text_encoder(input_ids) -> (hidden, pooled)`` at a fixed CLIP layer.
 
@@ -218,29 +240,20 @@ class TorchTextEncoder(_TorchStage):
                 raise BackendError(f"stage {self.name!r}: T5 takes no textual-inversion "
                                    f"vectors")
             return self._t5(ids)
-        handle = None
-        if embeds is not None:
-            spliced = torch.from_numpy(np.asarray(embeds, dtype=np.float32)).to(self.device)
-            where = (ids < 0)[..., None]
-            ids = ids.clamp(min=0)
-            handle = self.module.get_input_embeddings().register_forward_hook(
-                lambda _m, _args, out: torch.where(where, spliced.to(out.dtype), out))
-        try:
-            with torch.inference_mode():
-                out = self.call(input_ids=ids, output_hidden_states=True, return_dict=True)
-                layers = len(out.hidden_states) - 1
-                index = self.layer if -layers <= self.layer < 0 else -1
-                hidden = out.hidden_states[index]
-                if self.final_norm is not None:
-                    hidden = self.final_norm(hidden)
-                pooled = getattr(out, "text_embeds", None) if self.projected else None
-                if pooled is None:
-                    # NOTE: CLIP pools the final-norm last layer at the first end token.
-                    first_end = (ids == 49407).int().argmax(dim=-1)
-                    pooled = out.last_hidden_state[torch.arange(ids.shape[0]), first_end]
-        finally:
-            if handle is not None:
-                handle.remove()
+        splice = (contextlib.nullcontext(ids) if embeds is None else spliced_token_embeddings(
+            self.module, ids, torch.from_numpy(np.asarray(embeds, np.float32)).to(self.device)))
+        with splice as ids, torch.inference_mode():
+            out = self.call(input_ids=ids, output_hidden_states=True, return_dict=True)
+            layers = len(out.hidden_states) - 1
+            index = self.layer if -layers <= self.layer < 0 else -1
+            hidden = out.hidden_states[index]
+            if self.final_norm is not None:
+                hidden = self.final_norm(hidden)
+            pooled = getattr(out, "text_embeds", None) if self.projected else None
+            if pooled is None:
+                # NOTE: CLIP pools the final-norm last layer at the first end token.
+                first_end = (ids == 49407).int().argmax(dim=-1)
+                pooled = out.last_hidden_state[torch.arange(ids.shape[0]), first_end]
         return self._numpy(hidden), self._numpy(pooled)
 
     def _t5(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
