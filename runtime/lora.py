@@ -93,13 +93,16 @@ class LoraSlot:
 
 
 def merge_weights(slots: Sequence[LoraSlot], strengths: Sequence[float],
-                  base_weight: Callable[[str], np.ndarray]) -> dict[str, np.ndarray]:
+                  base_weight: Callable[[str], np.ndarray],
+                  round_to: Any = None) -> dict[str, np.ndarray]:
     """The merged values of every weight some slot with a non-zero strength targets.
 
     Args:
         slots: The stage's LoRA slots.
         strengths: One strength per slot.
         base_weight: Reads a weight's base value by name.
+        round_to: A dtype whose precision the sums are rounded to (text encoders: float16,
+            the precision ComfyUI keeps them in, as the compiler's ``merge_lora`` does).
 
     Returns:
         Weight name → merged value, in the base weight's dtype.
@@ -116,6 +119,8 @@ def merge_weights(slots: Sequence[LoraSlot], strengths: Sequence[float],
             target = slot.targets.get(name)
             if strength != 0 and target is not None:
                 value = value + target.delta(base.shape, strength)
+        if round_to is not None:
+            value = value.astype(round_to).astype(np.float32)
         merged[name] = value.astype(base.dtype, copy=False)
     return merged
 
@@ -216,7 +221,8 @@ class RuntimeLoraStage(LoraVariants):
 
     def merged_weights(self, strengths: Sequence[float]) -> dict[str, np.ndarray]:
         """The initializer overrides for these strengths (empty when all are 0)."""
-        return merge_weights(self.slots, strengths, self.base_weight)
+        return merge_weights(self.slots, strengths, self.base_weight,
+                             np.float16 if self.kind == "text_encoder" else None)
 
     def _create(self, strengths: tuple[float, ...]) -> Stage:
         return self.create(self.merged_weights(strengths))

@@ -270,18 +270,51 @@ class TorchModelCache:
     def merged(self, checkpoint: str, loras: tuple[tuple[str, float, float], ...] | list[Any]
                ) -> dict[str, Any]:
         """The components of a checkpoint (``unet``, ``text_encoder``, ``text_encoder_2``)
-        with LoRAs ``(name, strength_model, strength_clip)`` merged in order (cached)."""
+        with LoRAs ``(name, strength_model, strength_clip)`` merged in order (cached).
+
+        As in ComfyUI, each patched weight is summed over the whole chain in float32, and the
+        text encoders' patched weights are then rounded once to float16 precision
+        (:data:`~comfyc.compiler.models.lora.TEXT_ENCODER_DTYPE`)."""
         import copy
 
-        from ..models.lora import merge_lora
+        from ..models.lora import round_text_weights
 
         loras = tuple((str(n), float(sm), float(sc)) for n, sm, sc in loras)
         key = f"merged:{checkpoint}:{loras!r}"
         if key not in self.loaded:
+            if not loras:
+                return self._merged_exact(checkpoint, loras)[0]
+            exact_key = f"merged-f32:{checkpoint}:{loras!r}"
+            fresh = exact_key not in self.loaded
+            exact, patched = self._merged_exact(checkpoint, loras)
+            parts = dict(exact)
+            if fresh:
+                # NOTE: only a longer chain could reuse this chain's float32 sums; rounding
+                # them in place saves a copy of the text encoders.
+                del self.loaded[exact_key]
+            for component, names in patched.items():
+                if names and parts.get(component) is not None:
+                    if not fresh:
+                        parts[component] = copy.deepcopy(parts[component])
+                    round_text_weights(parts, {component: names})
+            self.loaded[key] = parts
+        return self.loaded[key]
+
+    def _merged_exact(self, checkpoint: str, loras: tuple[tuple[str, float, float], ...]
+                      ) -> tuple[dict[str, Any], dict[str, frozenset[str]]]:
+        """The components with the chain's LoRAs summed in float32 (no rounding), and per text
+        encoder the weight names the chain patched (cached per chain)."""
+        import copy
+
+        from ..models.lora import merge_lora
+
+        key = f"merged-f32:{checkpoint}:{loras!r}"
+        if key not in self.loaded:
             loaded = self.checkpoint(checkpoint)
             components = getattr(loaded, "components", _COMPONENTS)
             if not loras:
-                self.loaded[key] = {name: getattr(loaded, name, None) for name in components}
+                self.loaded[key] = ({name: getattr(loaded, name, None) for name in components},
+                                    {})
             elif components != _COMPONENTS:
                 from ..models.errors import ModelFormatError
 
@@ -289,15 +322,22 @@ class TorchModelCache:
                     f"LoRAs on {loaded.family.upper()} models are not supported by comfyc yet "
                     f"({loras[-1][0]!r} on {checkpoint!r}); remove the LoRA loader")
             else:
-                parts = dict(self.merged(checkpoint, loras[:-1]))
+                previous, patched = self._merged_exact(checkpoint, loras[:-1])
+                parts = dict(previous)
                 name, strength_model, strength_clip = loras[-1]
                 # A component at strength 0 is not changed: share it instead of copying.
                 for component in _COMPONENTS:
                     strength = strength_model if component == "unet" else strength_clip
                     if strength and parts[component] is not None:
                         parts[component] = copy.deepcopy(parts[component])
-                merge_lora(parts, self.lora(name), strength_model, strength_clip)
-                self.loaded[key] = parts
+                factors = merge_lora(parts, self.lora(name), strength_model, strength_clip,
+                                     round_text=False)
+                patched = dict(patched)
+                if strength_clip:
+                    for component in ("text_encoder", "text_encoder_2"):
+                        patched[component] = (patched.get(component, frozenset())
+                                              | frozenset(getattr(factors, component)))
+                self.loaded[key] = (parts, patched)
         return self.loaded[key]
 
     def component_with_loras(self, checkpoint: str, component: str, loras: Sequence[Any]
@@ -377,7 +417,8 @@ class TorchLoraStage(LoraVariants):
     ``with_strengths(strengths)`` (one strength per slot; the last two variants cached) gives
     a :class:`~comfyc.runtime.backends.torch.TorchUNet` (kind ``unet``) or a mapping of CLIP
     layers to text-encoder stages (kind ``text_encoder``) over a copy of ``module`` with each
-    slot's factors merged exactly as the compiler folds LoRAs (float32 sum, cast back);
+    slot's factors merged exactly as the compiler folds LoRAs (float32 sum, cast back; a
+    text encoder's patched weights rounded to float16 precision, as ComfyUI keeps them);
     all-zero strengths use ``module`` itself. The artifact writer exports ``module`` (the base
     weights) and stores the slots' factors.
 
@@ -404,14 +445,18 @@ class TorchLoraStage(LoraVariants):
     def _merged(self, strengths: tuple[float, ...]) -> Any:
         import copy
 
-        from ..models.lora import _merge_into
+        from ..models.lora import _merge_into, round_text_weights
 
         module = self.module
         if any(strengths):
             module = copy.deepcopy(module)
+            patched: set[str] = set()
             for (_, factors), strength in zip(self.slots, strengths, strict=True):
                 if strength and factors:
                     _merge_into(module, self.component, dict(factors), strength)
+                    patched.update(factors)
+            if self.component != "unet":
+                round_text_weights({self.component: module}, {self.component: patched})
         return self.wrap(module)
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "lora_key_aliases",
     "make_random_lora",
     "merge_lora",
+    "round_text_weights",
+    "TEXT_ENCODER_DTYPE",
 ]
 
 _log = logging.getLogger(__name__)
@@ -347,17 +349,57 @@ def _merge_into(
         target[key] = (weight.float() + factor.delta(weight.shape, strength)).to(weight.dtype)
 
 
+#: The dtype ComfyUI's text encoders hold their weights in (``text_encoder_dtype``: float16 on
+#: a CPU and on a GPU, unless it runs with ``--fp32-text-enc``). ComfyUI sums a patched weight
+#: in float32 and rounds it to the weight's dtype once, after every LoRA on it
+#: (``ModelPatcher.patch_weight_to_device``); its UNet on a CPU is float32, so only the text
+#: encoders' patched weights are rounded.
+TEXT_ENCODER_DTYPE = torch.float16
+
+
+def round_text_weights(targets: Any, names: Mapping[str, Iterable[str]],
+                       dtype: torch.dtype = TEXT_ENCODER_DTYPE) -> None:
+    """Rounds text-encoder weights to ``dtype``'s precision in place, as ComfyUI stores them.
+
+    Args:
+        targets: As for :func:`merge_lora`.
+        names: Per text component (``text_encoder``, ``text_encoder_2``), the weight names
+            (``LoraFactors`` names) to round; the weights keep their own dtype.
+        dtype: The precision to round to.
+    """
+    parts = _components(targets)
+    for component, chosen in names.items():
+        target = parts.get(component)
+        if component not in _TEXT_COMPONENTS or target is None:
+            continue
+        if hasattr(target, "state_dict"):
+            local = {canonical_text_key(k): k for k in target.state_dict()}
+            with torch.no_grad():
+                for name in chosen:
+                    weight = target.get_parameter(local[name])
+                    weight.copy_(weight.to(dtype).to(weight.dtype))
+            continue
+        for name in chosen:
+            key = name if name in target else name[len("text_model."):]
+            target[key] = target[key].to(dtype).to(target[key].dtype)
+
+
 def merge_lora(
     targets: Any,
     lora_sd: Mapping[str, torch.Tensor],
     strength_model: float = 1.0,
     strength_clip: float = 1.0,
+    *,
+    round_text: bool = True,
 ) -> LoraFactors:
     """Merges a LoRA into the UNet and text-encoder weights: ``W += s * (alpha/rank) * up @ down``.
 
     Modules are changed in place; state dicts get new tensors under the same keys. The sum is
-    computed in float32 and cast back to each weight's dtype (as ComfyUI does). A strength of 0
-    leaves that component untouched.
+    computed in float32 and cast back to each weight's dtype (as ComfyUI does). The text
+    encoders' patched weights are then rounded to :data:`TEXT_ENCODER_DTYPE`, the precision
+    ComfyUI keeps them in (``round_text=False``: not yet, for a chain of LoRAs that is rounded
+    once at its end with :func:`round_text_weights`). A strength of 0 leaves that component
+    untouched.
 
     Args:
         targets: A `LoadedCheckpoint`, ``{"unet": ..., "text_encoder": ...,
@@ -366,6 +408,7 @@ def merge_lora(
         lora_sd: The LoRA file's tensors.
         strength_model: LoraLoader ``strength_model`` (UNet).
         strength_clip: LoraLoader ``strength_clip`` (both text encoders).
+        round_text: Round the patched text-encoder weights to float16 precision now.
 
     Returns:
         The factors that were found (merged where the strength is not 0).
@@ -377,6 +420,8 @@ def merge_lora(
         chosen = getattr(factors, component)
         if strength != 0 and chosen and parts[component] is not None:
             _merge_into(parts[component], component, chosen, float(strength))
+    if round_text and strength_clip != 0:
+        round_text_weights(parts, {c: list(getattr(factors, c)) for c in _TEXT_COMPONENTS})
     return factors
 
 

@@ -15,6 +15,7 @@ from comfyc.compiler.models.lora import (  # noqa: E402
     lora_key_aliases,
     make_random_lora,
     merge_lora,
+    round_text_weights,
 )
 from comfyc.compiler.models.single_file import canonical_text_encoder_state  # noqa: E402
 
@@ -24,6 +25,11 @@ def _expected(base: torch.Tensor, up: torch.Tensor, down: torch.Tensor, strength
     """base + strength * scale * up @ down, written out independently of the implementation."""
     product = (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)).reshape(base.shape)
     return base + (strength * scale) * product
+
+
+def _as_comfyui_text(value: torch.Tensor) -> torch.Tensor:
+    """A patched text-encoder weight as ComfyUI keeps it: rounded to float16 precision."""
+    return value.to(torch.float16).to(value.dtype)
 
 
 @pytest.fixture()
@@ -51,8 +57,9 @@ def test_merge_is_exact(model, key_format: str) -> None:
         assert torch.equal(unet_now[target], want), target
     text_now = canonical_text_encoder_state(model.text_encoder)
     for target, factor in factors.text_encoder.items():
-        want = _expected(base_text[target], factor.up, factor.down, 1.3, scale)
+        want = _as_comfyui_text(_expected(base_text[target], factor.up, factor.down, 1.3, scale))
         assert torch.equal(text_now[target], want), target
+        assert text_now[target].dtype == torch.float32
     untouched = [k for k in unet_now if k not in factors.unet]
     assert all(torch.equal(unet_now[k], base_unet[k]) for k in untouched)
 
@@ -207,6 +214,8 @@ def test_sdxl_merge_is_exact(sdxl_model, key_format: str) -> None:
         for target, factor in chosen.items():
             want = _expected(base[component][target], factor.up, factor.down, strength,
                              factor.scale)
+            if component != "unet":
+                want = _as_comfyui_text(want)
             assert torch.equal(now[component][target], want), (component, target)
 
 
@@ -260,3 +269,34 @@ def test_sdxl_lora_on_loaded_checkpoint(sdxl_file) -> None:
     after = _snapshot(loaded.text_encoder_2)
     assert not torch.equal(after["text_projection.weight"],
                            before[1]["text_projection.weight"])
+
+
+def test_text_weights_rounded_once_after_a_chain(model) -> None:
+    """ComfyUI sums every LoRA of a chain on a text-encoder weight in float32 and rounds to
+    float16 once: merging with ``round_text=False`` and rounding at the end gives that; the
+    UNet (float32 in ComfyUI on a CPU) is never rounded."""
+    first = make_random_lora(model.unet, model.text_encoder, seed=11)
+    second = make_random_lora(model.unet, model.text_encoder, seed=12)
+    base_text = _snapshot(model.text_encoder)
+    base_unet = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    f1 = merge_lora(model, first, 0.6, 0.9, round_text=False)
+    f2 = merge_lora(model, second, 0.4, 1.1, round_text=False)
+    round_text_weights(model, {"text_encoder": list(f1.text_encoder) + list(f2.text_encoder)})
+    text_now = canonical_text_encoder_state(model.text_encoder)
+    rounded_each = 0
+    for target in f1.text_encoder:
+        a, b = f1.text_encoder[target], f2.text_encoder[target]
+        exact = _expected(_expected(base_text[target], a.up, a.down, 0.9, a.scale), b.up, b.down,
+                          1.1, b.scale)
+        assert torch.equal(text_now[target], _as_comfyui_text(exact)), target
+        twice = _as_comfyui_text(_expected(_as_comfyui_text(
+            _expected(base_text[target], a.up, a.down, 0.9, a.scale)), b.up, b.down, 1.1, b.scale))
+        rounded_each += int(not torch.equal(twice, text_now[target]))
+    assert rounded_each > 0  # rounding after each LoRA would give other bits
+    unet_now = model.unet.state_dict()
+    target = next(iter(f1.unet))
+    a, b = f1.unet[target], f2.unet[target]
+    exact = _expected(_expected(base_unet[target], a.up, a.down, 0.6, a.scale), b.up, b.down, 0.4,
+                      b.scale)
+    assert torch.equal(unet_now[target], exact)
+    assert not torch.equal(exact, _as_comfyui_text(exact))
