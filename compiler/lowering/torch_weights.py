@@ -33,6 +33,11 @@ def save_torch_stage(module: Any, kind: str, folder: Path) -> bool:
         _save_control_stage(module, kind, folder)
         return True
     wrapper = None
+    if kind == "unet" and hasattr(module, "adm_in_channels") and hasattr(module, "unet") \
+            and not hasattr(module, "config"):
+        # An SDXL UNet in ComfyUI's call (runtime/backends/torch.py adm_unet): its diffusers
+        # UNet (a view sharing every weight) is stored, and TorchUNet wraps it again at load.
+        module = module.unet
     if kind == "unet" and hasattr(module, "transformer") and not hasattr(module, "config"):
         # An SD3 / Flux transformer in ComfyUI's call (runtime/backends/torch_dit.py): the
         # diffusers transformer is stored, the runtime wraps it again.

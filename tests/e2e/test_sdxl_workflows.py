@@ -88,6 +88,22 @@ def test_comfyui_sdxl_example_compiles_and_runs(corpus: Path, models: Path,
     assert float(np.abs(image - want).max()) <= 2 / 255
 
 
+def test_sdxl_artifact_with_torch_stages(models: Path, cache: TorchModelCache,
+                                        tmp_path: Path) -> None:
+    """``compile --backend torch`` stores the SDXL UNet (the diffusers UNet behind ComfyUI's
+    ``(x, t, context, y)`` call) and the artifact's image is the torch path's, bit for bit."""
+    path = REPO / "examples" / "sdxl_txt2img.cfy"
+    artifact = tmp_path / "sdxl-torch.comfyc"
+    compile_graph(_small(load_workflow(path), 64), artifact,
+                  CompileOptions(backend="torch", models_dir=str(models)))
+    (unet,) = [folder for folder in (artifact / "torch").iterdir()
+               if folder.name.startswith("unet")]
+    assert '"UNet2DConditionModel"' in (unet / "config.json").read_text()
+    ours = load(artifact).run({}, save=False).images["image"]
+    want = _torch(_small(load_workflow(path), 64), models, cache)["image"]
+    np.testing.assert_array_equal(ours, want)
+
+
 @pytest.mark.parametrize("name", ["sdxl_txt2img", "sdxl_refiner"])
 def test_sdxl_examples_run(name: str, models: Path, cache: TorchModelCache) -> None:
     images = _torch(_small(load_workflow(REPO / "examples" / f"{name}.cfy"), 64), models, cache)
