@@ -15,6 +15,8 @@ Usage (from the repository root; about 1 to 2 minutes per case on 2 busy cores):
     .venv/bin/python bench/fidelity.py --work /tmp/ref      # keep the 2 GB of model files
 
 ``--paths torch`` skips the artifacts. The table is Markdown, ready for the README.
+``--set sdxl`` (alone: its checkpoint is another file, 6.9 GB, and the UNet takes about 10 GB
+of memory in float32) runs the SDXL-architecture cases.
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ def measure(sets: list[str], cases: list[str] | None, paths: list[str], work: Pa
         for name, digest in reference.manifest["model_sha256"].items():
             if hashes.setdefault(name, digest) != digest:
                 raise SystemExit("the recording sets were made with different model files")
+    if "sdxl" in sets and sets != ["sdxl"]:
+        raise SystemExit("--set sdxl runs alone (another checkpoint)")
     say(f"regenerating the model files in {work} ...")
-    models = Models(work, hashes, reuse=True)
+    models = Models(work, hashes, reuse=True, which=sets[0])
     say(f"  written in {models.write_s:.1f} s, hashed in {models.hash_s:.1f} s")
     chosen = [(reference, c) for reference in references for c in reference.cases
               if not cases or c.name in cases]
@@ -105,8 +109,9 @@ def table(rows: list[dict[str, Any]], paths: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--set", dest="sets", action="append", choices=("current", "legacy"),
-                        help="recording set (repeatable; default both)")
+    parser.add_argument("--set", dest="sets", action="append",
+                        choices=("current", "legacy", "sdxl"),
+                        help="recording set (repeatable; default current and legacy)")
     parser.add_argument("--cases", nargs="*", default=None, help="only these case names")
     parser.add_argument("--paths", nargs="*", default=["torch", "artifact"],
                         choices=("torch", "artifact"))

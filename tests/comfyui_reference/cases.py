@@ -5,9 +5,15 @@ random-weight checkpoint of :mod:`.models`. The set covers each of ComfyUI's 44 
 once (txt2img), each scheduler once (euler), img2img, inpainting (VAEEncodeForInpaint, and
 SetLatentNoiseMask with ddim's random inpaint noise), hires fix (LatentUpscale + a second
 KSampler), a random kohya LoRA, area composition with CLIP skip, a KSamplerAdvanced hand-over,
-a textual-inversion embedding, batch 2 and seeds above 2**32. ``LEGACY_CASES`` are the
+a textual-inversion embedding, batch 2, seeds above 2**32 and a seeded random-weight ControlNet
+at the published SD1.5 ControlNet architecture (ControlNetApplyAdvanced with a timestep range,
+and the deprecated ControlNetApply). ``LEGACY_CASES`` are the
 samplers whose noise depends on ComfyUI's noise device, recorded again with a ComfyUI from
 before its pull request #11528.
+
+``SDXL_CASES`` (a heavier tier, their own recording set ``sdxl``) run a seeded random-weight
+checkpoint at SDXL's published architecture: CLIPTextEncode and CLIPTextEncodeSDXL, an ODE and
+an ancestral sampler, 64x64 pixels (an 8x8 latent; the UNet's smallest level is 2x2).
 
 The workflows contain only nodes comfyc runs; ``record.py`` adds a SaveLatent node for
 ComfyUI (the sampled LATENT is stored beside the PNG, for diagnosis).
@@ -22,11 +28,15 @@ from typing import Any
 __all__ = [
     "CASES",
     "CHECKPOINT",
+    "CONTROLNET",
     "EMBEDDING",
     "LEGACY_CASES",
     "LORA",
     "SAMPLERS",
     "SCHEDULERS",
+    "SDXL_CASES",
+    "SDXL_CHECKPOINT",
+    "SETS",
     "Case",
     "case_by_name",
 ]
@@ -35,6 +45,10 @@ CHECKPOINT = "sd15-ref.safetensors"
 LORA = "sd15-ref-lora.safetensors"
 #: A textual-inversion embedding (``embeddings/``; used as ``embedding:sd15-ref-emb``).
 EMBEDDING = "sd15-ref-emb.safetensors"
+#: A checkpoint at SDXL's published architecture (the ``sdxl`` set; about 7 GB in float16).
+SDXL_CHECKPOINT = "sdxl-ref.safetensors"
+#: A ControlNet at the published SD1.5 ControlNet architecture (``controlnet/``).
+CONTROLNET = "sd15-ref-controlnet.safetensors"
 INPUT_IMAGE = "ref-input.png"
 INPUT_MASKED = "ref-input-masked.png"
 SIZE = 64
@@ -84,7 +98,8 @@ class Case:
         name: Unique name (also the SaveImage prefix and the recording's file stem).
         prompt: ComfyUI API JSON (node id -> ``{"class_type", "inputs"}``).
         kind: ``sampler``, ``scheduler``, ``img2img``, ``inpaint``, ``hires``, ``lora``, ``area``,
-            ``advanced``, ``embedding`` or ``batch``: what the case is about.
+            ``advanced``, ``embedding``, ``batch``, ``controlnet`` or ``sdxl``: what the case is
+            about.
         sampler: The (first) sampler name.
         slow: Only in the full test tier.
         noise_mode: comfyc's noise mode that reproduces the ComfyUI it was recorded with.
@@ -109,9 +124,9 @@ def _node(class_type: str, **inputs: Any) -> dict[str, Any]:
 
 
 def _base(name: str, *, clip_skip: int | None = None, lora: bool = False,
-          batch: int = 1) -> dict[str, Any]:
+          batch: int = 1, checkpoint: str = CHECKPOINT) -> dict[str, Any]:
     """Checkpoint, prompts and an empty latent; nodes 1-5 (and 20 for LoRA, 21 for CLIP skip)."""
-    p: dict[str, Any] = {"1": _node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)}
+    p: dict[str, Any] = {"1": _node("CheckpointLoaderSimple", ckpt_name=checkpoint)}
     model: list[Any] = ["1", 0]
     clip: list[Any] = ["1", 1]
     if lora:
@@ -130,11 +145,12 @@ def _base(name: str, *, clip_skip: int | None = None, lora: bool = False,
 
 def _ksampler(p: dict[str, Any], node_id: str, latent: list[Any], *, sampler: str,
               scheduler: str = "normal", steps: int = STEPS, seed: int = SEED,
-              denoise: float = 1.0, positive: list[Any] | None = None) -> list[Any]:
+              denoise: float = 1.0, positive: list[Any] | None = None,
+              negative: list[Any] | None = None) -> list[Any]:
     p[node_id] = _node("KSampler", model=p["_model"], seed=seed, steps=steps, cfg=CFG,
                        sampler_name=sampler, scheduler=scheduler,
-                       positive=positive or ["2", 0], negative=["3", 0], latent_image=latent,
-                       denoise=denoise)
+                       positive=positive or ["2", 0], negative=negative or ["3", 0],
+                       latent_image=latent, denoise=denoise)
     return [node_id, 0]
 
 
@@ -234,6 +250,29 @@ def _embedding(name: str) -> dict[str, Any]:
     return _finish(p, out, name)
 
 
+def _controlnet(name: str, *, sampler: str, scheduler: str, strength: float,
+                start: float = 0.0, end: float = 1.0, legacy_node: bool = False) -> dict[str, Any]:
+    """ControlNetLoader and an apply node on both prompts; the hint is the input picture (64x64,
+    the latent size x 8, so ComfyUI's resize keeps it as it is)."""
+    p = _base(name)
+    p["40"] = _node("ControlNetLoader", control_net_name=CONTROLNET)
+    p["41"] = _node("LoadImage", image=INPUT_IMAGE)
+    if legacy_node:
+        # NOTE: the deprecated node sets the control on the positive prompt only; ComfyUI copies
+        # it onto the negative entries (control_apply_to_uncond).
+        p["42"] = _node("ControlNetApply", conditioning=["2", 0], control_net=["40", 0],
+                        image=["41", 0], strength=strength)
+        positive, negative = ["42", 0], ["3", 0]
+    else:
+        p["42"] = _node("ControlNetApplyAdvanced", positive=["2", 0], negative=["3", 0],
+                        control_net=["40", 0], image=["41", 0], strength=strength,
+                        start_percent=start, end_percent=end)
+        positive, negative = ["42", 0], ["42", 1]
+    out = _ksampler(p, "5", ["4", 0], sampler=sampler, scheduler=scheduler, positive=positive,
+                    negative=negative)
+    return _finish(p, out, name)
+
+
 def _cases() -> list[Case]:
     out: list[Case] = []
     # NOTE: the fast tier (make test-fast) runs a few representative cases; the rest are slow.
@@ -262,6 +301,17 @@ def _cases() -> list[Case]:
     out.append(Case("batch2_ancestral_large_seed",
                     _txt2img("batch2_ancestral_large_seed", "euler_ancestral", seed=2**63 + 7,
                              batch=2), "batch", "euler_ancestral"))
+    out.append(Case("controlnet", _controlnet("controlnet", sampler="euler", scheduler="normal",
+                                              strength=0.8), "controlnet", "euler",
+                    inputs=(INPUT_IMAGE,)))
+    out.append(Case("controlnet_range",
+                    _controlnet("controlnet_range", sampler="dpmpp_2m", scheduler="karras",
+                                strength=1.0, start=0.2, end=0.7), "controlnet", "dpmpp_2m",
+                    inputs=(INPUT_IMAGE,)))
+    out.append(Case("controlnet_apply_old",
+                    _controlnet("controlnet_apply_old", sampler="euler_ancestral",
+                                scheduler="normal", strength=0.6, legacy_node=True),
+                    "controlnet", "euler_ancestral", inputs=(INPUT_IMAGE,)))
     return out
 
 
@@ -279,15 +329,45 @@ def _legacy_cases() -> list[Case]:
     return out
 
 
+def _sdxl(name: str, *, sampler: str, scheduler: str, sdxl_encode: bool) -> dict[str, Any]:
+    """SDXL txt2img, 3 steps; with ``sdxl_encode`` the prompts go through CLIPTextEncodeSDXL
+    (separate clip_g/clip_l texts and size conditioning) instead of CLIPTextEncode."""
+    p = _base(name, checkpoint=SDXL_CHECKPOINT)
+    if sdxl_encode:
+        size = {"width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0,
+                "target_width": 1024, "target_height": 1024}
+        p["2"] = _node("CLIPTextEncodeSDXL", clip=["1", 1], text_g=POSITIVE,
+                       text_l="a cat, (detailed:1.1)", **size)
+        p["3"] = _node("CLIPTextEncodeSDXL", clip=["1", 1], text_g=NEGATIVE, text_l=NEGATIVE,
+                       **size)
+    out = _ksampler(p, "5", ["4", 0], sampler=sampler, scheduler=scheduler, steps=3)
+    return _finish(p, out, name)
+
+
+def _sdxl_cases() -> list[Case]:
+    return [
+        Case("sdxl_euler", _sdxl("sdxl_euler", sampler="euler", scheduler="normal",
+                                 sdxl_encode=False), "sdxl", "euler"),
+        Case("sdxl_encode_euler_ancestral",
+             _sdxl("sdxl_encode_euler_ancestral", sampler="euler_ancestral", scheduler="karras",
+                   sdxl_encode=True), "sdxl", "euler_ancestral"),
+    ]
+
+
 #: Cases recorded with the current ComfyUI (noise mode ``cpu``).
 CASES: tuple[Case, ...] = tuple(_cases())
 #: Cases recorded with ComfyUI before #11528 (noise mode ``cpu-legacy``).
 LEGACY_CASES: tuple[Case, ...] = tuple(_legacy_cases())
+#: SDXL cases (recording set ``sdxl``, current ComfyUI, noise mode ``cpu``; a heavy tier).
+SDXL_CASES: tuple[Case, ...] = tuple(_sdxl_cases())
+#: The cases of each recording set.
+SETS: dict[str, tuple[Case, ...]] = {"current": CASES, "legacy": LEGACY_CASES,
+                                     "sdxl": SDXL_CASES}
 
 
 def case_by_name(name: str) -> Case:
-    """The case called ``name`` (current or legacy)."""
-    for case in (*CASES, *LEGACY_CASES):
+    """The case called ``name`` (any set)."""
+    for case in (*CASES, *LEGACY_CASES, *SDXL_CASES):
         if case.name == name:
             return case
     raise KeyError(name)

@@ -1,6 +1,7 @@
 """Run recorded cases through comfyc and compare with ComfyUI's PNGs (tests and bench share it).
 
-* :class:`Reference` reads a recording set (``recordings/current`` or ``recordings/legacy``).
+* :class:`Reference` reads a recording set (``recordings/current``, ``recordings/legacy`` or
+  ``recordings/sdxl``).
 * :class:`Models` regenerates the seeded model files once per process and checks their SHA-256
   against the recording (a changed generator must fail loudly, not compare other weights).
 * :class:`Runner` runs cases on the torch path (what ``comfyc run WORKFLOW`` does: validate,
@@ -36,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from .cases import CASES, LEGACY_CASES, Case
-from .models import file_sha256, write_inputs, write_models
+from .cases import CASES, LEGACY_CASES, SETS, Case
+from .models import file_sha256, models_writer, write_inputs
 
 __all__ = ["RECORDINGS", "Diff", "Models", "Reference", "Runner", "compare"]
 
@@ -95,7 +96,7 @@ class Reference:
         self.root = RECORDINGS / which
         self.manifest: dict[str, Any] = json.loads((self.root / "manifest.json").read_text())
         self.cases: tuple[Case, ...] = tuple(
-            c for c in {"current": CASES, "legacy": LEGACY_CASES}[which]
+            c for c in SETS[which]
             if c.name in self.manifest["cases"]
         )
 
@@ -131,9 +132,11 @@ class Reference:
 
 
 class Models:
-    """The seeded model files, regenerated into ``root`` and checked against the recording."""
+    """The seeded model files, regenerated into ``root`` and checked against the recording
+    (``which``: the recording set whose files they are; ``sdxl`` has its own checkpoint)."""
 
-    def __init__(self, root: Path, expected: dict[str, str], reuse: bool = False) -> None:
+    def __init__(self, root: Path, expected: dict[str, str], reuse: bool = False,
+                 which: str = "current") -> None:
         self.root = Path(root)
         self.models_dir = self.root / "models"
         self.input_dir = self.root / "input"
@@ -147,10 +150,11 @@ class Models:
         self.hash_s = time.perf_counter() - started
         if got != expected:
             started = time.perf_counter()
-            paths = write_models(self.models_dir)
+            paths = models_writer(which)(self.models_dir)
             self.write_s = time.perf_counter() - started
             started = time.perf_counter()
-            # NOTE: files added to the set after a recording (the embedding) are not in it.
+            # NOTE: files added to the set after a recording (the embedding, the ControlNet)
+            # are not in it.
             got = {name: file_sha256(path) for name, path in paths.items() if name in expected}
             self.hash_s = time.perf_counter() - started
         write_inputs(self.input_dir)
@@ -206,7 +210,10 @@ class Runner:
         return default_catalog()
 
     def _images(self, output_dir: Path, prefix: str) -> list[np.ndarray]:
-        files = sorted(output_dir.glob(f"{prefix}_*.png"))
+        # NOTE: exactly SaveImage's ``<prefix>_<counter>_.png``: in a merged artifact's output
+        # folder ``controlnet_*`` would also match the ``controlnet_range_*`` files.
+        files = sorted(p for p in output_dir.glob(f"{prefix}_*_.png")
+                       if p.name[len(prefix) + 1:-len("_.png")].isdigit())
         return [read_png(p) for p in files]
 
     def torch_path(self, case: Case) -> list[np.ndarray]:
@@ -337,6 +344,8 @@ class Runner:
         if key not in self._artifacts:
             program = self._others_artifact(case.noise_mode)
             all_out = self.work / f"others-{case.noise_mode}-out"
+            # NOTE: SaveImage counts on from files already there (a reused work folder).
+            shutil.rmtree(all_out, ignore_errors=True)
             started = time.perf_counter()
             program.run({}, output_dir=str(all_out), input_dir=str(self.models.input_dir),
                         noise_mode=case.noise_mode)

@@ -10,8 +10,18 @@
 * ``embeddings/sd15-ref-emb.safetensors``: a random A1111-style textual-inversion embedding
   (``emb_params``, 3 vectors of width 768, normal(0, 0.02) like CLIP's token embeddings;
   float16);
+* ``controlnet/sd15-ref-controlnet.safetensors``: random weights at the published SD1.5
+  ControlNet architecture (``comfyc.compiler.models.controlnet_synthetic.write_controlnet("sd1",
+  "full", seed=2104)``, ComfyUI's ``control_model.*`` names, float16, about 0.7 GB; about 15 s
+  to write), which ComfyUI's ``load_controlnet`` takes for an SD1.5 ControlNet; its zero
+  convolutions are random too, so the control changes every picture;
 * ``ref-input.png`` and ``ref-input-masked.png`` (an RGBA picture whose alpha is the inpainting
   mask, as LoadImage reads it) in ``input_dir``.
+
+``write_sdxl_models(models_dir)`` writes the ``sdxl`` set's one file,
+``checkpoints/sdxl-ref.safetensors``: random weights at SDXL's published architecture
+(``write_checkpoint("sdxl", "full", seed=2201)``, float16, about 6.9 GB; ComfyUI's model
+detection takes it for SDXL only at that architecture).
 
 ``record.py`` stores the SHA-256 of each file with the recording, and the tests regenerate them
 and compare the hashes before trusting a comparison.
@@ -20,18 +30,31 @@ and compare the hashes before trusting a comparison.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from .cases import CHECKPOINT, EMBEDDING, INPUT_IMAGE, INPUT_MASKED, LORA, SIZE
+from .cases import (
+    CHECKPOINT,
+    CONTROLNET,
+    EMBEDDING,
+    INPUT_IMAGE,
+    INPUT_MASKED,
+    LORA,
+    SDXL_CHECKPOINT,
+    SIZE,
+)
 
-__all__ = ["CHECKPOINT_SEED", "EMBEDDING_SEED", "LORA_SEED", "file_sha256", "write_embedding",
-           "write_inputs", "write_models"]
+__all__ = ["CHECKPOINT_SEED", "CONTROLNET_SEED", "EMBEDDING_SEED", "LORA_SEED",
+           "SDXL_CHECKPOINT_SEED", "file_sha256", "models_writer", "write_controlnet",
+           "write_embedding", "write_inputs", "write_models", "write_sdxl_models"]
 
 CHECKPOINT_SEED = 2101
 LORA_SEED = 2102
 EMBEDDING_SEED = 2103
+CONTROLNET_SEED = 2104
+SDXL_CHECKPOINT_SEED = 2201
 
 
 def file_sha256(path: Path) -> str:
@@ -86,6 +109,17 @@ def write_embedding(models_dir: Path) -> Path:
     return path
 
 
+def write_controlnet(models_dir: Path) -> Path:
+    """Write the SD1.5-ControlNet-architecture random ControlNet into ``models_dir/controlnet``."""
+    import torch
+
+    from comfyc.compiler.models.controlnet_synthetic import write_controlnet as write
+
+    path = Path(models_dir) / "controlnet" / CONTROLNET
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write(path, "sd1", "full", seed=CONTROLNET_SEED, dtype=torch.float16)
+
+
 def _picture() -> np.ndarray:
     """A 64x64 RGB test picture: gradients, a disc and stripes (uint8)."""
     y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / (SIZE - 1)
@@ -118,9 +152,28 @@ def write_inputs(input_dir: Path) -> list[Path]:
 
 
 def write_models(models_dir: Path) -> dict[str, Path]:
-    """Write the checkpoint, the LoRA and the embedding; returns ComfyUI-relative name ->
-    path."""
+    """Write the checkpoint, the LoRA, the embedding and the ControlNet; returns ComfyUI-relative
+    name -> path."""
     checkpoint = write_checkpoint(models_dir)
     lora = write_lora(models_dir)
     return {f"checkpoints/{CHECKPOINT}": checkpoint, f"loras/{LORA}": lora,
-            f"embeddings/{EMBEDDING}": write_embedding(models_dir)}
+            f"embeddings/{EMBEDDING}": write_embedding(models_dir),
+            f"controlnet/{CONTROLNET}": write_controlnet(models_dir)}
+
+
+def write_sdxl_models(models_dir: Path) -> dict[str, Path]:
+    """Write the ``sdxl`` set's checkpoint (SDXL architecture, float16, about 6.9 GB; about
+    a minute); returns ComfyUI-relative name -> path."""
+    import torch
+
+    from comfyc.compiler.models.synthetic import write_checkpoint as write
+
+    path = Path(models_dir) / "checkpoints" / SDXL_CHECKPOINT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, "sdxl", "full", seed=SDXL_CHECKPOINT_SEED, dtype=torch.float16)
+    return {f"checkpoints/{SDXL_CHECKPOINT}": path}
+
+
+def models_writer(which: str) -> Callable[[Path], dict[str, Path]]:
+    """The function that writes the model files of a recording set."""
+    return write_sdxl_models if which == "sdxl" else write_models

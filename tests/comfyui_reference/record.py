@@ -12,9 +12,14 @@ folder), queues every workflow of :mod:`cases` through ComfyUI's HTTP API (``POS
   file (the tests regenerate the files and compare), and per case the workflow sent, the PNG
   names and ComfyUI's run time.
 
-Sets: ``current`` (:data:`cases.CASES`, ComfyUI at ``COMFYUI_COMMIT``, noise mode ``cpu``) and
+Sets: ``current`` (:data:`cases.CASES`, ComfyUI at ``COMFYUI_COMMIT``, noise mode ``cpu``),
 ``legacy`` (:data:`cases.LEGACY_CASES`, a ComfyUI from before its pull request #11528 "Fix
-noise with ancestral samplers when inferencing on cpu", noise mode ``cpu-legacy``).
+noise with ancestral samplers when inferencing on cpu", noise mode ``cpu-legacy``) and ``sdxl``
+(:data:`cases.SDXL_CASES`, current ComfyUI, a seeded SDXL-architecture checkpoint of its own:
+``models.write_sdxl_models``; ComfyUI holds it in float32, about 14 GB of memory)::
+
+    .venv/bin/python -m tests.comfyui_reference.record --comfyui /work/comfyui \\
+        --python /work/comfyui-server-venv/bin/python --set sdxl --work /tmp/comfyc-ref-sdxl
 
 Recorded with::
 
@@ -38,7 +43,10 @@ in its venv as a separate process). To add or redo cases, keeping the others of 
         --reuse-models --only sampler_lcm hires
 
 (``--reuse-models``: model files left in ``--work`` by an earlier recording are used when they
-hash as recorded; about 20-120 s per case on a busy 2-core machine, dpm_adaptive 450 s.)
+hash as recorded, and files added to the set since, the embedding and the ControlNet, are
+written; about 20-120 s per case on a busy 2-core machine, dpm_adaptive 450 s.) The ControlNet
+cases were added that way (``--only controlnet controlnet_range controlnet_apply_old``, 30-60 s
+each), the ``sdxl`` set with the command above (about 20 s per case after a 1-2 minute load).
 
 Both ComfyUIs ran on the CPU (``--cpu``: float32 UNet and VAE, float16 text encoder,
 sub-quadratic attention) with torch 2.14.1.
@@ -64,8 +72,8 @@ from typing import Any
 
 import numpy as np
 
-from .cases import CASES, LEGACY_CASES, Case
-from .models import file_sha256, write_embedding, write_inputs, write_models
+from .cases import SETS, Case
+from .models import file_sha256, models_writer, write_controlnet, write_embedding, write_inputs
 
 __all__ = ["RECORDINGS", "main", "record"]
 
@@ -166,13 +174,14 @@ def _read_latent(path: Path) -> np.ndarray:
 def record(comfyui: Path, python: str, which: str, work: Path, port: int,
            only: list[str] | None = None, reuse_models: bool = False) -> Path:
     """Record one set of cases; returns the recording folder."""
-    cases = {"current": CASES, "legacy": LEGACY_CASES}[which]
+    cases = SETS[which]
     if only:
         # NOTE: in the order given, so that a long recording can do the important ones first.
         by_name = {c.name: c for c in cases}
         cases = tuple(by_name[name] for name in only if name in by_name)
     models_dir = work / "models"
-    known = RECORDINGS / "current" / "manifest.json"
+    # NOTE: the legacy set uses the current set's files; the sdxl set has its own.
+    known = RECORDINGS / ("sdxl" if which == "sdxl" else "current") / "manifest.json"
     hashes: dict[str, str] = {}
     if reuse_models and known.is_file():
         # NOTE: reuse files an earlier recording wrote when they still hash as recorded.
@@ -182,11 +191,11 @@ def record(comfyui: Path, python: str, which: str, work: Path, port: int,
             if hashes != expected:
                 hashes = {}
     if not hashes:
-        models = write_models(models_dir)
+        models = models_writer(which)(models_dir)
         hashes = {name: file_sha256(path) for name, path in models.items()}
-    else:  # NOTE: small files added to the set since that recording (cheap to write)
-        path = write_embedding(models_dir)
-        hashes[path.relative_to(models_dir).as_posix()] = file_sha256(path)
+    elif which != "sdxl":  # NOTE: files added to the set since that recording (cheap to write)
+        for path in (write_embedding(models_dir), write_controlnet(models_dir)):
+            hashes[path.relative_to(models_dir).as_posix()] = file_sha256(path)
     write_inputs(work / "input")
     commit = (comfyui / "COMFYUI_COMMIT").read_text().strip()
     version_text = (comfyui / "comfyui_version.py").read_text()
@@ -264,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--comfyui", type=Path, required=True, help="ComfyUI source folder")
     parser.add_argument("--python", default=sys.executable, help="ComfyUI's venv python")
-    parser.add_argument("--set", dest="which", choices=("current", "legacy"), default="current")
+    parser.add_argument("--set", dest="which", choices=tuple(SETS), default="current")
     parser.add_argument("--work", type=Path, default=None,
                         help="work folder for models/input/output (default: a temporary one)")
     parser.add_argument("--port", type=int, default=18188)

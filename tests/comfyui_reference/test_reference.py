@@ -2,16 +2,21 @@
 
 The recordings (``recordings/current``: ComfyUI at the commit in its manifest, noise mode
 ``cpu``; ``recordings/legacy``: ComfyUI before its #11528, noise mode ``cpu-legacy``) were made
-on a seeded random-weight checkpoint with SD1.5's exact architecture. The tests regenerate the
-model files with the same seeded code, check their SHA-256 against the recording, and run cases
-on comfyc's torch path and through a compiled artifact, comparing 8-bit pixels with ComfyUI's.
+on a seeded random-weight checkpoint with SD1.5's exact architecture (and, for the
+``controlnet*`` cases, a seeded ControlNet at the published SD1.5 ControlNet architecture). The
+tests regenerate the model files with the same seeded code, check their SHA-256 against the
+recording, and run cases on comfyc's torch path and through a compiled artifact, comparing 8-bit
+pixels with ComfyUI's. The SDXL set is ``test_reference_sdxl.py``'s (a heavy tier, off by
+default).
 
 Cost: the SD1.5-size checkpoint (2.1 GB regenerated, about 4 GB loaded) dominates, and each
 compiled artifact costs a compile and a load of its own. ``test_matches_comfyui`` (one test
 item, so that xdist workers do not load the model twice) runs ``CI_CASES`` on the torch path and
 ``CI_ARTIFACT_CASES`` through one artifact: a representative subset chosen to keep this folder
 near three minutes on two free cores (about 9 GB of memory at the peak, 10 GB of disk while the
-artifact exists; both freed afterwards). Every recorded case, both paths, runs with
+artifact exists; both freed afterwards). The ControlNet case adds about 25 s of that (measured
+164 s -> 187 s for the test item on two busy cores: 15 s to write the 0.7 GB ControlNet, 10 s
+on the torch path, the rest in the artifact). Every recorded case, both paths, runs with
 ``COMFYC_REFERENCE_ALL=1`` (``test_every_recorded_case``, marked slow too), and
 ``bench/fidelity.py`` prints the full table.
 
@@ -44,7 +49,8 @@ pytestmark = pytest.mark.skipif(not HAVE_RECORDINGS, reason="no recordings (run 
 
 #: Cases the default test item runs on the torch path: ancestral noise of both ComfyUI versions
 #: (with a batch and a seed above 2**63), an SDE sampler, img2img (LoadImage, VAEEncode, the
-#: prompt chunk's is_changed), a LoRA and a textual-inversion embedding.
+#: prompt chunk's is_changed), a LoRA, a textual-inversion embedding and a ControlNet with a
+#: timestep range.
 CI_CASES: tuple[str, ...] = (
     "sampler_dpmpp_2m_sde",
     "img2img",
@@ -52,11 +58,12 @@ CI_CASES: tuple[str, ...] = (
     "embedding",
     "batch2_ancestral_large_seed",
     "legacy_euler_ancestral",
+    "controlnet_range",
 )
 #: The CI cases that also run through a compiled artifact (one compile: they are side by side
 #: in one workflow).
 CI_ARTIFACT_CASES: tuple[str, ...] = ("img2img", "lora", "embedding",
-                                      "batch2_ancestral_large_seed")
+                                      "batch2_ancestral_large_seed", "controlnet_range")
 
 #: Cases allowed a wider max difference than 1/255 (levels), with the measured cause.
 WIDER_BOUNDS: dict[str, float] = {}
@@ -207,6 +214,19 @@ def test_recordings_are_consistent() -> None:
         images = reference.images(case)
         assert images and all(i.dtype == np.uint8 for i in images)
         assert reference.latent(case).ndim == 4
+
+
+def test_controlnet_decides_pixels() -> None:
+    """The control of the ``controlnet`` cases: ComfyUI's picture with the random-weight
+    ControlNet is far from the same workflow without it (``sampler_euler``), so matching it
+    checks the ControlNet's residuals, not just the sampler."""
+    reference = Reference("current")
+    recorded = {c.name: c for c in reference.cases}
+    if "controlnet" not in recorded or "sampler_euler" not in recorded:
+        pytest.skip("the controlnet or sampler_euler case is not recorded")
+    diff = compare(reference.images(recorded["controlnet"]),
+                   reference.images(recorded["sampler_euler"]))
+    assert diff.max > 32 and diff.mean > 4, f"the ControlNet hardly changes the picture: {diff}"
 
 
 def test_comfyui_png_prompt_chunk() -> None:
