@@ -1,0 +1,130 @@
+"""Issue 22: the runtime's own time per sampling step against the floor of any Python loop.
+
+On the tiny model one UNet call takes a few milliseconds and streams the model's weights
+(22 MB) through the CPU's caches; the Python and numpy work between two calls then runs with
+cold caches. This benchmark measures, side by side in one run on the same compiled artifact
+(64x64, Euler/normal, 20 steps, cfg 5, the tiny digits checkpoint):
+
+* ``comfyc``: the artifact's run: per-image total, time inside stage calls, the rest
+  (the runtime's overhead), and its per-step part (KSampler's time outside the UNet / steps);
+* ``floor``: the least Python a CFG Euler loop can do around the same onnxruntime session
+  (one input buffer, one ``session.run``, the scale, the x0, the CFG mix and the Euler update:
+  eight numpy calls a step), timed outside ``session.run`` the same way;
+* ``floor_warm``: the same loop with the UNet call replaced by returning a ready array
+  (nothing evicts the caches): what those eight calls cost when warm;
+* ``save``: SaveImage's share (PNG encode, atomic publish).
+
+    OMP_NUM_THREADS=1 python bench/bench_overhead_floor.py [--runs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from common import REPO, TXT2IMG, save
+
+sys.path.insert(0, str(REPO))
+
+
+def _floor_loop(session, context, sigmas, cfg, warm: bool):  # type: ignore[no-untyped-def]
+    """Seconds outside session.run for one 20-step CFG Euler loop (minimal Python)."""
+    import numpy as np
+
+    rows = np.empty((2, 4, 8, 8), np.float32)
+    timestep = np.full((2,), 500.0, np.float32)
+    feeds = {"sample": rows, "timestep": timestep, "encoder_hidden_states": context}
+    ready = np.zeros((2, 4, 8, 8), np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    inside = 0.0
+    start = time.perf_counter()
+    for i in range(len(sigmas) - 1):
+        s = sigmas[i]
+        np.divide(x, np.sqrt(s * s + np.float32(1.0)), out=rows[:1])
+        rows[1:] = rows[:1]
+        t0 = time.perf_counter()
+        out = ready if warm else session.run(None, feeds)[0]
+        inside += time.perf_counter() - t0
+        den = x - out * s
+        mixed = den[:1] + (den[1:] - den[:1]) * cfg
+        x = x + (x - mixed) / s * (sigmas[i + 1] - s)
+    return time.perf_counter() - start - inside
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--name", default="overhead-floor")
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from comfyc.compiler.catalog import default_catalog
+    from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
+    from comfyc.frontends.dsl import parse_dsl
+    from comfyc.runtime import load
+
+    work = Path(tempfile.mkdtemp(prefix="comfyc-floor-"))
+    text = textwrap.dedent(TXT2IMG.format(ckpt="tiny-digits.safetensors",
+                                          prompt="a handwritten digit seven", size=64, steps=20,
+                                          cfg=5.0))
+    artifact = work / "bench.comfyc"
+    compile_graph(parse_dsl(text, "bench.cfy", default_catalog()), artifact, CompileOptions())
+    program = load(artifact)
+    program.run({"seed": 42}, save=False)
+
+    def unets(value):  # type: ignore[no-untyped-def]
+        if getattr(value, "kind", None) == "unet":
+            return [value]
+        if isinstance(value, dict):
+            return [u for v in value.values() for u in unets(v)]
+        return []
+
+    (unet,) = [u for v in program.stages.values() for u in unets(v)]
+    session = unet.session.session
+    inputs = {i.name: i for i in session.get_inputs()}
+    tokens = 77
+    width = inputs["encoder_hidden_states"].shape[2]
+    context = np.random.default_rng(1).standard_normal((2, tokens, width)).astype(np.float32)
+    sigmas = [np.float32(s) for s in np.linspace(14.6, 0.03, 20)] + [np.float32(0.0)]
+    cfg = np.float32(5.0)
+
+    rows: dict[str, list[float]] = {k: [] for k in (
+        "total_s", "stage_s", "overhead_s", "step_overhead_s", "save_s", "floor_step_s",
+        "floor_warm_step_s", "unet_call_s")}
+    out = work / "out"
+    for _ in range(3):
+        program.run({"seed": 42}, output_dir=out)
+        _floor_loop(session, context, sigmas, cfg, warm=False)
+    for _ in range(args.runs):
+        # NOTE: interleaved, so that both see the same machine state.
+        t = program.run({"seed": 42}, output_dir=out).timings
+        unet_s = t["stages"][unet.name]["total_s"]
+        rows["total_s"].append(t["total_s"])
+        rows["stage_s"].append(t["stage_total_s"])
+        rows["overhead_s"].append(t["overhead_s"])
+        rows["step_overhead_s"].append((t["ops"]["KSampler"] - unet_s) / 20)
+        rows["save_s"].append(t["ops"].get("SaveImage", 0.0))
+        rows["unet_call_s"].append(unet_s / 20)
+        rows["floor_step_s"].append(_floor_loop(session, context, sigmas, cfg, False) / 20)
+        rows["floor_warm_step_s"].append(_floor_loop(session, context, sigmas, cfg, True) / 20)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    med["overhead_share"] = med["overhead_s"] / med["total_s"]
+    med["floor_share"] = (20 * med["floor_step_s"] + med["save_s"]) / med["total_s"]
+    print(f"per image {med['total_s'] * 1e3:.1f} ms, in stages {med['stage_s'] * 1e3:.1f} ms, "
+          f"overhead {med['overhead_s'] * 1e3:.2f} ms ({med['overhead_share'] * 100:.1f}%)")
+    print(f"per step outside the UNet: comfyc {med['step_overhead_s'] * 1e6:.0f} us, minimal "
+          f"loop {med['floor_step_s'] * 1e6:.0f} us (warm caches: "
+          f"{med['floor_warm_step_s'] * 1e6:.0f} us); UNet call {med['unet_call_s'] * 1e3:.2f} ms")
+    print(f"SaveImage {med['save_s'] * 1e3:.2f} ms; the floor (minimal loop x 20 + SaveImage) "
+          f"is {med['floor_share'] * 100:.1f}% of comfyc's image")
+    print(f"results: {save(args.name, {'median': med, 'runs': args.runs})}")
+
+
+if __name__ == "__main__":
+    main()
