@@ -16,7 +16,8 @@ Usage (from the repository root; about 1 to 2 minutes per case on 2 busy cores):
 
 ``--paths torch`` skips the artifacts. The table is Markdown, ready for the README.
 ``--set sdxl`` (alone: its checkpoint is another file, 6.9 GB, and the UNet takes about 10 GB
-of memory in float32) runs the SDXL-architecture cases.
+of memory in float32) runs the SDXL-architecture cases; ``--set sd3`` (alone too) the SD3 cases
+on their separate files (1.8 GB).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def measure(sets: list[str], cases: list[str] | None, paths: list[str], work: Pa
         for name, digest in reference.manifest["model_sha256"].items():
             if hashes.setdefault(name, digest) != digest:
                 raise SystemExit("the recording sets were made with different model files")
-    if "sdxl" in sets and sets != ["sdxl"]:
-        raise SystemExit("--set sdxl runs alone (another checkpoint)")
+    for own in ("sdxl", "sd3"):
+        if own in sets and sets != [own]:
+            raise SystemExit(f"--set {own} runs alone (its own model files)")
     say(f"regenerating the model files in {work} ...")
     models = Models(work, hashes, reuse=True, which=sets[0])
     say(f"  written in {models.write_s:.1f} s, hashed in {models.hash_s:.1f} s")
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--set", dest="sets", action="append",
-                        choices=("current", "legacy", "sdxl"),
+                        choices=("current", "legacy", "sdxl", "sd3"),
                         help="recording set (repeatable; default current and legacy)")
     parser.add_argument("--cases", nargs="*", default=None, help="only these case names")
     parser.add_argument("--paths", nargs="*", default=["torch", "artifact"],

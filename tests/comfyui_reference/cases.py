@@ -35,6 +35,11 @@ __all__ = [
     "SAMPLERS",
     "SCHEDULERS",
     "SDXL_CASES",
+    "SD3_CASES",
+    "SD3_CLIP_G",
+    "SD3_CLIP_L",
+    "SD3_UNET",
+    "SD3_VAE",
     "SDXL_CHECKPOINT",
     "SETS",
     "Case",
@@ -47,6 +52,11 @@ LORA = "sd15-ref-lora.safetensors"
 EMBEDDING = "sd15-ref-emb.safetensors"
 #: A checkpoint at SDXL's published architecture (the ``sdxl`` set; about 7 GB in float16).
 SDXL_CHECKPOINT = "sdxl-ref.safetensors"
+#: The ``sd3`` set's separate files (diffusion_models/, text_encoders/, vae/).
+SD3_UNET = "sd3-ref.safetensors"
+SD3_CLIP_L = "sd3-ref-clip_l.safetensors"
+SD3_CLIP_G = "sd3-ref-clip_g.safetensors"
+SD3_VAE = "sd3-ref-vae.safetensors"
 #: A ControlNet at the published SD1.5 ControlNet architecture (``controlnet/``).
 CONTROLNET = "sd15-ref-controlnet.safetensors"
 INPUT_IMAGE = "ref-input.png"
@@ -354,6 +364,49 @@ def _sdxl_cases() -> list[Case]:
     ]
 
 
+def _sd3(name: str, *, sampler: str, scheduler: str, shift: float | None = None,
+         img2img: bool = False) -> dict[str, Any]:
+    """SD3 from separate files (UNETLoader, DualCLIPLoader type sd3, VAELoader), 4 steps, cfg
+    4.5; optionally ModelSamplingSD3 with another shift, or img2img from the input picture."""
+    p: dict[str, Any] = {
+        "1": _node("UNETLoader", unet_name=SD3_UNET, weight_dtype="default"),
+        "10": _node("DualCLIPLoader", clip_name1=SD3_CLIP_L, clip_name2=SD3_CLIP_G, type="sd3"),
+        "11": _node("VAELoader", vae_name=SD3_VAE),
+    }
+    p["2"] = _node("CLIPTextEncode", text=POSITIVE, clip=["10", 0])
+    p["3"] = _node("CLIPTextEncode", text=NEGATIVE, clip=["10", 0])
+    model: list[Any] = ["1", 0]
+    if shift is not None:
+        p["12"] = _node("ModelSamplingSD3", model=model, shift=shift)
+        model = ["12", 0]
+    if img2img:
+        p["13"] = _node("LoadImage", image=INPUT_IMAGE)
+        p["4"] = _node("VAEEncode", pixels=["13", 0], vae=["11", 0])
+        denoise = 0.6
+    else:
+        p["4"] = _node("EmptySD3LatentImage", width=SIZE, height=SIZE, batch_size=1)
+        denoise = 1.0
+    p["5"] = _node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=4.5,
+                   sampler_name=sampler, scheduler=scheduler, positive=["2", 0],
+                   negative=["3", 0], latent_image=["4", 0], denoise=denoise)
+    p["8"] = _node("VAEDecode", samples=["5", 0], vae=["11", 0])
+    p["9"] = _node("SaveImage", images=["8", 0], filename_prefix=name)
+    return p
+
+
+def _sd3_cases() -> list[Case]:
+    return [
+        Case("sd3_euler", _sd3("sd3_euler", sampler="euler", scheduler="simple"), "sd3",
+             "euler", slow=False),
+        Case("sd3_shift_euler_ancestral",
+             _sd3("sd3_shift_euler_ancestral", sampler="euler_ancestral",
+                  scheduler="sgm_uniform", shift=2.0), "sd3", "euler_ancestral", slow=False),
+        Case("sd3_img2img_dpmpp_2m",
+             _sd3("sd3_img2img_dpmpp_2m", sampler="dpmpp_2m", scheduler="beta", img2img=True),
+             "sd3", "dpmpp_2m", slow=False, inputs=(INPUT_IMAGE,)),
+    ]
+
+
 #: Cases recorded with the current ComfyUI (noise mode ``cpu``).
 CASES: tuple[Case, ...] = tuple(_cases())
 #: Cases recorded with ComfyUI before #11528 (noise mode ``cpu-legacy``).
@@ -361,13 +414,16 @@ LEGACY_CASES: tuple[Case, ...] = tuple(_legacy_cases())
 #: SDXL cases (recording set ``sdxl``, current ComfyUI, noise mode ``cpu``; a heavy tier).
 SDXL_CASES: tuple[Case, ...] = tuple(_sdxl_cases())
 #: The cases of each recording set.
+#: SD3 cases (recording set ``sd3``, current ComfyUI, noise mode ``cpu``; separate files).
+SD3_CASES: tuple[Case, ...] = tuple(_sd3_cases())
+#: The cases of each recording set.
 SETS: dict[str, tuple[Case, ...]] = {"current": CASES, "legacy": LEGACY_CASES,
-                                     "sdxl": SDXL_CASES}
+                                     "sdxl": SDXL_CASES, "sd3": SD3_CASES}
 
 
 def case_by_name(name: str) -> Case:
     """The case called ``name`` (any set)."""
-    for case in (*CASES, *LEGACY_CASES, *SDXL_CASES):
+    for case in (*CASES, *LEGACY_CASES, *SDXL_CASES, *SD3_CASES):
         if case.name == name:
             return case
     raise KeyError(name)

@@ -23,6 +23,10 @@
 (``write_checkpoint("sdxl", "full", seed=2201)``, float16, about 6.9 GB; ComfyUI's model
 detection takes it for SDXL only at that architecture).
 
+``write_sd3_models(models_dir)`` writes the ``sd3`` set's separate files (a small MMDiT that
+ComfyUI detects as SD3, the published CLIP-L, CLIP-G and 16-channel VAE; seed 2301, float16,
+about 1.8 GB; see its docstring).
+
 ``record.py`` stores the SHA-256 of each file with the recording, and the tests regenerate them
 and compare the hashes before trusting a comparison.
 """
@@ -47,14 +51,16 @@ from .cases import (
 )
 
 __all__ = ["CHECKPOINT_SEED", "CONTROLNET_SEED", "EMBEDDING_SEED", "LORA_SEED",
-           "SDXL_CHECKPOINT_SEED", "file_sha256", "models_writer", "write_controlnet",
-           "write_embedding", "write_inputs", "write_models", "write_sdxl_models"]
+           "SD3_SEED", "SDXL_CHECKPOINT_SEED", "file_sha256", "models_writer", "write_controlnet",
+           "write_embedding", "write_inputs", "write_models", "write_sd3_models",
+           "write_sdxl_models"]
 
 CHECKPOINT_SEED = 2101
 LORA_SEED = 2102
 EMBEDDING_SEED = 2103
 CONTROLNET_SEED = 2104
 SDXL_CHECKPOINT_SEED = 2201
+SD3_SEED = 2301
 
 
 def file_sha256(path: Path) -> str:
@@ -174,6 +180,43 @@ def write_sdxl_models(models_dir: Path) -> dict[str, Path]:
     return {f"checkpoints/{SDXL_CHECKPOINT}": path}
 
 
+def write_sd3_models(models_dir: Path) -> dict[str, Path]:
+    """Write the ``sd3`` set's separate files (float16, about 1.8 GB; under a minute); returns
+    ComfyUI-relative name -> path.
+
+    * ``diffusion_models/sd3-ref.safetensors``: an MMDiT that ComfyUI's detection takes for
+      SD3 (``image_model: mmdit``; it derives the depth from the width, 64 per block, and
+      counts nothing): 2 joint blocks of width 128 (2 heads of 64), with SD3 medium's patch
+      size, 4096-wide context, 2048-wide pooled vector and 192x192 position table;
+    * ``text_encoders/sd3-ref-clip_l.safetensors`` and ``sd3-ref-clip_g.safetensors``: CLIP-L
+      and OpenCLIP bigG at their published architectures (ComfyUI builds them from fixed
+      configs);
+    * ``vae/sd3-ref-vae.safetensors``: the published 16-channel VAE.
+
+    No T5-XXL (4.7 B parameters): DualCLIPLoader's ``sd3`` type conditions on CLIP-L and
+    CLIP-G alone, padding the context to 4096. The files carry no comfyc metadata, like
+    downloaded ones, so both programs detect everything from the tensors.
+    """
+    import torch
+
+    from comfyc.compiler.models import flow_synthetic as flow
+    from comfyc.compiler.models.synthetic import FAMILIES, write_safetensors_stream
+
+    transformer = {**flow._SD3_MEDIUM, "num_layers": 2, "num_attention_heads": 2,
+                   "caption_projection_dim": 128}
+    spec = flow._sd3_spec(transformer, flow._FLOW_VAE, flow._CLIP_L, flow._CLIP_BIGG,
+                          flow._TINY_T5, "sd3_medium")
+    parts = flow.flow_split_layout(FAMILIES["sd3"].build(spec), spec, SD3_SEED, 0.0, "sd3-ref")
+    written: dict[str, Path] = {}
+    for role, (relative, groups, _) in parts.items():
+        if role == "t5xxl":
+            continue
+        written[relative] = write_safetensors_stream(Path(models_dir) / relative, groups,
+                                                     dtype=torch.float16,
+                                                     metadata={"format": "pt"})
+    return written
+
+
 def models_writer(which: str) -> Callable[[Path], dict[str, Path]]:
     """The function that writes the model files of a recording set."""
-    return write_sdxl_models if which == "sdxl" else write_models
+    return {"sdxl": write_sdxl_models, "sd3": write_sd3_models}.get(which, write_models)

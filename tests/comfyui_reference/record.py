@@ -14,12 +14,16 @@ folder), queues every workflow of :mod:`cases` through ComfyUI's HTTP API (``POS
 
 Sets: ``current`` (:data:`cases.CASES`, ComfyUI at ``COMFYUI_COMMIT``, noise mode ``cpu``),
 ``legacy`` (:data:`cases.LEGACY_CASES`, a ComfyUI from before its pull request #11528 "Fix
-noise with ancestral samplers when inferencing on cpu", noise mode ``cpu-legacy``) and ``sdxl``
+noise with ancestral samplers when inferencing on cpu", noise mode ``cpu-legacy``), ``sdxl``
 (:data:`cases.SDXL_CASES`, current ComfyUI, a seeded SDXL-architecture checkpoint of its own:
-``models.write_sdxl_models``; ComfyUI holds it in float32, about 14 GB of memory)::
+``models.write_sdxl_models``; ComfyUI holds it in float32, about 14 GB of memory) and ``sd3``
+(:data:`cases.SD3_CASES`, current ComfyUI, separate SD3 files of its own:
+``models.write_sd3_models``, 1.8 GB)::
 
     .venv/bin/python -m tests.comfyui_reference.record --comfyui /work/comfyui \\
         --python /work/comfyui-server-venv/bin/python --set sdxl --work /tmp/comfyc-ref-sdxl
+    .venv/bin/python -m tests.comfyui_reference.record --comfyui /work/comfyui \\
+        --python /work/comfyui-server-venv/bin/python --set sd3 --work /tmp/comfyc-ref-sd3
 
 Recorded with::
 
@@ -180,8 +184,9 @@ def record(comfyui: Path, python: str, which: str, work: Path, port: int,
         by_name = {c.name: c for c in cases}
         cases = tuple(by_name[name] for name in only if name in by_name)
     models_dir = work / "models"
-    # NOTE: the legacy set uses the current set's files; the sdxl set has its own.
-    known = RECORDINGS / ("sdxl" if which == "sdxl" else "current") / "manifest.json"
+    # NOTE: the legacy set uses the current set's files; the sdxl and sd3 sets have their own.
+    own = which in ("sdxl", "sd3")
+    known = RECORDINGS / (which if own else "current") / "manifest.json"
     hashes: dict[str, str] = {}
     if reuse_models and known.is_file():
         # NOTE: reuse files an earlier recording wrote when they still hash as recorded.
@@ -193,7 +198,7 @@ def record(comfyui: Path, python: str, which: str, work: Path, port: int,
     if not hashes:
         models = models_writer(which)(models_dir)
         hashes = {name: file_sha256(path) for name, path in models.items()}
-    elif which != "sdxl":  # NOTE: files added to the set since that recording (cheap to write)
+    elif not own:  # NOTE: files added to the set since that recording (cheap to write)
         for path in (write_embedding(models_dir), write_controlnet(models_dir)):
             hashes[path.relative_to(models_dir).as_posix()] = file_sha256(path)
     write_inputs(work / "input")
