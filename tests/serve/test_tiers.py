@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from typing import Any
 
@@ -89,12 +90,16 @@ def test_first_prompt_on_torch_then_the_artifact_same_pictures(server: Server) -
           f" largest pixel difference {worst}/255")
     assert worst <= 2
 
-    # One log line per prompt: id, graph hash, tier, seconds, outcome.
-    log = server.log.read_text()
+    # One log line per prompt: id, graph hash, tier, seconds, outcome. The server writes it
+    # just after it records the prompt's history, so it may land a moment after the client
+    # saw the prompt finish.
     for entry, tier in ((first, "torch"), (second, "artifact")):
         pid = entry["prompt"][1]
-        assert re.search(rf"prompt={pid} graph={graph} tier={tier} seconds=[0-9.]+ "
-                         rf"outcome=success", log), log[-2000:]
+        line = rf"prompt={pid} graph={graph} tier={tier} seconds=[0-9.]+ outcome=success"
+        deadline = time.monotonic() + 15
+        while not re.search(line, log := server.log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert re.search(line, log), log[-2000:]
 
 
 def test_metrics_in_prometheus_text_format(server: Server) -> None:
