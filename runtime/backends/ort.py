@@ -319,6 +319,12 @@ class OrtSession:
         options.inter_op_num_threads = max(1, inter_op_threads or 1)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        # NOTE: without the CPU memory arena, activations go back to the system after each run
+        # instead of staying in an arena that grows by doubling. Measured on the SD1.5-size
+        # UNet at 512x512 (2 threads): peak RSS 6.2 GB instead of 7.8 GB at the same speed
+        # (9.8-10.3 s per call either way), and no slower on the tiny model (4.4-4.6 ms per
+        # call either way). GPU providers keep their own device arenas.
+        options.enable_cpu_mem_arena = False
         # NOTE: the OrtValues only borrow the numpy buffers and SessionOptions only borrows
         # the OrtValues (a temporary here crashes onnxruntime); keep both alive until the
         # session exists. onnxruntime copies the data into the graph, so both can go after.
