@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..serve.cdp import Browser, find_chromium
-from .cases import case_by_name
 from .harness import read_png, read_png_text
+from .png_roundtrip import comfyc_pngs, comfyui_command
 from .record import _request, _wait_for_server
 
 _LOAD = """(async () => {
@@ -105,21 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no Chromium: run `make chromium`", file=sys.stderr)
         return 2
     work = args.work.resolve()
-    ours: dict[str, list[Path]] = {}
-    for name in args.cases:
-        case = case_by_name(name)
-        folder = work / "page" / name
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        (folder / "workflow.json").write_text(json.dumps(case.workflow()))
-        subprocess.run([sys.executable, "-m", "comfyc.cli.main", "run",
-                        str(folder / "workflow.json"), "--models-dir", str(work / "models"),
-                        "--input-dir", str(work / "input"), "-o", str(folder), "-q",
-                        "--noise-mode", case.noise_mode], check=True)
-        ours[name] = sorted(folder.glob(f"{name}_*.png"))
-    command = [args.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
-               str(args.port), "--base-directory", str(work), "--disable-all-custom-nodes",
-               "--preview-method", "none"]
+    ours = comfyc_pngs(work, args.cases, "page")
+    command = comfyui_command(args.python, args.port, work)
     base = f"http://127.0.0.1:{args.port}"
     failures = 0
     with open(work / "page_roundtrip.log", "wb") as log, \

@@ -27,6 +27,31 @@ from .harness import read_png, read_png_text
 from .record import _request, _wait_for_server
 
 
+def comfyc_pngs(work: Path, names: list[str], folder_name: str) -> dict[str, list[Path]]:
+    """``comfyc run`` (torch path) of each named case on ``work``'s models and inputs; its PNGs
+    by case, written under ``work/<folder_name>/<case>``."""
+    ours: dict[str, list[Path]] = {}
+    for name in names:
+        case = case_by_name(name)
+        folder = work / folder_name / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        (folder / "workflow.json").write_text(json.dumps(case.workflow()))
+        subprocess.run([sys.executable, "-m", "comfyc.cli.main", "run",
+                        str(folder / "workflow.json"), "--models-dir", str(work / "models"),
+                        "--input-dir", str(work / "input"), "-o", str(folder), "-q",
+                        "--noise-mode", case.noise_mode], check=True)
+        ours[name] = sorted(folder.glob(f"{name}_*.png"))
+    return ours
+
+
+def comfyui_command(python: str, port: int, work: Path) -> list[str]:
+    """ComfyUI's server from source on the CPU, on loopback, with ``work`` as its base folder."""
+    return [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+            "--base-directory", str(work), "--disable-all-custom-nodes", "--preview-method",
+            "none"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--comfyui", type=Path, required=True)
@@ -36,21 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("cases", nargs="+")
     args = parser.parse_args(argv)
     work = args.work.resolve()
-    ours: dict[str, list[Path]] = {}
-    for name in args.cases:
-        case = case_by_name(name)
-        folder = work / "roundtrip" / name
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        (folder / "workflow.json").write_text(json.dumps(case.workflow()))
-        subprocess.run([sys.executable, "-m", "comfyc.cli.main", "run",
-                        str(folder / "workflow.json"), "--models-dir", str(work / "models"),
-                        "--input-dir", str(work / "input"), "-o", str(folder), "-q",
-                        "--noise-mode", case.noise_mode], check=True)
-        ours[name] = sorted(folder.glob(f"{name}_*.png"))
-    command = [args.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
-               str(args.port), "--base-directory", str(work), "--disable-all-custom-nodes",
-               "--preview-method", "none"]
+    ours = comfyc_pngs(work, args.cases, "roundtrip")
+    command = comfyui_command(args.python, args.port, work)
     base = f"http://127.0.0.1:{args.port}"
     worst = 0.0
     with open(work / "roundtrip.log", "wb") as log:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,23 +102,26 @@ def _reference_of(case: Case) -> Reference:
     return Reference("legacy" if case.noise_mode == "cpu-legacy" else "current")
 
 
-def _check(runner: Runner, cases: list[Case], artifact_cases: list[Case]) -> list[str]:
-    """Run cases on the torch path and ``artifact_cases`` through artifacts too; returns one
-    line per failure."""
+def _check(runner: Runner, cases: list[Case], artifact_cases: list[Case],
+           reference_of: Callable[[Case], Reference] = _reference_of) -> list[str]:
+    """Run cases on the torch path and ``artifact_cases`` through artifacts too (either may be
+    empty); returns one line per failure. ``reference_of`` gives each case's recording set."""
     failures = []
-    for case in cases:
-        _reference_of(case).check_workflow(case)
-    got = runner.run_cases(cases, ("torch",))
-    got.update(runner.run_cases(artifact_cases, ("artifact",)))
+    by_name = {c.name: c for c in (*cases, *artifact_cases)}
+    for case in by_name.values():
+        reference_of(case).check_workflow(case)
+    got = runner.run_cases(cases, ("torch",)) if cases else {}
+    if artifact_cases:
+        got.update(runner.run_cases(artifact_cases, ("artifact",)))
     for (name, path), images in got.items():
-        case = next(c for c in cases if c.name == name)
-        diff: Diff = compare(images, _reference_of(case).images(case))
+        case = by_name[name]
+        diff: Diff = compare(images, reference_of(case).images(case))
         print(f"{name} ({path}): {diff}")
         if diff.max > bound_for(case) or diff.mean > mean_bound_for(case):
             failures.append(f"{name} ({path}): {diff} > max {bound_for(case):.0f}, "
                             f"mean {mean_bound_for(case)}")
     for case in cases:
-        failures += _provenance(runner.png_text[case.name], _reference_of(case), case)
+        failures += _provenance(runner.png_text[case.name], reference_of(case), case)
     print("timings:", {k: round(v, 1) for k, v in runner.timings.items()})
     return failures
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from .harness import RECORDINGS, Models, Reference, Runner, compare
-from .test_reference import _provenance, bound_for, mean_bound_for
+from .harness import RECORDINGS, Models, Reference, Runner
+from .test_reference import _check
 
 HAVE_RECORDINGS = (RECORDINGS / "sd3" / "manifest.json").is_file()
 pytestmark = pytest.mark.skipif(not HAVE_RECORDINGS,
@@ -50,19 +50,5 @@ def test_sd3_matches_comfyui(runner: Runner) -> None:
     reference = Reference("sd3")
     cases = list(reference.cases)
     assert len(cases) == 3, "the sd3 recording lacks cases"
-    for case in cases:
-        reference.check_workflow(case)
-    got = runner.run_cases(cases, ("torch",))
-    got.update(runner.run_cases(cases, ("artifact",)))
-    failures = []
-    for (name, path), images in got.items():
-        case = next(c for c in cases if c.name == name)
-        diff = compare(images, reference.images(case))
-        print(f"{name} ({path}): {diff}")
-        if diff.max > bound_for(case) or diff.mean > mean_bound_for(case):
-            failures.append(f"{name} ({path}): {diff} > max {bound_for(case):.0f}, "
-                            f"mean {mean_bound_for(case)}")
-    for case in cases:
-        failures += _provenance(runner.png_text[case.name], reference, case)
-    print("timings:", {k: round(v, 1) for k, v in runner.timings.items()})
+    failures = _check(runner, cases, cases, reference_of=lambda case: reference)
     assert not failures, "differences from ComfyUI:\n" + "\n".join(failures)

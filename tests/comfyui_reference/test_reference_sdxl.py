@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from .harness import RECORDINGS, Models, Reference, Runner, compare
-from .test_reference import _provenance, bound_for, mean_bound_for
+from .harness import RECORDINGS, Models, Reference, Runner
+from .test_reference import _check
 
 HAVE_RECORDINGS = (RECORDINGS / "sdxl" / "manifest.json").is_file()
 pytestmark = [
@@ -58,33 +58,20 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _check(runner: Runner, path: str) -> None:
+def _check_path(runner: Runner, path: str) -> None:
     reference = Reference("sdxl")
     cases = list(reference.cases)
     assert cases, "no sdxl case is recorded"
-    for case in cases:
-        reference.check_workflow(case)
-    got = runner.run_cases(cases, (path,))
-    failures = []
-    for (name, _), images in got.items():
-        case = next(c for c in cases if c.name == name)
-        diff = compare(images, reference.images(case))
-        print(f"{name} ({path}): {diff}")
-        if diff.max > bound_for(case) or diff.mean > mean_bound_for(case):
-            failures.append(f"{name} ({path}): {diff} > max {bound_for(case):.0f}, "
-                            f"mean {mean_bound_for(case)}")
-    if path == "torch":
-        for case in cases:
-            failures += _provenance(runner.png_text[case.name], reference, case)
-    print("timings:", {k: round(v, 1) for k, v in runner.timings.items()})
+    failures = _check(runner, cases if path == "torch" else [],
+                      cases if path == "artifact" else [], reference_of=lambda case: reference)
     assert not failures, "differences from ComfyUI:\n" + "\n".join(failures)
 
 
 def test_sdxl_torch_path_matches_comfyui(runner: Runner) -> None:
     """Every recorded SDXL case matches ComfyUI's PNGs on the torch path."""
-    _check(runner, "torch")
+    _check_path(runner, "torch")
 
 
 def test_sdxl_artifact_matches_comfyui(runner: Runner) -> None:
     """Every recorded SDXL case matches ComfyUI's PNGs from one compiled artifact."""
-    _check(runner, "artifact")
+    _check_path(runner, "artifact")
