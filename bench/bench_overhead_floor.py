@@ -6,7 +6,12 @@ cold caches. This benchmark measures, side by side in one run on the same compil
 (64x64, Euler/normal, 20 steps, cfg 5, the tiny digits checkpoint):
 
 * ``comfyc``: the artifact's run: per-image total, time inside stage calls, the rest
-  (the runtime's overhead), and its per-step part (KSampler's time outside the UNet / steps);
+  (the runtime's overhead), and its per-step part (KSampler's time outside the UNet / steps,
+  which includes KSampler's fixed work: the seed's noise, the schedule, the conditioning);
+  the UNet's sampler-step graph does each step's CFG mix and Euler update inside the
+  onnxruntime call (``compiler/lowering/step_graph.py``);
+* ``numpy_steps``: the same artifact loaded with ``step_graph=False``: the same bits, with
+  the input scaling, CFG mix and Euler update in numpy between the UNet calls;
 * ``floor``: the least Python a CFG Euler loop can do around the same onnxruntime session
   (one input buffer, one ``session.run``, the scale, the x0, the CFG mix and the Euler update:
   eight numpy calls a step), timed outside ``session.run`` the same way;
@@ -20,6 +25,7 @@ cold caches. This benchmark measures, side by side in one run on the same compil
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -77,6 +83,8 @@ def main() -> None:
     compile_graph(parse_dsl(text, "bench.cfy", default_catalog()), artifact, CompileOptions())
     program = load(artifact)
     program.run({"seed": 42}, save=False)
+    numpy_steps = load(artifact, step_graph=False)
+    numpy_steps.run({"seed": 42}, save=False)
 
     def unets(value):  # type: ignore[no-untyped-def]
         if getattr(value, "kind", None) == "unet":
@@ -86,7 +94,8 @@ def main() -> None:
         return []
 
     (unet,) = [u for v in program.stages.values() for u in unets(v)]
-    session = unet.session.session
+    (plain,) = [u for v in numpy_steps.stages.values() for u in unets(v)]
+    session = plain.session.session
     inputs = {i.name: i for i in session.get_inputs()}
     tokens = 77
     width = inputs["encoder_hidden_states"].shape[2]
@@ -96,13 +105,20 @@ def main() -> None:
 
     rows: dict[str, list[float]] = {k: [] for k in (
         "total_s", "stage_s", "overhead_s", "step_overhead_s", "save_s", "floor_step_s",
-        "floor_warm_step_s", "unet_call_s")}
+        "floor_warm_step_s", "unet_call_s", "numpy_steps_total_s", "numpy_steps_overhead_s",
+        "numpy_steps_step_overhead_s")}
     out = work / "out"
     for _ in range(3):
         program.run({"seed": 42}, output_dir=out)
+        numpy_steps.run({"seed": 42}, output_dir=out)
         _floor_loop(session, context, sigmas, cfg, warm=False)
     for _ in range(args.runs):
-        # NOTE: interleaved, so that both see the same machine state.
+        # NOTE: interleaved, so that all see the same machine state.
+        t = numpy_steps.run({"seed": 42}, output_dir=out).timings
+        rows["numpy_steps_total_s"].append(t["total_s"])
+        rows["numpy_steps_overhead_s"].append(t["overhead_s"])
+        rows["numpy_steps_step_overhead_s"].append(
+            (t["ops"]["KSampler"] - t["stages"][plain.name]["total_s"]) / 20)
         t = program.run({"seed": 42}, output_dir=out).timings
         unet_s = t["stages"][unet.name]["total_s"]
         rows["total_s"].append(t["total_s"])
@@ -116,13 +132,21 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rows.items()}
     med["overhead_share"] = med["overhead_s"] / med["total_s"]
     med["floor_share"] = (20 * med["floor_step_s"] + med["save_s"]) / med["total_s"]
+    med["numpy_steps_overhead_share"] = (med["numpy_steps_overhead_s"]
+                                         / med["numpy_steps_total_s"])
     print(f"per image {med['total_s'] * 1e3:.1f} ms, in stages {med['stage_s'] * 1e3:.1f} ms, "
           f"overhead {med['overhead_s'] * 1e3:.2f} ms ({med['overhead_share'] * 100:.1f}%)")
+    print(f"with numpy steps (step_graph=False): per image "
+          f"{med['numpy_steps_total_s'] * 1e3:.1f} ms, overhead "
+          f"{med['numpy_steps_overhead_s'] * 1e3:.2f} ms "
+          f"({med['numpy_steps_overhead_share'] * 100:.1f}%), "
+          f"{med['numpy_steps_step_overhead_s'] * 1e6:.0f} us per step outside the UNet")
     print(f"per step outside the UNet: comfyc {med['step_overhead_s'] * 1e6:.0f} us, minimal "
           f"loop {med['floor_step_s'] * 1e6:.0f} us (warm caches: "
           f"{med['floor_warm_step_s'] * 1e6:.0f} us); UNet call {med['unet_call_s'] * 1e3:.2f} ms")
     print(f"SaveImage {med['save_s'] * 1e3:.2f} ms; the floor (minimal loop x 20 + SaveImage) "
           f"is {med['floor_share'] * 100:.1f}% of comfyc's image")
+    print(f"load average {os.getloadavg()[0]:.2f}")
     print(f"results: {save(args.name, {'median': med, 'runs': args.runs})}")
 
 

@@ -383,8 +383,19 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
         if kind == "unet" and info.get("step_cache"):
             return _step_cache_stage(root, name, entry, info, lambda path: ort.OrtSession(
                 path, providers=providers, **ort_options))
-        return classes[kind](name, root / _stage_file(entry, backend, precision),
-                             providers=providers, info=info, **ort_options)
+        file = _stage_file(entry, backend, precision)
+        step = entry.variants.get("step")
+        if (kind == "unet" and step and file == str(entry.file) and not overrides
+                and options.get("step_graph", True)):
+            from .backends.step_graph import StepGraphUNet
+
+            def plain() -> Stage:
+                return ort.OrtUNet(name, root / file, providers=providers, info=info,
+                                   **ort_options)
+
+            return StepGraphUNet(name, ort.OrtSession(root / step, providers=providers,
+                                                      **ort_options), plain, info=info)
+        return classes[kind](name, root / file, providers=providers, info=info, **ort_options)
     if backend.startswith("ov-"):
         if overrides:
             raise BackendError(f"stage {name} has runtime-mode LoRAs, which ov-cpu cannot "
@@ -499,7 +510,9 @@ def load(path: str | Path, backend: str | Mapping[str, str] | None = None, *,
         **stage_options: onnxruntime tuning passed to every ONNX stage:
             ``intra_op_threads``, ``inter_op_threads``, ``optimization_level``
             (disable/basic/extended/all), ``io_binding`` (None: on for CUDA),
-            ``precision`` (fp16/fp32 variant), ``log_severity_level``.
+            ``precision`` (fp16/fp32 variant), ``log_severity_level``; and
+            ``step_graph=False`` to run a UNet's sampling steps without its sampler-step
+            graph (:mod:`comfyc.runtime.backends.step_graph`), which gives the same bits.
 
     Raises:
         ArtifactError: The artifact is damaged or incompatible.

@@ -633,6 +633,31 @@ class CFGDenoiser:
             preds.append(o)
         return preds[0], (preds[1] if rows > 1 else None)
 
+    def stepper(self, x: np.ndarray) -> _Stepper | None:
+        """Whole sampling steps in one UNet-stage call, or None where that does not apply.
+
+        It applies when the UNet stage has a sampler-step graph for this model sampling's
+        prediction (:class:`~comfyc.runtime.backends.step_graph.StepGraphUNet`) and the run is
+        the common case of :meth:`_fast_batch` with both CFG rows at strength 1 (cfg not 1).
+        The step graph computes what :meth:`_run_fast`, the CFG mix and the sampler's numpy
+        update compute, operation for operation, so the bits are the same.
+
+        Args:
+            x: A latent of the run's shape.
+        """
+        serves = getattr(self.unet, "serves", None)
+        ms = self.model_sampling
+        if (serves is None or math.isclose(self.cfg, 1.0)
+                or not serves(getattr(ms, "prediction", "eps"))):
+            return None
+        fast = self._fast_batch(np.asarray(x, dtype=np.float32), True)
+        if fast is None:
+            return None
+        _, context, extras, strengths = fast
+        if len(strengths) != 2 or any(m != np.float32(1.0) for m in strengths):
+            return None
+        return _Stepper(self, context, extras)
+
     def denoise_with_uncond(self, x: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
         """The CFG x0 and the negative prompt's own x0, for the CFG++ samplers.
 
@@ -650,6 +675,87 @@ class CFGDenoiser:
         sides = [self.positive, self.negative]
         cond_pred, uncond_pred = self._calc_cond_batch(sides, x, float(sigma))
         return uncond_pred + (cond_pred - uncond_pred) * np.float32(self.cfg), uncond_pred
+
+
+class _Stepper:
+    """Sampling loops through a UNet stage's step graph (see :meth:`CFGDenoiser.stepper`).
+
+    Each loop returns the final latent after calling ``report(i, denoised, x)`` per step, as
+    the numpy samplers do, with the same float32 bits. The per-step inputs are built before
+    the loop, so that between two graph calls the runtime does little more than one dict
+    update.
+    """
+
+    __slots__ = ("_context", "_denoiser", "_extras")
+
+    def __init__(self, denoiser: CFGDenoiser, context: np.ndarray,
+                 extras: Mapping[str, np.ndarray]) -> None:
+        self._denoiser = denoiser
+        self._context = context
+        self._extras = extras
+
+    def _coefs(self, sigmas: Sequence[float], columns: Mapping[int, np.ndarray]
+               ) -> np.ndarray:
+        """``step_coefs`` per step ``[n, 10]`` (float32): the scalars as calculate_input,
+        calculate_denoised and the samplers form them, with ``columns`` filled in."""
+        d = self._denoiser
+        one = np.float32(1.0)
+        s = np.asarray(sigmas[:-1], dtype=np.float32)
+        v_denom = s * s + one
+        coefs = np.zeros((len(s), 10), dtype=np.float32)
+        coefs[:, 0] = one if d.model_sampling.is_const else np.sqrt(v_denom)
+        coefs[:, 1] = s
+        coefs[:, 2] = np.float32(d.cfg)
+        coefs[:, 8] = v_denom
+        coefs[:, 9] = np.sqrt(v_denom)
+        for column, values in columns.items():
+            coefs[:, column] = values
+        return coefs
+
+    def _loop(self, x: np.ndarray, sigmas: Sequence[float], coefs: np.ndarray,
+              report: Callable[[int, np.ndarray, np.ndarray], None],
+              pick: Callable[[int], int]) -> np.ndarray:
+        d = self._denoiser
+        ms = d.model_sampling
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        rows = 2 * x.shape[0]
+        # NOTE: timestep() on the float32 sigmas as an array computes what it computes for
+        # each of them alone (one code path); row i is step i's ``[2b]`` input.
+        steps = np.asarray(ms.timestep(np.asarray(sigmas[:-1], dtype=np.float32)),
+                           dtype=np.float32).reshape(-1, 1)
+        timesteps = np.repeat(steps, rows, axis=1)
+        feeds = {"step_x": x, "step_old": x, "encoder_hidden_states": self._context,
+                 **self._extras}
+        step = d.unet.step
+        for i in range(len(timesteps)):
+            feeds["step_coefs"] = coefs[i]
+            feeds["timestep"] = timesteps[i]
+            out = step(feeds, i > 0)
+            report(i, out[0], x)
+            x = out[pick(i)]
+            feeds["step_x"] = x
+            feeds["step_old"] = out[0]
+        d.unet_calls += len(timesteps)
+        d.unet_rows += rows * len(timesteps)
+        return x
+
+    def euler(self, x: np.ndarray, sigmas: Sequence[float],
+              report: Callable[[int, np.ndarray, np.ndarray], None]) -> np.ndarray:
+        """Euler steps over ``sigmas`` (``x + ((x - x0) / sigma) * (sigma_next - sigma)``)."""
+        dt = np.diff(np.asarray(sigmas, dtype=np.float64)).astype(np.float32)
+        return self._loop(x, sigmas, self._coefs(sigmas, {3: dt}), report, lambda i: 1)
+
+    def dpmpp_2m(self, x: np.ndarray, sigmas: Sequence[float], ratio: Sequence[float],
+                 coeff: Sequence[float], a: Sequence[float], b: Sequence[float],
+                 first: Sequence[bool], report: Callable[[int, np.ndarray, np.ndarray], None]
+                 ) -> np.ndarray:
+        """DPM-Solver++(2M) steps with the per-step weights the sampler computed: step ``i``
+        is first-order where ``first[i]``, else second-order on the previous x0."""
+        coefs = self._coefs(sigmas, {4: np.asarray(ratio, dtype=np.float32),
+                                     5: np.asarray(coeff, dtype=np.float32),
+                                     6: np.asarray(a, dtype=np.float32),
+                                     7: np.asarray(b, dtype=np.float32)})
+        return self._loop(x, sigmas, coefs, report, lambda i: 2 if first[i] else 3)
 
 
 def _controls_to_uncond(positive: Sequence[Any], negative: Sequence[Any]) -> list[Any]:

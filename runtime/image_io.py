@@ -18,6 +18,7 @@ folders too, so no saved name ever holds a backslash) and the server-side substi
 ``%width%``, ``%height%``, ``%year%``, ``%month%``, ``%day%``, ``%hour%``, ``%minute%``,
 ``%second%`` and ``%batch_num%``. The workflow is stored in tEXt chunks: ``prompt`` =
 ``json.dumps(prompt)`` and one chunk per key of ``extra_pnginfo`` (normally ``workflow``).
+The bytes are those of ComfyUI's ``PIL.Image.save(..., compress_level=4)``.
 
 No output is ever overwritten, also when several runs (threads, ``comfyc run`` processes,
 server workers, Ray replicas on one disk) save into one folder at once: a save holds an
@@ -31,10 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
+import itertools
 import json
 import os
 import random
-import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
@@ -456,21 +459,34 @@ def save_image_path(
 
 
 
-def _to_pil(picture: np.ndarray) -> Image.Image:
-    """``uint8(clip(255 * x))`` of one ``[H,W,C]`` picture as a Pillow image."""
+def _to_pixels(picture: np.ndarray) -> np.ndarray:
+    """``uint8(clip(255 * x))`` of one ``[H,W,C]`` picture (C = 1, 2, 3 or 4)."""
     # NOTE: nodes.SaveImage: np.clip(255. * image, 0, 255).astype(np.uint8) truncates. NaN (which
     # numpy casts to an unspecified value) is written as 0.
-    scaled = np.nan_to_num(np.float32(255.0) * picture, nan=0.0)
-    pixels = np.clip(scaled, 0, 255).astype(np.uint8)
-    if pixels.shape[-1] == 1:
-        pixels = pixels[:, :, 0]
-    elif pixels.shape[-1] not in (2, 3, 4):
+    if picture.shape[-1] not in (1, 2, 3, 4):
         raise ImageIOError(
-            f"cannot save a picture with {pixels.shape[-1]} channels; expected 1, 3 (RGB) or 4 "
+            f"cannot save a picture with {picture.shape[-1]} channels; expected 1, 3 (RGB) or 4 "
             "(RGBA)",
             "",
         )
-    return Image.fromarray(pixels)
+    scaled = np.multiply(picture, np.float32(255.0), dtype=np.float32)
+    np.clip(scaled, 0, 255, out=scaled)  # NaN stays NaN here, then becomes 0
+    return np.nan_to_num(scaled, copy=False, nan=0.0).astype(np.uint8)
+
+
+def _png_bytes(pixels: np.ndarray, texts: list[tuple[str, str]], compress_level: int
+               ) -> bytes:
+    """The PNG file of ComfyUI's ``PIL.Image.save(pnginfo=texts, compress_level=...)``."""
+    info = PngInfo()
+    for key, text in texts:
+        info.add_text(key, text)
+    buffer = io.BytesIO()
+    picture = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    try:
+        picture.save(buffer, format="PNG", pnginfo=info, compress_level=compress_level)
+    except (ValueError, OSError) as exc:
+        raise ImageIOError(f"cannot save the picture as PNG: {exc}", "") from None
+    return buffer.getvalue()
 
 
 def png_metadata(prompt: Any, extra_pnginfo: Mapping[str, Any] | None) -> PngInfo:
@@ -480,14 +496,22 @@ def png_metadata(prompt: Any, extra_pnginfo: Mapping[str, Any] | None) -> PngInf
 
 
 def _metadata(prompt: Any, extra_pnginfo: Mapping[str, Any] | None) -> PngInfo:
-    """The tEXt chunks ComfyUI writes: ``prompt`` and one per ``extra_pnginfo`` key."""
+    """:func:`_texts` as Pillow's ``pnginfo``."""
     info = PngInfo()
+    for key, text in _texts(prompt, extra_pnginfo):
+        info.add_text(key, text)
+    return info
+
+
+def _texts(prompt: Any, extra_pnginfo: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """The tEXt chunks ComfyUI writes: ``prompt`` and one per ``extra_pnginfo`` key."""
+    texts = []
     if prompt is not None:
-        info.add_text("prompt", json.dumps(prompt))
+        texts.append(("prompt", json.dumps(prompt)))
     if extra_pnginfo is not None:
         for key in extra_pnginfo:
-            info.add_text(key, json.dumps(extra_pnginfo[key]))
-    return info
+            texts.append((str(key), json.dumps(extra_pnginfo[key])))
+    return texts
 
 
 @contextlib.contextmanager
@@ -541,22 +565,40 @@ def _publish(tmp: str, path: Path) -> bool:
     return True
 
 
-def _write_new(picture: Image.Image, folder: Path, name: Callable[[int], str], counter: int,
-               info: PngInfo, compress_level: int) -> tuple[str, int]:
-    """Writes a PNG under ``name(counter)``, or the next free counter; returns (name, counter).
+_TEMPORARIES = itertools.count()
 
-    The PNG is written to a temporary file in the folder first, so no half-written file ever
+
+def _temporary(folder: Path) -> tuple[int, str]:
+    """A new hidden file in ``folder`` for a picture being written: ``(fd, path)``.
+
+    Made with ``O_EXCL`` under a name unique to this process and call (``mkstemp``'s random
+    names and its 0600 mode, which needed a ``chmod`` after, cost a tenth of a small picture's
+    save), with the mode any file gets (0666 less the umask), like ComfyUI's saves.
+    """
+    while True:
+        path = os.path.join(folder, f".comfyc-{os.getpid()}-{threading.get_ident()}-"
+                                    f"{next(_TEMPORARIES)}.png.tmp")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:  # a stale temporary of an earlier process with our pid
+            continue
+
+
+def _write_new(data: bytes, folder: Path, name: Callable[[int], str], counter: int
+               ) -> tuple[str, int]:
+    """Writes the file ``data`` under ``name(counter)``, or the next free counter; returns
+    (name, counter).
+
+    The file is written to a temporary file in the folder first, so no half-written file ever
     appears under a final name.
     """
-    fd, tmp = tempfile.mkstemp(prefix=".comfyc-", suffix=".png.tmp", dir=folder)
+    fd, tmp = _temporary(folder)
     try:
         with os.fdopen(fd, "wb") as handle:
-            picture.save(handle, format="PNG", pnginfo=info, compress_level=compress_level)
+            handle.write(data)
         # NOTE: no fsync: the link already guarantees that no half-written file ever appears
         # under the final name, and an fsync per image costs more than a tiny model's whole
         # sampling step on some disks (ComfyUI does not fsync either).
-        # NOTE: mkstemp creates 0600 files; saved pictures should be readable like any other.
-        os.chmod(tmp, 0o644)
         while not _publish(tmp, folder / name(counter)):
             counter += 1
         return name(counter), counter
@@ -578,7 +620,7 @@ def _save(
     batch = as_image(images, "images")
     if batch.shape[0] == 0:
         return []
-    info = _metadata(prompt, extra_pnginfo)
+    texts = _texts(prompt, extra_pnginfo)
     root = Path(base_dir).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     results: list[SaveResult] = []
@@ -588,9 +630,9 @@ def _save(
             filename_prefix, root, batch.shape[2], batch.shape[1])
         for batch_number, picture in enumerate(batch):
             stem = filename.replace("%batch_num%", str(batch_number))
-            file, counter = _write_new(_to_pil(picture), folder,
-                                       lambda c, stem=stem: f"{stem}_{c:05}_.png", counter,
-                                       info, compress_level)
+            data = _png_bytes(_to_pixels(picture), texts, compress_level)
+            file, counter = _write_new(data, folder,
+                                       lambda c, stem=stem: f"{stem}_{c:05}_.png", counter)
             results.append({"filename": file, "subfolder": subfolder, "type": kind})
             counter += 1
     return results

@@ -145,18 +145,22 @@ class ModelSampling:
 
     Attributes:
         prediction: One of :data:`PREDICTIONS`.
+        memo: Results derived from it alone (schedules), by key.
         sigmas: float32 ascending sigma table.
         sigma_min: ``sigmas[0]`` as a Python float.
         sigma_max: ``sigmas[-1]`` as a Python float.
     """
 
-    __slots__ = ("prediction", "sigma_max", "sigma_min", "sigmas")
+    __slots__ = ("memo", "prediction", "sigma_max", "sigma_min", "sigmas")
 
     def __init__(self, prediction: str, sigmas: np.ndarray) -> None:
         if prediction not in PREDICTIONS:
             raise ModelSamplingError(
                 f"unknown prediction {prediction!r}; expected one of {', '.join(PREDICTIONS)}"
             )
+        #: Results derived from this model sampling alone, by key (the schedulers' sigmas:
+        #: ``calculate_sigmas``); a model sampling does not change once made.
+        self.memo: dict[tuple[object, ...], np.ndarray] = {}
         self.prediction = prediction
         self.sigmas = np.asarray(sigmas, dtype=_F32)
         self.sigma_min = float(self.sigmas[0])

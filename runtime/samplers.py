@@ -279,7 +279,8 @@ def _lerp(start: Any, end: Any, weight: float) -> Any:
 class _Run:
     """Per-call state shared by the sampler functions: model, callback, seed, noise streams."""
 
-    __slots__ = ("callback", "model", "model_uncond", "ms", "noise_mode", "seed", "total")
+    __slots__ = ("callback", "model", "model_uncond", "ms", "noise_mode", "seed", "stepper",
+                 "total")
 
     def __init__(
         self,
@@ -290,6 +291,7 @@ class _Run:
         total: int,
         ms: ModelSampling,
         noise_mode: str = DEFAULT_NOISE_MODE,
+        stepper: Callable[[np.ndarray], Any] | None = None,
     ) -> None:
         self.model = model
         self.model_uncond = model_uncond
@@ -298,6 +300,12 @@ class _Run:
         self.total = total
         self.ms = ms
         self.noise_mode = noise_mode
+        self.stepper = stepper
+
+    def fused(self, x: np.ndarray) -> Any:
+        """The denoiser's whole-step path for a latent like ``x`` (``CFGDenoiser.stepper``:
+        the UNet stage's sampler-step graph), or None: step with :attr:`model` and numpy."""
+        return None if self.stepper is None else self.stepper(x)
 
     def report(self, step: int, denoised: np.ndarray, x: np.ndarray) -> None:
         if self.callback is not None:
@@ -328,6 +336,9 @@ class _Run:
 
 def _euler(run: _Run, x: np.ndarray, s: list[float]) -> np.ndarray:
     """Euler steps (Karras et al. 2022, algorithm 2 without churn)."""
+    fused = run.fused(x)
+    if fused is not None:  # The same arithmetic in the UNet stage's step graph.
+        return fused.euler(x, s, run.report)
     for i in range(len(s) - 1):
         denoised = run.model(x, s[i])
         d = _to_d(x, s[i], denoised)
@@ -865,23 +876,29 @@ def _dpmpp_sde(
 
 def _dpmpp_2m(run: _Run, x: np.ndarray, s: list[float]) -> np.ndarray:
     """DPM-Solver++(2M) (multistep, data prediction, ``t = -log sigma``)."""
-    old_denoised: np.ndarray | None = None
-    for i in range(len(s) - 1):
-        denoised = run.model(x, s[i])
-        run.report(i, denoised, x)
+    steps = len(s) - 1
+    ratio, coeff, a, b, first = [], [], [], [], []
+    for i in range(steps):
         t, t_next = _neg_log(s[i]), _neg_log(s[i + 1])
         h = math.inf if t_next == math.inf else _f32(t_next - t)
-        ratio = np.float32(_f32(_exp_neg(t_next) / _exp_neg(t)))
-        coeff = np.float32(_expm1(-h))
-        if old_denoised is None or s[i + 1] == 0:
-            x = ratio * x - coeff * denoised
+        ratio.append(np.float32(_f32(_exp_neg(t_next) / _exp_neg(t))))
+        coeff.append(np.float32(_expm1(-h)))
+        first.append(i == 0 or s[i + 1] == 0)
+        r = 0.0 if first[i] else _f32(_f32(t - _neg_log(s[i - 1])) / h)
+        a.append(0.0 if first[i] else _f32(1.0 + _f32(1.0 / _f32(2.0 * r))))
+        b.append(0.0 if first[i] else _f32(1.0 / _f32(2.0 * r)))
+    fused = run.fused(x)
+    if fused is not None:  # The same arithmetic in the UNet stage's step graph.
+        return fused.dpmpp_2m(x, s, ratio, coeff, a, b, first, run.report)
+    old_denoised: np.ndarray | None = None
+    for i in range(steps):
+        denoised = run.model(x, s[i])
+        run.report(i, denoised, x)
+        if first[i]:
+            x = ratio[i] * x - coeff[i] * denoised
         else:
-            h_last = _f32(t - _neg_log(s[i - 1]))
-            r = _f32(h_last / h)
-            a = _f32(1.0 + _f32(1.0 / _f32(2.0 * r)))
-            b = _f32(1.0 / _f32(2.0 * r))
-            denoised_d = np.float32(a) * denoised - np.float32(b) * old_denoised
-            x = ratio * x - coeff * denoised_d
+            denoised_d = np.float32(a[i]) * denoised - np.float32(b[i]) * old_denoised
+            x = ratio[i] * x - coeff[i] * denoised_d
         old_denoised = denoised
     return x
 
@@ -2363,7 +2380,10 @@ def sample(
         return out, uncond
 
     x = ms.noise_scaling(sig[0], noise, latent, ms.is_max_denoise(sig))
-    run = _Run(model, model_uncond, callback, int(seed), len(sig) - 1, ms, noise_mode)
+    # NOTE: whole steps in the UNet stage's graph where the denoiser offers them; the noise
+    # mask's blending happens around each model call, so masked runs step in numpy.
+    stepper = getattr(denoiser, "stepper", None) if mask is None else None
+    run = _Run(model, model_uncond, callback, int(seed), len(sig) - 1, ms, noise_mode, stepper)
     fn, fixed = _SAMPLERS[spec.name]
     # NOTE: torch computes inf/nan silently where ComfyUI's formulas divide by zero on paths
     # whose result is unused or finite in the end (deis's coefficients for the last step, a

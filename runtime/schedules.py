@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -555,6 +555,19 @@ def calculate_sigmas(scheduler: str, steps: int, schedule: SigmaSource = None) -
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ScheduleError(f"steps must be an integer >= 1, got {steps!r}")
     steps = int(steps)
+    # NOTE: a model sampling's schedules depend on nothing else: computed once per model
+    # sampling (hundreds of microseconds, paid again on every image otherwise).
+    memo = getattr(s, "memo", None)
+    if memo is None:
+        return _calculate(scheduler, steps, s)
+    key = ("sigmas", scheduler, steps)
+    if key not in memo:
+        memo[key] = _calculate(scheduler, steps, s)
+    return memo[key].copy()
+
+
+def _calculate(scheduler: str, steps: int, s: Any) -> np.ndarray:
+    """:func:`calculate_sigmas` without its checks and memo."""
     if scheduler == "simple":
         return _simple(s, steps)
     if scheduler == "sgm_uniform":

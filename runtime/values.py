@@ -12,6 +12,7 @@ model-sampling facts.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,25 @@ def model_sampling_from_json(spec: Mapping[str, Any] | str | None) -> Any:
             ``{"kind": "aura_flow", "shift"}``, or the older plain prediction type string
             (``"epsilon"`` / ``"v_prediction"``); None is SD1's.
     """
+    if spec is None or isinstance(spec, str):
+        return _model_sampling_of(spec)
+    try:
+        key = tuple(sorted(spec.items()))
+        hash(key)
+    except TypeError:  # values that are not plain numbers or text: build it every time
+        return _model_sampling_from_json(spec)
+    return _model_sampling_of(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_sampling_of(key: tuple[tuple[str, Any], ...] | str | None) -> Any:
+    """One shared model sampling per description (ModelRef.sampling asks for it several times
+    per image, and a flow model's table is 1,000-10,000 values to build; schedules computed on
+    it are kept in its ``memo``)."""
+    return _model_sampling_from_json(key if key is None or isinstance(key, str) else dict(key))
+
+
+def _model_sampling_from_json(spec: Mapping[str, Any] | str | None) -> Any:
     from . import model_sampling as ms
 
     if spec is None or isinstance(spec, str):

@@ -88,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(comfyc run --noise-mode overrides): ComfyUI on a CPU (cpu), on a "
                              "CPU before its #11528 (cpu-legacy), on an NVIDIA GPU (cuda); "
                              "default: the runtime's (cpu)")
+    parser.add_argument("--step-graph", choices=("auto", "on", "off"), default="auto",
+                        help="also write the UNet's sampler-step graph (CFG mix and Euler / "
+                             "DPM++ 2M update inside the onnxruntime call, one call per step, "
+                             "the same bits; over the UNet's own weight file): auto (UNets up "
+                             "to 512 MB, where the per-step numpy work is measurable), on, off")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     add_catalog_arguments(parser)
 
@@ -136,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
                                                    args.quantize_stages.split(",")),
                              gpu_fp16=args.gpu_fp16, store_torch=args.store_torch,
                              optimize=args.ort_optimize,
-                             autotune=tune, noise_mode=noise_mode_of(args))
+                             autotune=tune, noise_mode=noise_mode_of(args),
+                             step_graph=args.step_graph)
     try:
         catalog = catalog_from_args(args)
         graph = load_workflow(args.file, catalog)

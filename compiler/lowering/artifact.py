@@ -98,6 +98,10 @@ class CompileOptions:
         noise_mode: The artifact's noise mode (``cpu``, ``cpu-legacy``, ``cuda``: whose
             per-step sampler noise runs reproduce unless ``run`` is given another); None: the
             runtime's default.
+        step_graph: Write the UNet's sampler-step graph (:mod:`~.step_graph`: the CFG mix
+            and the Euler / DPM++ 2M update inside the graph, one onnxruntime call per step,
+            the same bits): ``auto`` for onnxruntime UNets of at most
+            ``step_graph.STEP_GRAPH_MAX_BYTES``, ``on`` for any size, ``off`` never.
     """
 
     backend: str | dict[str, str] = "ort-cpu"
@@ -120,6 +124,7 @@ class CompileOptions:
     step_cache: int | None = None
     step_cache_skip: int = 1
     noise_mode: str | None = None
+    step_graph: str = "auto"
 
 
 @dataclass
@@ -958,6 +963,8 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         else:
             onnx_export.remove_model(optimized)
             entry.optimized = False
+    if kind == "unet" and not (lora or caching):
+        _add_step_graph(onnx_export, entry, path, name, backend, options, say)
     if options.gpu_fp16 and not options.fp16 and entry.precision != "int8":
         from .precision import to_fp16
 
@@ -965,6 +972,33 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
         to_fp16(path, variant)
         entry.variants = {"fp16": f"stages/{variant.name}"}
     return entry
+
+
+def _add_step_graph(onnx_export: Any, entry: StageEntry, path: Path, name: str, backend: str,
+                    options: CompileOptions, say: Callable[[str], None]) -> None:
+    """Write the UNet's sampler-step graph (``NAME.step.onnx``) when ``options.step_graph``
+    asks for it and the stage can have one (an onnxruntime UNet with the plain inputs)."""
+    from .step_graph import STEP_GRAPH_MAX_BYTES, write_step_graph
+
+    if options.step_graph not in ("auto", "on", "off"):
+        raise ExportError(f"step_graph must be auto, on or off, got {options.step_graph!r}")
+    if options.step_graph == "off" or not (backend.startswith("ort") or backend == "auto"):
+        return
+    if backend == "ort-trt":
+        return  # TensorRT engines are built from the plain graph.
+    size = onnx_export._model_bytes(path)
+    if options.step_graph == "auto" and size > STEP_GRAPH_MAX_BYTES:
+        return
+    prediction = str(entry.info.get("prediction_type") or "eps")
+    try:
+        step = write_step_graph(path, prediction)
+    except ExportError as exc:
+        if options.step_graph == "on":
+            raise
+        say(f"  {name}: no sampler-step graph ({exc})")
+        return
+    entry.variants["step"] = f"stages/{step.name}"
+    say(f"  {name}: wrote its sampler-step graph ({step.name})")
 
 
 def _relative_paths(facts: dict[str, Any], root: Path) -> dict[str, Any]:

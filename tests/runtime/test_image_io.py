@@ -297,15 +297,49 @@ def test_save_preview_prefix_type_and_level(tmp_path: Path) -> None:
 
 
 def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failing encoder leaves neither the final file nor a temporary file behind."""
+    """A write failing half way leaves neither the final file nor a temporary file behind."""
     save_images(np.zeros((1, 2, 2, 3), np.float32), tmp_path, "ok")
     assert sorted(os.listdir(tmp_path)) == ["ok_00001_.png"]
+    real_fdopen = os.fdopen
 
-    def broken_save(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
-        fp.write(b"\x89PNG partial")  # type: ignore[attr-defined]
-        raise OSError("disk full")
+    class Full:
+        """A file that takes a few bytes, then reports a full disk."""
 
-    monkeypatch.setattr(image_io.Image.Image, "save", broken_save)
+        def __init__(self, fd: int, mode: str) -> None:
+            self.file = real_fdopen(fd, mode)
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def write(self, data: bytes) -> int:
+            self.file.write(data[:12])
+            self.file.flush()
+            raise OSError("disk full")
+
+    monkeypatch.setattr(image_io.os, "fdopen", Full)
     with pytest.raises(OSError, match="disk full"):
         save_images(np.zeros((1, 2, 2, 3), np.float32), tmp_path, "ok")
     assert sorted(os.listdir(tmp_path)) == ["ok_00001_.png"]
+
+
+@pytest.mark.parametrize("size", [64, 320])
+def test_saved_bytes_are_comfyuis(tmp_path: Path, size: int) -> None:
+    """SaveImage's file is byte for byte what ComfyUI's ``Image.save(pnginfo, compress_level=4)``
+    writes (metadata chunks included)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    y, x = np.mgrid[0:size, 0:size] / size
+    img = np.stack([x, y, (x + y) / 2], -1)[None].astype(np.float32)
+    prompt = {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI"}}}
+    extra = {"workflow": {"nodes": [], "links": []}}
+    (result,) = save_images(img, tmp_path, "out", prompt, extra)
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(prompt))
+    info.add_text("workflow", json.dumps(extra["workflow"]))
+    reference = tmp_path / "reference.png"
+    pixels = np.clip(255.0 * img[0], 0, 255).astype(np.uint8)  # nodes.SaveImage
+    Image.fromarray(pixels).save(reference, pnginfo=info, compress_level=4)
+    assert (tmp_path / result["filename"]).read_bytes() == reference.read_bytes()

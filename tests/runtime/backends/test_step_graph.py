@@ -1,0 +1,151 @@
+"""A UNet's sampler-step graph gives the numpy samplers' bits in one call per step (issue #22).
+
+The step graph (``compiler/lowering/step_graph.py``) moves the input scaling, the CFG mix and
+the Euler / DPM++ 2M updates into the UNet's onnxruntime call. These tests run whole images
+and whole sampling loops both ways, on the same weights, and require identical float32
+results; the other cases must fall back to the plain graph, still exact.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from comfyc.compiler.catalog import default_catalog
+from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
+from comfyc.compiler.lowering.step_graph import write_step_graph
+from comfyc.frontends.dsl import parse_dsl
+from comfyc.runtime.artifact import load, read_manifest
+from comfyc.runtime.backends.ort import OrtSession, OrtUNet
+from comfyc.runtime.backends.step_graph import StepGraphUNet
+from comfyc.runtime.cfg import make_denoiser
+from comfyc.runtime.model_sampling import model_sampling_discrete, model_sampling_sd3
+from comfyc.runtime.samplers import sample
+from comfyc.runtime.schedules import ksampler_sigmas
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def workflow(sampler: str = "euler", scheduler: str = "normal", cfg: float = 5.0,
+             batch: int = 1, steps: int = 6) -> str:
+    text = (REPO / "examples" / "txt2img.cfy").read_text()
+    text = re.sub(r"steps=\d+", f"steps={steps}", text)
+    text = re.sub(r'sampler_name="[^"]+"', f'sampler_name="{sampler}"', text)
+    text = re.sub(r'scheduler="[^"]+"', f'scheduler="{scheduler}"', text)
+    text = re.sub(r"cfg=[0-9.]+", f"cfg={cfg}", text)
+    return re.sub(r"batch_size=\d+", f"batch_size={batch}", text)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny txt2img workflow compiled once per sampling setup (steps a param's default)."""
+    root = tmp_path_factory.mktemp("step-graph")
+    cases = {"euler": workflow(), "dpmpp_2m": workflow("dpmpp_2m", "karras", 7.5),
+             "batch2": workflow("dpmpp_2m", batch=2), "ancestral": workflow("euler_ancestral"),
+             "cfg1": workflow(cfg=1.0)}
+    out = {}
+    for name, text in cases.items():
+        out[name] = root / f"{name}.comfyc"
+        compile_graph(parse_dsl(text, "txt2img.cfy", default_catalog()), out[name],
+                      CompileOptions())
+    return out
+
+
+def unet_of(program: object) -> object:
+    (unet,) = [s for s in program.stages.values()  # type: ignore[attr-defined]
+               if getattr(s, "kind", None) == "unet"]
+    return unet
+
+
+@pytest.mark.parametrize("case", ["euler", "dpmpp_2m", "batch2"])
+def test_step_graph_gives_the_same_image(artifacts: dict[str, Path], case: str) -> None:
+    """Euler and DPM++ 2M (karras, batch 2) through the step graph: every step in one call,
+    the plain graph never opened, and the image equal to the numpy path's bit for bit."""
+    fused, plain = load(artifacts[case]), load(artifacts[case], step_graph=False)
+    a = fused.run({"prompt": "a handwritten digit three"})
+    b = plain.run({"prompt": "a handwritten digit three"})
+    unet = unet_of(fused)
+    assert isinstance(unet, StepGraphUNet)
+    assert unet.step_calls == 6
+    assert unet._plain is None  # the plain graph's session was never made
+    assert not isinstance(unet_of(plain), StepGraphUNet)
+    assert a.images.keys() == b.images.keys()
+    for key, image in a.images.items():
+        assert np.asarray(image).shape[0] == (2 if case == "batch2" else 1)
+        np.testing.assert_array_equal(image, b.images[key])
+
+
+@pytest.mark.parametrize("case", ["ancestral", "cfg1"])
+def test_other_runs_use_the_plain_graph(artifacts: dict[str, Path], case: str) -> None:
+    """Samplers without a step head, and cfg 1 (one row), open the plain graph on first use."""
+    fused, plain = load(artifacts[case]), load(artifacts[case], step_graph=False)
+    a, b = fused.run({}), plain.run({})
+    unet = unet_of(fused)
+    assert isinstance(unet, StepGraphUNet)
+    assert unet.step_calls == 0 and unet._plain is not None
+    for image_a, image_b in zip(a.images.values(), b.images.values(), strict=True):
+        np.testing.assert_array_equal(image_a, image_b)
+
+
+def conds(rng: np.random.Generator, width: int) -> tuple[list, list]:
+    def one() -> list[dict[str, np.ndarray]]:
+        return [{"cond": rng.standard_normal((1, 77, width)).astype(np.float32)}]
+
+    return one(), one()
+
+
+@pytest.mark.parametrize("sampling,graph", [
+    ("eps", "eps"), ("v_prediction", "v_prediction"), ("const", "eps")])
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+def test_step_heads_match_numpy_for_each_prediction(
+        artifacts: dict[str, Path], tmp_path: Path, sampling: str, graph: str,
+        sampler: str) -> None:
+    """The x0 formula of each prediction type (v: ``x / (s^2+1) - out * s / sqrt(s^2+1)``;
+    flow models' const: no input scaling) and both sampler heads, on the tiny UNet's weights
+    with a whole sampling loop, equal the numpy samplers' float32 results."""
+    root = artifacts["euler"]
+    entry = next(e for e in read_manifest(root).stages.values() if e.kind == "unet")
+    stages = tmp_path / "stages"
+    shutil.copytree(root / "stages", stages)
+    plain_file = stages / Path(str(entry.file)).name
+    step_file = write_step_graph(plain_file, graph, step_path=stages / "v.step.onnx")
+    plain = OrtUNet("unet", plain_file, intra_op_threads=1)
+    fused = StepGraphUNet("unet", OrtSession(step_file, intra_op_threads=1), lambda: plain)
+    ms = model_sampling_sd3(3.0) if sampling == "const" else model_sampling_discrete(sampling)
+    rng = np.random.default_rng(5)
+    positive, negative = conds(rng, int(plain.session.inputs["encoder_hidden_states"][1][2]))
+    latent = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    noise = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    sigmas = ksampler_sigmas("karras" if sampler == "dpmpp_2m" else "normal", 5, sampler, 1.0,
+                             schedule=ms)
+    outs = []
+    for unet in (fused, plain):
+        denoiser = make_denoiser(unet, positive, negative, 6.5, latent.shape, model_sampling=ms)
+        seen: list[np.ndarray] = []
+        out = sample(denoiser, latent, noise, sigmas, sampler, 3, None,
+                     lambda i, x0, x, n, seen=seen: seen.append(x0), model_sampling=ms)
+        outs.append((out, seen))
+    assert fused.step_calls == 5
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):  # the reported x0 of each step
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_graph_for_another_prediction_is_not_used(artifacts: dict[str, Path]) -> None:
+    """An eps step graph under a v-prediction model sampling (a ModelSamplingDiscrete patch)
+    steps in numpy."""
+    fused = unet_of(load(artifacts["euler"]))
+    assert fused.serves("eps") and fused.serves("const") and not fused.serves("v_prediction")
+    ms = model_sampling_discrete("v_prediction")
+    rng = np.random.default_rng(1)
+    positive, negative = conds(rng, 64)
+    denoiser = make_denoiser(fused, positive, negative, 5.0, (1, 4, 8, 8), model_sampling=ms)
+    assert denoiser.stepper(np.zeros((1, 4, 8, 8), np.float32)) is None
