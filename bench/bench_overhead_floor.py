@@ -95,7 +95,11 @@ def main() -> None:
 
     (unet,) = [u for v in program.stages.values() for u in unets(v)]
     (plain,) = [u for v in numpy_steps.stages.values() for u in unets(v)]
-    session = plain.session.session
+    # NOTE: the floor loop gets a session of its own: had it used one of the programs', that
+    # program's weights would be warm in the caches when it ran next, and the others' cold.
+    from comfyc.runtime.backends.ort import OrtSession
+
+    session = OrtSession(plain.session.path, intra_op_threads=plain.session.threads).session
     inputs = {i.name: i for i in session.get_inputs()}
     tokens = 77
     width = inputs["encoder_hidden_states"].shape[2]

@@ -680,10 +680,10 @@ class CFGDenoiser:
 class _Stepper:
     """Sampling loops through a UNet stage's step graph (see :meth:`CFGDenoiser.stepper`).
 
-    Each loop returns the final latent after calling ``report(i, denoised, x)`` per step, as
-    the numpy samplers do, with the same float32 bits. The per-step inputs are built before
-    the loop, so that between two graph calls the runtime does little more than one dict
-    update.
+    Each loop returns the final latent after calling ``report(i, denoised, x)`` per step (when
+    given), as the numpy samplers do, with the same float32 bits. The per-step inputs are
+    built before the loop, so that between two graph calls the runtime does little more than
+    one dict update.
     """
 
     __slots__ = ("_context", "_denoiser", "_extras")
@@ -713,7 +713,7 @@ class _Stepper:
         return coefs
 
     def _loop(self, x: np.ndarray, sigmas: Sequence[float], coefs: np.ndarray,
-              report: Callable[[int, np.ndarray, np.ndarray], None],
+              report: Callable[[int, np.ndarray, np.ndarray], None] | None,
               pick: Callable[[int], int]) -> np.ndarray:
         d = self._denoiser
         ms = d.model_sampling
@@ -731,7 +731,8 @@ class _Stepper:
             feeds["step_coefs"] = coefs[i]
             feeds["timestep"] = timesteps[i]
             out = step(feeds, i > 0)
-            report(i, out[0], x)
+            if report is not None:
+                report(i, out[0], x)
             x = out[pick(i)]
             feeds["step_x"] = x
             feeds["step_old"] = out[0]
@@ -740,15 +741,15 @@ class _Stepper:
         return x
 
     def euler(self, x: np.ndarray, sigmas: Sequence[float],
-              report: Callable[[int, np.ndarray, np.ndarray], None]) -> np.ndarray:
+              report: Callable[[int, np.ndarray, np.ndarray], None] | None) -> np.ndarray:
         """Euler steps over ``sigmas`` (``x + ((x - x0) / sigma) * (sigma_next - sigma)``)."""
         dt = np.diff(np.asarray(sigmas, dtype=np.float64)).astype(np.float32)
         return self._loop(x, sigmas, self._coefs(sigmas, {3: dt}), report, lambda i: 1)
 
     def dpmpp_2m(self, x: np.ndarray, sigmas: Sequence[float], ratio: Sequence[float],
                  coeff: Sequence[float], a: Sequence[float], b: Sequence[float],
-                 first: Sequence[bool], report: Callable[[int, np.ndarray, np.ndarray], None]
-                 ) -> np.ndarray:
+                 first: Sequence[bool],
+                 report: Callable[[int, np.ndarray, np.ndarray], None] | None) -> np.ndarray:
         """DPM-Solver++(2M) steps with the per-step weights the sampler computed: step ``i``
         is first-order where ``first[i]``, else second-order on the previous x0."""
         coefs = self._coefs(sigmas, {4: np.asarray(ratio, dtype=np.float32),

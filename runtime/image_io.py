@@ -432,7 +432,9 @@ def save_image_path(
     if normalized == ".":
         raise ImageIOError(f"filename_prefix {original!r} names no file; use a prefix such as "
                            "'ComfyUI' or 'sub/ComfyUI'", original, base)
-    if os.path.isabs(filename_prefix) or ".." in parts or not is_inside(folder.resolve(), root):
+    # NOTE: with no subfolder the folder is the resolved root itself.
+    if os.path.isabs(filename_prefix) or ".." in parts or (
+            subfolder and not is_inside(folder.resolve(), root)):
         # NOTE: the message names no folder: the output folder's location is the operator's
         # business, and a server passes this message to its clients.
         raise ImageIOError(
@@ -449,7 +451,8 @@ def save_image_path(
             f"filename_prefix {original!r} names a hidden file or folder ({hidden[0]!r} "
             "starts with '.'); use a prefix such as 'ComfyUI' or 'sub/ComfyUI'", original, base)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ImageIOError(
             f"filename_prefix {original!r} names the folder {subfolder!r}, but a file of that "
@@ -594,8 +597,12 @@ def _write_new(data: bytes, folder: Path, name: Callable[[int], str], counter: i
     """
     fd, tmp = _temporary(folder)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         # NOTE: no fsync: the link already guarantees that no half-written file ever appears
         # under the final name, and an fsync per image costs more than a tiny model's whole
         # sampling step on some disks (ComfyUI does not fsync either).
@@ -621,16 +628,19 @@ def _save(
     if batch.shape[0] == 0:
         return []
     texts = _texts(prompt, extra_pnginfo)
+    # NOTE: encoded before the folder is locked: the name does not change the bytes, and
+    # other saves into the folder wait only for the counter and the writes.
+    files = [_png_bytes(_to_pixels(picture), texts, compress_level) for picture in batch]
     root = Path(base_dir).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
     results: list[SaveResult] = []
     with _folder_lock(root):
         # NOTE: SaveImage passes images[0].shape[1] (width) and shape[0] (height).
         folder, filename, counter, subfolder, _ = save_image_path(
             filename_prefix, root, batch.shape[2], batch.shape[1])
-        for batch_number, picture in enumerate(batch):
+        for batch_number, data in enumerate(files):
             stem = filename.replace("%batch_num%", str(batch_number))
-            data = _png_bytes(_to_pixels(picture), texts, compress_level)
             file, counter = _write_new(data, folder,
                                        lambda c, stem=stem: f"{stem}_{c:05}_.png", counter)
             results.append({"filename": file, "subfolder": subfolder, "type": kind})

@@ -50,6 +50,7 @@ ComfyUI's by 1 ulp.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -74,6 +75,9 @@ NOISE_MODES: tuple[str, ...] = ("cpu", "cpu-legacy", "cuda")
 DEFAULT_NOISE_MODE = "cpu"
 
 _MASK32 = 0xFFFFFFFF
+
+#: Per thread: an MT19937 engine that short-lived generators (prepare_noise) run on.
+_ENGINES = threading.local()
 
 # NOTE: avx_mathfun.h constants, as float32 (the header stores them as float literals).
 _F = np.float32
@@ -203,8 +207,10 @@ class TorchGenerator:
 
     __slots__ = ("_bitgen", "_cached_normal", "seed")
 
-    def __init__(self, seed: int) -> None:
-        self._bitgen = np.random.MT19937(0)
+    def __init__(self, seed: int, *, engine: np.random.MT19937 | None = None) -> None:
+        # NOTE: making an MT19937 costs 60-100 us (numpy seeds it through a SeedSequence
+        # first); manual_seed overwrites its whole state, so a caller may lend one it owns.
+        self._bitgen = engine if engine is not None else np.random.MT19937(0)
         self._cached_normal: float | None = None
         self.seed = 0
         self.manual_seed(seed)
@@ -578,7 +584,12 @@ def prepare_noise(
         float32 noise of ``shape``.
     """
     dims = tuple(int(s) for s in shape)
-    generator = TorchGenerator(seed)
+    # NOTE: the generator lives only inside this call, so it runs on this thread's own engine
+    # (re-seeded completely) instead of a new one per image.
+    engine = getattr(_ENGINES, "mt19937", None)
+    if engine is None:
+        engine = _ENGINES.mt19937 = np.random.MT19937(0)
+    generator = TorchGenerator(seed, engine=engine)
     if batch_index is None:
         return generator.randn(dims)
     indices = [int(i) for i in batch_index]

@@ -338,7 +338,7 @@ def _euler(run: _Run, x: np.ndarray, s: list[float]) -> np.ndarray:
     """Euler steps (Karras et al. 2022, algorithm 2 without churn)."""
     fused = run.fused(x)
     if fused is not None:  # The same arithmetic in the UNet stage's step graph.
-        return fused.euler(x, s, run.report)
+        return fused.euler(x, s, run.report if run.callback is not None else None)
     for i in range(len(s) - 1):
         denoised = run.model(x, s[i])
         d = _to_d(x, s[i], denoised)
@@ -889,7 +889,8 @@ def _dpmpp_2m(run: _Run, x: np.ndarray, s: list[float]) -> np.ndarray:
         b.append(0.0 if first[i] else _f32(1.0 / _f32(2.0 * r)))
     fused = run.fused(x)
     if fused is not None:  # The same arithmetic in the UNet stage's step graph.
-        return fused.dpmpp_2m(x, s, ratio, coeff, a, b, first, run.report)
+        return fused.dpmpp_2m(x, s, ratio, coeff, a, b, first,
+                              run.report if run.callback is not None else None)
     old_denoised: np.ndarray | None = None
     for i in range(steps):
         denoised = run.model(x, s[i])

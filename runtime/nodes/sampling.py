@@ -90,7 +90,10 @@ def run_noise_mode(ctx: Any, sampler: Any) -> str:
 
 
 def progress_callback(ctx: Any) -> Any:
-    """``callback(step, x0, x, total)`` reporting a sampler's steps and previews to ``ctx``."""
+    """``callback(step, x0, x, total)`` reporting a sampler's steps and previews to ``ctx``;
+    None when ``ctx`` takes neither (nothing to call between the steps)."""
+    if ctx.preview is None and ctx.progress is None:
+        return None
     op = ctx.current
     label = f"#{op.id} {op.title or op.op}" if op else "sampling"
 

@@ -145,3 +145,21 @@ def test_init_sdxl_template_checks(models: Path, tmp_path: Path) -> None:
     assert f'ckpt_name="{SDXL_BASE}"' in text and "--models-dir models" in text
     result = _cli("check", str(target), "--models-dir", str(models))
     assert result.returncode == 0, result.stderr
+
+
+def test_sdxl_sampler_step_graph(models: Path, tmp_path: Path) -> None:
+    """The SDXL UNet's step graph (issue #22) takes the ADM input ``y`` of both CFG rows:
+    dpmpp_2m/karras steps all go through it, and the image equals the numpy steps' bit for
+    bit."""
+    from comfyc.runtime.backends.step_graph import StepGraphUNet
+
+    artifact = tmp_path / "sdxl.comfyc"
+    compile_graph(_small(load_workflow(REPO / "examples" / "sdxl_txt2img.cfy"), 64), artifact,
+                  CompileOptions(models_dir=str(models)))
+    fused, plain = load(artifact), load(artifact, step_graph=False)
+    ours = fused.run({}, save=False).images
+    want = plain.run({}, save=False).images
+    (unet,) = [s for s in fused.stages.values() if getattr(s, "kind", None) == "unet"]
+    assert isinstance(unet, StepGraphUNet) and unet.extra_inputs == ("y",)
+    assert unet.step_calls > 0 and unet._plain is None
+    np.testing.assert_array_equal(ours["image"], want["image"])

@@ -300,26 +300,14 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     """A write failing half way leaves neither the final file nor a temporary file behind."""
     save_images(np.zeros((1, 2, 2, 3), np.float32), tmp_path, "ok")
     assert sorted(os.listdir(tmp_path)) == ["ok_00001_.png"]
-    real_fdopen = os.fdopen
+    real_write = os.write
 
-    class Full:
-        """A file that takes a few bytes, then reports a full disk."""
+    def full(fd: int, data: bytes) -> int:
+        """The disk takes a few bytes, then is full."""
+        real_write(fd, bytes(data[:12]))
+        raise OSError("disk full")
 
-        def __init__(self, fd: int, mode: str) -> None:
-            self.file = real_fdopen(fd, mode)
-
-        def __enter__(self) -> Full:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.file.close()
-
-        def write(self, data: bytes) -> int:
-            self.file.write(data[:12])
-            self.file.flush()
-            raise OSError("disk full")
-
-    monkeypatch.setattr(image_io.os, "fdopen", Full)
+    monkeypatch.setattr(image_io.os, "write", full)
     with pytest.raises(OSError, match="disk full"):
         save_images(np.zeros((1, 2, 2, 3), np.float32), tmp_path, "ok")
     assert sorted(os.listdir(tmp_path)) == ["ok_00001_.png"]
