@@ -696,13 +696,14 @@ class _Stepper:
 
     def _coefs(self, sigmas: Sequence[float], columns: Mapping[int, np.ndarray]
                ) -> np.ndarray:
-        """``step_coefs`` per step ``[n, 10]`` (float32): the scalars as calculate_input,
-        calculate_denoised and the samplers form them, with ``columns`` filled in."""
+        """``step_coefs`` per step ``[n, 12]`` (float32; ``compiler.lowering.step_graph.COEFS``):
+        the scalars as calculate_input, calculate_denoised and the samplers form them, with
+        ``columns`` filled in."""
         d = self._denoiser
         one = np.float32(1.0)
         s = np.asarray(sigmas[:-1], dtype=np.float32)
         v_denom = s * s + one
-        coefs = np.zeros((len(s), 10), dtype=np.float32)
+        coefs = np.zeros((len(s), 12), dtype=np.float32)
         coefs[:, 0] = one if d.model_sampling.is_const else np.sqrt(v_denom)
         coefs[:, 1] = s
         coefs[:, 2] = np.float32(d.cfg)
@@ -714,7 +715,10 @@ class _Stepper:
 
     def _loop(self, x: np.ndarray, sigmas: Sequence[float], coefs: np.ndarray,
               report: Callable[[int, np.ndarray, np.ndarray], None] | None,
-              pick: Callable[[int], int]) -> np.ndarray:
+              pick: Callable[[int], int],
+              noise: Callable[[int], np.ndarray | None] | None = None) -> np.ndarray:
+        """Run the steps; step ``i`` takes output ``pick(i)`` as the next latent and, when
+        ``noise`` is given, ``noise(i)`` as its ``step_noise`` (None: no draw that step)."""
         d = self._denoiser
         ms = d.model_sampling
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -724,12 +728,16 @@ class _Stepper:
         steps = np.asarray(ms.timestep(np.asarray(sigmas[:-1], dtype=np.float32)),
                            dtype=np.float32).reshape(-1, 1)
         timesteps = np.repeat(steps, rows, axis=1)
-        feeds = {"step_x": x, "step_old": x, "encoder_hidden_states": self._context,
-                 **self._extras}
+        feeds = {"step_x": x, "step_old": x, "step_noise": x,
+                 "encoder_hidden_states": self._context, **self._extras}
         step = d.unet.step
         for i in range(len(timesteps)):
             feeds["step_coefs"] = coefs[i]
             feeds["timestep"] = timesteps[i]
+            if noise is not None:
+                drawn = noise(i)
+                if drawn is not None:
+                    feeds["step_noise"] = drawn
             out = step(feeds, i > 0)
             if report is not None:
                 report(i, out[0], x)
@@ -757,6 +765,25 @@ class _Stepper:
                                      6: np.asarray(a, dtype=np.float32),
                                      7: np.asarray(b, dtype=np.float32)})
         return self._loop(x, sigmas, coefs, report, lambda i: 2 if first[i] else 3)
+
+    def euler_ancestral(self, x: np.ndarray, sigmas: Sequence[float],
+                        down: Sequence[float], up: Sequence[float], s_noise: float,
+                        draw: Callable[[float, float], np.ndarray],
+                        report: Callable[[int, np.ndarray, np.ndarray], None] | None
+                        ) -> np.ndarray:
+        """Ancestral Euler steps (eps / v models) with the sampler's ``(sigma_down,
+        sigma_up)`` per step: ``x0`` where sigma_down is 0, else ``x + d * (sigma_down -
+        sigma) + (noise * s_noise) * sigma_up`` with ``noise = draw(sigma, sigma_next)``,
+        drawn in the numpy sampler's order."""
+        s64 = np.asarray(sigmas, dtype=np.float64)
+        coefs = self._coefs(sigmas, {
+            3: (np.asarray(down, dtype=np.float64) - s64[:-1]).astype(np.float32),
+            10: np.float32(s_noise), 11: np.asarray(up, dtype=np.float32)})
+
+        def noise(i: int) -> np.ndarray | None:
+            return None if down[i] == 0 else draw(sigmas[i], sigmas[i + 1])
+
+        return self._loop(x, sigmas, coefs, report, lambda i: 0 if down[i] == 0 else 4, noise)
 
 
 def _controls_to_uncond(positive: Sequence[Any], negative: Sequence[Any]) -> list[Any]:

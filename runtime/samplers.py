@@ -276,6 +276,42 @@ def _lerp(start: Any, end: Any, weight: float) -> Any:
     return out.astype(np.float32) if isinstance(out, np.ndarray) and out.ndim else _F(out)
 
 
+#: At most this much noise is drawn ahead (one block per sampling run).
+_PREFETCH_BYTES = 64 * 1024 * 1024
+
+
+class _Prefetched:
+    """``noise(sigma, sigma_next)``: consecutive ``generator.randn(shape)`` draws of a CPU
+    generator, ``count`` of them made in one call.
+
+    torch's CPU ``randn`` fills a tensor of at least 16 values 16 at a time from one uniform
+    per value, so ``randn((k, *shape))`` is ``k`` consecutive ``randn(shape)`` calls stacked
+    when the shape holds a multiple of 16 values (a latent: 4 or 16 channels); one call costs
+    about what one step's draw did (a per-step draw was most of an ancestral sampler's own
+    time on a small model). Other shapes draw one at a time; so do draws beyond ``count``,
+    which continue the same stream.
+    """
+
+    __slots__ = ("_block", "_count", "_generator", "_next", "_shape")
+
+    def __init__(self, generator: TorchGenerator, shape: tuple[int, ...], count: int) -> None:
+        self._generator = generator
+        self._shape = tuple(int(v) for v in shape)
+        numel = math.prod(self._shape)
+        fits = numel >= 16 and numel % 16 == 0 and 4 * numel * count <= _PREFETCH_BYTES
+        self._count = count if fits and count > 1 else 0
+        self._block: np.ndarray | None = None
+        self._next = 0
+
+    def __call__(self, sigma: float, sigma_next: float) -> np.ndarray:
+        if self._block is None and self._count:
+            self._block = self._generator.randn((self._count, *self._shape))
+        if self._block is not None and self._next < self._count:
+            self._next += 1
+            return self._block[self._next - 1]
+        return self._generator.randn(self._shape)
+
+
 class _Run:
     """Per-call state shared by the sampler functions: model, callback, seed, noise streams."""
 
@@ -314,6 +350,8 @@ class _Run:
     def ancestral_noise(self, shape: tuple[int, ...]) -> Callable[[float, float], np.ndarray]:
         """ComfyUI's ``default_noise_sampler(x, seed)`` on the noise mode's device."""
         generator = sampler_noise_generator(self.noise_mode, self.seed)
+        if isinstance(generator, TorchGenerator):
+            return _Prefetched(generator, shape, self.total)
         return lambda sigma, sigma_next: generator.randn(shape)
 
     def brownian_noise(
@@ -366,6 +404,12 @@ def _euler_ancestral(
     """Ancestral Euler (k-diffusion); the CONST form is ComfyUI's ``sample_euler_ancestral_RF``."""
     noise = run.ancestral_noise(x.shape)
     const = run.ms.is_const
+    fused = None if const else run.fused(x)
+    if fused is not None:  # The same arithmetic in the UNet stage's step graph.
+        steps = [_ancestral_step(s[i], s[i + 1], eta) for i in range(len(s) - 1)]
+        return fused.euler_ancestral(x, s, [down for down, _ in steps],
+                                     [up for _, up in steps], s_noise, noise,
+                                     run.report if run.callback is not None else None)
     for i in range(len(s) - 1):
         denoised = run.model(x, s[i])
         run.report(i, denoised, x)

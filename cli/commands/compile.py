@@ -89,10 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "CPU before its #11528 (cpu-legacy), on an NVIDIA GPU (cuda); "
                              "default: the runtime's (cpu)")
     parser.add_argument("--step-graph", choices=("auto", "on", "off"), default="auto",
-                        help="also write the UNet's sampler-step graph (CFG mix and Euler / "
-                             "DPM++ 2M update inside the onnxruntime call, one call per step, "
-                             "the same bits; over the UNet's own weight file): auto (UNets up "
-                             "to 512 MB, where the per-step numpy work is measurable), on, off")
+                        help="also write the UNet's sampler-step graph (the CFG mix and the "
+                             "Euler, ancestral Euler or DPM++ 2M update inside the onnxruntime "
+                             "call, one call a step, the same bits; over the UNet's own weight "
+                             "file): auto (UNets up to 512 MB, where the per-step numpy work "
+                             "is measurable), on, off")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     add_catalog_arguments(parser)
 

@@ -99,8 +99,8 @@ class CompileOptions:
             per-step sampler noise runs reproduce unless ``run`` is given another); None: the
             runtime's default.
         step_graph: Write the UNet's sampler-step graph (:mod:`~.step_graph`: the CFG mix
-            and the Euler / DPM++ 2M update inside the graph, one onnxruntime call per step,
-            the same bits): ``auto`` for onnxruntime UNets of at most
+            and the Euler, ancestral Euler or DPM++ 2M update inside the graph, one call a
+            step, the same bits): ``auto`` for onnxruntime UNets of at most
             ``step_graph.STEP_GRAPH_MAX_BYTES``, ``on`` for any size, ``off`` never.
     """
 

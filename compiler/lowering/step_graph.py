@@ -8,14 +8,17 @@ writes a second graph for an exported UNet, ``NAME.step.onnx``, which takes the 
 itself and returns the step's results, so the whole step is one ``session.run``::
 
     inputs   step_x[b,C,h,w]     the sampler's latent x (model space, unscaled)
-             step_coefs[10]      denom, sigma, cfg, dt, ratio, coeff, a, b, v_denom, v_sqrt
-             step_old[b,C,h,w]   DPM-Solver++(2M)'s previous x0 (any array of x's shape
-                                 when the head is not read)
+             step_coefs[12]      denom, sigma, cfg, dt, ratio, coeff, a, b, v_denom, v_sqrt,
+                                 s_noise, sigma_up
+             step_old[b,C,h,w]   DPM-Solver++(2M)'s previous x0
+             step_noise[b,C,h,w] the ancestral step's noise
+                                 (old and noise: any array of x's shape when not read)
              timestep[2b], encoder_hidden_states[2b,T,D] (and SDXL's y[2b,A]) as the UNet's
     outputs  denoised            the CFG x0: uncond + (cond - uncond) * cfg
              euler               x + ((x - denoised) / sigma) * dt
              dpmpp_2m_first      ratio * x - coeff * denoised
              dpmpp_2m            ratio * x - coeff * (a * denoised - b * old)
+             euler_ancestral     euler + (noise * s_noise) * sigma_up (dt = sigma_down - sigma)
 
 The UNet's rows are ``[negative, positive]``, each the latent scaled by ``1 / denom``
 (``x / sqrt(sigma^2 + 1)``; 1 for flow models), as ComfyUI batches them. Each row's x0 is
@@ -44,10 +47,11 @@ from . import onnx_export
 __all__ = ["COEFS", "OUTPUTS", "STEP_GRAPH_MAX_BYTES", "write_step_graph"]
 
 #: The scalars of ``step_coefs``, in order.
-COEFS = ("denom", "sigma", "cfg", "dt", "ratio", "coeff", "a", "b", "v_denom", "v_sqrt")
+COEFS = ("denom", "sigma", "cfg", "dt", "ratio", "coeff", "a", "b", "v_denom", "v_sqrt",
+         "s_noise", "sigma_up")
 
 #: The step graph's outputs, in order.
-OUTPUTS = ("denoised", "euler", "dpmpp_2m_first", "dpmpp_2m")
+OUTPUTS = ("denoised", "euler", "dpmpp_2m_first", "dpmpp_2m", "euler_ancestral")
 
 #: ``step_graph="auto"`` writes step graphs for UNets whose weights are at most this many
 #: bytes: there a step's numpy arithmetic is a measurable share of the step (a few percent on
@@ -156,6 +160,7 @@ def write_step_graph(path: str | Path, prediction: str, *, step_path: str | Path
         helper.make_tensor_value_info("step_x", f32, latent),
         helper.make_tensor_value_info("step_coefs", f32, [len(COEFS)]),
         helper.make_tensor_value_info("step_old", f32, latent),
+        helper.make_tensor_value_info("step_noise", f32, latent),
     ])
     c = {name: f"step/{name}" for name in COEFS}
     before = [
@@ -198,6 +203,9 @@ def write_step_graph(path: str | Path, prediction: str, *, step_path: str | Path
     slope = op("Div", [op("Sub", ["step_x", "denoised"], "step/x_minus_x0"), c["sigma"]],
                "step/d")
     op("Add", ["step_x", op("Mul", [slope, c["dt"]], "step/d_dt")], "euler")
+    noise = op("Mul", [op("Mul", ["step_noise", c["s_noise"]], "step/noise_scaled"),
+                       c["sigma_up"]], "step/noise_up")
+    op("Add", ["euler", noise], "euler_ancestral")
     kept = op("Mul", [c["ratio"], "step_x"], "step/ratio_x")
     op("Sub", [kept, op("Mul", [c["coeff"], "denoised"], "step/coeff_x0")], "dpmpp_2m_first")
     mixed = op("Sub", [op("Mul", [c["a"], "denoised"], "step/a_x0"),

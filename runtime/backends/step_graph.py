@@ -2,8 +2,8 @@
 
 An artifact's UNet can carry a sampler-step graph (``variants["step"]``, written by
 ``comfyc.compiler.lowering.step_graph``): the UNet plus the input scaling, the CFG mix and the
-Euler / DPM-Solver++(2M) updates, over the same weight file. :class:`StepGraphUNet` is the
-``unet`` stage over both graphs:
+Euler, ancestral Euler and DPM-Solver++(2M) updates, over the same weight file.
+:class:`StepGraphUNet` is the ``unet`` stage over both graphs:
 
 * :meth:`StepGraphUNet.step` runs one step of the common case (two CFG rows, whole-latent
   conditioning; :meth:`comfyc.runtime.cfg.CFGDenoiser.stepper` decides) in one call;
@@ -27,10 +27,10 @@ from .base import BackendError, Stage
 __all__ = ["STEP_INPUTS", "STEP_OUTPUTS", "StepGraphUNet"]
 
 #: The step graph's own inputs (besides the UNet's timestep, context and extras).
-STEP_INPUTS = ("step_x", "step_coefs", "step_old")
+STEP_INPUTS = ("step_x", "step_coefs", "step_old", "step_noise")
 
 #: The step graph's outputs, in order (``compiler.lowering.step_graph.OUTPUTS``).
-STEP_OUTPUTS = ("denoised", "euler", "dpmpp_2m_first", "dpmpp_2m")
+STEP_OUTPUTS = ("denoised", "euler", "dpmpp_2m_first", "dpmpp_2m", "euler_ancestral")
 
 
 class StepGraphUNet(Stage):
@@ -94,12 +94,13 @@ class StepGraphUNet(Stage):
         return self.plain.forward(sample, timestep, context, **extras)
 
     def step(self, feeds: dict[str, np.ndarray], checked: bool = False) -> list[np.ndarray]:
-        """One sampling step: ``[denoised, euler, dpmpp_2m_first, dpmpp_2m]``.
+        """One sampling step: ``[denoised, euler, dpmpp_2m_first, dpmpp_2m, euler_ancestral]``.
 
         Args:
             feeds: ``step_x`` (the latent ``[b, C, h, w]``, float32, model space),
                 ``step_coefs`` (``compiler.lowering.step_graph.COEFS``, float32),
-                ``step_old`` (DPM-Solver++(2M)'s previous x0; ``step_x`` when unused),
+                ``step_old`` (DPM-Solver++(2M)'s previous x0), ``step_noise`` (the ancestral
+                step's noise; both ``step_x`` when unused),
                 ``timestep`` ``[2b]``, ``encoder_hidden_states`` ``[2b, T, D]`` and the
                 stage's extra inputs (SDXL's ``y``), the negative rows first.
             checked: The caller fed arrays of these shapes and dtypes before (a sampling

@@ -521,3 +521,19 @@ def test_unknown_sampler_and_option_errors_name_the_alternatives() -> None:
         samplers.SamplerSpec("euler_ancestral", {"order": 2})
     with pytest.raises(samplers.SamplerError, match="noise_device"):
         samplers.sampler_dpmpp_sde(noise_device="tpu")
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 8, 8), (2, 16, 3, 5), (1, 4, 3, 3), (1, 1, 2, 3)])
+def test_prefetched_ancestral_noise_is_the_stream(shape: tuple[int, ...]) -> None:
+    """Ancestral samplers draw their per-step noise in one call (issue #22): the draws equal
+    consecutive ``randn(shape)`` calls of torch's CPU generator, beyond the prefetched count
+    too, whatever the shape (shapes that are not a multiple of 16 values draw one by one)."""
+    from comfyc.runtime.noise import TorchGenerator
+    from comfyc.runtime.samplers import _Prefetched
+
+    torch = pytest.importorskip("torch")
+    noise = _Prefetched(TorchGenerator(1234), shape, 5)
+    generator = torch.Generator().manual_seed(1234)
+    for _ in range(8):  # 5 prefetched, then 3 more from the same stream
+        want = torch.randn(shape, generator=generator).numpy()
+        np.testing.assert_array_equal(noise(1.0, 0.5), want)
