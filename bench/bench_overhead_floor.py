@@ -19,7 +19,7 @@ cold caches. This benchmark measures, side by side in one run on the same compil
   (nothing evicts the caches): what those eight calls cost when warm;
 * ``save``: SaveImage's share (PNG encode, atomic publish).
 
-    OMP_NUM_THREADS=1 python bench/bench_overhead_floor.py [--runs 30]
+    OMP_NUM_THREADS=1 python bench/bench_overhead_floor.py [--runs 30] [--sampler euler]
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--name", default="overhead-floor")
+    parser.add_argument("--sampler", default="euler",
+                        help="KSampler's sampler (the floor loop stays Euler)")
     args = parser.parse_args()
 
     import numpy as np
@@ -78,7 +80,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="comfyc-floor-"))
     text = textwrap.dedent(TXT2IMG.format(ckpt="tiny-digits.safetensors",
                                           prompt="a handwritten digit seven", size=64, steps=20,
-                                          cfg=5.0))
+                                          cfg=5.0)).replace('"euler"', f'"{args.sampler}"')
     artifact = work / "bench.comfyc"
     compile_graph(parse_dsl(text, "bench.cfy", default_catalog()), artifact, CompileOptions())
     program = load(artifact)
@@ -151,7 +153,8 @@ def main() -> None:
     print(f"SaveImage {med['save_s'] * 1e3:.2f} ms; the floor (minimal loop x 20 + SaveImage) "
           f"is {med['floor_share'] * 100:.1f}% of comfyc's image")
     print(f"load average {os.getloadavg()[0]:.2f}")
-    print(f"results: {save(args.name, {'median': med, 'runs': args.runs})}")
+    data = {"median": med, "runs": args.runs, "sampler": args.sampler}
+    print(f"results: {save(args.name, data)}")
 
 
 if __name__ == "__main__":

@@ -364,6 +364,28 @@ def _substitute(prefix: str, width: int, height: int, now: time.struct_time) -> 
     return prefix
 
 
+#: Per (folder, filename): the folder's (device, inode, mtime) right after this process's
+#: last save into it, and the counter a scan would then give. See :func:`_next_counter`.
+_COUNTERS: dict[tuple[str, str], tuple[tuple[int, int, int], int]] = {}
+
+
+def _folder_state(folder: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _remember_counter(folder: Path, filename: str, counter: int) -> None:
+    """Note the next counter after a save (called under the folder lock)."""
+    state = _folder_state(folder)
+    if state is not None:
+        if len(_COUNTERS) > 1024:
+            _COUNTERS.clear()
+        _COUNTERS[(os.fspath(folder), filename)] = (state, counter)
+
+
 def _next_counter(folder: Path, filename: str) -> int:
     """1 + the largest counter of ``{filename}_<digits>...`` files in `folder` (1 if none).
 
@@ -372,7 +394,17 @@ def _next_counter(folder: Path, filename: str) -> int:
     not a number). ComfyUI measures ``basename(prefix)``, which is empty for a prefix ending in
     ``/`` (``"sub/"`` saves as ``sub_00001_.png``): no file ever matched and every save got
     counter 1. The name actually written is measured here.
+
+    A folder this process saved into last, unchanged since (same inode and modification
+    time), is not listed again: its next counter is known. Listing costs more the fuller the
+    folder (about 1 ms per 1,000 files). A file added by another program within the same
+    clock tick as that save can go unseen; the save then takes the next free counter (no
+    file is ever replaced) instead of one above that file's.
     """
+    state = _folder_state(folder)
+    known = _COUNTERS.get((os.fspath(folder), filename))
+    if state is not None and known is not None and known[0] == state:
+        return known[1]
     try:
         entries = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
@@ -645,6 +677,8 @@ def _save(
                                        lambda c, stem=stem: f"{stem}_{c:05}_.png", counter)
             results.append({"filename": file, "subfolder": subfolder, "type": kind})
             counter += 1
+        if "%batch_num%" not in filename:  # (such names never match the scan)
+            _remember_counter(folder, filename, counter)
     return results
 
 

@@ -153,3 +153,28 @@ def test_no_lock_file_appears(tmp_path: Path) -> None:
     """The lock is taken on the folder itself: the folder holds only the outputs."""
     save_images(_picture(1), tmp_path, "only")
     assert os.listdir(tmp_path) == ["only_00001_.png"]
+
+
+def test_unchanged_folder_is_not_listed_again(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a save, the next save into the unchanged folder knows its counter without
+    listing the folder (issue #22); a folder changed since (another program's file, here
+    with a later modification time) is listed again and its counters counted."""
+    listed: list[str] = []
+    real = os.listdir
+
+    def listdir(path: object) -> list[str]:
+        listed.append(str(path))
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(image_io.os, "listdir", listdir)
+    assert save_images(_picture(1), tmp_path, "c")[0]["filename"] == "c_00001_.png"
+    assert save_images(_picture(2), tmp_path, "c")[0]["filename"] == "c_00002_.png"
+    assert len(listed) == 1
+    (tmp_path / "c_00041_.png").write_bytes(b"not ours")
+    stat = os.stat(tmp_path)
+    os.utime(tmp_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert save_images(_picture(3), tmp_path, "c")[0]["filename"] == "c_00042_.png"
+    assert len(listed) == 2
+    assert save_images(_picture(4), tmp_path, "d")[0]["filename"] == "d_00001_.png"
+    assert len(listed) == 3  # another name: its own scan
