@@ -386,7 +386,7 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
         file = _stage_file(entry, backend, precision)
         step = entry.variants.get("step")
         if (kind == "unet" and step and file == str(entry.file) and not overrides
-                and options.get("step_graph", True)):
+                and options.get("step_graph", True) and _step_graph_known(info)):
             from .backends.step_graph import StepGraphUNet
 
             def plain() -> Stage:
@@ -424,6 +424,13 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
         return stage
     raise BackendError(f"unknown backend {backend!r} for stage {name}; use one of "
                        f"{', '.join(BACKENDS)} or ort-<provider>")
+
+
+def _step_graph_known(info: Mapping[str, Any]) -> bool:
+    """Whether the stage's sampler-step graph has the interface this runtime runs."""
+    from .backends.step_graph import STEP_GRAPH_VERSION
+
+    return info.get("step_graph") == STEP_GRAPH_VERSION
 
 
 def _step_cache_stage(root: Path, name: str, entry: StageEntry, info: dict[str, Any],

@@ -978,7 +978,7 @@ def _add_step_graph(onnx_export: Any, entry: StageEntry, path: Path, name: str, 
                     options: CompileOptions, say: Callable[[str], None]) -> None:
     """Write the UNet's sampler-step graph (``NAME.step.onnx``) when ``options.step_graph``
     asks for it and the stage can have one (an onnxruntime UNet with the plain inputs)."""
-    from .step_graph import STEP_GRAPH_MAX_BYTES, write_step_graph
+    from .step_graph import STEP_GRAPH_MAX_BYTES, STEP_GRAPH_VERSION, write_step_graph
 
     if options.step_graph not in ("auto", "on", "off"):
         raise ExportError(f"step_graph must be auto, on or off, got {options.step_graph!r}")
@@ -998,6 +998,7 @@ def _add_step_graph(onnx_export: Any, entry: StageEntry, path: Path, name: str, 
         say(f"  {name}: no sampler-step graph ({exc})")
         return
     entry.variants["step"] = f"stages/{step.name}"
+    entry.info["step_graph"] = STEP_GRAPH_VERSION
     say(f"  {name}: wrote its sampler-step graph ({step.name})")
 
 

@@ -44,7 +44,12 @@ from typing import Any
 from ..errors import ExportError
 from . import onnx_export
 
-__all__ = ["COEFS", "OUTPUTS", "STEP_GRAPH_MAX_BYTES", "write_step_graph"]
+__all__ = ["COEFS", "OUTPUTS", "STEP_GRAPH_MAX_BYTES", "STEP_GRAPH_VERSION",
+           "write_step_graph"]
+
+#: The step graph's interface version (inputs, coefficients, outputs): the manifest records
+#: it (``info["step_graph"]``) and a runtime uses only step graphs of the version it knows.
+STEP_GRAPH_VERSION = 2
 
 #: The scalars of ``step_coefs``, in order.
 COEFS = ("denom", "sigma", "cfg", "dt", "ratio", "coeff", "a", "b", "v_denom", "v_sqrt",
@@ -220,7 +225,7 @@ def write_step_graph(path: str | Path, prediction: str, *, step_path: str | Path
     del graph.value_info[:]
     graph.value_info.extend(keep)
     meta = {p.key: p.value for p in model.metadata_props}
-    meta.update({"comfyc.step_graph": "1", "comfyc.step_prediction": kind})
+    meta.update({"comfyc.step_graph": str(STEP_GRAPH_VERSION), "comfyc.step_prediction": kind})
     del model.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()

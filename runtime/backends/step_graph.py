@@ -24,7 +24,12 @@ import numpy as np
 
 from .base import BackendError, Stage
 
-__all__ = ["STEP_INPUTS", "STEP_OUTPUTS", "StepGraphUNet"]
+__all__ = ["STEP_GRAPH_VERSION", "STEP_INPUTS", "STEP_OUTPUTS", "StepGraphUNet"]
+
+#: The step-graph interface this runtime runs (``compiler.lowering.step_graph``); an
+#: artifact's step graph of another version is left unused (the plain graph gives the same
+#: results).
+STEP_GRAPH_VERSION = 2
 
 #: The step graph's own inputs (besides the UNet's timestep, context and extras).
 STEP_INPUTS = ("step_x", "step_coefs", "step_old", "step_noise")

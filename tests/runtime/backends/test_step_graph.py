@@ -152,3 +152,20 @@ def test_a_graph_for_another_prediction_is_not_used(artifacts: dict[str, Path]) 
     positive, negative = conds(rng, 64)
     denoiser = make_denoiser(fused, positive, negative, 5.0, (1, 4, 8, 8), model_sampling=ms)
     assert denoiser.stepper(np.zeros((1, 4, 8, 8), np.float32)) is None
+
+
+def test_a_step_graph_of_another_version_is_left_unused(artifacts: dict[str, Path]) -> None:
+    """The manifest records the step graph's interface version; a runtime that does not know
+    it runs the plain graph (the same results) instead of failing to load."""
+    import dataclasses
+
+    from comfyc.runtime.artifact import make_stage
+
+    root = artifacts["euler"]
+    name, entry = next((n, e) for n, e in read_manifest(root).stages.items()
+                       if e.kind == "unet")
+    assert entry.info["step_graph"] == 2
+    assert isinstance(make_stage(root, name, entry, "ort-cpu"), StepGraphUNet)
+    older = dataclasses.replace(entry, info={**entry.info, "step_graph": 1})
+    stage = make_stage(root, name, older, "ort-cpu")
+    assert isinstance(stage, OrtUNet) and not isinstance(stage, StepGraphUNet)
