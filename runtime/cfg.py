@@ -731,6 +731,7 @@ class _Stepper:
         feeds = {"step_x": x, "step_old": x, "step_noise": x,
                  "encoder_hidden_states": self._context, **self._extras}
         step = d.unet.step
+        picks = [pick(i) for i in range(len(timesteps))]
         for i in range(len(timesteps)):
             feeds["step_coefs"] = coefs[i]
             feeds["timestep"] = timesteps[i]
@@ -741,7 +742,7 @@ class _Stepper:
             out = step(feeds, i > 0)
             if report is not None:
                 report(i, out[0], x)
-            x = out[pick(i)]
+            x = out[picks[i]]
             feeds["step_x"] = x
             feeds["step_old"] = out[0]
         d.unet_calls += len(timesteps)
