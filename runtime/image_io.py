@@ -505,8 +505,9 @@ def _to_pixels(picture: np.ndarray) -> np.ndarray:
             "",
         )
     scaled = np.multiply(picture, np.float32(255.0), dtype=np.float32)
-    np.clip(scaled, 0, 255, out=scaled)  # NaN stays NaN here, then becomes 0
-    return np.nan_to_num(scaled, copy=False, nan=0.0).astype(np.uint8)
+    np.fmax(scaled, np.float32(0.0), out=scaled)  # clip's lower bound; fmax takes 0 over NaN
+    np.minimum(scaled, np.float32(255.0), out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def _png_bytes(pixels: np.ndarray, texts: list[tuple[str, str]], compress_level: int

@@ -331,3 +331,15 @@ def test_saved_bytes_are_comfyuis(tmp_path: Path, size: int) -> None:
     pixels = np.clip(255.0 * img[0], 0, 255).astype(np.uint8)  # nodes.SaveImage
     Image.fromarray(pixels).save(reference, pnginfo=info, compress_level=4)
     assert (tmp_path / result["filename"]).read_bytes() == reference.read_bytes()
+
+
+def test_saved_pixels_clip_and_truncate(tmp_path: Path) -> None:
+    """uint8(clip(255 * x, 0, 255)) as SaveImage computes it, truncating; NaN is written as 0
+    and infinities as 0 and 255."""
+    values = np.array([np.nan, -np.inf, np.inf, -0.5, 0.5, 1.5, 1.0, 0.0, 0.99999, 0.2],
+                      np.float32)
+    img = np.repeat(values[None, None, :, None], 3, axis=3)
+    (result,) = save_images(img, tmp_path, "clip")
+    with Image.open(tmp_path / result["filename"]) as saved:
+        pixels = np.asarray(saved)[0, :, 0]
+    assert pixels.tolist() == [0, 0, 255, 0, 127, 255, 255, 0, 254, 51]
