@@ -2457,7 +2457,7 @@ def _process_out(latent: np.ndarray, scale: float, shift: float) -> np.ndarray:
     out = latent / np.float32(scale)
     if shift != 0.0:
         out = out + np.float32(shift)
-    return out.astype(np.float32)
+    return out.astype(np.float32, copy=False)
 
 
 def ksampler(
