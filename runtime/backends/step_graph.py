@@ -16,6 +16,7 @@ Both graphs compute the same bits; ``load(..., step_graph=False)`` ignores the s
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,13 +76,16 @@ class StepGraphUNet(Stage):
                                   if n not in (*STEP_INPUTS, "timestep", "encoder_hidden_states"))
         self._make_plain = plain
         self._plain: Stage | None = None
+        self._lock = threading.Lock()
         self.step_calls = 0
 
     @property
     def plain(self) -> Stage:
         """The plain UNet stage (its session is made on first use)."""
         if self._plain is None:
-            self._plain = self._make_plain()
+            with self._lock:  # one session, also when two runs need it at once
+                if self._plain is None:
+                    self._plain = self._make_plain()
         return self._plain
 
     @property
