@@ -165,3 +165,15 @@ def test_runtime_modules_do_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 8, 8), (2, 16, 4, 4), (1, 4, 3, 3), (7,)])
+def test_randn_seeded_is_one_generator_per_seed(shape: tuple[int, ...]) -> None:
+    """``randn_seeded`` (the Brownian tree's splits drawn together, issue #22) stacks what
+    torch draws from a generator seeded with each seed, whatever the shape."""
+    seeds = [0, 7, 2**31 + 5, 123456789]
+    got = TorchGenerator(1).randn_seeded(seeds, shape)
+    assert got.shape == (len(seeds), *shape) and got.dtype == np.float32
+    for row, seed in zip(got, seeds, strict=True):
+        want = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).numpy()
+        assert _same_bits(row, want)
