@@ -295,9 +295,12 @@ class TorchGenerator:
         if numel < 16 or numel % 16 or not seeds:
             return np.stack([self.manual_seed(seed).randn(dims) for seed in seeds]) if seeds \
                 else np.empty((0, *dims), dtype=np.float32)
-        uniforms = np.empty((len(seeds), numel), dtype=np.float32)
+        raw = np.empty((len(seeds), numel), dtype=np.uint64)
         for row, seed in enumerate(seeds):
-            uniforms[row] = self.manual_seed(seed)._uniform_float(numel)
+            self.manual_seed(seed)
+            raw[row] = self._bitgen.random_raw(numel)
+        # NOTE: _uniform_float's arithmetic, over all rows at once.
+        uniforms = (raw.astype(np.uint32) & np.uint32(0xFFFFFF)).astype(np.float32) * _F(2.0**-24)
         return _box_muller_16(uniforms.reshape(-1, 16)).reshape(len(seeds), *dims)
 
     def randn(self, shape: int | Sequence[int]) -> np.ndarray:
