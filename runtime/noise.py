@@ -763,6 +763,21 @@ class BrownianTreeNoise:
             self._cache.popitem(last=False)
         return out
 
+    def _tiles(self, ta: float, tb: float) -> list[tuple[tuple[float, float, int, int], ...]]:
+        """The paths (root first) of the maximal dyadic nodes that tile ``[ta, tb]`` after
+        torchsde's clamping and rounding; empty when the interval is (also when its ends
+        round to the same time, which used to recurse without end)."""
+        ta = min(max(ta, self._start), self._end)
+        tb = min(max(tb, self._start), self._end)
+        if ta == tb:
+            return []
+        ta, tb = round(ta, self._NDIGITS), round(tb, self._NDIGITS)
+        if ta >= tb:  # equal once rounded (closer than the tree's 1e-6): no increment
+            return []
+        tiles: list[tuple[tuple[float, float, int, int], ...]] = []
+        self._tile(((self._start, self._end, 0, 0),), ta, tb, tiles)
+        return tiles
+
     def _draw_splits(self, tiles: list[tuple[tuple[float, float, int, int], ...]]) -> None:
         """Draw, in one :meth:`TorchGenerator.randn_seeded` call, the noise of every split
         the tiles' increments will make (a node's split serves both its children): the
@@ -809,15 +824,10 @@ class BrownianTreeNoise:
 
     def increment(self, ta: float, tb: float) -> np.ndarray:
         """The Brownian increment ``W(tb) - W(ta)`` for ``ta <= tb`` (``BrownianTree(ta, tb)``)."""
-        ta, tb = float(ta), float(tb)
         # NOTE: torchsde clamps (unrounded) query times to the (rounded) interval, then rounds.
-        ta = min(max(ta, self._start), self._end)
-        tb = min(max(tb, self._start), self._end)
-        if ta == tb:
+        tiles = self._tiles(float(ta), float(tb))
+        if not tiles:
             return np.zeros(self._shape, dtype=np.float32)
-        ta, tb = round(ta, self._NDIGITS), round(tb, self._NDIGITS)
-        tiles: list[tuple[tuple[float, float, int, int], ...]] = []
-        self._tile(((self._start, self._end, 0, 0),), ta, tb, tiles)
         self._draw_splits(tiles)
         try:
             w = self._increment(tiles[0])

@@ -177,3 +177,11 @@ def test_randn_seeded_is_one_generator_per_seed(shape: tuple[int, ...]) -> None:
     for row, seed in zip(got, seeds, strict=True):
         want = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).numpy()
         assert _same_bits(row, want)
+
+
+def test_brownian_increment_of_an_interval_that_rounds_away() -> None:
+    """A query whose ends clamp and round (6 digits) to the same time is no increment; it
+    used to recurse without end (a flow schedule's last step, 0.3755622 -> 0)."""
+    tree = BrownianTreeNoise((1, 4, 2, 2), 0.37556222, 1.0, 3)
+    np.testing.assert_array_equal(tree.increment(0.0, 0.37556222), np.zeros((1, 4, 2, 2)))
+    assert np.isfinite(tree.increment(0.5, 0.75)).all()
