@@ -696,14 +696,14 @@ class _Stepper:
 
     def _coefs(self, sigmas: Sequence[float], columns: Mapping[int, np.ndarray]
                ) -> np.ndarray:
-        """``step_coefs`` per step ``[n, 12]`` (float32; ``compiler.lowering.step_graph.COEFS``):
+        """``step_coefs`` per step ``[n, 17]`` (float32; ``compiler.lowering.step_graph.COEFS``):
         the scalars as calculate_input, calculate_denoised and the samplers form them, with
         ``columns`` filled in."""
         d = self._denoiser
         one = np.float32(1.0)
         s = np.asarray(sigmas[:-1], dtype=np.float32)
         v_denom = s * s + one
-        coefs = np.zeros((len(s), 12), dtype=np.float32)
+        coefs = np.zeros((len(s), 17), dtype=np.float32)
         coefs[:, 0] = one if d.model_sampling.is_const else np.sqrt(v_denom)
         coefs[:, 1] = s
         coefs[:, 2] = np.float32(d.cfg)
@@ -785,6 +785,32 @@ class _Stepper:
             return None if down[i] == 0 else draw(sigmas[i], sigmas[i + 1])
 
         return self._loop(x, sigmas, coefs, report, lambda i: 0 if down[i] == 0 else 4, noise)
+
+    def dpmpp_2m_sde(self, x: np.ndarray, sigmas: Sequence[float], a: Sequence[float],
+                     b: Sequence[float], c: Sequence[float | None], scale: Sequence[float],
+                     s_noise: float, noisy: bool, draw: Callable[[float, float], np.ndarray],
+                     report: Callable[[int, np.ndarray, np.ndarray], None] | None
+                     ) -> np.ndarray:
+        """DPM++ 2M SDE steps with the sampler's per-step weights: ``x0`` where the next
+        sigma is 0, else ``a * x + b * x0``, ``+ c * (x0 - old)`` where ``c`` is given, and
+        ``+ ((noise * sigma_next) * scale) * s_noise`` when ``noisy``, the noise drawn as
+        the numpy sampler draws it."""
+        last = [sigmas[i + 1] == 0 for i in range(len(sigmas) - 1)]
+        coefs = self._coefs(sigmas, {
+            12: np.asarray(a, dtype=np.float32), 13: np.asarray(b, dtype=np.float32),
+            14: np.asarray([0.0 if v is None else v for v in c], dtype=np.float32),
+            15: np.asarray(sigmas[1:], dtype=np.float32), 16: np.asarray(scale, np.float32),
+            10: np.float32(s_noise)})
+
+        def pick(i: int) -> int:
+            if last[i]:
+                return 0
+            return (6 if c[i] is not None else 5) + (2 if noisy else 0)
+
+        def noise(i: int) -> np.ndarray | None:
+            return None if last[i] or not noisy else draw(sigmas[i], sigmas[i + 1])
+
+        return self._loop(x, sigmas, coefs, report, pick, noise)
 
 
 def _controls_to_uncond(positive: Sequence[Any], negative: Sequence[Any]) -> list[Any]:

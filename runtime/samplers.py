@@ -965,15 +965,14 @@ def _dpmpp_2m_sde(
     noise = run.brownian_noise(x.shape, s, gpu_tree)
     ms = run.ms
     s = ms.offset_first_sigma(s)
-    old_denoised: np.ndarray | None = None
+    eta32 = _f32(eta)
+    # Per step: (a, alpha_t * phi, c or None, noise scale), None for a step to sigma 0.
+    weights: list[tuple[float, float, float | None, float] | None] = []
     h_last: float | None = None
     h: float | None = None
-    eta32 = _f32(eta)
     for i in range(len(s) - 1):
-        denoised = run.model(x, s[i])
-        run.report(i, denoised, x)
         if s[i + 1] == 0:
-            x = denoised
+            weights.append(None)
         else:
             lambda_s, lambda_t = ms.half_log_snr(s[i]), ms.half_log_snr(s[i + 1])
             h = _f32(lambda_t - lambda_s)
@@ -981,21 +980,39 @@ def _dpmpp_2m_sde(
             alpha_t = _f32(s[i + 1] * _exp32(lambda_t))
             phi = _f32(-_expm1(-h_eta))
             a = _f32(_f32(s[i + 1] / s[i]) * _exp32(_f32(-h * eta32)))
-            x = np.float32(a) * x + np.float32(_f32(alpha_t * phi)) * denoised
-            if old_denoised is not None and h_last is not None:
+            c = None
+            if i > 0 and h_last is not None:
                 r = _f32(h_last / h)
-                diff = denoised - old_denoised
                 if solver_type == "heun":
                     c = _f32(_f32(alpha_t * _f32(_f32(phi / _f32(-h_eta)) + 1.0)) * _f32(1.0 / r))
                 else:
                     c = _f32(_f32(_f32(0.5 * alpha_t) * phi) * _f32(1.0 / r))
-                x = x + np.float32(c) * diff
-            if eta > 0 and s_noise > 0:
-                x = x + noise(s[i], s[i + 1]) * np.float32(s[i + 1]) * np.float32(
-                    _sde_noise_scale(h, eta)
-                ) * _F(s_noise)
-        old_denoised = denoised
+            scale = _sde_noise_scale(h, eta) if eta > 0 and s_noise > 0 else 0.0
+            weights.append((a, _f32(alpha_t * phi), c, scale))
         h_last = h
+    noisy = eta > 0 and s_noise > 0
+    fused = run.fused(x)
+    if fused is not None:  # The same arithmetic in the UNet stage's step graph.
+        return fused.dpmpp_2m_sde(
+            x, s, [w[0] if w else 0.0 for w in weights], [w[1] if w else 0.0 for w in weights],
+            [w[2] if w else None for w in weights], [w[3] if w else 0.0 for w in weights],
+            s_noise, noisy, noise, run.report if run.callback is not None else None)
+    old_denoised: np.ndarray | None = None
+    for i in range(len(s) - 1):
+        denoised = run.model(x, s[i])
+        run.report(i, denoised, x)
+        step = weights[i]
+        if step is None:
+            x = denoised
+        else:
+            a, b, c, scale = step
+            x = np.float32(a) * x + np.float32(b) * denoised
+            if c is not None and old_denoised is not None:
+                x = x + np.float32(c) * (denoised - old_denoised)
+            if noisy:
+                x = x + noise(s[i], s[i + 1]) * np.float32(s[i + 1]) * np.float32(
+                    scale) * _F(s_noise)
+        old_denoised = denoised
     return x
 
 

@@ -8,8 +8,8 @@ writes a second graph for an exported UNet, ``NAME.step.onnx``, which takes the 
 itself and returns the step's results, so the whole step is one ``session.run``::
 
     inputs   step_x[b,C,h,w]     the sampler's latent x (model space, unscaled)
-             step_coefs[12]      denom, sigma, cfg, dt, ratio, coeff, a, b, v_denom, v_sqrt,
-                                 s_noise, sigma_up
+             step_coefs[17]      denom, sigma, cfg, dt, ratio, coeff, a, b, v_denom, v_sqrt,
+                                 s_noise, sigma_up, sde_a, sde_b, sde_c, sde_sigma, sde_scale
              step_old[b,C,h,w]   DPM-Solver++(2M)'s previous x0
              step_noise[b,C,h,w] the ancestral step's noise
                                  (old and noise: any array of x's shape when not read)
@@ -19,6 +19,9 @@ itself and returns the step's results, so the whole step is one ``session.run``:
              dpmpp_2m_first      ratio * x - coeff * denoised
              dpmpp_2m            ratio * x - coeff * (a * denoised - b * old)
              euler_ancestral     euler + (noise * s_noise) * sigma_up (dt = sigma_down - sigma)
+             sde_first[_noise]   DPM++ 2M SDE: sde_a * x + sde_b * denoised (+ noise term)
+             sde_second[_noise]  sde_first + sde_c * (denoised - old) (+ noise term); the
+                                 noise term is ((noise * sde_sigma) * sde_scale) * s_noise
 
 The UNet's rows are ``[negative, positive]``, each the latent scaled by ``1 / denom``
 (``x / sqrt(sigma^2 + 1)``; 1 for flow models), as ComfyUI batches them. Each row's x0 is
@@ -49,14 +52,15 @@ __all__ = ["COEFS", "OUTPUTS", "STEP_GRAPH_MAX_BYTES", "STEP_GRAPH_VERSION",
 
 #: The step graph's interface version (inputs, coefficients, outputs): the manifest records
 #: it (``info["step_graph"]``) and a runtime uses only step graphs of the version it knows.
-STEP_GRAPH_VERSION = 2
+STEP_GRAPH_VERSION = 3
 
 #: The scalars of ``step_coefs``, in order.
 COEFS = ("denom", "sigma", "cfg", "dt", "ratio", "coeff", "a", "b", "v_denom", "v_sqrt",
-         "s_noise", "sigma_up")
+         "s_noise", "sigma_up", "sde_a", "sde_b", "sde_c", "sde_sigma", "sde_scale")
 
 #: The step graph's outputs, in order.
-OUTPUTS = ("denoised", "euler", "dpmpp_2m_first", "dpmpp_2m", "euler_ancestral")
+OUTPUTS = ("denoised", "euler", "dpmpp_2m_first", "dpmpp_2m", "euler_ancestral",
+           "sde_first", "sde_second", "sde_first_noise", "sde_second_noise")
 
 #: ``step_graph="auto"`` writes step graphs for UNets whose weights are at most this many
 #: bytes: there a step's numpy arithmetic is a measurable share of the step (a few percent on
@@ -211,6 +215,18 @@ def write_step_graph(path: str | Path, prediction: str, *, step_path: str | Path
     noise = op("Mul", [op("Mul", ["step_noise", c["s_noise"]], "step/noise_scaled"),
                        c["sigma_up"]], "step/noise_up")
     op("Add", ["euler", noise], "euler_ancestral")
+    # DPM++ 2M SDE: a * x + b * x0, + c * (x0 - old) from the second step, + the tree's noise
+    # times sigma_next, the noise scale and s_noise, in that order.
+    first = op("Add", [op("Mul", [c["sde_a"], "step_x"], "step/sde_ax"),
+                       op("Mul", [c["sde_b"], "denoised"], "step/sde_bx0")], "sde_first")
+    second = op("Add", [first, op("Mul", [c["sde_c"], op("Sub", ["denoised", "step_old"],
+                                                            "step/sde_diff")],
+                                  "step/sde_cdiff")], "sde_second")
+    sde_noise = op("Mul", [op("Mul", [op("Mul", ["step_noise", c["sde_sigma"]],
+                                         "step/sde_n1"), c["sde_scale"]], "step/sde_n2"),
+                           c["s_noise"]], "step/sde_n3")
+    op("Add", [first, sde_noise], "sde_first_noise")
+    op("Add", [second, sde_noise], "sde_second_noise")
     kept = op("Mul", [c["ratio"], "step_x"], "step/ratio_x")
     op("Sub", [kept, op("Mul", [c["coeff"], "denoised"], "step/coeff_x0")], "dpmpp_2m_first")
     mixed = op("Sub", [op("Mul", [c["a"], "denoised"], "step/a_x0"),

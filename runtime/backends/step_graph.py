@@ -2,7 +2,7 @@
 
 An artifact's UNet can carry a sampler-step graph (``variants["step"]``, written by
 ``comfyc.compiler.lowering.step_graph``): the UNet plus the input scaling, the CFG mix and the
-Euler, ancestral Euler and DPM-Solver++(2M) updates, over the same weight file.
+Euler, ancestral Euler, DPM-Solver++(2M) and its SDE form's updates, over the same weight file.
 :class:`StepGraphUNet` is the ``unet`` stage over both graphs:
 
 * :meth:`StepGraphUNet.step` runs one step of the common case (two CFG rows, whole-latent
@@ -30,13 +30,14 @@ __all__ = ["STEP_GRAPH_VERSION", "STEP_INPUTS", "STEP_OUTPUTS", "StepGraphUNet"]
 #: The step-graph interface this runtime runs (``compiler.lowering.step_graph``); an
 #: artifact's step graph of another version is left unused (the plain graph gives the same
 #: results).
-STEP_GRAPH_VERSION = 2
+STEP_GRAPH_VERSION = 3
 
 #: The step graph's own inputs (besides the UNet's timestep, context and extras).
 STEP_INPUTS = ("step_x", "step_coefs", "step_old", "step_noise")
 
 #: The step graph's outputs, in order (``compiler.lowering.step_graph.OUTPUTS``).
-STEP_OUTPUTS = ("denoised", "euler", "dpmpp_2m_first", "dpmpp_2m", "euler_ancestral")
+STEP_OUTPUTS = ("denoised", "euler", "dpmpp_2m_first", "dpmpp_2m", "euler_ancestral",
+                "sde_first", "sde_second", "sde_first_noise", "sde_second_noise")
 
 
 class StepGraphUNet(Stage):
@@ -103,7 +104,7 @@ class StepGraphUNet(Stage):
         return self.plain.forward(sample, timestep, context, **extras)
 
     def step(self, feeds: dict[str, np.ndarray], checked: bool = False) -> list[np.ndarray]:
-        """One sampling step: ``[denoised, euler, dpmpp_2m_first, dpmpp_2m, euler_ancestral]``.
+        """One sampling step: the outputs of :data:`STEP_OUTPUTS`.
 
         Args:
             feeds: ``step_x`` (the latent ``[b, C, h, w]``, float32, model space),

@@ -51,6 +51,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cases = {"euler": workflow(), "dpmpp_2m": workflow("dpmpp_2m", "karras", 7.5),
              "batch2": workflow("dpmpp_2m", batch=2), "ancestral": workflow("euler_ancestral"),
              "ancestral2": workflow("euler_ancestral", "exponential", batch=2),
+             "sde": workflow("dpmpp_2m_sde", "karras", 6.0),
+             "sde_heun": workflow("dpmpp_2m_sde_heun", "exponential", batch=2),
              "heun": workflow("heun"), "cfg1": workflow(cfg=1.0)}
     out = {}
     for name, text in cases.items():
@@ -66,11 +68,13 @@ def unet_of(program: object) -> object:
     return unet
 
 
-@pytest.mark.parametrize("case", ["euler", "dpmpp_2m", "batch2", "ancestral", "ancestral2"])
+@pytest.mark.parametrize("case", ["euler", "dpmpp_2m", "batch2", "ancestral", "ancestral2",
+                                  "sde", "sde_heun"])
 def test_step_graph_gives_the_same_image(artifacts: dict[str, Path], case: str) -> None:
-    """Euler, DPM++ 2M (karras, batch 2) and ancestral Euler (its noise drawn as the numpy
-    sampler draws it) through the step graph: every step in one call, the plain graph never
-    opened, and the image equal to the numpy path's bit for bit."""
+    """Euler, DPM++ 2M (karras, batch 2), ancestral Euler and DPM++ 2M SDE (midpoint and
+    heun; their noise drawn as the numpy samplers draw it) through the step graph: every
+    step in one call, the plain graph never opened, and the image equal to the numpy path's
+    bit for bit."""
     fused, plain = load(artifacts[case]), load(artifacts[case], step_graph=False)
     a = fused.run({"prompt": "a handwritten digit three"})
     b = plain.run({"prompt": "a handwritten digit three"})
@@ -81,7 +85,8 @@ def test_step_graph_gives_the_same_image(artifacts: dict[str, Path], case: str) 
     assert not isinstance(unet_of(plain), StepGraphUNet)
     assert a.images.keys() == b.images.keys()
     for key, image in a.images.items():
-        assert np.asarray(image).shape[0] == (2 if case.endswith("2") else 1)
+        assert np.asarray(image).shape[0] == (2 if case in ("batch2", "ancestral2", "sde_heun")
+                                              else 1)
         np.testing.assert_array_equal(image, b.images[key])
 
 
@@ -106,7 +111,7 @@ def conds(rng: np.random.Generator, width: int) -> tuple[list, list]:
 
 @pytest.mark.parametrize("sampling,graph", [
     ("eps", "eps"), ("v_prediction", "v_prediction"), ("const", "eps")])
-@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral"])
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde"])
 def test_step_heads_match_numpy_for_each_prediction(
         artifacts: dict[str, Path], tmp_path: Path, sampling: str, graph: str,
         sampler: str) -> None:
@@ -164,7 +169,7 @@ def test_a_step_graph_of_another_version_is_left_unused(artifacts: dict[str, Pat
     root = artifacts["euler"]
     name, entry = next((n, e) for n, e in read_manifest(root).stages.items()
                        if e.kind == "unet")
-    assert entry.info["step_graph"] == 2
+    assert entry.info["step_graph"] == 3
     assert isinstance(make_stage(root, name, entry, "ort-cpu"), StepGraphUNet)
     older = dataclasses.replace(entry, info={**entry.info, "step_graph": 1})
     stage = make_stage(root, name, older, "ort-cpu")
