@@ -34,7 +34,6 @@ import contextlib
 import errno
 import io
 import itertools
-import json
 import os
 import random
 import threading
@@ -541,12 +540,14 @@ def _metadata(prompt: Any, extra_pnginfo: Mapping[str, Any] | None) -> PngInfo:
 
 def _texts(prompt: Any, extra_pnginfo: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     """The tEXt chunks ComfyUI writes: ``prompt`` and one per ``extra_pnginfo`` key."""
+    from .provenance import json_text
+
     texts = []
     if prompt is not None:
-        texts.append(("prompt", json.dumps(prompt)))
+        texts.append(("prompt", json_text(prompt)))
     if extra_pnginfo is not None:
         for key in extra_pnginfo:
-            texts.append((str(key), json.dumps(extra_pnginfo[key])))
+            texts.append((str(key), json_text(extra_pnginfo[key])))
     return texts
 
 

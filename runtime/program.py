@@ -257,6 +257,32 @@ class Program:
         #: ``$COMFYC_MODELS``). Not stored in artifacts.
         self.models_dir: str | None = None
         self._embeddings: dict[str | None, Any] = {}
+        self._provenance: tuple[tuple[Any, ...], Any] | None = None
+        # Per op, once it first runs: (its arguments that are the same in every run, the
+        # others still encoded).
+        self._split_args: list[tuple[dict[str, Any], list[tuple[str, Any]]] | None] = [
+            None] * len(self.ops)
+
+    def _args(self, index: int, values: Mapping[tuple[str, int], Any],
+              resolved: Mapping[str, Any]) -> dict[str, Any]:
+        """Op ``index``'s arguments for this run: literals, constants and stages are decoded
+        the first time (they decode to the same objects in every run), references and params
+        each time (a nested structure too: each run gets its own)."""
+        split = self._split_args[index]
+        if split is None:
+            static: dict[str, Any] = {}
+            dynamic: list[tuple[str, Any]] = []
+            for key, value in self.ops[index].args.items():
+                if not isinstance(value, dict) or (
+                        len(value) == 1 and next(iter(value)) in ("$lit", "$const", "$stage")):
+                    static[key] = decode_arg(value, {}, {}, self.constants, self.stages)
+                else:
+                    dynamic.append((key, value))
+            split = self._split_args[index] = (static, dynamic)
+        args = dict(split[0])
+        for key, value in split[1]:
+            args[key] = decode_arg(value, values, resolved, self.constants, self.stages)
+        return args
 
     def _compute_last_use(self) -> dict[tuple[str, int], int]:
         last: dict[tuple[str, int], int] = {}
@@ -296,10 +322,35 @@ class Program:
             self._embeddings[key] = Embeddings(key)
         return self._embeddings[key]
 
-    def executed_prompt(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+    def _plan(self, build: bool) -> Any:
+        """The :class:`~comfyc.runtime.provenance.ProvenancePlan` of this program's workflow,
+        or None. With ``build``, a run notes the workflow and makes the plan when it saves the
+        same one again (the server puts each job's prompt into :attr:`meta`, and a plan costs
+        more than one direct copy)."""
+        extra = self.meta.get("extra_pnginfo")
+        workflow = extra.get("workflow") if isinstance(extra, Mapping) else None
+        key = (self.meta.get("prompt"), workflow, self.meta.get("param_uses"))
+        held = self._provenance
+        if held is not None and all(a is b for a, b in zip(held[0], key)):
+            if held[1] is None and build:
+                from .provenance import ProvenancePlan
+
+                self._provenance = held = (key, ProvenancePlan(
+                    key[0], key[1] if isinstance(key[1], Mapping) else None, key[2] or {}))
+            return held[1]
+        if build:
+            self._provenance = (key, None)  # holds the objects, so their ids stay theirs
+        return None
+
+    def executed_prompt(self, params: Mapping[str, Any], plan: Any = None
+                        ) -> dict[str, Any] | None:
         """The user's workflow as an API prompt with these param values (resolved, as
         :meth:`resolve_params` gives them): SaveImage's ``prompt`` chunk. See
-        :mod:`comfyc.runtime.provenance`."""
+        :mod:`comfyc.runtime.provenance`; the result may share its unchanged parts with the
+        program's copy, so read it without changing it."""
+        plan = plan or self._plan(False)
+        if plan is not None:
+            return plan.prompt(params)
         from .provenance import executed_prompt
 
         prompt = self.meta.get("prompt")
@@ -307,18 +358,24 @@ class Program:
             return None
         return executed_prompt(prompt, self.meta.get("param_uses") or {}, params)
 
-    def executed_extra_pnginfo(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+    def executed_extra_pnginfo(self, params: Mapping[str, Any], plan: Any = None
+                               ) -> dict[str, Any] | None:
         """The further PNG chunks (``{"workflow": UI workflow}``) with these param values in
-        the widgets they came from; None when the input carried no UI workflow."""
-        from .provenance import executed_workflow
-
+        the widgets they came from; None when the input carried no UI workflow. Read it
+        without changing it, as :meth:`executed_prompt`."""
         extra = self.meta.get("extra_pnginfo")
         if not isinstance(extra, Mapping):
             return None
         out = dict(extra)
         if isinstance(out.get("workflow"), Mapping):
-            out["workflow"] = executed_workflow(out["workflow"],
-                                                self.meta.get("param_uses") or {}, params)
+            plan = plan or self._plan(False)
+            if plan is not None:
+                out["workflow"] = plan.workflow(params)
+            else:
+                from .provenance import executed_workflow
+
+                out["workflow"] = executed_workflow(out["workflow"],
+                                                    self.meta.get("param_uses") or {}, params)
         return out
 
     def run(self, params: Mapping[str, Any] | None = None, *,
@@ -355,6 +412,9 @@ class Program:
             ParamError: Bad params (before any work starts).
             ProgramError: An op failed.
         """
+        # NOTE: the run's time (and so its overhead) counts from here: checking the params
+        # and building the saved PNGs' workflow chunks are part of the runtime's work.
+        started = time.perf_counter()
         if self._op_table is None:
             from .nodes import OPS  # The op table imports every op module; load it once.
 
@@ -369,21 +429,19 @@ class Program:
                                f"the artifact needs a newer comfyc")
         self.timer.reset()
         writes = save and output_dir is not None
+        plan = self._plan(True) if writes else None
         ctx = RunContext(Path(output_dir) if output_dir is not None else Path("."),
                          Path(input_dir), self.timer, progress,
-                         # NOTE: only saved PNGs embed these; building them (deep copies of
-                         # the workflow) per run was a measurable part of the overhead.
-                         self.executed_prompt(resolved) if writes else None,
-                         self.executed_extra_pnginfo(resolved) if writes else None,
+                         # NOTE: only saved PNGs embed these (see _plan).
+                         self.executed_prompt(resolved, plan) if writes else None,
+                         self.executed_extra_pnginfo(resolved, plan) if writes else None,
                          writes,
                          self.meta.get("vocab_path"), preview=preview, noise_mode=mode,
                          embeddings=self._embeddings_for(models_dir))
         values: dict[tuple[str, int], Any] = {}
-        started = time.perf_counter()
         op_times: dict[str, float] = {}
         for index, op in enumerate(self.ops):
-            args = {k: decode_arg(v, values, resolved, self.constants, self.stages)
-                    for k, v in op.args.items()}
+            args = self._args(index, values, resolved)
             ctx.current = op
             if on_op is not None:
                 on_op(op, ctx)

@@ -23,12 +23,13 @@ Imports nothing from the compiler (the lean runtime writes these chunks).
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .nodes.schema import MISSING
 
-__all__ = ["executed_prompt", "executed_workflow"]
+__all__ = ["Executed", "ProvenancePlan", "executed_prompt", "executed_workflow", "json_text"]
 
 #: ``_meta`` keys that only comfyc reads (the DSL's params, bindings and outputs).
 _PRIVATE_META = ("dsl",)
@@ -83,6 +84,159 @@ def executed_workflow(workflow: Mapping[str, Any], uses: Mapping[str, Iterable[A
         for node_id, input_name in places:
             _set_widget(out, str(node_id).split(":"), str(input_name), params[name])
     return out
+
+
+class _Mark:
+    """Stands in for a param's value while a :class:`ProvenancePlan` finds its places."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _marks(value: Any, path: tuple[Any, ...], found: list[tuple[tuple[Any, ...], str]],
+           seen: set[int]) -> None:
+    """The paths (keys and indices from the root) at which ``value`` holds a :class:`_Mark`."""
+    if isinstance(value, _Mark):
+        found.append((path, value.name))
+    elif isinstance(value, (dict, list)) and id(value) not in seen:
+        seen.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            _marks(item, (*path, key), found, seen)
+
+
+class Executed(dict):  # type: ignore[type-arg]
+    """A prompt or workflow a :class:`ProvenancePlan` filled in, which also knows its JSON
+    text (``json.dumps`` of it, made from the plan's text without walking the whole
+    structure). Read it, do not change it: the text would not follow."""
+
+    __slots__ = ("_pieces", "_values")
+
+    def __init__(self, data: dict[str, Any], pieces: list[str] | None,
+                 values: list[Any]) -> None:
+        super().__init__(data)
+        self._pieces = pieces
+        self._values = values
+
+    def json_text(self) -> str:
+        """``json.dumps(self)``."""
+        pieces = self._pieces
+        if pieces is None:
+            return json.dumps(self)
+        parts = [pieces[0]]
+        for value, piece in zip(self._values, pieces[1:]):
+            parts.append(json.dumps(value))
+            parts.append(piece)
+        return "".join(parts)
+
+
+def json_text(value: Any) -> str:
+    """``json.dumps(value)``, from an :class:`Executed` value's own text where it has one."""
+    return value.json_text() if type(value) is Executed else json.dumps(value)
+
+
+_TOKEN = "\0comfyc-param\0"
+
+
+def _template(base: dict[str, Any]) -> tuple[list[str], list[str]] | None:
+    """``json.dumps(base)`` cut at its markers, and the markers' param names in text order;
+    None where that text cannot be cut safely (the token also occurs in the workflow)."""
+    names: list[str] = []
+
+    def default(value: Any) -> Any:
+        if isinstance(value, _Mark):
+            names.append(value.name)
+            return _TOKEN
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    try:
+        text = json.dumps(base, default=default)
+    except (TypeError, ValueError):
+        return None
+    quoted = json.dumps(_TOKEN)
+    pieces = text.split(quoted)
+    if len(pieces) != len(names) + 1:
+        return None
+    return pieces, names
+
+
+def _filled(base: dict[str, Any], places: list[tuple[tuple[Any, ...], str]],
+            params: Mapping[str, Any],
+            template: tuple[list[str], list[str]] | None) -> Executed:
+    """``base`` with each place set to its param's value: the containers on the way to a
+    place are copied (once each), everything else is shared with ``base``."""
+    root = dict(base)
+    copies: dict[tuple[Any, ...], Any] = {(): root}
+    for path, name in places:
+        node: Any = root
+        for depth in range(len(path) - 1):
+            prefix = path[:depth + 1]
+            inner = copies.get(prefix)
+            if inner is None:
+                inner = node[path[depth]]
+                inner = dict(inner) if isinstance(inner, dict) else list(inner)
+                node[path[depth]] = inner
+                copies[prefix] = inner
+            node = inner
+        node[path[-1]] = params[name]
+    if template is None:
+        return Executed(root, None, [])
+    pieces, names = template
+    return Executed(root, pieces, [params[name] for name in names])
+
+
+class ProvenancePlan:
+    """:func:`executed_prompt` and :func:`executed_workflow` for one program, worked out once.
+
+    Where a param's value goes depends only on the workflow's structure, never on the value,
+    so the plan runs both functions once with a marker per param, remembers where the markers
+    ended up, and per run copies only the containers on the way to those places (a deep copy
+    of a UI workflow took 0.1-0.4 ms per saved image). Its results share everything else with
+    the plan: read them, do not change them.
+
+    Args:
+        prompt: The user's workflow as an API prompt, or None.
+        workflow: The UI workflow, or None.
+        uses: Per param, its ``[node id, input name]`` places in ``prompt``.
+    """
+
+    def __init__(self, prompt: Mapping[str, Any] | None, workflow: Mapping[str, Any] | None,
+                 uses: Mapping[str, Iterable[Any]]) -> None:
+        self._uses = {name: [list(place) for place in places] for name, places in uses.items()}
+        marks = {name: _Mark(name) for name in self._uses}
+        self._source = (prompt, workflow)
+        self._prompt = None if prompt is None else executed_prompt(prompt, self._uses, marks)
+        self._workflow = (None if workflow is None
+                          else executed_workflow(workflow, self._uses, marks))
+        self._places: list[list[tuple[tuple[Any, ...], str]]] = []
+        self._templates: list[tuple[list[str], list[str]] | None] = []
+        for base in (self._prompt, self._workflow):
+            found: list[tuple[tuple[Any, ...], str]] = []
+            if base is not None:
+                _marks(base, (), found, set())
+            self._places.append(found)
+            self._templates.append(None if base is None else _template(base))
+
+    def _covers(self, params: Mapping[str, Any]) -> bool:
+        return all(name in params for name in self._uses)
+
+    def prompt(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """:func:`executed_prompt` of the planned prompt with ``params`` (None: no prompt)."""
+        if self._prompt is None:
+            return None
+        if not self._covers(params):
+            return executed_prompt(self._source[0] or {}, self._uses, params)
+        return _filled(self._prompt, self._places[0], params, self._templates[0])
+
+    def workflow(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """:func:`executed_workflow` of the planned UI workflow with ``params`` (None: none)."""
+        if self._workflow is None:
+            return None
+        if not self._covers(params):
+            return executed_workflow(self._source[1] or {}, self._uses, params)
+        return _filled(self._workflow, self._places[1], params, self._templates[1])
 
 
 # ------------------------------------------------------------------------------ UI graphs

@@ -17,7 +17,7 @@ import pytest
 from comfyc.compiler.catalog import default_catalog
 from comfyc.frontends.comfy_json.ui import ui_to_api
 from comfyc.runtime.nodes import registry
-from comfyc.runtime.provenance import executed_prompt, executed_workflow
+from comfyc.runtime.provenance import executed_prompt, executed_workflow, json_text
 from tests.conftest import CORPUS, DATA
 from tests.frontends.comfy_json.test_ui_features import _base, _by_id, _inp, _node
 
@@ -142,3 +142,95 @@ def test_prompt_drops_comfyc_facts_and_keeps_the_rest() -> None:
     assert out == {"3": {"class_type": "KSampler", "inputs": {"seed": 7, "steps": 20},
                          "_meta": {"title": "S", "color": "red"}}}
     assert prompt["3"]["_meta"]["dsl"] == {"bind": "s"} and prompt["3"]["inputs"]["seed"] == 1
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_plan_gives_what_the_direct_copies_give(path: Path) -> None:
+    """A ProvenancePlan's prompt and workflow equal executed_prompt / executed_workflow for
+    any values, run after run, and neither the plan's sources nor earlier results change."""
+    from comfyc.runtime.provenance import ProvenancePlan
+
+    catalog = _catalog()
+    ui = json.loads(path.read_text())
+    api = ui_to_api(ui, catalog)
+    api[next(iter(api))]["_meta"] = {"title": "T", "dsl": {"bind": "x"}}
+    uses, params = _every_widget(api)
+    before_ui, before_api = copy.deepcopy(ui), copy.deepcopy(api)
+    plan = ProvenancePlan(api, ui, uses)
+    first = plan.prompt(params), plan.workflow(params)
+    kept = copy.deepcopy(first)
+    second_params = {k: _changed(v) for k, v in params.items()}
+    second = plan.prompt(second_params), plan.workflow(second_params)
+    assert first == kept, "a later run changed an earlier run's chunks"
+    assert first == (executed_prompt(api, uses, params), executed_workflow(ui, uses, params))
+    assert second == (executed_prompt(api, uses, second_params),
+                      executed_workflow(ui, uses, second_params))
+    # Their JSON text (the PNG chunks) is json.dumps of the direct copies, cut from the plan's.
+    assert json_text(second[0]) == json.dumps(executed_prompt(api, uses, second_params))
+    assert json_text(second[1]) == json.dumps(executed_workflow(ui, uses, second_params))
+    assert json_text(first[1]) == json.dumps(executed_workflow(ui, uses, params))
+    assert (ui, api) == (before_ui, before_api)
+    # Params that leave some use out take the direct path (the place keeps its value).
+    partial = dict(list(params.items())[1:])
+    assert plan.prompt(partial) == executed_prompt(api, uses, partial)
+    assert plan.workflow(partial) == executed_workflow(ui, uses, partial)
+
+
+def test_a_program_plans_its_workflow_from_the_second_save(tmp_path: Path) -> None:
+    """Program.run builds the plan when it saves the same workflow again, the PNG chunks stay
+    those of the direct copies, and a new prompt in meta (the server's jobs) drops the plan."""
+    from PIL import Image
+
+    from comfyc.compiler.catalog import default_catalog
+    from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
+    from comfyc.frontends.dsl import parse_dsl
+    from comfyc.runtime import load
+    from tests.conftest import REPO
+
+    if not (REPO / "runtime" / "models" / "tiny-digits.safetensors").is_file():
+        pytest.skip("the tiny model is not built yet")
+    text = """
+param seed: INT = 42 [min=0, max=18446744073709551615]
+ckpt = CheckpointLoaderSimple(ckpt_name="tiny-digits.safetensors")
+pos = CLIPTextEncode(text="a handwritten digit two", clip=ckpt.CLIP)
+neg = CLIPTextEncode(text="", clip=ckpt.CLIP)
+latent = EmptyLatentImage(width=32, height=32, batch_size=1)
+s = KSampler(model=ckpt.MODEL, seed=seed, steps=2, cfg=5.0, sampler_name="euler",
+             scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+image = VAEDecode(samples=s, vae=ckpt.VAE)
+SaveImage(images=image, filename_prefix="plan")
+"""
+    artifact = tmp_path / "plan.comfyc"
+    compile_graph(parse_dsl(text, "plan.cfy", default_catalog()), artifact,
+                  CompileOptions(backend="torch"))
+    program = load(artifact)
+    chunks = []
+    for seed in (1, 2, 3):
+        result = program.run({"seed": seed}, output_dir=tmp_path / "out")
+        (file,) = next(iter(result.files.values()))
+        with Image.open(tmp_path / "out" / file["subfolder"] / file["filename"]) as picture:
+            chunks.append(json.loads(picture.text["prompt"]))
+        expected = executed_prompt(program.meta["prompt"], program.meta["param_uses"],
+                                   program.resolve_params({"seed": seed}))
+        assert chunks[-1] == json.loads(json.dumps(expected))
+    assert program._provenance is not None and program._provenance[1] is not None
+    assert [c for c in chunks if any(e.get("inputs", {}).get("seed") == 3
+                                     for e in c.values())] == [chunks[2]]
+    program.meta["prompt"] = copy.deepcopy(program.meta["prompt"])
+    assert program._plan(False) is None
+
+
+def test_plan_text_with_odd_values_and_the_token_in_the_workflow() -> None:
+    """Values JSON writes specially (non-ASCII, quotes, NaN, None, nested) come out as
+    json.dumps writes them; a workflow that happens to hold the plan's cut token still gets
+    its exact text (the plan then dumps it whole)."""
+    from comfyc.runtime.provenance import ProvenancePlan
+
+    prompt = {"3": {"class_type": "KSampler", "inputs": {"seed": 1, "text": "a"}},
+              "4": {"class_type": "Note", "inputs": {"text": "\0comfyc-param\0"}}}
+    uses = {"seed": [["3", "seed"]], "text": [["3", "text"]]}
+    for params in ({"seed": float("nan"), "text": 'é "quoted" \n'},
+                   {"seed": None, "text": ["x", {"y": 2}]}):
+        for source in (prompt, {k: v for k, v in prompt.items() if k != "4"}):
+            got = ProvenancePlan(source, None, uses).prompt(params)
+            assert json_text(got) == json.dumps(executed_prompt(source, uses, params))
