@@ -596,7 +596,8 @@ class CFGDenoiser:
                 for p in prepared[1:]:
                     tokens = _lcm(tokens, p.cond.shape[1])
                 context = np.concatenate(
-                    [np.tile(p.cond, (1, tokens // p.cond.shape[1], 1)) for p in prepared],
+                    [p.cond if p.cond.shape[1] == tokens
+                     else np.tile(p.cond, (1, tokens // p.cond.shape[1], 1)) for p in prepared],
                     axis=0)
                 extras = {k: np.concatenate([p.extras[k] for p in prepared], axis=0)
                           for k in prepared[0].extras}

@@ -457,8 +457,10 @@ def save_image_path(
     normalized = os.path.normpath(filename_prefix)
     subfolder = os.path.dirname(normalized)
     filename = os.path.basename(normalized)
-    root = base.resolve()
-    folder = root / subfolder
+    # NOTE: a bare file name cannot leave the output folder, so only a prefix with folders
+    # needs the resolved paths (resolving costs a system call per path component).
+    root = base.resolve() if subfolder else base
+    folder = root / subfolder if subfolder else base
     parts = normalized.split("/")
     if normalized == ".":
         raise ImageIOError(f"filename_prefix {original!r} names no file; use a prefix such as "
@@ -485,6 +487,10 @@ def save_image_path(
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
+        if not subfolder:
+            raise ImageIOError(
+                "the output folder cannot be made: a file is in its place (or in the place of "
+                "a folder above it); choose another output folder", original, base) from None
         raise ImageIOError(
             f"filename_prefix {original!r} names the folder {subfolder!r}, but a file of that "
             "name is in the output folder; choose another prefix", original, root) from None
@@ -666,9 +672,9 @@ def _save(
     # other saves into the folder wait only for the counter and the writes.
     files = [_png_bytes(_to_pixels(picture), texts, compress_level) for picture in batch]
     root = Path(base_dir).expanduser()
-    if not root.is_dir():
-        root.mkdir(parents=True, exist_ok=True)
     results: list[SaveResult] = []
+    # NOTE: save_image_path makes a missing output folder (the first save into a new folder
+    # runs unlocked: _publish still never replaces a file).
     with _folder_lock(root):
         # NOTE: SaveImage passes images[0].shape[1] (width) and shape[0] (height).
         folder, filename, counter, subfolder, _ = save_image_path(

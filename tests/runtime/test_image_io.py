@@ -236,6 +236,23 @@ def test_save_subfolders_and_substitutions(tmp_path: Path) -> None:
     assert len(month) == 14 and month.replace("-", "").isdigit()
 
 
+def test_save_makes_the_output_folder_or_says_why_not(tmp_path: Path) -> None:
+    """A missing output folder (and the folders above it) is made by the first save, counted
+    from 1, then reused; a file in its place is a clear error and nothing is written."""
+    out = tmp_path / "new" / "deeper"
+    img = np.zeros((1, 2, 2, 3), np.float32)
+    assert [r["filename"] for r in save_images(img, out, "x")] == ["x_00001_.png"]
+    assert [r["filename"] for r in save_images(img, out, "x")] == ["x_00002_.png"]
+    assert save_images(img, tmp_path / "rel" / ".." / "rel", "y")[0]["filename"] == "y_00001_.png"
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"keep")
+    for folder in (blocker, blocker / "below"):
+        with pytest.raises(ImageIOError, match="a file is in its place"):
+            save_images(img, folder, "x")
+    assert blocker.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "file", "new", "rel"]
+
+
 @pytest.mark.parametrize("prefix", ["../x", "sub/../../x", "/tmp/abs/x"])
 def test_save_prefix_escape_refused(tmp_path: Path, prefix: str) -> None:
     """A prefix leaving the output folder is refused and nothing is written."""
