@@ -218,6 +218,21 @@ SaveImage(images=image, filename_prefix="plan")
                                      for e in c.values())] == [chunks[2]]
     program.meta["prompt"] = copy.deepcopy(program.meta["prompt"])
     assert program._plan(False) is None
+    # A program that carries a UI workflow (its PNG's workflow chunk) plans both chunks.
+    ui = _base()
+    program.meta.update(prompt=ui_to_api(ui), extra_pnginfo={"workflow": ui},
+                        param_uses={"seed": [["3", "seed"]]})
+    for seed in (4, 5, 6):
+        result = program.run({"seed": seed}, output_dir=tmp_path / "ui")
+        (file,) = next(iter(result.files.values()))
+        with Image.open(tmp_path / "ui" / file["filename"]) as picture:
+            text = dict(picture.text)
+        uses = program.meta["param_uses"]
+        assert text["prompt"] == json.dumps(executed_prompt(program.meta["prompt"], uses,
+                                                            {"seed": seed}))
+        assert text["workflow"] == json.dumps(executed_workflow(ui, uses, {"seed": seed}))
+        assert _by_id(json.loads(text["workflow"]), 3)["widgets_values"][0] == seed
+    assert program._provenance[1] is not None and ui == _base()
 
 
 def test_plan_text_with_odd_values_and_the_token_in_the_workflow() -> None:
