@@ -428,9 +428,9 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
 
 def _step_graph_known(info: Mapping[str, Any]) -> bool:
     """Whether the stage's sampler-step graph has the interface this runtime runs."""
-    from .backends.step_graph import STEP_GRAPH_VERSION
+    from .backends.step_graph import STEP_GRAPH_VERSIONS
 
-    return info.get("step_graph") == STEP_GRAPH_VERSION
+    return info.get("step_graph") in STEP_GRAPH_VERSIONS
 
 
 def _step_cache_stage(root: Path, name: str, entry: StageEntry, info: dict[str, Any],

@@ -695,6 +695,11 @@ class _Stepper:
         self._context = context
         self._extras = extras
 
+    def has(self, head: str) -> bool:
+        """Whether the step graph has the output ``head`` (``STEP_OUTPUTS``; a version 2
+        graph lacks DPM++ 2M SDE's)."""
+        return head in getattr(self._denoiser.unet, "heads", ())
+
     def _coefs(self, sigmas: Sequence[float], columns: Mapping[int, np.ndarray]
                ) -> np.ndarray:
         """``step_coefs`` per step ``[n, 17]`` (float32; ``compiler.lowering.step_graph.COEFS``):
@@ -728,6 +733,9 @@ class _Stepper:
         # each of them alone (one code path); row i is step i's ``[2b]`` input.
         steps = np.asarray(ms.timestep(np.asarray(sigmas[:-1], dtype=np.float32)),
                            dtype=np.float32).reshape(-1, 1)
+        count = getattr(d.unet, "coef_count", coefs.shape[1])
+        if count != coefs.shape[1]:  # an older step graph takes the first coefficients
+            coefs = np.ascontiguousarray(coefs[:, :count])
         timesteps = np.repeat(steps, rows, axis=1)
         feeds = {"step_x": x, "step_old": x, "step_noise": x,
                  "encoder_hidden_states": self._context, **self._extras}

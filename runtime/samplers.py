@@ -992,7 +992,7 @@ def _dpmpp_2m_sde(
         h_last = h
     noisy = eta > 0 and s_noise > 0
     fused = run.fused(x)
-    if fused is not None:  # The same arithmetic in the UNet stage's step graph.
+    if fused is not None and fused.has("sde_first"):  # The same arithmetic in the step graph.
         return fused.dpmpp_2m_sde(
             x, s, [w[0] if w else 0.0 for w in weights], [w[1] if w else 0.0 for w in weights],
             [w[2] if w else None for w in weights], [w[3] if w else 0.0 for w in weights],

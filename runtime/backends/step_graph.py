@@ -25,12 +25,17 @@ import numpy as np
 
 from .base import BackendError, Stage
 
-__all__ = ["STEP_GRAPH_VERSION", "STEP_INPUTS", "STEP_OUTPUTS", "StepGraphUNet"]
+__all__ = ["STEP_GRAPH_VERSION", "STEP_GRAPH_VERSIONS", "STEP_INPUTS", "STEP_OUTPUTS",
+           "StepGraphUNet"]
 
-#: The step-graph interface this runtime runs (``compiler.lowering.step_graph``); an
-#: artifact's step graph of another version is left unused (the plain graph gives the same
-#: results).
+#: The step-graph interface the compiler writes (``compiler.lowering.step_graph``).
 STEP_GRAPH_VERSION = 3
+
+#: The step-graph versions this runtime runs, each with its ``step_coefs`` length and its
+#: number of outputs: version 2 (artifacts of 2026-12-04's afternoon) is version 3 without
+#: DPM++ 2M SDE's five coefficients and four heads, which then steps in numpy. A step graph
+#: of another version is left unused (the plain graph gives the same results).
+STEP_GRAPH_VERSIONS = {2: (12, 5), 3: (17, 9)}
 
 #: The step graph's own inputs (besides the UNet's timestep, context and extras).
 STEP_INPUTS = ("step_x", "step_coefs", "step_old", "step_noise")
@@ -66,10 +71,19 @@ class StepGraphUNet(Stage):
         super().__init__(name, "unet", {**facts, **(info or {})})
         missing = [n for n in (*STEP_INPUTS, "timestep", "encoder_hidden_states")
                    if n not in step.inputs]
-        if missing or list(step.output_names) != list(STEP_OUTPUTS):
-            raise BackendError(f"{step.path.name} is not a sampler-step graph (inputs "
-                               f"{list(step.inputs)}, outputs {step.output_names}); compile "
-                               "the workflow again")
+        shapes = {(len(STEP_OUTPUTS[:count]), coefs) for coefs, count
+                  in STEP_GRAPH_VERSIONS.values()}
+        outputs = list(step.output_names)
+        coef_shape = step.inputs["step_coefs"][1] if "step_coefs" in step.inputs else []
+        if (missing or outputs != list(STEP_OUTPUTS[:len(outputs)])
+                or (len(outputs), *coef_shape) not in shapes):
+            raise BackendError(f"{step.path.name} is not a sampler-step graph this runtime "
+                               f"knows (inputs {list(step.inputs)}, outputs "
+                               f"{step.output_names}); compile the workflow again")
+        #: The heads the graph has (:data:`STEP_OUTPUTS`, all or a version's first ones).
+        self.heads = frozenset(outputs)
+        #: How many ``step_coefs`` the graph takes (the first of ``COEFS``).
+        self.coef_count = int(coef_shape[0])
         self.step_session = step
         self.backend = step.backend
         self.prediction = str(step.metadata.get("comfyc.step_prediction", "eps"))

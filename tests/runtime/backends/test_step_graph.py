@@ -24,6 +24,7 @@ from comfyc.compiler.lowering.artifact import CompileOptions, compile_graph
 from comfyc.compiler.lowering.step_graph import write_step_graph
 from comfyc.frontends.dsl import parse_dsl
 from comfyc.runtime.artifact import load, read_manifest
+from comfyc.runtime.backends.base import BackendError
 from comfyc.runtime.backends.ort import OrtSession, OrtUNet
 from comfyc.runtime.backends.step_graph import StepGraphUNet
 from comfyc.runtime.cfg import make_denoiser
@@ -145,6 +146,86 @@ def test_step_heads_match_numpy_for_each_prediction(
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     for a, b in zip(outs[0][1], outs[1][1], strict=True):  # the reported x0 of each step
         np.testing.assert_array_equal(a, b)
+
+
+def _as_version_2(step_file: Path, out: Path) -> Path:
+    """The step graph as the version 2 compiler wrote it: the same graph without DPM++ 2M
+    SDE's coefficients and heads (``step_coefs[12]``, five outputs), over the same weights."""
+    import onnx
+
+    model = onnx.load(str(step_file), load_external_data=False)
+    graph = model.graph
+    sde = {"sde_first", "sde_second", "sde_first_noise", "sde_second_noise"}
+    kept = [n for n in graph.node if not n.name.startswith("step/sde")
+            and not set(n.output) & sde]
+    del graph.node[:]
+    graph.node.extend(kept)
+    outputs = [o for o in graph.output if o.name not in sde]
+    del graph.output[:]
+    graph.output.extend(outputs)
+    (coefs,) = [i for i in graph.input if i.name == "step_coefs"]
+    coefs.type.tensor_type.shape.dim[0].dim_value = 12
+    (split,) = [n for n in graph.node if n.name == "step/coefs"]
+    del split.output[12:]
+    for attribute in split.attribute:
+        if attribute.name == "num_outputs":
+            attribute.i = 12
+    onnx.save(model, str(out))
+    return out
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde"])
+def test_a_version_2_step_graph_still_runs(artifacts: dict[str, Path], tmp_path: Path,
+                                           sampler: str) -> None:
+    """Artifacts compiled before the DPM++ 2M SDE head keep their step graph: its samplers
+    step in it with the first 12 coefficients, DPM++ 2M SDE steps in numpy, all with the
+    plain graph's bits; the manifest's version 2 is accepted, version 1 is not."""
+    import dataclasses
+
+    from comfyc.runtime.artifact import make_stage
+
+    root = artifacts["euler"]
+    name, entry = next((n, e) for n, e in read_manifest(root).stages.items()
+                       if e.kind == "unet")
+    stages = tmp_path / "stages"
+    shutil.copytree(root / "stages", stages)
+    old = _as_version_2(stages / Path(entry.variants["step"]).name, stages / "v2.step.onnx")
+    v2 = dataclasses.replace(entry, info={**entry.info, "step_graph": 2},
+                             variants={**entry.variants, "step": "stages/v2.step.onnx"})
+    loaded = make_stage(tmp_path, name, v2, "ort-cpu")
+    assert isinstance(loaded, StepGraphUNet) and loaded.coef_count == 12
+    plain = OrtUNet("unet", stages / Path(str(entry.file)).name, intra_op_threads=1)
+    # NOTE: one thread for both graphs, so that their convolutions sum in the same order.
+    fused = StepGraphUNet("unet", OrtSession(old, intra_op_threads=1), lambda: plain)
+    assert fused.coef_count == 12 and "sde_first" not in fused.heads and "euler" in fused.heads
+    ms = model_sampling_discrete("eps")
+    rng = np.random.default_rng(7)
+    positive, negative = conds(rng, int(plain.session.inputs["encoder_hidden_states"][1][2]))
+    latent = np.zeros((1, 4, 8, 8), np.float32)
+    noise = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    sigmas = ksampler_sigmas("karras", 4, sampler, 1.0, schedule=ms)
+    outs = [sample(make_denoiser(unet, positive, negative, 5.0, latent.shape,
+                                 model_sampling=ms), latent, noise, sigmas, sampler, 11,
+                   model_sampling=ms) for unet in (fused, plain)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert fused.step_calls == (0 if sampler == "dpmpp_2m_sde" else 4)
+    with pytest.raises(BackendError, match="not a sampler-step graph"):
+        StepGraphUNet("unet", OrtSession(_truncate_outputs(old, stages / "bad.step.onnx"),
+                                         intra_op_threads=1), lambda: plain)
+    assert not isinstance(make_stage(tmp_path, name, dataclasses.replace(
+        v2, info={**v2.info, "step_graph": 1}), "ort-cpu"), StepGraphUNet)
+
+
+def _truncate_outputs(step_file: Path, out: Path) -> Path:
+    """A step graph with one head too few for any version."""
+    import onnx
+
+    model = onnx.load(str(step_file), load_external_data=False)
+    outputs = list(model.graph.output)[:4]
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    onnx.save(model, str(out))
+    return out
 
 
 def test_a_graph_for_another_prediction_is_not_used(artifacts: dict[str, Path]) -> None:
