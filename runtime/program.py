@@ -165,7 +165,10 @@ class RunResult:
     Attributes:
         images: Output images by node id (IMAGE arrays, [B,H,W,3] in [0,1]).
         files: Files written by output nodes, by node id (ComfyUI's ui.images entries).
-        timings: Per-stage timing summary and totals in seconds.
+        timings: Seconds: ``total_s`` (the whole :meth:`Program.run` call, from checking the
+            params to the last op), ``stage_total_s`` (inside model stage calls),
+            ``overhead_s`` (the difference: the runtime's own time), ``ops`` (per op class)
+            and ``stages`` (per stage: calls, total and median per call).
     """
 
     images: dict[str, np.ndarray]
