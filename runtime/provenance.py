@@ -206,37 +206,32 @@ class ProvenancePlan:
                  uses: Mapping[str, Iterable[Any]]) -> None:
         self._uses = {name: [list(place) for place in places] for name, places in uses.items()}
         marks = {name: _Mark(name) for name in self._uses}
-        self._source = (prompt, workflow)
-        self._prompt = None if prompt is None else executed_prompt(prompt, self._uses, marks)
-        self._workflow = (None if workflow is None
-                          else executed_workflow(workflow, self._uses, marks))
-        self._places: list[list[tuple[tuple[Any, ...], str]]] = []
-        self._templates: list[tuple[list[str], list[str]] | None] = []
-        for base in (self._prompt, self._workflow):
+        # Per chunk: (its source, the direct function, the marked copy or None, the marks'
+        # places in it, its JSON text cut at the marks).
+        self._chunks: list[tuple[Any, Any, Any, list[tuple[tuple[Any, ...], str]], Any]] = []
+        for source, direct in ((prompt, executed_prompt), (workflow, executed_workflow)):
+            base = None if source is None else direct(source, self._uses, marks)
             found: list[tuple[tuple[Any, ...], str]] = []
             if base is not None:
                 _marks(base, (), found, set())
-            self._places.append(found)
-            self._templates.append(None if base is None else _template(base))
+            self._chunks.append((source, direct, base, found,
+                                 None if base is None else _template(base)))
 
-    def _covers(self, params: Mapping[str, Any]) -> bool:
-        return all(name in params for name in self._uses)
+    def _chunk(self, index: int, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        source, direct, base, places, template = self._chunks[index]
+        if base is None:
+            return None
+        if not all(name in params for name in self._uses):
+            return direct(source, self._uses, params)  # type: ignore[no-any-return]
+        return _filled(base, places, params, template)
 
     def prompt(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """:func:`executed_prompt` of the planned prompt with ``params`` (None: no prompt)."""
-        if self._prompt is None:
-            return None
-        if not self._covers(params):
-            return executed_prompt(self._source[0] or {}, self._uses, params)
-        return _filled(self._prompt, self._places[0], params, self._templates[0])
+        return self._chunk(0, params)
 
     def workflow(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """:func:`executed_workflow` of the planned UI workflow with ``params`` (None: none)."""
-        if self._workflow is None:
-            return None
-        if not self._covers(params):
-            return executed_workflow(self._source[1] or {}, self._uses, params)
-        return _filled(self._workflow, self._places[1], params, self._templates[1])
+        return self._chunk(1, params)
 
 
 # ------------------------------------------------------------------------------ UI graphs

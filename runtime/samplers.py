@@ -966,6 +966,7 @@ def _dpmpp_2m_sde(
     ms = run.ms
     s = ms.offset_first_sigma(s)
     eta32 = _f32(eta)
+    noisy = eta > 0 and s_noise > 0
     # Per step: (a, alpha_t * phi, c or None, noise scale), None for a step to sigma 0.
     weights: list[tuple[float, float, float | None, float] | None] = []
     h_last: float | None = None
@@ -987,10 +988,9 @@ def _dpmpp_2m_sde(
                     c = _f32(_f32(alpha_t * _f32(_f32(phi / _f32(-h_eta)) + 1.0)) * _f32(1.0 / r))
                 else:
                     c = _f32(_f32(_f32(0.5 * alpha_t) * phi) * _f32(1.0 / r))
-            scale = _sde_noise_scale(h, eta) if eta > 0 and s_noise > 0 else 0.0
+            scale = _sde_noise_scale(h, eta) if noisy else 0.0
             weights.append((a, _f32(alpha_t * phi), c, scale))
         h_last = h
-    noisy = eta > 0 and s_noise > 0
     fused = run.fused(x)
     if fused is not None and fused.has("sde_first"):  # The same arithmetic in the step graph.
         return fused.dpmpp_2m_sde(

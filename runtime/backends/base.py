@@ -12,6 +12,7 @@ Stage signatures (all float32 unless noted; the same for every backend):
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -24,17 +25,6 @@ __all__ = ["Stage", "StageTimer", "BackendError"]
 
 class BackendError(Error, RuntimeError):
     """A backend cannot run: missing package, provider not active, bad stage file."""
-
-
-def _median(values: list[float]) -> float:
-    """The median of a few floats, as ``numpy.median`` gives it (a tenth of its cost)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return float(ordered[middle])
-    return float((ordered[middle - 1] + ordered[middle]) / 2)
 
 
 class StageTimer:
@@ -58,7 +48,7 @@ class StageTimer:
         out = {}
         for name, times in self.calls.items():
             out[name] = {"calls": len(times), "total_s": float(sum(times)),
-                         "median_s": _median(times)}
+                         "median_s": statistics.median(times) if times else 0.0}
         return out
 
     def reset(self) -> None:

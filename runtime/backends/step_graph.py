@@ -71,8 +71,7 @@ class StepGraphUNet(Stage):
         super().__init__(name, "unet", {**facts, **(info or {})})
         missing = [n for n in (*STEP_INPUTS, "timestep", "encoder_hidden_states")
                    if n not in step.inputs]
-        shapes = {(len(STEP_OUTPUTS[:count]), coefs) for coefs, count
-                  in STEP_GRAPH_VERSIONS.values()}
+        shapes = {(count, coefs) for coefs, count in STEP_GRAPH_VERSIONS.values()}
         outputs = list(step.output_names)
         coef_shape = step.inputs["step_coefs"][1] if "step_coefs" in step.inputs else []
         if (missing or outputs != list(STEP_OUTPUTS[:len(outputs)])
