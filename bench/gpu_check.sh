@@ -9,6 +9,9 @@
 #
 #   bash bench/gpu_check.sh            # PYTHON=/path/to/python to choose the interpreter
 #   STEPS=20 RUNS=10 bash bench/gpu_check.sh
+#   OUT=/tmp/gpu SIZES=64 TUNE_BACKENDS=ort-cpu,torch-cuda bash bench/gpu_check.sh
+# OUT: the report folder; SIZES: image sizes (default "64 256"); TUNE_BACKENDS: comfyc tune's
+# candidates (default: every backend available here, torch-compile on the CPU included).
 set -u
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -16,6 +19,8 @@ PY=${PYTHON:-python3}
 STEPS=${STEPS:-20}
 RUNS=${RUNS:-10}
 OUT=${OUT:-$REPO/bench/results/gpu}
+SIZES=${SIZES:-64 256}
+TUNE_BACKENDS=${TUNE_BACKENDS:-}
 mkdir -p "$OUT"
 
 echo "== machine"
@@ -42,17 +47,20 @@ except ImportError:
     pass
 PY
 
-# comfyc without installing it: comfyc.{compiler,runtime,frontends} map to the top folders.
+# comfyc without installing it: comfyc.* maps to the top folders (setup.py's layout: pkg/ holds
+# the package's own __init__).
 SHIM=$(mktemp -d)
 mkdir -p "$SHIM/comfyc"
-ln -s "$REPO/comfyc/__init__.py" "$SHIM/comfyc/__init__.py"
-for part in compiler runtime frontends; do ln -s "$REPO/$part" "$SHIM/comfyc/$part"; done
+ln -s "$REPO/pkg/__init__.py" "$SHIM/comfyc/__init__.py"
+for part in compiler runtime frontends serve cli examples; do
+  ln -s "$REPO/$part" "$SHIM/comfyc/$part"
+done
 export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 comfyc() { "$PY" -c 'import sys; from comfyc.cli.main import main; sys.exit(main())' "$@"; }
 
 BACKENDS=torch,torch-cuda,torch-compile-cuda,ort-cpu,ort-cuda,ort-trt,trt
-for size in 64 256; do
+for size in $SIZES; do
   WF="$OUT/txt2img-$size.cfy"
   sed -e "s/steps=20/steps=$STEPS/" -e "s/width=64, height=64/width=$size, height=$size/" \
       examples/txt2img.cfy > "$WF"
@@ -67,7 +75,13 @@ for size in 64 256; do
   comfyc bench "$ART" --backends "$BACKENDS" --runs "$RUNS" --warmup 2 \
       --precisions fp32,int8 --skip-unavailable -o "$OUT/bench-$size" || echo "bench failed: $?"
   echo "== autotune ${size}x${size} (dry run: the plan is printed, not written)"
-  comfyc tune "$ART" --calls 20 --dry-run || echo "tune failed: $?"
+  if comfyc tune "$ART" --calls 20 --dry-run --json ${TUNE_BACKENDS:+--backends "$TUNE_BACKENDS"} \
+      > "$OUT/autotune-$size.json"; then
+    "$PY" -c 'import json, sys; from comfyc.cli.commands.tune import print_autotune
+print_autotune(json.load(open(sys.argv[1])))' "$OUT/autotune-$size.json"
+  else
+    echo "tune failed: $?"
+  fi
 done
 rm -rf "$SHIM"
 echo "== reports: $OUT/bench-*/report.html, bench.json; autotune: $OUT/autotune-*.json"
