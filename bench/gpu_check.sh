@@ -11,7 +11,8 @@
 #   STEPS=20 RUNS=10 bash bench/gpu_check.sh
 #   OUT=/tmp/gpu SIZES=64 TUNE_BACKENDS=ort-cpu,torch-cuda bash bench/gpu_check.sh
 # OUT: the report folder; SIZES: image sizes (default "64 256"); TUNE_BACKENDS: comfyc tune's
-# candidates (default: every backend available here, torch-compile on the CPU included).
+# candidates (default: every backend available here, torch-compile on the CPU included);
+# BACKENDS and PRECISIONS: comfyc bench's rows (defaults below); TUNE=0 skips the autotune.
 set -u
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -21,6 +22,8 @@ RUNS=${RUNS:-10}
 OUT=${OUT:-$REPO/bench/results/gpu}
 SIZES=${SIZES:-64 256}
 TUNE_BACKENDS=${TUNE_BACKENDS:-}
+TUNE=${TUNE:-1}
+PRECISIONS=${PRECISIONS:-fp32,int8}
 mkdir -p "$OUT"
 
 echo "== machine"
@@ -59,7 +62,7 @@ export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 comfyc() { "$PY" -c 'import sys; from comfyc.cli.main import main; sys.exit(main())' "$@"; }
 
-BACKENDS=torch,torch-cuda,torch-compile-cuda,ort-cpu,ort-cuda,ort-trt,trt
+BACKENDS=${BACKENDS:-torch,torch-cuda,torch-compile-cuda,ort-cpu,ort-cuda,ort-trt,trt}
 for size in $SIZES; do
   WF="$OUT/txt2img-$size.cfy"
   sed -e "s/steps=20/steps=$STEPS/" -e "s/width=64, height=64/width=$size, height=$size/" \
@@ -73,7 +76,8 @@ for size in $SIZES; do
   fi
   echo "== bench ${size}x${size}: $BACKENDS (unavailable ones skipped), $RUNS runs"
   comfyc bench "$ART" --backends "$BACKENDS" --runs "$RUNS" --warmup 2 \
-      --precisions fp32,int8 --skip-unavailable -o "$OUT/bench-$size" || echo "bench failed: $?"
+      --precisions "$PRECISIONS" --skip-unavailable -o "$OUT/bench-$size" || echo "bench failed: $?"
+  [ "$TUNE" = 0 ] && continue
   echo "== autotune ${size}x${size} (dry run: the plan is printed, not written)"
   if comfyc tune "$ART" --calls 20 --dry-run --json ${TUNE_BACKENDS:+--backends "$TUNE_BACKENDS"} \
       > "$OUT/autotune-$size.json"; then

