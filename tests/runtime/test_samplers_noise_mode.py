@@ -174,6 +174,22 @@ def _tiny_model_or_skip() -> None:
         pytest.skip("the tiny model is not built yet")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one thread for the whole test, restored after.
+
+    NOTE: the torch path's images can differ in the last bit between thread counts (PyTorch
+    splits some sums by thread), and a stage's default count follows the load average, as does
+    the count that compiling's prompt folding inherits from earlier loads in this process: the
+    images these tests compare bit for bit must all be made with the same count.
+    """
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _cli_run(tmp_path, sampler: str, out: str, *extra: str):
     """`comfyc run` on a tiny-model workflow; returns (pixels, PNG text chunks, PNG path)."""
     from pathlib import Path
@@ -188,12 +204,14 @@ def _cli_run(tmp_path, sampler: str, out: str, *extra: str):
         source.write_text(_TINY_WORKFLOW.format(sampler=sampler))
     else:
         extra = extra[1:]
-    assert main(["run", str(source), "-o", str(tmp_path / out), "-q", *extra]) == 0
+    assert main(["run", str(source), "-o", str(tmp_path / out), "-q", "--threads", "1",
+                 *extra]) == 0
     [png] = sorted((tmp_path / out).glob("*.png"))
     with Image.open(png) as image:
         return np.asarray(image.convert("RGB")), dict(image.text), png
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_run_noise_mode_option_reaches_the_sampler_and_the_png(tmp_path) -> None:
     """`comfyc run --noise-mode cpu-legacy` draws ComfyUI-before-#11528's ancestral noise (another
     image than the default cpu), the PNG records the mode in a `comfyc` chunk, and `comfyc run
@@ -216,6 +234,7 @@ def test_run_noise_mode_option_reaches_the_sampler_and_the_png(tmp_path) -> None
     assert np.array_equal(forced, cpu)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_noise_mode_free_sampler_png_has_no_record(tmp_path) -> None:
     """euler draws no per-step noise: any mode gives the same image, and the PNG carries only
     ComfyUI's own chunks."""
@@ -249,6 +268,7 @@ def test_program_run_checks_the_noise_mode(tmp_path) -> None:
     assert seen == ["cpu", "cuda", "cpu-legacy", "cpu"]
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_compile_noise_mode_is_the_artifacts_default(tmp_path) -> None:
     """`comfyc compile --noise-mode cpu-legacy`: the manifest records it, the artifact's runs
     use it (the same image as `comfyc run --noise-mode cpu-legacy` on the workflow) and record
