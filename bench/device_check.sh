@@ -15,13 +15,21 @@
 #
 # Settings (environment): PYTHON (python3), STEPS (20), RUNS (5), SIZES ("64 256"),
 # BUDGET_S (405), SD15 (auto: only with CUDA; 0: never; 1: always), SD15_RUNS (3),
-# WORK (/tmp/comfyc-device), WHEELS (.whl).
+# WORK (/tmp/comfyc-device), WHEELS (.whl), and gpu_check.sh's BACKENDS (the GPU rows and
+# torch, the agreement reference), PRECISIONS (fp32) and TUNE (1).
+#
+# The first run on an H200 (2026-12-04, bench/results/device/) spent its 170 s for 64 px on
+# the int8 compile, torch.compile's 47 s warm-up and ort-cpu with 16 threads, and was cut off
+# before comfyc bench wrote its report: hence the GPU-only rows and fp32 by default. With
+# little device time left: SIZES=64 SD15=0 TUNE=0 BUDGET_S=200 (about 2 minutes).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 OUT=${OUT:-$REPO/bench/results/device}
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-20}
+export BACKENDS=${BACKENDS:-torch,torch-cuda,torch-compile-cuda,ort-cuda,ort-trt,trt}
+export PRECISIONS=${PRECISIONS:-fp32}
 RUNS=${RUNS:-5}
 SIZES=${SIZES:-64 256}
 BUDGET_S=${BUDGET_S:-405}
