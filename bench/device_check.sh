@@ -15,8 +15,14 @@
 #
 # Settings (environment): PYTHON (python3), STEPS (20), RUNS (5), SIZES ("64 256"),
 # BUDGET_S (405), SD15 (auto: only with CUDA; 0: never; 1: always), SD15_RUNS (3),
-# WORK (/tmp/comfyc-device), WHEELS (.whl), and gpu_check.sh's BACKENDS (the GPU rows and
-# torch, the agreement reference), PRECISIONS (fp32) and TUNE (1).
+# SD15_SIZE (512), SD15_LIMIT (200 s), SD15_REFERENCE (0; 1: the last seed again on the CPU
+# torch backend, compared with the GPU's image), WORK (/tmp/comfyc-device), WHEELS (.whl),
+# and gpu_check.sh's BACKENDS (the GPU rows and torch, the agreement reference), PRECISIONS
+# (fp32) and TUNE (1). SIZES="" skips the tiny model.
+#
+# SD1.5-size agreement between the GPU and the CPU in about 4 minutes:
+#   SIZES="" SD15=1 SD15_SIZE=256 STEPS=8 SD15_RUNS=2 SD15_REFERENCE=1 SD15_LIMIT=280 \
+#     BUDGET_S=320 bash bench/device_check.sh
 #
 # The first run on an H200 (2026-12-04, bench/results/device/) spent its 170 s for 64 px on
 # the int8 compile, torch.compile's 47 s warm-up and ort-cpu with 16 threads, and was cut off
@@ -35,6 +41,9 @@ SIZES=${SIZES:-64 256}
 BUDGET_S=${BUDGET_S:-405}
 SD15=${SD15:-auto}
 SD15_RUNS=${SD15_RUNS:-3}
+SD15_SIZE=${SD15_SIZE:-512}
+SD15_LIMIT=${SD15_LIMIT:-200}
+export SD15_REFERENCE=${SD15_REFERENCE:-0}
 WORK=${WORK:-/tmp/comfyc-device}
 WHEELS=${WHEELS:-$REPO/.whl}
 SITE=$WORK/site
@@ -62,17 +71,18 @@ if [ "${1:-}" = "--sd15" ]; then
   "$PY" bench/make_checkpoints.py sd15 --size full --dtype fp16 \
       -o "$D/models/checkpoints/sd15.safetensors" || exit 1
   sed -e 's/tiny-digits.safetensors/sd15.safetensors/' -e "s/steps=20/steps=$STEPS/" \
-      -e 's/width=64, height=64/width=512, height=512/' \
+      -e "s/width=64, height=64/width=$SD15_SIZE, height=$SD15_SIZE/" \
       -e 's/a handwritten digit seven/a photo of a cat/' examples/txt2img.cfy > "$D/sd15.cfy"
-  echo "== SD1.5 compile 512x512 ($STEPS steps), PyTorch weights only (--backend torch)"
+  echo "== SD1.5 compile ${SD15_SIZE}x$SD15_SIZE ($STEPS steps), PyTorch weights only (--backend torch)"
   start=$SECONDS
   comfyc compile "$D/sd15.cfy" -o "$D/sd15.comfyc" --backend torch --models-dir "$D/models" -q \
       || exit 1
   echo "compiled in $((SECONDS - start)) s"
   rm -f "$D/models/checkpoints/sd15.safetensors"
   echo "== SD1.5 run on ${SD15_BACKEND:-torch-cuda}: 1 warm-up + $SD15_RUNS timed images"
-  "$PY" - "$D/sd15.comfyc" "${SD15_BACKEND:-torch-cuda}" "$SD15_RUNS" "$OUT/sd15.json" <<'PY'
-import json, statistics, sys, time
+  "$PY" - "$D/sd15.comfyc" "${SD15_BACKEND:-torch-cuda}" "$SD15_RUNS" "$OUT/sd15.json" \
+      "$SD15_SIZE" <<'PY'
+import json, os, statistics, sys, time
 
 import numpy as np
 import torch
@@ -80,8 +90,9 @@ import torch
 from comfyc.runtime.artifact import load
 
 artifact, backend, runs, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+size = int(sys.argv[5])
 cuda = torch.cuda.is_available()
-result = {"model": "SD1.5 full size, seeded random weights", "size": "512x512",
+result = {"model": "SD1.5 full size, seeded random weights", "size": f"{size}x{size}",
           "backend": backend, "precision": "fp32", "torch": torch.__version__,
           "gpu": torch.cuda.get_device_name(0) if cuda else None}
 start = time.perf_counter()
@@ -105,6 +116,26 @@ result.update({
     "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None,
     "image_shape": list(image.shape), "image_finite": bool(np.isfinite(image).all()),
     "image_mean": float(image.mean()), "image_std": float(image.std())})
+if os.environ.get("SD15_REFERENCE") == "1":
+    # NOTE: the last seed again on the CPU (torch backend, fp32): the GPU's image against it.
+    del program
+    start = time.perf_counter()
+    cpu = load(artifact, backend="torch")
+    loaded = time.perf_counter() - start
+    start = time.perf_counter()
+    ref = np.asarray(next(iter(cpu.run({"seed": 42 + runs}, save=False).images.values())))
+    seconds_cpu = time.perf_counter() - start
+    diff = np.abs(image.astype(np.float64) - ref.astype(np.float64))
+    mse = float((diff ** 2).mean())
+    pixels = np.abs(np.floor(np.clip(image, 0, 1) * 255.0) - np.floor(np.clip(ref, 0, 1) * 255.0))
+    result["cpu_reference"] = {
+        "backend": "torch (CPU, fp32)", "threads": torch.get_num_threads(),
+        "load_s": round(loaded, 3), "image_s": round(seconds_cpu, 3), "seed": 42 + runs,
+        "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+        "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse)),
+        "max_pixel_levels": float(pixels.max()),
+        "pixels_differing_share": float((pixels > 0).mean())}
+    print("  CPU reference:", json.dumps(result["cpu_reference"]), flush=True)
 with open(out, "w") as f:
     json.dump(result, f, indent=2, default=str)
 print(json.dumps({k: result[k] for k in ("backend", "load_s", "first_image_s",
@@ -212,13 +243,13 @@ PY
   done
 
   # SD1.5 size on torch-cuda (fp32: comfyc's torch backends run the fp32 weights only).
-  lim=$(limit 200)
+  lim=$(limit "$SD15_LIMIT")
   if [ "$SD15" = 0 ] || { [ "$SD15" = auto ] && [ "$cuda" = 0 ]; }; then
     echo "== SD1.5: skipped (SD15=$SD15, cuda=$cuda)"
   elif [ "$lim" -lt 60 ]; then
     echo "== SD1.5: skipped, only $lim s left"
   else
-    echo "== SD1.5 512x512 on torch-cuda, at most $lim s"
+    echo "== SD1.5 ${SD15_SIZE}x$SD15_SIZE on torch-cuda, at most $lim s"
     PYTHONPATH="$(shim)${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 "$lim" \
         bash "$REPO/bench/device_check.sh" --sd15
     echo "SD1.5: exit $? after $SECONDS s in all (124: out of time)"
@@ -253,6 +284,11 @@ if sd.is_file():
     print(f"sd15.json: {r['backend']} {r['size']} {r['precision']}: "
           f"{r['per_image_median_s']} s/image (first {r['first_image_s']} s, load "
           f"{r['load_s']} s, peak GPU {r['peak_gpu_mb']} MB, finite {r['image_finite']})")
+    ref = r.get("cpu_reference")
+    if ref:
+        print(f"  vs the CPU (torch, seed {ref['seed']}): max |diff| {ref['max_abs_diff']:.3g}, "
+              f"PSNR {ref['psnr_db']:.1f} dB, max {ref['max_pixel_levels']:.0f} levels, "
+              f"{ref['pixels_differing_share'] * 100:.2f} % of values differ")
 else:
     print("sd15.json: none")
 PY
