@@ -37,7 +37,7 @@ STEPS=${STEPS:-20}
 export BACKENDS=${BACKENDS:-torch,torch-cuda,torch-compile-cuda,ort-cuda,ort-trt,trt}
 export PRECISIONS=${PRECISIONS:-fp32}
 RUNS=${RUNS:-5}
-SIZES=${SIZES:-64 256}
+SIZES=${SIZES-64 256}   # (no colon: SIZES="" means none)
 BUDGET_S=${BUDGET_S:-405}
 SD15=${SD15:-auto}
 SD15_RUNS=${SD15_RUNS:-3}
