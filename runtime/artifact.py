@@ -372,12 +372,16 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
                    "t2i_adapter": ort.OrtT2IAdapter}
         ort_options = {key: value for key, value in options.items() if key in _ORT_OPTIONS}
         precision = ort_options.pop("precision", None)
+        providers = ort.providers_for_backend(backend)
         if entry.optimized:
-            # Already optimised offline (EXTENDED level, portable): don't redo that work.
-            ort_options.setdefault("optimization_level", "extended")
+            # NOTE: the file holds onnxruntime's portable (EXTENDED) optimisations. On the CPU
+            # the session adds ALL's layout transformations (NCHWc convolutions), which are
+            # tied to the machine and so cannot be stored: 14-18 % less time per image on the
+            # tiny model at the same load time (EXTENDED alone lost them, as spikes §4 found).
+            cpu = all(name == "CPUExecutionProvider" for name in providers)
+            ort_options.setdefault("optimization_level", "all" if cpu else "extended")
         if overrides:
             ort_options["initializer_overrides"] = dict(overrides)
-        providers = ort.providers_for_backend(backend)
         if providers[0] == "TensorrtExecutionProvider":
             providers = _tensorrt_ep(root, providers, entry)
         if kind == "unet" and info.get("step_cache"):

@@ -484,11 +484,13 @@ def optimize_offline(
     """Let onnxruntime optimize ``src`` once and save the result as ``dst``.
 
     ``extended`` is the highest portable level: ``all`` adds layout transformations tied to
-    the machine (onnxruntime warns so when it saves them). The optimized file is loaded later
-    with graph optimization disabled; it runs as fast as ``src`` optimized online and creates
-    its session 2.7-3.8x faster (spikes §4). Fusions depend on the execution provider, so
-    optimize for the provider that will run the file. Folding renames weights: initializer
-    overrides (LoRA) work only on the unoptimized file.
+    the machine (onnxruntime warns so when it saves them). The runtime loads the optimized
+    file at ``all`` on the CPU (so the session adds those layout transformations on the
+    machine that runs it) and at ``extended`` on other providers; with graph optimization
+    disabled it would create its session 2.7-3.8x faster but run 7-21 % slower (spikes §4).
+    Fusions depend on the execution provider, so optimize for the provider that will run the
+    file. Folding renames weights: initializer overrides (LoRA) work only on the unoptimized
+    file.
 
     Args:
         src: The exported model.

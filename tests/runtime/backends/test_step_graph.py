@@ -255,3 +255,29 @@ def test_a_step_graph_of_another_version_is_left_unused(artifacts: dict[str, Pat
     older = dataclasses.replace(entry, info={**entry.info, "step_graph": 1})
     stage = make_stage(root, name, older, "ort-cpu")
     assert isinstance(stage, OrtUNet) and not isinstance(stage, StepGraphUNet)
+
+
+def test_offline_optimised_stages_get_the_machines_layouts_on_the_cpu(
+        artifacts: dict[str, Path]) -> None:
+    """A stage optimised offline (EXTENDED, the portable level) gets onnxruntime's ALL level
+    when its session is made for the CPU, so the machine's layout transformations (NCHWc
+    convolutions) apply; an explicit level is kept. Both give the step graph's bits and the
+    numpy path's bits alike (the tests above)."""
+    import onnxruntime as ort
+
+    entries = read_manifest(artifacts["euler"]).stages
+    assert {entry.kind: entry.optimized for entry in entries.values() if entry.file} == {
+        "unet": "extended", "vae_decoder": "extended"}
+    levels = {}
+    for level in (None, "extended"):
+        program = load(artifacts["euler"], **({"optimization_level": level} if level else {}))
+        program.run({"seed": 3}, save=False)
+        unet = unet_of(program)
+        found = {unet.step_session.session.get_session_options().graph_optimization_level}
+        for stage in program.stages.values():
+            session = getattr(getattr(stage, "session", None), "session", None)
+            if stage is not unet and session is not None:
+                found.add(session.get_session_options().graph_optimization_level)
+        levels[level] = found
+    assert levels[None] == {ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    assert levels["extended"] == {ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
