@@ -53,8 +53,8 @@ def add_ort_arguments(parser: argparse.ArgumentParser) -> None:
                        "OMP_WAIT_POLICY=PASSIVE for torch): on a busy machine more threads "
                        "than free cores make every call slower")
     group.add_argument("--ort-opt-level", choices=("disable", "basic", "extended", "all"),
-                       default=None, help="graph optimization level (default: all, or "
-                       "extended for stages optimised at compile time)")
+                       default=None, help="graph optimization level (default: all; extended on "
+                       "GPU providers for stages optimised at compile time)")
     group.add_argument("--io-binding", choices=("auto", "on", "off"), default="auto",
                        help="onnxruntime IO binding (auto: on for CUDA/TensorRT)")
     group.add_argument("--precision", choices=("auto", "fp16", "fp32", "bf16"), default="auto",
