@@ -376,9 +376,10 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
         if entry.optimized:
             # NOTE: the file holds onnxruntime's portable (EXTENDED) optimisations. On the CPU
             # the session adds ALL's layout transformations (NCHWc convolutions), which are
-            # tied to the machine and so cannot be stored: 14-18 % less time per image on the
-            # tiny model at the same load time (EXTENDED alone lost them, as spikes §4 found).
-            cpu = all(name == "CPUExecutionProvider" for name in providers)
+            # tied to the machine and so cannot be stored: 12-23 % less time per image on the
+            # tiny model at the same load time (bench/bench_ort_level.py; spikes §4 found
+            # EXTENDED files 7-21 % slower).
+            cpu = all(provider == "CPUExecutionProvider" for provider in providers)
             ort_options.setdefault("optimization_level", "all" if cpu else "extended")
         if overrides:
             ort_options["initializer_overrides"] = dict(overrides)
