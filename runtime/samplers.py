@@ -116,6 +116,7 @@ __all__ = [
     "sampler_lms",
     "sampler_sa_solver",
     "sampler_seeds_2",
+    "sampler_step_heads",
 ]
 
 #: ``denoiser(x, sigma) -> x0`` (CFG included); may also offer ``denoise_with_uncond``.
@@ -2029,6 +2030,29 @@ _SAMPLERS: dict[str, tuple[Callable[..., np.ndarray], dict[str, Any]]] = {
     "uni_pc": _fixed(_uni_pc, variant="bh1"),
     "uni_pc_bh2": _fixed(_uni_pc, variant="bh2"),
 }
+
+
+#: The step-graph outputs (``backends.step_graph.STEP_OUTPUTS``) each sampler function reads
+#: when it steps through a UNet's step graph; other samplers never do.
+_STEP_HEADS: dict[Callable[..., np.ndarray], frozenset[str]] = {
+    _euler: frozenset({"denoised", "euler"}),
+    _euler_ancestral: frozenset({"denoised", "euler_ancestral"}),
+    _dpmpp_2m: frozenset({"denoised", "dpmpp_2m_first", "dpmpp_2m"}),
+    _dpmpp_2m_sde: frozenset({"denoised", "sde_first", "sde_second", "sde_first_noise",
+                              "sde_second_noise"}),
+}
+
+
+def sampler_step_heads(name: str) -> frozenset[str] | None:
+    """The step-graph outputs KSampler's sampler ``name`` reads (empty: it never steps through
+    a step graph), or None for a name this runtime does not know.
+
+    The compiler writes no step graph for a workflow whose samplers read none of them.
+    """
+    entry = _SAMPLERS.get(name)
+    if entry is None:
+        return None
+    return _STEP_HEADS.get(entry[0], frozenset())
 
 #: Samplers this runtime implements, in ComfyUI's combo order (all of ComfyUI's names).
 SUPPORTED_SAMPLERS: tuple[str, ...] = tuple(n for n in SAMPLER_NAMES if n in _SAMPLERS)

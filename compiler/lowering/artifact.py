@@ -688,11 +688,33 @@ def _export_stages(program: Any, recorders: dict[str, Any], root: Path,
         backend = _stage_backend(plan_option, name, rec.kind)
         lora = isinstance(rec, _RecordingLora)
         manifest[name] = _export_one(onnx_export, rec, name, rec.kind, rec.stage.module, root,
-                                     backend, options, say, lora=lora)
+                                     backend, options, say, lora=lora,
+                                     step_heads=_step_heads(program.ops))
         if lora:
             manifest[name].lora = _write_lora(root, name, manifest[name], rec.stage.slots)
         plan[name] = manifest[name].backend
     return manifest, plan
+
+
+def _step_heads(ops: Any) -> frozenset[str] | None:
+    """The step-graph outputs the program's samplers read: the union over the ops that call
+    a UNet, each with a constant ``sampler_name`` (KSampler, KSamplerAdvanced); None (any)
+    when any other op calls a UNet (custom sampling's SAMPLER inputs) or a sampler is a
+    runtime param. Empty: no sampler of the program steps through a step graph."""
+    from comfyc.runtime.nodes import registry
+    from comfyc.runtime.samplers import sampler_step_heads
+
+    heads: set[str] = set()
+    for op in ops:
+        node = registry().get(op.op)
+        if node is None or not any(call.kind == "unet" for call in node.calls):
+            continue
+        name = op.args.get("sampler_name")
+        found = sampler_step_heads(name) if isinstance(name, str) else None
+        if found is None:
+            return None
+        heads |= found
+    return frozenset(heads)
 
 
 def _write_lora(root: Path, name: str, entry: StageEntry,
@@ -810,9 +832,11 @@ def _source_text(graph: Any) -> str | None:
 
 def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, root: Path,
                 backend: str, options: CompileOptions, say: Callable[[str], None],
-                layer: int | None = None, lora: bool = False) -> StageEntry:
+                layer: int | None = None, lora: bool = False,
+                step_heads: frozenset[str] | None = None) -> StageEntry:
     """Export one stage (ONNX, or PyTorch weights); ``lora``: its weights will be replaced
-    when sessions are made (external data for every weight, no offline optimisation)."""
+    when sessions are made (external data for every weight, no offline optimisation);
+    ``step_heads``: a UNet's step-graph outputs (:func:`_step_heads`)."""
     shapes = sorted(set(rec.shapes))
     entry = StageEntry(kind, backend, info=dict(rec.info),
                        shapes=[list(map(list, s)) for s in shapes])
@@ -964,7 +988,7 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
             onnx_export.remove_model(optimized)
             entry.optimized = False
     if kind == "unet" and not (lora or caching):
-        _add_step_graph(onnx_export, entry, path, name, backend, options, say)
+        _add_step_graph(onnx_export, entry, path, name, backend, options, say, step_heads)
     if options.gpu_fp16 and not options.fp16 and entry.precision != "int8":
         from .precision import to_fp16
 
@@ -975,9 +999,12 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
 
 
 def _add_step_graph(onnx_export: Any, entry: StageEntry, path: Path, name: str, backend: str,
-                    options: CompileOptions, say: Callable[[str], None]) -> None:
+                    options: CompileOptions, say: Callable[[str], None],
+                    heads: frozenset[str] | None = None) -> None:
     """Write the UNet's sampler-step graph (``NAME.step.onnx``) when ``options.step_graph``
-    asks for it and the stage can have one (an onnxruntime UNet with the plain inputs)."""
+    asks for it and the stage can have one (an onnxruntime UNet with the plain inputs).
+    ``heads`` (:func:`_step_heads`) empty: no sampler of the workflow would step through it,
+    so ``auto`` writes none (a program would hold the weights in two sessions for nothing)."""
     from .step_graph import STEP_GRAPH_MAX_BYTES, STEP_GRAPH_VERSION, write_step_graph
 
     if options.step_graph not in ("auto", "on", "off"):
@@ -988,6 +1015,9 @@ def _add_step_graph(onnx_export: Any, entry: StageEntry, path: Path, name: str, 
         return  # TensorRT engines are built from the plain graph.
     size = onnx_export._model_bytes(path)
     if options.step_graph == "auto" and size > STEP_GRAPH_MAX_BYTES:
+        return
+    if options.step_graph == "auto" and heads is not None and not heads:
+        say(f"  {name}: no sampler-step graph (no sampler of the workflow steps through one)")
         return
     prediction = str(entry.info.get("prediction_type") or "eps")
     try:

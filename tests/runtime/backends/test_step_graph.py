@@ -93,12 +93,17 @@ def test_step_graph_gives_the_same_image(artifacts: dict[str, Path], case: str) 
 
 @pytest.mark.parametrize("case", ["heun", "cfg1"])
 def test_other_runs_use_the_plain_graph(artifacts: dict[str, Path], case: str) -> None:
-    """Samplers without a step head, and cfg 1 (one row), open the plain graph on first use."""
+    """cfg 1 (one row) opens the plain graph on first use; a workflow whose samplers never
+    step through a step graph (heun) gets none, so no session holds its weights twice."""
     fused, plain = load(artifacts[case]), load(artifacts[case], step_graph=False)
     a, b = fused.run({}), plain.run({})
     unet = unet_of(fused)
-    assert isinstance(unet, StepGraphUNet)
-    assert unet.step_calls == 0 and unet._plain is not None
+    if case == "heun":
+        assert not isinstance(unet, StepGraphUNet)
+        assert not any(e.variants for e in read_manifest(artifacts[case]).stages.values())
+    else:
+        assert isinstance(unet, StepGraphUNet)
+        assert unet.step_calls == 0 and unet._plain is not None
     for image_a, image_b in zip(a.images.values(), b.images.values(), strict=True):
         np.testing.assert_array_equal(image_a, image_b)
 
@@ -281,3 +286,19 @@ def test_offline_optimised_stages_get_the_machines_layouts_on_the_cpu(
         levels[level] = found
     assert levels[None] == {ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     assert levels["extended"] == {ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+
+
+def test_a_sampler_param_keeps_the_step_graph(tmp_path: Path) -> None:
+    """When the sampler is a runtime param, any sampler may run: the step graph is written
+    even when the default (heun) never steps through it, and a run with Euler uses it."""
+    text = workflow("heun").replace('sampler_name="heun"', "sampler_name=sampler_choice")
+    text = text.replace("param prompt:", 'param sampler_choice: STRING = "heun"\nparam prompt:')
+    out = tmp_path / "param.comfyc"
+    compile_graph(parse_dsl(text, "txt2img.cfy", default_catalog()), out, CompileOptions())
+    program = load(out)
+    unet = unet_of(program)
+    assert isinstance(unet, StepGraphUNet)
+    program.run({"sampler_choice": "heun"}, save=False)
+    assert unet.step_calls == 0
+    program.run({"sampler_choice": "euler"}, save=False)
+    assert unet.step_calls == 6
