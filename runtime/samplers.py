@@ -2054,6 +2054,7 @@ def sampler_step_heads(name: str) -> frozenset[str] | None:
         return None
     return _STEP_HEADS.get(entry[0], frozenset())
 
+
 #: Samplers this runtime implements, in ComfyUI's combo order (all of ComfyUI's names).
 SUPPORTED_SAMPLERS: tuple[str, ...] = tuple(n for n in SAMPLER_NAMES if n in _SAMPLERS)
 
