@@ -116,7 +116,7 @@ __all__ = [
     "sampler_lms",
     "sampler_sa_solver",
     "sampler_seeds_2",
-    "sampler_step_heads",
+    "sampler_uses_step_graph",
 ]
 
 #: ``denoiser(x, sigma) -> x0`` (CFG included); may also offer ``denoise_with_uncond``.
@@ -2032,27 +2032,18 @@ _SAMPLERS: dict[str, tuple[Callable[..., np.ndarray], dict[str, Any]]] = {
 }
 
 
-#: The step-graph outputs (``backends.step_graph.STEP_OUTPUTS``) each sampler function reads
-#: when it steps through a UNet's step graph; other samplers never do.
-_STEP_HEADS: dict[Callable[..., np.ndarray], frozenset[str]] = {
-    _euler: frozenset({"denoised", "euler"}),
-    _euler_ancestral: frozenset({"denoised", "euler_ancestral"}),
-    _dpmpp_2m: frozenset({"denoised", "dpmpp_2m_first", "dpmpp_2m"}),
-    _dpmpp_2m_sde: frozenset({"denoised", "sde_first", "sde_second", "sde_first_noise",
-                              "sde_second_noise"}),
-}
+#: The sampler functions that step through a UNet's step graph where the stage has one; the
+#: others call the UNet once per model evaluation.
+_STEPPED: frozenset[Callable[..., np.ndarray]] = frozenset(
+    {_euler, _euler_ancestral, _dpmpp_2m, _dpmpp_2m_sde})
 
 
-def sampler_step_heads(name: str) -> frozenset[str] | None:
-    """The step-graph outputs KSampler's sampler ``name`` reads (empty: it never steps through
-    a step graph), or None for a name this runtime does not know.
-
-    The compiler writes no step graph for a workflow whose samplers read none of them.
-    """
+def sampler_uses_step_graph(name: str) -> bool | None:
+    """Whether KSampler's sampler ``name`` steps through a UNet's step graph (None for a
+    name this runtime does not know). The compiler writes no step graph for a workflow
+    whose samplers never do."""
     entry = _SAMPLERS.get(name)
-    if entry is None:
-        return None
-    return _STEP_HEADS.get(entry[0], frozenset())
+    return None if entry is None else entry[0] in _STEPPED
 
 
 #: Samplers this runtime implements, in ComfyUI's combo order (all of ComfyUI's names).

@@ -663,6 +663,7 @@ def _export_stages(program: Any, recorders: dict[str, Any], root: Path,
     from . import onnx_export
 
     plan_option = options.backend
+    step_graph_used = _uses_step_graph(program.ops)
     manifest: dict[str, StageEntry] = {}
     plan: dict[str, str] = {}
     for name, rec in recorders.items():
@@ -689,32 +690,29 @@ def _export_stages(program: Any, recorders: dict[str, Any], root: Path,
         lora = isinstance(rec, _RecordingLora)
         manifest[name] = _export_one(onnx_export, rec, name, rec.kind, rec.stage.module, root,
                                      backend, options, say, lora=lora,
-                                     step_heads=_step_heads(program.ops))
+                                     step_graph_used=step_graph_used)
         if lora:
             manifest[name].lora = _write_lora(root, name, manifest[name], rec.stage.slots)
         plan[name] = manifest[name].backend
     return manifest, plan
 
 
-def _step_heads(ops: Any) -> frozenset[str] | None:
-    """The step-graph outputs the program's samplers read: the union over the ops that call
-    a UNet, each with a constant ``sampler_name`` (KSampler, KSamplerAdvanced); None (any)
-    when any other op calls a UNet (custom sampling's SAMPLER inputs) or a sampler is a
-    runtime param. Empty: no sampler of the program steps through a step graph."""
+def _uses_step_graph(ops: Any) -> bool:
+    """Whether a sampler of the program can step through a UNet's step graph: False only
+    when every op that calls a UNet has a constant ``sampler_name`` (KSampler,
+    KSamplerAdvanced) whose sampler never does; custom sampling (a SAMPLER input) and a
+    sampler given as a runtime param may."""
     from comfyc.runtime.nodes import registry
-    from comfyc.runtime.samplers import sampler_step_heads
+    from comfyc.runtime.samplers import sampler_uses_step_graph
 
-    heads: set[str] = set()
     for op in ops:
         node = registry().get(op.op)
         if node is None or not any(call.kind == "unet" for call in node.calls):
             continue
         name = op.args.get("sampler_name")
-        found = sampler_step_heads(name) if isinstance(name, str) else None
-        if found is None:
-            return None
-        heads |= found
-    return frozenset(heads)
+        if not isinstance(name, str) or sampler_uses_step_graph(name) is not False:
+            return True
+    return False
 
 
 def _write_lora(root: Path, name: str, entry: StageEntry,
@@ -833,10 +831,11 @@ def _source_text(graph: Any) -> str | None:
 def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, root: Path,
                 backend: str, options: CompileOptions, say: Callable[[str], None],
                 layer: int | None = None, lora: bool = False,
-                step_heads: frozenset[str] | None = None) -> StageEntry:
+                step_graph_used: bool = True) -> StageEntry:
     """Export one stage (ONNX, or PyTorch weights); ``lora``: its weights will be replaced
     when sessions are made (external data for every weight, no offline optimisation);
-    ``step_heads``: a UNet's step-graph outputs (:func:`_step_heads`)."""
+    ``step_graph_used``: whether a sampler can step through a UNet's step graph
+    (:func:`_uses_step_graph`)."""
     shapes = sorted(set(rec.shapes))
     entry = StageEntry(kind, backend, info=dict(rec.info),
                        shapes=[list(map(list, s)) for s in shapes])
@@ -988,7 +987,7 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
             onnx_export.remove_model(optimized)
             entry.optimized = False
     if kind == "unet" and not (lora or caching):
-        _add_step_graph(onnx_export, entry, path, name, backend, options, say, step_heads)
+        _add_step_graph(onnx_export, entry, path, name, backend, options, say, step_graph_used)
     if options.gpu_fp16 and not options.fp16 and entry.precision != "int8":
         from .precision import to_fp16
 
@@ -1000,11 +999,11 @@ def _export_one(onnx_export: Any, rec: Any, name: str, kind: str, module: Any, r
 
 def _add_step_graph(onnx_export: Any, entry: StageEntry, path: Path, name: str, backend: str,
                     options: CompileOptions, say: Callable[[str], None],
-                    heads: frozenset[str] | None = None) -> None:
+                    used: bool = True) -> None:
     """Write the UNet's sampler-step graph (``NAME.step.onnx``) when ``options.step_graph``
     asks for it and the stage can have one (an onnxruntime UNet with the plain inputs).
-    ``heads`` (:func:`_step_heads`) empty: no sampler of the workflow would step through it,
-    so ``auto`` writes none (a program would hold the weights in two sessions for nothing)."""
+    ``used`` False: no sampler of the workflow would step through it, so ``auto`` writes none
+    (a program would hold the weights in two sessions for nothing)."""
     from .step_graph import STEP_GRAPH_MAX_BYTES, STEP_GRAPH_VERSION, write_step_graph
 
     if options.step_graph not in ("auto", "on", "off"):
@@ -1016,7 +1015,7 @@ def _add_step_graph(onnx_export: Any, entry: StageEntry, path: Path, name: str, 
     size = onnx_export._model_bytes(path)
     if options.step_graph == "auto" and size > STEP_GRAPH_MAX_BYTES:
         return
-    if options.step_graph == "auto" and heads is not None and not heads:
+    if options.step_graph == "auto" and not used:
         say(f"  {name}: no sampler-step graph (no sampler of the workflow steps through one)")
         return
     prediction = str(entry.info.get("prediction_type") or "eps")
