@@ -17,9 +17,19 @@ cold caches. This benchmark measures, side by side in one run on the same compil
   eight numpy calls a step), timed outside ``session.run`` the same way;
 * ``floor_warm``: the same loop with the UNet call replaced by returning a ready array
   (nothing evicts the caches): what those eight calls cost when warm;
-* ``save``: SaveImage's share (PNG encode, atomic publish).
+* ``save``: SaveImage's share (PNG encode, atomic publish);
+* ``native`` (Euler only): the strict reference. The same model work as one onnxruntime call
+  of one graph (``bench/native_graph.py``: the step graph unrolled over the 20 steps, each
+  pruned to Euler's head, then the VAE decoder and VAEDecode's clamp), fed what the program
+  fed its stage calls; comfyc's time above it is all the runtime adds, counted strictly (the
+  heads the sampler does not read and the per-call bindings included, which the stage-call
+  split counts as model time).
+
+All sessions use the program's intra-op threads (``--threads``; default: the runtime's choice,
+the free cores).
 
     OMP_NUM_THREADS=1 python bench/bench_overhead_floor.py [--runs 30] [--sampler euler]
+        [--threads N]
 """
 
 from __future__ import annotations
@@ -62,12 +72,66 @@ def _floor_loop(session, context, sigmas, cfg, warm: bool):  # type: ignore[no-u
     return time.perf_counter() - start - inside
 
 
+def _native(program, unet, work: Path):  # type: ignore[no-untyped-def]
+    """(session, feeds, image max diff) of ``native_graph.build`` for ``program``, fed
+    what one run of the program fed its step graph (recorded)."""
+    import numpy as np
+    from native_graph import build
+
+    import comfyc.runtime.nodes.latent as latent_nodes
+    import comfyc.runtime.samplers as samplers
+    from comfyc.runtime.backends.ort import OrtSession
+
+    record: dict[str, object] = {"feeds": []}
+    step, process_out, decode = unet.step, samplers._process_out, latent_nodes.vae_decode
+
+    def recording_step(feeds, checked=False):  # type: ignore[no-untyped-def]
+        record["feeds"].append({k: np.array(v) for k, v in feeds.items()})  # type: ignore
+        return step(feeds, checked)
+
+    def recording_process_out(latent, scale, shift):  # type: ignore[no-untyped-def]
+        record["latent"] = (scale, shift)
+        return process_out(latent, scale, shift)
+
+    def recording_decode(vae, samples):  # type: ignore[no-untyped-def]
+        record["image"] = decode(vae, samples)
+        record["vae"] = vae.decoder
+        return record["image"]
+
+    unet.step = recording_step
+    samplers._process_out = recording_process_out
+    latent_nodes.vae_decode = recording_decode
+    try:
+        program.run({"seed": 42}, save=False)
+    finally:
+        del unet.step
+        samplers._process_out = process_out
+        latent_nodes.vae_decode = decode
+    feeds = record["feeds"]
+    scale, shift = record["latent"]  # type: ignore[misc]
+    path = work / "native.onnx"
+    build(unet.step_session.path, record["vae"].session.path, len(feeds), scale,  # type: ignore
+          shift, path)
+    session = OrtSession(path, intra_op_threads=unet.step_session.threads).session
+    inputs = {"x_in": feeds[0]["step_x"], "context": feeds[0]["encoder_hidden_states"],
+              "coefs": np.stack([f["step_coefs"] for f in feeds]),
+              "timesteps": np.stack([f["timestep"] for f in feeds])}
+    image = session.run(None, inputs)[0]
+    diff = float(np.abs(image - record["image"]).max())
+    if diff > 1e-3:
+        raise SystemExit(f"the native graph's image is {diff} away from the program's: it does "
+                         "not do the same work")
+    return session, inputs, diff
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--name", default="overhead-floor")
     parser.add_argument("--sampler", default="euler",
                         help="KSampler's sampler (the floor loop stays Euler)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads of every session (default: the runtime's choice)")
     args = parser.parse_args()
 
     import numpy as np
@@ -83,9 +147,10 @@ def main() -> None:
                                           cfg=5.0)).replace('"euler"', f'"{args.sampler}"')
     artifact = work / "bench.comfyc"
     compile_graph(parse_dsl(text, "bench.cfy", default_catalog()), artifact, CompileOptions())
-    program = load(artifact)
+    options = {} if args.threads is None else {"intra_op_threads": args.threads}
+    program = load(artifact, **options)
     program.run({"seed": 42}, save=False)
-    numpy_steps = load(artifact, step_graph=False)
+    numpy_steps = load(artifact, step_graph=False, **options)
     numpy_steps.run({"seed": 42}, save=False)
 
     def unets(value):  # type: ignore[no-untyped-def]
@@ -109,15 +174,19 @@ def main() -> None:
     sigmas = [np.float32(s) for s in np.linspace(14.6, 0.03, 20)] + [np.float32(0.0)]
     cfg = np.float32(5.0)
 
+    native = _native(program, unet, work) if args.sampler == "euler" else None
+
     rows: dict[str, list[float]] = {k: [] for k in (
         "total_s", "stage_s", "overhead_s", "step_overhead_s", "save_s", "floor_step_s",
         "floor_warm_step_s", "unet_call_s", "numpy_steps_total_s", "numpy_steps_overhead_s",
-        "numpy_steps_step_overhead_s")}
+        "numpy_steps_step_overhead_s", "native_s")}
     out = work / "out"
     for _ in range(3):
         program.run({"seed": 42}, output_dir=out)
         numpy_steps.run({"seed": 42}, output_dir=out)
         _floor_loop(session, context, sigmas, cfg, warm=False)
+        if native is not None:
+            native[0].run(None, native[1])
     for _ in range(args.runs):
         # NOTE: interleaved, so that all see the same machine state.
         t = numpy_steps.run({"seed": 42}, output_dir=out).timings
@@ -135,7 +204,11 @@ def main() -> None:
         rows["unet_call_s"].append(unet_s / 20)
         rows["floor_step_s"].append(_floor_loop(session, context, sigmas, cfg, False) / 20)
         rows["floor_warm_step_s"].append(_floor_loop(session, context, sigmas, cfg, True) / 20)
-    med = {k: statistics.median(v) for k, v in rows.items()}
+        if native is not None:
+            start = time.perf_counter()
+            native[0].run(None, native[1])
+            rows["native_s"].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in rows.items() if v}
     med["overhead_share"] = med["overhead_s"] / med["total_s"]
     med["floor_share"] = (20 * med["floor_step_s"] + med["save_s"]) / med["total_s"]
     med["numpy_steps_overhead_share"] = (med["numpy_steps_overhead_s"]
@@ -152,8 +225,16 @@ def main() -> None:
           f"{med['floor_warm_step_s'] * 1e6:.0f} us); UNet call {med['unet_call_s'] * 1e3:.2f} ms")
     print(f"SaveImage {med['save_s'] * 1e3:.2f} ms; the floor (minimal loop x 20 + SaveImage) "
           f"is {med['floor_share'] * 100:.1f}% of comfyc's image")
-    print(f"load average {os.getloadavg()[0]:.2f}")
-    data = {"median": med, "runs": args.runs, "sampler": args.sampler}
+    if native is not None:
+        med["native_overhead_share"] = (med["total_s"] - med["native_s"]) / med["total_s"]
+        print(f"native (all model work in one onnxruntime call): {med['native_s'] * 1e3:.1f} "
+              f"ms; comfyc's image {(med['total_s'] - med['native_s']) * 1e3:.2f} ms above "
+              f"it ({med['native_overhead_share'] * 100:.1f}%); its image within "
+              f"{native[2] * 255:.5f} of a level of comfyc's")
+    threads = unet.step_session.threads
+    print(f"intra-op threads {threads}; load average {os.getloadavg()[0]:.2f}")
+    data = {"median": med, "runs": args.runs, "sampler": args.sampler, "threads": threads,
+            "native_image_max_diff": None if native is None else native[2]}
     print(f"results: {save(args.name, data)}")
 
 
