@@ -85,6 +85,12 @@ def load_torch_stage(folder: Path, name: str, kind: str, info: dict[str, Any],
             f"stage {name} runs on PyTorch and needs {exc.name}; install the compiler extra: "
             f"pip install 'comfyc[compiler,cpu]'") from None
     module.load_state_dict(load_file(str(folder / "model.safetensors")))
+    # NOTE: no gradients, as the compiler's own modules (single_file, diffusers_folder): a
+    # weight that requires grad also changes how torch splits a 3-D matmul (at::matmul folds
+    # the batch only when it need not keep the input for backward), so a stored stage took
+    # other kernels than the torch path and its images differed in the last bits on CPUs
+    # whose GEMM results depend on the shapes (Intel's MKL on an AMX Xeon: 3e-6).
+    module.requires_grad_(False)
     module.eval()
     if payload.get("wrapper") is not None:
         from .torch_dit import wrap_transformer
