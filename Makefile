@@ -16,13 +16,13 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): $(PY) constraints.txt pyproject.toml setup.py
-	@echo "==> installing comfyc[compiler,cpu,serve,web,bench,dev] with pinned versions (constraints.txt)"
+	@echo "==> installing comfyc[compiler,cpu,serve,web,bench,dev,openvino] with pinned versions (constraints.txt)"
 	@# torchsde, torchdiffeq, tqdm: what k-diffusion's sampling module (a test oracle) uses.
 	@# NOTE: setuptools tells every editable install with a package_dir mapping to "be careful
 	@# with folders in your working directory with the same name as your package". comfyc has
 	@# none (the package's root is pkg/, issue #14), so that notice is silenced (issue #18).
 	PYTHONWARNINGS="ignore::Warning:setuptools.command.editable_wheel" \
-	  $(PIP) install --quiet -c constraints.txt -e '.[compiler,cpu,serve,web,bench,dev]' \
+	  $(PIP) install --quiet -c constraints.txt -e '.[compiler,cpu,serve,web,bench,dev,openvino]' \
 	  torchsde torchdiffeq tqdm
 	@# Test oracles that install only without their declared dependencies, which would pull a
 	@# CUDA torch (../shared/reference/spikes.md §2): k-diffusion and spandrel (torchvision).

@@ -31,12 +31,13 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "bench": ("matplotlib",),
     "tensorrt": ("tensorrt", "polygraphy"),
     "ray": ("ray",),
+    "openvino": ("openvino",),
 }
 #: What each extra is for, in a message ("… needs the dsl extra (reading .cfy files)").
 _EXTRA_PURPOSE = {
     "cpu": "the lean runtime", "dsl": "reading .cfy files", "compiler": "the compiler",
     "serve": "the server", "web": "the server's web page", "bench": "charts",
-    "tensorrt": "TensorRT engines", "ray": "Ray Serve",
+    "tensorrt": "TensorRT engines", "ray": "Ray Serve", "openvino": "the ov-cpu backend",
 }
 #: The smallest extra that brings an import name.
 _MODULE_EXTRA = {module: extra for extra in reversed(EXTRAS) for module in EXTRAS[extra]}
