@@ -98,6 +98,8 @@ def make_transformers4_compatible(folder: Path) -> None:
     save_file({key if key.startswith("text_model.") else f"text_model.{key}": value
                for key, value in tensors.items()}, str(weights))
     tokenizer = folder / "tokenizer"
+    if (tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file():
+        return  # (written by bench/make_checkpoints.py --diffusers)
     model = json.loads((tokenizer / "tokenizer.json").read_text(encoding="utf-8"))["model"]
     (tokenizer / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False),
                                           encoding="utf-8")
