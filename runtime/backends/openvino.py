@@ -19,19 +19,12 @@ Choices:
 * Offline-optimised stage files (``optimized`` in the manifest) hold onnxruntime's own
   fused operators, which OpenVINO cannot read; ``comfyc compile`` leaves large stages
   unoptimised for that reason, and a file OpenVINO cannot read is a clear error.
-* Static shapes: the stage files have dynamic axes (batch, height, width), and OpenVINO's CPU
-  plugin runs a model compiled for dynamic shapes far slower on its first call of a shape
-  and somewhat slower after. So a session compiles the model for the input shapes of its
-  first call (:data:`MAX_SHAPE_CHANGES`). Measured on the SD1.5-size UNet at 512x512, bf16,
-  2 threads, on an AMX Xeon: compile 4.5 s, first call 2.3 s, then 1.47-1.52 s a call,
-  against 5.1 s, 18.2 s and 1.61-1.63 s compiled dynamic.
 
 ``openvino`` is imported inside functions: an optional extra (``pip install openvino``).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,13 +35,7 @@ from .base import BackendError
 from .ort import OrtTextEncoder, OrtUNet, OrtVaeDecoder, OrtVaeEncoder
 from .threads import choose_threads
 
-__all__ = ["MAX_SHAPE_CHANGES", "OvSession", "PRECISIONS", "make_ov_stage", "require_openvino"]
-
-#: A session holds one model compiled for the input shapes of its calls, and compiles again
-#: when they change (the UNet of a hires-fix pass). After this many changes it compiles the
-#: model once for dynamic shapes and keeps that: calls that keep changing shape would
-#: otherwise pay a compile each, and two compiled models would hold the weights twice.
-MAX_SHAPE_CHANGES = 2
+__all__ = ["OvSession", "PRECISIONS", "make_ov_stage", "require_openvino"]
 
 #: ``precision`` option → OpenVINO's inference precision hint.
 PRECISIONS = {None: "f32", "fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -124,59 +111,22 @@ class OvSession:
                                   "ENABLE_CPU_PINNING": False}
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
-        self._ov, self._core, self._device, self._config = ov, core, device, config
         try:
-            self._model: Any = core.read_model(str(self.path))
+            model = core.read_model(str(self.path))
+            self.compiled = core.compile_model(model, device, config)
         except Exception as error:
-            raise self._unreadable(error) from error
+            hint = (" (an onnxruntime-optimised file: recompile the artifact; large stages are "
+                    "left portable)" if "com.microsoft" in str(error) else "")
+            raise BackendError(f"OpenVINO could not load {self.path}: "
+                               f"{str(error).strip().splitlines()[0]}{hint}") from error
+        self.request = self.compiled.create_infer_request()
         self.inputs: dict[str, tuple[Any, list[int | str]]] = {}
-        for port in self._model.inputs:
+        for port in self.compiled.inputs:
             shape = [int(d.get_length()) if d.is_static else "?" for d in port.partial_shape]
             self.inputs[_port_name(port)] = (_numpy_dtype(port.element_type), shape)
-        self.output_names = [_port_name(port) for port in self._model.outputs]
+        self.output_names = [_port_name(port) for port in self.compiled.outputs]
         self.metadata: dict[str, str] = {}
         self.active_providers = [self.backend]
-        self.compiled: Any = None
-        self.request: Any = None
-        #: The input shapes the compiled model is for (None: dynamic shapes).
-        self.shapes: tuple[tuple[int, ...], ...] | None = None
-        self.shape_changes = 0
-        self._lock = threading.Lock()
-        if all(isinstance(d, int) for _, shape in self.inputs.values() for d in shape):
-            self._compile(None)  # a static graph: nothing to wait for
-
-    def _unreadable(self, error: Exception) -> BackendError:
-        hint = (" (an onnxruntime-optimised file: recompile the artifact; large stages are "
-                "left portable)" if "com.microsoft" in str(error) else "")
-        return BackendError(f"OpenVINO could not load {self.path}: "
-                            f"{str(error).strip().splitlines()[0]}{hint}")
-
-    def _compile(self, shapes: tuple[tuple[int, ...], ...] | None) -> None:
-        """Compile the model for ``shapes`` (one per input, in order; None: as the file
-        declares them) and make its request; the previous compiled model is let go first.
-
-        The model read at load is used once and dropped (it holds the file's weights, which
-        the compiled model has in its own layout); a later compile reads the file again.
-        """
-        self.compiled = self.request = None
-        try:
-            model = self._model if self._model is not None else \
-                self._core.read_model(str(self.path))
-        except Exception as error:
-            raise self._unreadable(error) from error
-        self._model = None
-        if shapes is not None:
-            try:
-                model.reshape({port: self._ov.PartialShape(list(shape))
-                               for port, shape in zip(model.inputs, shapes)})
-            except Exception:  # noqa: BLE001 - a graph that cannot be made static runs dynamic
-                model, shapes = self._core.read_model(str(self.path)), None
-        try:
-            self.compiled = self._core.compile_model(model, self._device, self._config)
-        except Exception as error:
-            raise self._unreadable(error) from error
-        self.request = self.compiled.create_infer_request()
-        self.shapes = shapes
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run the model: inputs cast to the declared dtypes, floating outputs as float32.
@@ -189,25 +139,18 @@ class OvSession:
             raise BackendError(f"{self.path.name} needs inputs {missing}; got {list(feeds)}")
         prepared = {name: np.ascontiguousarray(feeds[name], dtype=dtype)
                     for name, (dtype, _) in self.inputs.items()}
-        shapes = tuple(array.shape for array in prepared.values())
-        with self._lock:  # one request: calls from several threads take turns
-            if self.compiled is None:
-                self._compile(shapes)
-            elif self.shapes is not None and shapes != self.shapes:
-                self.shape_changes += 1
-                self._compile(shapes if self.shape_changes < MAX_SHAPE_CHANGES else None)
-            try:
-                self.request.infer(prepared)
-            except Exception as error:
-                found = {name: list(array.shape) for name, array in prepared.items()}
-                raise BackendError(f"OpenVINO failed running {self.path.name} on {found}: "
-                                   f"{str(error).strip().splitlines()[0]}") from error
-            outputs = []
-            for port in self.compiled.outputs:
-                # NOTE: the request reuses its output buffers: copy before the next call.
-                data = self.request.get_tensor(port).data
-                outputs.append(data.astype(np.float32)
-                               if np.issubdtype(data.dtype, np.floating) else data.copy())
+        try:
+            self.request.infer(prepared)
+        except Exception as error:
+            shapes = {name: list(array.shape) for name, array in prepared.items()}
+            raise BackendError(f"OpenVINO failed running {self.path.name} on {shapes}: "
+                               f"{str(error).strip().splitlines()[0]}") from error
+        outputs = []
+        for port in self.compiled.outputs:
+            # NOTE: the request reuses its output buffers: copy before the next call.
+            data = self.request.get_tensor(port).data
+            outputs.append(data.astype(np.float32) if np.issubdtype(data.dtype, np.floating)
+                           else data.copy())
         return outputs
 
     def __repr__(self) -> str:

@@ -78,40 +78,6 @@ def test_ov_session_interface_and_threads(artifact: Path) -> None:
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
-def test_ov_session_compiles_for_the_shapes_it_is_called_with(artifact: Path) -> None:
-    """A stage with dynamic axes is compiled for its first call's shapes, again when they
-    change, and for dynamic shapes after MAX_SHAPE_CHANGES changes; every call agrees with
-    onnxruntime."""
-    from comfyc.runtime.backends.openvino import MAX_SHAPE_CHANGES, OvSession
-    from comfyc.runtime.backends.ort import OrtSession
-
-    path = next(p for p in (artifact / "stages").glob("unet_*.onnx") if ".step." not in p.name)
-    session = OvSession(path, intra_op_threads=1)
-    reference = OrtSession(path, intra_op_threads=1)
-    assert session.compiled is None and session.inputs["sample"][1][0] == "?"
-    width = session.inputs["encoder_hidden_states"][1][2]
-    rng = np.random.default_rng(0)
-    assert MAX_SHAPE_CHANGES == 2
-    # (batch, compiled for that batch (None: dynamic), shape changes so far)
-    for batch, compiled_batch, changes in ((2, 2, 0), (2, 2, 0), (1, 1, 1), (2, None, 2),
-                                           (1, None, 2)):
-        feeds = {"sample": rng.standard_normal((batch, 4, 8, 8)).astype(np.float32),
-                 "timestep": np.full((batch,), 500.0, np.float32),
-                 "encoder_hidden_states": rng.standard_normal((batch, 77, width)).astype(
-                     np.float32)}
-        out = session.run(feeds)[0]
-        want = reference.run(feeds)[0]
-        assert out.shape == want.shape == (batch, 4, 8, 8)
-        assert np.abs(out - want).max() < 1e-3
-        assert session.shape_changes == changes
-        if compiled_batch is None:
-            assert session.shapes is None
-        else:
-            assert session.shapes is not None and {s[0] for s in session.shapes} == {
-                compiled_batch}
-
-
-@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
 def test_ov_cpu_in_a_per_stage_map(artifact: Path) -> None:
     """A backend map puts the UNet on OpenVINO and the rest on onnxruntime; the image agrees
     with all-onnxruntime within the fp32 tolerance."""
