@@ -9,10 +9,10 @@ the session interface they use (``inputs``, ``output_names``, ``metadata``, ``ru
 Choices:
 
 * Precision: OpenVINO's CPU plugin computes in bfloat16 by default on CPUs with
-  AVX512-BF16 or AMX (the project's box has AVX512-BF16). That is an approximation, so
-  ``ov-cpu`` asks for float32 (``INFERENCE_PRECISION_HINT=f32``) and agrees with the other
-  backends; ``precision="bf16"`` (or ``fp16``) opts in to the faster one, measured with the
-  same agreement checks in ``comfyc bench``.
+  AVX512-BF16 or AMX (the project's boxes have AVX512-BF16, the Intel one AMX too). That is
+  an approximation, so ``ov-cpu`` asks for float32 (``INFERENCE_PRECISION_HINT=f32``) and
+  agrees with the other backends; ``precision="bf16"`` (or ``fp16``) opts in to the faster
+  one, measured with the same agreement checks in ``comfyc bench``.
 * Threads: ``INFERENCE_NUM_THREADS`` from
   :func:`~comfyc.runtime.backends.threads.choose_threads` (the free cores), one stream,
   latency hint, no core pinning (the machine is shared).
