@@ -92,6 +92,28 @@ def test_optimised_stage_replaces_its_data(tmp_path: Path,
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
 
 
+def test_compile_float32_weights_flag(tmp_path: Path) -> None:
+    """`comfyc compile --float32-weights` stores the float16-exact weights as float32 (for
+    ov-cpu, which reads float16-stored ONNX weights with a far slower first call)."""
+    from comfyc.cli.main import main
+
+    source = tmp_path / "t.cfy"
+    source.write_text(workflow())
+    stored = {}
+    for name, flags in (("compact", []), ("full", ["--float32-weights"])):
+        out = tmp_path / f"{name}.comfyc"
+        assert main(["compile", str(source), "-o", str(out), "-q", "--no-ort-optimize",
+                     *flags]) == 0
+        entry = next(e for e in read_manifest(out).stage_entries().values()
+                     if e.kind == "unet")
+        model = onnx.load(str(out / str(entry.file)), load_external_data=False)
+        stored[name] = (entry.facts.get("stored_float16", 0),
+                        sum(t.data_type == onnx.TensorProto.FLOAT16
+                            for t in model.graph.initializer))
+    assert stored["compact"][0] > 0 and stored["compact"][1] > 0
+    assert stored["full"] == (0, 0)
+
+
 def test_compact_weights_are_lossless_and_smaller(tmp_path: Path) -> None:
     """float16 storage of the (float16) tiny checkpoint: the same image, fewer bytes.
 
