@@ -23,6 +23,8 @@ the dtypes the model declares (float16 models), floating outputs come back as fl
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,11 @@ _INSTALL_HINTS: dict[str, str] = {
 }
 
 _LEVELS = ("disable", "basic", "extended", "all")
+
+#: CPU sessions of models up to this size (:func:`model_bytes`) use onnxruntime's memory
+#: patterns (one block a run: the tiny model's stages are fastest so); larger ones do not
+#: (see ``OrtSession._create``).
+MEMORY_PATTERN_MAX_BYTES = 64 * 2**20
 
 #: onnxruntime type strings → numpy dtypes (bfloat16 has no numpy dtype: unsupported).
 _DTYPES: dict[str, Any] = {
@@ -319,12 +326,26 @@ class OrtSession:
         options.inter_op_num_threads = max(1, inter_op_threads or 1)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        # NOTE: without the CPU memory arena, activations go back to the system after each run
-        # instead of staying in an arena that grows by doubling. Measured on the SD1.5-size
-        # UNet at 512x512 (2 threads): peak RSS 6.2 GB instead of 7.8 GB at the same speed
-        # (9.8-10.3 s per call either way), and no slower on the tiny model (4.4-4.6 ms per
-        # call either way). GPU providers keep their own device arenas.
-        options.enable_cpu_mem_arena = False
+        # NOTE: CPU-only sessions allocate from one CPU memory arena shared by the process's
+        # sessions (shared_cpu_arena), without memory patterns unless the model is small.
+        # Measured on the SD1.5-size UNet and VAE decoder at 512x512 (2 threads, an Intel
+        # Xeon VM where a page fault is dear), bench/RESULTS.md:
+        # * no arena (comfyc before): each run takes its activations from the system again
+        #   and faults their pages in: UNet 7.9-8.5 s a call, 17.5-18 s the first;
+        # * an arena per session: UNet 7.3 s, 11.5 s the first, but the VAE decoder's one run
+        #   grows an arena of its own (24 s against 9.9 s) while the UNet's holds its memory;
+        # * with memory patterns too (onnxruntime's default), the UNet's second run
+        #   allocates one block for the recorded pattern: a 31 s call and 2.2 GB more peak;
+        # * one shared arena that grows by what is asked, no patterns: UNet 7.1-7.4 s (11.4
+        #   the first), VAE 9.1 s, and the lowest peak (6.3 GB against 6.9 without arena).
+        # The tiny model's stages are fastest with patterns (one block a run). GPU sessions
+        # keep onnxruntime's defaults for their device and no CPU arena (not re-measured).
+        cpu_only = all(name == "CPUExecutionProvider" for name in self.providers)
+        options.enable_cpu_mem_arena = cpu_only
+        if cpu_only:
+            options.enable_mem_pattern = model_bytes(self.path) <= MEMORY_PATTERN_MAX_BYTES
+            if shared_cpu_arena(ort):
+                options.add_session_config_entry("session.use_env_allocators", "1")
         # NOTE: the OrtValues only borrow the numpy buffers and SessionOptions only borrows
         # the OrtValues (a temporary here crashes onnxruntime); keep both alive until the
         # session exists. onnxruntime copies the data into the graph, so both can go after.
@@ -680,6 +701,48 @@ class OrtT2IAdapter(_OrtStage):
 
 
 # --------------------------------------------------------------------------- helpers
+_ARENA_LOCK = threading.Lock()
+_SHARED_ARENA: list[bool] = []  # [registered?] once tried
+
+
+def shared_cpu_arena(ort: Any) -> bool:
+    """Register the process's shared CPU memory arena with onnxruntime (once); True when
+    CPU sessions can use it (``session.use_env_allocators``).
+
+    The arena grows by what is asked (``arena_extend_strategy`` 1, kSameAsRequested) rather
+    than by doubling, and keeps what it holds for the next run: the pages of a stage's
+    activations are faulted in once per process, and a stage that runs after another (the
+    VAE decoder after the UNet) reuses the memory the other freed.
+    """
+    with _ARENA_LOCK:
+        if not _SHARED_ARENA:
+            try:
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                         ort.OrtMemType.DEFAULT)
+                ort.create_and_register_allocator(
+                    info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+                _SHARED_ARENA.append(True)
+            except Exception:  # an onnxruntime without environment allocators
+                _SHARED_ARENA.append(False)
+        return _SHARED_ARENA[0]
+
+
+def model_bytes(path: Path) -> int:
+    """The bytes of the model file ``path`` and of the external data files beside it that go
+    with it: ``NAME.*.data`` for a file ``NAME.*`` (``NAME.onnx.data``; a step graph
+    ``NAME.step.onnx`` reads its UNet's). 0 for a file that cannot be read."""
+    base = path.name.split(".", 1)[0]
+    total = 0
+    try:
+        total = path.stat().st_size
+        for entry in os.scandir(path.parent):
+            if entry.name.startswith(base + ".") and entry.name.endswith(".data"):
+                total += entry.stat().st_size
+    except OSError:
+        pass
+    return total
+
+
 def _provider_name(spec: ProviderSpec) -> str:
     """The provider name of a spec."""
     return spec if isinstance(spec, str) else spec[0]

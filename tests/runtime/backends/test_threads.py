@@ -64,6 +64,50 @@ def test_ort_session_threads_and_no_spinning(tmp_path: Path,
     assert session.threads == 1 and seen[-1].intra_op_num_threads == 1
     config = seen[-1].get_session_config_entry("session.intra_op.allow_spinning")
     assert config == "0"
-    # No CPU memory arena: the SD1.5-size UNet peaked 1.6 GB lower at the same speed.
-    assert seen[-1].enable_cpu_mem_arena is False
+    # The CPU memory arena; memory patterns for a small model (the tiny model's fastest).
+    assert seen[-1].enable_cpu_mem_arena is True
+    assert seen[-1].enable_mem_pattern is True
     assert ort_backend.OrtSession(path, intra_op_threads=2).threads == 2
+
+
+def test_large_models_run_without_memory_patterns(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose file and external data pass MEMORY_PATTERN_MAX_BYTES gets the CPU arena
+    without memory patterns (the SD1.5-size UNet: a 31 s second call and 2.2 GB more peak
+    with them); its data files are found by the model's name, a step graph's included."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from comfyc.runtime.backends import ort as ort_backend
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    small, step = tmp_path / "unet_1.onnx", tmp_path / "unet_1.step.onnx"
+    onnx.save(model, str(small))
+    onnx.save(model, str(step))
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    seen = []
+    real = ort.InferenceSession
+
+    def spy(path: str, options: object, **kwargs: object) -> object:
+        seen.append(options)
+        return real(path, options, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    ort_backend.OrtSession(small)
+    assert seen[-1].enable_mem_pattern is True
+    limit = ort_backend.MEMORY_PATTERN_MAX_BYTES
+    with open(tmp_path / "unet_1.onnx.data", "wb") as data:
+        data.truncate(limit + 1)  # sparse: no disk used
+    assert ort_backend.model_bytes(small) == small.stat().st_size + limit + 1
+    assert ort_backend.model_bytes(step) == step.stat().st_size + limit + 1
+    assert ort_backend.model_bytes(tmp_path / "other.onnx") < limit
+    for path in (small, step):
+        ort_backend.OrtSession(path)
+        assert seen[-1].enable_cpu_mem_arena is True
+        assert seen[-1].enable_mem_pattern is False
+    ort_backend.OrtSession(tmp_path / "other.onnx")
+    assert seen[-1].enable_mem_pattern is True
