@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from comfyc.runtime.backends import threads
@@ -64,9 +65,12 @@ def test_ort_session_threads_and_no_spinning(tmp_path: Path,
     assert session.threads == 1 and seen[-1].intra_op_num_threads == 1
     config = seen[-1].get_session_config_entry("session.intra_op.allow_spinning")
     assert config == "0"
-    # The CPU memory arena; memory patterns for a small model (the tiny model's fastest).
+    # The CPU memory arena, shared by the process's sessions; memory patterns for a small
+    # model (the tiny model's fastest).
     assert seen[-1].enable_cpu_mem_arena is True
     assert seen[-1].enable_mem_pattern is True
+    assert ort_backend.shared_cpu_arena(ort) is True
+    assert seen[-1].get_session_config_entry("session.use_env_allocators") == "1"
     assert ort_backend.OrtSession(path, intra_op_threads=2).threads == 2
 
 
@@ -106,8 +110,10 @@ def test_large_models_run_without_memory_patterns(tmp_path: Path,
     assert ort_backend.model_bytes(step) == step.stat().st_size + limit + 1
     assert ort_backend.model_bytes(tmp_path / "other.onnx") < limit
     for path in (small, step):
-        ort_backend.OrtSession(path)
+        session = ort_backend.OrtSession(path)
         assert seen[-1].enable_cpu_mem_arena is True
         assert seen[-1].enable_mem_pattern is False
+        x = np.array([-1.0, 2.0], np.float32)
+        assert session.run({"x": x})[0].tolist() == [0.0, 2.0]
     ort_backend.OrtSession(tmp_path / "other.onnx")
     assert seen[-1].enable_mem_pattern is True
