@@ -37,28 +37,38 @@ def test_passive_openmp_keeps_an_explicit_policy(monkeypatch: pytest.MonkeyPatch
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
-def test_ort_session_threads_and_no_spinning(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """OrtSession takes the chosen count and turns spinning off (its session options)."""
+def _relu_models(monkeypatch: pytest.MonkeyPatch, *paths: Path) -> list[object]:
+    """Writes a one-Relu ONNX model to each of ``paths``; returns the list that collects the
+    SessionOptions of every InferenceSession made from then on (a spy)."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
 
-    from comfyc.runtime.backends import ort as ort_backend
-
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
-    path = tmp_path / "relu.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    seen = []
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    for path in paths:
+        onnx.save(model, str(path))
+    seen: list[object] = []
     real = ort.InferenceSession
 
-    def spy(model: str, options: object, **kwargs: object) -> object:
+    def spy(model_path: str, options: object, **kwargs: object) -> object:
         seen.append(options)
-        return real(model, options, **kwargs)
+        return real(model_path, options, **kwargs)
 
     monkeypatch.setattr(ort, "InferenceSession", spy)
+    return seen
+
+
+def test_ort_session_threads_and_no_spinning(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """OrtSession takes the chosen count and turns spinning off (its session options)."""
+    ort = pytest.importorskip("onnxruntime")
+    from comfyc.runtime.backends import ort as ort_backend
+
+    path = tmp_path / "relu.onnx"
+    seen = _relu_models(monkeypatch, path)
     monkeypatch.setattr(threads, "cores", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 0.0, 0.0))
     session = ort_backend.OrtSession(path)
@@ -79,28 +89,10 @@ def test_large_models_run_without_memory_patterns(tmp_path: Path,
     """A model whose file and external data pass MEMORY_PATTERN_MAX_BYTES gets the CPU arena
     without memory patterns (the SD1.5-size UNet: a 31 s second call and 2.2 GB more peak
     with them); its data files are found by the model's name, a step graph's included."""
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper
-
     from comfyc.runtime.backends import ort as ort_backend
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     small, step = tmp_path / "unet_1.onnx", tmp_path / "unet_1.step.onnx"
-    onnx.save(model, str(small))
-    onnx.save(model, str(step))
-    onnx.save(model, str(tmp_path / "other.onnx"))
-    seen = []
-    real = ort.InferenceSession
-
-    def spy(path: str, options: object, **kwargs: object) -> object:
-        seen.append(options)
-        return real(path, options, **kwargs)
-
-    monkeypatch.setattr(ort, "InferenceSession", spy)
+    seen = _relu_models(monkeypatch, small, step, tmp_path / "other.onnx")
     ort_backend.OrtSession(small)
     assert seen[-1].enable_mem_pattern is True
     limit = ort_backend.MEMORY_PATTERN_MAX_BYTES
