@@ -8,10 +8,11 @@ Rows (each in its own process, one after the other, so each peak RSS is its own)
   step-caching artifact (approximate) on onnxruntime. A ``-tN`` suffix (``comfyc-ort-t2``)
   runs the row with N intra-op threads instead of comfyc's rule (``comfyc-torch-t2`` too).
 * ``comfyc-torch``: the workflow on comfyc's PyTorch path (what ``comfyc run wf.cfy`` does).
-* ``diffusers``: diffusers' ``StableDiffusionPipeline`` (float32, torch).
-* ``optimum-ort`` / ``optimum-ov``: optimum-onnx's ``ORTStableDiffusionPipeline`` and
-  optimum-intel's ``OVStableDiffusionPipeline`` on ``optimum-cli`` exports of the same weights
-  (their own venv: they pin transformers < 4.58; see ``--peers-venv``).
+* ``diffusers``: diffusers' ``StableDiffusionPipeline`` (float32, torch);
+  ``StableDiffusionXLPipeline`` for an SDXL folder (its ``model_index.json`` says which).
+* ``optimum-ort`` / ``optimum-ov``: optimum-onnx's ``ORT(StableDiffusion|StableDiffusionXL)
+  Pipeline`` and optimum-intel's ``OV...Pipeline`` on ``optimum-cli`` exports of the same
+  weights (their own venv: they pin transformers < 4.58; see ``--peers-venv``).
 
 Every row: the same prompt, Euler, cfg 7, batch 1, one image after loading (no warm-up image:
 a 512 px SD1.5 image takes minutes on a 2-core box); ``per_step_s`` is the median UNet call
@@ -144,20 +145,28 @@ def timed(fn):
         return out
     return wrapper
 from diffusers import EulerDiscreteScheduler
+index = json.loads(open(os.path.join(spec["folder"], "model_index.json")).read())
+xl = "XL" in index.get("_class_name", "")
 start = time.perf_counter()
 if kind == "diffusers":
-    from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained(spec["folder"], torch_dtype=torch.float32,
-        safety_checker=None, requires_safety_checker=False)
+    if xl:
+        from diffusers import StableDiffusionXLPipeline
+        pipe = StableDiffusionXLPipeline.from_pretrained(spec["folder"],
+                                                         torch_dtype=torch.float32)
+    else:
+        from diffusers import StableDiffusionPipeline
+        pipe = StableDiffusionPipeline.from_pretrained(spec["folder"], torch_dtype=torch.float32,
+            safety_checker=None, requires_safety_checker=False)
     pipe.unet.forward = timed(pipe.unet.forward)
 elif kind == "optimum-ort":
-    from optimum.onnxruntime import ORTStableDiffusionPipeline
-    pipe = ORTStableDiffusionPipeline.from_pretrained(spec["folder"],
-                                                      provider="CPUExecutionProvider")
+    from optimum.onnxruntime import ORTStableDiffusionPipeline, ORTStableDiffusionXLPipeline
+    pipe = (ORTStableDiffusionXLPipeline if xl else ORTStableDiffusionPipeline).from_pretrained(
+        spec["folder"], provider="CPUExecutionProvider")
     pipe.unet.forward = timed(pipe.unet.forward)
 else:
-    from optimum.intel import OVStableDiffusionPipeline
-    pipe = OVStableDiffusionPipeline.from_pretrained(spec["folder"], compile=False)
+    from optimum.intel import OVStableDiffusionPipeline, OVStableDiffusionXLPipeline
+    pipe = (OVStableDiffusionXLPipeline if xl else OVStableDiffusionPipeline).from_pretrained(
+        spec["folder"], compile=False)
     pipe.reshape(batch_size=1, height=spec["size"], width=spec["size"], num_images_per_prompt=1)
     pipe.compile()
     pipe.unet.forward = timed(pipe.unet.forward)
