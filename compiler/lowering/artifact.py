@@ -27,7 +27,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from ..ir.core import Graph
 from ..nodes import compile_rule
 
 __all__ = ["CompileOptions", "CompileReport", "compile_graph", "parse_backend_map",
-           "STAGE_BACKENDS"]
+           "shape_params", "STAGE_BACKENDS"]
 
 STAGE_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "ov-cpu", "torch", "torch-compile",
                   "torch-cuda", "torch-compile-cuda", "trt")
@@ -315,6 +315,24 @@ def _encode_constants(constants: Mapping[str, Any]) -> tuple[dict[str, np.ndarra
     return tensors, entries
 
 
+def shape_params(graph: Graph) -> list[str]:
+    """The runtime params that reach an input setting an image's or a batch's size (the
+    registry's ``shape_inputs``), in the order first met; stages must then take any shape."""
+    from comfyc.runtime.nodes import registry
+
+    from ..ir.core import Param
+
+    found: list[str] = []
+    nodes = registry()
+    for node in graph.nodes:
+        definition = nodes.get(node.class_type)
+        for name in definition.shape_inputs if definition is not None else ():
+            value = node.inputs.get(name)
+            if isinstance(value, Param) and value.name not in found:
+                found.append(value.name)
+    return found
+
+
 def _stage_backend(plan: str | dict[str, str], name: str, kind: str) -> str:
     if isinstance(plan, str):
         return "ort-cpu" if plan == "auto" else plan
@@ -373,6 +391,13 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
             f"{' (changed)' if result.modified else ''}")
 
     run_pipeline(graph, context, fold=options.fold, after_each=after_pass)
+    sized_by = shape_params(graph)
+    if sized_by and not options.dynamic:
+        # NOTE: the probe below records the shapes of the params' defaults only; a stage
+        # exported at those would refuse a run with another size or batch.
+        say(f"params {', '.join(sized_by)} set image or batch sizes: exporting the stages "
+            "with dynamic shapes")
+        options = replace(options, dynamic=True)
     say("lowering to a program")
     program = lower_to_program(graph, catalog, cache=cache,
                                merged_into=context.changes.merged_into())

@@ -401,8 +401,8 @@ class OrtSession:
                                                for dim, size in zip(shape, array.shape)):
                 raise BackendError(
                     f"{self.path.name}: input {name} has shape {list(array.shape)}, but the "
-                    f"model was exported for {shape}; export the stage at this shape or with "
-                    "dynamic=True")
+                    f"model was exported for {shape}; compile the workflow with `comfyc "
+                    "compile --dynamic` to take any size and batch (or at this shape)")
             prepared[name] = array
         try:
             if self.io_binding:

@@ -67,6 +67,9 @@ class NodeDef:
         fold: The node may be evaluated at compile time with :attr:`run` when all its inputs
             are constants (conditioning ops, schedules); its result is stored in the artifact.
         binding: The name the DSL printer prefers for the node's single output.
+        shape_inputs: Widget inputs that set the size or batch of what the node outputs
+            (``EmptyLatentImage``'s width, height and batch size, an input image's name): a
+            runtime param there makes the compiler export shape-dynamic stages.
     """
 
     schema: NodeSchema
@@ -78,6 +81,7 @@ class NodeDef:
     seed_input: str | None = None
     fold: bool = False
     binding: str | None = None
+    shape_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         given = [x for x in (self.run, self.lowered_to, self.check_only) if x is not None]
@@ -86,6 +90,9 @@ class NodeDef:
                              f"lowered_to and check_only")
         if self.fold and self.run is None:
             raise ValueError(f"{self.schema.class_type}: fold=True needs a run op")
+        unknown = [n for n in self.shape_inputs if self.schema.input(n) is None]
+        if unknown:
+            raise ValueError(f"{self.schema.class_type}: shape_inputs {unknown} are not inputs")
 
     @property
     def class_type(self) -> str:

@@ -45,18 +45,46 @@ def workflow(sampler: str = "euler", scheduler: str = "normal", cfg: float = 5.0
     return re.sub(r"batch_size=\d+", f"batch_size={batch}", text)
 
 
+#: The sampling setups run through the step graph and back: (sampler, scheduler, cfg, batch).
+CASES = {"euler": ("euler", "normal", 5.0, 1), "dpmpp_2m": ("dpmpp_2m", "karras", 7.5, 1),
+         "batch2": ("dpmpp_2m", "normal", 5.0, 2),
+         "ancestral": ("euler_ancestral", "normal", 5.0, 1),
+         "ancestral2": ("euler_ancestral", "exponential", 5.0, 2),
+         "sde": ("dpmpp_2m_sde", "karras", 6.0, 1),
+         "sde_heun": ("dpmpp_2m_sde_heun", "exponential", 5.0, 2),
+         "cfg1": ("euler", "normal", 1.0, 1)}
+
+
+def param_workflow() -> str:
+    """The tiny txt2img workflow with the sampler, scheduler, cfg and batch size as runtime
+    params (default: heun, which never steps through a step graph)."""
+    text = workflow("heun")
+    text = text.replace('sampler_name="heun"', "sampler_name=sampler_choice")
+    text = text.replace('scheduler="normal"', "scheduler=scheduler_choice")
+    text = re.sub(r"cfg=[0-9.]+", "cfg=cfg_value", text)
+    text = re.sub(r"batch_size=\d+", "batch_size=batch", text)
+    return text.replace("param prompt:", 'param sampler_choice: STRING = "heun"\n'
+                        'param scheduler_choice: STRING = "normal"\n'
+                        "param cfg_value: FLOAT = 5.0\n"
+                        "param batch: INT = 1 [min=1, max=4]\n"
+                        "param prompt:")
+
+
+def params_of(case: str) -> dict[str, object]:
+    sampler, scheduler, cfg, batch = CASES[case]
+    return {"sampler_choice": sampler, "scheduler_choice": scheduler, "cfg_value": cfg,
+            "batch": batch}
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny txt2img workflow compiled once per sampling setup (steps a param's default)."""
+    """Three compiles of the tiny txt2img workflow (6 steps): Euler and heun as constants
+    (the compiler decides from the constant whether a step graph is written), and one with
+    the sampling setup as runtime params, which runs every case of :data:`CASES`."""
     root = tmp_path_factory.mktemp("step-graph")
-    cases = {"euler": workflow(), "dpmpp_2m": workflow("dpmpp_2m", "karras", 7.5),
-             "batch2": workflow("dpmpp_2m", batch=2), "ancestral": workflow("euler_ancestral"),
-             "ancestral2": workflow("euler_ancestral", "exponential", batch=2),
-             "sde": workflow("dpmpp_2m_sde", "karras", 6.0),
-             "sde_heun": workflow("dpmpp_2m_sde_heun", "exponential", batch=2),
-             "heun": workflow("heun"), "cfg1": workflow(cfg=1.0)}
+    texts = {"euler": workflow(), "heun": workflow("heun"), "params": param_workflow()}
     out = {}
-    for name, text in cases.items():
+    for name, text in texts.items():
         out[name] = root / f"{name}.comfyc"
         compile_graph(parse_dsl(text, "txt2img.cfy", default_catalog()), out[name],
                       CompileOptions())
@@ -76,9 +104,10 @@ def test_step_graph_gives_the_same_image(artifacts: dict[str, Path], case: str) 
     heun; their noise drawn as the numpy samplers draw it) through the step graph: every
     step in one call, the plain graph never opened, and the image equal to the numpy path's
     bit for bit."""
-    fused, plain = load(artifacts[case]), load(artifacts[case], step_graph=False)
-    a = fused.run({"prompt": "a handwritten digit three"})
-    b = plain.run({"prompt": "a handwritten digit three"})
+    fused, plain = load(artifacts["params"]), load(artifacts["params"], step_graph=False)
+    params = {"prompt": "a handwritten digit three", **params_of(case)}
+    a = fused.run(params)
+    b = plain.run(params)
     unet = unet_of(fused)
     assert isinstance(unet, StepGraphUNet)
     assert unet.step_calls == 6
@@ -95,12 +124,14 @@ def test_step_graph_gives_the_same_image(artifacts: dict[str, Path], case: str) 
 def test_other_runs_use_the_plain_graph(artifacts: dict[str, Path], case: str) -> None:
     """cfg 1 (one row) opens the plain graph on first use; a workflow whose samplers never
     step through a step graph (heun) gets none, so no session holds its weights twice."""
-    fused, plain = load(artifacts[case]), load(artifacts[case], step_graph=False)
-    a, b = fused.run({}), plain.run({})
+    artifact = artifacts["heun" if case == "heun" else "params"]
+    params = {} if case == "heun" else params_of(case)
+    fused, plain = load(artifact), load(artifact, step_graph=False)
+    a, b = fused.run(params), plain.run(params)
     unet = unet_of(fused)
     if case == "heun":
         assert not isinstance(unet, StepGraphUNet)
-        assert not any(e.variants for e in read_manifest(artifacts[case]).stages.values())
+        assert not any(e.variants for e in read_manifest(artifact).stages.values())
     else:
         assert isinstance(unet, StepGraphUNet)
         assert unet.step_calls == 0 and unet._plain is not None
@@ -288,17 +319,13 @@ def test_offline_optimised_stages_get_the_machines_layouts_on_the_cpu(
     assert levels["extended"] == {ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
 
 
-def test_a_sampler_param_keeps_the_step_graph(tmp_path: Path) -> None:
+def test_a_sampler_param_keeps_the_step_graph(artifacts: dict[str, Path]) -> None:
     """When the sampler is a runtime param, any sampler may run: the step graph is written
     even when the default (heun) never steps through it, and a run with Euler uses it."""
-    text = workflow("heun").replace('sampler_name="heun"', "sampler_name=sampler_choice")
-    text = text.replace("param prompt:", 'param sampler_choice: STRING = "heun"\nparam prompt:')
-    out = tmp_path / "param.comfyc"
-    compile_graph(parse_dsl(text, "txt2img.cfy", default_catalog()), out, CompileOptions())
-    program = load(out)
+    program = load(artifacts["params"])
     unet = unet_of(program)
     assert isinstance(unet, StepGraphUNet)
-    program.run({"sampler_choice": "heun"}, save=False)
+    program.run({}, save=False)
     assert unet.step_calls == 0
     program.run({"sampler_choice": "euler"}, save=False)
     assert unet.step_calls == 6
