@@ -183,7 +183,7 @@ BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "ov-cpu", "torch", "torch-compile"
 
 #: Options that only onnxruntime stages take (torch and trt stages ignore them).
 _ORT_OPTIONS = ("intra_op_threads", "inter_op_threads", "optimization_level", "io_binding",
-                "log_severity_level", "precision")
+                "log_severity_level", "precision", "ort_cache")
 
 
 def parse_backend_spec(backend: str | Mapping[str, str] | None) -> str | dict[str, str] | None:
@@ -372,6 +372,11 @@ def _make_base_stage(root: Path, name: str, entry: StageEntry, backend: str,
                    "t2i_adapter": ort.OrtT2IAdapter}
         ort_options = {key: value for key, value in options.items() if key in _ORT_OPTIONS}
         precision = ort_options.pop("precision", None)
+        kept = ort_options.pop("ort_cache", None)
+        if kept:
+            # NOTE: large CPU stages keep onnxruntime's optimised graph for later loads.
+            ort_options["optimized_cache"] = (root / "cache" / "ort-cpu" if kept is True
+                                              else Path(kept))
         providers = ort.providers_for_backend(backend)
         if entry.optimized:
             # NOTE: the file holds onnxruntime's portable (EXTENDED) optimisations. On the CPU
@@ -522,7 +527,10 @@ def load(path: str | Path, backend: str | Mapping[str, str] | None = None, *,
         **stage_options: onnxruntime tuning passed to every ONNX stage:
             ``intra_op_threads``, ``inter_op_threads``, ``optimization_level``
             (disable/basic/extended/all), ``io_binding`` (None: on for CUDA),
-            ``precision`` (fp16/fp32 variant), ``log_severity_level``; and
+            ``precision`` (fp16/fp32 variant), ``log_severity_level``, ``ort_cache``
+            (True: keep onnxruntime's optimised CPU graphs of large stages in
+            ``ARTIFACT/cache/ort-cpu`` for later loads, or a folder to keep them in;
+            :class:`~comfyc.runtime.backends.ort.OptimizedGraphCache`); and
             ``step_graph=False`` to run a UNet's sampling steps without its sampler-step
             graph (:mod:`comfyc.runtime.backends.step_graph`), which gives the same bits.
 

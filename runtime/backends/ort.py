@@ -36,6 +36,7 @@ from .threads import choose_threads
 
 __all__ = [
     "PROVIDER_ALIASES",
+    "OptimizedGraphCache",
     "OrtSession",
     "OrtTextEncoder",
     "OrtControlNet",
@@ -226,6 +227,9 @@ class OrtSession:
             outputs allocated on the device and copied back once), which saves onnxruntime's
             per-call output allocation and synchronisation on GPU providers. None: on when
             CUDA or TensorRT is active, off on the CPU (where it gains nothing).
+        optimized_cache: A folder that keeps onnxruntime's optimised graph of a large model
+            (over :data:`MEMORY_PATTERN_MAX_BYTES`) for later loads (:class:`OptimizedGraphCache`;
+            CPU sessions at level ``all`` without overrides). None: no cache.
 
     Attributes:
         session: The onnxruntime session.
@@ -254,9 +258,15 @@ class OrtSession:
         weights_dtype: str | None = None,
         log_severity_level: int = 3,
         io_binding: bool | None = None,
+        optimized_cache: str | Path | None = None,
     ) -> None:
         ort = require_onnxruntime()
         self.path = Path(path)
+        self.optimized_cache = Path(optimized_cache) if optimized_cache is not None else None
+        #: Where the session's graph came from: ``"file"``, or with a cache folder
+        #: ``"cache"`` (an optimised graph kept by an earlier load) or ``"saved"`` (this load
+        #: optimised the graph and kept it).
+        self.graph_source = "file"
         if not self.path.is_file():
             raise BackendError(f"stage file {self.path} does not exist; expected the .onnx "
                                "file the compiler wrote (re-run comfyc compile)")
@@ -355,6 +365,15 @@ class OrtSession:
             options.add_external_initializers(list(overrides), values)
         names = [spec if isinstance(spec, str) else spec[0] for spec in specs]
         provider_options = [{} if isinstance(spec, str) else dict(spec[1]) for spec in specs]
+        cache = (OptimizedGraphCache(self.optimized_cache, self.path, ort.__version__)
+                 if self.optimized_cache is not None and cpu_only and not overrides
+                 and level == "all" and model_bytes(self.path) > MEMORY_PATTERN_MAX_BYTES
+                 else None)
+        if cache is not None:
+            session = cache.session(ort, options, names, provider_options)
+            if session is not None:
+                self.graph_source = cache.source
+                return session
         session = ort.InferenceSession(str(self.path), options, providers=names,
                                        provider_options=provider_options)
         del values, arrays
@@ -475,6 +494,7 @@ class _OrtStage(Stage):
         inter_op_threads: int = 0,
         io_binding: bool | None = None,
         info: dict[str, Any] | None = None,
+        optimized_cache: str | Path | None = None,
     ) -> None:
         if isinstance(model, OrtSession) or hasattr(model, "run") and hasattr(model, "inputs"):
             # NOTE: any session with OrtSession's interface (the OpenVINO backend's too).
@@ -487,7 +507,8 @@ class _OrtStage(Stage):
                                  initializer_overrides=initializer_overrides,
                                  weights_dtype=weights_dtype,
                                  log_severity_level=log_severity_level,
-                                 inter_op_threads=inter_op_threads, io_binding=io_binding)
+                                 inter_op_threads=inter_op_threads, io_binding=io_binding,
+                                 optimized_cache=optimized_cache)
         facts = {key.removeprefix("comfyc."): value for key, value in session.metadata.items()
                  if key.startswith("comfyc.")}
         super().__init__(name, kind, {**facts, **(info or {})})
@@ -725,6 +746,119 @@ def shared_cpu_arena(ort: Any) -> bool:
             except Exception:  # an onnxruntime without environment allocators
                 _SHARED_ARENA.append(False)
         return _SHARED_ARENA[0]
+
+
+class OptimizedGraphCache:
+    """onnxruntime's optimised CPU graph of one large model, kept in a folder so that later
+    loads skip the graph optimisation (``comfyc run --ort-cache``).
+
+    Making a session of an SD1.5-size UNet (1.6 GB of float16-stored weights behind ``Cast``
+    nodes) spends most of its time folding those casts and optimising the graph: 48 s on a
+    2-core VM, against 1.7-2.3 s for the same session from the optimised file onnxruntime
+    writes (float32 weights in external data, the machine's NCHWc layouts; the same outputs
+    bit for bit; ``bench/RESULTS.md``). That file is tied to this onnxruntime version and
+    this CPU, so the entry's key holds both, with the source files' sizes and modification
+    times; the files of an entry are written to a temporary folder and renamed into place
+    complete. A folder that cannot be written, or an entry that does not load, only costs
+    the saving: the session is made from the model file as without a cache.
+    """
+
+    def __init__(self, folder: Path, model: Path, ort_version: str) -> None:
+        import hashlib
+        import json
+        import platform
+
+        facts: dict[str, Any] = {"onnxruntime": ort_version, "machine": platform.machine(),
+                                 "cpu": _cpu_flags(), "files": {}}
+        base = model.name.split(".", 1)[0]
+        for path in sorted(model.parent.glob(base + ".*")):
+            if path == model or path.name.endswith(".data"):
+                stat = path.stat()
+                facts["files"][path.name] = [stat.st_size, stat.st_mtime_ns]
+        digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+        self.facts = facts
+        self.source_model = model
+        self.entry = folder / f"{model.stem}-{digest}"
+        self.model = self.entry / "model.onnx"
+        #: ``"cache"`` (made from the kept graph) or ``"saved"`` (optimised and kept now).
+        self.source = "file"
+
+    def session(self, ort: Any, options: Any, providers: list[str],
+                provider_options: list[dict[str, Any]]) -> Any:
+        """The session from the kept graph, or a fresh one that keeps its graph; None when
+        the model file should be loaded as usual (the graph could not be written)."""
+        import json
+        import shutil
+
+        if (self.entry / "complete").is_file():
+            kept = _copy_options(ort, options)
+            kept.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            try:
+                session = ort.InferenceSession(str(self.model), kept, providers=providers,
+                                               provider_options=provider_options)
+            except Exception:  # noqa: BLE001 - a damaged entry is made again below
+                shutil.rmtree(self.entry, ignore_errors=True)
+            else:
+                self.source = "cache"
+                return session
+        tmp = self.entry.with_name(f".{self.entry.name}.tmp-{os.getpid()}-"
+                                   f"{threading.get_ident()}")
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        options.optimized_model_filepath = str(tmp / "model.onnx")
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", "model.onnx.data")
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        try:
+            session = ort.InferenceSession(str(self.source_model), options, providers=providers,
+                                           provider_options=provider_options)
+        except Exception:  # noqa: BLE001 - e.g. a full disk; the caller loads as usual
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None
+        try:
+            (tmp / "complete").write_text(json.dumps(self.facts, indent=1))
+            if self.entry.exists():  # another load's complete entry wins; a partial one goes
+                if (self.entry / "complete").is_file():
+                    raise FileExistsError(self.entry)
+                shutil.rmtree(self.entry)
+            os.replace(tmp, self.entry)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            self.source = "saved"
+        return session
+
+
+def _copy_options(ort: Any, source: Any) -> Any:
+    """New SessionOptions with the thread, arena and pattern settings of ``source``
+    (onnxruntime's options cannot be copied, and config entries cannot be read back)."""
+    target = ort.SessionOptions()
+    target.log_severity_level = source.log_severity_level
+    target.intra_op_num_threads = source.intra_op_num_threads
+    target.inter_op_num_threads = source.inter_op_num_threads
+    target.enable_cpu_mem_arena = source.enable_cpu_mem_arena
+    target.enable_mem_pattern = source.enable_mem_pattern
+    target.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    target.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if _SHARED_ARENA and _SHARED_ARENA[0]:
+        target.add_session_config_entry("session.use_env_allocators", "1")
+    return target
+
+
+def _cpu_flags() -> str:
+    """The CPU's model name and feature flags (an optimised graph is tied to them)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor()
+    lines = [line for line in text.splitlines()
+             if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
 
 
 def model_bytes(path: Path) -> int:
