@@ -365,10 +365,13 @@ class OrtSession:
             options.add_external_initializers(list(overrides), values)
         names = [spec if isinstance(spec, str) else spec[0] for spec in specs]
         provider_options = [{} if isinstance(spec, str) else dict(spec[1]) for spec in specs]
-        cache = (OptimizedGraphCache(self.optimized_cache, self.path, ort.__version__)
-                 if self.optimized_cache is not None and cpu_only and not overrides
-                 and level == "all" and model_bytes(self.path) > MEMORY_PATTERN_MAX_BYTES
-                 else None)
+        cache = None
+        if (self.optimized_cache is not None and cpu_only and not overrides and level == "all"
+                and model_bytes(self.path) > MEMORY_PATTERN_MAX_BYTES):
+            try:
+                cache = OptimizedGraphCache(self.optimized_cache, self.path, ort.__version__)
+            except OSError:  # the model's files cannot be listed: load them as usual
+                cache = None
         if cache is not None:
             session = cache.session(ort, options, names, provider_options)
             if session is not None:
@@ -817,6 +820,7 @@ class OptimizedGraphCache:
                                            provider_options=provider_options)
         except Exception:  # noqa: BLE001 - e.g. a full disk; the caller loads as usual
             shutil.rmtree(tmp, ignore_errors=True)
+            options.optimized_model_filepath = ""  # (the caller reuses the options)
             return None
         try:
             (tmp / "complete").write_text(json.dumps(self.facts, indent=1))

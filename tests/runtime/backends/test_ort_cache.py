@@ -109,6 +109,27 @@ def test_an_unwritable_folder_loads_the_model_file(large: Path, tmp_path: Path) 
     assert _out(session).shape == (3, SIZE)
 
 
+def test_a_graph_that_cannot_be_written_loads_the_model_file(
+        large: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime failing to write the optimised graph (a full disk) leaves no temporary
+    folder, and the session is made from the model file with options that write nothing."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+
+    def failing(path: str, options: object, **kwargs: object) -> object:
+        if getattr(options, "optimized_model_filepath", ""):
+            raise RuntimeError("No space left on device")
+        return real(path, options, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", failing)
+    cache = tmp_path / "cache"
+    session = OrtSession(large, intra_op_threads=1, optimized_cache=cache)
+    assert session.graph_source == "file"
+    assert list(cache.iterdir()) == []
+    assert _out(session).shape == (3, SIZE)
+
+
 def test_small_models_and_overrides_do_not_use_the_cache(tmp_path: Path) -> None:
     path = tmp_path / "small.onnx"
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
