@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -325,37 +325,43 @@ class OrtSession:
     def _create(self, ort: Any, specs: Sequence[ProviderSpec], intra_op_threads: int,
                 inter_op_threads: int, level: str, overrides: Mapping[str, np.ndarray]) -> Any:
         """Create the InferenceSession."""
-        enum = ort.GraphOptimizationLevel
-        options = ort.SessionOptions()
-        options.log_severity_level = self.log_severity_level
-        options.graph_optimization_level = {
-            "disable": enum.ORT_DISABLE_ALL, "basic": enum.ORT_ENABLE_BASIC,
-            "extended": enum.ORT_ENABLE_EXTENDED, "all": enum.ORT_ENABLE_ALL}[level]
         self.threads = choose_threads(intra_op_threads)
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = max(1, inter_op_threads or 1)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        # NOTE: CPU-only sessions allocate from one CPU memory arena shared by the process's
-        # sessions (shared_cpu_arena), without memory patterns unless the model is small.
-        # Measured on the SD1.5-size UNet and VAE decoder at 512x512 (2 threads, an Intel
-        # Xeon VM where a page fault is dear), bench/RESULTS.md:
-        # * no arena (comfyc before): each run takes its activations from the system again
-        #   and faults their pages in: UNet 7.9-8.5 s a call, 17.5-18 s the first;
-        # * an arena per session: UNet 7.3 s, 11.5 s the first, but the VAE decoder's one run
-        #   grows an arena of its own (24 s against 9.9 s) while the UNet's holds its memory;
-        # * with memory patterns too (onnxruntime's default), the UNet's second run
-        #   allocates one block for the recorded pattern: a 31 s call and 2.2 GB more peak;
-        # * one shared arena that grows by what is asked, no patterns: UNet 7.1-7.4 s (11.4
-        #   the first), VAE 9.1 s, and the lowest peak (6.3 GB against 6.9 without arena).
-        # The tiny model's stages are fastest with patterns (one block a run). GPU sessions
-        # keep onnxruntime's defaults for their device and no CPU arena (not re-measured).
         cpu_only = all(name == "CPUExecutionProvider" for name in self.providers)
-        options.enable_cpu_mem_arena = cpu_only
-        if cpu_only:
-            options.enable_mem_pattern = model_bytes(self.path) <= MEMORY_PATTERN_MAX_BYTES
-            if shared_cpu_arena(ort):
-                options.add_session_config_entry("session.use_env_allocators", "1")
+        size = model_bytes(self.path) if cpu_only else 0
+
+        def make_options(level: str) -> Any:
+            enum = ort.GraphOptimizationLevel
+            options = ort.SessionOptions()
+            options.log_severity_level = self.log_severity_level
+            options.graph_optimization_level = {
+                "disable": enum.ORT_DISABLE_ALL, "basic": enum.ORT_ENABLE_BASIC,
+                "extended": enum.ORT_ENABLE_EXTENDED, "all": enum.ORT_ENABLE_ALL}[level]
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = max(1, inter_op_threads or 1)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            # NOTE: CPU-only sessions allocate from one CPU memory arena shared by the process's
+            # sessions (shared_cpu_arena), without memory patterns unless the model is small.
+            # Measured on the SD1.5-size UNet and VAE decoder at 512x512 (2 threads, an Intel
+            # Xeon VM where a page fault is dear), bench/RESULTS.md:
+            # * no arena (comfyc before): each run takes its activations from the system again
+            #   and faults their pages in: UNet 7.9-8.5 s a call, 17.5-18 s the first;
+            # * an arena per session: UNet 7.3 s, 11.5 s the first, but the VAE decoder's one run
+            #   grows an arena of its own (24 s against 9.9 s) while the UNet's holds its memory;
+            # * with memory patterns too (onnxruntime's default), the UNet's second run
+            #   allocates one block for the recorded pattern: a 31 s call and 2.2 GB more peak;
+            # * one shared arena that grows by what is asked, no patterns: UNet 7.1-7.4 s (11.4
+            #   the first), VAE 9.1 s, and the lowest peak (6.3 GB against 6.9 without arena).
+            # The tiny model's stages are fastest with patterns (one block a run). GPU sessions
+            # keep onnxruntime's defaults for their device and no CPU arena (not re-measured).
+            options.enable_cpu_mem_arena = cpu_only
+            if cpu_only:
+                options.enable_mem_pattern = size <= MEMORY_PATTERN_MAX_BYTES
+                if shared_cpu_arena(ort):
+                    options.add_session_config_entry("session.use_env_allocators", "1")
+            return options
+
+        options = make_options(level)
         # NOTE: the OrtValues only borrow the numpy buffers and SessionOptions only borrows
         # the OrtValues (a temporary here crashes onnxruntime); keep both alive until the
         # session exists. onnxruntime copies the data into the graph, so both can go after.
@@ -367,13 +373,14 @@ class OrtSession:
         provider_options = [{} if isinstance(spec, str) else dict(spec[1]) for spec in specs]
         cache = None
         if (self.optimized_cache is not None and cpu_only and not overrides and level == "all"
-                and model_bytes(self.path) > MEMORY_PATTERN_MAX_BYTES):
+                and size > MEMORY_PATTERN_MAX_BYTES):
             try:
                 cache = OptimizedGraphCache(self.optimized_cache, self.path, ort.__version__)
             except OSError:  # the model's files cannot be listed: load them as usual
                 cache = None
         if cache is not None:
-            session = cache.session(ort, options, names, provider_options)
+            session = cache.session(ort, options, lambda: make_options("disable"), names,
+                                    provider_options)
             if session is not None:
                 self.graph_source = cache.source
                 return session
@@ -773,11 +780,9 @@ class OptimizedGraphCache:
 
         facts: dict[str, Any] = {"onnxruntime": ort_version, "machine": platform.machine(),
                                  "cpu": _cpu_flags(), "files": {}}
-        base = model.name.split(".", 1)[0]
-        for path in sorted(model.parent.glob(base + ".*")):
-            if path == model or path.name.endswith(".data"):
-                stat = path.stat()
-                facts["files"][path.name] = [stat.st_size, stat.st_mtime_ns]
+        for path in model_files(model):
+            stat = path.stat()
+            facts["files"][path.name] = [stat.st_size, stat.st_mtime_ns]
         digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
         self.facts = facts
         self.source_model = model
@@ -786,18 +791,19 @@ class OptimizedGraphCache:
         #: ``"cache"`` (made from the kept graph) or ``"saved"`` (optimised and kept now).
         self.source = "file"
 
-    def session(self, ort: Any, options: Any, providers: list[str],
-                provider_options: list[dict[str, Any]]) -> Any:
-        """The session from the kept graph, or a fresh one that keeps its graph; None when
-        the model file should be loaded as usual (the graph could not be written)."""
+    def session(self, ort: Any, options: Any, kept_options: Callable[[], Any],
+                providers: list[str], provider_options: list[dict[str, Any]]) -> Any:
+        """The session from the kept graph (made with ``kept_options()``: the session's
+        options at level ``disable``), or a fresh one from ``options`` that keeps its graph;
+        None when the model file should be loaded as usual (the graph could not be
+        written)."""
         import json
         import shutil
 
         if (self.entry / "complete").is_file():
-            kept = _copy_options(ort, options)
-            kept.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             try:
-                session = ort.InferenceSession(str(self.model), kept, providers=providers,
+                session = ort.InferenceSession(str(self.model), kept_options(),
+                                               providers=providers,
                                                provider_options=provider_options)
             except Exception:  # noqa: BLE001 - a damaged entry is made again below
                 shutil.rmtree(self.entry, ignore_errors=True)
@@ -836,22 +842,6 @@ class OptimizedGraphCache:
         return session
 
 
-def _copy_options(ort: Any, source: Any) -> Any:
-    """New SessionOptions with the thread, arena and pattern settings of ``source``
-    (onnxruntime's options cannot be copied, and config entries cannot be read back)."""
-    target = ort.SessionOptions()
-    target.log_severity_level = source.log_severity_level
-    target.intra_op_num_threads = source.intra_op_num_threads
-    target.inter_op_num_threads = source.inter_op_num_threads
-    target.enable_cpu_mem_arena = source.enable_cpu_mem_arena
-    target.enable_mem_pattern = source.enable_mem_pattern
-    target.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    target.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if _SHARED_ARENA and _SHARED_ARENA[0]:
-        target.add_session_config_entry("session.use_env_allocators", "1")
-    return target
-
-
 def _cpu_flags() -> str:
     """The CPU's model name and feature flags (an optimised graph is tied to them)."""
     try:
@@ -865,20 +855,26 @@ def _cpu_flags() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def model_bytes(path: Path) -> int:
-    """The bytes of the model file ``path`` and of the external data files beside it that go
-    with it: ``NAME.*.data`` for a file ``NAME.*`` (``NAME.onnx.data``; a step graph
-    ``NAME.step.onnx`` reads its UNet's). 0 for a file that cannot be read."""
+def model_files(path: Path) -> list[Path]:
+    """The model file ``path`` and the external data files beside it that go with it:
+    ``NAME.*.data`` for a file ``NAME.*`` (``NAME.onnx.data``; a step graph ``NAME.step.onnx``
+    reads its UNet's).
+
+    Raises:
+        OSError: The folder cannot be listed.
+    """
     base = path.name.split(".", 1)[0]
-    total = 0
+    data = sorted(Path(entry.path) for entry in os.scandir(path.parent)
+                  if entry.name.startswith(base + ".") and entry.name.endswith(".data"))
+    return [path, *data]
+
+
+def model_bytes(path: Path) -> int:
+    """The bytes of :func:`model_files`; 0 for a file that cannot be read."""
     try:
-        total = path.stat().st_size
-        for entry in os.scandir(path.parent):
-            if entry.name.startswith(base + ".") and entry.name.endswith(".data"):
-                total += entry.stat().st_size
+        return sum(file.stat().st_size for file in model_files(path))
     except OSError:
-        pass
-    return total
+        return 0
 
 
 def _provider_name(spec: ProviderSpec) -> str:
