@@ -395,8 +395,8 @@ def compile_graph(graph: Graph, output: str | Path, options: CompileOptions | No
     if sized_by and not options.dynamic:
         # NOTE: the probe below records the shapes of the params' defaults only; a stage
         # exported at those would refuse a run with another size or batch.
-        say(f"params {', '.join(sized_by)} set image or batch sizes: exporting the stages "
-            "with dynamic shapes")
+        say(f"params {', '.join(sized_by)} set image, batch or area sizes: exporting the "
+            "stages with dynamic shapes")
         options = replace(options, dynamic=True)
     say("lowering to a program")
     program = lower_to_program(graph, catalog, cache=cache,

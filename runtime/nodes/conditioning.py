@@ -380,10 +380,11 @@ def _clip_set_last_layer(ctx: Any, *, clip: ClipRef, stop_at_clip_layer: int
 
 
 def _cond_op(class_type: str, inputs: list[Any], function: str, display: str,
-             category: str = "conditioning", **schema_kw: Any) -> NodeDef:
+             category: str = "conditioning", shape_inputs: tuple[str, ...] = (),
+             **schema_kw: Any) -> NodeDef:
     """A pure conditioning op, folded at compile time when its inputs are constants."""
     return NodeDef(schema(class_type, inputs, outputs(_COND), display, category, **schema_kw),
-                   run=lazy_op("conditioning", function), fold=True)
+                   run=lazy_op("conditioning", function), fold=True, shape_inputs=shape_inputs)
 
 
 NODES: list[NodeDef] = [
@@ -450,13 +451,16 @@ NODES: list[NodeDef] = [
         int_input("width", 64, 64, 16384, 8), int_input("height", 64, 64, 16384, 8),
         int_input("x", 0, 0, 16384, 8), int_input("y", 0, 0, 16384, 8),
         float_input("strength", 1.0, 0.0, 10.0),
-    ], "set_area", "Conditioning (Set Area)"),
+        # NOTE: the UNet runs on each area's crop of the latent (cut short at its edges, so x
+        # and y count too): a param here changes the shapes the UNet stage is called with.
+    ], "set_area", "Conditioning (Set Area)", shape_inputs=("width", "height", "x", "y")),
     _cond_op("ConditioningSetAreaPercentage", [
         link("conditioning", _COND),
         float_input("width", 1.0, 0.0, 1.0), float_input("height", 1.0, 0.0, 1.0),
         float_input("x", 0.0, 0.0, 1.0), float_input("y", 0.0, 0.0, 1.0),
         float_input("strength", 1.0, 0.0, 10.0),
-    ], "set_area_percentage", "Conditioning (Set Area with Percentage)"),
+    ], "set_area_percentage", "Conditioning (Set Area with Percentage)",
+        shape_inputs=("width", "height", "x", "y")),
     _cond_op("ConditioningSetAreaStrength", [
         link("conditioning", _COND), float_input("strength", 1.0, 0.0, 10.0),
     ], "set_area_strength", "ConditioningSetAreaStrength"),

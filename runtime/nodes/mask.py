@@ -52,9 +52,10 @@ def _xy() -> list[Any]:
 
 
 def _node(class_type: str, inputs: list[Any], outs: list[Any], display: str, op: Any,
-          binding: str | None = "mask", category: str = _MASK) -> NodeDef:
+          binding: str | None = "mask", category: str = _MASK,
+          shape_inputs: tuple[str, ...] = ()) -> NodeDef:
     return NodeDef(schema(class_type, inputs, outs, display, category, python_module=_MODULE),
-                   run=op, fold=len(outs) == 1, binding=binding)
+                   run=op, fold=len(outs) == 1, binding=binding, shape_inputs=shape_inputs)
 
 
 NODES: list[NodeDef] = [
@@ -79,13 +80,16 @@ NODES: list[NodeDef] = [
     _node("SolidMask", [
         float_input("value", 1.0, 0.0, 1.0),
         int_input("width", 512, 1, MAX_RESOLUTION), int_input("height", 512, 1, MAX_RESOLUTION),
-    ], outputs("MASK"), "Create Solid Mask", lazy_op("mask", "solid_mask")),
+    ], outputs("MASK"), "Create Solid Mask", lazy_op("mask", "solid_mask"),
+        shape_inputs=("width", "height")),
     _node("InvertMask", [link("mask", "MASK")], outputs("MASK"), "Invert Mask",
           lazy_op("mask", "invert_mask")),
     _node("CropMask", [
         link("mask", "MASK"), *_xy(),
         int_input("width", 512, 1, MAX_RESOLUTION), int_input("height", 512, 1, MAX_RESOLUTION),
-    ], outputs("MASK"), "Crop Mask", lazy_op("mask", "crop_mask")),
+    ], outputs("MASK"), "Crop Mask", lazy_op("mask", "crop_mask"),
+        # NOTE: x and y too: a crop past the mask's edge is cut short there.
+        shape_inputs=("x", "y", "width", "height")),
     _node("MaskComposite", [
         link("destination", "MASK"), link("source", "MASK"), *_xy(),
         combo("operation", MASK_OPERATIONS),

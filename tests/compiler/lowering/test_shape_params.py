@@ -44,6 +44,12 @@ def test_the_registry_names_shape_inputs() -> None:
     assert nodes.get("EmptyLatentImage").shape_inputs == ("width", "height", "batch_size")
     assert nodes.get("LoadImage").shape_inputs == ("image",)
     assert nodes.get("KSampler").shape_inputs == ()
+    # The UNet runs on each area's crop of the latent; a mask's size can become an image's.
+    for area in ("ConditioningSetArea", "ConditioningSetAreaPercentage"):
+        assert nodes.get(area).shape_inputs == ("width", "height", "x", "y")
+    assert nodes.get("SolidMask").shape_inputs == ("width", "height")
+    assert nodes.get("CropMask").shape_inputs == ("x", "y", "width", "height")
+    assert nodes.get("ConditioningSetAreaStrength").shape_inputs == ()
 
 
 def test_shape_params_are_found() -> None:
@@ -59,7 +65,7 @@ def test_a_batch_and_width_param_run_at_other_sizes(tmp_path: Path) -> None:
     sized = tmp_path / "sized.comfyc"
     compile_graph(parse_dsl(_sized_workflow(), "sized.cfy", catalog), sized, CompileOptions(),
                   progress=said.append)
-    assert any("params size, batch set image or batch sizes" in m for m in said), said
+    assert any("params size, batch set image, batch or area sizes" in m for m in said), said
     stages = read_manifest(sized).stages
     assert stages and all(e.dynamic for e in stages.values() if e.file), stages
 
@@ -78,3 +84,41 @@ def test_a_batch_and_width_param_run_at_other_sizes(tmp_path: Path) -> None:
     # The defaults still run as compiled.
     for image in load(sized).run(params, save=False).images.values():
         assert np.asarray(image).shape == (1, 64, 64, 3)
+
+
+_AREA = """
+param seed: INT = 42 [min=0, max=18446744073709551615]
+{param}
+ckpt = CheckpointLoaderSimple(ckpt_name="tiny-digits.safetensors")
+one = CLIPTextEncode(text="a handwritten digit one", clip=ckpt.CLIP)
+positive = ConditioningSetArea(conditioning=one, width={width}, height=64, x=0, y=0,
+                               strength=1.0)
+negative = CLIPTextEncode(text="", clip=ckpt.CLIP)
+latent = EmptyLatentImage(width=128, height=64, batch_size=1)
+sampler = KSampler(model=ckpt.MODEL, seed=seed, steps=3, cfg=5.0, sampler_name="euler",
+                   scheduler="normal", positive=positive, negative=negative,
+                   latent_image=latent, denoise=1.0)
+image = VAEDecode(samples=sampler, vae=ckpt.VAE)
+output image
+"""
+
+
+def test_an_area_param_runs_at_other_areas(tmp_path: Path) -> None:
+    """At its default the area covers the whole latent, so the probe saw one UNet shape; a
+    narrower area runs the UNet on an 8x8 crop, which a stage exported for 8x16 refused."""
+    catalog = default_catalog()
+    sized = tmp_path / "area.comfyc"
+    compile_graph(parse_dsl(_AREA.format(param="param area_width: INT = 128 [min=64, max=128]",
+                                         width="area_width"), "area.cfy", catalog),
+                  sized, CompileOptions())
+    assert all(e.dynamic for e in read_manifest(sized).stages.values() if e.file)
+    fixed = tmp_path / "fixed.comfyc"
+    compile_graph(parse_dsl(_AREA.format(param="", width="64"), "fixed.cfy", catalog), fixed,
+                  CompileOptions())
+
+    ours = load(sized).run({"seed": 5, "area_width": 64}, save=False).images
+    theirs = load(fixed).run({"seed": 5}, save=False).images
+    assert ours.keys() == theirs.keys()
+    for key, image in ours.items():
+        assert np.asarray(image).shape == (1, 64, 128, 3)
+        np.testing.assert_allclose(image, theirs[key], atol=2 / 255)
