@@ -1037,7 +1037,7 @@ def _add_step_graph(onnx_export: Any, entry: StageEntry, path: Path, name: str, 
         return
     if backend == "ort-trt":
         return  # TensorRT engines are built from the plain graph.
-    size = onnx_export._model_bytes(path)
+    size = onnx_export.model_bytes(path)
     if options.step_graph == "auto" and size > STEP_GRAPH_MAX_BYTES:
         return
     if options.step_graph == "auto" and not used:

@@ -67,6 +67,7 @@ __all__ = [
     "export_vae_decoder",
     "export_vae_encoder",
     "initializer_names",
+    "model_bytes",
     "optimize_offline",
     "remove_model",
     "replace_model",
@@ -551,8 +552,8 @@ def optimize_offline(
         "offline_create_s": offline,
         "speedup": online / offline if offline > 0 else float("inf"),
         "helped": offline < online,
-        "src_bytes": _model_bytes(src),
-        "dst_bytes": _model_bytes(dst),
+        "src_bytes": model_bytes(src),
+        "dst_bytes": model_bytes(dst),
         "seconds": time.perf_counter() - start,
     })
     say(f"session creation {online * 1e3:.1f} ms online at {level} -> "
@@ -694,7 +695,7 @@ def _export(
     used = set(stored["names"])
     missing = [name for name, _ in module.named_parameters() if name not in used]
     say(f"saved {path.name}" + (f" + {data_path(path).name}" if stored["external"] else "")
-        + f" ({_model_bytes(path) / 2**20:.1f} MiB, {stored['float16']} weights as float16) "
+        + f" ({model_bytes(path) / 2**20:.1f} MiB, {stored['float16']} weights as float16) "
         f"in {write_s:.2f} s; checking")
     check_start = time.perf_counter()
     try:
@@ -715,7 +716,7 @@ def _export(
         "dynamic": bool(axes),
         "opset": OPSET,
         "weights_bytes": stored["bytes"],
-        "file_bytes": _model_bytes(path),
+        "file_bytes": model_bytes(path),
         "parameters": len(used),
         "missing_parameters": missing,
         "trace_s": trace_s,
@@ -1005,7 +1006,7 @@ def _tensor_bytes(onnx: Any, tensor: Any) -> int:
     return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
-def _model_bytes(path: Path) -> int:
+def model_bytes(path: Path) -> int:
     """Bytes of an ONNX file plus its external data file, if any."""
     extra = data_path(path)
     return path.stat().st_size + (extra.stat().st_size if extra.is_file() else 0)

@@ -38,8 +38,9 @@ _EXTERNAL_ABOVE = 1 << 30
 
 def file_bytes(path: Path) -> int:
     """Size of an ONNX file plus its external-data file, if any."""
-    data = Path(str(path) + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+    from .onnx_export import model_bytes
+
+    return model_bytes(path)
 
 
 def _load(src: Path) -> Any:
