@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
+from .onnx_export import model_bytes
 
-__all__ = ["INT8_DEFAULT_OPS", "file_bytes", "quantize_int8", "to_fp16"]
+__all__ = ["INT8_DEFAULT_OPS", "quantize_int8", "to_fp16"]
 
 #: Op types quantised by default (Conv only on request: see the module docstring; Gather is
 #: the text encoder's token embedding, most of its bytes).
@@ -34,13 +35,6 @@ INT8_DEFAULT_OPS = ("MatMul", "Gemm", "Attention", "Gather")
 
 #: Above this many bytes of weights a model is saved with external data (protobuf's 2 GB cap).
 _EXTERNAL_ABOVE = 1 << 30
-
-
-def file_bytes(path: Path) -> int:
-    """Size of an ONNX file plus its external-data file, if any."""
-    from .onnx_export import model_bytes
-
-    return model_bytes(path)
 
 
 def _load(src: Path) -> Any:
@@ -129,7 +123,7 @@ def quantize_int8(src: Path, dst: Path, *, op_types: Sequence[str] = INT8_DEFAUL
         try:
             quantize_dynamic(str(staged), str(out), op_types_to_quantize=ops,
                              per_channel=per_channel, weight_type=QuantType.QInt8,
-                             use_external_data_format=file_bytes(staged) > _EXTERNAL_ABOVE,
+                             use_external_data_format=model_bytes(staged) > _EXTERNAL_ABOVE,
                              # NOTE: offline-optimised stages hold com.microsoft fused ops that
                              # shape inference cannot type; their outputs are float32.
                              extra_options={"DefaultTensorType": 1})

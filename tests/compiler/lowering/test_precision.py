@@ -11,7 +11,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from comfyc.compiler.errors import ExportError
-from comfyc.compiler.lowering.precision import file_bytes, quantize_int8, to_fp16
+from comfyc.compiler.lowering.onnx_export import model_bytes
+from comfyc.compiler.lowering.precision import quantize_int8, to_fp16
 
 
 def conv_matmul_model(path: Path, dtype: int = onnx.TensorProto.FLOAT) -> None:
@@ -57,7 +58,7 @@ def test_to_fp16_halves_weights_and_keeps_float32_io(model: Path, tmp_path: Path
     assert set(floats.values()) == {onnx.TensorProto.FLOAT16}
     assert converted.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert converted.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert file_bytes(dst) < 0.6 * file_bytes(model)
+    assert model_bytes(dst) < 0.6 * model_bytes(model)
     x = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(dst, x), _run(model, x), atol=2e-2, rtol=2e-2)
 
@@ -76,7 +77,7 @@ def test_quantize_int8_stores_int8_weights(model: Path, tmp_path: Path) -> None:
         assert any(name.startswith("cw") for name in int8) == conv
         out = _run(dst, x)
         assert np.abs(out - reference).max() <= 0.05 * np.abs(reference).max()
-    assert file_bytes(tmp_path / "m.int8.True.onnx") < 0.4 * file_bytes(model)
+    assert model_bytes(tmp_path / "m.int8.True.onnx") < 0.4 * model_bytes(model)
     quantize_int8(model, model)  # in place, as `comfyc compile --quantize int8` does
     stored = onnx.load(str(model)).graph.initializer
     assert any(t.data_type == onnx.TensorProto.INT8 for t in stored)
